@@ -1,0 +1,35 @@
+"""One exception hierarchy for the library.
+
+Every error we raise derives from :class:`DispatchError` and also from the matching built-in exception, so a
+caller can catch ours (``except DispatchError``) or Python's (``except ValueError``).
+"""
+
+from __future__ import annotations
+
+
+class DispatchError(Exception):
+    """Base class of every error geodispatch raises on purpose."""
+
+
+class InvalidCoordinates(DispatchError, ValueError):
+    """Latitude/longitude that are NaN, infinite or outside their range."""
+
+
+class InvalidArea(DispatchError, ValueError):
+    """An area that is not a valid, bounded, non-empty (Multi)Polygon we can resolve."""
+
+
+class InvalidTimeWindow(DispatchError, ValueError):
+    """A time window that is naive, reversed, non-finite or otherwise unusable."""
+
+
+class InvalidData(DispatchError, ValueError):
+    """Camera, owner or event rows that break the data model; the message names the offending rows."""
+
+
+class IndexFormatError(DispatchError, OSError):
+    """An index directory that is missing, truncated or written by an incompatible version."""
+
+
+class UnknownCamera(DispatchError, KeyError):
+    """A live update that names a camera the index does not hold."""

@@ -1,0 +1,230 @@
+"""The data model: Arrow schemas for cameras, owners and motion events, and their validation.
+
+Timestamps are UTC with whole-second precision. Inside the index they are stored as int32 seconds since
+:data:`EPOCH` (2000-01-01T00:00:00Z), which covers 1931-12-13 .. 2068-01-19 exactly; values outside are rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dispatcher.errors import InvalidData, InvalidTimeWindow
+
+#: Unix seconds of the storage epoch, 2000-01-01T00:00:00Z.
+EPOCH_UNIX_S = 946_684_800
+#: Stored value meaning "not removed".
+NOT_REMOVED = np.iinfo(np.int32).max
+_T_MIN = np.iinfo(np.int32).min + 1
+_T_MAX = np.iinfo(np.int32).max - 1
+
+TS = pa.timestamp("s", tz="UTC")
+
+CAMERA_SCHEMA = pa.schema(
+    [
+        pa.field("camera_id", pa.int64(), nullable=False),
+        pa.field("owner_id", pa.int64(), nullable=False),
+        pa.field("lat", pa.float64(), nullable=False),
+        pa.field("lng", pa.float64(), nullable=False),
+        pa.field("installed_at", TS, nullable=False),
+        pa.field("removed_at", TS, nullable=True),
+        pa.field("retention_days", pa.int16(), nullable=False),
+        pa.field("sharing_enabled", pa.bool_(), nullable=False),
+    ]
+)
+OWNER_SCHEMA = pa.schema(
+    [pa.field("owner_id", pa.int64(), nullable=False), pa.field("opted_out", pa.bool_(), nullable=False)]
+)
+EVENT_SCHEMA = pa.schema([pa.field("camera_id", pa.int64(), nullable=False), pa.field("ts", TS, nullable=False)])
+
+#: How many offending rows an error message names at most.
+_SHOWN = 5
+
+
+def _shown(values: np.ndarray) -> str:
+    head = ", ".join(str(v) for v in values[:_SHOWN].tolist())
+    more = f" and {len(values) - _SHOWN} more" if len(values) > _SHOWN else ""
+    return f"{head}{more}"
+
+
+def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Select and cast ``table``'s columns to ``schema``; unknown or missing columns and lossy casts raise."""
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise InvalidData(f"{what}: missing column(s) {missing}; expected {schema.names}")
+    extra = [n for n in table.column_names if n not in schema.names]
+    if extra:
+        raise InvalidData(f"{what}: unknown column(s) {extra}; expected {schema.names}")
+    columns = []
+    for field in schema:
+        col = table.column(field.name)
+        if not col.type.equals(field.type):
+            try:
+                col = col.cast(field.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InvalidData(f"{what}: column {field.name!r} of type {col.type} does not convert "
+                                  f"exactly to {field.type}: {exc}") from None
+        if not field.nullable and col.null_count:
+            rows = np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))
+            raise InvalidData(f"{what}: column {field.name!r} has {col.null_count} null(s), at row(s) {_shown(rows)}")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _ts_to_epoch_s(col: pa.ChunkedArray, null_value: int, what: str, name: str,
+                   ids: np.ndarray) -> np.ndarray:
+    """Seconds since :data:`EPOCH` as int32; nulls become ``null_value``; out-of-range values raise."""
+    raw = col.cast(pa.int64()).fill_null(null_value + EPOCH_UNIX_S).to_numpy()
+    out = raw - EPOCH_UNIX_S
+    bad = ((out < _T_MIN) | (out > _T_MAX)) & (out != null_value)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise InvalidData(f"{what}: {name} outside 1931-12-14..2068-01-18 for id(s) {_shown(ids[rows])}")
+    return out.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class CameraColumns:
+    """Validated camera columns as numpy arrays, in input order."""
+
+    camera_id: np.ndarray  # int64
+    owner_id: np.ndarray  # int64
+    lat: np.ndarray  # float64
+    lng: np.ndarray  # float64
+    installed: np.ndarray  # int32 seconds since EPOCH
+    removed: np.ndarray  # int32 seconds since EPOCH, NOT_REMOVED when null
+    retention_days: np.ndarray  # uint16
+    sharing: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return int(self.camera_id.shape[0])
+
+
+def check_coordinates(lat: np.ndarray, lng: np.ndarray, ids: np.ndarray, what: str) -> None:
+    """Raise :class:`InvalidData` naming the ids whose coordinates are NaN, infinite or out of range."""
+    bad = ~(np.isfinite(lat) & np.isfinite(lng) & (np.abs(lat) <= 90.0) & (np.abs(lng) <= 180.0))
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        sample = ", ".join(f"{ids[r]} ({lat[r]}, {lng[r]})" for r in rows[:_SHOWN])
+        raise InvalidData(f"{what}: {len(rows)} camera(s) with NaN, infinite or out-of-range lat/lng: {sample}")
+
+
+def check_unique(ids: np.ndarray, what: str) -> None:
+    """Raise :class:`InvalidData` naming duplicated ids. Sorted input is checked in one pass, without a sort."""
+    if ids.shape[0] < 2:
+        return
+    if bool(np.all(ids[1:] > ids[:-1])):
+        return
+    s = np.sort(ids)
+    dup = np.unique(s[1:][s[1:] == s[:-1]])
+    if dup.shape[0]:
+        raise InvalidData(f"{what}: {dup.shape[0]} duplicated id(s): {_shown(dup)}")
+
+
+def camera_columns(table: pa.Table, owners: pa.Table | None = None) -> CameraColumns:
+    """Validate a cameras table (and its owners, when given) and return its columns as numpy arrays."""
+    what = "cameras"
+    table = conform(table, CAMERA_SCHEMA, what)
+    ids = table.column("camera_id").to_numpy()
+    lat = table.column("lat").to_numpy()
+    lng = table.column("lng").to_numpy()
+    check_coordinates(lat, lng, ids, what)
+    check_unique(ids, "cameras.camera_id")
+    installed = _ts_to_epoch_s(table.column("installed_at"), 0, what, "installed_at", ids)
+    removed = _ts_to_epoch_s(table.column("removed_at"), int(NOT_REMOVED), what, "removed_at", ids)
+    early = removed < installed
+    if early.any():
+        raise InvalidData(f"{what}: removed_at before installed_at for camera id(s) {_shown(ids[early])}")
+    retention = table.column("retention_days").to_numpy()
+    bad_ret = retention <= 0
+    if bad_ret.any():
+        raise InvalidData(f"{what}: retention_days must be positive; camera id(s) {_shown(ids[bad_ret])}")
+    owner_id = table.column("owner_id").to_numpy()
+    if owners is not None:
+        check_known_owners(owner_id, ids, owner_table_ids(owners))
+    return CameraColumns(
+        camera_id=ids,
+        owner_id=owner_id,
+        lat=lat,
+        lng=lng,
+        installed=installed,
+        removed=removed,
+        retention_days=retention.astype(np.uint16),
+        sharing=table.column("sharing_enabled").to_numpy(zero_copy_only=False).astype(np.bool_),
+    )
+
+
+def owner_table_ids(owners: pa.Table) -> np.ndarray:
+    owners = conform(owners, OWNER_SCHEMA, "owners")
+    ids = owners.column("owner_id").to_numpy()
+    check_unique(ids, "owners.owner_id")
+    return ids
+
+
+def opted_out_owners(owners: pa.Table) -> np.ndarray:
+    """Sorted int64 ids of the owners who opted out."""
+    owners = conform(owners, OWNER_SCHEMA, "owners")
+    mask = owners.column("opted_out").to_numpy(zero_copy_only=False).astype(np.bool_)
+    return np.sort(owners.column("owner_id").to_numpy()[mask])
+
+
+def check_known_owners(owner_id: np.ndarray, camera_id: np.ndarray, known: np.ndarray) -> None:
+    """Raise :class:`InvalidData` naming cameras whose owner is not in ``known``."""
+    if owner_id.shape[0] == 0:
+        return
+    lo = int(known.min()) if known.shape[0] else 0
+    hi = int(known.max()) if known.shape[0] else -1
+    if known.shape[0] and lo >= 0 and hi < 8 * (known.shape[0] + owner_id.shape[0]) + 1024:
+        present = np.zeros(hi + 1, dtype=np.bool_)  # dense ids: a byte map beats sorting
+        present[known] = True
+        inrange = (owner_id >= 0) & (owner_id <= hi)
+        ok = np.zeros(owner_id.shape[0], dtype=np.bool_)
+        ok[inrange] = present[owner_id[inrange]]
+    else:
+        ok = np.isin(owner_id, known)
+    if not ok.all():
+        rows = np.flatnonzero(~ok)
+        pairs = ", ".join(f"camera {camera_id[r]} -> owner {owner_id[r]}" for r in rows[:_SHOWN])
+        raise InvalidData(f"cameras: {len(rows)} camera(s) name an unknown owner: {pairs}")
+
+
+def event_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Validated motion events as (camera_id int64, ts int32 seconds since EPOCH)."""
+    table = conform(table, EVENT_SCHEMA, "events")
+    cam = table.column("camera_id").to_numpy()
+    ts = _ts_to_epoch_s(table.column("ts"), 0, "events", "ts", cam)
+    return cam, ts
+
+
+_UNIX_ORDINAL = datetime(1970, 1, 1).toordinal()
+
+
+def to_utc_us(value: Any, name: str) -> int:
+    """Microseconds since the Unix epoch for an aware datetime or an ISO-8601 string with an offset.
+
+    Naive datetimes are refused: a time without a zone is ambiguous.
+    """
+    if type(value) is not datetime:
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise InvalidTimeWindow(f"{name}: {value!r} is not an ISO-8601 date-time") from None
+        elif not isinstance(value, datetime):
+            raise InvalidTimeWindow(f"{name}: expected an aware datetime or ISO-8601 string, "
+                                    f"got {type(value).__name__}")
+    offset = value.utcoffset()
+    if offset is None:
+        raise InvalidTimeWindow(f"{name}: {value.isoformat()} is naive; give a time zone (UTC: +00:00 or Z)")
+    days = value.toordinal() - _UNIX_ORDINAL
+    seconds = days * 86_400 + value.hour * 3_600 + value.minute * 60 + value.second
+    return (seconds - offset.days * 86_400 - offset.seconds) * 1_000_000 + value.microsecond - offset.microseconds
+
+
+def epoch_s_to_datetime(seconds: int) -> datetime:
+    return datetime.fromtimestamp(EPOCH_UNIX_S + int(seconds), tz=timezone.utc)

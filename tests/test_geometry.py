@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import shapely
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatcher.area import Area
+from dispatcher.errors import InvalidArea
+from kernels.geometry import BOX_IN, BOX_OUT, classify_box, covers_points, orient2d
+from tests.polygons import areas, boundary_points
+
+coord = st.floats(-180, 180, allow_nan=False, allow_infinity=False)
+
+
+def exact_orient(ax: float, ay: float, bx: float, by: float, cx: float, cy: float) -> int:
+    f = Fraction
+    d = (f(ax) - f(cx)) * (f(by) - f(cy)) - (f(ay) - f(cy)) * (f(bx) - f(cx))
+    return (d > 0) - (d < 0)
+
+
+@given(coord, coord, coord, coord, st.floats(0, 1), st.integers(-3, 3))
+def test_orient2d_sign_is_exact_near_collinear(ax, ay, bx, by, t, ulps):
+    # A point on the segment's line up to rounding, nudged by a few ulps: the hard case for a float filter.
+    cx = ax + t * (bx - ax)
+    cy = np.nextafter(ay + t * (by - ay), np.inf if ulps > 0 else -np.inf) if ulps else ay + t * (by - ay)
+    got = orient2d(ax, ay, bx, by, cx, cy)
+    assert np.sign(got) == exact_orient(ax, ay, bx, by, cx, cy)
+
+
+@given(coord, coord, coord, coord, coord, coord)
+def test_orient2d_sign_is_exact_anywhere(ax, ay, bx, by, cx, cy):
+    assert np.sign(orient2d(ax, ay, bx, by, cx, cy)) == exact_orient(ax, ay, bx, by, cx, cy)
+
+
+@given(areas(snap=2.0**-12), st.integers(0, 2**32 - 1))
+def test_covers_matches_shapely_including_boundary(area, seed):
+    rng = np.random.default_rng(seed)
+    a = Area.parse(area)
+    x0, y0, x1, y1 = a.bbox
+    pts = np.concatenate([
+        np.column_stack([rng.uniform(x0 - 0.01, x1 + 0.01, 400), rng.uniform(y0 - 0.01, y1 + 0.01, 400)]),
+        boundary_points(area, rng, 2.0**-12),
+    ])
+    got = covers_points(pts[:, 0].copy(), pts[:, 1].copy(), *a.kernel_args())
+    want = shapely.intersects_xy(a.geometry, pts[:, 0], pts[:, 1])
+    assert got.tolist() == want.tolist()
+    assert got[400:].all()  # every vertex and exact edge midpoint is covered
+
+
+@given(areas(), st.integers(0, 2**32 - 1))
+def test_classify_box_is_conservative(area, seed):
+    rng = np.random.default_rng(seed)
+    a = Area.parse(area)
+    x0, y0, x1, y1 = a.bbox
+    for _ in range(30):
+        cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        w, h = rng.uniform(0, (x1 - x0) / 4), rng.uniform(0, (y1 - y0) / 4)
+        box = shapely.box(cx, cy, cx + w, cy + h)
+        cls = classify_box(cx, cy, cx + w, cy + h, *a.kernel_args())
+        if cls == BOX_IN:
+            assert shapely.covers(a.geometry, box)
+        elif cls == BOX_OUT:
+            assert not shapely.intersects(a.geometry, box)
+
+
+SQUARE = [[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "malformed GeoJSON"),
+    ({"type": "Point", "coordinates": [0, 0]}, "unsupported GeoJSON type 'Point'"),
+    ({"type": "Polygon", "coordinates": []}, "non-empty array of rings"),
+    ({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0.5]]]}, "is not closed"),
+    ({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]}, "at least 4"),
+    ({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}, "Self-intersection"),
+    ({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [2, 0], [0, 0]]]}, "invalid area"),
+    ({"type": "Polygon", "coordinates": [[[0, 0], [float("nan"), 0], [1, 1], [0, 0]]]}, "NaN"),
+    ({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [1, 1], [0, 0]]]}, "outside lng"),
+    ({"type": "Polygon", "coordinates": [[[179, 0], [-179, 0], [-179, 1], [179, 1], [179, 0]]]}, "antimeridian"),
+    ({"type": "Polygon", "coordinates": [[["a", 0], [1, 0], [1, 1], [0, 0]]]}, "positions must be"),
+    ([1, 2, 3], "expected a GeoJSON object"),
+])
+def test_bad_areas_raise_typed_errors(bad, message):
+    with pytest.raises(InvalidArea, match=message):
+        Area.parse(bad)
+    with pytest.raises(ValueError):  # ours also derive from the built-in
+        Area.parse(bad)
+
+
+def test_vertex_cap():
+    ring = [[np.cos(t), np.sin(t)] for t in np.linspace(0, 2 * np.pi, 200, endpoint=False)]
+    ring.append(ring[0])
+    with pytest.raises(InvalidArea, match="201 vertices, more than the 100 allowed"):
+        Area.parse({"type": "Polygon", "coordinates": [ring]}, max_vertices=100)
+
+
+def test_multipolygon_split_at_antimeridian_is_accepted():
+    west = [[179.5, 51], [180, 51], [180, 52], [179.5, 52], [179.5, 51]]
+    east = [[-180, 51], [-179.5, 51], [-179.5, 52], [-180, 52], [-180, 51]]
+    a = Area.parse({"type": "MultiPolygon", "coordinates": [[west], [east]]})
+    got = covers_points(np.array([179.9, -179.9, 0.0]), np.array([51.5, 51.5, 51.5]), *a.kernel_args())
+    assert got.tolist() == [True, True, False]
+
+
+def test_geojson_text_feature_and_shapely_inputs_agree():
+    poly = {"type": "Polygon", "coordinates": [SQUARE]}
+    import orjson
+    forms = [poly, orjson.dumps(poly).decode(), {"type": "Feature", "geometry": poly, "properties": {}},
+             shapely.Polygon(SQUARE)]
+    parsed = [Area.parse(f) for f in forms]
+    for p in parsed[1:]:
+        assert np.array_equal(p.xs, parsed[0].xs) and np.array_equal(p.ys, parsed[0].ys)
