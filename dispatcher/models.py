@@ -53,14 +53,21 @@ def _shown(values: np.ndarray) -> str:
 
 
 def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
-    """Select and cast ``table``'s columns to ``schema``; unknown or missing columns and lossy casts raise."""
+    """Like :func:`conform_columns`, as a table with exactly ``schema``."""
+    cols = conform_columns(table, schema, what)
+    return pa.Table.from_arrays(list(cols.values()), schema=schema)
+
+
+def conform_columns(table: pa.Table, schema: pa.Schema, what: str) -> dict[str, pa.ChunkedArray]:
+    """``table``'s columns cast to ``schema``, by name; unknown or missing columns, nulls where the schema
+    has none, and lossy casts raise."""
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise InvalidData(f"{what}: missing column(s) {missing}; expected {schema.names}")
     extra = [n for n in table.column_names if n not in schema.names]
     if extra:
         raise InvalidData(f"{what}: unknown column(s) {extra}; expected {schema.names}")
-    columns = []
+    columns = {}
     for field in schema:
         col = table.column(field.name)
         if not col.type.equals(field.type):
@@ -72,8 +79,8 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
         if not field.nullable and col.null_count:
             rows = np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))
             raise InvalidData(f"{what}: column {field.name!r} has {col.null_count} null(s), at row(s) {_shown(rows)}")
-        columns.append(col)
-    return pa.Table.from_arrays(columns, schema=schema)
+        columns[field.name] = col
+    return columns
 
 
 def _ts_to_epoch_s(col: pa.ChunkedArray, null_value: int, what: str, name: str,
@@ -129,22 +136,22 @@ def check_unique(ids: np.ndarray, what: str) -> None:
 def camera_columns(table: pa.Table, owners: pa.Table | None = None) -> CameraColumns:
     """Validate a cameras table (and its owners, when given) and return its columns as numpy arrays."""
     what = "cameras"
-    table = conform(table, CAMERA_SCHEMA, what)
-    ids = table.column("camera_id").to_numpy()
-    lat = table.column("lat").to_numpy()
-    lng = table.column("lng").to_numpy()
+    c = conform_columns(table, CAMERA_SCHEMA, what)
+    ids = c["camera_id"].to_numpy()
+    lat = c["lat"].to_numpy()
+    lng = c["lng"].to_numpy()
     check_coordinates(lat, lng, ids, what)
     check_unique(ids, "cameras.camera_id")
-    installed = _ts_to_epoch_s(table.column("installed_at"), 0, what, "installed_at", ids)
-    removed = _ts_to_epoch_s(table.column("removed_at"), int(NOT_REMOVED), what, "removed_at", ids)
+    installed = _ts_to_epoch_s(c["installed_at"], 0, what, "installed_at", ids)
+    removed = _ts_to_epoch_s(c["removed_at"], int(NOT_REMOVED), what, "removed_at", ids)
     early = removed < installed
     if early.any():
         raise InvalidData(f"{what}: removed_at before installed_at for camera id(s) {_shown(ids[early])}")
-    retention = table.column("retention_days").to_numpy()
+    retention = c["retention_days"].to_numpy()
     bad_ret = retention <= 0
     if bad_ret.any():
         raise InvalidData(f"{what}: retention_days must be positive; camera id(s) {_shown(ids[bad_ret])}")
-    owner_id = table.column("owner_id").to_numpy()
+    owner_id = c["owner_id"].to_numpy()
     if owners is not None:
         check_known_owners(owner_id, ids, owner_table_ids(owners))
     return CameraColumns(
@@ -155,22 +162,22 @@ def camera_columns(table: pa.Table, owners: pa.Table | None = None) -> CameraCol
         installed=installed,
         removed=removed,
         retention_days=retention.astype(np.uint16),
-        sharing=table.column("sharing_enabled").to_numpy(zero_copy_only=False).astype(np.bool_),
+        sharing=c["sharing_enabled"].to_numpy(zero_copy_only=False).astype(np.bool_),
     )
 
 
 def owner_table_ids(owners: pa.Table) -> np.ndarray:
-    owners = conform(owners, OWNER_SCHEMA, "owners")
-    ids = owners.column("owner_id").to_numpy()
+    c = conform_columns(owners, OWNER_SCHEMA, "owners")
+    ids = c["owner_id"].to_numpy()
     check_unique(ids, "owners.owner_id")
     return ids
 
 
 def opted_out_owners(owners: pa.Table) -> np.ndarray:
     """Sorted int64 ids of the owners who opted out."""
-    owners = conform(owners, OWNER_SCHEMA, "owners")
-    mask = owners.column("opted_out").to_numpy(zero_copy_only=False).astype(np.bool_)
-    return np.sort(owners.column("owner_id").to_numpy()[mask])
+    c = conform_columns(owners, OWNER_SCHEMA, "owners")
+    mask = c["opted_out"].to_numpy(zero_copy_only=False).astype(np.bool_)
+    return np.sort(c["owner_id"].to_numpy()[mask])
 
 
 def check_known_owners(owner_id: np.ndarray, camera_id: np.ndarray, known: np.ndarray) -> None:
@@ -195,9 +202,9 @@ def check_known_owners(owner_id: np.ndarray, camera_id: np.ndarray, known: np.nd
 
 def event_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Validated motion events as (camera_id int64, ts int32 seconds since EPOCH)."""
-    table = conform(table, EVENT_SCHEMA, "events")
-    cam = table.column("camera_id").to_numpy()
-    ts = _ts_to_epoch_s(table.column("ts"), 0, "events", "ts", cam)
+    c = conform_columns(table, EVENT_SCHEMA, "events")
+    cam = c["camera_id"].to_numpy()
+    ts = _ts_to_epoch_s(c["ts"], 0, "events", "ts", cam)
     return cam, ts
 
 
@@ -218,11 +225,12 @@ def to_utc_us(value: Any, name: str) -> int:
         elif not isinstance(value, datetime):
             raise InvalidTimeWindow(f"{name}: expected an aware datetime or ISO-8601 string, "
                                     f"got {type(value).__name__}")
+    seconds = (value.toordinal() - _UNIX_ORDINAL) * 86_400 + value.hour * 3_600 + value.minute * 60 + value.second
+    if value.tzinfo is timezone.utc:  # the common case, without the cost of utcoffset()
+        return seconds * 1_000_000 + value.microsecond
     offset = value.utcoffset()
     if offset is None:
         raise InvalidTimeWindow(f"{name}: {value.isoformat()} is naive; give a time zone (UTC: +00:00 or Z)")
-    days = value.toordinal() - _UNIX_ORDINAL
-    seconds = days * 86_400 + value.hour * 3_600 + value.minute * 60 + value.second
     return (seconds - offset.days * 86_400 - offset.seconds) * 1_000_000 + value.microsecond - offset.microseconds
 
 

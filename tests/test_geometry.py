@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dispatcher.area import Area
 from dispatcher.errors import InvalidArea
-from kernels.geometry import BOX_IN, BOX_OUT, classify_box, covers_points, orient2d
+from kernels.geometry import BOX_IN, BOX_OUT, WORK_SIZE, classify_box, covers_points, orient2d
 from tests.polygons import areas, boundary_points
 
 coord = st.floats(-180, 180, allow_nan=False, allow_infinity=False)
@@ -27,13 +27,13 @@ def test_orient2d_sign_is_exact_near_collinear(ax, ay, bx, by, t, ulps):
     # A point on the segment's line up to rounding, nudged by a few ulps: the hard case for a float filter.
     cx = ax + t * (bx - ax)
     cy = np.nextafter(ay + t * (by - ay), np.inf if ulps > 0 else -np.inf) if ulps else ay + t * (by - ay)
-    got = orient2d(ax, ay, bx, by, cx, cy)
+    got = orient2d(ax, ay, bx, by, cx, cy, np.empty(WORK_SIZE))
     assert np.sign(got) == exact_orient(ax, ay, bx, by, cx, cy)
 
 
 @given(coord, coord, coord, coord, coord, coord)
 def test_orient2d_sign_is_exact_anywhere(ax, ay, bx, by, cx, cy):
-    assert np.sign(orient2d(ax, ay, bx, by, cx, cy)) == exact_orient(ax, ay, bx, by, cx, cy)
+    assert np.sign(orient2d(ax, ay, bx, by, cx, cy, np.empty(WORK_SIZE))) == exact_orient(ax, ay, bx, by, cx, cy)
 
 
 @given(areas(snap=2.0**-12), st.integers(0, 2**32 - 1))
@@ -60,7 +60,7 @@ def test_classify_box_is_conservative(area, seed):
         cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
         w, h = rng.uniform(0, (x1 - x0) / 4), rng.uniform(0, (y1 - y0) / 4)
         box = shapely.box(cx, cy, cx + w, cy + h)
-        cls = classify_box(cx, cy, cx + w, cy + h, *a.kernel_args())
+        cls = classify_box(cx, cy, cx + w, cy + h, *a.kernel_args(), np.empty(WORK_SIZE))
         if cls == BOX_IN:
             assert shapely.covers(a.geometry, box)
         elif cls == BOX_OUT:

@@ -1,0 +1,202 @@
+"""The ``geodispatch`` command. Every option can also be set from the environment as
+``GEODISPATCH_<COMMAND>_<OPTION>`` (for example ``GEODISPATCH_DEMO_CAMERAS=200000``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dispatcher.errors import DispatchError
+
+console = Console(stderr=True)
+out = Console()
+
+
+@contextmanager
+def progress_bar() -> Iterator[Any]:
+    """A ``progress(stage, done, total)`` callback drawing one bar per stage."""
+    with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                  TimeElapsedColumn(), console=console, transient=False, disable=not console.is_terminal) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield report
+
+
+@click.group(context_settings={"auto_envvar_prefix": "GEODISPATCH", "show_default": True})
+@click.option("--log-level", default="WARNING", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def main(log_level: str) -> None:
+    """Resolve police video requests to the exact set of camera owners, fast."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--cameras", default=1_000_000, help="Cameras in the synthetic national data set.")
+@click.option("--requests", default=300, help="Sample requests per area size.")
+@click.option("--seed", default=0)
+@click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | None) -> None:
+    """Generate a national data set, build the index, resolve sample requests and print latencies,
+    beside the latitude-sorted peer measured in the same run (no server needed)."""
+    from bench.report import SIZES, index_report
+
+    with progress_bar() as report:
+        result = index_report(cameras, requests, seed=seed, peers=("latsorted",), events=events, progress=report,
+                              sizes={k: SIZES[k] for k in ("0.025 sq mi", "0.5 sq mi", "10 km²")})
+    _print_report(result)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+@main.command()
+@click.option("--cameras", default=10_000_000, help="Cameras to generate.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0)
+@click.option("--event-days", default=3.0, help="Days of motion events before now.")
+@click.option("--events-per-day", default=2.0, help="Mean motion events per camera and day.")
+def generate(cameras: int, out_dir: Path, seed: int, event_days: float, events_per_day: float) -> None:
+    """Write a synthetic national data set (cameras, owners, motion events) as Parquet."""
+    from dispatcher.synthetic import generate as make
+    from dispatcher.synthetic import write_parquet
+
+    t = time.perf_counter()
+    with progress_bar() as report:
+        data = make(cameras, seed=seed, event_days=event_days, events_per_day=events_per_day, progress=report)
+    paths = write_parquet(data, out_dir)
+    out.print(f"{data.n_cameras:,} cameras, {data.owners.num_rows:,} owners, {data.events.num_rows:,} events "
+              f"in {time.perf_counter() - t:.1f} s -> {out_dir}")
+    for name, p in paths.items():
+        out.print(f"  {name}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--events/--no-events", default=True, help="Load events.parquet when present.")
+def build(data_dir: Path, out_dir: Path, events: bool) -> None:
+    """Build an index from a data directory and save it for `resolve` and worker processes."""
+    from dispatcher.index import CameraIndex
+
+    t = time.perf_counter()
+    index = CameraIndex.from_parquet(data_dir, with_events=events)
+    built = time.perf_counter() - t
+    index.save(out_dir)
+    stats = index.build_stats
+    out.print(f"{index.n_cameras:,} cameras indexed in {built:.2f} s "
+              f"({', '.join(f'{k} {v:.2f}' for k, v in (stats.stages if stats else {}).items())}); "
+              f"{index.bytes_per_camera():.1f} bytes a camera; saved to {out_dir}")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--area", required=True, help="GeoJSON text, or @FILE to read it from a file.")
+@click.option("--start", required=True, help="ISO-8601 with a zone, e.g. 2026-10-30T21:00:00Z")
+@click.option("--end", required=True)
+@click.option("--now", default=None, help="Evaluate retention at this time instead of the current time.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the recipients (owner_id, camera_ids) to this Parquet file.")
+def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, out_file: Path | None) -> None:
+    """Resolve one area and window against a saved index; prints counts and timing as JSON."""
+    import pyarrow.parquet as pq
+
+    from dispatcher.index import CameraIndex
+
+    text = Path(area[1:]).read_text() if area.startswith("@") else area
+    index = CameraIndex.open(index_dir)
+    t = time.perf_counter()
+    rs = index.resolve(text, start, end, now=now)
+    elapsed = time.perf_counter() - t
+    if out_file:
+        pq.write_table(rs.to_arrow(), out_file)
+    out.print_json(orjson.dumps({"owners": rs.n_owners, "cameras": rs.n_cameras,
+                                 "resolve_ms": round(elapsed * 1e3, 3)}).decode())
+
+
+@main.command()
+@click.option("--cameras", default=10_000_000, help="Cameras in the synthetic data set.")
+@click.option("--queries", default=300, help="Requests per area size.")
+@click.option("--seed", default=0)
+@click.option("--peers", default="latsorted,strtree", help="Comma-separated: latsorted, strtree.")
+@click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.json"))
+@click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.md"))
+@click.option("--h3/--no-h3", "with_h3", default=True, help="Also measure the H3 kernels against h3-py/h3ronpy.")
+def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, json_out: Path, markdown_out: Path,
+          with_h3: bool) -> None:
+    """Benchmark report: build cost and resolve latency beside the peers, with identical results asserted."""
+    from bench.report import index_report, markdown
+
+    names = tuple(p for p in peers.split(",") if p)
+    with progress_bar() as report:
+        result: dict[str, Any] = index_report(cameras, queries, seed=seed, peers=names, events=events,
+                                              progress=report)
+    if with_h3:
+        from bench.bench_h3 import h3_report
+
+        result["h3"] = h3_report(min(cameras, 10_000_000))
+    result["generated_at"] = datetime.now().astimezone().isoformat()
+    _print_report(result)
+    json_out.write_text(json.dumps(result, indent=2))
+    markdown_out.write_text(markdown(result))
+    out.print(f"wrote {json_out} and {markdown_out}")
+
+
+def _print_report(result: dict[str, Any]) -> None:
+    peers = [p for p in result["build"] if p != "geodispatch"]
+    table = Table(title=f"resolve latency, {result['cameras']:,} cameras (µs; ratio = peer / geodispatch)")
+    table.add_column("area")
+    table.add_column("found")
+    table.add_column("geodispatch p50 / p99", justify="right")
+    for p in peers:
+        table.add_column(f"{p} p50 / p99", justify="right")
+        table.add_column("ratio p50", justify="right")
+    for label, row in result["resolve"].items():
+        g = row["geodispatch"]
+        cells = [label, f"{row['cameras_found_mean']:.1f}", f"{g['p50_us']:.1f} / {g['p99_us']:.1f}"]
+        for p in peers:
+            if p in row:
+                cells += [f"{row[p]['p50_us']:.1f} / {row[p]['p99_us']:.1f}", f"{row[p]['p50_ratio']:.2f}x"]
+            else:
+                cells += ["-", "-"]
+        table.add_row(*cells)
+    out.print(table)
+    build_table = Table(title="build")
+    for col in ("engine", "seconds", "bytes/camera (arrays)", "RSS bytes/camera"):
+        build_table.add_column(col, justify="right")
+    for name, b in result["build"].items():
+        arrays = f"{b['bytes_per_camera']:.1f}" if "bytes_per_camera" in b else "-"
+        build_table.add_row(name, f"{b['seconds']:.2f}", arrays, f"{b['rss_bytes_per_camera']:.1f}")
+    out.print(build_table)
+    if "h3" in result:
+        out.print_json(orjson.dumps(result["h3"]).decode())
+
+
+def run() -> None:
+    """Entry point: typed errors become a one-line message and exit status 2."""
+    try:
+        main(standalone_mode=True)
+    except DispatchError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,470 @@
+"""Kernels of the camera index: building the adaptive H3 hierarchy and resolving an area and a time window.
+
+Layout (built by :mod:`dispatcher.index`):
+
+- points are sorted by their H3 cell at the finest index level; per point ``xy`` (float64 ``[lng, lat]``),
+  ``installed`` and ``removed`` (int32 seconds since 2000-01-01Z, ``removed == NOT_REMOVED`` while installed),
+  ``retention`` (uint16 days), ``flags`` (uint8: bit 0 sharing enabled, bit 1 deleted, bit 2 owner opted
+  out; a camera is admissible only when its flags are exactly "sharing"), ``owner`` and
+  ``camera`` ids (int32 when they fit, else int64);
+- nodes are occupied H3 cells. The top level holds the cells at the coarsest resolution; a node with more
+  points than the leaf capacity is split into its occupied cells at the next resolution. Node ``i`` stores
+  the float32 bounding box of its points rounded outwards (``node_box``), its points ``pt[i, 0]:pt[i, 1]`` and
+  its children ``kids[i, 0]:kids[i, 1]`` (empty for a leaf).
+
+Bounding boxes come from the points themselves, so the fact that H3 children do not nest inside their parents
+costs nothing: a node's box covers exactly its descendants, wherever they lie.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from kernels.geometry import BOX_IN, BOX_MIXED, BOX_OUT, WORK_SIZE, classify_box, covers_point
+
+SHARING = np.uint8(1)
+DELETED = np.uint8(2)
+OPTED_OUT = np.uint8(4)  # the camera's owner opted out of every request
+NOT_REMOVED = np.int32(2**31 - 1)
+US = np.int64(1_000_000)
+DAY_US = np.int64(86_400_000_000)
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+@njit(cache=True)
+def run_starts(keys: np.ndarray) -> np.ndarray:
+    """Start offsets of the runs of equal values in sorted ``keys``, plus ``len(keys)`` at the end."""
+    n = keys.shape[0]
+    count = 1 if n else 0
+    for i in range(1, n):
+        if keys[i] != keys[i - 1]:
+            count += 1
+    out = np.empty(count + 1, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        if i == 0 or keys[i] != keys[i - 1]:
+            out[k] = i
+            k += 1
+    out[count] = n
+    return out
+
+
+@njit(cache=True, inline="always")
+def _parent(cell: np.uint64, res: np.int64) -> np.uint64:
+    """The ancestor of ``cell`` at ``res``: resolution field set, finer digits filled with 7."""
+    c = (cell & ~np.uint64(0xF << 52)) | (np.uint64(res) << np.uint64(52))
+    return c | ((np.uint64(1) << np.uint64(3 * (15 - res))) - np.uint64(1))
+
+
+@njit(cache=True)
+def _grow_rows(a: np.ndarray, m: int) -> np.ndarray:
+    out = np.zeros((2 * a.shape[0],) + a.shape[1:], dtype=a.dtype)
+    out[:m] = a[:m]
+    return out
+
+
+@njit(cache=True)
+def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: int):  # type: ignore[no-untyped-def]
+    """The adaptive hierarchy over points sorted by their cell at ``levels[-1]``.
+
+    Returns ``(node_cell, node_box, pt, kids, n_top)``; ``node_box`` is float64 here (the caller rounds it
+    outwards to float32). Nodes are numbered level by level, so every node's children are contiguous.
+    """
+    n = cells.shape[0]
+    size = max(16, n // 8)
+    node_cell = np.empty(size, dtype=np.uint64)
+    pt = np.zeros((size, 2), dtype=np.int64)
+    kids = np.zeros((size, 2), dtype=np.int64)
+    depth = np.zeros(size, dtype=np.int64)
+    m = 0
+    head = -1  # -1: the virtual root, whose children are the top level
+    while head < m:
+        if head < 0:
+            lo, hi, li = 0, n, -1
+        else:
+            lo, hi, li = pt[head, 0], pt[head, 1], depth[head]
+            if hi - lo <= capacity or li + 1 == levels.shape[0]:
+                head += 1
+                continue
+            kids[head, 0] = m
+        res = levels[li + 1]
+        i = lo
+        while i < hi:
+            p = _parent(cells[i], res)
+            j = i + 1
+            while j < hi and _parent(cells[j], res) == p:
+                j += 1
+            if m == node_cell.shape[0]:
+                node_cell = _grow_rows(node_cell, m)
+                pt = _grow_rows(pt, m)
+                kids = _grow_rows(kids, m)
+                depth = _grow_rows(depth, m)
+            node_cell[m] = p
+            pt[m, 0] = i
+            pt[m, 1] = j
+            depth[m] = li + 1
+            m += 1
+            i = j
+        if head >= 0:
+            kids[head, 1] = m
+        head += 1
+    n_top = 0
+    while n_top < m and depth[n_top] == 0:
+        n_top += 1
+    box = np.empty((m, 4), dtype=np.float64)
+    for k in range(m - 1, -1, -1):  # children have larger numbers: fill bottom-up
+        if kids[k, 1] > kids[k, 0]:
+            c0 = kids[k, 0]
+            box[k, :] = box[c0, :]
+            for c in range(c0 + 1, kids[k, 1]):
+                box[k, 0] = min(box[k, 0], box[c, 0])
+                box[k, 1] = min(box[k, 1], box[c, 1])
+                box[k, 2] = max(box[k, 2], box[c, 2])
+                box[k, 3] = max(box[k, 3], box[c, 3])
+        else:
+            x0 = np.inf
+            y0 = np.inf
+            x1 = -np.inf
+            y1 = -np.inf
+            for q in range(pt[k, 0], pt[k, 1]):
+                x0 = min(x0, xy[q, 0])
+                y0 = min(y0, xy[q, 1])
+                x1 = max(x1, xy[q, 0])
+                y1 = max(y1, xy[q, 1])
+            box[k, 0] = x0
+            box[k, 1] = y0
+            box[k, 2] = x1
+            box[k, 3] = y1
+    return node_cell[:m].copy(), box, pt[:m].copy(), kids[:m].copy(), n_top
+
+
+@njit(cache=True, parallel=True)
+def pack_cell_rows(cells: np.ndarray, res: int, row_bits: int) -> np.ndarray:
+    """One uint64 per point: its cell's base-cell and digit bits (at ``res``) above its row number, so that
+    sorting these sorts points by cell, stably."""
+    shift = np.uint64(3 * (15 - res))
+    key_mask = (np.uint64(1) << np.uint64(7 + 3 * res)) - np.uint64(1)
+    out = np.empty(cells.shape[0], dtype=np.uint64)
+    for i in prange(cells.shape[0]):
+        out[i] = (((cells[i] >> shift) & key_mask) << np.uint64(row_bits)) | np.uint64(i)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def unpack_rows(packed: np.ndarray, row_bits: int) -> np.ndarray:
+    mask = (np.uint64(1) << np.uint64(row_bits)) - np.uint64(1)
+    out = np.empty(packed.shape[0], dtype=np.int64)
+    for i in prange(packed.shape[0]):
+        out[i] = np.int64(packed[i] & mask)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``src[order]`` for 1-D ``src``, in parallel."""
+    out = np.empty(order.shape[0], dtype=src.dtype)
+    for i in prange(order.shape[0]):
+        out[i] = src[order[i]]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def gather_cameras(order, lng, lat, installed, removed, retention, sharing, owner, camera,  # type: ignore[no-untyped-def]
+                   xy, o_installed, o_removed, o_retention, o_flags, o_owner, o_camera):
+    """Every camera column permuted by ``order`` in one parallel pass: the eight loads of a row are
+    independent, so their cache misses overlap instead of costing one pass over memory each."""
+    for i in prange(order.shape[0]):
+        r = order[i]
+        xy[i, 0] = lng[r]
+        xy[i, 1] = lat[r]
+        o_installed[i] = installed[r]
+        o_removed[i] = removed[r]
+        o_retention[i] = retention[r]
+        o_flags[i] = SHARING if sharing[r] else np.uint8(0)
+        o_owner[i] = owner[r]
+        o_camera[i] = camera[r]
+
+
+@njit(cache=True)
+def events_csr(pos: np.ndarray, ts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group event times by point position (counting sort), each group sorted ascending."""
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    for k in range(pos.shape[0]):
+        ptr[pos[k] + 1] += 1
+    for i in range(n):
+        ptr[i + 1] += ptr[i]
+    fill = ptr[:-1].copy()
+    out = np.empty(ts.shape[0], dtype=np.int32)
+    for k in range(pos.shape[0]):
+        out[fill[pos[k]]] = ts[k]
+        fill[pos[k]] += 1
+    for i in range(n):
+        lo = ptr[i]
+        hi = ptr[i + 1]
+        sorted_already = True
+        for k in range(lo + 1, hi):
+            if out[k] < out[k - 1]:
+                sorted_already = False
+                break
+        if not sorted_already:
+            out[lo:hi] = np.sort(out[lo:hi])
+    return ptr, out
+
+
+# ----------------------------------------------------------------------------------------------- query
+
+
+@njit(cache=True, inline="always")
+def _first_at_least(arr: np.ndarray, lo: np.int64, hi: np.int64, value: np.int64) -> np.int64:
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if arr[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, _nrt=False)  # per point, never allocates (see kernels.geometry)
+def admissible(i: np.int64, installed: np.ndarray, removed: np.ndarray, retention: np.ndarray,
+               flags: np.ndarray, ev_ptr: np.ndarray, ev_ts: np.ndarray,
+               t0: np.int64, t1: np.int64, now: np.int64) -> bool:
+    """Whether point ``i`` may hold footage of ``[t0, t1]`` that is still retained at ``now``.
+
+    Times are microseconds since 2000-01-01Z; ``t1`` is already ``min(end, now)``. Sharing must be on, the
+    camera not deleted and its owner not opted out (all in ``flags``). ``ev_ptr`` is empty when no motion
+    events are loaded; otherwise at least one event must fall in the retained, installed part of the window.
+    """
+    if flags[i] != SHARING:
+        return False
+    first = max(t0, np.int64(installed[i]) * US)
+    r = removed[i]
+    last = t1 if r == NOT_REMOVED else min(t1, np.int64(r) * US)
+    if first > last:
+        return False
+    keep_from = now - np.int64(retention[i]) * DAY_US
+    if last < keep_from:
+        return False
+    if ev_ptr.shape[0]:
+        lo = max(first, keep_from)
+        # first event second s with s * US >= lo, i.e. s >= ceil(lo / US)
+        s_lo = -((-lo) // US)
+        k = _first_at_least(ev_ts, ev_ptr[i], ev_ptr[i + 1], s_lo)
+        if k >= ev_ptr[i + 1] or np.int64(ev_ts[k]) * US > last:
+            return False
+    return True
+
+
+@njit(cache=True, parallel=True)
+def mark_owners(flags: np.ndarray, owner: np.ndarray, owners_sorted: np.ndarray, bit: np.uint8, on: bool) -> int:
+    """Set (or clear) ``bit`` in the flags of every camera whose owner is in ``owners_sorted``; returns how many
+    cameras were marked. One parallel pass with a binary search per camera."""
+    count = 0
+    m = owners_sorted.shape[0]
+    for i in prange(owner.shape[0]):
+        o = np.int64(owner[i])
+        lo = 0
+        hi = m
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if owners_sorted[mid] < o:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < m and owners_sorted[lo] == o:
+            if on:
+                flags[i] |= bit
+            else:
+                flags[i] &= ~bit
+            count += 1
+    return count
+
+
+@njit(cache=True, inline="always")
+def _push(out: np.ndarray, n: int, value: np.int64) -> tuple[np.ndarray, int]:
+    if n == out.shape[0]:
+        bigger = np.empty(max(16, 2 * n), dtype=np.int64)
+        bigger[:n] = out[:n]
+        out = bigger
+    out[n] = value
+    return out, n + 1
+
+
+@njit(cache=True, inline="always")
+def _box_misses(node_box: np.ndarray, i: np.int64, qx0: float, qy0: float, qx1: float, qy1: float) -> bool:
+    return (np.float64(node_box[i, 2]) < qx0 or np.float64(node_box[i, 0]) > qx1
+            or np.float64(node_box[i, 3]) < qy0 or np.float64(node_box[i, 1]) > qy1)
+
+
+@njit(cache=True, nogil=True)
+def resolve_points(
+    xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, poly_bbox: np.ndarray,
+    node_box: np.ndarray, pt: np.ndarray, kids: np.ndarray, n_top: int,
+    xy: np.ndarray, installed: np.ndarray, removed: np.ndarray, retention: np.ndarray, flags: np.ndarray,
+    ev_ptr: np.ndarray, ev_ts: np.ndarray, t0: np.int64, t1: np.int64, now: np.int64,
+) -> np.ndarray:
+    """Positions of the points covered by the area and admissible for the window (in visit order).
+
+    Walks the hierarchy from the top level; a node whose box lies wholly inside the area is accepted without
+    locating its points one by one, one wholly outside is skipped, and a straddling leaf tests each point."""
+    qx0 = poly_bbox[:, 0].min()
+    qy0 = poly_bbox[:, 1].min()
+    qx1 = poly_bbox[:, 2].max()
+    qy1 = poly_bbox[:, 3].max()
+    out = np.empty(64, dtype=np.int64)
+    n = 0
+    work = np.empty(WORK_SIZE)
+    stack = np.empty(64, dtype=np.int64)
+    sp = 0
+    for top in range(n_top - 1, -1, -1):
+        if not _box_misses(node_box, top, qx0, qy0, qx1, qy1):
+            stack, sp = _push(stack, sp, top)
+    while sp:
+        sp -= 1
+        node = stack[sp]
+        bx0 = np.float64(node_box[node, 0])
+        by0 = np.float64(node_box[node, 1])
+        bx1 = np.float64(node_box[node, 2])
+        by1 = np.float64(node_box[node, 3])
+        is_leaf = kids[node, 0] == kids[node, 1]
+        if not is_leaf and bx0 <= qx0 and by0 <= qy0 and bx1 >= qx1 and by1 >= qy1:
+            cls = BOX_MIXED  # the node's box holds the whole area: no need to look at its edges
+        else:
+            cls = classify_box(bx0, by0, bx1, by1, xs, ys, ring_ptr, poly_ptr, poly_bbox, work)
+        if cls == BOX_OUT:
+            continue
+        if cls == BOX_IN or is_leaf:
+            for i in range(pt[node, 0], pt[node, 1]):
+                if not admissible(i, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now):
+                    continue
+                if cls != BOX_IN:
+                    x = xy[i, 0]
+                    y = xy[i, 1]
+                    if x < qx0 or x > qx1 or y < qy0 or y > qy1:
+                        continue
+                    if not covers_point(x, y, xs, ys, ring_ptr, poly_ptr, poly_bbox, work):
+                        continue
+                out, n = _push(out, n, i)
+            continue
+        for c in range(kids[node, 1] - 1, kids[node, 0] - 1, -1):
+            if not _box_misses(node_box, c, qx0, qy0, qx1, qy1):
+                stack, sp = _push(stack, sp, c)
+    return out[:n]
+
+
+@njit(cache=True, nogil=True)
+def scan_points(
+    xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, poly_bbox: np.ndarray,
+    xy: np.ndarray, installed: np.ndarray, removed: np.ndarray, retention: np.ndarray, flags: np.ndarray,
+    ev_ptr: np.ndarray, ev_ts: np.ndarray, t0: np.int64, t1: np.int64, now: np.int64,
+) -> np.ndarray:
+    """The same selection as :func:`resolve_points` by testing every point (the live-update delta)."""
+    qx0 = poly_bbox[:, 0].min()
+    qy0 = poly_bbox[:, 1].min()
+    qx1 = poly_bbox[:, 2].max()
+    qy1 = poly_bbox[:, 3].max()
+    out = np.empty(16, dtype=np.int64)
+    n = 0
+    work = np.empty(WORK_SIZE)
+    for i in range(xy.shape[0]):
+        x = xy[i, 0]
+        y = xy[i, 1]
+        if x < qx0 or x > qx1 or y < qy0 or y > qy1:
+            continue
+        if not admissible(i, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now):
+            continue
+        if covers_point(x, y, xs, ys, ring_ptr, poly_ptr, poly_bbox, work):
+            out, n = _push(out, n, i)
+    return out[:n]
+
+
+@njit(cache=True)
+def radix_argsort(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of int64 ``keys`` by LSD radix, linear in the number of keys.
+
+    Digits are as wide as the input is long (8 to 16 bits), and only the bits in which keys differ are
+    sorted: a query's few thousand owner ids take two or three passes, several times faster than a
+    comparison sort."""
+    m = keys.shape[0]
+    order = np.arange(m)
+    if m < 2:
+        return order
+    lo = keys.min()
+    span = np.uint64(keys.max() - lo)
+    bits = 8
+    while bits < 16 and (1 << bits) < m:
+        bits += 1
+    mask = np.uint64((1 << bits) - 1)
+    tmp = np.empty(m, dtype=np.int64)
+    count = np.empty((1 << bits) + 1, dtype=np.int64)
+    digit = np.empty(m, dtype=np.int64)
+    shift = 0
+    while shift < 64 and (span >> np.uint64(shift)) != 0:
+        count[:] = 0
+        for k in range(m):
+            d = np.int64((np.uint64(keys[order[k]] - lo) >> np.uint64(shift)) & mask)
+            digit[k] = d
+            count[d + 1] += 1
+        for d in range(1 << bits):
+            count[d + 1] += count[d]
+        for k in range(m):
+            d = digit[k]
+            tmp[count[d]] = order[k]
+            count[d] += 1
+        order, tmp = tmp, order
+        shift += bits
+    return order
+
+
+@njit(cache=True)
+def group_by_owner(owner: np.ndarray, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort (owner, camera) pairs; return distinct owners, cameras in owner order and CSR offsets."""
+    m = owner.shape[0]
+    order = radix_argsort(owner)
+    own = np.empty(m, dtype=np.int64)
+    cam = np.empty(m, dtype=np.int64)
+    for k in range(m):
+        own[k] = owner[order[k]]
+        cam[k] = camera[order[k]]
+    starts = run_starts(own)
+    n_own = starts.shape[0] - 1
+    owners = np.empty(n_own, dtype=np.int64)
+    for j in range(n_own):
+        owners[j] = own[starts[j]]
+        for k in range(starts[j] + 1, starts[j + 1]):  # insertion sort: an owner has a handful of cameras
+            c = cam[k]
+            q = k - 1
+            while q >= starts[j] and cam[q] > c:
+                cam[q + 1] = cam[q]
+                q -= 1
+            cam[q + 1] = c
+    return owners, cam, starts
+
+
+@njit(cache=True, nogil=True)
+def resolve(xs, ys, ring_ptr, poly_ptr, poly_bbox, node_box, pt, kids, n_top,  # type: ignore[no-untyped-def]
+            xy, installed, removed, retention, flags, owner, ev_ptr, ev_ts, camera,
+            dxy, dinstalled, dremoved, dretention, dflags, downer, dev_ptr, dev_ts, dcamera,
+            t0, t1, now):
+    """A whole query in one compiled call (so it pays Numba's dispatch once): walk the base hierarchy, scan
+    the live delta, gather ids and group cameras by owner. Returns ``(owners, cameras, offsets)``."""
+    pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, node_box, pt, kids, n_top,
+                         xy, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now)
+    if dxy.shape[0]:
+        dpos = scan_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, dxy, dinstalled, dremoved, dretention, dflags,
+                           dev_ptr, dev_ts, t0, t1, now)
+    else:
+        dpos = np.empty(0, dtype=np.int64)
+    m = pos.shape[0] + dpos.shape[0]
+    own = np.empty(m, dtype=np.int64)
+    cam = np.empty(m, dtype=np.int64)
+    for k in range(pos.shape[0]):
+        own[k] = owner[pos[k]]
+        cam[k] = camera[pos[k]]
+    for k in range(dpos.shape[0]):
+        own[pos.shape[0] + k] = downer[dpos[k]]
+        cam[pos.shape[0] + k] = dcamera[dpos[k]]
+    return group_by_owner(own, cam)

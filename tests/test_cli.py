@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from dispatcher.cli import main
+
+
+def test_demo_runs_and_reports_identical_results(tmp_path: Path):
+    out = tmp_path / "demo.json"
+    result = CliRunner().invoke(main, ["demo", "--cameras", "20000", "--requests", "20", "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["cameras"] == 20000
+    assert set(report["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²"}
+    for row in report["resolve"].values():
+        assert row["geodispatch"]["p50_us"] > 0 and row["latsorted"]["p50_us"] > 0
+    assert "resolve latency" in result.output
+
+
+def test_generate_build_resolve_round_trip(tmp_path: Path):
+    runner = CliRunner()
+    data, index = tmp_path / "data", tmp_path / "index"
+    r = runner.invoke(main, ["generate", "--cameras", "5000", "--out", str(data)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["build", "--data", str(data), "--out", str(index)])
+    assert r.exit_code == 0, r.output
+    area = {"type": "Polygon", "coordinates": [[[-130, 20], [-60, 20], [-60, 55], [-130, 55], [-130, 20]]]}
+    r = runner.invoke(main, ["resolve", "--index", str(index), "--area", json.dumps(area), "--start",
+                             "2026-10-31T00:00:00Z", "--end", "2026-10-31T12:00:00Z", "--now",
+                             "2026-11-01T00:00:00Z", "--out", str(tmp_path / "r.parquet")])
+    assert r.exit_code == 0, r.output
+    counts = json.loads(r.output)
+    assert counts["owners"] > 0 and counts["cameras"] >= counts["owners"]
+
+
+def test_env_vars_set_options(tmp_path: Path):
+    r = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / "d")],
+                           env={"GEODISPATCH_GENERATE_CAMERAS": "1000"})
+    assert r.exit_code == 0, r.output
+    assert "1,000 cameras" in r.output
+
+
+def test_bad_area_is_a_one_line_error(tmp_path: Path):
+    runner = CliRunner()
+    runner.invoke(main, ["generate", "--cameras", "1000", "--out", str(tmp_path / "d")])
+    runner.invoke(main, ["build", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "i")])
+    p = subprocess.run([sys.executable, "-m", "dispatcher.cli", "resolve", "--index", str(tmp_path / "i"), "--area",
+                        "{broken", "--start", "2026-10-31T00:00:00Z", "--end", "2026-10-31T01:00:00Z"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert "malformed GeoJSON" in p.stderr
+
+
+def test_orchestration_type_checks():
+    p = subprocess.run([sys.executable, "-m", "mypy", "dispatcher"], capture_output=True, text=True, timeout=600,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stdout + p.stderr

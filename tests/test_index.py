@@ -1,0 +1,341 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.reference import Dataset, brute_force
+from dispatcher.area import Area
+from dispatcher.errors import IndexFormatError, InvalidData, InvalidTimeWindow, UnknownCamera
+from dispatcher.index import CameraIndex, IndexConfig
+from dispatcher.models import CAMERA_SCHEMA
+from tests import data
+from tests.polygons import areas, boundary_points
+
+NOW = data.NOW
+
+
+def as_dict(rs) -> dict[int, list[int]]:
+    return {owner: cams.tolist() for owner, cams in rs.items()}
+
+
+@pytest.fixture(scope="module")
+def world():
+    cams = data.cameras(6000, seed=7)
+    own = data.owners(cams, seed=7)
+    ev = data.events(cams, seed=7)
+    return cams, own, ev
+
+
+@pytest.fixture(scope="module")
+def index_with_events(world):
+    cams, own, ev = world
+    return CameraIndex.build(cams, own, ev), Dataset.from_tables(cams, own, ev)
+
+
+@pytest.fixture(scope="module")
+def index_plain(world):
+    cams, own, _ = world
+    return CameraIndex.build(cams, own), Dataset.from_tables(cams, own)
+
+
+@given(area=areas(), seed=st.integers(0, 2**32 - 1))
+def test_resolve_equals_oracle(index_plain, area, seed):
+    index, ref = index_plain
+    start, end = data.window(np.random.default_rng(seed))
+    got = index.resolve(area, start, end, now=NOW)
+    assert as_dict(got) == brute_force(ref, area, start, end, NOW)
+
+
+@given(area=areas(), seed=st.integers(0, 2**32 - 1))
+def test_resolve_with_motion_events_equals_oracle(index_with_events, area, seed):
+    index, ref = index_with_events
+    start, end = data.window(np.random.default_rng(seed), max_days_ago=45)
+    got = index.resolve(area, start, end, now=NOW)
+    assert as_dict(got) == brute_force(ref, area, start, end, NOW)
+
+
+@settings(max_examples=25)
+@given(area=areas(snap=2.0**-12), seed=st.integers(0, 2**32 - 1))
+def test_cameras_on_the_boundary_are_included(area, seed):
+    rng = np.random.default_rng(seed)
+    edge = boundary_points(area, rng, 2.0**-12)
+    cams = data.cameras(300, seed=seed % 1000, extra_points=edge, spread=0.02)
+    # Every boundary camera shares, was installed long ago and is never removed, so only geometry decides.
+    n = cams.num_rows
+    k = edge.shape[0]
+    cams = cams.set_column(5, "removed_at", pa.nulls(n, pa.timestamp("s", tz="UTC")))
+    cams = cams.set_column(7, "sharing_enabled", pa.array(np.ones(n, bool)))
+    cams = cams.set_column(6, "retention_days", pa.array(np.full(n, 180, np.int16)))
+    index = CameraIndex.build(cams)
+    start, end = NOW - timedelta(hours=2), NOW - timedelta(hours=1)
+    got = index.resolve(area, start, end, now=NOW)
+    ref = Dataset.from_tables(cams)
+    assert as_dict(got) == brute_force(ref, area, start, end, NOW)
+    installed = cams.column("installed_at").cast(pa.int64()).to_numpy()
+    edge_ids = cams.column("camera_id").to_numpy()[n - k:][installed[n - k:] <= int(end.timestamp())]
+    assert set(edge_ids.tolist()) <= set(got.camera_ids.tolist())
+
+
+def _one_camera(installed: datetime, removed: datetime | None, retention: int = 30, sharing: bool = True,
+                lng: float = -73.95, lat: float = 40.75) -> pa.Table:
+    ts = pa.timestamp("s", tz="UTC")
+    return pa.Table.from_arrays([
+        pa.array([1]), pa.array([10]), pa.array([lat]), pa.array([lng]),
+        pa.array([installed], ts), pa.array([removed], ts), pa.array([retention], pa.int16()),
+        pa.array([sharing]),
+    ], schema=CAMERA_SCHEMA)
+
+
+SQUARE = {"type": "Polygon", "coordinates": [[[-74, 40.7], [-73.9, 40.7], [-73.9, 40.8], [-74, 40.8], [-74, 40.7]]]}
+START = datetime(2026, 10, 20, 10, 0, tzinfo=timezone.utc)
+END = datetime(2026, 10, 20, 11, 0, tzinfo=timezone.utc)
+S = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("installed, removed, retention, now, expected", [
+    (END, None, 30, NOW, True),                       # installed at the very end of the window
+    (END + S, None, 30, NOW, False),                  # installed just after it
+    (START - S, START, 30, NOW, True),                # removed at the very start
+    (START - 2 * S, START - S, 30, NOW, False),       # removed just before
+    (START - S, None, 30, END + timedelta(days=30), True),       # last footage retained to the second
+    (START - S, None, 30, END + timedelta(days=30, microseconds=1), False),  # one microsecond too late
+    (START - S, END - S, 30, END - S + timedelta(days=30), True),   # removed: last footage is at removal
+    (START - S, END - S, 30, END + timedelta(days=30), False),
+    (START - S, None, 180, END + timedelta(days=100), True),
+])
+def test_window_and_retention_edges(installed, removed, retention, now, expected):
+    cams = _one_camera(installed, removed, retention)
+    got = CameraIndex.build(cams).resolve(SQUARE, START, END, now=now)
+    assert (got.n_owners == 1) is expected
+    assert as_dict(got) == brute_force(Dataset.from_tables(cams), SQUARE, START, END, now)
+
+
+@pytest.mark.parametrize("event, expected", [
+    (START, True), (END, True), (START - S, False), (END + S, False), (START + timedelta(minutes=30), True),
+])
+def test_motion_event_must_fall_inside_the_window(event, expected):
+    cams = _one_camera(START - timedelta(days=1), None)
+    ev = pa.table({"camera_id": pa.array([1]), "ts": pa.array([event], pa.timestamp("s", tz="UTC"))})
+    got = CameraIndex.build(cams, events=ev).resolve(SQUARE, START, END, now=NOW)
+    assert (got.n_owners == 1) is expected
+
+
+def test_window_cut_by_now_and_sharing_and_optout():
+    cams = _one_camera(START - timedelta(days=1), None)
+    # The window runs past now: only footage up to now can exist, and it does.
+    assert CameraIndex.build(cams).resolve(SQUARE, START, END + timedelta(days=1), now=END).n_owners == 1
+    assert CameraIndex.build(_one_camera(START - S, None, sharing=False)).resolve(SQUARE, START, END, NOW).n_owners == 0
+    owners = pa.table({"owner_id": pa.array([10]), "opted_out": pa.array([True])})
+    assert CameraIndex.build(cams, owners).resolve(SQUARE, START, END, now=NOW).n_owners == 0
+
+
+@pytest.mark.parametrize("start, end, now, message", [
+    (datetime(2026, 10, 20, 10), END, NOW, "naive"),
+    (END, START, NOW, "not after its start"),
+    (START, START, NOW, "not after its start"),
+    (START, END, START - S, "after now"),
+    ("yesterday", END, NOW, "not an ISO-8601"),
+    (1700000000, END, NOW, "expected an aware datetime"),
+])
+def test_bad_windows_raise(index_plain, start, end, now, message):
+    index, _ = index_plain
+    with pytest.raises(InvalidTimeWindow, match=message):
+        index.resolve(SQUARE, start, end, now=now)
+
+
+def test_iso_strings_with_offsets_are_accepted(index_plain):
+    index, _ = index_plain
+    a = index.resolve(SQUARE, "2026-10-20T06:00:00-04:00", "2026-10-20T11:00:00Z", now="2026-11-01T12:00:00+00:00")
+    b = index.resolve(SQUARE, START, END, now=NOW)
+    assert as_dict(a) == as_dict(b)
+
+
+def _replace(table: pa.Table, name: str, values) -> pa.Table:
+    field = table.schema.field(name)
+    return table.set_column(table.schema.get_field_index(name), field, pa.array(values, field.type))
+
+
+@pytest.mark.parametrize("column, values, message", [
+    ("lat", [float("nan")], "NaN, infinite or out-of-range"),
+    ("lng", [181.0], "out-of-range"),
+    ("camera_id", [5], "duplicated id"),
+    ("retention_days", [0], "retention_days must be positive"),
+])
+def test_bad_camera_rows_are_named(column, values, message):
+    cams = data.cameras(50, seed=1)
+    col = cams.column(column).to_pylist()
+    col[3] = values[0]
+    if column == "camera_id":
+        col[4] = values[0]
+    bad = _replace(cams, column, col)
+    with pytest.raises(InvalidData, match=message) as err:
+        CameraIndex.build(bad)
+    if column != "camera_id":
+        assert str(cams.column("camera_id")[3].as_py()) in str(err.value)
+
+
+def test_unknown_owner_and_unknown_event_camera_and_lossy_times():
+    cams = data.cameras(50, seed=2)
+    own = data.owners(cams).slice(1)
+    with pytest.raises(InvalidData, match="unknown owner"):
+        CameraIndex.build(cams, own)
+    ev = pa.table({"camera_id": pa.array([999_999]), "ts": pa.array([NOW], pa.timestamp("s", tz="UTC"))})
+    with pytest.raises(InvalidData, match="unknown camera id"):
+        CameraIndex.build(cams, events=ev)
+    fine = cams.set_column(4, "installed_at", cams.column("installed_at").cast(pa.timestamp("ms", tz="UTC")))
+    CameraIndex.build(fine)  # whole seconds in ms are fine
+    shifted = pa.compute.add(fine.column("installed_at"), pa.scalar(1, pa.duration("ms")))
+    lossy = fine.set_column(4, "installed_at", shifted)
+    with pytest.raises(InvalidData, match="installed_at"):
+        CameraIndex.build(lossy)
+    with pytest.raises(InvalidData, match="missing column"):
+        CameraIndex.build(cams.drop_columns(["lat"]))
+
+
+class Mirror:
+    """The same cameras, owners and flags as the index, kept as plain tables for the oracle."""
+
+    def __init__(self, cams: pa.Table, own: pa.Table) -> None:
+        self.cams = cams
+        self.optout = set(own.filter(own.column("opted_out")).column("owner_id").to_pylist())
+
+    def dataset(self) -> Dataset:
+        ids = sorted(set(self.cams.column("owner_id").to_pylist()) | self.optout)
+        own = pa.table({"owner_id": pa.array(ids, pa.int64()), "opted_out": pa.array([i in self.optout for i in ids])})
+        return Dataset.from_tables(self.cams, own)
+
+
+def test_live_updates_are_visible_and_survive_merges(world):
+    cams, own, _ = world
+    rng = np.random.default_rng(3)
+    index = CameraIndex.build(cams, own, config=IndexConfig(merge_min_delta=10**9))
+    mirror = Mirror(cams, own)
+    area = {"type": "Polygon", "coordinates": [[[-74.0, 40.72], [-73.9, 40.72], [-73.95, 40.8], [-74.0, 40.72]]]}
+    next_id = 1_000_000
+    for step in range(40):
+        op = rng.integers(0, 6)
+        live = mirror.cams.column("camera_id").to_numpy()
+        if op == 0:
+            new = data.cameras(int(rng.integers(1, 60)), seed=step, first_id=next_id)
+            next_id += new.num_rows
+            index.add_cameras(new)
+            mirror.cams = pa.concat_tables([mirror.cams, new])
+        elif op == 1:
+            gone = rng.choice(live, int(rng.integers(1, 30)), replace=False)
+            index.remove_cameras(gone.tolist())
+            mirror.cams = mirror.cams.filter(~np.isin(live, gone))
+        elif op == 2:
+            pick = rng.choice(live, 40, replace=False)
+            on = bool(rng.integers(0, 2))
+            index.set_sharing(pick.tolist(), on)
+            col = mirror.cams.column("sharing_enabled").to_numpy(zero_copy_only=False).copy()
+            col[np.isin(live, pick)] = on
+            mirror.cams = _replace(mirror.cams, "sharing_enabled", col)
+        elif op == 3:
+            who = rng.choice(mirror.cams.column("owner_id").to_numpy(), 20).tolist()
+            out = bool(rng.integers(0, 2))
+            index.set_opted_out(who, out)
+            mirror.optout = mirror.optout | set(who) if out else mirror.optout - set(who)
+        elif op == 4:
+            index.merge()
+            assert index.pending_updates == 0
+        else:
+            index.merge(background=True)
+        start, end = data.window(rng)
+        got = index.resolve(area, start, end, now=NOW)
+        want = brute_force(mirror.dataset(), area, start, end, NOW)
+        assert as_dict(got) == want, f"step {step}, op {op}"
+    index.merge()
+    start, end = data.window(rng)
+    assert as_dict(index.resolve(area, start, end, now=NOW)) == brute_force(mirror.dataset(), area, start, end, NOW)
+
+
+def test_bad_updates_change_nothing(world):
+    cams, own, _ = world
+    index = CameraIndex.build(cams, own)
+    before = as_dict(index.resolve(SQUARE, START, END, now=NOW))
+    first = cams.column("camera_id")[0].as_py()
+    with pytest.raises(UnknownCamera, match="123456789"):
+        index.remove_cameras([first, 123456789])
+    with pytest.raises(InvalidData, match="already in the index"):
+        index.add_cameras(cams.slice(0, 2))
+    assert as_dict(index.resolve(SQUARE, START, END, now=NOW)) == before
+    index.remove_cameras([first])
+    with pytest.raises(UnknownCamera):
+        index.set_sharing([first], True)  # removed cameras stay removed
+
+
+def test_save_open_roundtrip_and_worker_processes(world, tmp_path):
+    cams, own, ev = world
+    index = CameraIndex.build(cams, own, ev)
+    index.add_cameras(data.cameras(20, seed=9, first_id=500_000))
+    index.set_opted_out([int(cams.column("owner_id")[0].as_py())])
+    area = {"type": "Polygon", "coordinates": [[[-74.0, 40.7], [-73.9, 40.7], [-73.9, 40.8], [-74.0, 40.7]]]}
+    start, end = NOW - timedelta(days=20), NOW - timedelta(days=20) + timedelta(hours=6)
+    want = as_dict(index.resolve(area, start, end, now=NOW))
+    path = index.save(tmp_path / "idx")
+    opened = CameraIndex.open(path)
+    assert as_dict(opened.resolve(area, start, end, now=NOW)) == want
+    # Live updates in one process stay private to it: the files are untouched.
+    victim = want and next(iter(want.values()))[0]
+    if victim:
+        opened.remove_cameras([victim])
+        assert victim not in opened.resolve(area, start, end, now=NOW).camera_ids
+        assert as_dict(CameraIndex.open(path).resolve(area, start, end, now=NOW)) == want
+    code = (
+        "import sys, json; from datetime import datetime; from dispatcher.index import CameraIndex;"
+        "i = CameraIndex.open(sys.argv[1]);"
+        f"r = i.resolve({area!r}, datetime.fromisoformat('{start.isoformat()}'), "
+        f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
+        "print(json.dumps({int(k): v.tolist() for k, v in r.items()}))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    import json
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0
+        assert {int(k): v for k, v in json.loads(out).items()} == want
+    with pytest.raises(IndexFormatError, match="already holds an index"):
+        index.save(path)
+    with pytest.raises(IndexFormatError, match="not an index directory"):
+        CameraIndex.open(tmp_path / "nowhere")
+
+
+def test_recipient_set_views_and_arrow(index_plain):
+    index, _ = index_plain
+    big = {"type": "Polygon",
+           "coordinates": [[[-74.2, 40.5], [-73.7, 40.5], [-73.7, 41.0], [-74.2, 41.0], [-74.2, 40.5]]]}
+    rs = index.resolve(big, NOW - timedelta(days=10), NOW - timedelta(days=9), now=NOW)
+    assert rs.n_owners > 100
+    assert np.all(np.diff(rs.owner_ids) > 0)
+    assert rs.counts().sum() == rs.n_cameras
+    owner = int(rs.owner_ids[5])
+    cams = rs.cameras_of(owner)
+    assert cams.base is not None and np.all(np.diff(cams) > 0)
+    assert rs.cameras_of(-1).shape[0] == 0
+    table = rs.to_arrow()
+    assert table.column("owner_id").to_pylist() == rs.owner_ids.tolist()
+    assert table.column("camera_ids")[5].as_py() == cams.tolist()
+    batches = list(rs.batches(37))
+    assert sum(b.n_owners for b in batches) == rs.n_owners
+    assert np.array_equal(np.concatenate([b.camera_ids for b in batches]), rs.camera_ids)
+    with pytest.raises(ValueError):
+        rs.owner_ids[0] = 1
+
+
+def test_empty_region_and_whole_city(index_plain):
+    index, ref = index_plain
+    ocean = {"type": "Polygon", "coordinates": [[[-40, 30], [-39, 30], [-39, 31], [-40, 30]]]}
+    assert index.resolve(ocean, START, END, now=NOW).n_owners == 0
+    city = {"type": "Polygon",
+            "coordinates": [[[-74.3, 40.4], [-73.6, 40.4], [-73.6, 41.1], [-74.3, 41.1], [-74.3, 40.4]]]}
+    got = index.resolve(Area.parse(city), START, END, now=NOW)
+    assert as_dict(got) == brute_force(ref, city, START, END, NOW)
