@@ -5,9 +5,9 @@ benchmarks compare exactly what the tests proved equal.
 
 - :func:`brute_force`: the oracle. shapely's ``intersects_xy`` over every camera and the admission rules written
   out plainly with Python integers. Slow, independent of our kernels.
-- :class:`LatSortedPeer`: the fastest approach measured elsewhere on this kind of machine: cameras sorted by
-  latitude, a ``searchsorted`` band, a longitude mask and a Numba point-in-polygon test (spatial part only);
-  :class:`LatSortedResolver`, the same with our admission rules and owner grouping in the same compiled call.
+- :class:`LatSortedResolver`: the fastest approach measured elsewhere on this kind of machine: cameras sorted
+  by latitude, a ``searchsorted`` band, a longitude mask and a Numba point-in-polygon test, here with our
+  admission rules and owner grouping in the same compiled call, so that a comparison isolates the index.
 - :class:`STRtreePeer`: shapely 2's STRtree over the points, a box query and ``intersects_xy``.
 """
 
@@ -116,46 +116,6 @@ def brute_force(data: Dataset, area: Any, start: datetime, end: datetime, now: d
     geom = Area.parse(area, max_vertices=10**9).geometry
     inside = np.flatnonzero(shapely.intersects_xy(geom, data.lng, data.lat))
     return data.recipients(data.admissible(inside, start, end, now))
-
-
-@njit(cache=True)
-def _lat_band_query(lat_sorted: np.ndarray, lng_sorted: np.ndarray, xs: np.ndarray, ys: np.ndarray,
-                    ring_ptr: np.ndarray, poly_ptr: np.ndarray, poly_bbox: np.ndarray) -> np.ndarray:
-    qx0 = poly_bbox[:, 0].min()
-    qy0 = poly_bbox[:, 1].min()
-    qx1 = poly_bbox[:, 2].max()
-    qy1 = poly_bbox[:, 3].max()
-    lo = np.searchsorted(lat_sorted, qy0, side="left")
-    hi = np.searchsorted(lat_sorted, qy1, side="right")
-    out = np.empty(hi - lo, dtype=np.int64)
-    n = 0
-    work = np.empty(WORK_SIZE)
-    for i in range(lo, hi):
-        x = lng_sorted[i]
-        if x < qx0 or x > qx1:
-            continue
-        if covers_point(x, lat_sorted[i], xs, ys, ring_ptr, poly_ptr, poly_bbox, work):
-            out[n] = i
-            n += 1
-    return out[:n]
-
-
-class LatSortedPeer:
-    """Latitude-sorted arrays + searchsorted band + longitude mask + Numba point-in-polygon (spatial part),
-    then the admission rules vectorised with numpy on the candidates."""
-
-    def __init__(self, data: Dataset) -> None:
-        self.order = np.argsort(data.lat, kind="stable")
-        self.lat = np.ascontiguousarray(data.lat[self.order])
-        self.lng = np.ascontiguousarray(data.lng[self.order])
-        self.data = data
-
-    def spatial(self, area: Area) -> np.ndarray:
-        """Row numbers (in the input table) of the cameras covered by ``area``."""
-        return self.order[_lat_band_query(self.lat, self.lng, *area.kernel_args())]
-
-    def nbytes(self) -> int:
-        return self.order.nbytes + self.lat.nbytes + self.lng.nbytes
 
 
 class STRtreePeer:

@@ -355,32 +355,6 @@ def resolve_points(
     return out[:n]
 
 
-@njit(cache=True, nogil=True)
-def scan_points(
-    xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, poly_bbox: np.ndarray,
-    xy: np.ndarray, installed: np.ndarray, removed: np.ndarray, retention: np.ndarray, flags: np.ndarray,
-    ev_ptr: np.ndarray, ev_ts: np.ndarray, t0: np.int64, t1: np.int64, now: np.int64,
-) -> np.ndarray:
-    """The same selection as :func:`resolve_points` by testing every point (the live-update delta)."""
-    qx0 = poly_bbox[:, 0].min()
-    qy0 = poly_bbox[:, 1].min()
-    qx1 = poly_bbox[:, 2].max()
-    qy1 = poly_bbox[:, 3].max()
-    out = np.empty(16, dtype=np.int64)
-    n = 0
-    work = np.empty(WORK_SIZE)
-    for i in range(xy.shape[0]):
-        x = xy[i, 0]
-        y = xy[i, 1]
-        if x < qx0 or x > qx1 or y < qy0 or y > qy1:
-            continue
-        if not admissible(i, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now):
-            continue
-        if covers_point(x, y, xs, ys, ring_ptr, poly_ptr, poly_bbox, work):
-            out, n = _push(out, n, i)
-    return out[:n]
-
-
 @njit(cache=True)
 def radix_argsort(keys: np.ndarray) -> np.ndarray:
     """Stable argsort of int64 ``keys`` by LSD radix, linear in the number of keys.
@@ -453,9 +427,16 @@ def resolve(xs, ys, ring_ptr, poly_ptr, poly_bbox, node_box, pt, kids, n_top,  #
     the live delta, gather ids and group cameras by owner. Returns ``(owners, cameras, offsets)``."""
     pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, node_box, pt, kids, n_top,
                          xy, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now)
-    if dxy.shape[0]:
-        dpos = scan_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, dxy, dinstalled, dremoved, dretention, dflags,
-                           dev_ptr, dev_ts, t0, t1, now)
+    if dxy.shape[0]:  # the delta is one leaf: every camera's location is tested
+        dbox = np.empty((1, 4))
+        dbox[0, 0] = dxy[:, 0].min()
+        dbox[0, 1] = dxy[:, 1].min()
+        dbox[0, 2] = dxy[:, 0].max()
+        dbox[0, 3] = dxy[:, 1].max()
+        dpt = np.zeros((1, 2), dtype=np.int64)
+        dpt[0, 1] = dxy.shape[0]
+        dpos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, dbox, dpt, np.zeros((1, 2), dtype=np.int64), 1,
+                              dxy, dinstalled, dremoved, dretention, dflags, dev_ptr, dev_ts, t0, t1, now)
     else:
         dpos = np.empty(0, dtype=np.int64)
     m = pos.shape[0] + dpos.shape[0]
