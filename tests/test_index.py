@@ -339,3 +339,42 @@ def test_empty_region_and_whole_city(index_plain):
             "coordinates": [[[-74.3, 40.4], [-73.6, 40.4], [-73.6, 41.1], [-74.3, 41.1], [-74.3, 40.4]]]}
     got = index.resolve(Area.parse(city), START, END, now=NOW)
     assert as_dict(got) == brute_force(ref, city, START, END, NOW)
+
+
+def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
+    """Worker processes starting together on an empty Numba cache compile, write the cache side by side and
+    all answer correctly; a later worker loads the kernels from that cache instead of compiling them."""
+    cams, own, _ = world
+    index = CameraIndex.build(cams, own)
+    path = index.save(tmp_path / "idx")
+    start, end = NOW - timedelta(days=20), NOW - timedelta(days=20) + timedelta(hours=6)
+    want = as_dict(index.resolve(SQUARE, start, end, now=NOW))
+    code = (
+        "import sys, json; from datetime import datetime; from kernels import index_kernels as K;"
+        "from dispatcher.index import CameraIndex; i = CameraIndex.open(sys.argv[1]);"
+        f"r = i.resolve({SQUARE!r}, datetime.fromisoformat('{start.isoformat()}'), "
+        f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
+        "st = K.resolve.stats; print(json.dumps({'r': {int(k): v.tolist() for k, v in r.items()},"
+        "'hits': sum(st.cache_hits.values()), 'misses': sum(st.cache_misses.values())}))"
+    )
+    import json
+    import os
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+
+    def run(n: int) -> list[dict]:
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True,
+                                  env=env) for _ in range(n)]
+        outs = []
+        for p in procs:
+            out, _ = p.communicate(timeout=600)
+            assert p.returncode == 0
+            outs.append(json.loads(out))
+        return outs
+
+    cold = run(3)
+    assert all({int(k): v for k, v in o["r"].items()} == want for o in cold)
+    assert any((tmp_path / "numba-cache").rglob("*.nbi")), "no Numba cache index was written"
+    assert any(o["misses"] >= 1 for o in cold)  # someone compiled (the others may have found its cache)
+    warm = run(1)[0]
+    assert {int(k): v for k, v in warm["r"].items()} == want
+    assert warm["hits"] >= 1 and warm["misses"] == 0  # loaded from the cache, not compiled
