@@ -49,7 +49,7 @@ from kernels import index_kernels as K
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _EPOCH_US = EPOCH_UNIX_S * 1_000_000
 _EMPTY_I64 = np.empty(0, np.int64)
 _EMPTY_I32 = np.empty(0, np.int32)
@@ -160,23 +160,21 @@ class _Tree:
     """The adaptive H3 hierarchy (see :mod:`kernels.index_kernels`)."""
 
     node_cell: np.ndarray  # uint64 H3 cell of each node
-    node_box: np.ndarray  # float32 (n_nodes, 4), rounded outwards
-    pt: np.ndarray  # (n_nodes, 2) point range
-    kids: np.ndarray  # (n_nodes, 2) child range, empty for leaves
+    nodes: np.ndarray  # K.NODE_DTYPE records: box, point range, child range
     n_top: int
 
-    NAMES = ("node_cell", "node_box", "pt", "kids")
+    NAMES = ("node_cell", "nodes")
 
     @property
     def n_nodes(self) -> int:
         return int(self.node_cell.shape[0])
 
     @property
-    def n_leaves(self) -> int:
-        return int(np.count_nonzero(self.kids[:, 0] == self.kids[:, 1]))
+    def leaves(self) -> np.ndarray:
+        return np.asarray(self.nodes["k0"] == self.nodes["k1"])
 
     def kernel_args(self) -> tuple[Any, ...]:
-        return self.node_box, self.pt, self.kids, self.n_top
+        return self.nodes, self.n_top
 
     def nbytes(self) -> int:
         return sum(getattr(self, n).nbytes for n in self.NAMES)
@@ -194,16 +192,18 @@ def _outward_f32(box: np.ndarray) -> np.ndarray:
     return out
 
 
-def _index_dtype(n: int) -> type[np.signedinteger[Any]]:
-    return np.int32 if n < 2**31 else np.int64
-
-
 def _build_tree(cells_sorted: np.ndarray, xy: np.ndarray, config: IndexConfig) -> _Tree:
     node_cell, box, pt, kids, n_top = K.build_tree(cells_sorted, xy, np.asarray(config.levels, np.int64),
                                                    config.leaf_capacity)
-    dt = _index_dtype(max(cells_sorted.shape[0], node_cell.shape[0]) + 1)
-    return _Tree(node_cell=node_cell, node_box=_outward_f32(box), pt=pt.astype(dt), kids=kids.astype(dt),
-                 n_top=int(n_top))
+    if max(cells_sorted.shape[0], node_cell.shape[0]) >= 2**31:
+        raise InvalidData(f"{cells_sorted.shape[0]:,} cameras: an index holds fewer than 2**31")
+    nodes = np.empty(node_cell.shape[0], dtype=K.NODE_DTYPE)
+    f32 = _outward_f32(box)
+    for k, name in enumerate(("x0", "y0", "x1", "y1")):
+        nodes[name] = f32[:, k]
+    nodes["p0"], nodes["p1"] = pt[:, 0], pt[:, 1]
+    nodes["k0"], nodes["k1"] = kids[:, 0], kids[:, 1]
+    return _Tree(node_cell=node_cell, nodes=nodes, n_top=int(n_top))
 
 
 def _sort_order(cells: np.ndarray, res: int) -> np.ndarray:
@@ -328,7 +328,7 @@ class CameraIndex:
         t = lap("validate", t)
         base, stages2 = _build_base(cols, ev_row, ev_ts, event_table is not None, optout, config)
         stages.update(stages2)
-        stats = BuildStats(cameras=len(cols), leaves=base.tree.n_leaves, nodes=base.tree.n_nodes,
+        stats = BuildStats(cameras=len(cols), leaves=int(base.tree.leaves.sum()), nodes=base.tree.n_nodes,
                            seconds=time.perf_counter() - t_start,
                            stages=stages)
         log.info("built index of %d cameras in %.2f s (%s)", stats.cameras, stats.seconds, stages)
@@ -467,7 +467,7 @@ class CameraIndex:
                 raise IndexFormatError(f"{d}: cannot map {name}.npy ({exc})") from None
         cols = _Columns(**{n: arrays[f"col_{n}"] for n in _Columns.NAMES})
         tree = _Tree(**{n: arrays[f"tree_{n}"] for n in _Tree.NAMES}, n_top=int(meta["n_top"]))
-        if cols.n != meta["cameras"] or int(tree.pt[:tree.n_top, 1].max(initial=0)) != cols.n:
+        if cols.n != meta["cameras"] or int(tree.nodes["p1"][:tree.n_top].max(initial=0)) != cols.n:
             raise IndexFormatError(f"{d}: array lengths disagree with meta.json ({meta['cameras']} cameras)")
         config = IndexConfig.from_dict(meta["config"])
         has_events = bool(meta["has_events"])
@@ -506,8 +506,9 @@ class CameraIndex:
         """The H3 cells of the index leaves (of mixed resolutions: dense places get finer cells) and their
         camera counts."""
         tree = self._state.base.tree
-        leaf = tree.kids[:, 0] == tree.kids[:, 1]
-        return np.asarray(tree.node_cell[leaf]), np.diff(tree.pt[leaf], axis=1)[:, 0].astype(np.int64)
+        leaf = tree.leaves
+        counts = tree.nodes["p1"][leaf].astype(np.int64) - tree.nodes["p0"][leaf]
+        return np.asarray(tree.node_cell[leaf]), counts
 
     # ------------------------------------------------------------------------------------------ internals
 

@@ -8,9 +8,9 @@ Layout (built by :mod:`dispatcher.index`):
   out; a camera is admissible only when its flags are exactly "sharing"), ``owner`` and
   ``camera`` ids (int32 when they fit, else int64);
 - nodes are occupied H3 cells. The top level holds the cells at the coarsest resolution; a node with more
-  points than the leaf capacity is split into its occupied cells at the next resolution. Node ``i`` stores
-  the float32 bounding box of its points rounded outwards (``node_box``), its points ``pt[i, 0]:pt[i, 1]`` and
-  its children ``kids[i, 0]:kids[i, 1]`` (empty for a leaf).
+  points than the leaf capacity is split into its occupied cells at the next resolution. Node ``i`` is one
+  32-byte record of :data:`NODE_DTYPE` (one cache line holds two): the float32 bounding box of its points rounded
+  outwards (``x0 y0 x1 y1``), its points ``p0:p1`` and its children ``k0:k1`` (empty for a leaf).
 
 Bounding boxes come from the points themselves, so the fact that H3 children do not nest inside their parents
 costs nothing: a node's box covers exactly its descendants, wherever they lie.
@@ -28,6 +28,8 @@ DELETED = np.uint8(2)
 OPTED_OUT = np.uint8(4)  # the camera's owner opted out of every request
 NOT_REMOVED = np.int32(2**31 - 1)
 US = np.int64(1_000_000)
+NODE_DTYPE = np.dtype([("x0", np.float32), ("y0", np.float32), ("x1", np.float32), ("y1", np.float32),
+                       ("p0", np.int32), ("p1", np.int32), ("k0", np.int32), ("k1", np.int32)])
 DAY_US = np.int64(86_400_000_000)
 
 
@@ -70,7 +72,7 @@ def _grow_rows(a: np.ndarray, m: int) -> np.ndarray:
 def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: int):  # type: ignore[no-untyped-def]
     """The adaptive hierarchy over points sorted by their cell at ``levels[-1]``.
 
-    Returns ``(node_cell, node_box, pt, kids, n_top)``; ``node_box`` is float64 here (the caller rounds it
+    Returns ``(node_cell, box, pt, kids, n_top)``; ``box`` is float64 here (the caller rounds it
     outwards to float32). Nodes are numbered level by level, so every node's children are contiguous.
     """
     n = cells.shape[0]
@@ -294,15 +296,16 @@ def _push(out: np.ndarray, n: int, value: np.int64) -> tuple[np.ndarray, int]:
 
 
 @njit(cache=True, inline="always")
-def _box_misses(node_box: np.ndarray, i: np.int64, qx0: float, qy0: float, qx1: float, qy1: float) -> bool:
-    return (np.float64(node_box[i, 2]) < qx0 or np.float64(node_box[i, 0]) > qx1
-            or np.float64(node_box[i, 3]) < qy0 or np.float64(node_box[i, 1]) > qy1)
+def _box_misses(nodes: np.ndarray, i: np.int64, qx0: float, qy0: float, qx1: float, qy1: float) -> bool:
+    nd = nodes[i]
+    return (np.float64(nd.x1) < qx0 or np.float64(nd.x0) > qx1
+            or np.float64(nd.y1) < qy0 or np.float64(nd.y0) > qy1)
 
 
 @njit(cache=True, nogil=True)
 def resolve_points(
     xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, poly_bbox: np.ndarray,
-    node_box: np.ndarray, pt: np.ndarray, kids: np.ndarray, n_top: int,
+    nodes: np.ndarray, n_top: int,
     xy: np.ndarray, installed: np.ndarray, removed: np.ndarray, retention: np.ndarray, flags: np.ndarray,
     ev_ptr: np.ndarray, ev_ts: np.ndarray, t0: np.int64, t1: np.int64, now: np.int64,
 ) -> np.ndarray:
@@ -320,16 +323,17 @@ def resolve_points(
     stack = np.empty(64, dtype=np.int64)
     sp = 0
     for top in range(n_top - 1, -1, -1):
-        if not _box_misses(node_box, top, qx0, qy0, qx1, qy1):
+        if not _box_misses(nodes, top, qx0, qy0, qx1, qy1):
             stack, sp = _push(stack, sp, top)
     while sp:
         sp -= 1
         node = stack[sp]
-        bx0 = np.float64(node_box[node, 0])
-        by0 = np.float64(node_box[node, 1])
-        bx1 = np.float64(node_box[node, 2])
-        by1 = np.float64(node_box[node, 3])
-        is_leaf = kids[node, 0] == kids[node, 1]
+        nd = nodes[node]
+        bx0 = np.float64(nd.x0)
+        by0 = np.float64(nd.y0)
+        bx1 = np.float64(nd.x1)
+        by1 = np.float64(nd.y1)
+        is_leaf = nd.k0 == nd.k1
         if not is_leaf and bx0 <= qx0 and by0 <= qy0 and bx1 >= qx1 and by1 >= qy1:
             cls = BOX_MIXED  # the node's box holds the whole area: no need to look at its edges
         else:
@@ -337,7 +341,7 @@ def resolve_points(
         if cls == BOX_OUT:
             continue
         if cls == BOX_IN or is_leaf:
-            for i in range(pt[node, 0], pt[node, 1]):
+            for i in range(nd.p0, nd.p1):
                 if not admissible(i, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now):
                     continue
                 if cls != BOX_IN:
@@ -349,8 +353,8 @@ def resolve_points(
                         continue
                 out, n = _push(out, n, i)
             continue
-        for c in range(kids[node, 1] - 1, kids[node, 0] - 1, -1):
-            if not _box_misses(node_box, c, qx0, qy0, qx1, qy1):
+        for c in range(nd.k1 - 1, nd.k0 - 1, -1):
+            if not _box_misses(nodes, c, qx0, qy0, qx1, qy1):
                 stack, sp = _push(stack, sp, c)
     return out[:n]
 
@@ -419,23 +423,22 @@ def group_by_owner(owner: np.ndarray, camera: np.ndarray) -> tuple[np.ndarray, n
 
 
 @njit(cache=True, nogil=True)
-def resolve(xs, ys, ring_ptr, poly_ptr, poly_bbox, node_box, pt, kids, n_top,  # type: ignore[no-untyped-def]
+def resolve(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: ignore[no-untyped-def]
             xy, installed, removed, retention, flags, owner, ev_ptr, ev_ts, camera,
             dxy, dinstalled, dremoved, dretention, dflags, downer, dev_ptr, dev_ts, dcamera,
             t0, t1, now):
     """A whole query in one compiled call (so it pays Numba's dispatch once): walk the base hierarchy, scan
     the live delta, gather ids and group cameras by owner. Returns ``(owners, cameras, offsets)``."""
-    pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, node_box, pt, kids, n_top,
+    pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,
                          xy, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now)
-    if dxy.shape[0]:  # the delta is one leaf: every camera's location is tested
-        dbox = np.empty((1, 4))
-        dbox[0, 0] = dxy[:, 0].min()
-        dbox[0, 1] = dxy[:, 1].min()
-        dbox[0, 2] = dxy[:, 0].max()
-        dbox[0, 3] = dxy[:, 1].max()
-        dpt = np.zeros((1, 2), dtype=np.int64)
-        dpt[0, 1] = dxy.shape[0]
-        dpos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, dbox, dpt, np.zeros((1, 2), dtype=np.int64), 1,
+    if dxy.shape[0]:  # the delta is one leaf with an unbounded box: every camera's location is tested
+        leaf = np.zeros(1, dtype=NODE_DTYPE)
+        leaf[0].x0 = -np.inf
+        leaf[0].y0 = -np.inf
+        leaf[0].x1 = np.inf
+        leaf[0].y1 = np.inf
+        leaf[0].p1 = dxy.shape[0]
+        dpos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, leaf, 1,
                               dxy, dinstalled, dremoved, dretention, dflags, dev_ptr, dev_ts, t0, t1, now)
     else:
         dpos = np.empty(0, dtype=np.int64)
