@@ -268,14 +268,7 @@ def mark_owners(flags: np.ndarray, owner: np.ndarray, owners_sorted: np.ndarray,
     m = owners_sorted.shape[0]
     for i in prange(owner.shape[0]):
         o = np.int64(owner[i])
-        lo = 0
-        hi = m
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if owners_sorted[mid] < o:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = _first_at_least(owners_sorted, 0, m, o)
         if lo < m and owners_sorted[lo] == o:
             if on:
                 flags[i] |= bit
