@@ -1,7 +1,7 @@
 """pytest-benchmark micro-benchmarks of resolve against the latitude-sorted peer, same data, same polygons,
 identical results asserted first. Off by default; run with
 
-    python -m pytest bench/bench_index.py --benchmark-enable -p no:cacheprovider
+    python -m pytest bench/bench_index.py --benchmark-only -p no:cacheprovider
 
 ``GEODISPATCH_BENCH_CAMERAS`` sets the data size (default 1,000,000). The ratio to read is the peer's mean
 over ours, both measured in the same run.
