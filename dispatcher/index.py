@@ -316,7 +316,8 @@ class CameraIndex:
         cam_table = _as_table(cameras)
         owner_table = _as_table(owners)
         event_table = _as_table(events)
-        assert cam_table is not None
+        if cam_table is None:
+            raise InvalidData("cameras: a table or a Parquet path is required")
         t = lap("read", t)
         cols = camera_columns(cam_table, owner_table)
         optout = opted_out_owners(owner_table) if owner_table is not None else _EMPTY_I64
@@ -367,10 +368,13 @@ class CameraIndex:
     # ------------------------------------------------------------------------------------------ updates
 
     def add_cameras(self, cameras: pa.Table, events: pa.Table | None = None) -> None:
-        """Add cameras (rows of the cameras schema); visible to the next resolve. Ids must be new."""
+        """Add cameras (rows of the cameras schema) and, when the index holds motion events, theirs (a camera
+        without events then matches no request); visible to the next resolve. Ids must be new."""
         cols = camera_columns(cameras)
         with self._lock:
             st = self._state
+            if events is not None and not st.has_events:
+                raise InvalidData("events: this index was built without motion events; rebuild it with them")
             present = _present(st, cols.camera_id)
             if present.shape[0]:
                 raise InvalidData(f"cameras: id(s) already in the index: {present[:5].tolist()}")
