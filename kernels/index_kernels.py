@@ -263,13 +263,27 @@ def admissible(i: np.int64, installed: np.ndarray, removed: np.ndarray, retentio
 @njit(cache=True, parallel=True)
 def mark_owners(flags: np.ndarray, owner: np.ndarray, owners_sorted: np.ndarray, bit: np.uint8, on: bool) -> int:
     """Set (or clear) ``bit`` in the flags of every camera whose owner is in ``owners_sorted``; returns how many
-    cameras were marked. One parallel pass with a binary search per camera."""
-    count = 0
+    cameras were marked. One parallel pass; membership is a byte-map lookup over the owners' id span when that
+    span is modest (opt-outs among a few million dense ids), else a binary search per camera."""
     m = owners_sorted.shape[0]
+    if m == 0:
+        return 0
+    lo = owners_sorted[0]
+    span = owners_sorted[m - 1] - lo + 1
+    use_map = span <= 64 * m + 16_000_000
+    member = np.zeros(span if use_map else 0, dtype=np.uint8)
+    if use_map:
+        for k in range(m):
+            member[owners_sorted[k] - lo] = 1
+    count = 0
     for i in prange(owner.shape[0]):
         o = np.int64(owner[i])
-        lo = _first_at_least(owners_sorted, 0, m, o)
-        if lo < m and owners_sorted[lo] == o:
+        if use_map:
+            hit = o >= lo and o - lo < span and member[o - lo] == 1
+        else:
+            k = _first_at_least(owners_sorted, 0, m, o)
+            hit = k < m and owners_sorted[k] == o
+        if hit:
             if on:
                 flags[i] |= bit
             else:

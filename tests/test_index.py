@@ -378,3 +378,20 @@ def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
     warm = run(1)[0]
     assert {int(k): v for k, v in warm["r"].items()} == want
     assert warm["hits"] >= 1 and warm["misses"] == 0  # loaded from the cache, not compiled
+
+
+def test_opt_out_marking_byte_map_and_search_agree():
+    from kernels.index_kernels import OPTED_OUT, mark_owners
+
+    rng = np.random.default_rng(0)
+    owner = rng.integers(0, 10**6, 200_000).astype(np.int32)
+    opted = np.unique(rng.integers(0, 10**6, 5000)).astype(np.int64)
+    by_map = np.zeros(owner.shape[0], np.uint8)
+    n_map = mark_owners(by_map, owner, opted, OPTED_OUT, True)
+    by_search = np.zeros(owner.shape[0], np.uint8)  # an id far away makes the span too wide for a byte map
+    n_search = mark_owners(by_search, owner, np.append(opted, 10**12), OPTED_OUT, True)
+    want = np.isin(owner, opted)
+    assert n_map == n_search == int(want.sum())
+    assert np.array_equal(by_map == OPTED_OUT, want) and np.array_equal(by_search, by_map)
+    mark_owners(by_map, owner, opted[:10], OPTED_OUT, False)
+    assert np.array_equal(by_map == OPTED_OUT, np.isin(owner, opted[10:]))
