@@ -138,9 +138,7 @@ def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, o
 @click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.json"))
 @click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.md"))
-@click.option("--h3/--no-h3", "with_h3", default=True, help="Also measure the H3 kernels against h3-py/h3ronpy.")
-def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, json_out: Path, markdown_out: Path,
-          with_h3: bool) -> None:
+def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, json_out: Path, markdown_out: Path) -> None:
     """Benchmark report: build cost and resolve latency beside the peers, with identical results asserted."""
     from bench.report import index_report, markdown
 
@@ -148,10 +146,6 @@ def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, json_
     with progress_bar() as report:
         result: dict[str, Any] = index_report(cameras, queries, seed=seed, peers=names, events=events,
                                               progress=report)
-    if with_h3:
-        from bench.bench_h3 import h3_report
-
-        result["h3"] = h3_report(min(cameras, 10_000_000))
     result["generated_at"] = datetime.now().astimezone().isoformat()
     _print_report(result)
     json_out.write_text(json.dumps(result, indent=2))
@@ -185,8 +179,6 @@ def _print_report(result: dict[str, Any]) -> None:
         arrays = f"{b['bytes_per_camera']:.1f}" if "bytes_per_camera" in b else "-"
         build_table.add_row(name, f"{b['seconds']:.2f}", arrays, f"{b['rss_bytes_per_camera']:.1f}")
     out.print(build_table)
-    if "h3" in result:
-        out.print_json(orjson.dumps(result["h3"]).decode())
 
 
 def run() -> None:

@@ -60,3 +60,14 @@ def test_orchestration_type_checks():
     p = subprocess.run([sys.executable, "-m", "mypy", "dispatcher"], capture_output=True, text=True, timeout=600,
                        cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_bench_report_with_both_peers(tmp_path: Path):
+    js, md = tmp_path / "r.json", tmp_path / "r.md"
+    r = CliRunner().invoke(main, ["bench", "--cameras", "20000", "--queries", "10", "--json-out", str(js),
+                                  "--markdown-out", str(md)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(js.read_text())
+    assert set(report["build"]) == {"geodispatch", "latsorted", "strtree"}
+    assert set(report["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²", "100 km²"}
+    assert "| 0.5 sq mi |" in md.read_text()
