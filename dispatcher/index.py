@@ -482,7 +482,9 @@ class CameraIndex:
         return index
 
     def warm_up(self) -> None:
-        """Compile (or load from Numba's disk cache) every query kernel, so no query pays for it."""
+        """Compile (or load from Numba's disk cache) every query kernel and the H3 kernels live updates use,
+        so no query or update pays for it."""
+        h3x.warm_up()
         area = Area.parse({"type": "Polygon", "coordinates": [[[0, 0], [1e-9, 0], [0, 1e-9], [0, 0]]]})
         self.resolve(area, "2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z", now="2020-01-02T00:00:00Z")
 

@@ -1,47 +1,280 @@
+"""The Numba H3 kernels against independent implementations: h3-py (the C reference) and h3ronpy (Rust h3o).
+
+Every comparison is on exact integers or exact float bits: the kernels claim bit-exactness, not closeness.
+"""
+
 from __future__ import annotations
 
-import h3
+import json
+import math
+import os
+import subprocess
+import sys
+
+import h3.api.basic_int as h3
+import h3ronpy.vector as hv
 import numpy as np
+import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from dispatcher import h3 as gh3
 from dispatcher.errors import InvalidCoordinates
-from dispatcher.h3 import InvalidResolution, cell_to_parent, latlng_to_cell
+from dispatcher.h3 import InvalidCell, InvalidResolution
+
+RES = list(range(16))
 
 
-@pytest.mark.parametrize("res", [0, 5, 10, 15])
-def test_cells_equal_h3py_over_the_sphere(res):
-    rng = np.random.default_rng(res)
-    n = 600_000  # enough to take the threaded path
-    z = rng.uniform(-1, 1, n)
-    lat = np.degrees(np.arcsin(z))
-    lng = rng.uniform(-180, 180, n)
-    cells = latlng_to_cell(lat, lng, res)
-    for i in rng.integers(0, n, 3000).tolist():
-        assert int(cells[i]) == h3.str_to_int(h3.latlng_to_cell(lat[i], lng[i], res))
+def sphere_points(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform on the sphere (uniform z), longitudes over the whole range."""
+    rng = np.random.default_rng(seed)
+    return np.degrees(np.arcsin(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)
 
 
-def test_poles_antimeridian_and_pentagons():
-    pent = [h3.cell_to_latlng(p) for p in h3.get_pentagons(8)]
-    pts = np.array([(90.0, 0.0), (-90.0, 0.0), (0.0, 180.0), (0.0, -180.0), (51.5, 179.9999999), *pent])
-    cells = latlng_to_cell(pts[:, 0], pts[:, 1], 9)
-    assert [int(c) for c in cells] == [h3.str_to_int(h3.latlng_to_cell(a, b, 9)) for a, b in pts]
+def h3py_cells(lat: np.ndarray, lng: np.ndarray, res: int) -> list[int]:
+    return [h3.latlng_to_cell(a, b, res) for a, b in zip(lat.tolist(), lng.tolist())]
 
 
-def test_parents_equal_h3py():
-    rng = np.random.default_rng(7)
-    cells = latlng_to_cell(rng.uniform(-80, 80, 2000), rng.uniform(-180, 180, 2000), 12)
-    for res in (0, 3, 7, 11, 12):
-        got = cell_to_parent(cells, res)
-        assert [int(g) for g in got] == [h3.str_to_int(h3.cell_to_parent(h3.int_to_str(int(c)), res)) for c in cells]
+def assert_cells_equal_h3py(lat: np.ndarray, lng: np.ndarray, res: int) -> None:
+    got = gh3.latlng_to_cell(lat, lng, res).tolist()
+    want = h3py_cells(lat, lng, res)
+    bad = [k for k in range(len(want)) if got[k] != want[k]]
+    assert not bad, (f"{len(bad)} of {len(want)} differ at res {res}, first lat {lat[bad[0]]!r} "
+                     f"lng {lng[bad[0]]!r}: {got[bad[0]]:#x} != {want[bad[0]]:#x}")
+
+
+# ------------------------------------------------------------------------------------ latlng_to_cell
+
+
+@pytest.fixture(scope="module")
+def million() -> tuple[np.ndarray, np.ndarray]:
+    return sphere_points(1_000_000, 1)
+
+
+@pytest.mark.parametrize("res", RES)
+def test_million_points_equal_h3ronpy_and_h3py(million, res):
+    lat, lng = million
+    got = gh3.latlng_to_cell(lat, lng, res)
+    want = np.asarray(pa.array(hv.coordinates_to_cells(lat, lng, res)).to_numpy(zero_copy_only=False), np.uint64)
+    diff = np.flatnonzero(got != want)
+    assert diff.size == 0, f"{diff.size} differ from h3ronpy, first at lat {lat[diff[0]]!r} lng {lng[diff[0]]!r}"
+    sub = slice(res * 20_000, res * 20_000 + 20_000)  # and a different slice against the C reference
+    assert_cells_equal_h3py(lat[sub], lng[sub], res)
+
+
+def _around(lat0: float, lng0: float, radius_deg: float, n: int, rng: np.random.Generator):
+    """Points around a centre at distances spread over many orders of magnitude, up to ``radius_deg``."""
+    d = radius_deg * 10.0 ** rng.uniform(-12, 0, n)
+    a = rng.uniform(0, 2 * np.pi, n)
+    lat = np.clip(lat0 + d * np.cos(a), -90, 90)
+    lng = (lng0 + d * np.sin(a) / max(math.cos(math.radians(lat0)), 1e-6) + 180.0) % 360.0 - 180.0
+    return np.append(lat, lat0), np.append(lng, lng0)
+
+
+@pytest.mark.parametrize("res", RES)
+def test_pentagons_and_their_neighbourhoods(res):
+    rng = np.random.default_rng(100 + res)
+    edge_deg = math.degrees(h3.average_hexagon_edge_length(res, "km") / 6371.0)
+    pts = [_around(*h3.cell_to_latlng(p), 4 * edge_deg, 300, rng) for p in h3.get_pentagons(res)]
+    lat, lng = np.concatenate([p[0] for p in pts]), np.concatenate([p[1] for p in pts])
+    assert_cells_equal_h3py(lat, lng, res)
+    assert set(h3.get_pentagons(res)) <= set(gh3.latlng_to_cell(lat, lng, res).tolist())
+
+
+@pytest.mark.parametrize("res", RES)
+def test_poles_and_antimeridian(res):
+    rng = np.random.default_rng(200 + res)
+    tiny = 10.0 ** rng.uniform(-14, -1, 400)
+    pole_lat = np.concatenate([np.full(200, 90.0), np.full(200, -90.0), 90 - tiny[:200], -90 + tiny[200:]])
+    pole_lng = rng.uniform(-180, 180, 800)
+    am_lat = rng.uniform(-90, 90, 800)
+    am_lng = np.concatenate([np.full(200, 180.0), np.full(200, -180.0), 180 - tiny[:200], -180 + tiny[200:]])
+    special = np.array([(90.0, 0.0), (-90.0, 0.0), (0.0, 180.0), (0.0, -180.0), (90.0, 180.0), (-90.0, -180.0),
+                        (0.0, 0.0), (-0.0, -0.0), (np.nextafter(90, 0), 0.0), (0.0, np.nextafter(180, 0))])
+    lat = np.concatenate([pole_lat, am_lat, special[:, 0]])
+    lng = np.concatenate([pole_lng, am_lng, special[:, 1]])
+    assert_cells_equal_h3py(lat, lng, res)
+
+
+def _icosahedron_edges() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The 30 edges of H3's icosahedron as pairs of unit vectors: its 12 vertices are the pentagon centres."""
+    ll = np.radians([h3.cell_to_latlng(p) for p in h3.get_pentagons(0)])
+    v = np.stack([np.cos(ll[:, 0]) * np.cos(ll[:, 1]), np.cos(ll[:, 0]) * np.sin(ll[:, 1]), np.sin(ll[:, 0])], 1)
+    ang = np.arccos(np.clip(v @ v.T, -1, 1))
+    nearest = np.sort(ang[ang > 0.1])[0]
+    pairs = [(v[a], v[b]) for a in range(12) for b in range(a + 1, 12) if abs(ang[a, b] - nearest) < 1e-3]
+    assert len(pairs) == 30
+    return pairs
+
+
+@pytest.mark.parametrize("res", RES)
+def test_icosahedron_face_edges(res):
+    """Points on and within hair's breadths of the edges between faces, where the face choice flips."""
+    rng = np.random.default_rng(300 + res)
+    out = []
+    for a, b in _icosahedron_edges():
+        t = rng.uniform(0, 1, 60)
+        p = a[None, :] * (1 - t[:, None]) + b[None, :] * t[:, None]
+        normal = np.cross(a, b)
+        off = (rng.choice([-1, 1], 60) * 10.0 ** rng.uniform(-16, -6, 60))[:, None] * normal[None, :]
+        out.append(np.concatenate([p, p + off]))
+    p = np.concatenate(out)
+    p /= np.linalg.norm(p, axis=1)[:, None]
+    lat, lng = np.degrees(np.arcsin(np.clip(p[:, 2], -1, 1))), np.degrees(np.arctan2(p[:, 1], p[:, 0]))
+    assert_cells_equal_h3py(lat, lng, res)
+
+
+@pytest.mark.parametrize("res", RES)
+def test_points_exactly_on_cell_vertices(res):
+    """Cell vertices (as h3-py gives them) sit on three cells' boundaries: the hardest rounding cases."""
+    lat, lng = sphere_points(150, 400 + res)
+    cells = h3py_cells(lat, lng, res) + list(h3.get_pentagons(res))
+    verts = np.array([v for c in cells for v in h3.cell_to_boundary(c)])
+    for r in {res, max(res - 1, 0), min(res + 1, 15)}:
+        assert_cells_equal_h3py(verts[:, 0], verts[:, 1], r)
+
+
+@given(lat=st.floats(-90, 90), lng=st.floats(-180, 180), res=st.integers(0, 15))
+def test_any_point_equals_h3py(lat, lng, res):
+    assert int(gh3.latlng_to_cell(np.array([lat]), np.array([lng]), res)[0]) == h3.latlng_to_cell(lat, lng, res)
+
+
+# ------------------------------------------------------------------------------ the other functions
+
+
+@pytest.fixture(scope="module")
+def cells_by_res() -> dict[int, np.ndarray]:
+    lat, lng = sphere_points(3000, 5)
+    return {r: np.unique(np.concatenate([gh3.latlng_to_cell(lat, lng, r),
+                                         np.array(h3.get_pentagons(r), np.uint64)])) for r in RES}
+
+
+@pytest.mark.parametrize("res", RES)
+def test_inspection_and_parents_equal_h3py(cells_by_res, res):
+    cells = cells_by_res[res]
+    ints = cells.tolist()
+    assert gh3.get_resolution(cells).tolist() == [h3.get_resolution(c) for c in ints]
+    assert gh3.get_base_cell_number(cells).tolist() == [h3.get_base_cell_number(c) for c in ints]
+    assert gh3.is_pentagon(cells).tolist() == [h3.is_pentagon(c) for c in ints]
+    for p in range(res + 1):
+        assert gh3.cell_to_parent(cells, p).tolist() == [h3.cell_to_parent(c, p) for c in ints]
+
+
+@pytest.mark.parametrize("res", range(14))
+def test_children_ranges_bracket_exactly_the_children(cells_by_res, res):
+    cells = cells_by_res[res][:300]
+    for d in (1, 2):
+        lo, hi = gh3.cell_to_children_range(cells, res + d)
+        for c, a, b in zip(cells.tolist(), lo.tolist(), hi.tolist()):
+            kids = h3.cell_to_children(c, res + d)
+            assert (a, b) == (min(kids), max(kids))
+    # Far below, through cell_to_parent: the range holds exactly the cells whose ancestor is ours.
+    lo, hi = gh3.cell_to_children_range(cells, 15)
+    assert gh3.cell_to_parent(lo, res).tolist() == cells.tolist()
+    assert gh3.cell_to_parent(hi, res).tolist() == cells.tolist()
+
+
+@pytest.mark.parametrize("res", RES)
+def test_centres_and_boundaries_bit_exact(cells_by_res, res):
+    cells = cells_by_res[res]
+    lat, lng = gh3.cell_to_latlng(cells)
+    verts, counts = gh3.cell_to_boundary(cells)
+    for n, c in enumerate(cells.tolist()):
+        assert (lat[n], lng[n]) == h3.cell_to_latlng(c)
+        want = h3.cell_to_boundary(c)
+        assert counts[n] == len(want)
+        assert [tuple(v) for v in verts[n, :counts[n]].tolist()] == [tuple(v) for v in want]
+        assert np.isnan(verts[n, counts[n]:]).all()
+
+
+@pytest.mark.parametrize("res", RES)
+def test_grid_disks_equal_h3py(cells_by_res, res):
+    pents = h3.get_pentagons(res)
+    around = {n for p in pents for n in h3.grid_disk(p, 2)}  # pentagons and the cells that touch them
+    cells = cells_by_res[res][:200].tolist() + sorted(around)
+    for c in cells:
+        for k in (0, 1, 2, 4):
+            assert set(gh3.grid_disk(c, k).tolist()) == set(h3.grid_disk(c, k)), (hex(c), k)
+
+
+def test_validity_equals_h3py_on_garbage_and_damaged_cells(cells_by_res):
+    rng = np.random.default_rng(9)
+    good = np.concatenate(list(cells_by_res.values()))
+    damaged = good[rng.integers(0, good.size, 20_000)] ^ (np.uint64(1) << rng.integers(0, 64, 20_000).astype(np.uint64))
+    garbage = rng.integers(0, 2**63, 5_000, dtype=np.int64).astype(np.uint64)
+    vals = np.concatenate([good, damaged, garbage, np.array([0, 2**64 - 1], np.uint64)])
+    got = gh3.is_valid_cell(vals).tolist()
+    assert got == [h3.is_valid_cell(int(v)) for v in vals.tolist()]
+    assert sum(got) > good.size  # some damaged ones are other valid cells: the check is not just "unchanged"
+
+
+# ------------------------------------------------------------------------------------- bad input
 
 
 @pytest.mark.parametrize("lat, lng", [(float("nan"), 0.0), (0.0, float("inf")), (91.0, 0.0), (0.0, -180.5)])
 def test_bad_coordinates_raise_before_any_work(lat, lng):
     with pytest.raises(InvalidCoordinates, match="position 1"):
-        latlng_to_cell(np.array([0.0, lat]), np.array([0.0, lng]), 9)
+        gh3.latlng_to_cell(np.array([0.0, lat]), np.array([0.0, lng]), 9)
 
 
-@pytest.mark.parametrize("res", [-1, 16, 2.5, True])
+def test_mismatched_coordinate_arrays_raise():
+    with pytest.raises(InvalidCoordinates, match="one length"):
+        gh3.latlng_to_cell(np.zeros(2), np.zeros(3), 9)
+
+
+@pytest.mark.parametrize("res", [-1, 16, 2.5, True, "3"])
 def test_bad_resolution_raises(res):
     with pytest.raises(InvalidResolution):
-        latlng_to_cell(np.zeros(1), np.zeros(1), res)
+        gh3.latlng_to_cell(np.zeros(1), np.zeros(1), res)
+
+
+def test_invalid_cells_and_impossible_resolutions_raise():
+    cell = int(gh3.latlng_to_cell(np.zeros(1), np.zeros(1), 9)[0])
+    with pytest.raises(InvalidCell, match="position 1"):
+        gh3.cell_to_parent(np.array([cell, cell ^ 1 << 44], np.uint64), 5)
+    with pytest.raises(InvalidCell, match="negative"):
+        gh3.cell_to_latlng(np.array([-5]))
+    with pytest.raises(InvalidCell, match="dtype"):
+        gh3.cell_to_latlng(np.array([1.5]))
+    with pytest.raises(InvalidResolution, match="finer"):
+        gh3.cell_to_parent(np.array([cell], np.uint64), 10)
+    with pytest.raises(InvalidResolution, match="coarser"):
+        gh3.cell_to_children_range(np.array([cell], np.uint64), 8)
+    with pytest.raises(ValueError, match="distance"):
+        gh3.grid_disk(cell, -1)
+
+
+# --------------------------------------------------------------------------- compile and disk cache
+
+
+def test_numba_disk_cache_shared_by_concurrent_workers(tmp_path):
+    """Workers starting together on an empty cache compile the H3 kernels and agree with h3-py; a later worker
+    loads them from the cache instead of compiling."""
+    code = (
+        "import json, numpy as np, time; t = time.perf_counter();"
+        "from kernels import h3core as K; from dispatcher import h3 as g; w = g.warm_up();"
+        "lat = np.linspace(-89, 89, 1001); lng = np.linspace(-179, 179, 1001);"
+        "c = g.latlng_to_cell(lat, lng, 11); st = K.latlng_to_cell_array.stats;"
+        "print(json.dumps({'cells': c.tolist(), 'warm_up': w, 'hits': sum(st.cache_hits.values()),"
+        "'misses': sum(st.cache_misses.values())}))"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+
+    def run(n: int) -> list[dict]:
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+                 for _ in range(n)]
+        outs = []
+        for p in procs:
+            out, _ = p.communicate(timeout=600)
+            assert p.returncode == 0
+            outs.append(json.loads(out))
+        return outs
+
+    want = h3py_cells(np.linspace(-89, 89, 1001), np.linspace(-179, 179, 1001), 11)
+    cold = run(3)
+    assert all(o["cells"] == want for o in cold)
+    assert any(o["misses"] >= 1 for o in cold)
+    warm = run(1)[0]
+    assert warm["cells"] == want
+    assert warm["hits"] >= 1 and warm["misses"] == 0

@@ -1,0 +1,1214 @@
+"""Bit-exact H3 (v4) cell arithmetic in Numba: point to cell, hierarchy, centres, boundaries and grid disks.
+
+The algorithm is the published H3 one, step by step as the reference C library (4.x, the version h3-py wraps)
+does it, so every floating-point operation happens in the same order on the same values and the results are
+bit-identical:
+
+1. degrees to radians (``deg * pi/180``), then a unit vector ``(cos lng cos lat, sin lng cos lat, sin lat)``;
+2. the icosahedron face whose centre is nearest (smallest squared chord, first face wins ties);
+3. a gnomonic projection on that face: ``r = tan(acos(1 - d2/2))`` scaled to the resolution
+   (``* phi^2 * sqrt7^res``), the angle measured from the face's i axis through the face centre's
+   north/east tangent basis, turned by ``asin(sqrt(3/28))`` on Class III (odd) resolutions;
+4. the quantisation of that 2-D point to the nearest hexagon centre, giving IJK+ coordinates;
+5. climbing to resolution 0 with the aperture-7 parent map (counter-clockwise on Class III, clockwise on
+   Class II), one base-7 digit per level, then the face-IJK -> base cell lookup and the base cell's
+   60-degree rotations (pentagons skip their deleted k-axis sub-sequence).
+
+Constant data: the 20 face centres (unit vectors) and the azimuths of the faces' i axes are the published
+H3 values; they cannot be recovered bit-exactly through h3-py's public API (which only returns rounded
+degrees), and bit-exactness depends on every one of their bits. Everything else is *derived at import* from
+h3-py itself (about 6,000 calls, ~40 ms): which base cell sits at each of the 20 x 19 face-IJK positions
+(by projecting h3-py's base-cell centres onto each face), the rotation into each base cell's frame (by
+probing the digits h3-py assigns to points around it), base-cell homes, pentagon offsets, base-cell
+neighbours (from h3-py's directed edges) and the face adjacency. The digit tables of neighbour traversal are
+derived from IJK arithmetic.
+
+All kernels are pure (array in, array out) and compile with ``cache=True``. H3 indices travel through the
+kernels as int64 bit patterns (valid cells never use the top bit) and come out as uint64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h3.api.basic_int as _h3
+import numpy as np
+from numba import njit, prange
+
+# ------------------------------------------------------------------------------ published constants
+
+_M_PI_180 = 0.0174532925199432957692369076848861271111
+_M_180_PI = 57.29577951308232087679815481410517033240547
+_EPSILON = 0.0000000000000001
+_M_2PI = 6.28318530717958647692528676655900576839433
+_M_SQRT3_2 = 0.8660254037844386467637231707529361834714
+_M_RSIN60 = 1.1547005383792515290182975610039149112953
+_M_ONETHIRD = 0.333333333333333333333333333333333333333
+_M_AP7_ROT_RADS = 0.333473172251832115336090755351601070065900389
+_RES0_U_GNOMONIC = 0.38196601125010500003
+_INV_RES0_U_GNOMONIC = 2.61803398874989588842
+_M_SQRT7 = 2.6457513110645905905016157536392604257102
+_M_RSQRT7 = 0.37796447300922722721451653623418006081576
+_FLT_EPSILON = 1.1920928955078125e-07
+
+#: Icosahedron face centres on the unit sphere (x towards 0N 0E, y towards 0N 90E, z towards the north pole).
+_FACE_CENTER = np.array([
+    (0.2199307791404606, 0.6583691780274996, 0.7198475378926182),
+    (-0.2139234834501421, 0.1478171829550703, 0.9656017935214205),
+    (0.1092625278784797, -0.4811951572873210, 0.8697775121287253),
+    (0.7428567301586791, -0.3593941678278028, 0.5648005936517033),
+    (0.8112534709140969, 0.3448953237639384, 0.4721387736413930),
+    (-0.1055498149613921, 0.9794457296411413, 0.1718874610009365),
+    (-0.8075407579970092, 0.1533552485898818, 0.5695261994882688),
+    (-0.2846148069787907, -0.8644080972654206, 0.4144792552473539),
+    (0.7405621473854482, -0.6673299564565524, -0.0789837646326737),
+    (0.8512303986474293, 0.4722343788582681, -0.2289137388687808),
+    (-0.7405621473854481, 0.6673299564565524, 0.0789837646326737),
+    (-0.8512303986474292, -0.4722343788582682, 0.2289137388687808),
+    (0.1055498149613919, -0.9794457296411413, -0.1718874610009365),
+    (0.8075407579970092, -0.1533552485898819, -0.5695261994882688),
+    (0.2846148069787908, 0.8644080972654204, -0.4144792552473539),
+    (-0.7428567301586791, 0.3593941678278027, -0.5648005936517033),
+    (-0.8112534709140971, -0.3448953237639382, -0.4721387736413930),
+    (-0.2199307791404607, -0.6583691780274996, -0.7198475378926182),
+    (0.2139234834501420, -0.1478171829550704, -0.9656017935214205),
+    (-0.1092625278784796, 0.4811951572873210, -0.8697775121287253),
+], dtype=np.float64)
+
+#: Azimuth (radians, clockwise from north) from each face centre to the face's i-axis vertex.
+_FACE_AXIS_AZ = np.array([
+    5.619958268523939882, 5.760339081714187279, 0.780213654393430055, 0.430469363979999913,
+    6.130269123335111400, 2.692877706530642877, 2.982963003477243874, 3.532912002790141181,
+    3.494305004259568154, 3.003214169499538391, 5.930472956509811562, 0.138378484090254847,
+    0.448714947059150361, 0.158629650112549365, 5.891865957979238535, 2.711123289609793325,
+    3.294508837434268316, 3.804819692245439833, 3.664438879055192436, 2.361378999196363184,
+], dtype=np.float64)
+
+MAX_RES = 15
+NUM_BASE_CELLS = 122
+#: Most vertices a cell boundary can have (a Class III pentagon: 5 corners + 5 edge crossings).
+MAX_BOUNDARY_VERTS = 10
+
+_NUM_FACES = 20
+_INVALID_BASE_CELL = 127
+_H3_CELL_INIT = (1 << 59) | ((1 << 45) - 1)  # cell mode, resolution 0, base cell 0, every digit 7
+_DIGITS_MASK = (1 << 45) - 1
+_DIGIT_LOW_BITS = _DIGITS_MASK // 7  # the lowest bit of each of the 15 digits
+#: Directions as IJK+ unit vectors, indexed by digit: the digit's bits are (i, j, k).
+_UNIT = np.array([(d >> 2 & 1, d >> 1 & 1, d & 1) for d in range(7)], dtype=np.int64)
+#: Digit of an IJ offset ``(di, dj)`` in -1..1, at ``[di + 1, dj + 1]`` (7: not a unit offset).
+_IJ_DIGIT = np.full((3, 3), 7, dtype=np.int64)
+for _d in range(7):
+    _IJ_DIGIT[_UNIT[_d, 0] - _UNIT[_d, 2] + 1, _UNIT[_d, 1] - _UNIT[_d, 2] + 1] = _d
+del _d
+#: Face quadrants (directions across a face edge) as used by the face-neighbour tables.
+_IJ, _KI, _JK = 1, 2, 3
+#: Largest i+j+k on a face, and the IJK length of one face-neighbour translation, per Class II resolution.
+_MAX_DIM = np.array([2 * 7 ** (r // 2) if r % 2 == 0 else -1 for r in range(17)], dtype=np.int64)
+_UNIT_SCALE = np.array([7 ** (r // 2) if r % 2 == 0 else -1 for r in range(17)], dtype=np.int64)
+#: Hexagon / pentagon vertices on the aperture-3-3r substrate, Class II and Class III (ccw from the i axis).
+_HEX_VERTS_CII = np.array([(2, 1, 0), (1, 2, 0), (0, 2, 1), (0, 1, 2), (1, 0, 2), (2, 0, 1)], dtype=np.int64)
+_HEX_VERTS_CIII = np.array([(5, 4, 0), (1, 5, 0), (0, 5, 4), (0, 1, 5), (4, 0, 5), (5, 0, 1)], dtype=np.int64)
+#: Ring walk directions of the neighbour traversal (j, jk, k, ik, i, ij).
+_DIRECTIONS = np.array([2, 3, 1, 5, 4, 6], dtype=np.int64)
+#: Odd multiplier (fits int64) scattering cell ids over the grid-disk hash set.
+_HASH_MUL = 0x7F4A7C159E3779B9
+
+
+# ------------------------------------------------------------------- derived tables (import time)
+
+
+def _normalized(v: np.ndarray) -> np.ndarray:
+    """IJK+ normal form of rows of ``v``: the same cell with the smallest component 0."""
+    return v - v.min(axis=-1, keepdims=True)
+
+
+#: IJK linear maps (rows: the images of the i, j, k unit vectors); results are normalised after use.
+_DOWN7 = np.array([(3, 0, 1), (1, 3, 0), (0, 1, 3)])  # one finer Class III (counter-clockwise) level
+_DOWN7R = np.array([(3, 1, 0), (0, 3, 1), (1, 0, 3)])  # one finer Class II (clockwise) level
+_ROT60CCW = np.array([(1, 1, 0), (0, 1, 1), (1, 0, 1)])
+
+
+def _digit_of(v: np.ndarray) -> int:
+    """Digit of a normalised IJK+ unit vector."""
+    i, j, k = (int(c) for c in v)
+    return 4 * i + 2 * j + k
+
+
+def _face_bases() -> tuple[np.ndarray, np.ndarray]:
+    """North and east unit tangents at each face centre, computed with the reference's exact operations."""
+    north = np.empty((_NUM_FACES, 3))
+    east = np.empty((_NUM_FACES, 3))
+    for f, (px, py, pz) in enumerate(_FACE_CENTER.tolist()):
+        d = 0.0 * px + 0.0 * py + 1.0 * pz  # dot(north pole, p)
+        nx, ny, nz = 0.0 + (-d) * px, 0.0 + (-d) * py, 1.0 + (-d) * pz
+        s = 1.0 / math.sqrt(nx * nx + ny * ny + nz * nz)
+        nx, ny, nz = nx * s, ny * s, nz * s
+        north[f] = nx, ny, nz
+        east[f] = ny * pz - nz * py, nz * px - nx * pz, nx * py - ny * px
+    return north, east
+
+
+_FACE_NORTH, _FACE_EAST = _face_bases()
+
+
+def _project(p: np.ndarray, face: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gnomonic hex-plane coordinates of unit vectors ``p`` on the given faces (derivation only, not exact)."""
+    fc = _FACE_CENTER[face]
+    d = np.clip(np.einsum("ij,ij->i", p, fc), -1.0, 1.0)
+    proj = p - d[:, None] * fc
+    az = np.arctan2(np.einsum("ij,ij->i", proj, _FACE_EAST[face]), np.einsum("ij,ij->i", proj, _FACE_NORTH[face]))
+    theta = _FACE_AXIS_AZ[face] - az - (_M_AP7_ROT_RADS if res % 2 else 0.0)
+    r = np.tan(np.arccos(d)) * _INV_RES0_U_GNOMONIC * _M_SQRT7**res
+    return r * np.cos(theta), r * np.sin(theta)
+
+
+def _unproject_deg(x: np.ndarray, y: np.ndarray, face: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`_project`, as (lat, lng) degrees (derivation only, not exact)."""
+    r = np.arctan(np.hypot(x, y) / _M_SQRT7**res * _RES0_U_GNOMONIC)
+    az = _FACE_AXIS_AZ[face] - np.arctan2(y, x) - (_M_AP7_ROT_RADS if res % 2 else 0.0)
+    direction = np.cos(az)[:, None] * _FACE_NORTH[face] + np.sin(az)[:, None] * _FACE_EAST[face]
+    p = np.cos(r)[:, None] * _FACE_CENTER[face] + np.sin(r)[:, None] * direction
+    return np.degrees(np.arcsin(np.clip(p[:, 2], -1, 1))), np.degrees(np.arctan2(p[:, 1], p[:, 0]))
+
+
+def _hex2d(ijk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    i = ijk[..., 0] - ijk[..., 2]
+    j = ijk[..., 1] - ijk[..., 2]
+    return i - 0.5 * j, j * _M_SQRT3_2
+
+
+def _nearest_ijk(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest lattice IJK+ (normalised) to hex-plane points, and the distance to it."""
+    jf = y / _M_SQRT3_2
+    i_f = x + 0.5 * jf
+    best_d = np.full(x.shape, np.inf)
+    best = np.zeros(x.shape + (3,), dtype=np.int64)
+    for di in (0, 1):
+        for dj in (0, 1):
+            c = np.stack([np.floor(i_f) + di, np.floor(jf) + dj, np.zeros_like(x)], axis=-1).astype(np.int64)
+            cx, cy = _hex2d(c)
+            d = np.hypot(cx - x, cy - y)
+            take = d < best_d
+            best_d = np.where(take, d, best_d)
+            best[take] = c[take]
+    return _normalized(best), best_d
+
+
+def _rotate_digit(d: int, n: int) -> int:
+    """Digit ``d`` turned ``n`` times 60 degrees counter-clockwise."""
+    for _ in range(n):
+        d = _ROT_CCW[d]
+    return int(d)
+
+
+def _pentagon_rotate(digits: list[int], n: int, cw_offset: bool) -> list[int]:
+    """What the reference does to the digits of a point on a pentagon base cell rotated ``n`` times."""
+    out = list(digits)
+
+    def lead() -> int:
+        return next((d for d in out if d), 0)
+
+    if lead() == 1:
+        table = _ROT_CW if cw_offset else _ROT_CCW
+        out = [int(table[d]) for d in out]
+    for _ in range(n):
+        found = False
+        for r in range(len(out)):
+            out[r] = int(_ROT_CCW[out[r]])
+            if not found and out[r]:
+                found = True
+                if lead() == 1:
+                    out = [int(_ROT_CCW[d]) for d in out]
+    return out
+
+
+def _derive_digit_rotations() -> tuple[np.ndarray, np.ndarray]:
+    ccw = np.zeros(7, dtype=np.int64)
+    for d in range(7):
+        ccw[d] = _digit_of(_normalized(_UNIT[d] @ _ROT60CCW))
+    cw = np.zeros(7, dtype=np.int64)
+    cw[ccw] = np.arange(7)
+    return ccw, cw
+
+
+_ROT_CCW, _ROT_CW = _derive_digit_rotations()
+#: ``_ROT_CCW_N[n, d]``: digit ``d`` turned ``n`` times counter-clockwise.
+_ROT_CCW_N = np.array([[_rotate_digit(d, n) for d in range(7)] for n in range(6)], dtype=np.int64)
+
+
+def _derive_neighbour_digits(down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Digit and carry of moving one step in ``dir`` from child digit ``old`` (``down``: parent->child map).
+
+    The child at ``down(P) + u[old]`` stepped by ``u[dir]`` is ``down(P + u[carry]) + u[new]``.
+    """
+    down_units = [_normalized(_UNIT[a] @ down) for a in range(7)]
+    new = np.zeros((7, 7), dtype=np.int64)
+    carry = np.zeros((7, 7), dtype=np.int64)
+    for old in range(7):
+        for step in range(7):
+            target = _normalized(_UNIT[old] + _UNIT[step])
+            (found,) = [(a, d) for a in range(7) for d in range(7)
+                        if (_normalized(down_units[a] + _UNIT[d]) == target).all()]
+            carry[old, step], new[old, step] = found
+    return new, carry
+
+
+#: Neighbour traversal digit tables for a Class III digit level (parent->child is the ccw aperture 7) and a
+#: Class II level (cw aperture 7).
+_NEW_DIGIT_CIII, _NEW_CARRY_CIII = _derive_neighbour_digits(_DOWN7)
+_NEW_DIGIT_CII, _NEW_CARRY_CII = _derive_neighbour_digits(_DOWN7R)
+
+
+def _derive_base_cell_tables() -> dict[str, np.ndarray]:
+    """Every integer table of the base cells and faces, from h3-py's answers (see the module docstring)."""
+    bases = sorted(_h3.get_res0_cells(), key=_h3.get_base_cell_number)
+    is_pent = np.array([_h3.is_pentagon(b) for b in bases], dtype=np.bool_)
+    ll = np.radians(np.array([_h3.cell_to_latlng(b) for b in bases]))
+    centres = np.stack([np.cos(ll[:, 1]) * np.cos(ll[:, 0]), np.sin(ll[:, 1]) * np.cos(ll[:, 0]),
+                        np.sin(ll[:, 0])], axis=1)
+
+    # 1. Which base cell sits at each face-IJK position (components 0..2): project every base-cell centre
+    #    onto every face it is in front of and take the nearest lattice point.
+    fijk_bc = np.full((_NUM_FACES, 3, 3, 3), -1, dtype=np.int64)
+    ff, bb = np.meshgrid(np.arange(_NUM_FACES), np.arange(NUM_BASE_CELLS), indexing="ij")
+    ff, bb = ff.ravel(), bb.ravel()
+    front = np.einsum("ij,ij->i", centres[bb], _FACE_CENTER[ff]) > 0.2
+    ff, bb = ff[front], bb[front]
+    ijk, dist = _nearest_ijk(*_project(centres[bb], ff, 0))
+    keep = (ijk.max(axis=1) <= 2) & (dist < 0.45)
+    for f, b, (i, j, k) in zip(ff[keep], bb[keep], ijk[keep]):
+        if fijk_bc[f, i, j, k] != -1:
+            raise RuntimeError(f"two base cells at face {f} ijk {(i, j, k)}")
+        fijk_bc[f, i, j, k] = b
+    slots = np.argwhere(fijk_bc >= 0)
+    if len(slots) != _NUM_FACES * 19:
+        raise RuntimeError(f"found {len(slots)} face-IJK base cell positions, expected 380")
+
+    # 2. Rotation into each base cell's frame: step from the base cell's centre towards each of its six
+    #    res-1 children in the face's frame and read the digit h3-py gives there. Hexagons: one rotation
+    #    maps all six. Pentagons: the skipped k sub-sequence needs res-2 probes on the face itself.
+    fijk_rot = np.zeros((_NUM_FACES, 3, 3, 3), dtype=np.int64)
+    slot_face, slot_bc = slots[:, 0], fijk_bc[tuple(slots.T)]
+    cx, cy = _project(centres[slot_bc], slot_face, 1)
+    ux, uy = _hex2d(_UNIT[1:])
+    px, py = (cx[:, None] + ux[None, :]).ravel(), (cy[:, None] + uy[None, :]).ravel()
+    lat, lng = _unproject_deg(px, py, np.repeat(slot_face, 6), 1)
+    probes = np.array([_h3.latlng_to_cell(a, b, 1) for a, b in zip(lat.tolist(), lng.tolist())]).reshape(-1, 6)
+    cw_offset = np.zeros((NUM_BASE_CELLS, _NUM_FACES), dtype=np.bool_)
+    for s, (f, i, j, k) in enumerate(slots):
+        b = slot_bc[s]
+        if is_pent[b]:
+            cw_offset[b, f] = (i, j, k) == (0, 2, 0)  # the pentagon sits at this face's j-axis vertex
+            continue
+        seen = [(d, _h3.get_index_digit(int(c), 1)) for d, c in zip(range(1, 7), probes[s])
+                if _h3.get_base_cell_number(int(c)) == b]
+        (rot,) = [n for n in range(6) if all(_ROT_CCW_N[n, d] == got for d, got in seen)]
+        fijk_rot[f, i, j, k] = rot
+    for s in np.flatnonzero(is_pent[slot_bc]):
+        f, i, j, k = slots[s]
+        fijk_rot[f, i, j, k] = _pentagon_rotation(int(f), np.array([i, j, k]), int(slot_bc[s]),
+                                                  bool(cw_offset[slot_bc[s], f]))
+
+    # 3. Home face and IJK of each base cell: where it needs no rotation (pentagons: at an i-axis vertex),
+    #    the position nearest that face's centre.
+    home_face = np.zeros(NUM_BASE_CELLS, dtype=np.int64)
+    home_ijk = np.zeros((NUM_BASE_CELLS, 3), dtype=np.int64)
+    for b in range(NUM_BASE_CELLS):
+        cands = sorted((int(s[1:].sum()), tuple(int(x) for x in s)) for s in slots
+                       if fijk_bc[tuple(s)] == b and fijk_rot[tuple(s)] == 0
+                       and (not is_pent[b] or tuple(s[1:]) == (2, 0, 0)))
+        f, i, j, k = cands[0][1]
+        home_face[b], home_ijk[b] = f, (i, j, k)
+
+    # 4. Base-cell neighbours by direction (h3-py's directed edges carry the direction) and the rotation
+    #    into the neighbour's frame: for a hexagon, the rotation of the neighbour's position on the home
+    #    face; for a pentagon, the turn that maps the reverse direction onto the neighbour's own direction.
+    neighbour = np.full((NUM_BASE_CELLS, 7), _INVALID_BASE_CELL, dtype=np.int64)
+    neighbour_rot = np.full((NUM_BASE_CELLS, 7), -1, dtype=np.int64)
+    neighbour[:, 0] = np.arange(NUM_BASE_CELLS)
+    neighbour_rot[:, 0] = 0
+    for b, origin in enumerate(bases):
+        for cell in _h3.grid_ring(origin, 1):
+            d = _h3.cells_to_directed_edge(origin, cell) >> 56 & 7
+            nb = _h3.get_base_cell_number(cell)
+            neighbour[b, d] = nb
+            if is_pent[b]:
+                back = _h3.cells_to_directed_edge(cell, origin) >> 56 & 7
+                (rot,) = [n for n in range(6) if _ROT_CCW_N[n, 7 - d] == back]
+            else:
+                i, j, k = _normalized(home_ijk[b] + _UNIT[d])
+                rot = fijk_rot[home_face[b], i, j, k]
+            neighbour_rot[b, d] = rot
+
+    # 5. Face adjacency: across each edge quadrant lies the face whose centre cell sits at (2,2,0)-like
+    #    positions; the translation is where this face's centre cell sits in the neighbour's frame.
+    centre_cell = [int(fijk_bc[f, 0, 0, 0]) for f in range(_NUM_FACES)]
+    face_of_centre = {b: f for f, b in enumerate(centre_cell)}
+    face_nb = np.zeros((_NUM_FACES, 4), dtype=np.int64)
+    face_nb_rot = np.zeros((_NUM_FACES, 4), dtype=np.int64)
+    face_nb_trans = np.zeros((_NUM_FACES, 4, 3), dtype=np.int64)
+    adjacent_dir = np.full((_NUM_FACES, _NUM_FACES), -1, dtype=np.int64)
+    for f in range(_NUM_FACES):
+        face_nb[f, 0] = f
+        adjacent_dir[f, f] = 0
+        for quadrant, pos in ((_IJ, (2, 2, 0)), (_KI, (2, 0, 2)), (_JK, (0, 2, 2))):
+            g = face_of_centre[int(fijk_bc[(f, *pos)])]
+            face_nb[f, quadrant] = g
+            face_nb_rot[f, quadrant] = fijk_rot[(f, *pos)]
+            face_nb_trans[f, quadrant] = np.argwhere(fijk_bc[g] == centre_cell[f])[0]
+            adjacent_dir[f, g] = quadrant
+
+    polar = [b for b in np.flatnonzero(is_pent) if not cw_offset[b].any()]
+    return {
+        "fijk_bc": fijk_bc, "fijk_rot": fijk_rot, "is_pent": is_pent, "cw_offset": cw_offset,
+        "home_face": home_face, "home_ijk": home_ijk, "neighbour": neighbour, "neighbour_rot": neighbour_rot,
+        "face_nb": face_nb, "face_nb_rot": face_nb_rot, "face_nb_trans": face_nb_trans,
+        "adjacent_dir": adjacent_dir, "is_polar": np.isin(np.arange(NUM_BASE_CELLS), polar),
+        "polar_jk_neighbour": np.isin(np.arange(NUM_BASE_CELLS), [int(neighbour[b, 3]) for b in polar]),
+    }
+
+
+def _pentagon_rotation(face: int, ijk: np.ndarray, bc: int, cw_offset: bool) -> int:
+    """Rotation of a pentagon base cell seen from ``face``, from res-2 probes on that face."""
+    d1, d2 = np.meshgrid(np.arange(7), np.arange(7), indexing="ij")
+    d1, d2 = d1.ravel(), d2.ravel()
+    child = _normalized(_normalized(ijk @ _DOWN7) + _UNIT[d1])
+    grandchild = _normalized(_normalized(child @ _DOWN7R) + _UNIT[d2])
+    x, y = _hex2d(grandchild)
+    lat, lng = _unproject_deg(x, y, np.full(len(x), face), 2)
+    ll = np.radians(np.stack([lat, lng], axis=1))
+    p = np.stack([np.cos(ll[:, 1]) * np.cos(ll[:, 0]), np.sin(ll[:, 1]) * np.cos(ll[:, 0]), np.sin(ll[:, 0])], 1)
+    on_face = np.argmax(p @ _FACE_CENTER.T, axis=1) == face
+    seen = []
+    for a, b, la, lo in zip(d1[on_face], d2[on_face], lat[on_face], lng[on_face]):
+        cell = _h3.latlng_to_cell(float(la), float(lo), 2)
+        if _h3.get_base_cell_number(cell) == bc:
+            seen.append(([int(a), int(b)], [_h3.get_index_digit(cell, 1), _h3.get_index_digit(cell, 2)]))
+    # Five turns about a pentagon skip the k sub-sequence once, i.e. they are a full turn: 0 and 5 are
+    # the same rotation there, and the reference tables say 0.
+    return min(n for n in range(6) if all(_pentagon_rotate(raw, n, cw_offset) == got for raw, got in seen))
+
+
+_T = _derive_base_cell_tables()
+_FIJK_BC: np.ndarray = _T["fijk_bc"]
+_FIJK_ROT: np.ndarray = _T["fijk_rot"]
+_BC_IS_PENT: np.ndarray = _T["is_pent"]
+_BC_CW_OFFSET: np.ndarray = _T["cw_offset"]
+_BC_HOME_FACE: np.ndarray = _T["home_face"]
+_BC_HOME_IJK: np.ndarray = _T["home_ijk"]
+_BC_NEIGHBOUR: np.ndarray = _T["neighbour"]
+_BC_NEIGHBOUR_ROT: np.ndarray = _T["neighbour_rot"]
+_BC_IS_POLAR: np.ndarray = _T["is_polar"]
+_BC_POLAR_JK_NEIGHBOUR: np.ndarray = _T["polar_jk_neighbour"]
+_FACE_NB: np.ndarray = _T["face_nb"]
+_FACE_NB_ROT: np.ndarray = _T["face_nb_rot"]
+_FACE_NB_TRANS: np.ndarray = _T["face_nb_trans"]
+_ADJACENT_FACE_DIR: np.ndarray = _T["adjacent_dir"]
+del _T
+
+
+# ------------------------------------------------------------------------------ index bit fields
+
+
+@njit(cache=True)
+def _get_res(h: int) -> int:
+    return (h >> 52) & 15
+
+
+@njit(cache=True)
+def _get_base_cell(h: int) -> int:
+    return (h >> 45) & 127
+
+
+@njit(cache=True)
+def _get_digit(h: int, r: int) -> int:
+    return (h >> ((15 - r) * 3)) & 7
+
+
+@njit(cache=True)
+def _set_digit(h: int, r: int, d: int) -> int:
+    shift = (15 - r) * 3
+    return (h & ~(7 << shift)) | (d << shift)
+
+
+@njit(cache=True)
+def _leading_digit(h: int) -> int:
+    """The first non-zero digit of ``h`` (0 when every digit up to its resolution is 0)."""
+    for r in range(1, _get_res(h) + 1):
+        d = _get_digit(h, r)
+        if d != 0:
+            return d
+    return 0
+
+
+@njit(cache=True)
+def _rotate60ccw_all(h: int) -> int:
+    """Every digit of ``h`` turned 60 degrees counter-clockwise at once, on the digits' (i, j, k) bits.
+
+    k->ik->i->ij->j->jk->k; 0 and 7 stay put, so unused digits are unchanged.
+    """
+    i = (h >> 2) & _DIGIT_LOW_BITS
+    j = (h >> 1) & _DIGIT_LOW_BITS
+    k = h & _DIGIT_LOW_BITS
+    ijk = i & j & k
+    ni = ((i | k) & ~j) | ijk
+    nj = ((i | j) & ~k) | ijk
+    nk = ((j | k) & ~i) | ijk
+    return (h & ~_DIGITS_MASK) | (ni << 2) | (nj << 1) | nk
+
+
+@njit(cache=True)
+def _rotate_ccw_n(h: int, n: int) -> int:
+    """Every digit of ``h`` turned ``n`` times 60 degrees counter-clockwise (a hexagon's rotation)."""
+    for _ in range(n):
+        h = _rotate60ccw_all(h)
+    return h
+
+
+@njit(cache=True)
+def _rotate_cw(h: int) -> int:
+    """Every digit of ``h`` turned 60 degrees clockwise: k->jk->j->ij->i->ik->k."""
+    i = (h >> 2) & _DIGIT_LOW_BITS
+    j = (h >> 1) & _DIGIT_LOW_BITS
+    k = h & _DIGIT_LOW_BITS
+    ijk = i & j & k
+    ni = ((i | j) & ~k) | ijk
+    nj = ((j | k) & ~i) | ijk
+    nk = ((i | k) & ~j) | ijk
+    return (h & ~_DIGITS_MASK) | (ni << 2) | (nj << 1) | nk
+
+
+@njit(cache=True)
+def _rotate_pent_ccw(h: int) -> int:
+    """60 degrees counter-clockwise about a pentagon centre, skipping the deleted k sub-sequence."""
+    found = False
+    for r in range(1, _get_res(h) + 1):
+        h = _set_digit(h, r, _ROT_CCW[_get_digit(h, r)])
+        if not found and _get_digit(h, r) != 0:
+            found = True
+            if _leading_digit(h) == 1:
+                h = _rotate_ccw_n(h, 1)
+    return h
+
+
+# --------------------------------------------------------------------------------- IJK+ arithmetic
+
+
+@njit(cache=True)
+def _normalize(i: int, j: int, k: int) -> tuple[int, int, int]:
+    m = min(i, j, k)
+    return i - m, j - m, k - m
+
+
+@njit(cache=True)
+def _up_ap7(i: int, j: int, k: int) -> tuple[int, int, int]:
+    """Parent of a Class III cell (counter-clockwise aperture 7); ``(n + 3) // 7`` is ``lround(n / 7)``."""
+    a = i - k
+    b = j - k
+    return _normalize((3 * a - b + 3) // 7, (a + 2 * b + 3) // 7, 0)
+
+
+@njit(cache=True)
+def _up_ap7r(i: int, j: int, k: int) -> tuple[int, int, int]:
+    """Parent of a Class II cell (clockwise aperture 7)."""
+    a = i - k
+    b = j - k
+    return _normalize((2 * a + b + 3) // 7, (3 * b - a + 3) // 7, 0)
+
+
+@njit(cache=True)
+def _down_ap7(i: int, j: int, k: int) -> tuple[int, int, int]:
+    return _normalize(3 * i + j, 3 * j + k, i + 3 * k)
+
+
+@njit(cache=True)
+def _down_ap7r(i: int, j: int, k: int) -> tuple[int, int, int]:
+    return _normalize(3 * i + k, i + 3 * j, j + 3 * k)
+
+
+@njit(cache=True)
+def _down_ap3(i: int, j: int, k: int) -> tuple[int, int, int]:
+    return _normalize(2 * i + j, 2 * j + k, i + 2 * k)
+
+
+@njit(cache=True)
+def _down_ap3r(i: int, j: int, k: int) -> tuple[int, int, int]:
+    return _normalize(2 * i + k, i + 2 * j, j + 2 * k)
+
+
+@njit(cache=True)
+def _rotate60ccw(i: int, j: int, k: int) -> tuple[int, int, int]:
+    return _normalize(i + k, i + j, j + k)
+
+
+@njit(cache=True)
+def _rotate60cw(i: int, j: int, k: int) -> tuple[int, int, int]:
+    return _normalize(i + j, j + k, i + k)
+
+
+@njit(cache=True)
+def _step(i: int, j: int, k: int, d: int) -> tuple[int, int, int]:
+    """The neighbouring cell in direction ``d`` (0 and 7 stay put)."""
+    if 0 < d < 7:
+        return _normalize(i + _UNIT[d, 0], j + _UNIT[d, 1], k + _UNIT[d, 2])
+    return i, j, k
+
+
+@njit(cache=True)
+def _ijk_to_hex2d(i: int, j: int, k: int) -> tuple[float, float]:
+    a = i - k
+    b = j - k
+    return a - 0.5 * b, b * _M_SQRT3_2
+
+
+@njit(cache=True)
+def _hex2d_to_ij(x: float, y: float) -> tuple[int, int]:
+    """IJ (IJK with k = 0) of the hexagon containing hex-plane point ``(x, y)`` (the reference's quantiser)."""
+    a1 = abs(x)
+    a2 = abs(y)
+    x2 = a2 * _M_RSIN60
+    x1 = a1 + x2 / 2.0
+    m1 = int(x1)
+    m2 = int(x2)
+    r1 = x1 - m1
+    r2 = x2 - m2
+    if r1 < 0.5:
+        if r1 < 1.0 / 3.0:
+            i = m1
+            j = m2 if r2 < (1.0 + r1) / 2.0 else m2 + 1
+        else:
+            j = m2 if r2 < (1.0 - r1) else m2 + 1
+            i = m1 + 1 if (1.0 - r1) <= r2 and r2 < (2.0 * r1) else m1
+    elif r1 < 2.0 / 3.0:
+        j = m2 if r2 < (1.0 - r1) else m2 + 1
+        i = m1 if (2.0 * r1 - 1.0) < r2 and r2 < (1.0 - r1) else m1 + 1
+    else:
+        i = m1 + 1
+        j = m2 if r2 < (r1 / 2.0) else m2 + 1
+    if x < 0.0:  # fold across the axes
+        if j % 2 == 0:
+            i = i - 2 * (i - j // 2)
+        else:
+            i = i - (2 * (i - (j + 1) // 2) + 1)
+    if y < 0.0:
+        i = i - (2 * j + 1) // 2
+        j = -j
+    return i, j
+
+
+# ------------------------------------------------------------------------------ sphere <-> faces
+
+
+@njit(cache=True)
+def _pos_angle(a: float) -> float:
+    t = a + _M_2PI if a < 0.0 else a
+    if a >= _M_2PI:
+        t -= _M_2PI
+    return t
+
+
+@njit(cache=True)
+def _vec3_to_face_ij(x: float, y: float, z: float, res: int) -> tuple[int, int, int]:
+    """Face and IJ at ``res`` of the unit vector ``(x, y, z)`` (reference: ``_vec3ToFaceIjk``)."""
+    face = 0
+    sqd = 5.0
+    for f in range(_NUM_FACES):
+        dx = _FACE_CENTER[f, 0] - x
+        dy = _FACE_CENTER[f, 1] - y
+        dz = _FACE_CENTER[f, 2] - z
+        d = dx * dx + dy * dy + dz * dz
+        if d < sqd:
+            face = f
+            sqd = d
+    r = math.acos(1.0 - sqd * 0.5)
+    if r < _EPSILON:
+        return face, 0, 0
+    fx = _FACE_CENTER[face, 0]
+    fy = _FACE_CENTER[face, 1]
+    fz = _FACE_CENTER[face, 2]
+    # azimuth from the face centre: project onto its tangent plane, then measure against north/east
+    dot = x * fx + y * fy + z * fz
+    px = x - dot * fx
+    py = y - dot * fy
+    pz = z - dot * fz
+    norm = math.sqrt(px * px + py * py + pz * pz)
+    s = 1.0 / norm if norm > 0.0 else 0.0
+    px *= s
+    py *= s
+    pz *= s
+    az = math.atan2(px * _FACE_EAST[face, 0] + py * _FACE_EAST[face, 1] + pz * _FACE_EAST[face, 2],
+                    px * _FACE_NORTH[face, 0] + py * _FACE_NORTH[face, 1] + pz * _FACE_NORTH[face, 2])
+    theta = _pos_angle(_FACE_AXIS_AZ[face] - _pos_angle(az))
+    if res & 1:
+        theta = _pos_angle(theta - _M_AP7_ROT_RADS)
+    r = math.tan(r)
+    r *= _INV_RES0_U_GNOMONIC
+    for _ in range(res):
+        r *= _M_SQRT7
+    i, j = _hex2d_to_ij(r * math.cos(theta), r * math.sin(theta))
+    return face, i, j
+
+
+@njit(cache=True)
+def _hex2d_to_vec3(x: float, y: float, face: int, res: int, substrate: bool) -> tuple[float, float, float]:
+    """Unit vector of hex-plane point ``(x, y)`` on ``face`` (reference: ``_hex2dToVec3``)."""
+    r = math.sqrt(x * x + y * y)
+    if r < _EPSILON:
+        return _FACE_CENTER[face, 0], _FACE_CENTER[face, 1], _FACE_CENTER[face, 2]
+    theta = math.atan2(y, x)
+    for _ in range(res):
+        r *= _M_RSQRT7
+    if substrate:
+        r *= _M_ONETHIRD
+        if res & 1:
+            r *= _M_RSQRT7
+    r *= _RES0_U_GNOMONIC
+    r = math.atan(r)
+    if not substrate and res & 1:
+        theta = _pos_angle(theta + _M_AP7_ROT_RADS)
+    theta = _pos_angle(_FACE_AXIS_AZ[face] - theta)
+    ct = math.cos(theta)
+    st = math.sin(theta)
+    dx = ct * _FACE_NORTH[face, 0] + st * _FACE_EAST[face, 0]
+    dy = ct * _FACE_NORTH[face, 1] + st * _FACE_EAST[face, 1]
+    dz = ct * _FACE_NORTH[face, 2] + st * _FACE_EAST[face, 2]
+    cr = math.cos(r)
+    sr = math.sin(r)
+    vx = cr * _FACE_CENTER[face, 0] + sr * dx
+    vy = cr * _FACE_CENTER[face, 1] + sr * dy
+    vz = cr * _FACE_CENTER[face, 2] + sr * dz
+    norm = math.sqrt(vx * vx + vy * vy + vz * vz)
+    s = 1.0 / norm if norm > 0.0 else 0.0
+    return vx * s, vy * s, vz * s
+
+
+@njit(cache=True)
+def _vec3_to_latlng_deg(x: float, y: float, z: float) -> tuple[float, float]:
+    return math.asin(z) * _M_180_PI, math.atan2(y, x) * _M_180_PI
+
+
+# ------------------------------------------------------------------------------------ point to cell
+
+
+@njit(cache=True)
+def _face_ij_to_h3(face: int, i: int, j: int, res: int) -> int:
+    """The cell of face-IJ ``(face, i, j)`` at ``res`` (reference: ``_faceIjkToH3``); 0 if out of range.
+
+    Climbs to resolution 0 in IJ form (IJK+ with k = 0, unique without normalising): the parent is the
+    rounded aperture-7 image (``(n + 3) // 7`` is ``lround(n / 7)``), the digit the offset from the parent's
+    centre child.
+    """
+    h = _H3_CELL_INIT | (res << 52)
+    for r in range(res, 0, -1):
+        if r & 1:  # Class III: counter-clockwise aperture 7
+            pi = (3 * i - j + 3) // 7
+            pj = (i + 2 * j + 3) // 7
+            di = i - (2 * pi + pj)
+            dj = j - (3 * pj - pi)
+        else:  # Class II: clockwise aperture 7
+            pi = (2 * i + j + 3) // 7
+            pj = (3 * j - i + 3) // 7
+            di = i - (3 * pi - pj)
+            dj = j - (pi + 2 * pj)
+        digit = _IJ_DIGIT[di + 1, dj + 1] if -1 <= di <= 1 and -1 <= dj <= 1 else 7
+        h ^= (7 ^ digit) << ((15 - r) * 3)
+        i = pi
+        j = pj
+    i, j, k = _normalize(i, j, 0)
+    if i > 2 or j > 2 or k > 2:
+        return 0
+    bc = _FIJK_BC[face, i, j, k]
+    rot = _FIJK_ROT[face, i, j, k]
+    h |= bc << 45
+    if _BC_IS_PENT[bc]:
+        if _leading_digit(h) == 1:  # rotate out of the deleted k sub-sequence
+            h = _rotate_cw(h) if _BC_CW_OFFSET[bc, face] else _rotate_ccw_n(h, 1)
+        for _ in range(rot):
+            h = _rotate_pent_ccw(h)
+        return h
+    return _rotate_ccw_n(h, rot)
+
+
+@njit(cache=True)
+def latlng_to_cell(lat: float, lng: float, res: int) -> np.uint64:
+    """H3 cell at ``res`` of the point ``(lat, lng)`` in degrees; bit-exact with h3-py ``latlng_to_cell``.
+
+    The inputs must be finite (the wrapper validates them); other kernels may call this per point.
+    """
+    la = lat * _M_PI_180
+    lo = lng * _M_PI_180
+    c = math.cos(la)
+    face, i, j = _vec3_to_face_ij(math.cos(lo) * c, math.sin(lo) * c, math.sin(la), res)
+    return np.uint64(_face_ij_to_h3(face, i, j, res))
+
+
+@njit(cache=True, parallel=True)
+def latlng_to_cell_array(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
+    """:func:`latlng_to_cell` over arrays of degrees, on every Numba thread."""
+    out = np.empty(lat.shape[0], dtype=np.uint64)
+    for n in prange(lat.shape[0]):
+        out[n] = latlng_to_cell(lat[n], lng[n], res)
+    return out
+
+
+# ------------------------------------------------------------------------------------ inspection
+
+
+@njit(cache=True)
+def is_valid_cell(h: np.uint64) -> bool:
+    """Whether ``h`` is a valid H3 cell (reference: ``isValidCell``)."""
+    x = np.int64(h)
+    if (x >> 56) != 0b00001000:  # high bit 0, cell mode, reserved bits 0
+        return False
+    res = _get_res(x)
+    bc = _get_base_cell(x)
+    if bc >= NUM_BASE_CELLS:
+        return False
+    first = 0
+    for r in range(1, 16):
+        d = _get_digit(x, r)
+        if r <= res:
+            if d == 7:
+                return False
+            if first == 0 and d != 0:
+                first = d
+        elif d != 7:
+            return False
+    # a pentagon's first non-zero digit (unused digits count, as 7) cannot be the deleted k direction
+    return not (_BC_IS_PENT[bc] and first == 1)
+
+
+@njit(cache=True)
+def get_resolution(h: np.uint64) -> int:
+    return _get_res(np.int64(h))
+
+
+@njit(cache=True)
+def get_base_cell_number(h: np.uint64) -> int:
+    return _get_base_cell(np.int64(h))
+
+
+@njit(cache=True)
+def is_pentagon(h: np.uint64) -> bool:
+    x = np.int64(h)
+    return _BC_IS_PENT[_get_base_cell(x)] and _leading_digit(x) == 0
+
+
+@njit(cache=True)
+def cell_to_parent(h: np.uint64, res: int) -> np.uint64:
+    """Ancestor of valid cell ``h`` at ``res`` (``res`` <= the cell's resolution)."""
+    x = np.int64(h)
+    x = (x & ~(15 << 52)) | (res << 52)
+    return np.uint64(x | ((1 << (3 * (15 - res))) - 1))
+
+
+@njit(cache=True)
+def cell_to_children_range(h: np.uint64, child_res: int) -> tuple[np.uint64, np.uint64]:
+    """Smallest and largest id among the descendants of ``h`` at ``child_res`` (both inclusive).
+
+    The smallest is the centre child (new digits 0), the largest has every new digit 6; both exist for
+    pentagons too, whose missing children are those with a leading digit 1.
+    """
+    x = np.int64(h)
+    res = _get_res(x)
+    lo = (x & ~(15 << 52)) | (child_res << 52)
+    hi = lo
+    for r in range(res + 1, child_res + 1):
+        lo = _set_digit(lo, r, 0)
+        hi = _set_digit(hi, r, 6)
+    return np.uint64(lo), np.uint64(hi)
+
+
+@njit(cache=True, parallel=True)
+def is_valid_cell_array(cells: np.ndarray) -> np.ndarray:
+    out = np.empty(cells.shape[0], dtype=np.bool_)
+    for n in prange(cells.shape[0]):
+        out[n] = is_valid_cell(cells[n])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def get_resolution_array(cells: np.ndarray) -> np.ndarray:
+    out = np.empty(cells.shape[0], dtype=np.int8)
+    for n in prange(cells.shape[0]):
+        out[n] = get_resolution(cells[n])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def get_base_cell_number_array(cells: np.ndarray) -> np.ndarray:
+    out = np.empty(cells.shape[0], dtype=np.int8)
+    for n in prange(cells.shape[0]):
+        out[n] = get_base_cell_number(cells[n])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def is_pentagon_array(cells: np.ndarray) -> np.ndarray:
+    out = np.empty(cells.shape[0], dtype=np.bool_)
+    for n in prange(cells.shape[0]):
+        out[n] = is_pentagon(cells[n])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def cell_to_parent_array(cells: np.ndarray, res: int) -> np.ndarray:
+    out = np.empty(cells.shape[0], dtype=np.uint64)
+    for n in prange(cells.shape[0]):
+        out[n] = cell_to_parent(cells[n], res)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def cell_to_children_range_array(cells: np.ndarray, child_res: int) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.empty(cells.shape[0], dtype=np.uint64)
+    hi = np.empty(cells.shape[0], dtype=np.uint64)
+    for n in prange(cells.shape[0]):
+        lo[n], hi[n] = cell_to_children_range(cells[n], child_res)
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------- cell to face-IJK
+
+
+@njit(cache=True)
+def _adjust_overage(face: int, i: int, j: int, k: int, res: int, pent_leading4: bool,
+                    substrate: bool) -> tuple[int, int, int, int, int]:
+    """Move a Class II face-IJK onto the face it really lies on (reference: ``_adjustOverageClassII``).
+
+    Returns ``(overage, face, i, j, k)``, overage 0 = none, 1 = on a face edge (substrate only), 2 = new face.
+    """
+    max_dim = _MAX_DIM[res] * 3 if substrate else _MAX_DIM[res]
+    s = i + j + k
+    if substrate and s == max_dim:
+        return 1, face, i, j, k
+    if s <= max_dim:
+        return 0, face, i, j, k
+    if k > 0:
+        if j > 0:
+            quadrant = _JK
+        else:
+            quadrant = _KI
+            if pent_leading4:  # rotate about the pentagon to adjust for its missing sequence
+                ti, tj, tk = _rotate60cw(i - max_dim, j, k)
+                i, j, k = ti + max_dim, tj, tk
+    else:
+        quadrant = _IJ
+    new_face = _FACE_NB[face, quadrant]
+    for _ in range(_FACE_NB_ROT[face, quadrant]):
+        i, j, k = _rotate60ccw(i, j, k)
+    scale = _UNIT_SCALE[res] * 3 if substrate else _UNIT_SCALE[res]
+    i, j, k = _normalize(i + _FACE_NB_TRANS[face, quadrant, 0] * scale,
+                         j + _FACE_NB_TRANS[face, quadrant, 1] * scale,
+                         k + _FACE_NB_TRANS[face, quadrant, 2] * scale)
+    overage = 1 if substrate and i + j + k == max_dim else 2
+    return overage, new_face, i, j, k
+
+
+@njit(cache=True)
+def _h3_to_face_ijk(h: int) -> tuple[int, int, int, int]:
+    """Face-IJK of valid cell ``h`` on the face its centre lies on (reference: ``_h3ToFaceIjk``)."""
+    bc = _get_base_cell(h)
+    res = _get_res(h)
+    pent = _BC_IS_PENT[bc]
+    if pent and _leading_digit(h) == 5:
+        h = _rotate_cw(h)
+    face = _BC_HOME_FACE[bc]
+    i, j, k = _BC_HOME_IJK[bc, 0], _BC_HOME_IJK[bc, 1], _BC_HOME_IJK[bc, 2]
+    overage_possible = pent or not (res == 0 or (i == 0 and j == 0 and k == 0))
+    for r in range(1, res + 1):
+        if r & 1:
+            i, j, k = _down_ap7(i, j, k)
+        else:
+            i, j, k = _down_ap7r(i, j, k)
+        i, j, k = _step(i, j, k, _get_digit(h, r))
+    if not overage_possible:
+        return face, i, j, k
+    oi, oj, ok = i, j, k
+    adj_res = res
+    if res & 1:  # drop into the next finer Class II grid
+        i, j, k = _down_ap7r(i, j, k)
+        adj_res += 1
+    pent_leading4 = pent and _leading_digit(h) == 4
+    overage, face, i, j, k = _adjust_overage(face, i, j, k, adj_res, pent_leading4, False)
+    if overage != 0:
+        if pent:  # pentagons may need a second face change
+            while overage != 0:
+                overage, face, i, j, k = _adjust_overage(face, i, j, k, adj_res, False, False)
+        if adj_res != res:
+            i, j, k = _up_ap7r(i, j, k)
+    elif adj_res != res:
+        i, j, k = oi, oj, ok
+    return face, i, j, k
+
+
+@njit(cache=True)
+def cell_to_latlng(h: np.uint64) -> tuple[float, float]:
+    """Centre ``(lat, lng)`` in degrees of valid cell ``h``; bit-exact with h3-py ``cell_to_latlng``."""
+    x = np.int64(h)
+    face, i, j, k = _h3_to_face_ijk(x)
+    hx, hy = _ijk_to_hex2d(i, j, k)
+    vx, vy, vz = _hex2d_to_vec3(hx, hy, face, _get_res(x), False)
+    return _vec3_to_latlng_deg(vx, vy, vz)
+
+
+@njit(cache=True, parallel=True)
+def cell_to_latlng_array(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lat = np.empty(cells.shape[0], dtype=np.float64)
+    lng = np.empty(cells.shape[0], dtype=np.float64)
+    for n in prange(cells.shape[0]):
+        lat[n], lng[n] = cell_to_latlng(cells[n])
+    return lat, lng
+
+
+# ------------------------------------------------------------------------------------ boundaries
+
+
+@njit(cache=True)
+def _intersect(ax: float, ay: float, bx: float, by: float, cx: float, cy: float, dx: float,
+               dy: float) -> tuple[float, float]:
+    """Intersection of lines a-b and c-d (reference: ``_v2dIntersect``)."""
+    s1x = bx - ax
+    s1y = by - ay
+    s2x = dx - cx
+    s2y = dy - cy
+    t = (s2x * (ay - cy) - s2y * (ax - cx)) / (-s2x * s1y + s1x * s2y)
+    return ax + (t * s1x), ay + (t * s1y)
+
+
+@njit(cache=True)
+def _face_edge(quadrant: int, max_dim: int) -> tuple[float, float, float, float]:
+    """End points of the face edge of ``quadrant`` in substrate hex coordinates (KI for anything else)."""
+    v0x, v0y = 3.0 * max_dim, 0.0
+    v1x, v1y = -1.5 * max_dim, 3.0 * _M_SQRT3_2 * max_dim
+    v2x, v2y = -1.5 * max_dim, -3.0 * _M_SQRT3_2 * max_dim
+    if quadrant == _IJ:
+        return v0x, v0y, v1x, v1y
+    if quadrant == _JK:
+        return v1x, v1y, v2x, v2y
+    return v2x, v2y, v0x, v0y
+
+
+@njit(cache=True)
+def _put_vertex(x: float, y: float, face: int, res: int, out: np.ndarray, n: int) -> int:
+    vx, vy, vz = _hex2d_to_vec3(x, y, face, res, True)
+    out[n, 0], out[n, 1] = _vec3_to_latlng_deg(vx, vy, vz)
+    return n + 1
+
+
+@njit(cache=True)
+def _hexagon_boundary(face: int, i: int, j: int, k: int, res: int, out: np.ndarray) -> int:
+    """Reference ``_faceIjkToCellBoundary`` for a whole hexagon; vertices into ``out``, count returned."""
+    adj_res = res
+    ci, cj, ck = _down_ap3(i, j, k)
+    ci, cj, ck = _down_ap3r(ci, cj, ck)
+    verts = _HEX_VERTS_CII
+    if res & 1:
+        ci, cj, ck = _down_ap7r(ci, cj, ck)
+        adj_res += 1
+        verts = _HEX_VERTS_CIII
+    n = 0
+    last_face = -1
+    last_overage = 0
+    for vert in range(7):  # one extra step closes the loop for a crossing on the last edge
+        v = vert % 6
+        vi, vj, vk = _normalize(ci + verts[v, 0], cj + verts[v, 1], ck + verts[v, 2])
+        overage, f, fi, fj, fk = _adjust_overage(face, vi, vj, vk, adj_res, False, True)
+        if res & 1 and vert > 0 and f != last_face and last_overage != 1:
+            # the edge crosses an icosahedron edge: add the crossing point, projected from the centre's face
+            w = (v + 5) % 6
+            wi, wj, wk = _normalize(ci + verts[w, 0], cj + verts[w, 1], ck + verts[w, 2])
+            x0, y0 = _ijk_to_hex2d(wi, wj, wk)
+            x1, y1 = _ijk_to_hex2d(vi, vj, vk)
+            face2 = f if last_face == face else last_face
+            ex0, ey0, ex1, ey1 = _face_edge(_ADJACENT_FACE_DIR[face, face2], _MAX_DIM[adj_res])
+            ix, iy = _intersect(x0, y0, x1, y1, ex0, ey0, ex1, ey1)
+            at_vertex = ((abs(x0 - ix) < _FLT_EPSILON and abs(y0 - iy) < _FLT_EPSILON)
+                         or (abs(x1 - ix) < _FLT_EPSILON and abs(y1 - iy) < _FLT_EPSILON))
+            if not at_vertex:
+                n = _put_vertex(ix, iy, face, adj_res, out, n)
+        if vert < 6:
+            x, y = _ijk_to_hex2d(fi, fj, fk)
+            n = _put_vertex(x, y, f, adj_res, out, n)
+        last_face = f
+        last_overage = overage
+    return n
+
+
+@njit(cache=True)
+def _pentagon_boundary(face: int, i: int, j: int, k: int, res: int, out: np.ndarray) -> int:
+    """Reference ``_faceIjkPentToCellBoundary`` for a whole pentagon."""
+    adj_res = res
+    ci, cj, ck = _down_ap3(i, j, k)
+    ci, cj, ck = _down_ap3r(ci, cj, ck)
+    verts = _HEX_VERTS_CII
+    if res & 1:
+        ci, cj, ck = _down_ap7r(ci, cj, ck)
+        adj_res += 1
+        verts = _HEX_VERTS_CIII
+    n = 0
+    lf, li, lj, lk = 0, 0, 0, 0
+    for vert in range(6):
+        v = vert % 5
+        f = face
+        fi, fj, fk = _normalize(ci + verts[v, 0], cj + verts[v, 1], ck + verts[v, 2])
+        overage = 2
+        while overage == 2:
+            overage, f, fi, fj, fk = _adjust_overage(f, fi, fj, fk, adj_res, False, True)
+        if res & 1 and vert > 0:
+            # every Class III pentagon edge crosses an icosahedron edge: express this vertex on the last
+            # vertex's face and intersect
+            x0, y0 = _ijk_to_hex2d(li, lj, lk)
+            quadrant = _ADJACENT_FACE_DIR[f, lf]
+            tf = _FACE_NB[f, quadrant]
+            ti, tj, tk = fi, fj, fk
+            for _ in range(_FACE_NB_ROT[f, quadrant]):
+                ti, tj, tk = _rotate60ccw(ti, tj, tk)
+            scale = _UNIT_SCALE[adj_res] * 3
+            ti, tj, tk = _normalize(ti + _FACE_NB_TRANS[f, quadrant, 0] * scale,
+                                    tj + _FACE_NB_TRANS[f, quadrant, 1] * scale,
+                                    tk + _FACE_NB_TRANS[f, quadrant, 2] * scale)
+            x1, y1 = _ijk_to_hex2d(ti, tj, tk)
+            ex0, ey0, ex1, ey1 = _face_edge(_ADJACENT_FACE_DIR[tf, f], _MAX_DIM[adj_res])
+            ix, iy = _intersect(x0, y0, x1, y1, ex0, ey0, ex1, ey1)
+            n = _put_vertex(ix, iy, tf, adj_res, out, n)
+        if vert < 5:
+            x, y = _ijk_to_hex2d(fi, fj, fk)
+            n = _put_vertex(x, y, f, adj_res, out, n)
+        lf, li, lj, lk = f, fi, fj, fk
+    return n
+
+
+@njit(cache=True)
+def cell_to_boundary(h: np.uint64, out: np.ndarray) -> int:
+    """Boundary of valid cell ``h`` as ``(lat, lng)`` degree rows into ``out`` (at least 10 x 2); returns
+    the vertex count. Bit-exact with h3-py ``cell_to_boundary``."""
+    x = np.int64(h)
+    face, i, j, k = _h3_to_face_ijk(x)
+    if is_pentagon(h):
+        return _pentagon_boundary(face, i, j, k, _get_res(x), out)
+    return _hexagon_boundary(face, i, j, k, _get_res(x), out)
+
+
+@njit(cache=True, parallel=True)
+def cell_to_boundary_array(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boundaries of many cells: ``(verts, counts)``, ``verts[n, :counts[n]]`` the ``(lat, lng)`` rows."""
+    verts = np.full((cells.shape[0], MAX_BOUNDARY_VERTS, 2), np.nan)
+    counts = np.empty(cells.shape[0], dtype=np.int8)
+    for n in prange(cells.shape[0]):
+        counts[n] = cell_to_boundary(cells[n], verts[n])
+    return verts, counts
+
+
+# ------------------------------------------------------------------------------------- neighbours
+
+
+@njit(cache=True)
+def _neighbour(origin: int, direction: int, rotations: int) -> tuple[int, int, int]:
+    """One step from ``origin`` in ``direction`` (reference: ``h3NeighborRotations``).
+
+    Returns ``(status, cell, rotations)``: status 0 on success, 1 when the step would leave a pentagon
+    through its deleted k direction (no such neighbour), 2 on malformed input.
+    """
+    h = origin
+    rotations = rotations % 6
+    for _ in range(rotations):
+        direction = _ROT_CCW[direction]
+    new_rotations = 0
+    old_bc = _get_base_cell(h)
+    old_leading = _leading_digit(h)
+    r = _get_res(h) - 1
+    while True:
+        if r == -1:
+            nb = _BC_NEIGHBOUR[old_bc, direction]
+            new_rotations = _BC_NEIGHBOUR_ROT[old_bc, direction]
+            if nb == _INVALID_BASE_CELL:  # the deleted k vertex: this edge borders the ik neighbour
+                nb = _BC_NEIGHBOUR[old_bc, 5]
+                new_rotations = _BC_NEIGHBOUR_ROT[old_bc, 5]
+                h = _rotate_ccw_n(h, 1)
+                rotations += 1
+            h = (h & ~(127 << 45)) | (nb << 45)
+            break
+        old_digit = _get_digit(h, r + 1)
+        if old_digit == 7:
+            return 2, 0, rotations
+        if (r + 1) & 1:
+            h = _set_digit(h, r + 1, _NEW_DIGIT_CIII[old_digit, direction])
+            next_dir = _NEW_CARRY_CIII[old_digit, direction]
+        else:
+            h = _set_digit(h, r + 1, _NEW_DIGIT_CII[old_digit, direction])
+            next_dir = _NEW_CARRY_CII[old_digit, direction]
+        if next_dir == 0:
+            break
+        direction = next_dir
+        r -= 1
+    new_bc = _get_base_cell(h)
+    if _BC_IS_PENT[new_bc]:
+        adjusted_k = False
+        if _leading_digit(h) == 1:
+            if old_bc != new_bc:  # stepped into the deleted k sub-sequence from another base cell
+                if _BC_CW_OFFSET[new_bc, _BC_HOME_FACE[old_bc]]:
+                    h = _rotate_cw(h)
+                else:
+                    h = _rotate_ccw_n(h, 1)
+                adjusted_k = True
+            elif old_leading == 0:
+                return 1, 0, rotations
+            elif old_leading == 3:
+                h = _rotate_ccw_n(h, 1)
+                rotations += 1
+            elif old_leading == 5:
+                h = _rotate_cw(h)
+                rotations += 5
+            else:
+                return 2, 0, rotations
+        for _ in range(new_rotations):
+            h = _rotate_pent_ccw(h)
+        if old_bc != new_bc:
+            if _BC_IS_POLAR[new_bc]:
+                if not _BC_POLAR_JK_NEIGHBOUR[old_bc] and _leading_digit(h) != 3:
+                    rotations += 1
+            elif _leading_digit(h) == 5 and not adjusted_k:
+                rotations += 1
+    else:
+        h = _rotate_ccw_n(h, new_rotations)
+    return 0, h, (rotations + new_rotations) % 6
+
+
+@njit(cache=True)
+def grid_disk(origin: np.uint64, k: int) -> np.ndarray:
+    """Every cell within ``k`` grid steps of valid cell ``origin`` (the set h3-py ``grid_disk`` returns),
+    in breadth-first order."""
+    max_cells = 1 + 3 * k * (k + 1)
+    size = 1
+    while size < 2 * max_cells:
+        size *= 2
+    table = np.zeros(size, dtype=np.int64)  # open-addressing set; 0 is never a cell
+    cells = np.empty(max_cells, dtype=np.int64)
+    dist = np.empty(max_cells, dtype=np.int64)
+    o = np.int64(origin)
+    table[(o * _HASH_MUL >> 17) & (size - 1)] = o
+    cells[0] = o
+    dist[0] = 0
+    n = 1
+    head = 0
+    while head < n:
+        c = cells[head]
+        d = dist[head]
+        head += 1
+        if d == k:
+            continue
+        for t in range(6):
+            status, nb, _ = _neighbour(c, _DIRECTIONS[t], 0)
+            if status != 0:
+                continue
+            slot = (nb * _HASH_MUL >> 17) & (size - 1)
+            while table[slot] != 0 and table[slot] != nb:
+                slot = (slot + 1) & (size - 1)
+            if table[slot] == 0:
+                table[slot] = nb
+                cells[n] = nb
+                dist[n] = d + 1
+                n += 1
+    return cells[:n].astype(np.uint64)
