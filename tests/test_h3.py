@@ -135,6 +135,31 @@ def test_points_exactly_on_cell_vertices(res):
         assert_cells_equal_h3py(verts[:, 0], verts[:, 1], r)
 
 
+@pytest.mark.parametrize("res", RES)
+def test_points_hairs_breadths_from_cell_edges(res):
+    """Points on cell edges and 1e-16..1e-7 radians either side of them: where a fast approximation of the
+    projection would pick the neighbouring cell unless its error bound is right."""
+    rng = np.random.default_rng(500 + res)
+    lat, lng = sphere_points(120, 500 + res)
+    cells = h3py_cells(lat, lng, res) + list(h3.get_pentagons(res))
+    pts = []
+    for c in cells:
+        b = np.radians(np.array(h3.cell_to_boundary(c)))
+        v = np.stack([np.cos(b[:, 0]) * np.cos(b[:, 1]), np.cos(b[:, 0]) * np.sin(b[:, 1]), np.sin(b[:, 0])], 1)
+        a, w = v, np.roll(v, -1, axis=0)
+        t = rng.uniform(0, 1, (len(v), 1))
+        m = a * (1 - t) + w * t
+        m /= np.linalg.norm(m, axis=1)[:, None]
+        normal = np.cross(a, w)
+        normal /= np.linalg.norm(normal, axis=1)[:, None]
+        for off in (0.0, *(s * 10.0**e for e in range(-16, -6) for s in (-1, 1))):
+            pts.append(m + off * normal)
+    p = np.concatenate(pts)
+    p /= np.linalg.norm(p, axis=1)[:, None]
+    lat, lng = np.degrees(np.arcsin(np.clip(p[:, 2], -1, 1))), np.degrees(np.arctan2(p[:, 1], p[:, 0]))
+    assert_cells_equal_h3py(lat, lng, res)
+
+
 @given(lat=st.floats(-90, 90), lng=st.floats(-180, 180), res=st.integers(0, 15))
 def test_any_point_equals_h3py(lat, lng, res):
     assert int(gh3.latlng_to_cell(np.array([lat]), np.array([lng]), res)[0]) == h3.latlng_to_cell(lat, lng, res)
