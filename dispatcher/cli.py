@@ -136,21 +136,56 @@ def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, o
 @click.option("--seed", default=0)
 @click.option("--peers", default="latsorted,strtree", help="Comma-separated: latsorted, strtree.")
 @click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
+@click.option("--sections", default="index,h3", help="Comma-separated: index (resolve and build), h3 (cells).")
+@click.option("--h3-points", default=10_000_000, help="Points for the H3 section.")
+@click.option("--h3-res", default=12, help="Resolution for the H3 section.")
+@click.option("--compile-times/--no-compile-times", default=True,
+              help="Measure Numba compile and cache-load times in fresh processes.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.json"))
 @click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.md"))
-def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, json_out: Path, markdown_out: Path) -> None:
-    """Benchmark report: build cost and resolve latency beside the peers, with identical results asserted."""
-    from bench.report import index_report, markdown
+def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, sections: str, h3_points: int,
+          h3_res: int, compile_times: bool, json_out: Path, markdown_out: Path) -> None:
+    """Benchmark report: build cost, resolve latency and H3 throughput beside the peers, with identical
+    results asserted."""
+    from bench import h3_report, report
 
-    names = tuple(p for p in peers.split(",") if p)
-    with progress_bar() as report:
-        result: dict[str, Any] = index_report(cameras, queries, seed=seed, peers=names, events=events,
-                                              progress=report)
-    result["generated_at"] = datetime.now().astimezone().isoformat()
-    _print_report(result)
+    wanted = [s for s in sections.split(",") if s]
+    unknown = set(wanted) - {"index", "h3"}
+    if unknown:
+        raise click.BadParameter(f"unknown section(s) {sorted(unknown)}; choose from index, h3",
+                                 param_hint="--sections")
+    result: dict[str, Any] = {"generated_at": datetime.now().astimezone().isoformat()}
+    md = []
+    if "index" in wanted:
+        names = tuple(p for p in peers.split(",") if p)
+        with progress_bar() as progress:
+            result["index"] = report.index_report(cameras, queries, seed=seed, peers=names, events=events,
+                                                  progress=progress)
+        _print_report(result["index"])
+        md.append(report.markdown(result["index"]))
+    if "h3" in wanted:
+        with out.status(f"H3: {h3_points:,} points at res {h3_res}"):
+            result["h3"] = h3_report.h3_report(h3_points, h3_res, seed=seed, with_compile=compile_times)
+        _print_h3(result["h3"])
+        md.append(h3_report.markdown(result["h3"]))
     json_out.write_text(json.dumps(result, indent=2))
-    markdown_out.write_text(markdown(result))
+    markdown_out.write_text("\n".join(md))
     out.print(f"wrote {json_out} and {markdown_out}")
+
+
+def _print_h3(result: dict[str, Any]) -> None:
+    table = Table(title=f"H3 point to cell, {result['points']:,} points at res {result['res']} "
+                        f"(ratio = peer / geodispatch)")
+    for col in ("engine", "seconds", "ns/point", "ratio (all threads)", "ratio (1 thread)"):
+        table.add_column(col, justify="right")
+    for name, r in result["engines"].items():
+        table.add_row(name, f"{r['seconds']:.3f}", f"{r['ns_per_point']:.1f}", f"{r['ratio']:.2f}x",
+                      f"{r['ratio_1_thread']:.2f}x")
+    out.print(table)
+    if "compile" in result:
+        c = result["compile"]
+        out.print(f"compile: {c['cold_compile_s']:.2f} s on an empty Numba cache, {c['cached_load_s']:.2f} s "
+                  f"from the cache (import {c['import_s']:.2f} s)")
 
 
 def _print_report(result: dict[str, Any]) -> None:

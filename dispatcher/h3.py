@@ -65,7 +65,7 @@ def _as_points(lat: Any, lng: Any) -> tuple[np.ndarray, np.ndarray]:
     lng = np.ascontiguousarray(lng, dtype=np.float64)
     if lat.shape != lng.shape or lat.ndim != 1:
         raise InvalidCoordinates(f"lat and lng must be 1-D arrays of one length, got {lat.shape} and {lng.shape}")
-    bad = ~(np.isfinite(lat) & np.isfinite(lng) & (np.abs(lat) <= 90.0) & (np.abs(lng) <= 180.0))
+    bad = _k.invalid_latlng_array(lat, lng)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InvalidCoordinates(f"{int(bad.sum())} point(s) with NaN, infinite or out-of-range coordinates, "

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dispatcher.errors import InvalidData, InvalidTimeWindow
+from kernels.h3core import invalid_latlng_array
 
 #: Unix seconds of the storage epoch, 2000-01-01T00:00:00Z.
 EPOCH_UNIX_S = 946_684_800
@@ -114,7 +115,7 @@ class CameraColumns:
 
 def check_coordinates(lat: np.ndarray, lng: np.ndarray, ids: np.ndarray, what: str) -> None:
     """Raise :class:`InvalidData` naming the ids whose coordinates are NaN, infinite or out of range."""
-    bad = ~(np.isfinite(lat) & np.isfinite(lng) & (np.abs(lat) <= 90.0) & (np.abs(lng) <= 180.0))
+    bad = invalid_latlng_array(np.ascontiguousarray(lat, np.float64), np.ascontiguousarray(lng, np.float64))
     if bad.any():
         rows = np.flatnonzero(bad)
         sample = ", ".join(f"{ids[r]} ({lat[r]}, {lng[r]})" for r in rows[:_SHOWN])

@@ -900,6 +900,15 @@ def latlng_to_cell_array(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarr
     return out
 
 
+@njit(cache=True, parallel=True)
+def invalid_latlng_array(lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+    """True where a point is NaN, infinite or outside [-90, 90] x [-180, 180] degrees (one parallel pass)."""
+    out = np.empty(lat.shape[0], dtype=np.bool_)
+    for n in prange(lat.shape[0]):
+        out[n] = not (abs(lat[n]) <= 90.0 and abs(lng[n]) <= 180.0)  # NaN fails every comparison
+    return out
+
+
 # ------------------------------------------------------------------------------------ inspection
 
 

@@ -64,10 +64,29 @@ def test_orchestration_type_checks():
 
 def test_bench_report_with_both_peers(tmp_path: Path):
     js, md = tmp_path / "r.json", tmp_path / "r.md"
-    r = CliRunner().invoke(main, ["bench", "--cameras", "20000", "--queries", "10", "--json-out", str(js),
-                                  "--markdown-out", str(md)])
+    r = CliRunner().invoke(main, ["bench", "--cameras", "20000", "--queries", "10", "--sections", "index",
+                                  "--json-out", str(js), "--markdown-out", str(md)])
     assert r.exit_code == 0, r.output
     report = json.loads(js.read_text())
-    assert set(report["build"]) == {"geodispatch", "latsorted", "strtree"}
-    assert set(report["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²", "100 km²"}
+    assert set(report) == {"generated_at", "index"}
+    assert set(report["index"]["build"]) == {"geodispatch", "latsorted", "strtree"}
+    assert set(report["index"]["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²", "100 km²"}
     assert "| 0.5 sq mi |" in md.read_text()
+
+
+def test_bench_h3_section(tmp_path: Path):
+    js, md = tmp_path / "r.json", tmp_path / "r.md"
+    r = CliRunner().invoke(main, ["bench", "--sections", "h3", "--h3-points", "50000", "--h3-res", "11",
+                                  "--no-compile-times", "--json-out", str(js), "--markdown-out", str(md)])
+    assert r.exit_code == 0, r.output
+    h3r = json.loads(js.read_text())["h3"]
+    assert (h3r["points"], h3r["res"]) == (50000, 11)
+    assert set(h3r["engines"]) == {"geodispatch", "geodispatch 1 thread", "h3ronpy", "h3-py loop"}
+    assert h3r["engines"]["geodispatch"]["ratio"] == 1.0
+    assert all(e["seconds"] > 0 for e in h3r["engines"].values())
+    assert "| h3-py loop |" in md.read_text()
+
+
+def test_bench_rejects_unknown_sections(tmp_path: Path):
+    r = CliRunner().invoke(main, ["bench", "--sections", "index,nope"])
+    assert r.exit_code == 2 and "nope" in r.output
