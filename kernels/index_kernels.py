@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.geometry import BOX_IN, BOX_MIXED, BOX_OUT, WORK_SIZE, classify_box, covers_point
+from kernels.h3core import cell_to_parent
 
 SHARING = np.uint8(1)
 DELETED = np.uint8(2)
@@ -52,13 +53,6 @@ def run_starts(keys: np.ndarray) -> np.ndarray:
             k += 1
     out[count] = n
     return out
-
-
-@njit(cache=True, inline="always")
-def _parent(cell: np.uint64, res: np.int64) -> np.uint64:
-    """The ancestor of ``cell`` at ``res``: resolution field set, finer digits filled with 7."""
-    c = (cell & ~np.uint64(0xF << 52)) | (np.uint64(res) << np.uint64(52))
-    return c | ((np.uint64(1) << np.uint64(3 * (15 - res))) - np.uint64(1))
 
 
 @njit(cache=True)
@@ -95,9 +89,9 @@ def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: 
         res = levels[li + 1]
         i = lo
         while i < hi:
-            p = _parent(cells[i], res)
+            p = cell_to_parent(cells[i], res)
             j = i + 1
-            while j < hi and _parent(cells[j], res) == p:
+            while j < hi and cell_to_parent(cells[j], res) == p:
                 j += 1
             if m == node_cell.shape[0]:
                 node_cell = _grow_rows(node_cell, m)

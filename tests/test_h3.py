@@ -5,11 +5,8 @@ Every comparison is on exact integers or exact float bits: the kernels claim bit
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 
 import h3.api.basic_int as h3
 import h3ronpy.vector as hv
@@ -22,6 +19,7 @@ from hypothesis import strategies as st
 from dispatcher import h3 as gh3
 from dispatcher.errors import InvalidCoordinates
 from dispatcher.h3 import InvalidCell, InvalidResolution
+from tests.workers import run_workers
 
 RES = list(range(16))
 
@@ -286,20 +284,10 @@ def test_numba_disk_cache_shared_by_concurrent_workers(tmp_path):
     )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
 
-    def run(n: int) -> list[dict]:
-        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-                 for _ in range(n)]
-        outs = []
-        for p in procs:
-            out, _ = p.communicate(timeout=600)
-            assert p.returncode == 0
-            outs.append(json.loads(out))
-        return outs
-
     want = h3py_cells(np.linspace(-89, 89, 1001), np.linspace(-179, 179, 1001), 11)
-    cold = run(3)
+    cold = run_workers(code, 3, env=env)
     assert all(o["cells"] == want for o in cold)
     assert any(o["misses"] >= 1 for o in cold)
-    warm = run(1)[0]
+    warm = run_workers(code, 1, env=env)[0]
     assert warm["cells"] == want
     assert warm["hits"] >= 1 and warm["misses"] == 0

@@ -17,6 +17,7 @@ from dispatcher.index import CameraIndex, IndexConfig
 from dispatcher.models import CAMERA_SCHEMA
 from tests import data
 from tests.polygons import areas, boundary_points
+from tests.workers import run_workers
 
 NOW = data.NOW
 
@@ -357,25 +358,14 @@ def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
         "st = K.resolve.stats; print(json.dumps({'r': {int(k): v.tolist() for k, v in r.items()},"
         "'hits': sum(st.cache_hits.values()), 'misses': sum(st.cache_misses.values())}))"
     )
-    import json
     import os
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
 
-    def run(n: int) -> list[dict]:
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True,
-                                  env=env) for _ in range(n)]
-        outs = []
-        for p in procs:
-            out, _ = p.communicate(timeout=600)
-            assert p.returncode == 0
-            outs.append(json.loads(out))
-        return outs
-
-    cold = run(3)
+    cold = run_workers(code, 3, args=[str(path)], env=env)
     assert all({int(k): v for k, v in o["r"].items()} == want for o in cold)
     assert any((tmp_path / "numba-cache").rglob("*.nbi")), "no Numba cache index was written"
     assert any(o["misses"] >= 1 for o in cold)  # someone compiled (the others may have found its cache)
-    warm = run(1)[0]
+    warm = run_workers(code, 1, args=[str(path)], env=env)[0]
     assert {int(k): v for k, v in warm["r"].items()} == want
     assert warm["hits"] >= 1 and warm["misses"] == 0  # loaded from the cache, not compiled
 
