@@ -425,8 +425,8 @@ def _vec3_to_face_ij_fast(x: float, y: float, z: float, lat: float, lng: float,
     d = x * _FACE_CENTER[face, 0] + y * _FACE_CENTER[face, 1] + z * _FACE_CENTER[face, 2]
     n = x * _FACE_NORTH[face, 0] + y * _FACE_NORTH[face, 1] + z * _FACE_NORTH[face, 2]
     e = x * _FACE_EAST[face, 0] + y * _FACE_EAST[face, 1] + z * _FACE_EAST[face, 2]
-    rho = math.sqrt(n * n + e * e)
-    if rho < 1e-9 or d < 0.1:
+    rho2 = n * n + e * e  # sin(r)^2: distance from the face centre
+    if rho2 < 1e-18 or d < 0.1:
         return face, *_gnomonic_ij_reference(x, y, z, face, sqd, res)
     cls = res & 1
     ca = _AXIS_COS[cls, face]
@@ -440,9 +440,10 @@ def _vec3_to_face_ij_fast(x: float, y: float, z: float, lat: float, lng: float,
     ox = hx - (i - 0.5 * j)
     oy = hy - j * _M_SQRT3_2
     margin = 0.5 - max(abs(ox), abs(0.5 * ox - _M_SQRT3_2 * oy), abs(0.5 * ox + _M_SQRT3_2 * oy))
-    # margin > 2 delta, delta = R (S (1 + 1/rho + tan^2) + |hx| + |hy|), multiplied through by rho
-    t2 = rho * rho * inv_d * inv_d
-    if margin * rho > 2.0 * _ROUNDING * (_HEX_SCALE[res] * (rho + 1.0 + t2 * rho) + (abs(hx) + abs(hy)) * rho):
+    # margin > 2 delta, delta = R (S (1 + 1/rho^2 + tan^2) + |hx| + |hy|) (1/rho^2 >= 1/rho bounds acos's
+    # conditioning near the face centre), multiplied through by rho^2 to need no square root and no division
+    t2 = rho2 * inv_d * inv_d
+    if margin * rho2 > 2.0 * _ROUNDING * (_HEX_SCALE[res] * (rho2 + 1.0 + t2 * rho2) + (abs(hx) + abs(hy)) * rho2):
         return face, i, j
     return face, *_gnomonic_ij_reference(x, y, z, face, sqd, res)
 
@@ -489,31 +490,79 @@ def _vec3_to_latlng_deg(x: float, y: float, z: float) -> tuple[float, float]:
 
 
 @njit(cache=True)
+def _up_level(i: int, j: int, r: int) -> tuple[int, int, int]:
+    """Parent IJ at ``r - 1`` of IJ ``(i, j)`` at ``r``, and the digit of ``r`` (reference: ``_upAp7``/``_upAp7r``).
+
+    IJ is IJK+ with k = 0 (unique without normalising): the parent is the rounded aperture-7 image
+    (``(n + 3) // 7`` is ``lround(n / 7)``), the digit the offset from the parent's centre child. The division
+    runs on ``n`` shifted positive by ``7 * _DIV_BIAS``: unsigned by a constant, it compiles to a multiply and
+    a shift instead of a signed division and its sign fix-up.
+    """
+    if r & 1:  # Class III: counter-clockwise aperture 7
+        pi = np.int64(np.uint64(3 * i - j + _DIV_SHIFT) // np.uint64(7)) - _DIV_BIAS
+        pj = np.int64(np.uint64(i + 2 * j + _DIV_SHIFT) // np.uint64(7)) - _DIV_BIAS
+        di = i - (2 * pi + pj)
+        dj = j - (3 * pj - pi)
+    else:  # Class II: clockwise aperture 7
+        pi = np.int64(np.uint64(2 * i + j + _DIV_SHIFT) // np.uint64(7)) - _DIV_BIAS
+        pj = np.int64(np.uint64(3 * j - i + _DIV_SHIFT) // np.uint64(7)) - _DIV_BIAS
+        di = i - (3 * pi - pj)
+        dj = j - (pi + 2 * pj)
+    digit = _IJ_DIGIT[di + 1, dj + 1] if -1 <= di <= 1 and -1 <= dj <= 1 else 7
+    return pi, pj, digit
+
+
+def _derive_climb4() -> np.ndarray:
+    """Four levels at once: ``_CLIMB4[p, i % 49, j % 49]`` packs the ancestor four levels up and the four digits.
+
+    One Class III and one Class II aperture-7 step compose to 7 times the identity, so four steps from
+    ``c + 49 v`` end at the ancestor of ``c`` plus ``v``, with the same digits: the residues of ``i`` and ``j``
+    modulo 49 decide everything, and ``c // 49`` carries the rest. ``p`` is the parity of the finest level.
+    Entry: ``(ancestor_i - i // 49 + 8) | (ancestor_j - j // 49 + 8) << 4 | digits << 8``, the finest level's
+    digit lowest, as they sit in the index.
+    """
+    up = _up_level.py_func
+    table = np.zeros((2, 49, 49), dtype=np.int32)
+    for p in range(2):
+        for ri in range(49):
+            for rj in range(49):
+                i, j, packed = ri, rj, 0
+                for step in range(4):
+                    i, j, d = up(i, j, 4 + p - step)
+                    packed |= int(d) << (3 * step)
+                i, j = int(i), int(j)
+                assert -8 <= i < 8 and -8 <= j < 8
+                table[p, ri, rj] = (i + 8) | (j + 8) << 4 | packed << 8
+    return table
+
+
+_CLIMB4 = _derive_climb4()
+_DIV49_BIAS = 1 << 40
+_DIV49_SHIFT = 49 * _DIV49_BIAS
+
+
+@njit(cache=True)
 def _face_ij_to_h3(face: int, i: int, j: int, res: int) -> int:
     """The cell of face-IJ ``(face, i, j)`` at ``res`` (reference: ``_faceIjkToH3``); 0 if out of range.
 
-    Climbs to resolution 0 in IJ form (IJK+ with k = 0, unique without normalising): the parent is the
-    rounded aperture-7 image (``(n + 3) // 7`` is ``lround(n / 7)``), the digit the offset from the parent's
-    centre child.
+    Climbs to resolution 0 four levels a step through :data:`_CLIMB4`, then one level at a time.
     """
     h = _H3_CELL_INIT | (res << 52)
-    for r in range(res, 0, -1):
-        # (n + 3) // 7 with n shifted positive by 7 * _DIV_BIAS: an unsigned division by a constant, which
-        # compiles to a multiply and a shift instead of a signed division and its sign fix-up.
-        if r & 1:  # Class III: counter-clockwise aperture 7
-            pi = np.int64(np.uint64(3 * i - j + _DIV_SHIFT) // np.uint64(7)) - _DIV_BIAS
-            pj = np.int64(np.uint64(i + 2 * j + _DIV_SHIFT) // np.uint64(7)) - _DIV_BIAS
-            di = i - (2 * pi + pj)
-            dj = j - (3 * pj - pi)
-        else:  # Class II: clockwise aperture 7
-            pi = np.int64(np.uint64(2 * i + j + _DIV_SHIFT) // np.uint64(7)) - _DIV_BIAS
-            pj = np.int64(np.uint64(3 * j - i + _DIV_SHIFT) // np.uint64(7)) - _DIV_BIAS
-            di = i - (3 * pi - pj)
-            dj = j - (pi + 2 * pj)
-        digit = _IJ_DIGIT[di + 1, dj + 1] if -1 <= di <= 1 and -1 <= dj <= 1 else 7
+    r = res
+    while r >= 4:
+        ui = np.uint64(i + _DIV49_SHIFT)
+        uj = np.uint64(j + _DIV49_SHIFT)
+        qi = ui // np.uint64(49)
+        qj = uj // np.uint64(49)
+        e = _CLIMB4[r & 1, np.int64(ui - qi * np.uint64(49)), np.int64(uj - qj * np.uint64(49))]
+        i = np.int64(qi) - _DIV49_BIAS + (e & 15) - 8
+        j = np.int64(qj) - _DIV49_BIAS + ((e >> 4) & 15) - 8
+        h ^= np.int64(0xFFF ^ (e >> 8)) << ((15 - r) * 3)
+        r -= 4
+    while r >= 1:
+        i, j, digit = _up_level(i, j, r)
         h ^= (7 ^ digit) << ((15 - r) * 3)
-        i = pi
-        j = pj
+        r -= 1
     i, j, k = _normalize(i, j, 0)
     if i > 2 or j > 2 or k > 2:
         return 0
