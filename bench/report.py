@@ -4,16 +4,21 @@ polygons, same run, with identical result sets asserted. Used by ``geodispatch b
 from __future__ import annotations
 
 import gc
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 
+from bench.peers import DuckDBPeer, PeerUnavailable, PostGISPeer, RedisGeoPeer
 from bench.reference import Dataset, LatSortedResolver, STRtreePeer, admit_vectorised
+from bench.servers import PostgresServer, RedisServer, ServerUnavailable
 from dispatcher.area import Area
 from dispatcher.index import CameraIndex
 from dispatcher.synthetic import SQ_MILE_KM2, SyntheticData, generate, sample_areas
@@ -24,8 +29,9 @@ SIZES: dict[str, float] = {
     "0.5 sq mi": 0.5 * SQ_MILE_KM2,
     "10 km²": 10.0,
     "100 km²": 100.0,
+    "city, 600 km²": 600.0,
 }
-PEERS = ("latsorted", "strtree")
+PEERS = ("latsorted", "strtree", "duckdb", "postgis", "redis-geo")
 
 Progress = Callable[[str, int, int], None]
 
@@ -69,11 +75,90 @@ class ResultMismatch(AssertionError):
     """A peer and geodispatch disagreed on a recipient set: the benchmark is void."""
 
 
+def _build_peer(name: str, data: SyntheticData, ds: Callable[[], Dataset], ev: Any, stack: ExitStack,
+                workdir: Path) -> Callable[[Area, datetime, datetime, datetime], tuple[np.ndarray, ...]]:
+    """Build one peer (starting its server if it needs one) and return its resolve; raises PeerUnavailable or
+    ServerUnavailable when it cannot run here."""
+    if name == "latsorted":
+        peer = LatSortedResolver(data.cameras, data.owners, ev)
+        return lambda a, s, e, now: peer.resolve(a, s, e, now)
+    if ev is not None:
+        raise PeerUnavailable("no motion-event rule in this peer")
+    if name == "strtree":
+        d = ds()
+        tree, opted = STRtreePeer(d), np.asarray(sorted(d.opted_out), dtype=np.int64)
+        return lambda a, s, e, now: admit_vectorised(d, tree.spatial(a), s, e, now, opted)
+    if name == "duckdb":
+        duck = DuckDBPeer(ds())
+        stack.callback(duck.close)
+        return duck.resolve
+    if name == "postgis":
+        pg = stack.enter_context(PostgresServer())
+        gis = PostGISPeer(ds(), pg.dsn)
+        stack.callback(gis.close)
+        return gis.resolve
+    if name == "redis-geo":
+        server = stack.enter_context(RedisServer(workdir / "redis", appendonly=False))
+        client = stack.enter_context(server.client())
+        geo = RedisGeoPeer(ds(), client)
+        return geo.resolve
+    raise ValueError(f"unknown peer {name!r}; choose from {PEERS}")
+
+
+def _run_batches(engines: dict[str, Callable[..., tuple[np.ndarray, ...]]], requests: list[tuple[Area, datetime,
+                 datetime]], now: datetime, label: str, tick: Callable[[], None]) -> dict[str, Any]:
+    """Each engine runs the whole batch in turn (so none pays for caches another evicted); answers asserted equal."""
+    times: dict[str, list[float]] = {}
+    answers: dict[str, list[tuple[np.ndarray, ...]]] = {}
+    for name, resolve in engines.items():
+        for a, start, end in requests[:5]:
+            resolve(a, start, end, now)
+        times[name], answers[name] = [], []
+        for a, start, end in requests:
+            t = time.perf_counter()
+            answers[name].append(resolve(a, start, end, now))
+            times[name].append(time.perf_counter() - t)
+            tick()
+    for name in engines:
+        for q, (want, got) in enumerate(zip(answers["geodispatch"], answers[name])):
+            if any(not np.array_equal(w, g) for w, g in zip(want, got)):
+                raise ResultMismatch(f"{name} disagrees with geodispatch on {label} request {q} "
+                                     f"({len(got[0])} vs {len(want[0])} owners)")
+    found = [len(a[1]) for a in answers["geodispatch"]]
+    row: dict[str, Any] = {"requests": len(requests), "cameras_found_mean": float(np.mean(found)),
+                           "geodispatch": _pct(times["geodispatch"])}
+    for name in engines:
+        if name == "geodispatch":
+            continue
+        row[name] = _pct(times[name])
+        row[name]["p50_ratio"] = row[name]["p50_us"] / row["geodispatch"]["p50_us"]
+        row[name]["p99_ratio"] = row[name]["p99_us"] / row["geodispatch"]["p99_us"]
+    return row
+
+
+def _selectivity_windows(now: datetime, n: int, seed: int) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Windows from the most to the least selective: short and recent, long and recent, long and near the
+    oldest retention (where most cameras' footage is gone)."""
+    rng = np.random.default_rng(seed + 99)
+
+    def make(length_s: int, lo_days: float, hi_days: float) -> list[tuple[datetime, datetime]]:
+        out = []
+        for _ in range(n):
+            start = now - timedelta(seconds=int(rng.integers(int(lo_days * 86_400), int(hi_days * 86_400))))
+            out.append((start, start + timedelta(seconds=length_s)))
+        return out
+
+    return {"15 min, last 2 days": make(15 * 60, 1, 2), "12 h, last 2 days": make(12 * 3600, 1, 2),
+            "12 h, 150-175 days ago": make(12 * 3600, 150, 175)}
+
+
 def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 0,
                  peers: Sequence[str] = PEERS, sizes: dict[str, float] | None = None, events: bool = False,
-                 data: SyntheticData | None = None, progress: Progress = _noop) -> dict[str, Any]:
+                 data: SyntheticData | None = None, progress: Progress = _noop,
+                 window_queries: int = 100) -> dict[str, Any]:
     """Generate (or take) a data set, build geodispatch and the peers, resolve the same requests with each,
-    assert identical recipient sets, and return every figure as a JSON-ready dict."""
+    assert identical recipient sets, and return every figure as a JSON-ready dict. Peers that cannot run here
+    (not installed, or without a motion-event rule when ``events``) are listed under ``skipped`` with why."""
     sizes = SIZES if sizes is None else sizes
     unknown = set(peers) - set(PEERS)
     if unknown:
@@ -82,7 +167,7 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
         data = generate(n_cameras, seed=seed, progress=progress)
     ev = data.events if events else None
     report: dict[str, Any] = {"cameras": data.n_cameras, "queries_per_size": queries, "seed": seed,
-                              "motion_events": events, "build": {}, "resolve": {}}
+                              "motion_events": events, "build": {}, "resolve": {}, "windows": {}, "skipped": {}}
 
     progress("build", 0, 1 + len(peers))
     CameraIndex.build(data.cameras.slice(0, 1000), data.owners, None)  # compile outside the timings
@@ -94,82 +179,105 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
         "bytes_per_camera": index.bytes_per_camera(), "rss_bytes_per_camera": (_rss() - rss0) / data.n_cameras,
         "nodes": index.build_stats.nodes if index.build_stats else 0,
     }
-    built: dict[str, Any] = {}
-    for k, name in enumerate(peers, start=1):
-        progress("build", k, 1 + len(peers))
-        rss0 = _rss()
-        t = time.perf_counter()
-        if name == "latsorted":
-            built[name] = LatSortedResolver(data.cameras, data.owners, ev)
-        else:
-            if events:
-                continue  # the vectorised admission of this peer has no motion-event rule
-            ds = Dataset.from_tables(data.cameras, data.owners)
-            built[name] = (STRtreePeer(ds), ds, np.asarray(sorted(ds.opted_out), dtype=np.int64))
-        report["build"][name] = {"seconds": time.perf_counter() - t,
-                                 "rss_bytes_per_camera": (_rss() - rss0) / data.n_cameras}
-    progress("build", 1 + len(peers), 1 + len(peers))
+    shared: list[Dataset] = []
 
-    work = make_workload(data, queries, sizes, seed)
-    total = sum(len(v) for v in work.areas.values()) * (1 + len(built))
-    done = 0
+    def dataset() -> Dataset:
+        if not shared:
+            shared.append(Dataset.from_tables(data.cameras, data.owners))
+        return shared[0]
 
-    def ours(a: Area, start: datetime, end: datetime) -> tuple[np.ndarray, ...]:
-        rs = index.resolve(a, start, end, now=work.now)
-        return rs.owner_ids, rs.camera_ids, rs.owner_offsets
+    engines: dict[str, Callable[..., tuple[np.ndarray, ...]]] = {
+        "geodispatch": lambda a, s, e, now: _triple(index.resolve(a, s, e, now=now))}
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="geodispatch-bench-") as tmp:
+        for k, name in enumerate(peers, start=1):
+            progress("build", k, 1 + len(peers))
+            rss0 = _rss()
+            t = time.perf_counter()
+            try:
+                engines[name] = _build_peer(name, data, dataset, ev, stack, Path(tmp))
+            except (PeerUnavailable, ServerUnavailable) as exc:
+                report["skipped"][name] = str(exc)
+                continue
+            report["build"][name] = {"seconds": time.perf_counter() - t,
+                                     "rss_bytes_per_camera": (_rss() - rss0) / data.n_cameras}
+        progress("build", 1 + len(peers), 1 + len(peers))
 
-    engines: dict[str, Callable[[Area, datetime, datetime], tuple[np.ndarray, ...]]] = {"geodispatch": ours}
-    for name, peer in built.items():
-        if name == "latsorted":
-            engines[name] = lambda a, s, e, p=peer: p.resolve(a, s, e, work.now)
-        else:
-            engines[name] = lambda a, s, e, p=peer: admit_vectorised(p[1], p[0].spatial(a), s, e, work.now, p[2])
-    for label, areas in work.areas.items():
-        requests = list(zip(areas, work.windows))
-        times: dict[str, list[float]] = {}
-        answers: dict[str, list[tuple[np.ndarray, ...]]] = {}
-        # Each engine runs the whole batch in turn, so that none pays for the caches another one evicted.
-        for name, resolve in engines.items():
-            for a, (start, end) in requests[:5]:
-                resolve(a, start, end)
-            times[name], answers[name] = [], []
-            for a, (start, end) in requests:
-                t = time.perf_counter()
-                answers[name].append(resolve(a, start, end))
-                times[name].append(time.perf_counter() - t)
-                done += 1
-                progress("resolve", done, total)
-        for name in built:
-            for q, (want, got) in enumerate(zip(answers["geodispatch"], answers[name])):
-                if any(not np.array_equal(w, g) for w, g in zip(want, got)):
-                    raise ResultMismatch(f"{name} disagrees with geodispatch on {label} request {q} "
-                                         f"({len(got[0])} vs {len(want[0])} owners)")
-        found = [len(a[1]) for a in answers["geodispatch"]]
-        row: dict[str, Any] = {"cameras_found_mean": float(np.mean(found)), "geodispatch": _pct(times["geodispatch"])}
-        for name in built:
-            row[name] = _pct(times[name])
-            row[name]["p50_ratio"] = row[name]["p50_us"] / row["geodispatch"]["p50_us"]
-            row[name]["p99_ratio"] = row[name]["p99_us"] / row["geodispatch"]["p99_us"]
-        report["resolve"][label] = row
+        work = make_workload(data, queries, sizes, seed)
+        windows = _selectivity_windows(work.now, window_queries, seed) if window_queries else {}
+        wl_area = make_workload(data, window_queries, {"0.5 sq mi": SIZES["0.5 sq mi"]}, seed + 7).areas["0.5 sq mi"]
+        total = (sum(len(v) for v in work.areas.values()) + sum(len(v) for v in windows.values())) * len(engines)
+        done = [0]
+
+        def tick() -> None:
+            done[0] += 1
+            progress("resolve", done[0], total)
+
+        for label, areas in work.areas.items():
+            requests = [(a, s, e) for a, (s, e) in zip(areas, work.windows)]
+            report["resolve"][label] = _run_batches(engines, requests, work.now, label, tick)
+        for label, wins in windows.items():
+            requests = [(a, s, e) for a, (s, e) in zip(wl_area, wins)]
+            report["windows"][label] = _run_batches(engines, requests, work.now, label, tick)
     return report
+
+
+def _triple(rs: Any) -> tuple[np.ndarray, ...]:
+    return rs.owner_ids, rs.camera_ids, rs.owner_offsets
+
+
+def _table(title: str, rows: dict[str, Any], peers: list[str]) -> list[str]:
+    lines = ["| " + title + " | found (mean) | geodispatch p50 / p99 µs | " +
+             " | ".join(f"{p} p50 / p99 µs (ratio)" for p in peers) + " |",
+             "|---|---|---|" + "---|" * len(peers)]
+    for label, row in rows.items():
+        g = row["geodispatch"]
+        cells = [f"{row[p]['p50_us']:.1f} / {row[p]['p99_us']:.1f} ({row[p]['p50_ratio']:.2f}x / "
+                 f"{row[p]['p99_ratio']:.2f}x)" if p in row else "-" for p in peers]
+        lines.append(f"| {label} | {row['cameras_found_mean']:.1f} | {g['p50_us']:.1f} / {g['p99_us']:.1f} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables (latencies in µs; a ratio > 1 means the peer is that many times slower)."""
     peers = [p for p in report["build"] if p != "geodispatch"]
     lines = [f"### {report['cameras']:,} cameras, {report['queries_per_size']} requests per area size"
-             f"{', motion events on' if report['motion_events'] else ''}", "",
-             "| area | found (mean) | geodispatch p50 / p99 µs | " +
-             " | ".join(f"{p} p50 / p99 µs (ratio)" for p in peers) + " |",
-             "|---|---|---|" + "---|" * len(peers)]
-    for label, row in report["resolve"].items():
-        g = row["geodispatch"]
-        cells = [f"{row[p]['p50_us']:.1f} / {row[p]['p99_us']:.1f} ({row[p]['p50_ratio']:.2f}x / "
-                 f"{row[p]['p99_ratio']:.2f}x)" for p in peers if p in row]
-        lines.append(f"| {label} | {row['cameras_found_mean']:.1f} | {g['p50_us']:.1f} / {g['p99_us']:.1f} | "
-                     + " | ".join(cells) + " |")
+             f"{', motion events on' if report['motion_events'] else ''}", ""]
+    lines += _table("area", report["resolve"], peers)
+    if report.get("windows"):
+        lines += ["", "By time window (0.5 sq mi areas):", ""] + _table("window", report["windows"], peers)
     lines += ["", "| engine | build s | bytes/camera (arrays) | RSS bytes/camera |", "|---|---|---|---|"]
     for name, b in report["build"].items():
         arrays = f"{b['bytes_per_camera']:.1f}" if "bytes_per_camera" in b else "-"
         lines.append(f"| {name} | {b['seconds']:.2f} | {arrays} | {b['rss_bytes_per_camera']:.1f} |")
+    for name, why in report.get("skipped", {}).items():
+        lines.append(f"\nSkipped {name}: {why}")
     return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """p50 and p99 latency by area for every engine (log scale), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    engines = list(report["build"])
+    labels = list(report["resolve"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    width = 0.8 / len(engines)
+    for ax, stat in zip(axes, ("p50_us", "p99_us")):
+        for k, name in enumerate(engines):
+            vals = [report["resolve"][lab][name][stat] if name in report["resolve"][lab] else np.nan
+                    for lab in labels]
+            ax.bar(np.arange(len(labels)) + k * width, vals, width, label=name)
+        ax.set_xticks(np.arange(len(labels)) + width * (len(engines) - 1) / 2, labels, rotation=20)
+        ax.set_yscale("log")
+        ax.set_title(f"{stat[:3]} resolve latency, {report['cameras']:,} cameras")
+        ax.set_ylabel("µs")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

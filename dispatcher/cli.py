@@ -60,7 +60,8 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
 
     with progress_bar() as report:
         result = index_report(cameras, requests, seed=seed, peers=("latsorted",), events=events, progress=report,
-                              sizes={k: SIZES[k] for k in ("0.025 sq mi", "0.5 sq mi", "10 km²")})
+                              sizes={k: SIZES[k] for k in ("0.025 sq mi", "0.5 sq mi", "10 km²")},
+                              window_queries=0)
     _print_report(result)
     if json_out:
         json_out.write_text(json.dumps(result, indent=2))
@@ -134,8 +135,11 @@ def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, o
 @click.option("--cameras", default=10_000_000, help="Cameras in the synthetic data set.")
 @click.option("--queries", default=300, help="Requests per area size.")
 @click.option("--seed", default=0)
-@click.option("--peers", default="latsorted,strtree", help="Comma-separated: latsorted, strtree.")
+@click.option("--peers", default="latsorted,strtree,duckdb,postgis,redis-geo",
+              help="Comma-separated: latsorted, strtree, duckdb, postgis, redis-geo (a peer that cannot run here "
+                   "is skipped with a note).")
 @click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
+@click.option("--window-queries", default=100, help="Requests per time-window class (0 to skip that part).")
 @click.option("--sections", default="index,h3", help="Comma-separated: index (resolve and build), h3 (cells).")
 @click.option("--h3-points", default=10_000_000, help="Points for the H3 section.")
 @click.option("--h3-res", default=12, help="Resolution for the H3 section.")
@@ -143,8 +147,10 @@ def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, o
               help="Measure Numba compile and cache-load times in fresh processes.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.json"))
 @click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.md"))
-def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, sections: str, h3_points: int,
-          h3_res: int, compile_times: bool, json_out: Path, markdown_out: Path) -> None:
+@click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.png"))
+def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, window_queries: int, sections: str,
+          h3_points: int, h3_res: int, compile_times: bool, json_out: Path, markdown_out: Path,
+          plot_out: Path) -> None:
     """Benchmark report: build cost, resolve latency and H3 throughput beside the peers, with identical
     results asserted."""
     from bench import h3_report, report
@@ -160,9 +166,11 @@ def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, secti
         names = tuple(p for p in peers.split(",") if p)
         with progress_bar() as progress:
             result["index"] = report.index_report(cameras, queries, seed=seed, peers=names, events=events,
-                                                  progress=progress)
+                                                  progress=progress, window_queries=window_queries)
         _print_report(result["index"])
         md.append(report.markdown(result["index"]))
+        report.plot(result["index"], plot_out)
+        md.append(f"![resolve latency by area]({plot_out.name})\n")
     if "h3" in wanted:
         with out.status(f"H3: {h3_points:,} points at res {h3_res}"):
             result["h3"] = h3_report.h3_report(h3_points, h3_res, seed=seed, with_compile=compile_times)
@@ -170,7 +178,8 @@ def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, secti
         md.append(h3_report.markdown(result["h3"]))
     json_out.write_text(json.dumps(result, indent=2))
     markdown_out.write_text("\n".join(md))
-    out.print(f"wrote {json_out} and {markdown_out}")
+    written = [json_out, markdown_out] + ([plot_out] if "index" in wanted else [])
+    out.print("wrote " + ", ".join(str(w) for w in written))
 
 
 def _print_h3(result: dict[str, Any]) -> None:
@@ -188,16 +197,15 @@ def _print_h3(result: dict[str, Any]) -> None:
                   f"from the cache (import {c['import_s']:.2f} s)")
 
 
-def _print_report(result: dict[str, Any]) -> None:
-    peers = [p for p in result["build"] if p != "geodispatch"]
-    table = Table(title=f"resolve latency, {result['cameras']:,} cameras (µs; ratio = peer / geodispatch)")
-    table.add_column("area")
+def _latency_table(title: str, rows: dict[str, Any], peers: list[str]) -> Table:
+    table = Table(title=title)
+    table.add_column("request")
     table.add_column("found")
     table.add_column("geodispatch p50 / p99", justify="right")
     for p in peers:
         table.add_column(f"{p} p50 / p99", justify="right")
         table.add_column("ratio p50", justify="right")
-    for label, row in result["resolve"].items():
+    for label, row in rows.items():
         g = row["geodispatch"]
         cells = [label, f"{row['cameras_found_mean']:.1f}", f"{g['p50_us']:.1f} / {g['p99_us']:.1f}"]
         for p in peers:
@@ -206,7 +214,15 @@ def _print_report(result: dict[str, Any]) -> None:
             else:
                 cells += ["-", "-"]
         table.add_row(*cells)
-    out.print(table)
+    return table
+
+
+def _print_report(result: dict[str, Any]) -> None:
+    peers = [p for p in result["build"] if p != "geodispatch"]
+    out.print(_latency_table(f"resolve latency by area, {result['cameras']:,} cameras "
+                             "(µs; ratio = peer / geodispatch)", result["resolve"], peers))
+    if result.get("windows"):
+        out.print(_latency_table("by time window, 0.5 sq mi areas", result["windows"], peers))
     build_table = Table(title="build")
     for col in ("engine", "seconds", "bytes/camera (arrays)", "RSS bytes/camera"):
         build_table.add_column(col, justify="right")
@@ -214,6 +230,8 @@ def _print_report(result: dict[str, Any]) -> None:
         arrays = f"{b['bytes_per_camera']:.1f}" if "bytes_per_camera" in b else "-"
         build_table.add_row(name, f"{b['seconds']:.2f}", arrays, f"{b['rss_bytes_per_camera']:.1f}")
     out.print(build_table)
+    for name, why in result.get("skipped", {}).items():
+        out.print(f"[yellow]skipped {name}:[/yellow] {why}")
 
 
 def run() -> None:

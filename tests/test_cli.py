@@ -62,16 +62,23 @@ def test_orchestration_type_checks():
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-def test_bench_report_with_both_peers(tmp_path: Path):
-    js, md = tmp_path / "r.json", tmp_path / "r.md"
-    r = CliRunner().invoke(main, ["bench", "--cameras", "20000", "--queries", "10", "--sections", "index",
-                                  "--json-out", str(js), "--markdown-out", str(md)])
+def test_bench_report_with_every_peer(tmp_path: Path):
+    js, md, png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
+    r = CliRunner().invoke(main, ["bench", "--cameras", "20000", "--queries", "10", "--window-queries", "5",
+                                  "--sections", "index", "--json-out", str(js), "--markdown-out", str(md),
+                                  "--plot-out", str(png)])
     assert r.exit_code == 0, r.output
     report = json.loads(js.read_text())
     assert set(report) == {"generated_at", "index"}
-    assert set(report["index"]["build"]) == {"geodispatch", "latsorted", "strtree"}
-    assert set(report["index"]["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²", "100 km²"}
-    assert "| 0.5 sq mi |" in md.read_text()
+    idx = report["index"]
+    # CI installs every peer: none may be skipped there (a peer missing locally shows in the note)
+    assert idx["skipped"] == {}, idx["skipped"]
+    assert set(idx["build"]) == {"geodispatch", "latsorted", "strtree", "duckdb", "postgis", "redis-geo"}
+    assert set(idx["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²", "100 km²", "city, 600 km²"}
+    assert set(idx["windows"]) == {"15 min, last 2 days", "12 h, last 2 days", "12 h, 150-175 days ago"}
+    assert all(set(row) >= {"geodispatch", "duckdb", "postgis", "redis-geo"} for row in idx["resolve"].values())
+    assert "| 0.5 sq mi |" in md.read_text() and "| 12 h, last 2 days |" in md.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_h3_section(tmp_path: Path):
