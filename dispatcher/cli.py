@@ -218,17 +218,19 @@ def _latency_table(title: str, rows: dict[str, Any], peers: list[str]) -> Table:
 
 
 def _print_report(result: dict[str, Any]) -> None:
+    from bench.report import memory
+
     peers = [p for p in result["build"] if p != "geodispatch"]
     out.print(_latency_table(f"resolve latency by area, {result['cameras']:,} cameras "
                              "(µs; ratio = peer / geodispatch)", result["resolve"], peers))
     if result.get("windows"):
         out.print(_latency_table("by time window, 0.5 sq mi areas", result["windows"], peers))
     build_table = Table(title="build")
-    for col in ("engine", "seconds", "bytes/camera (arrays)", "RSS bytes/camera"):
+    for col in ("engine", "seconds", "bytes/camera (arrays)", "memory bytes/camera"):
         build_table.add_column(col, justify="right")
     for name, b in result["build"].items():
         arrays = f"{b['bytes_per_camera']:.1f}" if "bytes_per_camera" in b else "-"
-        build_table.add_row(name, f"{b['seconds']:.2f}", arrays, f"{b['rss_bytes_per_camera']:.1f}")
+        build_table.add_row(name, f"{b['seconds']:.2f}", arrays, memory(b))
     out.print(build_table)
     for name, why in result.get("skipped", {}).items():
         out.print(f"[yellow]skipped {name}:[/yellow] {why}")
