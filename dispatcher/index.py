@@ -240,9 +240,25 @@ class _State:
     #: The kernel arguments after the area's and before the window's, built once per state.
     args: tuple[Any, ...] = field(init=False, repr=False)
 
+    #: The compiled resolve for these argument types, called without Numba's per-call type dispatch.
+    _entry: Any = field(init=False, repr=False, default=None)
+
     def __post_init__(self) -> None:
         self.args = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera,
                      *self.delta.kernel_args(), self.delta.camera)
+
+    def resolve(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> tuple[np.ndarray, ...]:
+        """The resolve kernel on this state. Typing 28 arguments on every call cost ~0.7 µs of a ~13 µs small
+        query; the first call goes through the dispatcher (compiling or loading from the cache), later ones
+        straight to the compiled entry point of the signature it chose (the area's arrays and the window's
+        integers always have the same types, and this state's arrays never change type)."""
+        entry = self._entry
+        if entry is not None:
+            return entry(*area_args, *self.args, t0, t1, tnow)  # type: ignore[no-any-return]
+        out = K.resolve(*area_args, *self.args, t0, t1, tnow)
+        sig = tuple(K.resolve.typeof_pyval(a) for a in (*area_args, *self.args, t0, t1, tnow))
+        self._entry = K.resolve.overloads[sig].entry_point
+        return out  # type: ignore[no-any-return]
 
 
 def _empty_columns(has_events: bool) -> _Columns:
@@ -362,7 +378,7 @@ class CameraIndex:
         """
         parsed = Area.parse(area, max_vertices=self.config.max_vertices)
         t0, t1, tnow = _window_us(start, end, now)
-        owners, cams, offsets = K.resolve(*parsed.kernel_args(), *self._state.args, t0, t1, tnow)
+        owners, cams, offsets = self._state.resolve(parsed.kernel_args(), t0, t1, tnow)
         return RecipientSet(owners, cams, offsets)
 
     # ------------------------------------------------------------------------------------------ updates
