@@ -254,11 +254,11 @@ class _State:
         integers always have the same types, and this state's arrays never change type)."""
         entry = self._entry
         if entry is not None:
-            return entry(*area_args, *self.args, t0, t1, tnow)  # type: ignore[no-any-return]
+            return entry(*area_args, *self.args, t0, t1, tnow)
         out = K.resolve(*area_args, *self.args, t0, t1, tnow)
         sig = tuple(K.resolve.typeof_pyval(a) for a in (*area_args, *self.args, t0, t1, tnow))
         self._entry = K.resolve.overloads[sig].entry_point
-        return out  # type: ignore[no-any-return]
+        return out
 
 
 def _empty_columns(has_events: bool) -> _Columns:
