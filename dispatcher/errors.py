@@ -33,3 +33,19 @@ class IndexFormatError(DispatchError, OSError):
 
 class UnknownCamera(DispatchError, KeyError):
     """A live update that names a camera the index does not hold."""
+
+
+class InvalidQueueSettings(DispatchError, ValueError):
+    """Queue settings that are misspelled, of the wrong type or out of range."""
+
+
+class DispatchConflict(DispatchError, RuntimeError):
+    """A request dispatched again with a recipient set other than the one its first dispatch recorded."""
+
+
+class QueueUnavailable(DispatchError, ConnectionError):
+    """Redis stayed unreachable through every retry; nothing was lost, the dispatch can be run again."""
+
+
+class QueueFull(DispatchError, TimeoutError):
+    """The queue stayed full (backpressure) for longer than the configured timeout."""

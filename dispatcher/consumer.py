@@ -1,0 +1,147 @@
+"""The reference consumer of the senders' side: a consumer group reads notification batches, renders each owner's
+e-mail, hands it to a pluggable sender and acks.
+
+Delivery is at-least-once (an entry is acked only after every e-mail of its batch went out); an idempotency key
+per (request, owner), recorded in Redis after the send and honoured by the sender itself (the outbox writes each
+key once, exclusively), makes a redelivery send nothing twice. A crashed consumer's pending entries are reclaimed
+with XAUTOCLAIM by any other consumer once they have been idle for ``min_idle_ms``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import redis
+
+from dispatcher.queue import Keys, Notification, QueueSettings, decode_batch, with_retries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Email:
+    idempotency_key: str
+    owner_id: int
+    subject: str
+    html: str
+
+
+class Sender(Protocol):
+    def send(self, email: Email) -> bool:
+        """Send once per idempotency key; False when that key was already sent."""
+        ...
+
+
+class OutboxSender:
+    """The default sender: one file per idempotency key in an outbox directory, created exclusively."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        return self.directory / (quote(key, safe="") + ".html")
+
+    def send(self, email: Email) -> bool:
+        path = self.path_of(email.idempotency_key)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(email.html, encoding="utf-8")
+        try:
+            os.link(tmp, path)          # atomic and exclusive: a second send of the key fails here
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
+
+
+def render(n: Notification, base_url: str = "https://geodispatch.example/r") -> Email:
+    """The e-mail a resident gets: every field HTML-escaped, links to share, decline or opt out."""
+    h = {k: html.escape(str(v)) for k, v in n.header.items()}
+    rid = quote(n.header["request_id"], safe="")
+    link = f"{html.escape(base_url)}/{rid}/{n.owner_id}"
+    cams = ", ".join(str(c) for c in n.camera_ids)
+    body = (
+        f"<p>{h['agency_name']} asks for footage for case {h['case_number']} ({h['incident_type']}), "
+        f"from {h['start']} to {h['end']}.</p>\n<p>{h['message']}</p>\n"
+        f"<p>Your cameras that may hold it: {cams}</p>\n"
+        f'<p><a href="{link}/share">Share</a> | <a href="{link}/decline">Decline</a> | '
+        f'<a href="{link}/opt-out">Opt out of all requests</a></p>\n'
+    )
+    return Email(f"{n.header['request_id']}:{n.owner_id}", n.owner_id,
+                 f"Video request from {n.header['agency_name']}", body)
+
+
+class Consumer:
+    """One consumer of a group. ``run_once`` reclaims stale entries, reads new ones, sends and acks."""
+
+    def __init__(self, client: redis.Redis, name: str, sender: Sender, *, group: str = "senders",
+                 settings: QueueSettings | None = None, min_idle_ms: int = 30_000, keys: Keys | None = None) -> None:
+        self.client, self.name, self.sender, self.group = client, name, sender, group
+        self.settings = settings or QueueSettings(url="redis://")
+        self.keys = keys or Keys(self.settings.prefix, self.settings.hash_tag)
+        self.min_idle_ms = min_idle_ms
+        self.sent = 0
+        self.skipped = 0
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        _, notes = decode_batch(fields[b"data"])
+        sent_key = self.keys.sent(self.group)
+        emails = [render(n) for n in notes]
+        already = with_retries(self.settings, "idempotency check", lambda: self.client.hmget(
+            sent_key, [e.idempotency_key for e in emails])) if emails else []
+        done: list[str] = []
+        for e, mark in zip(emails, already, strict=True):
+            if mark is not None or not self.sender.send(e):
+                self.skipped += 1
+            else:
+                self.sent += 1
+            done.append(e.idempotency_key)
+
+        def ack() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            if done:
+                pipe.hset(sent_key, mapping=dict.fromkeys(done, 1))
+            pipe.xack(self.keys.stream, self.group, entry_id)
+            pipe.execute()
+        with_retries(self.settings, "ack", ack)
+
+    def reclaim(self, count: int = 16) -> int:
+        """Take over entries another consumer left pending for longer than ``min_idle_ms``, and handle them."""
+        got: Any = with_retries(self.settings, "xautoclaim", lambda: self.client.xautoclaim(
+            self.keys.stream, self.group, self.name, self.min_idle_ms, start_id="0-0", count=count))
+        claimed = got[1]
+        for entry_id, fields in claimed:
+            if fields:                      # None when the entry was trimmed meanwhile
+                self._handle(entry_id, fields)
+        return len(claimed)
+
+    def run_once(self, count: int = 16, block_ms: int = 100) -> int:
+        n = self.reclaim(count)
+        got: Any = with_retries(self.settings, "xreadgroup", lambda: self.client.xreadgroup(
+            self.group, self.name, {self.keys.stream: ">"}, count=count, block=block_ms))
+        for _stream, entries in got or []:
+            for entry_id, fields in entries:
+                self._handle(entry_id, fields)
+                n += 1
+        return n
+
+    def run(self, stop: threading.Event, count: int = 16, block_ms: int = 100) -> None:
+        """Until ``stop`` is set; then the batch in hand is finished and acked (a clean drain)."""
+        self.ensure_group()
+        while not stop.is_set():
+            self.run_once(count, block_ms)

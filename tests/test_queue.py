@@ -1,0 +1,316 @@
+"""Dispatch to Redis and to the local sink: exactly one notification per recipient under repeats, races, SIGKILL,
+restarts and dropped connections."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dispatcher.errors import DispatchConflict, DispatchError, InvalidQueueSettings, QueueUnavailable
+from dispatcher.queue import (
+    Dispatcher,
+    LocalSink,
+    NotificationHeader,
+    QueueSettings,
+    RedisSink,
+    decode_batch,
+)
+from dispatcher.recipients import RecipientSet
+from tests.redis_server import RedisServer
+
+NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
+
+
+def make_recipients(n: int, seed: int = 0) -> RecipientSet:
+    rng = np.random.default_rng(seed)
+    owners = np.unique(rng.integers(1, 50 * n + 10, size=n * 2))[:n].astype(np.int64)
+    counts = rng.integers(1, 4, size=owners.shape[0])
+    off = np.zeros(owners.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=off[1:])
+    cams = np.arange(off[-1], dtype=np.int64) * 7 + 3
+    return RecipientSet(owners, cams, off)
+
+
+def header(rid: str = "req-1") -> NotificationHeader:
+    return NotificationHeader(rid, "ag-1", "Springfield PD", "C-42", "burglary",
+                              datetime(2026, 10, 30, 21, tzinfo=timezone.utc),
+                              datetime(2026, 10, 30, 23, tzinfo=timezone.utc), "Please share <footage> & help")
+
+
+def notified(sink, rid: str | None = None) -> Counter:
+    c: Counter = Counter()
+    for r, payload in sink.read_all():
+        if rid is None or r == rid:
+            _, notes = decode_batch(payload)
+            c.update(n.owner_id for n in notes)
+    return c
+
+
+def assert_exactly_once(sink, rs: RecipientSet, rid: str = "req-1") -> None:
+    got = notified(sink, rid)
+    assert sorted(got) == rs.owner_ids.tolist()
+    assert max(got.values()) == 1
+
+
+class EvenOnly:
+    def admit(self, request_id, owner_ids, now):
+        return owner_ids % 2 == 0
+
+
+# ------------------------------------------------------------------------------------------------------ settings
+def test_settings_from_url_and_env():
+    s = QueueSettings.from_url("redis://localhost:6390/2?batch_size=300&retries=3&backoff_base=0.01")
+    assert (s.url, s.batch_size, s.retries, s.backoff_base) == ("redis://localhost:6390/2", 300, 3, 0.01)
+    e = QueueSettings.from_env({"GEODISPATCH_REDIS_URL": "redis://h:1/0", "GEODISPATCH_QUEUE_BATCH_SIZE": "7"})
+    assert (e.url, e.batch_size) == ("redis://h:1/0", 7)
+    assert QueueSettings.from_env({}).url is None
+
+
+@pytest.mark.parametrize("bad", ["redis://h/0?batchsize=3", "redis://h/0?batch_size=x", "redis://h/0?batch_size=0"])
+def test_settings_misspelled_or_invalid_raise(bad):
+    with pytest.raises(InvalidQueueSettings) as ei:
+        QueueSettings.from_url(bad)
+    assert isinstance(ei.value, ValueError)
+
+
+def test_settings_env_misspelled_raises():
+    with pytest.raises(InvalidQueueSettings, match="batchsize"):
+        QueueSettings.from_env({"GEODISPATCH_QUEUE_BATCHSIZE": "3"})
+
+
+# --------------------------------------------------------------------------------------------- encoding, content
+def test_notification_names_only_its_owner_and_their_cameras(tmp_path):
+    rs = make_recipients(50)
+    sink = LocalSink(tmp_path / "q.sqlite")
+    Dispatcher(sink, QueueSettings(batch_size=8)).dispatch(header(), rs, now=NOW)
+    seen = 0
+    for _, payload in sink.read_all():
+        _, notes = decode_batch(payload)
+        for n in notes:
+            assert n.camera_ids == tuple(rs.cameras_of(n.owner_id).tolist())
+            assert n.header["case_number"] == "C-42" and n.header["message"].endswith("& help")
+            seen += 1
+    assert seen == 50
+
+
+# ---------------------------------------------------------------------------------------------- both sinks
+def sinks(kind, tmp_path, server=None, batch_size=16):
+    settings = QueueSettings(url=server.url if server else None, batch_size=batch_size, pipeline_batches=4,
+                             retries=30, backoff_base=0.02, backoff_max=0.3, socket_timeout=2.0)
+    sink = RedisSink(settings) if kind == "redis" else LocalSink(tmp_path / "q.sqlite")
+    return sink, settings
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def sink_and_settings(request, tmp_path):
+    if request.param == "redis":
+        return sinks("redis", tmp_path, request.getfixturevalue("redis_server"))
+    return sinks("local", tmp_path)
+
+
+def test_repeat_dispatch_notifies_nobody_twice(sink_and_settings):
+    sink, settings = sink_and_settings
+    rs = make_recipients(1000)
+    r1 = Dispatcher(sink, settings).dispatch(header(), rs, now=NOW)
+    assert (r1.recipients_notified, r1.batches_sent, r1.already_done) == (1000, 63, 0)
+    r2 = Dispatcher(sink, settings).dispatch(header(), rs, now=NOW)
+    assert (r2.recipients_notified, r2.batches_sent, r2.already_done) == (0, 0, 1000)
+    assert_exactly_once(sink, rs)
+
+
+def test_batch_size_is_fixed_by_first_dispatch(sink_and_settings):
+    sink, settings = sink_and_settings
+    rs = make_recipients(300)
+    Dispatcher(sink, settings).dispatch(header(), rs, now=NOW)
+    other = QueueSettings(url=settings.url, batch_size=7)
+    r = Dispatcher(sink, other).dispatch(header(), rs, now=NOW)
+    assert r.already_done == 300 and r.recipients_notified == 0
+    assert_exactly_once(sink, rs)
+
+
+def test_different_recipient_set_is_refused(sink_and_settings):
+    sink, settings = sink_and_settings
+    Dispatcher(sink, settings).dispatch(header(), make_recipients(100, seed=1), now=NOW)
+    with pytest.raises(DispatchConflict) as ei:
+        Dispatcher(sink, settings).dispatch(header(), make_recipients(100, seed=2), now=NOW)
+    assert isinstance(ei.value, DispatchError)
+
+
+def test_gate_suppresses_at_send_time(sink_and_settings):
+    sink, settings = sink_and_settings
+    rs = make_recipients(500)
+    r = Dispatcher(sink, settings).dispatch(header(), rs, gate=EvenOnly(), now=NOW)
+    even = rs.owner_ids[rs.owner_ids % 2 == 0]
+    assert r.recipients_notified == even.shape[0] and r.suppressed == 500 - even.shape[0]
+    got = notified(sink)
+    assert sorted(got) == even.tolist() and max(got.values()) == 1
+    for _, payload in sink.read_all():
+        for n in decode_batch(payload)[1]:
+            assert n.camera_ids == tuple(rs.cameras_of(n.owner_id).tolist())
+
+
+def test_two_requests_are_independent(sink_and_settings):
+    sink, settings = sink_and_settings
+    a, b = make_recipients(200, 1), make_recipients(150, 2)
+    Dispatcher(sink, settings).dispatch(header("A"), a, now=NOW)
+    Dispatcher(sink, settings).dispatch(header("B"), b, now=NOW)
+    assert_exactly_once(sink, a, "A")
+    assert_exactly_once(sink, b, "B")
+
+
+def test_empty_recipient_set(sink_and_settings):
+    sink, settings = sink_and_settings
+    r = Dispatcher(sink, settings).dispatch(header(), RecipientSet.empty(), now=NOW)
+    assert (r.batches_total, r.batches_sent, r.recipients_notified) == (0, 0, 0)
+    assert sink.read_all() == []
+
+
+def test_threads_racing_on_one_request(sink_and_settings, tmp_path):
+    sink, settings = sink_and_settings
+    rs = make_recipients(3000)
+    reports = []
+    errors = []
+
+    def work():
+        try:
+            s = RedisSink(settings) if isinstance(sink, RedisSink) else LocalSink(sink.path)
+            reports.append(Dispatcher(s, settings).dispatch(header(), rs, now=NOW))
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(r.recipients_notified for r in reports) == 3000
+    assert all(r.recipients_notified + r.already_done == 3000 for r in reports)
+    assert_exactly_once(sink, rs)
+
+
+# ------------------------------------------------------------------------------------------------------ SIGKILL
+WORKER = """
+import sys
+from tests.test_queue import make_recipients, header, NOW
+from dispatcher.queue import Dispatcher, QueueSettings, RedisSink, LocalSink
+kind, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+settings = QueueSettings(url=target if kind == "redis" else None, batch_size=10, pipeline_batches=2)
+sink = RedisSink(settings) if kind == "redis" else LocalSink(target)
+print("ready", flush=True)
+Dispatcher(sink, settings).dispatch(header(), make_recipients(n), now=NOW)
+print("finished", flush=True)
+"""
+
+
+def run_killed_workers(kind: str, target: str, n: int, rounds: int, rng: random.Random) -> int:
+    killed = 0
+    root = Path(__file__).resolve().parent.parent
+    for _ in range(rounds):
+        with subprocess.Popen([sys.executable, "-c", WORKER, kind, target, str(n)], cwd=root,
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)}) as p:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.25))
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                killed += 1
+            p.wait()
+    return killed
+
+
+@pytest.mark.parametrize("kind", ["local", pytest.param("redis", marks=pytest.mark.redis)])
+def test_sigkill_mid_dispatch_then_complete(kind, tmp_path, request):
+    rng = random.Random(5)
+    n = 20000
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        target = server.url
+        sink = RedisSink(QueueSettings(url=target, batch_size=10))
+    else:
+        target = str(tmp_path / "q.sqlite")
+        sink = LocalSink(target)
+    killed = run_killed_workers(kind, target, n, rounds=4, rng=rng)
+    rs = make_recipients(n)
+    partial = notified(sink)
+    assert max(partial.values(), default=1) == 1           # never a duplicate, even mid-way
+    r = Dispatcher(sink, QueueSettings(url=sink.settings.url if kind == "redis" else None,
+                                       batch_size=10)).dispatch(header(), rs, now=NOW)
+    assert r.recipients_notified + r.already_done == n
+    assert killed >= 1 or r.recipients_notified == 0
+    assert_exactly_once(sink, rs)
+
+
+# ------------------------------------------------------------------------------------- restarts and drops
+@pytest.mark.redis
+def test_redis_restart_mid_dispatch(tmp_path):
+    with RedisServer(tmp_path / "r") as server:
+        sink, settings = sinks("redis", tmp_path, server, batch_size=10)
+        rs = make_recipients(20000)
+        done = threading.Event()
+
+        def restart():
+            time.sleep(0.05)
+            if not done.is_set():
+                server.restart()
+
+        t = threading.Thread(target=restart)
+        t.start()
+        Dispatcher(sink, settings).dispatch(header(), rs, now=NOW)
+        done.set()
+        t.join()
+        assert_exactly_once(sink, rs)
+
+
+@pytest.mark.redis
+def test_client_kill_mid_dispatch(redis_server, tmp_path):
+    sink, settings = sinks("redis", tmp_path, redis_server, batch_size=10)
+    rs = make_recipients(20000)
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        with redis_server.client() as c:
+            while not stop.is_set():
+                kills.append(c.client_kill_filter(_type="normal", skipme=True))
+                time.sleep(0.01)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        Dispatcher(sink, settings).dispatch(header(), rs, now=NOW)
+    finally:
+        stop.set()
+        t.join()
+    assert sum(kills) >= 1
+    assert_exactly_once(sink, rs)
+
+
+@pytest.mark.redis
+def test_redis_down_gives_a_clear_error_and_loses_nothing(tmp_path):
+    with RedisServer(tmp_path / "r") as server:
+        settings = QueueSettings(url=server.url, batch_size=10, retries=2, backoff_base=0.01, socket_timeout=0.5,
+                                 connect_timeout=0.5)
+        sink = RedisSink(settings)
+        rs = make_recipients(500)
+        Dispatcher(sink, settings).dispatch(header("A"), make_recipients(100, 3), now=NOW)
+        server.stop(kill=True)
+        with pytest.raises(QueueUnavailable) as ei:
+            Dispatcher(sink, settings).dispatch(header(), rs, now=NOW)
+        assert isinstance(ei.value, ConnectionError) and "after 3 attempts" in str(ei.value)
+        server.start()
+        Dispatcher(sink, settings).dispatch(header(), rs, now=NOW)
+        assert_exactly_once(sink, rs)
+        assert_exactly_once(sink, make_recipients(100, 3), "A")

@@ -1,0 +1,166 @@
+"""The reference consumer: group reads, idempotent sends, reclaim after a crash, backpressure and trimming."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from dispatcher.consumer import Consumer, OutboxSender, render
+from dispatcher.errors import QueueFull
+from dispatcher.queue import Dispatcher, Notification, QueueSettings, RedisSink, decode_batch
+from tests.test_queue import NOW, header, make_recipients
+
+pytestmark = pytest.mark.redis
+
+
+def settings_for(server, **kw) -> QueueSettings:
+    return QueueSettings(url=server.url, batch_size=kw.pop("batch_size", 25), **kw)
+
+
+def outbox_owners(outbox: OutboxSender) -> list[int]:
+    return sorted(int(p.name.removesuffix(".html").split("%3A")[-1]) for p in outbox.directory.glob("*.html"))
+
+
+def test_render_escapes_and_links():
+    n = Notification({"request_id": "r/1", "agency_id": "a", "agency_name": "<b>PD</b>", "case_number": "C&1",
+                      "incident_type": "x", "start": "s", "end": "e", "message": "<script>"}, 42, (7, 9))
+    e = render(n)
+    assert "<script>" not in e.html and "&lt;script&gt;" in e.html and "&lt;b&gt;PD" in e.html
+    assert "C&amp;1" in e.html and "7, 9" in e.html
+    for action in ("share", "decline", "opt-out"):
+        assert f"/r%2F1/42/{action}" in e.html
+    assert e.idempotency_key == "r/1:42"
+
+
+def test_consume_all_then_redelivery_sends_nothing_twice(redis_server, tmp_path):
+    s = settings_for(redis_server)
+    rs = make_recipients(400)
+    outbox = OutboxSender(tmp_path / "outbox")
+    c = Consumer(redis_server.client(), "c1", outbox, settings=s, min_idle_ms=0)
+    c.ensure_group()
+    Dispatcher(RedisSink(s), s).dispatch(header(), rs, now=NOW)
+    while c.run_once(block_ms=10):
+        pass
+    assert c.sent == 400 and outbox_owners(outbox) == rs.owner_ids.tolist()
+    # Force a redelivery of everything: a new group reading from the start, same outbox, same keys.
+    c2 = Consumer(redis_server.client(), "c2", outbox, group="senders", settings=s, min_idle_ms=0)
+    c2.client.xgroup_setid(c2.keys.stream, "senders", "0")
+    while c2.run_once(block_ms=10):
+        pass
+    assert c2.sent == 0 and c2.skipped == 400
+    assert outbox_owners(outbox) == rs.owner_ids.tolist()
+
+
+def test_crashed_consumer_is_reclaimed(redis_server, tmp_path):
+    s = settings_for(redis_server)
+    rs = make_recipients(300)
+    outbox = OutboxSender(tmp_path / "outbox")
+    Dispatcher(RedisSink(s), s).dispatch(header(), rs, now=NOW)
+    crashed = Consumer(redis_server.client(), "crashed", outbox, settings=s)
+    crashed.ensure_group()
+    # "crashed" reads 5 batches, sends the first owner of one of them, then dies without acking.
+    got = crashed.client.xreadgroup("senders", "crashed", {crashed.keys.stream: ">"}, count=5)
+    first = decode_batch(got[0][1][0][1][b"data"])[1][0]
+    assert outbox.send(render(first))
+    survivor = Consumer(redis_server.client(), "survivor", outbox, settings=s, min_idle_ms=1)
+    threading.Event().wait(0.01)   # let the crashed consumer's entries go idle past min_idle_ms
+    while survivor.run_once(block_ms=10):
+        pass
+    assert survivor.sent == 299 and survivor.skipped == 1
+    assert outbox_owners(outbox) == rs.owner_ids.tolist()
+    pend = survivor.client.xpending(survivor.keys.stream, "senders")
+    assert pend["pending"] == 0
+
+
+def test_backpressure_waits_and_never_drops_unacked(redis_server, tmp_path):
+    s = settings_for(redis_server, batch_size=10, pipeline_batches=2, max_backlog=6, backpressure_poll=0.01)
+    rs = make_recipients(500)
+    outbox = OutboxSender(tmp_path / "outbox")
+    sink = RedisSink(s)
+    consumer = Consumer(redis_server.client(), "c1", outbox, settings=s, min_idle_ms=60_000)
+    consumer.ensure_group()
+    stop = threading.Event()
+    max_len = []
+
+    def consume():
+        while not stop.is_set():
+            consumer.run_once(count=2, block_ms=10)
+            sink.trim_acknowledged()
+            max_len.append(sink.client.xlen(sink.keys.stream))
+
+    t = threading.Thread(target=consume)
+    t.start()
+    try:
+        report = Dispatcher(sink, s).dispatch(header(), rs, now=NOW)
+    finally:
+        while sink.backlog():
+            threading.Event().wait(0.01)
+        stop.set()
+        t.join()
+    assert report.recipients_notified == 500 and report.backpressure_wait_s > 0
+    assert outbox_owners(outbox) == rs.owner_ids.tolist()       # nothing dropped
+    assert max(max_len) <= 6 + 2                                # bounded: limit plus one pipeline chunk
+
+
+def test_trim_keeps_pending_and_undelivered(redis_server, tmp_path):
+    s = settings_for(redis_server, batch_size=10)
+    sink = RedisSink(s)
+    c = Consumer(redis_server.client(), "c1", OutboxSender(tmp_path / "o"), settings=s)
+    c.ensure_group()
+    c.client.xgroup_create(sink.keys.stream, "audit", id="0")
+    Dispatcher(sink, s).dispatch(header(), make_recipients(200), now=NOW)       # 20 entries
+    ids = [i for i, _ in sink.client.xrange(sink.keys.stream)]
+    read = sink.client.xreadgroup("senders", "c1", {sink.keys.stream: ">"}, count=10)[0][1]
+    sink.client.xack(sink.keys.stream, "senders", *[i for i, _ in read[:4]])    # 4 acked, 6 pending, 10 unread
+    sink.client.xreadgroup("audit", "a1", {sink.keys.stream: ">"}, count=20)
+    sink.client.xack(sink.keys.stream, "audit", *ids)                           # audit acked everything
+    assert sink.trim_acknowledged() == 4
+    assert [i for i, _ in sink.client.xrange(sink.keys.stream)] == ids[4:]
+    assert sink.backlog() == 16
+
+
+def test_shutdown_drains_cleanly(redis_server, tmp_path):
+    s = settings_for(redis_server)
+    rs = make_recipients(600)
+    outbox = OutboxSender(tmp_path / "outbox")
+    consumers = [Consumer(redis_server.client(), f"c{i}", outbox, settings=s) for i in range(2)]
+    consumers[0].ensure_group()
+    stop = threading.Event()
+    threads = [threading.Thread(target=c.run, args=(stop,)) for c in consumers]
+    for t in threads:
+        t.start()
+    sink = RedisSink(s)
+    Dispatcher(sink, s).dispatch(header(), rs, now=NOW)
+    while sink.backlog():
+        threading.Event().wait(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert sum(c.sent for c in consumers) == 600
+    assert sink.client.xpending(sink.keys.stream, "senders")["pending"] == 0
+    assert outbox_owners(outbox) == rs.owner_ids.tolist()
+
+
+def test_full_queue_raises_after_timeout_and_resumes(redis_server, tmp_path):
+    s = settings_for(redis_server, batch_size=10, pipeline_batches=2, max_backlog=3, backpressure_timeout=0.05,
+                     backpressure_poll=0.01)
+    rs = make_recipients(100)
+    outbox = OutboxSender(tmp_path / "outbox")
+    sink = RedisSink(s)
+    consumer = Consumer(redis_server.client(), "c1", outbox, settings=s)
+    consumer.ensure_group()
+    with pytest.raises(QueueFull) as ei:
+        Dispatcher(sink, s).dispatch(header(), rs, now=NOW)        # nobody consumes: the queue fills up
+    assert isinstance(ei.value, TimeoutError) and "limit 3" in str(ei.value)
+    for _ in range(20):                                            # drain, then dispatch again until complete
+        while consumer.run_once(block_ms=10):
+            pass
+        try:
+            Dispatcher(sink, s).dispatch(header(), rs, now=NOW)
+            break
+        except QueueFull:
+            continue
+    while consumer.run_once(block_ms=10):
+        pass
+    assert outbox_owners(outbox) == rs.owner_ids.tolist() and consumer.sent == 100
