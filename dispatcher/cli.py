@@ -53,16 +53,37 @@ def main(log_level: str) -> None:
 @click.option("--seed", default=0)
 @click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | None) -> None:
-    """Generate a national data set, build the index, resolve sample requests and print latencies,
-    beside the latitude-sorted peer measured in the same run (no server needed)."""
-    from bench.report import SIZES, index_report
+@click.option("--outbox", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SQLite file the demo dispatches to (default: a temporary one).")
+def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | None, outbox: Path | None) -> None:
+    """Generate a national data set, build the index, resolve sample requests and print latencies beside the
+    latitude-sorted peer measured in the same run, then dispatch 50 requests' recipients to the embedded
+    notification sink, twice (the second run must send nothing). No server needed."""
+    import tempfile
+
+    from bench.report import SIZES, fanout_report, index_report
+    from dispatcher.index import CameraIndex
+    from dispatcher.queue import LocalSink
+    from dispatcher.synthetic import generate
 
     with progress_bar() as report:
+        data = generate(cameras, seed=seed, progress=report, events_per_day=2.0 if events else 0.0)
         result = index_report(cameras, requests, seed=seed, peers=("latsorted",), events=events, progress=report,
                               sizes={k: SIZES[k] for k in ("0.025 sq mi", "0.5 sq mi", "10 km²")},
-                              window_queries=0)
+                              window_queries=0, data=data)
     _print_report(result)
+    index = CameraIndex.build(data.cameras, data.owners, data.events if events else None)
+    with tempfile.TemporaryDirectory(prefix="geodispatch-demo-") as tmp:
+        sink = LocalSink(outbox or Path(tmp) / "outbox.sqlite")
+        try:
+            fan = fanout_report(index, data, sink, seed=seed)
+        finally:
+            sink.close()
+    result["fanout"] = fan
+    out.print(f"dispatch to the embedded sink: {fan['requests']} requests of {fan['area_km2']:g} km², "
+              f"{fan['recipients']:,} recipients in {fan['batches']:,} batches, {fan['seconds'] * 1e3:.0f} ms "
+              f"({fan['recipients_per_s']:,.0f} recipients/s, resolve included); the repeat appended "
+              f"{fan['repeat_appended']} batches")
     if json_out:
         json_out.write_text(json.dumps(result, indent=2))
 

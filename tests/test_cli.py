@@ -20,6 +20,9 @@ def test_demo_runs_and_reports_identical_results(tmp_path: Path):
     for row in report["resolve"].values():
         assert row["geodispatch"]["p50_us"] > 0 and row["latsorted"]["p50_us"] > 0
     assert "resolve latency" in result.output
+    fan = report["fanout"]
+    assert fan["requests"] == 50 and fan["recipients"] > 0 and fan["batches"] > 0
+    assert fan["repeat_appended"] == 0 and fan["repeat_already_done"] == fan["recipients"]
 
 
 def test_generate_build_resolve_round_trip(tmp_path: Path):
