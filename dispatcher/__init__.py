@@ -1,5 +1,6 @@
 """geodispatch: resolve a video request's area and time window to the exact set of camera owners."""
 
+from dispatcher.agencies import Agency, AgencyRegistry, generate_agencies
 from dispatcher.area import Area
 from dispatcher.consumer import Consumer, Email, OutboxSender, Sender
 from dispatcher.errors import (
@@ -7,16 +8,24 @@ from dispatcher.errors import (
     DispatchError,
     IndexFormatError,
     InvalidArea,
+    InvalidChoice,
     InvalidCoordinates,
     InvalidData,
+    InvalidPolicy,
     InvalidQueueSettings,
+    InvalidRequest,
     InvalidTimeWindow,
+    InvalidTransition,
     QueueFull,
     QueueUnavailable,
+    RequestRejected,
+    UnknownAgency,
     UnknownCamera,
 )
 from dispatcher.index import CameraIndex, IndexConfig
 from dispatcher.models import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA
+from dispatcher.policy import Policy, validate
+from dispatcher.privacy import AgencyView, OperatorView, SharedClips, Views
 from dispatcher.queue import (
     AdmitAll,
     Dispatcher,
@@ -29,6 +38,9 @@ from dispatcher.queue import (
     Sink,
 )
 from dispatcher.recipients import RecipientSet
+from dispatcher.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
+from dispatcher.store import RedisStore, SqliteStore, Store
+from dispatcher.workflow import OwnerGate, Workflow
 
 __all__ = [
     "CAMERA_SCHEMA",
@@ -63,4 +75,28 @@ __all__ = [
     "RedisSink",
     "Sender",
     "Sink",
+    # requests, policy, review, owner choices, privacy wall (issue 4)
+    "INCIDENT_TYPES",
+    "Agency",
+    "AgencyRegistry",
+    "AgencyView",
+    "InvalidChoice",
+    "InvalidPolicy",
+    "InvalidRequest",
+    "InvalidTransition",
+    "OperatorView",
+    "OwnerGate",
+    "Policy",
+    "RedisStore",
+    "RequestRejected",
+    "SharedClips",
+    "SqliteStore",
+    "Store",
+    "UnknownAgency",
+    "ValidRequest",
+    "VideoRequest",
+    "Views",
+    "Workflow",
+    "generate_agencies",
+    "validate",
 ]

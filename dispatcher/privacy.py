@@ -1,0 +1,122 @@
+"""The privacy wall: what an agency may see of a request, and what the platform's operators may see.
+
+:class:`AgencyView` can only hold a status string, the agency's own case fields, and per-owner shares, each as
+a per-request pseudonym ("Neighbor 4821") and opaque clip references. Its types validate every field against a
+fixed pattern, so an owner id, camera id, location or count cannot be put into one: the wall holds by
+construction, not by care. :class:`OperatorView` has the aggregate counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+from dispatcher.errors import InvalidData
+from dispatcher.store import Store
+from dispatcher.workflow import SHARE, Workflow
+
+PSEUDONYM_RE = re.compile(r"Neighbor [1-9][0-9]{3}")
+CLIP_REF_RE = re.compile(r"[0-9a-f]{24}")
+STATUSES = ("submitted", "approved", "rejected", "dispatched", "closed")
+
+
+def _mac(secret: bytes, *parts: str) -> bytes:
+    return hmac.new(secret, "\x1f".join(parts).encode(), hashlib.sha256).digest()
+
+
+def pseudonyms(secret: bytes, request_id: str, owner_ids: list[int]) -> dict[int, str]:
+    """"Neighbor NNNN" (1000-9999) per owner, from an HMAC of (secret, request, owner); unique within the
+    request (a collision probes the next HMAC). Owners are taken in ascending id order, so it is deterministic."""
+    if len(owner_ids) > 9000:
+        raise InvalidData(f"{len(owner_ids)} owners cannot have distinct 4-digit pseudonyms")
+    used: set[int] = set()
+    out: dict[int, str] = {}
+    for o in sorted(set(owner_ids)):
+        k = 0
+        while True:
+            n = 1000 + int.from_bytes(_mac(secret, request_id, str(o), str(k))[:8], "big") % 9000
+            if n not in used:
+                break
+            k += 1
+        used.add(n)
+        out[o] = f"Neighbor {n}"
+    return out
+
+
+def clip_ref(secret: bytes, request_id: str, clip_id: str) -> str:
+    """An opaque reference to a shared clip, redeemable only through the platform."""
+    return _mac(secret, "clip", request_id, clip_id).hex()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedClips:
+    pseudonym: str
+    clips: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if type(self.pseudonym) is not str or not PSEUDONYM_RE.fullmatch(self.pseudonym):
+            raise InvalidData(f"not a pseudonym: {self.pseudonym!r}")
+        if type(self.clips) is not tuple or not all(type(c) is str and CLIP_REF_RE.fullmatch(c) for c in self.clips):
+            raise InvalidData("clips must be opaque clip references")
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyView:
+    """What the requesting agency sees. No field can hold an owner id, camera id, location or count."""
+
+    request_id: str
+    case_number: str
+    status: str
+    shared: tuple[SharedClips, ...]
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise InvalidData(f"unknown status {self.status!r}")
+        if type(self.shared) is not tuple or not all(type(s) is SharedClips for s in self.shared):
+            raise InvalidData("shared must be a tuple of SharedClips")
+        if len({s.pseudonym for s in self.shared}) != len(self.shared):
+            raise InvalidData("pseudonyms must be unique within a request")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorView:
+    """Aggregates for the platform's operators."""
+
+    request_id: str
+    status: str
+    notified: int
+    shared: int
+    declined: int
+    suppressed_opted_out: int
+    suppressed_capped: int
+
+
+class Views:
+    def __init__(self, store: Store, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise InvalidData("the pseudonym secret must be at least 16 bytes")
+        self.store = store
+        self._secret = secret
+
+    def agency_view(self, workflow: Workflow, request_id: str) -> AgencyView:
+        got = self.store.get_request(request_id)
+        if got is None:
+            raise InvalidData(f"no request {request_id!r}")
+        state, payload = got
+        shares = [(o, clips) for o, choice, clips in self.store.choices(request_id) if choice == SHARE]
+        names = pseudonyms(self._secret, request_id, [o for o, _ in shares])
+        shared = tuple(sorted((SharedClips(names[o], tuple(clip_ref(self._secret, request_id, c) for c in clips))
+                               for o, clips in shares), key=lambda s: s.pseudonym))
+        return AgencyView(request_id, str(payload["case_number"]), state, shared)
+
+    def operator_view(self, request_id: str) -> OperatorView:
+        got = self.store.get_request(request_id)
+        if got is None:
+            raise InvalidData(f"no request {request_id!r}")
+        ch = self.store.choices(request_id)
+        c = self.store.counters(request_id)
+        return OperatorView(request_id, got[0], self.store.notified_count(request_id),
+                            sum(x[1] == SHARE for x in ch), sum(x[1] != SHARE for x in ch),
+                            c.get("opted_out", 0), c.get("capped", 0))

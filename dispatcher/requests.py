@@ -1,0 +1,92 @@
+"""Video requests as an agency submits them: the raw fields, before the policy has looked at them.
+
+:class:`VideoRequest` holds what was sent (the area may still be any GeoJSON, the times strings);
+:func:`dispatcher.policy.validate` checks every rule at once and returns a :class:`ValidRequest`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from shapely.geometry.base import BaseGeometry
+
+from dispatcher.area import Area
+from dispatcher.errors import InvalidRequest
+
+#: The kinds of incident a request may name (published programs: a specific crime or emergency, never
+#: lawful activity such as a protest, never a general announcement).
+INCIDENT_TYPES: frozenset[str] = frozenset({
+    "assault", "burglary", "robbery", "theft", "vehicle_theft", "vandalism", "arson", "homicide",
+    "shooting", "hit_and_run", "missing_person", "kidnapping", "fraud", "package_theft", "trespass",
+})
+
+_STR_FIELDS = ("request_id", "agency_id", "case_number", "incident_type", "investigator_contact", "message")
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """A request as submitted. Strings are checked for type here; every policy rule is in :mod:`policy`."""
+
+    request_id: str
+    agency_id: str
+    case_number: str
+    incident_type: str
+    investigator_contact: str
+    message: str
+    area: Any
+    start: Any
+    end: Any
+    submitted_at: datetime
+
+    def __post_init__(self) -> None:
+        for name in _STR_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise InvalidRequest(f"{name} must be a string, got {type(v).__name__}")
+        if not self.request_id or len(self.request_id) > 64 or not self.request_id.isascii() \
+                or not self.request_id.replace("-", "").replace("_", "").isalnum():
+            raise InvalidRequest(f"request_id must be 1-64 ASCII letters, digits, '-' or '_', "
+                                 f"got {self.request_id[:80]!r}")
+        if not isinstance(self.submitted_at, datetime) or self.submitted_at.utcoffset() is None:
+            raise InvalidRequest(f"submitted_at must be an aware datetime, got {self.submitted_at!r}")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> VideoRequest:
+        """From a decoded JSON object; unknown or missing keys raise :class:`InvalidRequest`."""
+        if not isinstance(d, dict):
+            raise InvalidRequest(f"a request must be an object, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in set(d) - names)
+        missing = sorted(names - set(d))
+        if unknown or missing:
+            raise InvalidRequest(f"request: unknown field(s) {unknown}, missing field(s) {missing}")
+        sub = d["submitted_at"]
+        if isinstance(sub, str):
+            try:
+                sub = datetime.fromisoformat(sub.replace("Z", "+00:00"))
+            except ValueError:
+                raise InvalidRequest(f"submitted_at: {sub[:80]!r} is not an ISO-8601 date-time") from None
+        return cls(**{**d, "submitted_at": sub})
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    """A request that passed every policy rule: area parsed, times aware UTC, message plain text."""
+
+    request_id: str
+    agency_id: str
+    case_number: str
+    incident_type: str
+    investigator_contact: str
+    message: str
+    area: Area
+    start: datetime
+    end: datetime
+    submitted_at: datetime
+    area_sq_mi: float
+
+    @property
+    def geometry(self) -> BaseGeometry:
+        return self.area.geometry

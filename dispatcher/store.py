@@ -1,0 +1,343 @@
+"""Workflow state that survives a restart. :class:`SqliteStore` is the embedded default; :class:`RedisStore`
+shares state between workers. Both implement :class:`Store`, and the same tests run against both.
+
+Redis keys all live in :class:`RedisKeys`, under one hash-tag prefix (``{gd}:``) so they share a cluster slot;
+multi-key steps are Lua scripts (one atomic step each).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from dispatcher.errors import InvalidRequest
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL,
+    submitted_us INTEGER NOT NULL, state TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS requests_agency ON requests (agency_id, submitted_us);
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,
+    actor TEXT NOT NULL, action TEXT NOT NULL, at_us INTEGER NOT NULL, detail BLOB NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS opted_out (owner_id INTEGER PRIMARY KEY, at_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS notified (request_id TEXT NOT NULL, owner_id INTEGER NOT NULL, at_us INTEGER NOT NULL,
+    PRIMARY KEY (request_id, owner_id));
+CREATE INDEX IF NOT EXISTS notified_owner ON notified (owner_id, at_us);
+CREATE TABLE IF NOT EXISTS counters (request_id TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (request_id, name));
+CREATE TABLE IF NOT EXISTS choices (request_id TEXT NOT NULL, owner_id INTEGER NOT NULL, choice TEXT NOT NULL,
+    clips BLOB NOT NULL, at_us INTEGER NOT NULL, PRIMARY KEY (request_id, owner_id));
+"""
+
+
+def _us(t: datetime) -> int:
+    return int(round(t.timestamp() * 1_000_000))
+
+
+def _dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
+
+
+class Store(Protocol):
+    def has_request(self, request_id: str) -> bool: ...
+    def count_agency_requests(self, agency_id: str, since: datetime) -> int: ...
+    def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
+                       payload: dict[str, Any]) -> None: ...
+    def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None: ...
+    def request_ids(self) -> list[str]: ...
+    def compare_and_set_state(self, request_id: str, old: str, new: str) -> bool: ...
+    def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None: ...
+    def audit(self, request_id: str | None = None) -> list[dict[str, Any]]: ...
+    def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None: ...
+    def opted_out(self, owner_ids: np.ndarray) -> np.ndarray: ...
+    def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray: ...
+    def counters(self, request_id: str) -> dict[str, int]: ...
+    def was_notified(self, request_id: str, owner_id: int) -> bool: ...
+    def notified_count(self, request_id: str) -> int: ...
+    def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None: ...
+    def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]: ...
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file (or ``:memory:``), every multi-row change in one transaction."""
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL" if str(path) != ":memory:" else "PRAGMA journal_mode=MEMORY")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def has_request(self, request_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM requests WHERE request_id=?", (request_id,)).fetchone() is not None
+
+    def count_agency_requests(self, agency_id: str, since: datetime) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM requests WHERE agency_id=? AND submitted_us>=?",
+                               (agency_id, _us(since))).fetchone()
+        return int(row[0])
+
+    def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
+                       payload: dict[str, Any]) -> None:
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO requests VALUES (?,?,?,?,?)",
+                                 (request_id, agency_id, _us(submitted_at), state, orjson.dumps(payload)))
+            except sqlite3.IntegrityError:
+                raise InvalidRequest(f"request id {request_id!r} already exists") from None
+
+    def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
+        row = self._db.execute("SELECT state, payload FROM requests WHERE request_id=?", (request_id,)).fetchone()
+        return None if row is None else (row[0], orjson.loads(row[1]))
+
+    def request_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT request_id FROM requests ORDER BY request_id")]
+
+    def compare_and_set_state(self, request_id: str, old: str, new: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("UPDATE requests SET state=? WHERE request_id=? AND state=?",
+                                   (new, request_id, old))
+            return cur.rowcount == 1
+
+    def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO audit (request_id, actor, action, at_us, detail) VALUES (?,?,?,?,?)",
+                             (request_id, actor, action, _us(at), orjson.dumps(detail)))
+
+    def audit(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT seq, request_id, actor, action, at_us, detail FROM audit"
+        rows = (self._db.execute(q + " ORDER BY seq") if request_id is None
+                else self._db.execute(q + " WHERE request_id=? ORDER BY seq", (request_id,)))
+        return [{"seq": r[0], "request_id": r[1], "actor": r[2], "action": r[3], "at": _dt(r[4]),
+                 "detail": orjson.loads(r[5])} for r in rows]
+
+    def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None:
+        with self._lock:
+            if opted_out:
+                self._db.execute("INSERT OR REPLACE INTO opted_out VALUES (?,?)", (int(owner_id), _us(at)))
+            else:
+                self._db.execute("DELETE FROM opted_out WHERE owner_id=?", (int(owner_id),))
+
+    def opted_out(self, owner_ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(owner_ids.shape[0], np.bool_)
+        for k, o in enumerate(owner_ids.tolist()):
+            out[k] = self._db.execute("SELECT 1 FROM opted_out WHERE owner_id=?", (o,)).fetchone() is not None
+        return out
+
+    def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
+        """In one transaction: per owner, already notified for this request -> True (not counted again);
+        opted out -> False (counted ``opted_out``); ``cap`` notifications since ``since`` -> False (``capped``);
+        otherwise recorded as notified -> True."""
+        out = np.zeros(owner_ids.shape[0], np.bool_)
+        supp = {"opted_out": 0, "capped": 0}
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for k, o in enumerate(owner_ids.tolist()):
+                    if self._db.execute("SELECT 1 FROM notified WHERE request_id=? AND owner_id=?",
+                                        (request_id, o)).fetchone():
+                        out[k] = True
+                        continue
+                    if self._db.execute("SELECT 1 FROM opted_out WHERE owner_id=?", (o,)).fetchone():
+                        supp["opted_out"] += 1
+                        continue
+                    n = self._db.execute("SELECT COUNT(*) FROM notified WHERE owner_id=? AND at_us>?",
+                                         (o, _us(since))).fetchone()[0]
+                    if n >= cap:
+                        supp["capped"] += 1
+                        continue
+                    self._db.execute("INSERT INTO notified VALUES (?,?,?)", (request_id, o, _us(now)))
+                    out[k] = True
+                for name, n in supp.items():
+                    if n:
+                        self._db.execute("INSERT INTO counters VALUES (?,?,?) ON CONFLICT(request_id, name) "
+                                         "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return out
+
+    def counters(self, request_id: str) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in
+                self._db.execute("SELECT name, n FROM counters WHERE request_id=?", (request_id,))}
+
+    def was_notified(self, request_id: str, owner_id: int) -> bool:
+        return self._db.execute("SELECT 1 FROM notified WHERE request_id=? AND owner_id=?",
+                                (request_id, int(owner_id))).fetchone() is not None
+
+    def notified_count(self, request_id: str) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM notified WHERE request_id=?", (request_id,)).fetchone()[0])
+
+    def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO choices VALUES (?,?,?,?,?)",
+                             (request_id, int(owner_id), choice, orjson.dumps(clips), _us(at)))
+
+    def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]:
+        return [(int(r[0]), r[1], orjson.loads(r[2])) for r in self._db.execute(
+            "SELECT owner_id, choice, clips FROM choices WHERE request_id=? ORDER BY owner_id", (request_id,))]
+
+
+class RedisKeys:
+    """Every Redis key the store uses, in one place."""
+
+    def __init__(self, prefix: str = "{gd}:") -> None:
+        self.prefix = prefix
+        self.audit = prefix + "audit"
+        self.optout = prefix + "optout"
+        self.reqids = prefix + "reqids"
+
+    def req(self, rid: str) -> str:
+        return f"{self.prefix}req:{rid}"
+
+    def agency(self, a: str) -> str:
+        return f"{self.prefix}agency:{a}"
+
+    def notified(self, rid: str) -> str:
+        return f"{self.prefix}notified:{rid}"
+
+    def owner(self, o: int) -> str:
+        return f"{self.prefix}owner:{o}"
+
+    def counters(self, rid: str) -> str:
+        return f"{self.prefix}counters:{rid}"
+
+    def choices(self, rid: str) -> str:
+        return f"{self.prefix}choices:{rid}"
+
+
+# KEYS: req, reqids, agency; ARGV: rid, submitted_us, state, payload
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'payload', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return 1
+"""
+# KEYS: req; ARGV: old, new
+_CAS = """
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+return 1
+"""
+# KEYS: notified, optout, counters; ARGV: prefix, rid, now_us, cap, since_us, owners...
+_ADMIT = """
+local out = {}
+local opt, capped = 0, 0
+for i = 6, #ARGV do
+  local o = ARGV[i]
+  if redis.call('SISMEMBER', KEYS[1], o) == 1 then out[#out + 1] = 1
+  elseif redis.call('SISMEMBER', KEYS[2], o) == 1 then out[#out + 1] = 0; opt = opt + 1
+  else
+    local okey = ARGV[1] .. 'owner:' .. o
+    if redis.call('ZCOUNT', okey, '(' .. ARGV[5], '+inf') >= tonumber(ARGV[4]) then
+      out[#out + 1] = 0; capped = capped + 1
+    else
+      redis.call('SADD', KEYS[1], o)
+      redis.call('ZADD', okey, ARGV[3], ARGV[2])
+      out[#out + 1] = 1
+    end
+  end
+end
+if opt > 0 then redis.call('HINCRBY', KEYS[3], 'opted_out', opt) end
+if capped > 0 then redis.call('HINCRBY', KEYS[3], 'capped', capped) end
+return out
+"""
+
+
+class RedisStore:
+    """The shared store: the same behaviour as :class:`SqliteStore`, on Redis. Takes the client as an argument."""
+
+    def __init__(self, client: Any, prefix: str = "{gd}:") -> None:
+        self.r = client
+        self.k = RedisKeys(prefix)
+        self._create = client.register_script(_CREATE)
+        self._cas = client.register_script(_CAS)
+        self._admit = client.register_script(_ADMIT)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "{gd}:") -> RedisStore:
+        import redis
+
+        return cls(redis.Redis.from_url(url), prefix)
+
+    def has_request(self, request_id: str) -> bool:
+        return bool(self.r.exists(self.k.req(request_id)))
+
+    def count_agency_requests(self, agency_id: str, since: datetime) -> int:
+        return int(self.r.zcount(self.k.agency(agency_id), _us(since), "+inf"))
+
+    def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
+                       payload: dict[str, Any]) -> None:
+        ok = self._create(keys=[self.k.req(request_id), self.k.reqids, self.k.agency(agency_id)],
+                          args=[request_id, _us(submitted_at), state, orjson.dumps(payload)])
+        if not ok:
+            raise InvalidRequest(f"request id {request_id!r} already exists")
+
+    def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
+        got = self.r.hmget(self.k.req(request_id), ["state", "payload"])
+        return None if got[0] is None else (got[0].decode(), orjson.loads(got[1]))
+
+    def request_ids(self) -> list[str]:
+        return sorted(x.decode() for x in self.r.smembers(self.k.reqids))
+
+    def compare_and_set_state(self, request_id: str, old: str, new: str) -> bool:
+        return bool(self._cas(keys=[self.k.req(request_id)], args=[old, new]))
+
+    def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None:
+        self.r.rpush(self.k.audit, orjson.dumps({"request_id": request_id, "actor": actor, "action": action,
+                                                 "at_us": _us(at), "detail": detail}))
+
+    def audit(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for seq, raw in enumerate(self.r.lrange(self.k.audit, 0, -1), start=1):
+            e = orjson.loads(raw)
+            if request_id is None or e["request_id"] == request_id:
+                out.append({"seq": seq, "request_id": e["request_id"], "actor": e["actor"], "action": e["action"],
+                            "at": _dt(e["at_us"]), "detail": e["detail"]})
+        return out
+
+    def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None:
+        if opted_out:
+            self.r.sadd(self.k.optout, int(owner_id))
+        else:
+            self.r.srem(self.k.optout, int(owner_id))
+
+    def opted_out(self, owner_ids: np.ndarray) -> np.ndarray:
+        if owner_ids.shape[0] == 0:
+            return np.zeros(0, np.bool_)
+        return np.array(self.r.smismember(self.k.optout, owner_ids.tolist()), dtype=np.bool_)
+
+    def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
+        if owner_ids.shape[0] == 0:
+            return np.zeros(0, np.bool_)
+        got = self._admit(keys=[self.k.notified(request_id), self.k.optout, self.k.counters(request_id)],
+                          args=[self.k.prefix, request_id, _us(now), cap, _us(since), *owner_ids.tolist()])
+        return np.array(got, dtype=np.bool_)
+
+    def counters(self, request_id: str) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.r.hgetall(self.k.counters(request_id)).items()}
+
+    def was_notified(self, request_id: str, owner_id: int) -> bool:
+        return bool(self.r.sismember(self.k.notified(request_id), int(owner_id)))
+
+    def notified_count(self, request_id: str) -> int:
+        return int(self.r.scard(self.k.notified(request_id)))
+
+    def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None:
+        self.r.hset(self.k.choices(request_id), str(int(owner_id)), orjson.dumps([choice, clips, _us(at)]))
+
+    def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]:
+        rows = [(int(k), *orjson.loads(v)[:2]) for k, v in self.r.hgetall(self.k.choices(request_id)).items()]
+        return [(o, c, cl) for o, c, cl in sorted(rows)]

@@ -1,0 +1,155 @@
+"""The request workflow: an explicit state machine with an append-only audit log, owner choices, and the
+:class:`OwnerGate` the dispatcher calls at send time (opt-outs and the per-owner rolling-day cap).
+
+States: ``submitted -> approved | rejected``, ``approved -> dispatched | closed``, ``dispatched -> closed``.
+Every transition, and every rejected submission, is one audit entry with its actor and time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from dispatcher.agencies import AgencyRegistry
+from dispatcher.errors import DispatchError, InvalidChoice, InvalidTransition
+from dispatcher.policy import Policy, validate
+from dispatcher.requests import ValidRequest, VideoRequest
+from dispatcher.store import Store
+
+log = logging.getLogger(__name__)
+
+SUBMITTED, APPROVED, REJECTED, DISPATCHED, CLOSED = "submitted", "approved", "rejected", "dispatched", "closed"
+TRANSITIONS: dict[str, frozenset[str]] = {
+    SUBMITTED: frozenset({APPROVED, REJECTED}),
+    APPROVED: frozenset({DISPATCHED, CLOSED}),
+    DISPATCHED: frozenset({CLOSED}),
+    REJECTED: frozenset(),
+    CLOSED: frozenset(),
+}
+SHARE, DECLINE = "share", "decline"
+MAX_CLIPS = 100
+
+
+def _aware(now: datetime) -> datetime:
+    if now.utcoffset() is None:
+        raise InvalidTransition(f"now must be an aware datetime, got {now!r}")
+    return now.astimezone(timezone.utc)
+
+
+def _payload(v: ValidRequest) -> dict[str, Any]:
+    return {"agency_id": v.agency_id, "case_number": v.case_number, "incident_type": v.incident_type,
+            "investigator_contact": v.investigator_contact, "message": v.message,
+            "area": v.area.to_geojson(), "start": v.start.isoformat(), "end": v.end.isoformat(),
+            "submitted_at": v.submitted_at.isoformat(), "area_sq_mi": v.area_sq_mi}
+
+
+class Workflow:
+    """Submit, review, dispatch and close requests; record owner choices. State lives in ``store``."""
+
+    def __init__(self, store: Store, registry: AgencyRegistry, policy: Policy | None = None) -> None:
+        self.store = store
+        self.registry = registry
+        self.policy = policy or Policy()
+
+    def submit(self, request: VideoRequest | Any, now: datetime, actor: str | None = None) -> str:
+        """Validate and record a request; returns its state. A rejected one leaves only an audit entry and
+        raises (``RequestRejected``, ``InvalidRequest``...)."""
+        now = _aware(now)
+        rid = getattr(request, "request_id", None)
+        who = actor or f"agency:{getattr(request, 'agency_id', '?')}"
+        try:
+            if not isinstance(request, VideoRequest):
+                request = VideoRequest.from_dict(request)
+            valid = validate(request, self.registry, self.store, now, self.policy)
+        except DispatchError as exc:
+            codes = getattr(exc, "codes", [type(exc).__name__])
+            self.store.append_audit(str(rid)[:64] if isinstance(rid, str) else "?", str(who)[:120],
+                                    "submission_refused", now, {"codes": codes})
+            raise
+        self.store.create_request(valid.request_id, valid.agency_id, valid.submitted_at, SUBMITTED, _payload(valid))
+        self.store.append_audit(valid.request_id, who, SUBMITTED, now, {})
+        if self.policy.auto_approve:
+            self._move(valid.request_id, APPROVED, "system:auto-approval", now)
+            return APPROVED
+        return SUBMITTED
+
+    def state(self, request_id: str) -> str:
+        got = self.store.get_request(request_id)
+        if got is None:
+            raise InvalidTransition(f"no request {request_id!r}")
+        return got[0]
+
+    def _move(self, request_id: str, new: str, actor: str, now: datetime, detail: dict[str, Any] | None = None) -> None:
+        now = _aware(now)
+        old = self.state(request_id)
+        if new not in TRANSITIONS[old] or not self.store.compare_and_set_state(request_id, old, new):
+            raise InvalidTransition(f"request {request_id}: cannot go from {old} to {new}")
+        self.store.append_audit(request_id, actor, new, now, detail or {})
+
+    def approve(self, request_id: str, reviewer: str, now: datetime) -> None:
+        self._move(request_id, APPROVED, f"reviewer:{reviewer}", now)
+
+    def reject(self, request_id: str, reviewer: str, now: datetime, reason: str = "") -> None:
+        self._move(request_id, REJECTED, f"reviewer:{reviewer}", now, {"reason": reason[:500]})
+
+    def mark_dispatched(self, request_id: str, now: datetime, actor: str = "system:dispatcher") -> None:
+        self._move(request_id, DISPATCHED, actor, now)
+
+    def close(self, request_id: str, actor: str, now: datetime) -> None:
+        self._move(request_id, CLOSED, actor, now)
+
+    # -- owner choices -------------------------------------------------------------------------------------
+
+    def _owner_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], now: datetime) -> None:
+        now = _aware(now)
+        if self.state(request_id) != DISPATCHED:
+            raise InvalidChoice(f"request {request_id} is {self.state(request_id)}, not open for answers")
+        if not self.store.was_notified(request_id, owner_id):
+            raise InvalidChoice(f"owner {owner_id} was not notified of request {request_id}")
+        if len(clips) > MAX_CLIPS or any(not isinstance(c, str) or not 0 < len(c) <= 128 for c in clips):
+            raise InvalidChoice(f"clips must be at most {MAX_CLIPS} ids of 1-128 characters")
+        self.store.set_choice(request_id, owner_id, choice, clips, now)
+        self.store.append_audit(request_id, f"owner:{owner_id}", choice, now, {"clips": len(clips)})
+
+    def share(self, request_id: str, owner_id: int, clips: list[str], now: datetime) -> None:
+        if not clips:
+            raise InvalidChoice("share needs at least one clip")
+        self._owner_choice(request_id, owner_id, SHARE, list(clips), now)
+
+    def decline(self, request_id: str, owner_id: int, now: datetime) -> None:
+        self._owner_choice(request_id, owner_id, DECLINE, [], now)
+
+    def opt_out(self, owner_id: int, now: datetime) -> None:
+        """Opt out of every future request, at once: the gate refuses this owner from now on."""
+        now = _aware(now)
+        self.store.set_opted_out(owner_id, True, now)
+        self.store.append_audit("-", f"owner:{owner_id}", "opt_out", now, {})
+
+    def opt_in(self, owner_id: int, now: datetime) -> None:
+        now = _aware(now)
+        self.store.set_opted_out(owner_id, False, now)
+        self.store.append_audit("-", f"owner:{owner_id}", "opt_in", now, {})
+
+
+class OwnerGate:
+    """Checked by the dispatcher at send time: which owners may be notified now.
+
+    An owner is admitted when not opted out and under ``policy.owner_cap`` notifications in the rolling
+    ``policy.owner_cap_period``. Admitted owners are recorded as notified for the request, idempotently (the
+    same owner for the same request is counted once and admitted again); suppressed ones are counted per
+    reason (``opted_out``, ``capped``) in the store.
+    """
+
+    def __init__(self, store: Store, policy: Policy | None = None) -> None:
+        self.store = store
+        self.policy = policy or Policy()
+
+    def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime) -> np.ndarray:
+        now = _aware(now)
+        ids = np.ascontiguousarray(owner_ids, dtype=np.int64)
+        if ids.ndim != 1:
+            raise ValueError(f"owner_ids must be one-dimensional, got shape {ids.shape}")
+        return self.store.admit(request_id, ids, now, self.policy.owner_cap, now - self.policy.owner_cap_period)

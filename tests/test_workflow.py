@@ -1,0 +1,164 @@
+"""The workflow state machine, the audit log, owner choices and the OwnerGate, on the SQLite store
+(including a restart: state reopened from the same file)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dispatcher.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.errors import InvalidChoice, InvalidRequest, InvalidTransition, RequestRejected
+from dispatcher.policy import Policy
+from dispatcher.store import RedisStore, SqliteStore, Store
+from dispatcher.workflow import OwnerGate, Workflow
+from tests.test_policy import JOINED, LAT0, LNG0, NOW
+from tests.test_policy import request as make_request
+
+T = NOW
+
+
+@pytest.fixture
+def registry() -> AgencyRegistry:
+    return AgencyRegistry([Agency("il-chicago", "Chicago Police Department", "IL",
+                                  geodesic_circle(LNG0, LAT0, 20_000), JOINED)])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        return SqliteStore(tmp_path / "state.db")
+    server = request.getfixturevalue("redis_server")
+    return RedisStore.from_url(server.url)
+
+
+def test_happy_path_and_audit(store: Store, registry: AgencyRegistry) -> None:
+    wf = Workflow(store, registry)
+    assert wf.submit(make_request(), T) == "submitted"
+    wf.approve("r1", "alice", T + timedelta(minutes=1))
+    wf.mark_dispatched("r1", T + timedelta(minutes=2))
+    wf.close("r1", "reviewer:alice", T + timedelta(days=7))
+    trail = store.audit("r1")
+    assert [(e["action"], e["actor"]) for e in trail] == [
+        ("submitted", "agency:il-chicago"), ("approved", "reviewer:alice"),
+        ("dispatched", "system:dispatcher"), ("closed", "reviewer:alice")]
+    assert [e["at"] for e in trail] == [T, T + timedelta(minutes=1), T + timedelta(minutes=2), T + timedelta(days=7)]
+
+
+@pytest.mark.parametrize("steps", [["dispatch"], ["approve", "reject"], ["reject", "approve"], ["close"],
+                                   ["approve", "dispatch", "approve"], ["reject", "close"]])
+def test_illegal_transitions(store: Store, registry: AgencyRegistry, steps: list[str]) -> None:
+    wf = Workflow(store, registry)
+    wf.submit(make_request(), T)
+    act = {"approve": lambda: wf.approve("r1", "a", T), "reject": lambda: wf.reject("r1", "a", T, "no"),
+           "dispatch": lambda: wf.mark_dispatched("r1", T), "close": lambda: wf.close("r1", "a", T)}
+    for s in steps[:-1]:
+        act[s]()
+    before = store.audit("r1")
+    with pytest.raises(InvalidTransition):
+        act[steps[-1]]()
+    assert store.audit("r1") == before
+
+
+def test_auto_approval(store: Store, registry: AgencyRegistry) -> None:
+    wf = Workflow(store, registry, Policy(auto_approve=True))
+    assert wf.submit(make_request(), T) == "approved"
+    assert store.audit("r1")[-1]["actor"] == "system:auto-approval"
+
+
+def test_rejected_submission_leaves_only_an_audit_entry(store: Store, registry: AgencyRegistry) -> None:
+    wf = Workflow(store, registry)
+    with pytest.raises(RequestRejected):
+        wf.submit(make_request(case_number="?"), T)
+    with pytest.raises(InvalidRequest):
+        wf.submit({"request_id": "x"}, T)
+    assert store.request_ids() == []
+    assert [e["action"] for e in store.audit()] == ["submission_refused", "submission_refused"]
+    assert store.audit("r1")[0]["detail"] == {"codes": ["case_number"]}
+    wf.submit(make_request(), T)
+    with pytest.raises(RequestRejected) as ei:
+        wf.submit(make_request(), T)
+    assert "duplicate_request_id" in ei.value.codes
+
+
+def test_sqlite_audit_log_is_append_only(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    store.append_audit("r", "a", "x", T, {})
+    import sqlite3
+    with pytest.raises(sqlite3.DatabaseError):
+        store._db.execute("DELETE FROM audit")
+    with pytest.raises(sqlite3.DatabaseError):
+        store._db.execute("UPDATE audit SET actor='b'")
+    assert len(store.audit()) == 1
+
+
+def test_gate_idempotent_and_opt_out_at_once(store: Store, registry: AgencyRegistry) -> None:
+    wf = Workflow(store, registry, Policy(owner_cap=100))
+    gate = OwnerGate(store, wf.policy)
+    wf.submit(make_request(), T)
+    wf.approve("r1", "a", T)
+    owners = np.array([1, 2, 3, 4], np.int64)
+    wf.opt_out(3, T)  # after approval, before sending: still applies
+    assert gate.admit("r1", owners, T).tolist() == [True, True, False, True]
+    assert gate.admit("r1", owners, T).tolist() == [True, True, False, True]
+    assert store.notified_count("r1") == 3
+    assert store.counters("r1") == {"opted_out": 2}
+    wf.opt_in(3, T)
+    assert gate.admit("r1", np.array([3], np.int64), T).tolist() == [True]
+    wf.opt_out(1, T)  # already notified for r1: stays notified, but not for a new request
+    assert gate.admit("r1", np.array([1], np.int64), T).tolist() == [True]
+
+
+def test_rolling_day_cap_counts_suppressed(store: Store) -> None:
+    gate = OwnerGate(store, Policy(owner_cap=2))
+    o = np.array([7], np.int64)
+    assert gate.admit("a", o, T)[0] and gate.admit("b", o, T + timedelta(hours=1))[0]
+    assert not gate.admit("c", o, T + timedelta(hours=2))[0]
+    assert not gate.admit("c", o, T + timedelta(hours=3))[0]
+    assert store.counters("c") == {"capped": 2}
+    assert gate.admit("d", o, T + timedelta(hours=24, seconds=1))[0]  # "a" has rolled out of the day
+    assert gate.admit("a", o, T + timedelta(hours=24, seconds=2))[0]  # idempotent, never capped
+    with pytest.raises(InvalidTransition):
+        gate.admit("e", o, datetime(2026, 1, 1))
+
+
+def test_owner_choices(store: Store, registry: AgencyRegistry) -> None:
+    wf = Workflow(store, registry)
+    wf.submit(make_request(), T)
+    wf.approve("r1", "a", T)
+    with pytest.raises(InvalidChoice):
+        wf.share("r1", 1, ["clip"], T)  # not dispatched yet
+    OwnerGate(store).admit("r1", np.array([1, 2], np.int64), T)
+    wf.mark_dispatched("r1", T)
+    wf.share("r1", 1, ["c1", "c2"], T)
+    wf.decline("r1", 2, T)
+    with pytest.raises(InvalidChoice):
+        wf.decline("r1", 99, T)  # never notified
+    with pytest.raises(InvalidChoice):
+        wf.share("r1", 1, [], T)
+    assert store.choices("r1") == [(1, "share", ["c1", "c2"]), (2, "decline", [])]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_state_survives_a_restart(tmp_path: Path, registry: AgencyRegistry, backend: str,
+                                  request: pytest.FixtureRequest) -> None:
+    def reopen() -> Store:
+        if backend == "sqlite":
+            return SqliteStore(tmp_path / "db")
+        return RedisStore.from_url(request.getfixturevalue("redis_server").url)
+
+    s1 = reopen()
+    wf = Workflow(s1, registry)
+    wf.submit(make_request(), T)
+    wf.approve("r1", "a", T)
+    OwnerGate(s1).admit("r1", np.array([5], np.int64), T)
+    wf.opt_out(6, T)
+    if isinstance(s1, SqliteStore):
+        s1.close()
+    s2 = reopen()
+    wf2 = Workflow(s2, registry)
+    assert wf2.state("r1") == "approved" and s2.was_notified("r1", 5)
+    assert OwnerGate(s2).admit("r1", np.array([5, 6], np.int64), T).tolist() == [True, False]
+    assert len(s2.audit()) == 3
