@@ -4,6 +4,8 @@ opaque clip references, and it does not change when owners who did not share are
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import numpy as np
@@ -15,7 +17,7 @@ from dispatcher.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.errors import InvalidData
 from dispatcher.policy import Policy
 from dispatcher.privacy import PSEUDONYM_RE, AgencyView, SharedClips, Views, pseudonyms
-from dispatcher.store import SqliteStore
+from dispatcher.store import RedisStore, SqliteStore, Store
 from dispatcher.workflow import OwnerGate, Workflow
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, request
 
@@ -27,8 +29,18 @@ WORKFLOW = st.lists(st.tuples(OWNER, st.sampled_from(["share", "decline", "silen
                     min_size=1, max_size=25, unique_by=lambda t: t[0])
 
 
-def _run(ops: list, extra_noise: bool) -> tuple[AgencyView, Views, SqliteStore]:
-    store = SqliteStore()
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], Store]]:
+    """A fresh, empty store per call: SQLite in memory, or a new key prefix on the session's real Redis."""
+    if request.param == "sqlite":
+        yield SqliteStore
+        return
+    with request.getfixturevalue("_redis_session").client() as client:
+        yield lambda: RedisStore(client, f"{{gd-{uuid.uuid4().hex}}}:")
+
+
+def _run(ops: list, extra_noise: bool, make_store: Callable[[], Store]) -> tuple[AgencyView, Views, Store]:
+    store = make_store()
     reg = AgencyRegistry([Agency("il-chicago", "Chicago PD", "IL", geodesic_circle(LNG0, LAT0, 20_000), JOINED)])
     wf = Workflow(store, reg, Policy(auto_approve=True, owner_cap=1000))
     wf.submit(request(), NOW)
@@ -51,8 +63,8 @@ def _run(ops: list, extra_noise: bool) -> tuple[AgencyView, Views, SqliteStore]:
 
 
 @given(WORKFLOW)
-def test_agency_view_holds_nothing_but_pseudonyms(ops: list) -> None:
-    view, views, store = _run(ops, extra_noise=False)
+def test_agency_view_holds_nothing_but_pseudonyms(make_store: Callable[[], Store], ops: list) -> None:
+    view, views, store = _run(ops, False, make_store)
     sharers = {o for o, w, _ in ops if w == "share"}
     assert len(view.shared) == len(sharers)
     assert {s.pseudonym for s in view.shared} == set(pseudonyms(SECRET, "r1", sorted(sharers)).values())
@@ -74,9 +86,10 @@ def test_agency_view_holds_nothing_but_pseudonyms(ops: list) -> None:
 
 
 @given(WORKFLOW)
-def test_agency_view_ignores_who_was_notified_declined_or_opted_out(ops: list) -> None:
-    quiet, _, _ = _run(ops, extra_noise=False)
-    noisy, _, _ = _run(ops, extra_noise=True)
+def test_agency_view_ignores_who_was_notified_declined_or_opted_out(make_store: Callable[[], Store],
+                                                                    ops: list) -> None:
+    quiet, _, _ = _run(ops, False, make_store)
+    noisy, _, _ = _run(ops, True, make_store)
     assert quiet == noisy
 
 

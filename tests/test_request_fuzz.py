@@ -10,7 +10,7 @@ import pytest
 
 from dispatcher.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.errors import DispatchError, RequestRejected
-from dispatcher.store import SqliteStore
+from dispatcher.store import RedisStore, SqliteStore, Store
 from dispatcher.workflow import Workflow
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, request, square
 
@@ -71,9 +71,15 @@ def _mutations(rng: np.random.Generator) -> list:
     ]
 
 
-def test_thousands_of_hostile_requests() -> None:
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request: pytest.FixtureRequest) -> Store:
+    if request.param == "sqlite":
+        return SqliteStore()
+    return RedisStore.from_url(request.getfixturevalue("redis_server").url)
+
+
+def test_thousands_of_hostile_requests(store: Store) -> None:
     rng = np.random.default_rng(4)
-    store = SqliteStore()
     reg = AgencyRegistry([Agency("il-chicago", "Chicago PD", "IL", geodesic_circle(LNG0, LAT0, 20_000), JOINED),
                           Agency("suspended", "Gone PD", "IL", geodesic_circle(LNG0, LAT0, 20_000), JOINED, True)])
     wf = Workflow(store, reg)

@@ -162,3 +162,46 @@ def test_state_survives_a_restart(tmp_path: Path, registry: AgencyRegistry, back
     assert wf2.state("r1") == "approved" and s2.was_notified("r1", 5)
     assert OwnerGate(s2).admit("r1", np.array([5, 6], np.int64), T).tolist() == [True, False]
     assert len(s2.audit()) == 3
+
+
+@pytest.mark.redis
+def test_two_workers_sharing_redis(redis_server, registry: AgencyRegistry) -> None:
+    """Two workers, each with its own connection: one review wins a race, and the per-owner cap holds across
+    workers admitting the same owners for different requests at the same moment."""
+    import threading
+
+    stores = [RedisStore.from_url(redis_server.url) for _ in range(2)]
+    flows = [Workflow(s, registry, Policy(owner_cap=1)) for s in stores]
+    flows[0].submit(make_request(), T)
+    outcomes: list[str] = []
+
+    def review(k: int) -> None:
+        try:
+            (flows[k].approve if k == 0 else flows[k].reject)("r1", f"reviewer-{k}", T)
+            outcomes.append("ok")
+        except InvalidTransition:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=review, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok", "refused"]
+    assert flows[1].state("r1") in ("approved", "rejected")
+    assert len(stores[1].audit("r1")) == 2  # submitted + the one review that won
+
+    owners = np.arange(1, 2001, dtype=np.int64)
+    admitted: dict[str, np.ndarray] = {}
+
+    def send(k: int) -> None:
+        admitted[f"req-{k}"] = OwnerGate(stores[k], Policy(owner_cap=1)).admit(f"req-{k}", owners, T)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    both = admitted["req-0"].astype(int) + admitted["req-1"].astype(int)
+    assert (both == 1).all()  # cap 1 a day: every owner is notified by exactly one of the two requests
+    assert stores[0].counters("req-0").get("capped", 0) + stores[1].counters("req-1").get("capped", 0) == 2000
