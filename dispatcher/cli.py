@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -150,6 +151,62 @@ def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, o
         pq.write_table(rs.to_arrow(), out_file)
     out.print_json(orjson.dumps({"owners": rs.n_owners, "cameras": rs.n_cameras,
                                  "resolve_ms": round(elapsed * 1e3, 3)}).decode())
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--redis-url", required=True, help="Redis holding the requests stream, the state and the queue.")
+@click.option("--workers", default=2, help="Worker processes (they share the memory-mapped index).")
+@click.option("--agencies", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Partner agencies (Parquet or GeoJSON); default: the 400 generated from US places.")
+@click.option("--auto-approve/--review", default=False, help="Dispatch valid requests at once, or wait for review.")
+@click.option("--claim-idle-ms", default=30_000, help="Reclaim a dead worker's entries after this idle time.")
+def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, auto_approve: bool,
+          claim_idle_ms: int) -> None:
+    """Serve requests from the Redis requests stream with a group of worker processes: validate, resolve,
+    dispatch, acknowledge. SIGTERM or Ctrl-C stops them after the request in hand."""
+    import multiprocessing as mp
+    import signal
+
+    from dispatcher.queue import QueueSettings
+    from dispatcher.service import ServiceSettings, serve_process
+
+    QueueSettings.from_url(redis_url)  # a misspelt setting in the URL fails here, not in every worker
+    ctx = mp.get_context("spawn")
+    settings = ServiceSettings(claim_idle_ms=claim_idle_ms)
+    readies = [ctx.Event() for _ in range(workers)]
+    procs = [ctx.Process(target=serve_process, name=f"geodispatch-worker-{k}",
+                         args=(f"{os.uname().nodename}-{os.getpid()}-{k}", str(index_dir), redis_url, agencies,
+                               auto_approve, settings, readies[k])) for k in range(workers)]
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    # The handler goes in before any worker starts: a SIGTERM during start-up stops them all too.
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.start()
+    if stopping:  # arrived while a worker was starting: that one had no pid to signal yet
+        forward(stopping[0], None)
+    while not stopping and not all(e.is_set() for e in readies):
+        if any(p.exitcode is not None for p in procs):
+            forward(signal.SIGTERM, None)
+            break
+        time.sleep(0.05)
+    if not stopping:
+        out.print(f"serving with {workers} workers; SIGTERM or Ctrl-C to stop")
+    for p in procs:
+        p.join()
+    # a worker stopped by SIGTERM before it could install its own handler exits with -SIGTERM: not a failure
+    failed = [p.exitcode for p in procs if p.exitcode and not (stopping and p.exitcode == -signal.SIGTERM)]
+    if failed:
+        raise SystemExit(f"worker(s) exited with {failed}")
+    out.print("all workers stopped")
 
 
 @main.command()

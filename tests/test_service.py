@@ -1,0 +1,224 @@
+"""Service mode on a real redis-server: workers in a consumer group run requests through validate -> resolve ->
+dispatch; what a dead worker left is reclaimed; a redelivered request notifies nobody twice; stop drains."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.reference import Dataset, brute_force
+from dispatcher.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.index import CameraIndex
+from dispatcher.policy import Policy
+from dispatcher.queue import Dispatcher, QueueSettings, RedisSink, decode_batch
+from dispatcher.service import ServiceSettings, Worker, request_dispatch, submit
+from dispatcher.store import RedisStore
+from dispatcher.workflow import Workflow
+from tests import data
+from tests.redis_server import RedisServer
+from tests.test_policy import JOINED, LAT0, LNG0, NOW, square
+from tests.test_policy import request as make_request
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def world():
+    cams = data.cameras(20_000, seed=31, cx=LNG0, cy=LAT0, spread=0.01)
+    own = data.owners(cams, seed=31, share_out=0.02)
+    return CameraIndex.build(cams, own), Dataset.from_tables(cams, own)
+
+
+def _registry() -> AgencyRegistry:
+    return AgencyRegistry([Agency("il-chicago", "Chicago Police Department", "IL",
+                                  geodesic_circle(LNG0, LAT0, 20_000), JOINED)])
+
+
+def _worker(server: RedisServer, index: CameraIndex, name: str, auto: bool = True, **kw) -> Worker:
+    store = RedisStore.from_url(server.url)
+    wf = Workflow(store, _registry(), Policy(auto_approve=auto, owner_cap=1000, rate_limit=1000))
+    qs = QueueSettings.from_url(server.url, batch_size=16)
+    return Worker(name, server.client(), index, wf, Dispatcher(RedisSink(qs), qs), ServiceSettings(**kw),
+                  clock=lambda: NOW)
+
+
+def _request(k: int, rng: np.random.Generator) -> dict:
+    dx, dy = rng.uniform(-0.01, 0.01, 2)
+    start = NOW - timedelta(days=int(rng.integers(1, 20)), hours=int(rng.integers(0, 20)))
+    r = make_request(request_id=f"req-{k}", area=square(float(rng.uniform(0.03, 0.45)), LNG0 + dx, LAT0 + dy),
+                     start=start, end=start + timedelta(hours=2))
+    return {f: getattr(r, f) for f in r.__dataclass_fields__}
+
+
+def _stream(server: RedisServer) -> collections.Counter:
+    seen: collections.Counter = collections.Counter()
+    with server.client() as r:
+        for _, fields in r.xrange(RedisSink(QueueSettings.from_url(server.url)).keys.stream):
+            _, notes = decode_batch(fields[b"data"])
+            for n in notes:
+                seen[(n.header["request_id"], n.owner_id)] += 1
+    return seen
+
+
+def _serve(workers: list[Worker], until) -> None:  # type: ignore[no-untyped-def]
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive()
+
+
+def test_two_workers_serve_requests_exactly(redis_server: RedisServer, world) -> None:
+    index, ds = world
+    rng = np.random.default_rng(1)
+    reqs = [_request(k, rng) for k in range(30)]
+    bad = [{**_request(100, rng), "request_id": "bad-1", "area": square(3.0)},  # too large
+           {**_request(101, rng), "request_id": "bad-2", "incident_type": "protest"},
+           {"nonsense": True}]
+    with redis_server.client() as r:
+        for req in reqs[:15] + bad + reqs[15:]:
+            submit(r, req)
+    workers = [_worker(redis_server, index, f"w{k}") for k in range(2)]
+    _serve(workers, lambda: sum(w.stats.handled for w in workers) == len(reqs) + len(bad))
+    assert sum(w.stats.dispatched for w in workers) == 30 and sum(w.stats.refused for w in workers) == 3
+    assert all(w.stats.handled > 0 for w in workers)  # both took part
+    seen = _stream(redis_server)
+    assert max(seen.values()) == 1
+    nonempty = 0
+    for req in reqs:  # every request's recipients are the oracle's (shapely over every camera), exactly
+        got = {o for (rid, o) in seen if rid == req["request_id"]}
+        assert got == set(brute_force(ds, req["area"], req["start"], req["end"], NOW))
+        nonempty += bool(got)
+    assert nonempty >= 25
+    with redis_server.client() as r:
+        assert r.xpending(ServiceSettings().requests_stream, "workers")["pending"] == 0
+
+
+def test_dead_workers_entries_are_reclaimed_and_redelivery_sends_nothing_twice(redis_server: RedisServer,
+                                                                              world) -> None:
+    index, _ = world
+    rng = np.random.default_rng(2)
+    settings = dict(claim_idle_ms=50, block_ms=20)
+    with redis_server.client() as r:
+        ids = [submit(r, _request(k, rng)) for k in range(4)]
+    dead = _worker(redis_server, index, "dead", **settings)
+    # "dead" reads two entries, handles one of them fully but dies before acknowledging either
+    got = dead.r.xreadgroup("workers", "dead", {ServiceSettings().requests_stream: ">"}, count=2)
+    import orjson
+    dead.handle(orjson.loads(got[0][1][0][1][b"cmd"]))
+    assert len(_stream(redis_server)) > 0
+    time.sleep(0.1)
+    alive = _worker(redis_server, index, "alive", **settings)
+    _serve([alive], lambda: alive.stats.handled == 4)
+    assert alive.stats.claimed == 2 and alive.stats.dispatched == 3  # the fully handled one: already dispatched
+    assert "dispatched" in alive.stats.outcomes
+    seen = _stream(redis_server)
+    assert max(seen.values()) == 1 and {rid for rid, _ in seen} == {f"req-{k}" for k in range(4)}
+    with redis_server.client() as r:
+        assert r.xpending(ServiceSettings().requests_stream, "workers")["pending"] == 0
+    assert len(ids) == 4
+
+
+def test_reviewed_request_dispatched_on_command(redis_server: RedisServer, world) -> None:
+    index, _ = world
+    w = _worker(redis_server, index, "w", auto=False, block_ms=20)
+    req = _request(7, np.random.default_rng(3))
+    with redis_server.client() as r:
+        submit(r, req)
+        _serve([w], lambda: w.stats.handled == 1)
+        assert w.stats.outcomes == ["submitted"] and not _stream(redis_server)
+        w.workflow.approve("req-7", "reviewer", NOW)
+        request_dispatch(r, "req-7")
+        request_dispatch(r, "req-7")  # a double click: the second finds it dispatched
+        _serve([w], lambda: w.stats.handled == 3)
+    assert w.stats.outcomes[1:] == ["dispatched", "dispatched"] and w.stats.dispatched == 1
+    seen = _stream(redis_server)
+    assert seen and max(seen.values()) == 1
+    assert w.workflow.state("req-7") == "dispatched"
+
+
+def _serve_command(server: RedisServer, tmp_path: Path) -> subprocess.Popen:
+    cams = data.cameras(5_000, seed=41, cx=LNG0, cy=LAT0, spread=0.01)
+    CameraIndex.build(cams, data.owners(cams, seed=41)).save(tmp_path / "idx")
+    _registry().save_geojson(tmp_path / "agencies.geojson")
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen([sys.executable, "-c", "from dispatcher.cli import run; run()", "serve", "--index",
+                             str(tmp_path / "idx"), "--redis-url", server.url, "--workers", "2",
+                             "--agencies", str(tmp_path / "agencies.geojson"), "--auto-approve"],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _no_process_left(proc: subprocess.Popen) -> bool:
+    """Whether every process of the command's session (its workers included) has exited."""
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: RedisServer, tmp_path) -> None:
+    proc = _serve_command(redis_server, tmp_path)
+    try:
+        rng = np.random.default_rng(5)
+        store = RedisStore.from_url(redis_server.url)
+        with redis_server.client() as r:
+            for k in range(6):
+                submit(r, _request(k, rng))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not all(
+                (got := store.get_request(f"req-{k}")) is not None and got[0] == "dispatched" for k in range(6)):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(6))  # type: ignore[index]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "all workers stopped" in output
+    seen = _stream(redis_server)
+    assert seen and max(seen.values()) == 1
+    with redis_server.client() as r:
+        assert r.xpending(ServiceSettings().requests_stream, "workers")["pending"] == 0
+    deadline = time.monotonic() + 30
+    while not _no_process_left(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _no_process_left(proc)
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5, 3.0])
+def test_sigterm_during_start_up_stops_every_worker(redis_server: RedisServer, tmp_path, delay: float) -> None:
+    """A SIGTERM while the command or its workers are still starting (before or after their handlers are in place)
+    stops them all and leaves no orphan behind. Before the command's own handler is in, Python's default action
+    ends it with -SIGTERM; no worker has started then."""
+    proc = _serve_command(redis_server, tmp_path)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if not _no_process_left(proc):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "Traceback" not in output
+    deadline = time.monotonic() + 30
+    while not _no_process_left(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _no_process_left(proc), "a worker outlived the serve command"
