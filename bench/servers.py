@@ -32,7 +32,8 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; ``restart`` keeps the port and, with AOF on, the data."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = True, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, *, appendonly: bool = True, appendfsync: str = "always",
+                 port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServerUnavailable("redis-server is not installed (apt-get install -y redis-server)")
@@ -40,6 +41,8 @@ class RedisServer:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        #: "always" for the tests (a restart loses nothing acknowledged); "everysec", Redis's default, for load.
+        self.appendfsync = appendfsync
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -52,7 +55,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
                 "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log")]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10.0

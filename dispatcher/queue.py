@@ -304,8 +304,9 @@ class DispatchReport:
 class Sink(Protocol):
     """Where batches go. ``append`` is atomic and idempotent per (request, batch number)."""
 
-    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> int:
-        """Record the plan on first dispatch, return the batch size to use; raise DispatchConflict on mismatch."""
+    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> tuple[int, set[int]]:
+        """Record the plan on first dispatch; return the batch size to use and the batches already done (one
+        round trip for both); raise DispatchConflict on mismatch."""
         ...
 
     def done_batches(self, request_id: str) -> set[int]: ...
@@ -332,12 +333,15 @@ redis.call('HSET', KEYS[2], ARGV[1], id)
 return 1
 """
 
+# KEYS: plan, done; ARGV: batch_size, n_owners, digest -> {batch_size, n_owners, digest, done batch numbers...}
 _PLAN_LUA = """
 local cur = redis.call('HMGET', KEYS[1], 'batch_size', 'n_owners', 'digest')
 if not cur[1] then
   redis.call('HSET', KEYS[1], 'batch_size', ARGV[1], 'n_owners', ARGV[2], 'digest', ARGV[3])
   return {ARGV[1], ARGV[2], ARGV[3]}
 end
+local done = redis.call('HKEYS', KEYS[2])
+for i = 1, #done do cur[#cur + 1] = done[i] end
 return cur
 """
 
@@ -357,14 +361,14 @@ class RedisSink:
         self._append = self.client.register_script(_APPEND_LUA)
         self._plan = self.client.register_script(_PLAN_LUA)
 
-    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> int:
+    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> tuple[int, set[int]]:
         got = with_retries(self.settings, "plan", lambda: self._plan(
-            keys=[self.keys.plan(request_id)], args=[batch_size, n_owners, digest]))
+            keys=[self.keys.plan(request_id), self.keys.done(request_id)], args=[batch_size, n_owners, digest]))
         size, n, dig = int(got[0]), int(got[1]), got[2].decode() if isinstance(got[2], bytes) else got[2]
         if n != n_owners or dig != digest:
             raise DispatchConflict(f"request {request_id!r} was first dispatched to {n} owners (digest {dig}); "
                                    f"this attempt has {n_owners} owners (digest {digest})")
-        return size
+        return size, {int(x) for x in got[3:]}
 
     def done_batches(self, request_id: str) -> set[int]:
         got = with_retries(self.settings, "progress", lambda: self.client.hkeys(self.keys.done(request_id)))
@@ -483,7 +487,7 @@ class LocalSink:
             c.close()
             self._local.conn = None
 
-    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> int:
+    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> tuple[int, set[int]]:
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -497,7 +501,7 @@ class LocalSink:
         if n != n_owners or dig != digest:
             raise DispatchConflict(f"request {request_id!r} was first dispatched to {n} owners (digest {dig}); "
                                    f"this attempt has {n_owners} owners (digest {digest})")
-        return int(size)
+        return int(size), self.done_batches(request_id)
 
     def done_batches(self, request_id: str) -> set[int]:
         rows = self._conn().execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,)).fetchall()
@@ -547,9 +551,9 @@ class Dispatcher:
         now = now or datetime.now(timezone.utc)
         rid = header.request_id
         report = DispatchReport(rid)
-        size = self.sink.register_plan(rid, self.settings.batch_size, recipients.n_owners, plan_digest(recipients))
+        size, done = self.sink.register_plan(rid, self.settings.batch_size, recipients.n_owners,
+                                             plan_digest(recipients))
         report.batches_total = -(-recipients.n_owners // size)
-        done = self.sink.done_batches(rid)
         header_json = orjson.dumps(header.to_dict())
         step = self.settings.pipeline_batches
         for first in range(0, report.batches_total, step):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,14 +50,27 @@ def _dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log, written in the same atomic step as the change it records."""
+
+    actor: str
+    action: str
+    at: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 class Store(Protocol):
+    """Request states and the audit log, owner choices and the notification gate's bookkeeping. A change of
+    state and its audit entry are written together (``create_request``, ``transition``) or not at all."""
+
     def has_request(self, request_id: str) -> bool: ...
     def count_agency_requests(self, agency_id: str, since: datetime) -> int: ...
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
-                       payload: dict[str, Any]) -> None: ...
+                       payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None: ...
     def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None: ...
     def request_ids(self) -> list[str]: ...
-    def compare_and_set_state(self, request_id: str, old: str, new: str) -> bool: ...
+    def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool: ...
     def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None: ...
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]: ...
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None: ...
@@ -88,13 +104,29 @@ class SqliteStore:
         return int(row[0])
 
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
-                       payload: dict[str, Any]) -> None:
-        with self._lock:
+                       payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None:
+        with self._lock, self._transaction():
             try:
                 self._db.execute("INSERT INTO requests VALUES (?,?,?,?,?)",
                                  (request_id, agency_id, _us(submitted_at), state, orjson.dumps(payload)))
             except sqlite3.IntegrityError:
                 raise InvalidRequest(f"request id {request_id!r} already exists") from None
+            for e in entries:
+                self._insert_audit(request_id, e)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _insert_audit(self, request_id: str, e: AuditEntry) -> None:
+        self._db.execute("INSERT INTO audit (request_id, actor, action, at_us, detail) VALUES (?,?,?,?,?)",
+                         (request_id, e.actor, e.action, _us(e.at), orjson.dumps(e.detail)))
 
     def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
         row = self._db.execute("SELECT state, payload FROM requests WHERE request_id=?", (request_id,)).fetchone()
@@ -103,16 +135,18 @@ class SqliteStore:
     def request_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT request_id FROM requests ORDER BY request_id")]
 
-    def compare_and_set_state(self, request_id: str, old: str, new: str) -> bool:
-        with self._lock:
+    def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool:
+        with self._lock, self._transaction():
             cur = self._db.execute("UPDATE requests SET state=? WHERE request_id=? AND state=?",
                                    (new, request_id, old))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self._insert_audit(request_id, entry)
+            return True
 
     def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO audit (request_id, actor, action, at_us, detail) VALUES (?,?,?,?,?)",
-                             (request_id, actor, action, _us(at), orjson.dumps(detail)))
+            self._insert_audit(request_id, AuditEntry(actor, action, at, detail))
 
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT seq, request_id, actor, action, at_us, detail FROM audit"
@@ -140,32 +174,26 @@ class SqliteStore:
         otherwise recorded as notified -> True."""
         out = np.zeros(owner_ids.shape[0], np.bool_)
         supp = {"opted_out": 0, "capped": 0}
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for k, o in enumerate(owner_ids.tolist()):
-                    if self._db.execute("SELECT 1 FROM notified WHERE request_id=? AND owner_id=?",
-                                        (request_id, o)).fetchone():
-                        out[k] = True
-                        continue
-                    if self._db.execute("SELECT 1 FROM opted_out WHERE owner_id=?", (o,)).fetchone():
-                        supp["opted_out"] += 1
-                        continue
-                    n = self._db.execute("SELECT COUNT(*) FROM notified WHERE owner_id=? AND at_us>?",
-                                         (o, _us(since))).fetchone()[0]
-                    if n >= cap:
-                        supp["capped"] += 1
-                        continue
-                    self._db.execute("INSERT INTO notified VALUES (?,?,?)", (request_id, o, _us(now)))
+        with self._lock, self._transaction():
+            for k, o in enumerate(owner_ids.tolist()):
+                if self._db.execute("SELECT 1 FROM notified WHERE request_id=? AND owner_id=?",
+                                    (request_id, o)).fetchone():
                     out[k] = True
-                for name, n in supp.items():
-                    if n:
-                        self._db.execute("INSERT INTO counters VALUES (?,?,?) ON CONFLICT(request_id, name) "
-                                         "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                    continue
+                if self._db.execute("SELECT 1 FROM opted_out WHERE owner_id=?", (o,)).fetchone():
+                    supp["opted_out"] += 1
+                    continue
+                n = self._db.execute("SELECT COUNT(*) FROM notified WHERE owner_id=? AND at_us>?",
+                                     (o, _us(since))).fetchone()[0]
+                if n >= cap:
+                    supp["capped"] += 1
+                    continue
+                self._db.execute("INSERT INTO notified VALUES (?,?,?)", (request_id, o, _us(now)))
+                out[k] = True
+            for name, n in supp.items():
+                if n:
+                    self._db.execute("INSERT INTO counters VALUES (?,?,?) ON CONFLICT(request_id, name) "
+                                     "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
         return out
 
     def counters(self, request_id: str) -> dict[str, int]:
@@ -217,18 +245,20 @@ class RedisKeys:
         return f"{self.prefix}choices:{rid}"
 
 
-# KEYS: req, reqids, agency; ARGV: rid, submitted_us, state, payload
+# KEYS: req, reqids, agency, audit; ARGV: rid, submitted_us, state, payload, audit entries...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'payload', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
 return 1
 """
-# KEYS: req; ARGV: old, new
+# KEYS: req, audit; ARGV: old, new, audit entry
 _CAS = """
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[3])
 return 1
 """
 # KEYS: notified, optout, counters; ARGV: prefix, rid, now_us, cap, since_us, owners...
@@ -279,9 +309,10 @@ class RedisStore:
         return int(self.r.zcount(self.k.agency(agency_id), _us(since), "+inf"))
 
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
-                       payload: dict[str, Any]) -> None:
-        ok = self._create(keys=[self.k.req(request_id), self.k.reqids, self.k.agency(agency_id)],
-                          args=[request_id, _us(submitted_at), state, orjson.dumps(payload)])
+                       payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None:
+        ok = self._create(keys=[self.k.req(request_id), self.k.reqids, self.k.agency(agency_id), self.k.audit],
+                          args=[request_id, _us(submitted_at), state, orjson.dumps(payload),
+                                *(self._audit_json(request_id, e) for e in entries)])
         if not ok:
             raise InvalidRequest(f"request id {request_id!r} already exists")
 
@@ -292,12 +323,17 @@ class RedisStore:
     def request_ids(self) -> list[str]:
         return sorted(x.decode() for x in self.r.smembers(self.k.reqids))
 
-    def compare_and_set_state(self, request_id: str, old: str, new: str) -> bool:
-        return bool(self._cas(keys=[self.k.req(request_id)], args=[old, new]))
+    def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool:
+        return bool(self._cas(keys=[self.k.req(request_id), self.k.audit],
+                              args=[old, new, self._audit_json(request_id, entry)]))
+
+    @staticmethod
+    def _audit_json(request_id: str, e: AuditEntry) -> bytes:
+        return orjson.dumps({"request_id": request_id, "actor": e.actor, "action": e.action, "at_us": _us(e.at),
+                             "detail": e.detail})
 
     def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None:
-        self.r.rpush(self.k.audit, orjson.dumps({"request_id": request_id, "actor": actor, "action": action,
-                                                 "at_us": _us(at), "detail": detail}))
+        self.r.rpush(self.k.audit, self._audit_json(request_id, AuditEntry(actor, action, at, detail)))
 
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]:
         out = []

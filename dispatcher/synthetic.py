@@ -539,11 +539,6 @@ def sample_areas(
     size is set in a local equirectangular frame with the WGS84 radii of curvature at the centre, which is
     accurate to well under 0.1% for areas up to hundreds of km². Polygons never cross the antimeridian.
     """
-    lo_v, hi_v = vertices
-    if not 3 <= lo_v <= hi_v:
-        raise InvalidArea(f"vertices must be (lo, hi) with 3 <= lo <= hi, got {vertices!r}")
-    if not (math.isfinite(area_km2) and area_km2 > 0):
-        raise InvalidArea(f"area_km2 must be finite and positive, got {area_km2!r}")
     if n < 0:
         raise InvalidArea(f"n must be >= 0, got {n!r}")
     if n and cameras.num_rows == 0:
@@ -552,8 +547,37 @@ def sample_areas(
     idx = pa.array(rng.integers(0, max(cameras.num_rows, 1), n))
     lat0s = cameras.column("lat").take(idx).to_numpy() if n else np.zeros(0)
     lng0s = cameras.column("lng").take(idx).to_numpy() if n else np.zeros(0)
+    return _star_polygons(rng, lat0s, lng0s, np.full(n, area_km2, np.float64), vertices, concave)
+
+
+def sample_areas_at(
+    lat: npt.ArrayLike,
+    lng: npt.ArrayLike,
+    area_km2: npt.ArrayLike,
+    *,
+    seed: int = 0,
+    vertices: tuple[int, int] = (8, 14),
+    concave: bool = True,
+) -> list[dict[str, Any]]:
+    """Polygons as :func:`sample_areas` draws them, centred on the given points, one area (km²) each."""
+    lats, lngs = np.asarray(lat, np.float64).ravel(), np.asarray(lng, np.float64).ravel()
+    areas = np.broadcast_to(np.asarray(area_km2, np.float64), lats.shape)
+    if lngs.shape != lats.shape:
+        raise InvalidArea(f"lat and lng differ in length: {lats.shape[0]} and {lngs.shape[0]}")
+    return _star_polygons(_rng(int(seed), _S_AREAS), lats, lngs, areas, vertices, concave)
+
+
+def _star_polygons(rng: np.random.Generator, lat0s: F64, lng0s: F64, areas_km2: F64, vertices: tuple[int, int],
+                   concave: bool) -> list[dict[str, Any]]:
+    lo_v, hi_v = vertices
+    if not 3 <= lo_v <= hi_v:
+        raise InvalidArea(f"vertices must be (lo, hi) with 3 <= lo <= hi, got {vertices!r}")
+    if not (np.isfinite(areas_km2).all() and (areas_km2 > 0).all()):
+        raise InvalidArea("area_km2 must be finite and positive")
+    if not (np.isfinite(lat0s).all() and np.isfinite(lng0s).all() and (np.abs(lat0s) < 90).all()):
+        raise InvalidArea("centres must be finite, with |lat| < 90")
     out: list[dict[str, Any]] = []
-    for lat0, lng0 in zip(lat0s.tolist(), lng0s.tolist()):
+    for lat0, lng0, area_km2 in zip(lat0s.tolist(), lng0s.tolist(), areas_km2.tolist()):
         k = int(rng.integers(lo_v, hi_v + 1))
         # Angles: k jittered steps summing to a full turn (each at most 1.35/0.65 of the mean step).
         steps = 1.0 + rng.uniform(-0.35, 0.35, k)

@@ -17,7 +17,7 @@ from dispatcher.agencies import AgencyRegistry
 from dispatcher.errors import DispatchError, InvalidChoice, InvalidTransition
 from dispatcher.policy import Policy, validate
 from dispatcher.requests import ValidRequest, VideoRequest
-from dispatcher.store import Store
+from dispatcher.store import AuditEntry, Store
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class Workflow:
     def submit(self, request: VideoRequest | Any, now: datetime, actor: str | None = None) -> str:
         """Validate and record a request; returns its state. A rejected one leaves only an audit entry and
         raises (``RequestRejected``, ``InvalidRequest``...)."""
+        return self.submit_valid(request, now, actor)[0]
+
+    def submit_valid(self, request: VideoRequest | Any, now: datetime,
+                     actor: str | None = None) -> tuple[str, ValidRequest]:
+        """:meth:`submit`, returning the validated request too (its area parsed once, for the resolver)."""
         now = _aware(now)
         rid = getattr(request, "request_id", None)
         who = actor or f"agency:{getattr(request, 'agency_id', '?')}"
@@ -66,15 +71,20 @@ class Workflow:
             valid = validate(request, self.registry, self.store, now, self.policy)
         except DispatchError as exc:
             codes = getattr(exc, "codes", [type(exc).__name__])
+            named = request.get("agency_id") if isinstance(request, dict) else getattr(request, "agency_id", None)
+            # the agency it named, whatever it is: the transparency report counts refusals per agency
+            detail = {"codes": codes, "agency_id": named[:64] if isinstance(named, str) else None}
             self.store.append_audit(str(rid)[:64] if isinstance(rid, str) else "?", str(who)[:120],
-                                    "submission_refused", now, {"codes": codes})
+                                    "submission_refused", now, detail)
             raise
-        self.store.create_request(valid.request_id, valid.agency_id, valid.submitted_at, SUBMITTED, _payload(valid))
-        self.store.append_audit(valid.request_id, who, SUBMITTED, now, {})
+        # Recorded with its audit entries in one atomic step; with auto-approval, approved in the same step.
+        entries = [AuditEntry(who, SUBMITTED, now)]
         if self.policy.auto_approve:
-            self._move(valid.request_id, APPROVED, "system:auto-approval", now)
-            return APPROVED
-        return SUBMITTED
+            entries.append(AuditEntry("system:auto-approval", APPROVED, now))
+        state = entries[-1].action
+        self.store.create_request(valid.request_id, valid.agency_id, valid.submitted_at, state, _payload(valid),
+                                  entries)
+        return state, valid
 
     def state(self, request_id: str) -> str:
         got = self.store.get_request(request_id)
@@ -82,12 +92,15 @@ class Workflow:
             raise InvalidTransition(f"no request {request_id!r}")
         return got[0]
 
-    def _move(self, request_id: str, new: str, actor: str, now: datetime, detail: dict[str, Any] | None = None) -> None:
+    def _move(self, request_id: str, new: str, actor: str, now: datetime, detail: dict[str, Any] | None = None,
+              expected: str | None = None) -> None:
+        """State ``new`` with its audit entry, atomically; from ``expected`` when the caller knows the current
+        state (saves a read), else from the state read now."""
         now = _aware(now)
-        old = self.state(request_id)
-        if new not in TRANSITIONS[old] or not self.store.compare_and_set_state(request_id, old, new):
-            raise InvalidTransition(f"request {request_id}: cannot go from {old} to {new}")
-        self.store.append_audit(request_id, actor, new, now, detail or {})
+        old = expected or self.state(request_id)
+        if new not in TRANSITIONS[old] or not self.store.transition(request_id, old, new,
+                                                                    AuditEntry(actor, new, now, detail or {})):
+            raise InvalidTransition(f"request {request_id}: cannot go from {self.state(request_id)} to {new}")
 
     def approve(self, request_id: str, reviewer: str, now: datetime) -> None:
         self._move(request_id, APPROVED, f"reviewer:{reviewer}", now)
@@ -95,8 +108,9 @@ class Workflow:
     def reject(self, request_id: str, reviewer: str, now: datetime, reason: str = "") -> None:
         self._move(request_id, REJECTED, f"reviewer:{reviewer}", now, {"reason": reason[:500]})
 
-    def mark_dispatched(self, request_id: str, now: datetime, actor: str = "system:dispatcher") -> None:
-        self._move(request_id, DISPATCHED, actor, now)
+    def mark_dispatched(self, request_id: str, now: datetime, actor: str = "system:dispatcher",
+                        expected: str | None = None) -> None:
+        self._move(request_id, DISPATCHED, actor, now, expected=expected)
 
     def close(self, request_id: str, actor: str, now: datetime) -> None:
         self._move(request_id, CLOSED, actor, now)
