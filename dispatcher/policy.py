@@ -31,6 +31,7 @@ CASE_NUMBER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-/.]{2,31}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(\.[A-Za-z0-9\-]{1,63})+")
 PHONE_RE = re.compile(r"\+?[0-9 ().\-]{7,24}")
 #: Markup we refuse in a message: tags, entities, script URLs.
+ASCII_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 MARKUP_RE = re.compile(r"<[^>]*>|&[#A-Za-z0-9]+;|javascript:", re.IGNORECASE)
 
 
@@ -114,7 +115,10 @@ def _text_problems(name: str, text: str, limit: int) -> list[str]:
         text = text[:limit]  # rejected already; the other checks look at the allowed part only
     if MARKUP_RE.search(text):
         out.append(f"{name} contains markup ({MARKUP_RE.search(text).group(0)[:40]!r}); send plain text")  # type: ignore[union-attr]
-    bad = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co") and c not in "\n\t"]
+    if text.isascii():  # the common case, without a per-character lookup: only C0 controls and DEL can be bad
+        bad = ASCII_CONTROL_RE.findall(text)
+    else:
+        bad = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co") and c not in "\n\t"]
     if bad:
         out.append(f"{name} contains {len(bad)} control or format character(s), first U+{ord(bad[0]):04X}")
     return out

@@ -25,7 +25,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,12 +73,18 @@ class RecipientGate(Protocol):
         """A bool mask aligned with ``owner_ids``: which owners may be notified now."""
         ...
 
+    # A gate may also offer ``admit_many(items: [(request_id, owner_ids)], now) -> [mask]`` to answer several
+    # at once (one round trip to a shared store); without it the dispatcher asks ``admit`` for each.
+
 
 class AdmitAll:
     """The default gate: every recipient is admitted."""
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime) -> np.ndarray:
         return np.ones(owner_ids.shape[0], dtype=bool)
+
+    def admit_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
+        return [self.admit(rid, owners, now) for rid, owners in items]
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -254,38 +260,27 @@ class PreparedBatch:
     n_admitted: int
 
 
-def prepare_batches(header: NotificationHeader, recipients: RecipientSet, batch_size: int, gate: RecipientGate,
-                    now: datetime, skip: set[int], numbers: range | None = None,
-                    header_json: bytes | None = None) -> Iterator[PreparedBatch]:
-    """Batches ``numbers`` (all by default), gated and encoded; those in ``skip`` come back with ``n_admitted=-1``."""
-    header_json = header_json or orjson.dumps(header.to_dict())
-    owners_all, off_all, cams_all = recipients.owner_ids, recipients.owner_offsets, recipients.camera_ids
-    n = recipients.n_owners
-    for b in numbers if numbers is not None else range(-(-n // batch_size)):
-        lo = b * batch_size
-        hi = min(lo + batch_size, n)
-        if b in skip:
-            yield PreparedBatch(b, None, hi - lo, -1)
-            continue
-        owners = owners_all[lo:hi]
-        off = off_all[lo:hi + 1]
-        mask = np.asarray(gate.admit(header.request_id, owners, now), dtype=bool)
-        if mask.shape != owners.shape:
-            raise ValueError(f"gate returned a mask of shape {mask.shape} for {owners.shape[0]} owners")
-        k = int(mask.sum())
-        if k == 0:
-            yield PreparedBatch(b, None, hi - lo, 0)
-            continue
-        if k == hi - lo:
-            o, rel, cams = owners, off - off[0], cams_all[off[0]:off[-1]]
-        else:
-            counts = np.diff(off)[mask]
-            rel = np.zeros(k + 1, np.int64)
-            np.cumsum(counts, out=rel[1:])
-            o = owners[mask]
-            cam_mask = np.repeat(mask, np.diff(off))
-            cams = cams_all[off[0]:off[-1]][cam_mask]
-        yield PreparedBatch(b, encode_batch(header_json, b, o, rel, cams), hi - lo, k)
+def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo: int, hi: int,
+                 mask: np.ndarray) -> PreparedBatch:
+    """Owners ``lo:hi`` of ``recipients`` as batch ``batch_no``, keeping those ``mask`` admits."""
+    owners = recipients.owner_ids[lo:hi]
+    off = recipients.owner_offsets[lo:hi + 1]
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != owners.shape:
+        raise ValueError(f"gate returned a mask of shape {mask.shape} for {owners.shape[0]} owners")
+    k = int(mask.sum())
+    if k == 0:
+        return PreparedBatch(batch_no, None, hi - lo, 0)
+    cams_all = recipients.camera_ids
+    if k == hi - lo:
+        o, rel, cams = owners, off - off[0], cams_all[off[0]:off[-1]]
+    else:
+        counts = np.diff(off)[mask]
+        rel = np.zeros(k + 1, np.int64)
+        np.cumsum(counts, out=rel[1:])
+        o = owners[mask]
+        cams = cams_all[off[0]:off[-1]][np.repeat(mask, np.diff(off))]
+    return PreparedBatch(batch_no, encode_batch(header_json, batch_no, o, rel, cams), hi - lo, k)
 
 
 # ------------------------------------------------------------------------------------------------------- sinks
@@ -304,15 +299,16 @@ class DispatchReport:
 class Sink(Protocol):
     """Where batches go. ``append`` is atomic and idempotent per (request, batch number)."""
 
-    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> tuple[int, set[int]]:
-        """Record the plan on first dispatch; return the batch size to use and the batches already done (one
-        round trip for both); raise DispatchConflict on mismatch."""
+    def register_plans(self, plans: list[tuple[str, int, int, str]]) -> list[tuple[int, set[int]]]:
+        """For each (request, batch size, owners, digest): record the plan on first dispatch; return the batch
+        size to use and the batches already done; raise DispatchConflict on a mismatch."""
         ...
 
     def done_batches(self, request_id: str) -> set[int]: ...
 
-    def append(self, request_id: str, batches: list[PreparedBatch]) -> list[bool]:
-        """Append every batch not yet done (marking it done); True where this call appended it."""
+    def append_many(self, work: list[tuple[str, list[PreparedBatch]]]) -> list[list[bool]]:
+        """For each (request, batches): append every batch not yet done (marking it done); True where this
+        call appended it."""
         ...
 
     def wait_for_room(self, report: DispatchReport) -> None: ...
@@ -346,6 +342,12 @@ return cur
 """
 
 
+def _check_plan(request_id: str, n: int, dig: str, n_owners: int, digest: str) -> None:
+    if n != n_owners or dig != digest:
+        raise DispatchConflict(f"request {request_id!r} was first dispatched to {n} owners (digest {dig}); "
+                               f"this attempt has {n_owners} owners (digest {digest})")
+
+
 class RedisSink:
     """The production sink: one stream, per-request plan and done hashes, all under one hash tag."""
 
@@ -361,30 +363,36 @@ class RedisSink:
         self._append = self.client.register_script(_APPEND_LUA)
         self._plan = self.client.register_script(_PLAN_LUA)
 
-    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> tuple[int, set[int]]:
-        got = with_retries(self.settings, "plan", lambda: self._plan(
-            keys=[self.keys.plan(request_id), self.keys.done(request_id)], args=[batch_size, n_owners, digest]))
-        size, n, dig = int(got[0]), int(got[1]), got[2].decode() if isinstance(got[2], bytes) else got[2]
-        if n != n_owners or dig != digest:
-            raise DispatchConflict(f"request {request_id!r} was first dispatched to {n} owners (digest {dig}); "
-                                   f"this attempt has {n_owners} owners (digest {digest})")
-        return size, {int(x) for x in got[3:]}
+    def register_plans(self, plans: list[tuple[str, int, int, str]]) -> list[tuple[int, set[int]]]:
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for rid, size, n, digest in plans:
+                self._plan(keys=[self.keys.plan(rid), self.keys.done(rid)], args=[size, n, digest], client=pipe)
+            return pipe.execute()
+
+        out = []
+        for (rid, _, n_owners, digest), got in zip(plans, with_retries(self.settings, "plan", run), strict=True):
+            size, n, dig = int(got[0]), int(got[1]), got[2].decode() if isinstance(got[2], bytes) else got[2]
+            _check_plan(rid, n, dig, n_owners, digest)
+            out.append((size, {int(x) for x in got[3:]}))
+        return out
 
     def done_batches(self, request_id: str) -> set[int]:
         got = with_retries(self.settings, "progress", lambda: self.client.hkeys(self.keys.done(request_id)))
         return {int(x) for x in got}
 
-    def append(self, request_id: str, batches: list[PreparedBatch]) -> list[bool]:
-        stream, done = self.keys.stream, self.keys.done(request_id)
-
+    def append_many(self, work: list[tuple[str, list[PreparedBatch]]]) -> list[list[bool]]:
         def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            for b in batches:
-                self._append(keys=[stream, done], args=[b.batch_no, request_id, b.payload or b""], client=pipe)
+            for rid, batches in work:
+                for b in batches:
+                    self._append(keys=[self.keys.stream, self.keys.done(rid)],
+                                 args=[b.batch_no, rid, b.payload or b""], client=pipe)
             return pipe.execute()
 
         # Safe to resend the whole pipeline: the script skips batches already done.
-        return [bool(r) for r in with_retries(self.settings, "append", run)]
+        flat = iter(with_retries(self.settings, "append", run))
+        return [[bool(next(flat)) for _ in batches] for _, batches in work]
 
     def _groups(self) -> list[dict[str, Any]] | None:
         """The stream's consumer groups; None when the stream does not exist yet."""
@@ -487,7 +495,10 @@ class LocalSink:
             c.close()
             self._local.conn = None
 
-    def register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> tuple[int, set[int]]:
+    def register_plans(self, plans: list[tuple[str, int, int, str]]) -> list[tuple[int, set[int]]]:
+        return [self._register_plan(*p) for p in plans]
+
+    def _register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> tuple[int, set[int]]:
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -498,16 +509,17 @@ class LocalSink:
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        if n != n_owners or dig != digest:
-            raise DispatchConflict(f"request {request_id!r} was first dispatched to {n} owners (digest {dig}); "
-                                   f"this attempt has {n_owners} owners (digest {digest})")
+        _check_plan(request_id, n, dig, n_owners, digest)
         return int(size), self.done_batches(request_id)
 
     def done_batches(self, request_id: str) -> set[int]:
         rows = self._conn().execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,)).fetchall()
         return {r[0] for r in rows}
 
-    def append(self, request_id: str, batches: list[PreparedBatch]) -> list[bool]:
+    def append_many(self, work: list[tuple[str, list[PreparedBatch]]]) -> list[list[bool]]:
+        return [self._append_one(rid, batches) for rid, batches in work]
+
+    def _append_one(self, request_id: str, batches: list[PreparedBatch]) -> list[bool]:
         c = self._conn()
         out = []
         c.execute("BEGIN IMMEDIATE")
@@ -547,36 +559,55 @@ class Dispatcher:
 
     def dispatch(self, header: NotificationHeader, recipients: RecipientSet, gate: RecipientGate | None = None,
                  now: datetime | None = None) -> DispatchReport:
+        return self.dispatch_many([(header, recipients)], gate, now)[0]
+
+    def dispatch_many(self, jobs: list[tuple[NotificationHeader, RecipientSet]], gate: RecipientGate | None = None,
+                      now: datetime | None = None) -> list[DispatchReport]:
+        """Dispatch several requests together: each step (plans, the gate, appends) is one round trip for all of
+        them, ``pipeline_batches`` batches of each request a round. Each request keeps its own exactly-once
+        effect: its plan, its done-marks, its report."""
         gate = gate or AdmitAll()
         now = now or datetime.now(timezone.utc)
-        rid = header.request_id
-        report = DispatchReport(rid)
-        size, done = self.sink.register_plan(rid, self.settings.batch_size, recipients.n_owners,
-                                             plan_digest(recipients))
-        report.batches_total = -(-recipients.n_owners // size)
-        header_json = orjson.dumps(header.to_dict())
+        reports = [DispatchReport(h.request_id) for h, _ in jobs]
+        plans = self.sink.register_plans([(h.request_id, self.settings.batch_size, rs.n_owners, plan_digest(rs))
+                                          for h, rs in jobs])
+        header_json = [orjson.dumps(h.to_dict()) for h, _ in jobs]
+        for rep, (size, _), (_, rs) in zip(reports, plans, jobs, strict=True):
+            rep.batches_total = -(-rs.n_owners // size)
         step = self.settings.pipeline_batches
-        for first in range(0, report.batches_total, step):
-            # Wait for room first, then ask the gate: opt-outs and caps are checked at send time.
-            numbers = range(first, min(first + step, report.batches_total))
-            if not all(k in done for k in numbers):
-                self.sink.wait_for_room(report)
-            chunk = []
-            for b in prepare_batches(header, recipients, size, gate, now, done, numbers, header_json):
-                if b.n_admitted < 0:
-                    report.already_done += b.n_owners
-                else:
-                    chunk.append(b)
-            if not chunk:
+        for first in range(0, max((r.batches_total for r in reports), default=0), step):
+            # (job, batch number, owners lo, hi) still to send this round; the rest were done by an earlier attempt
+            units: list[tuple[int, int, int, int]] = []
+            for j, ((size, done), (_, rs), rep) in enumerate(zip(plans, jobs, reports, strict=True)):
+                for b in range(first, min(first + step, rep.batches_total)):
+                    lo, hi = b * size, min((b + 1) * size, rs.n_owners)
+                    if b in done:
+                        rep.already_done += hi - lo
+                    else:
+                        units.append((j, b, lo, hi))
+            if not units:
                 continue
-            for b, appended in zip(chunk, self.sink.append(rid, chunk), strict=True):
-                if not appended:        # another worker completed it meanwhile
-                    report.already_done += b.n_owners
-                    continue
-                report.batches_sent += b.payload is not None
-                report.recipients_notified += b.n_admitted
-                report.suppressed += b.n_owners - b.n_admitted
-        log.info("dispatched %s: %d batches sent, %d notified, %d suppressed, %d already done, %.2f s waited",
-                 rid, report.batches_sent, report.recipients_notified, report.suppressed, report.already_done,
-                 report.backpressure_wait_s)
-        return report
+            # Wait for room first, then ask the gate: opt-outs and caps are checked at send time.
+            self.sink.wait_for_room(reports[units[0][0]])
+            asks = [(jobs[j][0].request_id, jobs[j][1].owner_ids[lo:hi]) for j, _, lo, hi in units]
+            many = getattr(gate, "admit_many", None)
+            masks = many(asks, now) if many is not None else [gate.admit(rid, o, now) for rid, o in asks]
+            work: dict[int, list[PreparedBatch]] = {}
+            for (j, b, lo, hi), mask in zip(units, masks, strict=True):
+                work.setdefault(j, []).append(encode_gated(header_json[j], b, jobs[j][1], lo, hi, mask))
+            order = list(work)
+            for j, appended_all in zip(order, self.sink.append_many([(jobs[j][0].request_id, work[j]) for j in order]),
+                                       strict=True):
+                rep = reports[j]
+                for batch, appended in zip(work[j], appended_all, strict=True):
+                    if not appended:        # another worker completed it meanwhile
+                        rep.already_done += batch.n_owners
+                        continue
+                    rep.batches_sent += batch.payload is not None
+                    rep.recipients_notified += batch.n_admitted
+                    rep.suppressed += batch.n_owners - batch.n_admitted
+        for rep in reports:
+            log.debug("dispatched %s: %d batches sent, %d notified, %d suppressed, %d already done, %.2f s waited",
+                      rep.request_id, rep.batches_sent, rep.recipients_notified, rep.suppressed, rep.already_done,
+                      rep.backpressure_wait_s)
+        return reports

@@ -29,11 +29,11 @@ from typing import Any
 import orjson
 import redis
 
-from dispatcher.errors import DispatchError, InvalidTransition
+from dispatcher.errors import DispatchError, InvalidTransition, QueueUnavailable
 from dispatcher.index import CameraIndex
 from dispatcher.queue import Dispatcher, NotificationHeader
 from dispatcher.requests import ValidRequest, VideoRequest
-from dispatcher.workflow import OwnerGate, Workflow
+from dispatcher.workflow import OwnerGate, PrefetchedLog, Workflow
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,11 @@ log = logging.getLogger(__name__)
 class ServiceSettings:
     requests_stream: str = "geodispatch:{gd}:requests"
     group: str = "workers"
-    #: New entries read per call, and how long a read blocks waiting for some (ms).
-    read_count: int = 8
+    #: New entries read per call (handled together, each step one round trip for all), and how long a read
+    #: blocks waiting for some (ms). Under light load a read returns one or two; under heavy load, up to this.
+    #: Larger batches raise throughput and latency together: at 600 requests/s on 10M cameras, p99 was 142 ms
+    #: with 8 and 1.0 s with 64.
+    read_count: int = 16
     block_ms: int = 500
     #: A pending entry idle this long belonged to a worker that died: another worker takes it over.
     claim_idle_ms: int = 30_000
@@ -103,6 +106,14 @@ def _s(x: str | bytes) -> str:
     return x.decode() if isinstance(x, bytes) else x
 
 
+def _rid(cmd: dict[str, Any]) -> str | None:
+    """The request id a command names, if it names one."""
+    req = cmd.get("request")
+    rid = cmd.get("request_id") if cmd.get("kind") == "dispatch" else (req.get("request_id")
+                                                                        if isinstance(req, dict) else None)
+    return rid if isinstance(rid, str) else None
+
+
 @dataclass
 class WorkerStats:
     handled: int = 0
@@ -137,89 +148,134 @@ class Worker:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    # ---------------------------------------------------------------------------------------- one command
+    # ---------------------------------------------------------------------------------------- commands
 
     def handle(self, cmd: dict[str, Any], now: datetime | None = None) -> str:
         """Run one command to its end; returns what happened. Raises only for failures worth retrying."""
-        self._notified = 0
-        return self._handle(cmd, now or self.clock())
+        outcome, self._notified = self.handle_many([cmd], now or self.clock())[0]
+        return outcome
 
-    def _handle(self, cmd: dict[str, Any], now: datetime) -> str:
-        kind = cmd.get("kind")
-        if kind == "submit":
-            req = cmd.get("request")
-            rid = req.get("request_id") if isinstance(req, dict) else None
-            existing = self.workflow.store.get_request(rid) if isinstance(rid, str) else None
-            if existing is not None:  # a redelivery of a request we already recorded: continue from there
-                return self._continue(str(rid), existing[0], now)
-            try:
-                state, valid = self.workflow.submit_valid(
-                    VideoRequest.from_dict(req) if isinstance(req, dict) else req, now)
-            except DispatchError as exc:  # refused: the audit log has it; a retry would refuse it again
+    def handle_many(self, cmds: list[dict[str, Any]], now: datetime) -> list[tuple[str, int]]:
+        """Run a batch of commands to their end, each step one round trip for the whole batch: look up the
+        requests named and the agencies' recent counts; validate; record the new ones; resolve; dispatch (plans,
+        gate, appends); mark them dispatched. Returns (outcome, owners notified) per command. Raises only for
+        failures worth retrying (the entries then stay pending and are handled again, harmlessly)."""
+        wf = self.workflow
+        out: list[tuple[str, int] | None] = [None] * len(cmds)
+        todo: list[tuple[int, str, VideoRequest | None]] = []   # (command, request id, new request or None)
+        for k, cmd in enumerate(cmds):
+            kind = cmd.get("kind")
+            if kind == "submit":
+                try:
+                    vr = VideoRequest.from_dict(cmd.get("request"))
+                except DispatchError:
+                    out[k] = self._refuse(cmd.get("request"), now)
+                    continue
+                todo.append((k, vr.request_id, vr))
+            elif kind == "dispatch" and isinstance(cmd.get("request_id"), str):
+                todo.append((k, cmd["request_id"], None))
+            else:
                 self.stats.refused += 1
-                return f"refused: {type(exc).__name__}"
-            return self._continue(valid.request_id, state, now, valid)
-        if kind == "dispatch":
-            rid = cmd.get("request_id")
-            got = self.workflow.store.get_request(rid) if isinstance(rid, str) else None
-            if got is None:
+                out[k] = (f"refused: unknown command {kind!r}" if kind != "dispatch" else "refused: unknown request", 0)
+        windows = [(vr.agency_id, vr.submitted_at - wf.policy.rate_period) for _, _, vr in todo if vr is not None]
+        found, counts = wf.store.lookup([rid for _, rid, _ in todo], windows)
+        log_ = PrefetchedLog(wf.store, {rid: got is not None for (_, rid, _), got in zip(todo, found, strict=True)},
+                             dict(zip(windows, counts, strict=True)))
+        first: dict[str, int] = {}     # request id -> the command of this batch that acts on it
+        stored: dict[int, tuple[str, dict[str, Any]]] = {}
+        fresh: list[tuple[int, ValidRequest]] = []
+        for (k, rid, new), got in zip(todo, found, strict=True):
+            if rid in first:          # the same request twice in one batch: the first one acts
+                continue
+            first[rid] = k
+            if got is not None:       # recorded already: a redelivery, or a reviewer's dispatch command
+                stored[k] = got
+            elif new is None:
                 self.stats.refused += 1
-                return "refused: unknown request"
-            return self._continue(str(rid), got[0], now)
+                out[k] = ("refused: unknown request", 0)
+            else:
+                try:
+                    valid = wf.check(new, now, log=log_)
+                except DispatchError as exc:  # refused: the audit log has it; a retry would refuse it again
+                    self.stats.refused += 1
+                    out[k] = (f"refused: {type(exc).__name__}", 0)
+                    continue
+                log_.accept(valid.request_id, valid.agency_id, valid.submitted_at)
+                fresh.append((k, valid))
+        jobs: list[tuple[int, str, Any, datetime, datetime, str, str, str, str]] = []
+        for (k, valid), state in zip(fresh, wf.record_many([v for _, v in fresh], now), strict=True):
+            if state is None:         # another worker recorded it a moment ago: continue from its state
+                got = wf.store.get_request(valid.request_id)
+                if got is not None:
+                    stored[k] = got
+                continue
+            if state != "approved":
+                out[k] = (state, 0)
+                continue
+            jobs.append((k, valid.request_id, valid.area, valid.start, valid.end, valid.agency_id,
+                         valid.case_number, valid.incident_type, valid.message))
+        for k, (state, p) in stored.items():
+            if state != "approved":   # awaiting review, or dispatched, closed, rejected already: nothing to do
+                out[k] = (state, 0)
+                continue
+            jobs.append((k, str(_rid(cmds[k])), p["area"], datetime.fromisoformat(p["start"]),
+                         datetime.fromisoformat(p["end"]), p["agency_id"], p["case_number"], p["incident_type"],
+                         p["message"]))
+        work = []
+        for _, rid, area, start, end, agency_id, case, incident, message in jobs:
+            header = NotificationHeader(rid, agency_id, wf.registry.get(agency_id).name, case, incident, start, end,
+                                        message)
+            work.append((header, self.index.resolve(area, start, end, now=now)))
+        reports = self.dispatcher.dispatch_many(work, gate=self.gate, now=now) if work else []
+        marked = wf.mark_dispatched_many([rid for _, rid, *_ in jobs], now) if jobs else []
+        for (k, rid, *_), report, ok in zip(jobs, reports, marked, strict=True):
+            if not ok and wf.state(rid) != "dispatched":  # marked by another worker meanwhile: fine
+                raise InvalidTransition(f"request {rid}: dispatched, but could not be marked so")
+            self.stats.dispatched += 1
+            self.stats.recipients += report.recipients_notified
+            out[k] = ("dispatched", report.recipients_notified)
+        for k, cmd in enumerate(cmds):  # a request named twice in the batch: the second learns the first's end
+            if out[k] is None:
+                done = out[first[str(_rid(cmd))]]
+                out[k] = (done[0], 0) if done is not None else ("refused: unknown request", 0)
+        return [o for o in out if o is not None]
+
+    def _refuse(self, request: Any, now: datetime) -> tuple[str, int]:
+        """A submission that is not even a well-formed request: refused through the workflow, which audits it."""
         self.stats.refused += 1
-        return f"refused: unknown command {kind!r}"
-
-    def _continue(self, request_id: str, state: str, now: datetime, valid: ValidRequest | None = None) -> str:
-        if state != "approved":
-            return state  # submitted (awaiting review), dispatched, closed or rejected: nothing to do now
-        if valid is not None:  # just validated here: its area is parsed already
-            area, start, end = valid.area, valid.start, valid.end
-            agency_id, case, incident, message = valid.agency_id, valid.case_number, valid.incident_type, valid.message
-        else:
-            _, p = self.workflow.store.get_request(request_id)  # type: ignore[misc]
-            area, start, end = p["area"], datetime.fromisoformat(p["start"]), datetime.fromisoformat(p["end"])
-            agency_id, case, incident, message = p["agency_id"], p["case_number"], p["incident_type"], p["message"]
-        recipients = self.index.resolve(area, start, end, now=now)
-        header = NotificationHeader(request_id, agency_id, self.workflow.registry.get(agency_id).name, case,
-                                    incident, start, end, message)
-        report = self.dispatcher.dispatch(header, recipients, gate=self.gate, now=now)
         try:
-            self.workflow.mark_dispatched(request_id, now, expected="approved")
-        except InvalidTransition:
-            if self.workflow.state(request_id) != "dispatched":  # another worker finished it meanwhile: fine
-                raise
-        self.stats.dispatched += 1
-        self.stats.recipients += report.recipients_notified
-        self._notified = report.recipients_notified
-        return "dispatched"
+            self.workflow.check(request, now)
+        except DispatchError as exc:
+            return f"refused: {type(exc).__name__}", 0
+        return "refused: InvalidRequest", 0
 
     # ------------------------------------------------------------------------------------------- the loop
 
     def _process(self, entries: list[tuple[Any, dict[Any, Any]]]) -> None:
         s = self.settings
+        ids, cmds = [], []
         for eid, fields in entries:
-            if not fields:  # deleted meanwhile
-                self.r.xack(s.requests_stream, s.group, eid)
-                continue
             try:
-                cmd = orjson.loads(fields[b"cmd"])
+                cmd = orjson.loads(fields[b"cmd"]) if fields else {"kind": None}
             except (KeyError, orjson.JSONDecodeError):
                 cmd = None
-            cmd = cmd if isinstance(cmd, dict) else {"kind": None}
-            now = self.clock()
-            outcome = self.handle(cmd, now)
-            req = cmd.get("request")
-            rid = cmd.get("request_id") or (req.get("request_id") if isinstance(req, dict) else None)
-            published = orjson.dumps({"request_id": rid if isinstance(rid, str) else None, "outcome": outcome,
-                                      "notified": self._notified, "now_us": int(now.timestamp() * 1e6),
-                                      "done": time.time(), "worker": self.name, "trace": cmd.get("trace")})
-            pipe = self.r.pipeline(transaction=False)  # one round trip: publish the outcome, then acknowledge
-            pipe.xadd(s.outcomes_stream, {"o": published}, maxlen=s.outcomes_maxlen, approximate=True)
+            ids.append(eid)
+            cmds.append(cmd if isinstance(cmd, dict) else {"kind": None})
+        now = self.clock()
+        results = self.handle_many(cmds, now)
+        done = time.time()
+        pipe = self.r.pipeline(transaction=False)  # one round trip: publish the outcomes, then acknowledge
+        for eid, cmd, (outcome, notified) in zip(ids, cmds, results, strict=True):
+            rid = _rid(cmd)
+            pipe.xadd(s.outcomes_stream, {"o": orjson.dumps({
+                "request_id": rid, "outcome": outcome, "notified": notified, "now_us": int(now.timestamp() * 1e6),
+                "done": done, "worker": self.name, "trace": cmd.get("trace")})},
+                maxlen=s.outcomes_maxlen, approximate=True)
             pipe.xack(s.requests_stream, s.group, eid)
-            pipe.execute()
-            self.stats.handled += 1
             self.stats.outcomes.append(outcome)
-            log.info("%s: %s -> %s", self.name, _s(eid), outcome)
+            log.debug("%s: %s -> %s", self.name, _s(eid), outcome)
+        pipe.execute()
+        self.stats.handled += len(ids)
 
     def step(self) -> int:
         """Claim what dead workers left, then read new entries; returns how many entries were handled."""
@@ -245,8 +301,13 @@ class Worker:
         while not stop.is_set():
             try:
                 self.step()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, QueueUnavailable) as exc:
+                # Down, restarting or still loading its data: the entries in hand stay pending and are taken
+                # up again (by this consumer or another) once Redis answers; a worker never dies of it.
                 log.warning("%s: Redis unreachable (%s); retrying", self.name, exc)
+                time.sleep(0.5)
+            except Exception:  # a bug or a bad entry: keep serving the others; the entry stays pending
+                log.exception("%s: a batch failed; its entries stay pending and will be retried", self.name)
                 time.sleep(0.5)
         return self.stats
 

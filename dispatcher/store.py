@@ -60,6 +60,10 @@ class AuditEntry:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+#: (request id, agency id, submitted at, state, payload, audit entries)
+NewRequest = tuple[str, str, datetime, str, dict[str, Any], Sequence[AuditEntry]]
+
+
 class Store(Protocol):
     """Request states and the audit log, owner choices and the notification gate's bookkeeping. A change of
     state and its audit entry are written together (``create_request``, ``transition``) or not at all."""
@@ -70,12 +74,18 @@ class Store(Protocol):
                        payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None: ...
     def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None: ...
     def request_ids(self) -> list[str]: ...
+    def create_many(self, items: Sequence[NewRequest]) -> list[bool]: ...
+    def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
+               ) -> tuple[list[tuple[str, dict[str, Any]] | None], list[int]]: ...
     def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool: ...
+    def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]: ...
     def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None: ...
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]: ...
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None: ...
     def opted_out(self, owner_ids: np.ndarray) -> np.ndarray: ...
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray: ...
+    def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
+                   since: datetime) -> list[np.ndarray]: ...
     def counters(self, request_id: str) -> dict[str, int]: ...
     def was_notified(self, request_id: str, owner_id: int) -> bool: ...
     def notified_count(self, request_id: str) -> int: ...
@@ -105,14 +115,28 @@ class SqliteStore:
 
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
                        payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None:
-        with self._lock, self._transaction():
-            try:
-                self._db.execute("INSERT INTO requests VALUES (?,?,?,?,?)",
-                                 (request_id, agency_id, _us(submitted_at), state, orjson.dumps(payload)))
-            except sqlite3.IntegrityError:
-                raise InvalidRequest(f"request id {request_id!r} already exists") from None
-            for e in entries:
-                self._insert_audit(request_id, e)
+        if not self.create_many([(request_id, agency_id, submitted_at, state, payload, entries)])[0]:
+            raise InvalidRequest(f"request id {request_id!r} already exists")
+
+    def create_many(self, items: Sequence[NewRequest]) -> list[bool]:
+        out = []
+        for rid, agency_id, submitted_at, state, payload, entries in items:
+            with self._lock, self._transaction():
+                try:
+                    self._db.execute("INSERT INTO requests VALUES (?,?,?,?,?)",
+                                     (rid, agency_id, _us(submitted_at), state, orjson.dumps(payload)))
+                except sqlite3.IntegrityError:
+                    out.append(False)
+                    continue
+                for e in entries:
+                    self._insert_audit(rid, e)
+                out.append(True)
+        return out
+
+    def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
+               ) -> tuple[list[tuple[str, dict[str, Any]] | None], list[int]]:
+        return ([self.get_request(r) for r in request_ids],
+                [self.count_agency_requests(a, since) for a, since in windows])
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -134,6 +158,9 @@ class SqliteStore:
 
     def request_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT request_id FROM requests ORDER BY request_id")]
+
+    def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]:
+        return [self.transition(*it) for it in items]
 
     def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool:
         with self._lock, self._transaction():
@@ -195,6 +222,10 @@ class SqliteStore:
                     self._db.execute("INSERT INTO counters VALUES (?,?,?) ON CONFLICT(request_id, name) "
                                      "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
         return out
+
+    def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
+                   since: datetime) -> list[np.ndarray]:
+        return [self.admit(rid, owners, now, cap, since) for rid, owners in items]
 
     def counters(self, request_id: str) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in
@@ -310,11 +341,30 @@ class RedisStore:
 
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
                        payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None:
-        ok = self._create(keys=[self.k.req(request_id), self.k.reqids, self.k.agency(agency_id), self.k.audit],
-                          args=[request_id, _us(submitted_at), state, orjson.dumps(payload),
-                                *(self._audit_json(request_id, e) for e in entries)])
-        if not ok:
+        if not self.create_many([(request_id, agency_id, submitted_at, state, payload, entries)])[0]:
             raise InvalidRequest(f"request id {request_id!r} already exists")
+
+    def create_many(self, items: Sequence[NewRequest]) -> list[bool]:
+        """Each request with its audit entries in one script call (atomic per request), all in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for rid, agency_id, submitted_at, state, payload, entries in items:
+            self._create(keys=[self.k.req(rid), self.k.reqids, self.k.agency(agency_id), self.k.audit],
+                         args=[rid, _us(submitted_at), state, orjson.dumps(payload),
+                               *(self._audit_json(rid, e) for e in entries)], client=pipe)
+        return [bool(x) for x in pipe.execute()]
+
+    def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
+               ) -> tuple[list[tuple[str, dict[str, Any]] | None], list[int]]:
+        """Several requests' (state, payload) and several agencies' request counts since a time, in one round
+        trip: what a worker needs to judge a batch of submissions."""
+        pipe = self.r.pipeline(transaction=False)
+        for rid in request_ids:
+            pipe.hmget(self.k.req(rid), ["state", "payload"])
+        for agency_id, since in windows:
+            pipe.zcount(self.k.agency(agency_id), _us(since), "+inf")
+        got = pipe.execute()
+        reqs = [None if g[0] is None else (g[0].decode(), orjson.loads(g[1])) for g in got[:len(request_ids)]]
+        return reqs, [int(x) for x in got[len(request_ids):]]
 
     def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
         got = self.r.hmget(self.k.req(request_id), ["state", "payload"])
@@ -324,8 +374,14 @@ class RedisStore:
         return sorted(x.decode() for x in self.r.smembers(self.k.reqids))
 
     def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool:
-        return bool(self._cas(keys=[self.k.req(request_id), self.k.audit],
-                              args=[old, new, self._audit_json(request_id, entry)]))
+        return self.transition_many([(request_id, old, new, entry)])[0]
+
+    def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]:
+        pipe = self.r.pipeline(transaction=False)
+        for rid, old, new, entry in items:
+            self._cas(keys=[self.k.req(rid), self.k.audit], args=[old, new, self._audit_json(rid, entry)],
+                      client=pipe)
+        return [bool(x) for x in pipe.execute()]
 
     @staticmethod
     def _audit_json(request_id: str, e: AuditEntry) -> bytes:
@@ -356,11 +412,19 @@ class RedisStore:
         return np.array(self.r.smismember(self.k.optout, owner_ids.tolist()), dtype=np.bool_)
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
-        if owner_ids.shape[0] == 0:
-            return np.zeros(0, np.bool_)
-        got = self._admit(keys=[self.k.notified(request_id), self.k.optout, self.k.counters(request_id)],
-                          args=[self.k.prefix, request_id, _us(now), cap, _us(since), *owner_ids.tolist()])
-        return np.array(got, dtype=np.bool_)
+        return self.admit_many([(request_id, owner_ids)], now, cap, since)[0]
+
+    def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
+                   since: datetime) -> list[np.ndarray]:
+        """Every (request, owners) of ``items`` through the admission script, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for rid, owners in items:
+            if owners.shape[0]:
+                self._admit(keys=[self.k.notified(rid), self.k.optout, self.k.counters(rid)],
+                            args=[self.k.prefix, rid, _us(now), cap, _us(since), *owners.tolist()], client=pipe)
+        got = iter(pipe.execute())
+        return [np.array(next(got), dtype=np.bool_) if owners.shape[0] else np.zeros(0, np.bool_)
+                for _, owners in items]
 
     def counters(self, request_id: str) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self.r.hgetall(self.k.counters(request_id)).items()}

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from dispatcher.agencies import AgencyRegistry
-from dispatcher.errors import DispatchError, InvalidChoice, InvalidTransition
-from dispatcher.policy import Policy, validate
+from dispatcher.errors import DispatchError, InvalidChoice, InvalidRequest, InvalidTransition
+from dispatcher.policy import Policy, RequestLog, validate
 from dispatcher.requests import ValidRequest, VideoRequest
 from dispatcher.store import AuditEntry, Store
 
@@ -62,13 +62,23 @@ class Workflow:
     def submit_valid(self, request: VideoRequest | Any, now: datetime,
                      actor: str | None = None) -> tuple[str, ValidRequest]:
         """:meth:`submit`, returning the validated request too (its area parsed once, for the resolver)."""
+        valid = self.check(request, now, actor)
+        state = self.record_many([valid], now, actor)[0]
+        if state is None:
+            raise InvalidRequest(f"request id {valid.request_id!r} already exists")
+        return state, valid
+
+    def check(self, request: VideoRequest | Any, now: datetime, actor: str | None = None,
+              log: RequestLog | None = None) -> ValidRequest:
+        """Validate against the policy, with ``log`` (the store by default) answering for earlier requests; a
+        refusal is recorded in the audit log and raised. Nothing else is written."""
         now = _aware(now)
         rid = getattr(request, "request_id", None)
         who = actor or f"agency:{getattr(request, 'agency_id', '?')}"
         try:
             if not isinstance(request, VideoRequest):
                 request = VideoRequest.from_dict(request)
-            valid = validate(request, self.registry, self.store, now, self.policy)
+            valid = validate(request, self.registry, log or self.store, now, self.policy)
         except DispatchError as exc:
             codes = getattr(exc, "codes", [type(exc).__name__])
             named = request.get("agency_id") if isinstance(request, dict) else getattr(request, "agency_id", None)
@@ -77,14 +87,20 @@ class Workflow:
             self.store.append_audit(str(rid)[:64] if isinstance(rid, str) else "?", str(who)[:120],
                                     "submission_refused", now, detail)
             raise
-        # Recorded with its audit entries in one atomic step; with auto-approval, approved in the same step.
-        entries = [AuditEntry(who, SUBMITTED, now)]
-        if self.policy.auto_approve:
-            entries.append(AuditEntry("system:auto-approval", APPROVED, now))
-        state = entries[-1].action
-        self.store.create_request(valid.request_id, valid.agency_id, valid.submitted_at, state, _payload(valid),
-                                  entries)
-        return state, valid
+        return valid
+
+    def record_many(self, valids: list[ValidRequest], now: datetime, actor: str | None = None) -> list[str | None]:
+        """Record validated requests, each with its audit entries in one atomic step (with auto-approval,
+        approved in that same step), all in one round trip; returns each one's state, None where its id exists
+        already."""
+        now = _aware(now)
+        items = []
+        for v in valids:
+            entries = [AuditEntry(actor or f"agency:{v.agency_id}", SUBMITTED, now)]
+            if self.policy.auto_approve:
+                entries.append(AuditEntry("system:auto-approval", APPROVED, now))
+            items.append((v.request_id, v.agency_id, v.submitted_at, entries[-1].action, _payload(v), entries))
+        return [it[3] if ok else None for it, ok in zip(items, self.store.create_many(items), strict=True)]
 
     def state(self, request_id: str) -> str:
         got = self.store.get_request(request_id)
@@ -111,6 +127,14 @@ class Workflow:
     def mark_dispatched(self, request_id: str, now: datetime, actor: str = "system:dispatcher",
                         expected: str | None = None) -> None:
         self._move(request_id, DISPATCHED, actor, now, expected=expected)
+
+    def mark_dispatched_many(self, request_ids: list[str], now: datetime,
+                             actor: str = "system:dispatcher") -> list[bool]:
+        """Approved -> dispatched for each, with its audit entry, all in one round trip; False where the request
+        was not approved (another worker marked it first, say)."""
+        now = _aware(now)
+        return self.store.transition_many([(rid, APPROVED, DISPATCHED, AuditEntry(actor, DISPATCHED, now))
+                                           for rid in request_ids])
 
     def close(self, request_id: str, actor: str, now: datetime) -> None:
         self._move(request_id, CLOSED, actor, now)
@@ -148,6 +172,32 @@ class Workflow:
         self.store.append_audit("-", f"owner:{owner_id}", "opt_in", now, {})
 
 
+class PrefetchedLog:
+    """The policy's view of earlier requests (:class:`RequestLog`) for a batch judged together: what the store
+    said in one lookup, plus the requests accepted earlier in the same batch. Anything not prefetched is asked
+    of the store."""
+
+    def __init__(self, store: Store, known: dict[str, bool], counts: dict[tuple[str, datetime], int]) -> None:
+        self.store = store
+        self.known = dict(known)
+        self.counts = counts
+        self.accepted: list[tuple[str, datetime]] = []
+
+    def has_request(self, request_id: str) -> bool:
+        got = self.known.get(request_id)
+        return self.store.has_request(request_id) if got is None else got
+
+    def count_agency_requests(self, agency_id: str, since: datetime) -> int:
+        base = self.counts.get((agency_id, since))
+        if base is None:
+            base = self.store.count_agency_requests(agency_id, since)
+        return base + sum(1 for a, t in self.accepted if a == agency_id and t >= since)
+
+    def accept(self, request_id: str, agency_id: str, submitted_at: datetime) -> None:
+        self.known[request_id] = True
+        self.accepted.append((agency_id, submitted_at))
+
+
 class OwnerGate:
     """Checked by the dispatcher at send time: which owners may be notified now.
 
@@ -162,8 +212,14 @@ class OwnerGate:
         self.policy = policy or Policy()
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime) -> np.ndarray:
+        return self.admit_many([(request_id, owner_ids)], now)[0]
+
+    def admit_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
         now = _aware(now)
-        ids = np.ascontiguousarray(owner_ids, dtype=np.int64)
-        if ids.ndim != 1:
-            raise ValueError(f"owner_ids must be one-dimensional, got shape {ids.shape}")
-        return self.store.admit(request_id, ids, now, self.policy.owner_cap, now - self.policy.owner_cap_period)
+        checked = []
+        for rid, owners in items:
+            ids = np.ascontiguousarray(owners, dtype=np.int64)
+            if ids.ndim != 1:
+                raise ValueError(f"owner_ids must be one-dimensional, got shape {ids.shape}")
+            checked.append((rid, ids))
+        return self.store.admit_many(checked, now, self.policy.owner_cap, now - self.policy.owner_cap_period)

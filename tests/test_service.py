@@ -94,7 +94,7 @@ def test_two_workers_serve_requests_exactly(redis_server: RedisServer, world) ->
     with redis_server.client() as r:
         for req in reqs[:15] + bad + reqs[15:]:
             submit(r, req)
-    workers = [_worker(redis_server, index, f"w{k}") for k in range(2)]
+    workers = [_worker(redis_server, index, f"w{k}", read_count=4) for k in range(2)]
     _serve(workers, lambda: sum(w.stats.handled for w in workers) == len(reqs) + len(bad))
     assert sum(w.stats.dispatched for w in workers) == 30 and sum(w.stats.refused for w in workers) == 3
     assert all(w.stats.handled > 0 for w in workers)  # both took part
@@ -222,3 +222,33 @@ def test_sigterm_during_start_up_stops_every_worker(redis_server: RedisServer, t
     while not _no_process_left(proc) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _no_process_left(proc), "a worker outlived the serve command"
+
+
+def test_worker_survives_redis_trouble_mid_batch_and_finishes_later(redis_server: RedisServer, world) -> None:
+    """Redis loading its data or retries running out mid-batch must not end the worker: the entries stay pending
+    and are finished once Redis answers (found by the load test's restart scenario)."""
+    from dispatcher.errors import QueueUnavailable
+
+    index, _ = world
+    w = _worker(redis_server, index, "w", claim_idle_ms=50, block_ms=20)
+    real = w.dispatcher.dispatch_many
+    failures = [QueueUnavailable("Redis unreachable during plan"), redis_busy_loading()]
+
+    def flaky(*a, **kw):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop(0)
+        return real(*a, **kw)
+
+    w.dispatcher.dispatch_many = flaky  # type: ignore[method-assign]
+    with redis_server.client() as r:
+        submit(r, _request(0, np.random.default_rng(9)))
+    _serve([w], lambda: w.stats.dispatched == 1)
+    assert not failures and w.stats.dispatched == 1 and w.stats.claimed >= 1
+    seen = _stream(redis_server)
+    assert seen and max(seen.values()) == 1
+
+
+def redis_busy_loading() -> Exception:
+    import redis
+
+    return redis.BusyLoadingError("Redis is loading the dataset in memory")

@@ -76,7 +76,9 @@ def test_rejected_submission_leaves_only_an_audit_entry(store: Store, registry: 
         wf.submit({"request_id": "x"}, T)
     assert store.request_ids() == []
     assert [e["action"] for e in store.audit()] == ["submission_refused", "submission_refused"]
-    assert store.audit("r1")[0]["detail"] == {"codes": ["case_number"]}
+    # the rules broken and the agency named (the transparency report counts refusals per agency)
+    assert store.audit("r1")[0]["detail"] == {"codes": ["case_number"], "agency_id": "il-chicago"}
+    assert store.audit("?")[0]["detail"] == {"codes": ["InvalidRequest"], "agency_id": None}
     wf.submit(make_request(), T)
     with pytest.raises(RequestRejected) as ei:
         wf.submit(make_request(), T)
