@@ -13,6 +13,7 @@ from dispatcher.errors import (
     InvalidData,
     InvalidPolicy,
     InvalidQueueSettings,
+    InvalidReportSettings,
     InvalidRequest,
     InvalidTimeWindow,
     InvalidTransition,
@@ -21,8 +22,10 @@ from dispatcher.errors import (
     RequestRejected,
     UnknownAgency,
     UnknownCamera,
+    UnknownRequest,
 )
 from dispatcher.index import CameraIndex, IndexConfig
+from dispatcher.maps import agencies_html, agencies_png
 from dispatcher.models import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA
 from dispatcher.policy import Policy, validate
 from dispatcher.privacy import AgencyView, OperatorView, SharedClips, Views
@@ -38,8 +41,10 @@ from dispatcher.queue import (
     Sink,
 )
 from dispatcher.recipients import RecipientSet
+from dispatcher.request_map import RequestMap, build_request_map, request_map_html
 from dispatcher.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
 from dispatcher.store import RedisStore, SqliteStore, Store
+from dispatcher.transparency import TransparencyReport, build_report
 from dispatcher.workflow import OwnerGate, Workflow
 
 __all__ = [
@@ -99,4 +104,14 @@ __all__ = [
     "Workflow",
     "generate_agencies",
     "validate",
+    # maps and the transparency report (issue 7)
+    "InvalidReportSettings",
+    "RequestMap",
+    "TransparencyReport",
+    "UnknownRequest",
+    "agencies_html",
+    "agencies_png",
+    "build_report",
+    "build_request_map",
+    "request_map_html",
 ]

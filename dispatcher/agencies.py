@@ -163,6 +163,16 @@ class AgencyRegistry:
                            suspended=r["suspended"], jurisdiction=shapely.from_wkb(r["jurisdiction_wkb"]))
                     for r in t.to_pylist()])
 
+    @classmethod
+    def load(cls, path: str | Path | None) -> AgencyRegistry:
+        """From GeoJSON (``.json``, ``.geojson``) or Parquet (anything else); ``None``: the 400 agencies
+        :func:`generate_agencies` makes."""
+        if path is None:
+            return cls(generate_agencies(400))
+        if str(path).endswith((".json", ".geojson")):
+            return cls.load_geojson(path)
+        return cls.load_parquet(path)
+
     def save_geojson(self, path: str | Path) -> None:
         feats = [{"type": "Feature", "id": a.agency_id,
                   "geometry": orjson.loads(shapely.to_geojson(a.jurisdiction)),

@@ -81,3 +81,12 @@ class InvalidTransition(DispatchError, RuntimeError):
 
 class InvalidChoice(DispatchError, ValueError):
     """An owner choice that is malformed or comes from an owner who was not notified of the request."""
+
+
+class UnknownRequest(DispatchError, KeyError):
+    """A request id that the store does not hold."""
+
+
+class InvalidReportSettings(DispatchError, ValueError):
+    """Map or report settings out of range: a suppression threshold k below 1, an H3 resolution outside 0..15,
+    a malformed month."""

@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import shapely
 
 from dispatcher import h3 as h3x
 from dispatcher.area import MAX_VERTICES, Area
-from dispatcher.errors import IndexFormatError, InvalidData, InvalidTimeWindow, UnknownCamera
+from dispatcher.errors import IndexFormatError, InvalidArea, InvalidData, InvalidTimeWindow, UnknownCamera
 from dispatcher.models import (
     EPOCH_UNIX_S,
     CameraColumns,
@@ -46,6 +47,7 @@ from dispatcher.models import (
 )
 from dispatcher.recipients import RecipientSet
 from kernels import index_kernels as K
+from kernels.geometry import BOX_IN
 
 log = logging.getLogger(__name__)
 
@@ -531,6 +533,59 @@ class CameraIndex:
         leaf = tree.leaves
         counts = tree.nodes["p1"][leaf].astype(np.int64) - tree.nodes["p0"][leaf]
         return np.asarray(tree.node_cell[leaf]), counts
+
+    def cells_used(self, area: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The H3 cells a resolve of ``area`` works with, as ``(cells, inside)`` in visit order: ``inside`` is True
+        for a cell whose box lies wholly in the area (its cameras are taken without a point test) and False for a
+        leaf straddling the boundary (each of its cameras is tested). The walk is the resolve's own
+        (:func:`kernels.index_kernels.visit_nodes` decides each node as :func:`resolve_points` does); the inner
+        cells it only passes through are left out, and so is the live delta, which has no cells."""
+        parsed = Area.parse(area, max_vertices=self.config.max_vertices)
+        tree = self._state.base.tree
+        node, cls = K.visit_nodes(*parsed.kernel_args(), tree.nodes, tree.n_top)
+        rec = tree.nodes[node]
+        keep = (cls == BOX_IN) | (rec["k0"] == rec["k1"])
+        return np.asarray(tree.node_cell[node[keep]]), cls[keep] == BOX_IN
+
+    def density(self, box: tuple[float, float, float, float], res: int,
+                at: datetime | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cameras in place at ``at`` (default: now; installed, not yet removed, not deleted), counted per H3 cell
+        at ``res``: every cell holding such a camera inside ``box`` (``min_lng, min_lat, max_lng, max_lat``), with
+        all of its cameras counted, those outside the box too. ``(cells, counts)``, ascending by cell."""
+        at_s = (to_utc_us(at if at is not None else datetime.now(timezone.utc), "at") - _EPOCH_US) // 1_000_000
+        lng, lat = self._in_place(box, at_s)
+        cells = np.unique(h3x.latlng_to_cell(lat, lng, res))
+        if cells.shape[0] == 0:
+            return cells, np.zeros(0, np.int64)
+        verts, _ = h3x.cell_to_boundary(cells)  # every camera of these cells lies inside their boundaries' box
+        wide = (float(np.nanmin(verts[:, :, 1])), float(np.nanmin(verts[:, :, 0])), float(np.nanmax(verts[:, :, 1])),
+                float(np.nanmax(verts[:, :, 0])))
+        lng, lat = self._in_place(wide, at_s)
+        all_cells = h3x.latlng_to_cell(lat, lng, res)
+        got, counts = np.unique(all_cells[np.isin(all_cells, cells)], return_counts=True)
+        return got, counts.astype(np.int64)
+
+    def _in_place(self, box: tuple[float, float, float, float], at_s: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(lng, lat)`` of the cameras in place at ``at_s`` (seconds since 2000-01-01Z) inside the closed box."""
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if not (x0 < x1 and y0 < y1):
+            raise InvalidArea(f"box {box} must have min_lng < max_lng and min_lat < max_lat")
+        st = self._state
+        rect = Area.parse(shapely.box(x0, y0, x1, y1), max_vertices=self.config.max_vertices)
+        node, cls = K.visit_nodes(*rect.kernel_args(), st.base.tree.nodes, st.base.tree.n_top)
+        rec = st.base.tree.nodes[node]
+        rec = rec[(cls == BOX_IN) | (rec["k0"] == rec["k1"])]  # the nodes whose points the resolve would look at
+        lengths = (rec["p1"] - rec["p0"]).astype(np.int64)
+        starts = np.repeat(rec["p0"].astype(np.int64) - np.cumsum(lengths) + lengths, lengths)
+        base_pos = starts + np.arange(int(lengths.sum()), dtype=np.int64)
+        xs, ys = [], []
+        for cols, pos in ((st.base.cols, base_pos), (st.delta, np.arange(st.delta.n, dtype=np.int64))):
+            xy = cols.xy[pos]
+            keep = ((cols.flags[pos] & K.DELETED) == 0) & (cols.installed[pos] <= at_s) & (cols.removed[pos] > at_s) \
+                & (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+            xs.append(xy[keep, 0])
+            ys.append(xy[keep, 1])
+        return np.concatenate(xs), np.concatenate(ys)
 
     # ------------------------------------------------------------------------------------------ internals
 

@@ -303,6 +303,73 @@ def _box_misses(nodes: np.ndarray, i: np.int64, qx0: float, qy0: float, qx1: flo
             or np.float64(nd.y1) < qy0 or np.float64(nd.y0) > qy1)
 
 
+@njit(cache=True, inline="always")
+def _walk_start(poly_bbox: np.ndarray, nodes: np.ndarray, n_top: int):  # type: ignore[no-untyped-def]
+    """The area's box and the walk's first stack: the top-level nodes whose boxes meet the area's."""
+    qx0 = poly_bbox[:, 0].min()
+    qy0 = poly_bbox[:, 1].min()
+    qx1 = poly_bbox[:, 2].max()
+    qy1 = poly_bbox[:, 3].max()
+    stack = np.empty(64, dtype=np.int64)
+    sp = 0
+    for top in range(n_top - 1, -1, -1):
+        if not _box_misses(nodes, top, qx0, qy0, qx1, qy1):
+            stack, sp = _push(stack, sp, top)
+    return qx0, qy0, qx1, qy1, stack, sp
+
+
+@njit(cache=True, inline="always")
+def _push_children(stack: np.ndarray, sp: int, nodes: np.ndarray, node: np.int64, qx0: float, qy0: float,
+                   qx1: float, qy1: float) -> tuple[np.ndarray, int]:
+    """Push the children of ``node`` whose boxes meet the area's, so that the first child is visited first."""
+    nd = nodes[node]
+    for c in range(nd.k1 - 1, nd.k0 - 1, -1):
+        if not _box_misses(nodes, c, qx0, qy0, qx1, qy1):
+            stack, sp = _push(stack, sp, c)
+    return stack, sp
+
+
+@njit(cache=True, inline="always")
+def _node_class(nodes: np.ndarray, node: np.int64, qx0: float, qy0: float, qx1: float, qy1: float, xs: np.ndarray,
+                ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, poly_bbox: np.ndarray,
+                work: np.ndarray) -> int:
+    """How the walk treats a node: BOX_IN (accept its points at once), BOX_OUT (skip it), BOX_MIXED (a leaf
+    tests its points one by one, an inner node is descended)."""
+    nd = nodes[node]
+    bx0 = np.float64(nd.x0)
+    by0 = np.float64(nd.y0)
+    bx1 = np.float64(nd.x1)
+    by1 = np.float64(nd.y1)
+    if nd.k0 != nd.k1 and bx0 <= qx0 and by0 <= qy0 and bx1 >= qx1 and by1 >= qy1:
+        return BOX_MIXED  # the node's box holds the whole area: no need to look at its edges
+    return classify_box(bx0, by0, bx1, by1, xs, ys, ring_ptr, poly_ptr, poly_bbox, work)
+
+
+@njit(cache=True)
+def visit_nodes(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, poly_bbox: np.ndarray,
+                nodes: np.ndarray, n_top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The walk of :func:`resolve_points` without the points: ``(node, class)`` of every node it reaches and does
+    not skip, in visit order (the class is ``_node_class``'s, decided exactly as a resolve decides it)."""
+    qx0, qy0, qx1, qy1, stack, sp = _walk_start(poly_bbox, nodes, n_top)
+    seen = np.empty(64, dtype=np.int64)
+    cls_of = np.empty(64, dtype=np.int64)
+    n = 0
+    m = 0
+    work = np.empty(WORK_SIZE)
+    while sp:
+        sp -= 1
+        node = stack[sp]
+        cls = _node_class(nodes, node, qx0, qy0, qx1, qy1, xs, ys, ring_ptr, poly_ptr, poly_bbox, work)
+        if cls == BOX_OUT:
+            continue
+        seen, n = _push(seen, n, node)
+        cls_of, m = _push(cls_of, m, cls)
+        if cls == BOX_IN:
+            continue
+        stack, sp = _push_children(stack, sp, nodes, node, qx0, qy0, qx1, qy1)
+    return seen[:n], cls_of[:m]
+
+
 @njit(cache=True, nogil=True)
 def resolve_points(
     xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, poly_bbox: np.ndarray,
@@ -314,31 +381,16 @@ def resolve_points(
 
     Walks the hierarchy from the top level; a node whose box lies wholly inside the area is accepted without
     locating its points one by one, one wholly outside is skipped, and a straddling leaf tests each point."""
-    qx0 = poly_bbox[:, 0].min()
-    qy0 = poly_bbox[:, 1].min()
-    qx1 = poly_bbox[:, 2].max()
-    qy1 = poly_bbox[:, 3].max()
+    qx0, qy0, qx1, qy1, stack, sp = _walk_start(poly_bbox, nodes, n_top)
     out = np.empty(64, dtype=np.int64)
     n = 0
     work = np.empty(WORK_SIZE)
-    stack = np.empty(64, dtype=np.int64)
-    sp = 0
-    for top in range(n_top - 1, -1, -1):
-        if not _box_misses(nodes, top, qx0, qy0, qx1, qy1):
-            stack, sp = _push(stack, sp, top)
     while sp:
         sp -= 1
         node = stack[sp]
         nd = nodes[node]
-        bx0 = np.float64(nd.x0)
-        by0 = np.float64(nd.y0)
-        bx1 = np.float64(nd.x1)
-        by1 = np.float64(nd.y1)
         is_leaf = nd.k0 == nd.k1
-        if not is_leaf and bx0 <= qx0 and by0 <= qy0 and bx1 >= qx1 and by1 >= qy1:
-            cls = BOX_MIXED  # the node's box holds the whole area: no need to look at its edges
-        else:
-            cls = classify_box(bx0, by0, bx1, by1, xs, ys, ring_ptr, poly_ptr, poly_bbox, work)
+        cls = _node_class(nodes, node, qx0, qy0, qx1, qy1, xs, ys, ring_ptr, poly_ptr, poly_bbox, work)
         if cls == BOX_OUT:
             continue
         if cls == BOX_IN or is_leaf:
@@ -354,9 +406,7 @@ def resolve_points(
                         continue
                 out, n = _push(out, n, i)
             continue
-        for c in range(nd.k1 - 1, nd.k0 - 1, -1):
-            if not _box_misses(nodes, c, qx0, qy0, qx1, qy1):
-                stack, sp = _push(stack, sp, c)
+        stack, sp = _push_children(stack, sp, nodes, node, qx0, qy0, qx1, qy1)
     return out[:n]
 
 

@@ -31,3 +31,6 @@ def redis_server(_redis_session: RedisServer) -> RedisServer:
     with _redis_session.client() as c:
         c.flushall()
     return _redis_session
+
+# headless Chromium for the page tests
+from tests.browser import browser, visit  # noqa: E402, F401
