@@ -210,6 +210,55 @@ def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, a
 
 
 @main.command()
+@click.option("--cameras", default=10_000_000, help="Cameras in the national synthetic data set.")
+@click.option("--agencies", "n_agencies", default=400, help="Partner agencies (the most populous US places).")
+@click.option("--workers", default=2, help="Worker processes serving the requests stream.")
+@click.option("--rate", default=2000.0, help="Requests per second, open loop.")
+@click.option("--duration", default=60.0, help="Seconds of load in each scenario.")
+@click.option("--scenarios", default="steady,burst,fanout,kill,restart",
+              help="Comma-separated: steady, burst, fanout, kill, restart.")
+@click.option("--seed", default=0)
+@click.option("--batch", default=16, help="Entries a worker thread reads and handles together.")
+@click.option("--threads", default=4, help="Consumer threads per worker process.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the index and the Redis data go (default: a temporary directory, removed after).")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.json"))
+@click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.md"))
+@click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.png"))
+def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration: float, scenarios: str, seed: int,
+             batch: int, threads: int, work_dir: Path | None, json_out: Path, markdown_out: Path,
+             plot_out: Path) -> None:
+    """National-scale load test: worker processes behind a throwaway Redis on loopback, open-loop requests at a
+    target rate; latency, throughput, CPU and memory, queue depth; proves nothing lost or duplicated."""
+    import tempfile
+
+    from bench import loadtest as lt
+
+    try:
+        settings = lt.LoadSettings(cameras=cameras, agencies=n_agencies, workers=workers, rate=rate,
+                                   duration=duration, scenarios=tuple(x for x in scenarios.split(",") if x),
+                                   seed=seed, read_count=batch, threads=threads)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        out.print(f"[{time.monotonic() - t0:7.1f} s] {msg}")
+
+    with tempfile.TemporaryDirectory(prefix="geodispatch-loadtest-") as tmp:
+        result = lt.run(settings, work_dir or Path(tmp), say)
+    result["generated_at"] = datetime.now().astimezone().isoformat()
+    md = lt.markdown(result)
+    lt.plot(result, plot_out)
+    json_out.write_text(json.dumps(result, indent=2))
+    markdown_out.write_text(md + f"\n![completions and backlog per scenario]({plot_out.name})\n")
+    out.print(md)
+    out.print(f"wrote {json_out}, {markdown_out}, {plot_out}")
+    if not all(sc["exact"] for sc in result["scenarios"]):
+        raise SystemExit("a notification was lost, duplicated or misaddressed: see the report")
+
+
+@main.command()
 @click.option("--cameras", default=10_000_000, help="Cameras in the synthetic data set.")
 @click.option("--queries", default=300, help="Requests per area size.")
 @click.option("--seed", default=0)
@@ -377,8 +426,8 @@ def map_request(request_id: str, store_spec: str, index_dir: Path, agencies: str
     from dispatcher.index import CameraIndex
     from dispatcher.request_map import build_request_map, request_map_html
 
-    registry = AgencyRegistry.load(agencies)
-    m = build_request_map(request_id, _open_store(store_spec), CameraIndex.open(index_dir, warm_up=False), registry,
+    store = _open_store(store_spec)
+    m = build_request_map(request_id, store, CameraIndex.open(index_dir, warm_up=False), AgencyRegistry.load(agencies),
                           k=k, density_res=density_res)
     target = out_file or Path(f"request-{request_id}.html")
     target.write_text(request_map_html(m, tiles=tiles), encoding="utf-8")

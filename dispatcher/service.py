@@ -322,7 +322,7 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | Non
     import sys
     import threading
 
-    from dispatcher.agencies import AgencyRegistry, generate_agencies
+    from dispatcher.agencies import AgencyRegistry
     from dispatcher.policy import Policy
     from dispatcher.queue import QueueSettings, RedisSink
     from dispatcher.store import RedisStore
@@ -331,12 +331,7 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | Non
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     index = CameraIndex.open(index_dir)
-    if agencies is None:
-        registry = AgencyRegistry(generate_agencies(400))
-    elif agencies.endswith((".json", ".geojson")):
-        registry = AgencyRegistry.load_geojson(agencies)
-    else:
-        registry = AgencyRegistry.load_parquet(agencies)
+    registry = AgencyRegistry.load(agencies)
     qs = QueueSettings.from_url(redis_url)
     rules = Policy.from_dict(policy)
     # Each thread is a consumer of its own, with its own connections: while one waits on a Redis round trip,
