@@ -344,11 +344,17 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
                 workers.sample()  # type: ignore[union-attr]
                 try:
                     groups = c.xinfo_groups(settings.requests_stream)
-                    depth = sum(int(g.get("lag") or 0) + int(g["pending"]) for g in groups)
+                    # lag: not yet delivered (None when Redis cannot tell, e.g. just after a restart)
+                    last = c.xinfo_stream(settings.requests_stream)["last-generated-id"]
+                    # after a restart Redis 7.0 can report a lag for a group that has read everything
+                    lag = sum(0 if g["last-delivered-id"] == last else int(g.get("lag") or 0) for g in groups)
+                    pending = sum(int(g["pending"]) for g in groups)   # delivered, not yet acknowledged
                 except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, redis.BusyLoadingError):
-                    depth = -1
+                    lag = pending = -1
                 series["t"].append(time.time() - t0)
-                series["requests_backlog"].append(depth)
+                series["requests_backlog"].append(lag + pending if lag >= 0 else -1)
+                series["requests_lag"].append(lag)
+                series["requests_pending"].append(pending)
                 series["completed"].append(len(outcomes))
                 stop.wait(0.25)
 

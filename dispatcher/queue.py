@@ -410,10 +410,22 @@ class RedisSink:
             if not groups:
                 return int(self.client.xlen(self.keys.stream))
             worst = 0
+            last = None
             for g in groups:
                 lag = g.get("lag")
-                if lag is None:   # Redis cannot tell (entries deleted): count the whole stream
-                    lag = int(self.client.xlen(self.keys.stream))
+                if lag != 0:
+                    # After a restart Redis 7.0 forgets how far a group has read (lag None) and can then report a
+                    # wrong lag: a group whose last delivered entry is the stream's last has none, else count
+                    # the entries after it (up to the limit, which is all a full-queue check needs).
+                    last = last or self.client.xinfo_stream(self.keys.stream)["last-generated-id"]
+                    delivered = g.get("last-delivered-id")
+                    if delivered == last:
+                        lag = 0
+                    elif lag is None:
+                        cap = (self.settings.max_backlog or 100_000) + 1
+                        after: Any = self.client.xrange(self.keys.stream, min=b"(" + _b(delivered or b"0-0"),
+                                                        count=cap)
+                        lag = len(after or [])
                 worst = max(worst, int(lag) + int(g.get("pending", 0)))
             return worst
         return with_retries(self.settings, "backlog", run)
@@ -459,6 +471,10 @@ class RedisSink:
     def read_all(self) -> list[tuple[str, bytes]]:
         entries: Any = self.client.xrange(self.keys.stream)
         return [(bytes(f[b"request"]).decode(), bytes(f[b"data"])) for _id, f in entries]
+
+
+def _b(x: str | bytes) -> bytes:
+    return x if isinstance(x, bytes) else x.encode()
 
 
 def _s(x: str | bytes) -> str:
