@@ -56,6 +56,9 @@ class ServiceSettings:
     outcomes_maxlen: int = 1_000_000
     #: Consumer threads in each worker process (``serve_process``).
     threads: int = 4
+    #: An entry delivered more often than this without being acknowledged is set aside on the dead-letter stream.
+    max_deliveries: int = 5
+    dead_letter_stream: str = "geodispatch:{gd}:requests:dead"
 
 
 def submit_command(request: dict[str, Any], trace: Any = None) -> bytes:
@@ -121,6 +124,7 @@ class WorkerStats:
     dispatched: int = 0
     claimed: int = 0
     recipients: int = 0
+    dead_lettered: int = 0
     outcomes: list[str] = field(default_factory=list)
 
 
@@ -277,6 +281,31 @@ class Worker:
         pipe.execute()
         self.stats.handled += len(ids)
 
+    def _set_aside_poison(self, claimed: list[Any]) -> list[Any]:
+        """Entries delivered ``max_deliveries`` times without being acknowledged fail every time (a bug or an
+        entry no worker can handle): they go to the dead-letter stream with their delivery count, are
+        acknowledged and logged, so they stop taking turns forever. Returns the others."""
+        s = self.settings
+        if not claimed:
+            return claimed
+        ids = [eid for eid, _ in claimed]
+        info: Any = self.r.xpending_range(s.requests_stream, s.group, min=ids[0], max=ids[-1], count=len(ids) * 4)
+        times = {_s(p["message_id"]): int(p["times_delivered"]) for p in info}
+        keep: list[Any] = []
+        dead: list[Any] = []
+        for eid, fields in claimed:
+            (dead if times.get(_s(eid), 0) > s.max_deliveries else keep).append((eid, fields))
+        if dead:
+            pipe = self.r.pipeline(transaction=True)
+            for eid, fields in dead:
+                pipe.xadd(s.dead_letter_stream, {**(fields or {}), "id": eid, "deliveries": times[_s(eid)]})
+                pipe.xack(s.requests_stream, s.group, eid)
+            pipe.execute()
+            self.stats.dead_lettered += len(dead)
+            log.error("%s: %d entries failed %d deliveries; moved to %s", self.name, len(dead), s.max_deliveries,
+                      s.dead_letter_stream)
+        return keep
+
     def step(self) -> int:
         """Claim what dead workers left, then read new entries; returns how many entries were handled."""
         s = self.settings
@@ -284,7 +313,7 @@ class Worker:
         if time.monotonic() >= self._next_claim:  # a quarter of the idle time between looks is plenty
             got: Any = self.r.xautoclaim(s.requests_stream, s.group, self.name, min_idle_time=s.claim_idle_ms,
                                          start_id="0-0", count=s.read_count)
-            claimed = got[1]  # [next start id, claimed entries, ids deleted meanwhile]
+            claimed = self._set_aside_poison(got[1])  # [next start id, claimed entries, ids deleted meanwhile]
             if claimed:
                 self.stats.claimed += len(claimed)
                 self._process(claimed)

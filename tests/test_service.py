@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from bench.reference import Dataset, brute_force
@@ -252,3 +253,33 @@ def redis_busy_loading() -> Exception:
     import redis
 
     return redis.BusyLoadingError("Redis is loading the dataset in memory")
+
+
+def test_an_entry_that_always_fails_is_set_aside_and_the_rest_served(redis_server: RedisServer, world) -> None:
+    index, _ = world
+    w = _worker(redis_server, index, "w", claim_idle_ms=30, block_ms=10, read_count=1, max_deliveries=3)
+    real = w.handle_many
+
+    def poisoned(cmds, now):  # type: ignore[no-untyped-def]
+        if any(_req_id(c) == "req-0" for c in cmds):
+            raise RuntimeError("a bug that this request triggers every time")
+        return real(cmds, now)
+
+    w.handle_many = poisoned  # type: ignore[method-assign]
+    rng = np.random.default_rng(11)
+    with redis_server.client() as r:
+        for k in range(3):
+            submit(r, _request(k, rng))
+    _serve([w], lambda: w.stats.dead_lettered == 1 and w.stats.dispatched == 2)
+    assert w.stats.dead_lettered == 1 and w.stats.dispatched == 2
+    with redis_server.client() as r:
+        dead = r.xrange(ServiceSettings().dead_letter_stream)
+        assert len(dead) == 1 and int(dead[0][1][b"deliveries"]) > 3
+        assert orjson.loads(dead[0][1][b"cmd"])["request"]["request_id"] == "req-0"
+        assert r.xpending(ServiceSettings().requests_stream, "workers")["pending"] == 0
+    assert {rid for rid, _ in _stream(redis_server)} == {"req-1", "req-2"}
+
+
+def _req_id(cmd: dict) -> str | None:
+    req = cmd.get("request")
+    return req.get("request_id") if isinstance(req, dict) else None
