@@ -304,8 +304,6 @@ class Sink(Protocol):
         size to use and the batches already done; raise DispatchConflict on a mismatch."""
         ...
 
-    def done_batches(self, request_id: str) -> set[int]: ...
-
     def append_many(self, work: list[tuple[str, list[PreparedBatch]]]) -> list[list[bool]]:
         """For each (request, batches): append every batch not yet done (marking it done); True where this
         call appended it."""
@@ -376,10 +374,6 @@ class RedisSink:
             _check_plan(rid, n, dig, n_owners, digest)
             out.append((size, {int(x) for x in got[3:]}))
         return out
-
-    def done_batches(self, request_id: str) -> set[int]:
-        got = with_retries(self.settings, "progress", lambda: self.client.hkeys(self.keys.done(request_id)))
-        return {int(x) for x in got}
 
     def append_many(self, work: list[tuple[str, list[PreparedBatch]]]) -> list[list[bool]]:
         def run() -> list[Any]:
@@ -526,9 +520,9 @@ class LocalSink:
             c.execute("ROLLBACK")
             raise
         _check_plan(request_id, n, dig, n_owners, digest)
-        return int(size), self.done_batches(request_id)
+        return int(size), self._done_batches(request_id)
 
-    def done_batches(self, request_id: str) -> set[int]:
+    def _done_batches(self, request_id: str) -> set[int]:
         rows = self._conn().execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,)).fetchall()
         return {r[0] for r in rows}
 

@@ -144,7 +144,6 @@ class Worker:
         self.settings = settings or ServiceSettings()
         self.gate = OwnerGate(workflow.store, workflow.policy)
         self.stats = WorkerStats()
-        self._notified = 0
         self._next_claim = 0.0
         try:
             self.r.xgroup_create(self.settings.requests_stream, self.settings.group, id="0", mkstream=True)
@@ -156,8 +155,7 @@ class Worker:
 
     def handle(self, cmd: dict[str, Any], now: datetime | None = None) -> str:
         """Run one command to its end; returns what happened. Raises only for failures worth retrying."""
-        outcome, self._notified = self.handle_many([cmd], now or self.clock())[0]
-        return outcome
+        return self.handle_many([cmd], now or self.clock())[0][0]
 
     def handle_many(self, cmds: list[dict[str, Any]], now: datetime) -> list[tuple[str, int]]:
         """Run a batch of commands to their end, each step one round trip for the whole batch: look up the

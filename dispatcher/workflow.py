@@ -57,16 +57,11 @@ class Workflow:
     def submit(self, request: VideoRequest | Any, now: datetime, actor: str | None = None) -> str:
         """Validate and record a request; returns its state. A rejected one leaves only an audit entry and
         raises (``RequestRejected``, ``InvalidRequest``...)."""
-        return self.submit_valid(request, now, actor)[0]
-
-    def submit_valid(self, request: VideoRequest | Any, now: datetime,
-                     actor: str | None = None) -> tuple[str, ValidRequest]:
-        """:meth:`submit`, returning the validated request too (its area parsed once, for the resolver)."""
         valid = self.check(request, now, actor)
         state = self.record_many([valid], now, actor)[0]
         if state is None:
             raise InvalidRequest(f"request id {valid.request_id!r} already exists")
-        return state, valid
+        return state
 
     def check(self, request: VideoRequest | Any, now: datetime, actor: str | None = None,
               log: RequestLog | None = None) -> ValidRequest:
@@ -108,12 +103,10 @@ class Workflow:
             raise InvalidTransition(f"no request {request_id!r}")
         return got[0]
 
-    def _move(self, request_id: str, new: str, actor: str, now: datetime, detail: dict[str, Any] | None = None,
-              expected: str | None = None) -> None:
-        """State ``new`` with its audit entry, atomically; from ``expected`` when the caller knows the current
-        state (saves a read), else from the state read now."""
+    def _move(self, request_id: str, new: str, actor: str, now: datetime, detail: dict[str, Any] | None = None) -> None:
+        """State ``new`` with its audit entry, atomically, from the state read now."""
         now = _aware(now)
-        old = expected or self.state(request_id)
+        old = self.state(request_id)
         if new not in TRANSITIONS[old] or not self.store.transition(request_id, old, new,
                                                                     AuditEntry(actor, new, now, detail or {})):
             raise InvalidTransition(f"request {request_id}: cannot go from {self.state(request_id)} to {new}")
@@ -124,9 +117,8 @@ class Workflow:
     def reject(self, request_id: str, reviewer: str, now: datetime, reason: str = "") -> None:
         self._move(request_id, REJECTED, f"reviewer:{reviewer}", now, {"reason": reason[:500]})
 
-    def mark_dispatched(self, request_id: str, now: datetime, actor: str = "system:dispatcher",
-                        expected: str | None = None) -> None:
-        self._move(request_id, DISPATCHED, actor, now, expected=expected)
+    def mark_dispatched(self, request_id: str, now: datetime, actor: str = "system:dispatcher") -> None:
+        self._move(request_id, DISPATCHED, actor, now)
 
     def mark_dispatched_many(self, request_ids: list[str], now: datetime,
                              actor: str = "system:dispatcher") -> list[bool]:
