@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from bench.servers import RedisServer
-from dispatcher.queue import Dispatcher, Keys, NotificationHeader, QueueSettings, RedisSink, decode_batch
-from dispatcher.recipients import RecipientSet
+from dispatcher.dispatch.queue import Dispatcher, Keys, NotificationHeader, QueueSettings, RedisSink, decode_batch
+from dispatcher.index.recipients import RecipientSet
 
 N = int(os.environ.get("GEODISPATCH_BENCH_RECIPIENTS", "1000000"))
 NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from bench.h3_report import us_points
-from dispatcher import h3 as gh3
+from dispatcher.geo import h3 as gh3
 
 POINTS = int(os.environ.get("GEODISPATCH_BENCH_POINTS", "1000000"))
 RES = 12

@@ -16,8 +16,8 @@ import pytest
 
 from bench.reference import LatSortedResolver
 from bench.report import SIZES, make_workload
-from dispatcher.index import CameraIndex
-from dispatcher.synthetic import generate
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.synthetic.data import generate
 
 CAMERAS = int(os.environ.get("GEODISPATCH_BENCH_CAMERAS", "1000000"))
 

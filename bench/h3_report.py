@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from dispatcher import h3 as gh3
+from dispatcher.geo import h3 as gh3
 
 
 class CellMismatch(AssertionError):
@@ -41,7 +41,7 @@ def _best(fn: Any, repeat: int) -> float:
 
 
 _COMPILE_PROBE = (
-    "import json, time; t = time.perf_counter(); from dispatcher import h3 as g; imp = time.perf_counter() - t;"
+    "import json, time; t = time.perf_counter(); from dispatcher.geo import h3 as g; imp = time.perf_counter() - t;"
     "w = g.warm_up(); print(json.dumps({'import_s': imp, 'compile_s': w}))"
 )
 

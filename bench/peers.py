@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 import shapely
 
 from bench.reference import DAY_S, Dataset, admit_vectorised
-from dispatcher.area import Area
+from dispatcher.geo.area import Area
 
 Answer = tuple[np.ndarray, np.ndarray, np.ndarray]
 #: ``removed_s`` of a camera that was never removed, for the SQL peers (later than any window).

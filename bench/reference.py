@@ -22,7 +22,7 @@ import pyarrow as pa
 import shapely
 from numba import njit
 
-from dispatcher.area import Area
+from dispatcher.geo.area import Area
 from kernels.geometry import WORK_SIZE, covers_point
 from kernels.index_kernels import admissible, group_by_owner
 
@@ -183,8 +183,8 @@ class LatSortedResolver:
     compiled in the same way, so that a comparison isolates the spatial index."""
 
     def __init__(self, cameras: pa.Table, owners: pa.Table | None = None, events: pa.Table | None = None) -> None:
-        from dispatcher.index import _columns_from, _rows_of
-        from dispatcher.models import camera_columns, event_columns, opted_out_owners
+        from dispatcher.index.camera_index import _columns_from, _rows_of
+        from dispatcher.index.schema import camera_columns, event_columns, opted_out_owners
 
         cols = camera_columns(cameras, owners)
         order = np.argsort(cols.lat, kind="stable")
@@ -201,7 +201,7 @@ class LatSortedResolver:
         self._nbytes = self.lat.nbytes + self.lng.nbytes + sum(a.nbytes for a in self.args)
 
     def resolve(self, area: Area, start: datetime, end: datetime, now: datetime) -> tuple[np.ndarray, ...]:
-        from dispatcher.index import _window_us
+        from dispatcher.index.camera_index import _window_us
 
         t0, t1, tn = _window_us(start, end, now)
         return _lat_band_resolve(self.lat, self.lng, *area.kernel_args(), *self.args, t0, t1, tn)

@@ -19,9 +19,9 @@ import psutil
 from bench.peers import DuckDBPeer, PeerUnavailable, PostGISPeer, RedisGeoPeer
 from bench.reference import Dataset, LatSortedResolver, STRtreePeer, admit_vectorised
 from bench.servers import PostgresServer, RedisServer, ServerUnavailable
-from dispatcher.area import Area
-from dispatcher.index import CameraIndex
-from dispatcher.synthetic import SQ_MILE_KM2, SyntheticData, generate, sample_areas
+from dispatcher.geo.area import Area
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.synthetic.data import SQ_MILE_KM2, SyntheticData, generate, sample_areas
 
 #: Area sizes measured, by label, in km².
 SIZES: dict[str, float] = {
@@ -319,7 +319,7 @@ def fanout_report(index: CameraIndex, data: SyntheticData, sink: Any, *, request
                   area_km2: float = 10.0, batch_size: int = 500) -> dict[str, Any]:
     """Resolve ``requests`` sample requests and dispatch each to ``sink`` (the embedded SQLite sink in the demo),
     then dispatch them all again: the repeat must append nothing (exactly-once), and the report says so."""
-    from dispatcher.queue import Dispatcher, NotificationHeader, QueueSettings
+    from dispatcher.dispatch.queue import Dispatcher, NotificationHeader, QueueSettings
 
     work = make_workload(data, requests, {"area": area_km2}, seed + 31)
     dispatcher = Dispatcher(sink, QueueSettings(batch_size=batch_size))

@@ -1,8 +1,8 @@
 """geodispatch: resolve a video request's area and time window to the exact set of camera owners."""
 
-from dispatcher.agencies import Agency, AgencyRegistry, generate_agencies
-from dispatcher.area import Area
-from dispatcher.consumer import Consumer, Email, OutboxSender, Sender
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
+from dispatcher.geo.area import Area
+from dispatcher.dispatch.consumer import Consumer, Email, OutboxSender, Sender
 from dispatcher.errors import (
     DispatchConflict,
     DispatchError,
@@ -24,12 +24,12 @@ from dispatcher.errors import (
     UnknownCamera,
     UnknownRequest,
 )
-from dispatcher.index import CameraIndex, IndexConfig
-from dispatcher.maps import agencies_html, agencies_png
-from dispatcher.models import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA
-from dispatcher.policy import Policy, validate
-from dispatcher.privacy import AgencyView, OperatorView, SharedClips, Views
-from dispatcher.queue import (
+from dispatcher.index.camera_index import CameraIndex, IndexConfig
+from dispatcher.reports.maps import agencies_html, agencies_png
+from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA
+from dispatcher.workflow.policy import Policy, validate
+from dispatcher.workflow.privacy import AgencyView, OperatorView, SharedClips, Views
+from dispatcher.dispatch.queue import (
     AdmitAll,
     Dispatcher,
     DispatchReport,
@@ -40,12 +40,12 @@ from dispatcher.queue import (
     RedisSink,
     Sink,
 )
-from dispatcher.recipients import RecipientSet
-from dispatcher.request_map import RequestMap, build_request_map, request_map_html
-from dispatcher.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
-from dispatcher.store import RedisStore, SqliteStore, Store
-from dispatcher.transparency import TransparencyReport, build_report
-from dispatcher.workflow import OwnerGate, Workflow
+from dispatcher.index.recipients import RecipientSet
+from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
+from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
+from dispatcher.workflow.store import RedisStore, SqliteStore, Store
+from dispatcher.reports.transparency import TransparencyReport, build_report
+from dispatcher.workflow.review import OwnerGate, Workflow
 
 __all__ = [
     "CAMERA_SCHEMA",

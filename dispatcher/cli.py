@@ -63,9 +63,9 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
     import tempfile
 
     from bench.report import SIZES, fanout_report, index_report
-    from dispatcher.index import CameraIndex
-    from dispatcher.queue import LocalSink
-    from dispatcher.synthetic import generate
+    from dispatcher.index.camera_index import CameraIndex
+    from dispatcher.dispatch.queue import LocalSink
+    from dispatcher.synthetic.data import generate
 
     with progress_bar() as report:
         data = generate(cameras, seed=seed, progress=report, events_per_day=2.0 if events else 0.0)
@@ -97,8 +97,8 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
 @click.option("--events-per-day", default=2.0, help="Mean motion events per camera and day.")
 def generate(cameras: int, out_dir: Path, seed: int, event_days: float, events_per_day: float) -> None:
     """Write a synthetic national data set (cameras, owners, motion events) as Parquet."""
-    from dispatcher.synthetic import generate as make
-    from dispatcher.synthetic import write_parquet
+    from dispatcher.synthetic.data import generate as make
+    from dispatcher.synthetic.data import write_parquet
 
     t = time.perf_counter()
     with progress_bar() as report:
@@ -116,7 +116,7 @@ def generate(cameras: int, out_dir: Path, seed: int, event_days: float, events_p
 @click.option("--events/--no-events", default=True, help="Load events.parquet when present.")
 def build(data_dir: Path, out_dir: Path, events: bool) -> None:
     """Build an index from a data directory and save it for `resolve` and worker processes."""
-    from dispatcher.index import CameraIndex
+    from dispatcher.index.camera_index import CameraIndex
 
     t = time.perf_counter()
     index = CameraIndex.from_parquet(data_dir, with_events=events)
@@ -140,7 +140,7 @@ def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, o
     """Resolve one area and window against a saved index; prints counts and timing as JSON."""
     import pyarrow.parquet as pq
 
-    from dispatcher.index import CameraIndex
+    from dispatcher.index.camera_index import CameraIndex
 
     text = Path(area[1:]).read_text() if area.startswith("@") else area
     index = CameraIndex.open(index_dir)
@@ -168,8 +168,8 @@ def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, a
     import multiprocessing as mp
     import signal
 
-    from dispatcher.queue import QueueSettings
-    from dispatcher.service import ServiceSettings, serve_process
+    from dispatcher.dispatch.queue import QueueSettings
+    from dispatcher.service.worker import ServiceSettings, serve_process
 
     QueueSettings.from_url(redis_url)  # a misspelt setting in the URL fails here, not in every worker
     ctx = mp.get_context("spawn")
@@ -368,7 +368,7 @@ def _print_report(result: dict[str, Any]) -> None:
 
 def _open_store(spec: str) -> Any:
     """The workflow store named by ``spec``: a ``redis://`` (``rediss://``, ``unix://``) URL or a SQLite file."""
-    from dispatcher.store import RedisStore, SqliteStore
+    from dispatcher.workflow.store import RedisStore, SqliteStore
 
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore.from_url(spec)
@@ -398,8 +398,8 @@ def map_group() -> None:
               help="Also write the map as a PNG.")
 def map_agencies(agencies: str | None, out_file: Path, png_file: Path | None) -> None:
     """Map every partner agency, coloured by join date, with a replay of the program's growth."""
-    from dispatcher.agencies import AgencyRegistry
-    from dispatcher.maps import agencies_html, agencies_png
+    from dispatcher.workflow.agencies import AgencyRegistry
+    from dispatcher.reports.maps import agencies_html, agencies_png
 
     registry = AgencyRegistry.load(agencies)
     out_file.write_text(agencies_html(registry), encoding="utf-8")
@@ -422,9 +422,9 @@ def map_request(request_id: str, store_spec: str, index_dir: Path, agencies: str
                 tiles: str | None, out_file: Path | None) -> None:
     """Map one request for operators: its area, the H3 cells the index used, camera density (counts under k
     left out)."""
-    from dispatcher.agencies import AgencyRegistry
-    from dispatcher.index import CameraIndex
-    from dispatcher.request_map import build_request_map, request_map_html
+    from dispatcher.workflow.agencies import AgencyRegistry
+    from dispatcher.index.camera_index import CameraIndex
+    from dispatcher.reports.request_map import build_request_map, request_map_html
 
     store = _open_store(store_spec)
     m = build_request_map(request_id, store, CameraIndex.open(index_dir, warm_up=False), AgencyRegistry.load(agencies),
@@ -453,8 +453,8 @@ def report_transparency(store_spec: str, agencies: str | None, k: int, since: st
                         html_file: Path, csv_file: Path) -> None:
     """Per agency and month: requests submitted, approved, rejected (by rule), dispatched, median area and
     window, notifications sent, share rate; every count under k withheld, totals included."""
-    from dispatcher.agencies import AgencyRegistry
-    from dispatcher.transparency import build_report
+    from dispatcher.workflow.agencies import AgencyRegistry
+    from dispatcher.reports.transparency import build_report
 
     report = build_report(_open_store(store_spec), AgencyRegistry.load(agencies), k=k, since=since, until=until)
     html_file.write_text(report.to_html(), encoding="utf-8")

@@ -1,6 +1,6 @@
 """Kernels of the camera index: building the adaptive H3 hierarchy and resolving an area and a time window.
 
-Layout (built by :mod:`dispatcher.index`):
+Layout (built by :mod:`dispatcher.index.camera_index`):
 
 - points are sorted by their H3 cell at the finest index level; per point ``xy`` (float64 ``[lng, lat]``),
   ``installed`` and ``removed`` (int32 seconds since 2000-01-01Z, ``removed == NOT_REMOVED`` while installed),

@@ -10,8 +10,8 @@ import pytest
 
 from bench.reference import LatSortedResolver
 from bench.report import SIZES, make_workload
-from dispatcher.index import CameraIndex
-from dispatcher.synthetic import generate
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.synthetic.data import generate
 
 CAMERAS = int(os.environ.get("GEODISPATCH_BIGSCALE_CAMERAS", "10000000"))
 

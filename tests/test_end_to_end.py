@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from bench.reference import Dataset, brute_force
-from dispatcher.agencies import Agency, AgencyRegistry, geodesic_circle
-from dispatcher.index import CameraIndex
-from dispatcher.queue import Dispatcher, NotificationHeader, QueueSettings, RedisSink, decode_batch
-from dispatcher.store import RedisStore
-from dispatcher.workflow import OwnerGate, Workflow
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.dispatch.queue import Dispatcher, NotificationHeader, QueueSettings, RedisSink, decode_batch
+from dispatcher.workflow.store import RedisStore
+from dispatcher.workflow.review import OwnerGate, Workflow
 from tests import data
 from tests.redis_server import RedisServer
 from tests.test_policy import JOINED, LAT0, LNG0, NOW

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher import h3 as gh3
+from dispatcher.geo import h3 as gh3
 from dispatcher.errors import InvalidCoordinates
-from dispatcher.h3 import InvalidCell, InvalidResolution
+from dispatcher.geo.h3 import InvalidCell, InvalidResolution
 from tests.workers import run_workers
 
 RES = list(range(16))
@@ -276,7 +276,7 @@ def test_numba_disk_cache_shared_by_concurrent_workers(tmp_path):
     loads them from the cache instead of compiling."""
     code = (
         "import json, numpy as np, time; t = time.perf_counter();"
-        "from kernels import h3core as K; from dispatcher import h3 as g; w = g.warm_up();"
+        "from kernels import h3core as K; from dispatcher.geo import h3 as g; w = g.warm_up();"
         "lat = np.linspace(-89, 89, 1001); lng = np.linspace(-179, 179, 1001);"
         "c = g.latlng_to_cell(lat, lng, 11); st = K.latlng_to_cell_array.stats;"
         "print(json.dumps({'cells': c.tolist(), 'warm_up': w, 'hits': sum(st.cache_hits.values()),"

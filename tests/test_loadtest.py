@@ -15,9 +15,9 @@ import pytest
 import shapely
 
 from bench.loadtest import LoadSettings, typical_requests
-from dispatcher.agencies import AgencyRegistry, generate_agencies
-from dispatcher.policy import Policy, validate
-from dispatcher.requests import VideoRequest
+from dispatcher.workflow.agencies import AgencyRegistry, generate_agencies
+from dispatcher.workflow.policy import Policy, validate
+from dispatcher.workflow.requests import VideoRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 

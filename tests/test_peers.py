@@ -15,8 +15,8 @@ import shapely
 from bench.peers import DuckDBPeer, PeerUnavailable, PostGISPeer, RedisGeoPeer, duckdb_spatial_path
 from bench.reference import Dataset, brute_force
 from bench.servers import PostgresServer, ServerUnavailable
-from dispatcher.area import Area
-from dispatcher.index import CameraIndex
+from dispatcher.geo.area import Area
+from dispatcher.index.camera_index import CameraIndex
 from tests import data
 from tests.data import NOW
 from tests.polygons import boundary_points, star

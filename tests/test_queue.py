@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from dispatcher.errors import DispatchConflict, DispatchError, InvalidQueueSettings, QueueUnavailable
-from dispatcher.queue import (
+from dispatcher.dispatch.queue import (
     Dispatcher,
     LocalSink,
     NotificationHeader,
@@ -26,7 +26,7 @@ from dispatcher.queue import (
     RedisSink,
     decode_batch,
 )
-from dispatcher.recipients import RecipientSet
+from dispatcher.index.recipients import RecipientSet
 from tests.redis_server import RedisServer
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
@@ -204,7 +204,7 @@ def test_threads_racing_on_one_request(sink_and_settings, tmp_path):
 WORKER = """
 import sys
 from tests.test_queue import make_recipients, header, NOW
-from dispatcher.queue import Dispatcher, QueueSettings, RedisSink, LocalSink
+from dispatcher.dispatch.queue import Dispatcher, QueueSettings, RedisSink, LocalSink
 kind, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 settings = QueueSettings(url=target if kind == "redis" else None, batch_size=10, pipeline_batches=2)
 sink = RedisSink(settings) if kind == "redis" else LocalSink(target)

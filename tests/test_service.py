@@ -18,13 +18,13 @@ import orjson
 import pytest
 
 from bench.reference import Dataset, brute_force
-from dispatcher.agencies import Agency, AgencyRegistry, geodesic_circle
-from dispatcher.index import CameraIndex
-from dispatcher.policy import Policy
-from dispatcher.queue import Dispatcher, QueueSettings, RedisSink, decode_batch
-from dispatcher.service import ServiceSettings, Worker, request_dispatch, submit
-from dispatcher.store import RedisStore
-from dispatcher.workflow import Workflow
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.workflow.policy import Policy
+from dispatcher.dispatch.queue import Dispatcher, QueueSettings, RedisSink, decode_batch
+from dispatcher.service.worker import ServiceSettings, Worker, request_dispatch, submit
+from dispatcher.workflow.store import RedisStore
+from dispatcher.workflow.review import Workflow
 from tests import data
 from tests.redis_server import RedisServer
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, square

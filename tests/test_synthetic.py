@@ -15,8 +15,8 @@ import shapely
 from shapely.geometry import shape
 
 from dispatcher.errors import InvalidArea, InvalidData, InvalidTimeWindow
-from dispatcher.models import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, camera_columns, event_columns
-from dispatcher.synthetic import (
+from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, camera_columns, event_columns
+from dispatcher.synthetic.data import (
     DEFAULT_NOW,
     SQ_MILE_KM2,
     SyntheticData,

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
-from dispatcher import h3 as h3x
-from dispatcher.area import MAX_VERTICES, Area
+from dispatcher.geo import h3 as h3x
+from dispatcher.geo.area import MAX_VERTICES, Area
 from dispatcher.errors import IndexFormatError, InvalidArea, InvalidData, InvalidTimeWindow, UnknownCamera
-from dispatcher.models import (
+from dispatcher.index.schema import (
     EPOCH_UNIX_S,
     CameraColumns,
     camera_columns,
@@ -45,7 +45,7 @@ from dispatcher.models import (
     opted_out_owners,
     to_utc_us,
 )
-from dispatcher.recipients import RecipientSet
+from dispatcher.index.recipients import RecipientSet
 from kernels import index_kernels as K
 from kernels.geometry import BOX_IN
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from shapely.geometry.base import BaseGeometry
 
-from dispatcher.area import Area
+from dispatcher.geo.area import Area
 from dispatcher.errors import InvalidRequest
 
 #: The kinds of incident a request may name (published programs: a specific crime or emergency, never

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dispatcher.errors import InvalidArea, InvalidData, InvalidTimeWindow
-from dispatcher.models import CAMERA_SCHEMA, EPOCH_UNIX_S, EVENT_SCHEMA, OWNER_SCHEMA, TS, conform, to_utc_us
+from dispatcher.index.schema import CAMERA_SCHEMA, EPOCH_UNIX_S, EVENT_SCHEMA, OWNER_SCHEMA, TS, conform, to_utc_us
 
 __all__ = [
     "DEFAULT_NOW",

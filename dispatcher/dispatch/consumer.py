@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import redis
 
-from dispatcher.queue import Keys, Notification, QueueSettings, decode_batch, with_retries
+from dispatcher.dispatch.queue import Keys, Notification, QueueSettings, decode_batch, with_retries
 
 log = logging.getLogger(__name__)
 

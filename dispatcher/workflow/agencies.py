@@ -156,7 +156,7 @@ class AgencyRegistry:
 
     @classmethod
     def load_parquet(cls, path: str | Path) -> AgencyRegistry:
-        from dispatcher.models import conform
+        from dispatcher.index.schema import conform
 
         t = conform(pq.read_table(str(path)), AGENCY_SCHEMA, "agencies")
         return cls([Agency(agency_id=r["agency_id"], name=r["name"], state=r["state"], joined_at=r["joined_at"],

@@ -17,11 +17,11 @@ from typing import Any, Protocol
 
 from pyproj import Geod
 
-from dispatcher.agencies import AgencyRegistry
-from dispatcher.area import Area
+from dispatcher.workflow.agencies import AgencyRegistry
+from dispatcher.geo.area import Area
 from dispatcher.errors import DispatchError, InvalidPolicy, RequestRejected
-from dispatcher.models import to_utc_us
-from dispatcher.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
+from dispatcher.index.schema import to_utc_us
+from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
 
 #: Square metres in a square mile (1 sq mi = 2.589988 km², as published).
 SQ_M_PER_SQ_MI = 2_589_988.110336

@@ -15,7 +15,7 @@ A request counts in the month it reached the platform (UTC), in every column: a 
 requests and what became of them. A refusal naming an agency that is not a partner counts in the row "not a
 partner agency". A submission refused for several rules counts once in "rejected" and once under each rule.
 
-Disclosure control (:mod:`dispatcher.suppression`): every count from 1 to ``k - 1`` is withheld, with the
+Disclosure control (:mod:`dispatcher.reports.suppression`): every count from 1 to ``k - 1`` is withheld, with the
 complementary cells that keep the month's "all agencies" totals and each row's own relations (submitted =
 approved + rejected + still pending; rejected against its rules; dispatched <= approved; shares <= notifications)
 from giving one back. A median over fewer than ``k`` requests is withheld; the share rate is shown only where
@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from dispatcher.agencies import AgencyRegistry
+from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.errors import InvalidReportSettings
-from dispatcher.pages import esc, page
-from dispatcher.store import Store
-from dispatcher.suppression import Relation, check_k, suppress
-from dispatcher.workflow import SHARE
+from dispatcher.reports.pages import esc, page
+from dispatcher.workflow.store import Store
+from dispatcher.reports.suppression import Relation, check_k, suppress
+from dispatcher.workflow.review import SHARE
 
 #: Rules in the order the policy checks them; codes outside this list follow in alphabetical order.
 RULE_ORDER = (
@@ -205,7 +205,7 @@ def _name(registry: AgencyRegistry, agency_id: str) -> str:
 
 
 def _withheld(tallies: dict[str, _Tally], columns: tuple[str, ...], rules: tuple[str, ...], k: int) -> set[Any]:
-    """The cells of one month to withhold (see :mod:`dispatcher.suppression`)."""
+    """The cells of one month to withhold (see :mod:`dispatcher.reports.suppression`)."""
     values: dict[Any, int] = {(a, c): int(t.counts[c]) for a, t in tallies.items() for c in columns}
     parts = [a for a in tallies if a != ALL]
     relations = [Relation.total((ALL, c), [(a, c) for a in parts]) for c in columns]

@@ -30,10 +30,10 @@ import orjson
 import redis
 
 from dispatcher.errors import DispatchError, InvalidTransition, QueueUnavailable
-from dispatcher.index import CameraIndex
-from dispatcher.queue import Dispatcher, NotificationHeader
-from dispatcher.requests import ValidRequest, VideoRequest
-from dispatcher.workflow import OwnerGate, PrefetchedLog, Workflow
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.dispatch.queue import Dispatcher, NotificationHeader
+from dispatcher.workflow.requests import ValidRequest, VideoRequest
+from dispatcher.workflow.review import OwnerGate, PrefetchedLog, Workflow
 
 log = logging.getLogger(__name__)
 
@@ -349,10 +349,10 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | Non
     import sys
     import threading
 
-    from dispatcher.agencies import AgencyRegistry
-    from dispatcher.policy import Policy
-    from dispatcher.queue import QueueSettings, RedisSink
-    from dispatcher.store import RedisStore
+    from dispatcher.workflow.agencies import AgencyRegistry
+    from dispatcher.workflow.policy import Policy
+    from dispatcher.dispatch.queue import QueueSettings, RedisSink
+    from dispatcher.workflow.store import RedisStore
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

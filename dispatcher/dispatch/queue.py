@@ -37,7 +37,7 @@ import orjson
 import redis
 
 from dispatcher.errors import DispatchConflict, InvalidQueueSettings, QueueFull, QueueUnavailable
-from dispatcher.recipients import RecipientSet
+from dispatcher.index.recipients import RecipientSet
 
 log = logging.getLogger(__name__)
 

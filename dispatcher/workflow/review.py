@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from dispatcher.agencies import AgencyRegistry
+from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.errors import DispatchError, InvalidChoice, InvalidRequest, InvalidTransition
-from dispatcher.policy import Policy, RequestLog, validate
-from dispatcher.requests import ValidRequest, VideoRequest
-from dispatcher.store import AuditEntry, Store
+from dispatcher.workflow.policy import Policy, RequestLog, validate
+from dispatcher.workflow.requests import ValidRequest, VideoRequest
+from dispatcher.workflow.store import AuditEntry, Store
 
 log = logging.getLogger(__name__)
 

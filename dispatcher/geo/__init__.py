@@ -1,0 +1,1 @@
+"""Geometry: request areas, H3 cells (Numba kernels wrapped with input checks), geodesy on WGS84."""
