@@ -20,8 +20,12 @@ import orjson
 import pytest
 
 from bench.servers import RedisServer
-from dispatcher.dispatch.queue import Dispatcher, Keys, NotificationHeader, QueueSettings, RedisSink, decode_batch
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import RedisSink
+from dispatcher.dispatch.wire import NotificationHeader, decode_batch
 from dispatcher.index.recipients import RecipientSet
+from dispatcher.keys import Keys
 
 N = int(os.environ.get("GEODISPATCH_BENCH_RECIPIENTS", "1000000"))
 NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
@@ -80,7 +84,7 @@ def test_fanout_geodispatch(benchmark, server, rs):
 
 def test_fanout_baseline_one_xadd_per_recipient(benchmark, server, rs):
     client = server.client()
-    stream = Keys().stream
+    stream = Keys().notifications
     hdr = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in HEADER.__dict__.items()}
     owners, off, cams = rs.owner_ids, rs.owner_offsets, rs.camera_ids
 

@@ -2,7 +2,7 @@
 
 One run builds the data set (synthetic cameras over US places, the partner agencies), saves the index where the
 workers memory-map it, then plays each scenario against a fresh ``redis-server`` on loopback (AOF on, fsync every
-second, Redis's default) with its own worker processes (:func:`dispatcher.service.serve_process`, the code
+second, Redis's default) with its own worker processes (:func:`dispatcher.service.supervise.serve_process`, the code
 ``geodispatch serve`` runs):
 
 - ``steady``: typical requests (a random agency, 0.03-0.45 sq mi inside its jurisdiction, a 15 min-12 h window in
@@ -23,7 +23,6 @@ worker judged it: nothing lost, nothing duplicated, no notification for an owner
 from __future__ import annotations
 
 import collections
-import math
 import multiprocessing as mp
 import os
 import signal
@@ -38,17 +37,24 @@ from typing import Any
 import numpy as np
 import psutil
 import redis
-import shapely
 
 from bench.servers import RedisServer
-from dispatcher.synthetic import data as synthetic
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import RedisSink
+from dispatcher.dispatch.wire import decode_batch
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.keys import Keys
+from dispatcher.service import commands
+from dispatcher.service.client import read_outcomes
+from dispatcher.service.supervise import serve_process
+from dispatcher.service.worker import ServiceSettings
+from dispatcher.synthetic import data as synthetic
+from dispatcher.synthetic.requests import centre_and_radius_km, typical_requests
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
+from dispatcher.workflow.pipeline import Dispatch, Submit
 from dispatcher.workflow.policy import INCIDENT_TYPES, Policy
-from dispatcher.dispatch.queue import QueueSettings, RedisSink, decode_batch
-from dispatcher.service.worker import ServiceSettings, dispatch_command, read_outcomes, serve_process, submit_command
-from dispatcher.workflow.store import RedisStore
 from dispatcher.workflow.review import Workflow
+from dispatcher.workflow.store import RedisStore
 
 SCENARIOS = ("steady", "burst", "fanout", "kill", "restart")
 SQ_MI_KM2 = 2.589988110336
@@ -115,50 +121,6 @@ def build_world(s: LoadSettings, work: Path, progress: Progress) -> World:
 
 
 # ---------------------------------------------------------------------------------------------------- requests
-
-def _centre_and_radius_km(a: Agency) -> tuple[float, float, float]:
-    c = a.jurisdiction.centroid
-    ring = np.asarray(shapely.get_coordinates(a.jurisdiction.exterior if hasattr(a.jurisdiction, "exterior")
-                                              else a.jurisdiction.geoms[0].exterior))
-    kx, ky = synthetic.km_per_degree(c.y)
-    r = float(np.min(np.hypot((ring[:, 0] - c.x) * kx, (ring[:, 1] - c.y) * ky)))
-    return c.y, c.x, r
-
-
-def typical_requests(agencies: list[Agency], n: int, seed: int, now: datetime, prefix: str,
-                     which: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """``n`` lawful requests: agency ``which[k]`` (random if None), centred uniformly in its jurisdiction (kept
-    1.5 km inside its edge, and at its centre if the polygon would still poke out), 0.03-0.45 sq mi, a 15 min
-    to 12 h window ending at least 5 min before ``now``."""
-    rng = np.random.default_rng([seed, 0x10AD])
-    geo = np.array([_centre_and_radius_km(a) for a in agencies])
-    pick = rng.integers(0, len(agencies), n) if which is None else np.asarray(which)
-    lat0, lng0, r = geo[pick, 0], geo[pick, 1], np.maximum(geo[pick, 2] - 1.5, 0.1)
-    rho, phi = r * np.sqrt(rng.random(n)), rng.uniform(0, 2 * math.pi, n)
-    kx, ky = np.array([synthetic.km_per_degree(x) for x in lat0]).T if n else (np.zeros(0), np.zeros(0))
-    lat, lng = lat0 + rho * np.sin(phi) / ky, lng0 + rho * np.cos(phi) / kx
-    sizes = rng.uniform(0.03, 0.45, n) * SQ_MI_KM2
-    areas = synthetic.sample_areas_at(lat, lng, sizes, seed=seed)
-    # A stretched polygon near the edge of a small jurisdiction can poke out: draw those again at its centre.
-    out_of = [k for k in range(n) if not agencies[int(pick[k])].jurisdiction.contains(shapely.geometry.shape(areas[k]))]
-    if out_of:
-        again = synthetic.sample_areas_at(lat0[out_of], lng0[out_of], sizes[out_of], seed=seed + 1)
-        for k, a in zip(out_of, again, strict=True):
-            areas[k] = a
-    dur = rng.uniform(15 * 60, 12 * 3600, n)
-    start_ago = 300 + dur + rng.uniform(0, 20 * 86400, n)
-    kinds = sorted(INCIDENT_TYPES)
-    out = []
-    for k in range(n):
-        start = now - timedelta(seconds=float(start_ago[k]))
-        out.append({"request_id": f"{prefix}-{k}", "agency_id": agencies[int(pick[k])].agency_id,
-                    "case_number": f"{now.year}-{k:06d}", "incident_type": kinds[k % len(kinds)],
-                    "investigator_contact": "detective@agency.example",
-                    "message": "We are investigating an incident nearby and ask for footage of the window.",
-                    "area": areas[k], "start": start.isoformat(),
-                    "end": (start + timedelta(seconds=float(dur[k]))).isoformat(), "submitted_at": now.isoformat()})
-    return out
-
 
 # ---------------------------------------------------------------------------------------------------- results
 
@@ -292,7 +254,7 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
     n = max(1, int(round(s.rate * s.duration)))
     reqs = typical_requests(world.agencies, n, s.seed + SCENARIOS.index(name), now, f"{name}-r")
     due = np.arange(n) / s.rate
-    cmds = [submit_command(r, k) for k, r in enumerate(reqs)]
+    cmds = [commands.encode(Submit(r, k)) for k, r in enumerate(reqs)]
     specials: list[int] = []   # indexes (into reqs) of the burst's or the fan-out's requests
     fanout_cmd: tuple[float, bytes] | None = None
     if name == "burst":
@@ -301,7 +263,7 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
                                  which=np.arange(len(world.agencies)))
         specials = list(range(n, n + len(extra)))
         reqs += extra
-        cmds += [submit_command(r, n + j) for j, r in enumerate(extra)]
+        cmds += [commands.encode(Submit(r, n + j)) for j, r in enumerate(extra)]
         due = np.concatenate([due, np.full(len(extra), at)])
     order = np.argsort(due, kind="stable")
     srv = RedisServer(world.work / f"redis-{name}", appendfsync="everysec").start()
@@ -317,7 +279,7 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
             wf.approve(fan["request_id"], "operator", now)
             specials = [len(reqs)]
             reqs.append(fan)
-            fanout_cmd = (s.duration / 2, dispatch_command(fan["request_id"], len(reqs) - 1))
+            fanout_cmd = (s.duration / 2, commands.encode(Dispatch(fan["request_id"], len(reqs) - 1)))
         progress(f"{name}: starting {s.workers} workers")
         workers = _Workers(world, srv.url, s.workers, settings)
         client = redis.Redis.from_url(srv.url, socket_timeout=5)
@@ -343,9 +305,9 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
             while not stop.is_set():
                 workers.sample()  # type: ignore[union-attr]
                 try:
-                    groups = c.xinfo_groups(settings.requests_stream)
+                    groups = c.xinfo_groups(Keys().requests)
                     # lag: not yet delivered (None when Redis cannot tell, e.g. just after a restart)
-                    last = c.xinfo_stream(settings.requests_stream)["last-generated-id"]
+                    last = c.xinfo_stream(Keys().requests)["last-generated-id"]
                     # after a restart Redis 7.0 can report a lag for a group that has read everything
                     lag = sum(0 if g["last-delivered-id"] == last else int(g.get("lag") or 0) for g in groups)
                     pending = sum(int(g["pending"]) for g in groups)   # delivered, not yet acknowledged
@@ -364,7 +326,7 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
             at = fanout_cmd[0] if fanout_cmd else s.duration / 3
             time.sleep(max(0.0, t0 + at - time.time()))
             if fanout_cmd:
-                _retrying(lambda: client.xadd(settings.requests_stream, {"cmd": fanout_cmd[1]}))
+                _retrying(lambda: client.xadd(Keys().requests, {"cmd": fanout_cmd[1]}))
                 due_extra[0] = at
             elif name == "kill":
                 workers.kill(0)  # type: ignore[union-attr]
@@ -386,7 +348,7 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
         for t in threads:
             t.start()
         progress(f"{name}: {len(cmds)} requests over {s.duration:.0f} s at {s.rate:g}/s")
-        _generate(client, [cmds[k] for k in order], due[order], t0, settings.requests_stream)
+        _generate(client, [cmds[k] for k in order], due[order], t0, Keys().requests)
         threads[2].join()
         deadline = time.time() + s.drain_timeout
         while len(outcomes) < len(reqs) and time.time() < deadline:
@@ -438,7 +400,7 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
 
 def _fanout_request(world: World, s: LoadSettings, now: datetime) -> dict[str, Any]:
     """A ``fanout_km2`` polygon in the jurisdiction with the most cameras near its centre."""
-    geo = [_centre_and_radius_km(a) for a in world.agencies]
+    geo = [centre_and_radius_km(a) for a in world.agencies]
     big = max(range(len(geo)), key=lambda k: geo[k][2])
     lat, lng, _ = geo[big]
     area = synthetic.sample_areas_at([lat], [lng], [s.fanout_km2], seed=s.seed, concave=False)[0]
@@ -479,7 +441,7 @@ def _verify(res: ScenarioResult, world: World, srv: RedisServer, reqs: list[dict
     c = sink.client
     last = "-"
     while True:
-        page = c.xrange(sink.keys.stream, min=last, count=2000)
+        page = c.xrange(sink.keys.notifications, min=last, count=2000)
         if last != "-":
             page = page[1:]
         if not page:

@@ -315,32 +315,39 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def fanout_report(index: CameraIndex, data: SyntheticData, sink: Any, *, requests: int = 50, seed: int = 0,
-                  area_km2: float = 10.0, batch_size: int = 500) -> dict[str, Any]:
-    """Resolve ``requests`` sample requests and dispatch each to ``sink`` (the embedded SQLite sink in the demo),
-    then dispatch them all again: the repeat must append nothing (exactly-once), and the report says so."""
-    from dispatcher.dispatch.queue import Dispatcher, NotificationHeader, QueueSettings
+def pipeline_report(index: CameraIndex, data: SyntheticData, sink: Any, *, requests: int = 50, seed: int = 0,
+                    batch: int = 16) -> dict[str, Any]:
+    """Run ``requests`` typical requests from synthetic partner agencies through the pipeline (validate, record,
+    resolve, dispatch to ``sink``, mark) on an embedded SQLite workflow store with auto-approval, ``batch``
+    commands at a time as a service worker reads them; then run the same commands again: the repeat must append
+    nothing (exactly-once), and the report says so."""
+    from dispatcher.dispatch.dispatcher import Dispatcher
+    from dispatcher.synthetic.requests import typical_requests
+    from dispatcher.workflow.agencies import AgencyRegistry, generate_agencies
+    from dispatcher.workflow.pipeline import Pipeline, Submit
+    from dispatcher.workflow.policy import Policy
+    from dispatcher.workflow.review import Workflow
+    from dispatcher.workflow.store import SqliteStore
 
-    work = make_workload(data, requests, {"area": area_km2}, seed + 31)
-    dispatcher = Dispatcher(sink, QueueSettings(batch_size=batch_size))
-    headers = [NotificationHeader(f"demo-{seed}-{k}", "agency-demo", "Demo Police Department", f"2026-{k:06d}",
-                                  "burglary", s, e, "Did your camera record anything near here?")
-               for k, (s, e) in enumerate(work.windows)]
-    resolved = 0.0
+    agencies = generate_agencies(400, seed=seed)
+    store = SqliteStore()
+    pipeline = Pipeline(Workflow(store, AgencyRegistry(agencies), Policy(auto_approve=True)), index,
+                        Dispatcher(sink))
+    cmds = [Submit(r) for r in typical_requests(agencies, requests, seed, data.now, f"demo-{seed}")]
+
+    def run_all() -> list[Any]:
+        return [o for k in range(0, len(cmds), batch) for o in pipeline.run(cmds[k:k + batch], data.now)]
+
+    before = len(sink.read_all())
     t0 = time.perf_counter()
-    sent = batches = 0
-    answers = []
-    for h, a in zip(headers, work.areas["area"]):
-        t = time.perf_counter()
-        rs = index.resolve(a, h.start, h.end, now=work.now)
-        resolved += time.perf_counter() - t
-        answers.append(rs)
-        rep = dispatcher.dispatch(h, rs, now=work.now)
-        sent += rep.recipients_notified
-        batches += rep.batches_sent
+    first = run_all()
     seconds = time.perf_counter() - t0
-    repeat = [dispatcher.dispatch(h, rs, now=work.now) for h, rs in zip(headers, answers)]
-    return {"requests": requests, "area_km2": area_km2, "recipients": sent, "batches": batches,
-            "seconds": seconds, "resolve_seconds": resolved, "recipients_per_s": sent / seconds if seconds else 0.0,
-            "repeat_appended": sum(r.batches_sent for r in repeat),
-            "repeat_already_done": sum(r.already_done for r in repeat)}
+    appended = len(sink.read_all()) - before
+    repeat = run_all()
+    store.close()
+    return {"requests": requests, "dispatched": sum(o.dispatched_now for o in first),
+            "refused": sum(o.refused for o in first), "recipients": sum(o.notified for o in first),
+            "batches": appended, "seconds": seconds,
+            "recipients_per_s": sum(o.notified for o in first) / seconds if seconds else 0.0,
+            "repeat_appended": len(sink.read_all()) - before - appended,
+            "repeat_dispatched": sum(o.dispatched_now for o in repeat)}

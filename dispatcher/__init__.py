@@ -1,8 +1,17 @@
-"""geodispatch: resolve a video request's area and time window to the exact set of camera owners."""
+"""geodispatch: resolve a video request's area and time window to the exact set of camera owners.
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
-from dispatcher.geo.area import Area
+The public API, grouped by subpackage in the order a request flows through them: ``geo`` (areas), ``index`` (the
+camera index), ``workflow`` (requests, policy, review, privacy, stores, and the pipeline that joins the steps),
+``dispatch`` (wire format, gate, dispatcher, sinks, consumer), ``service`` (the Redis-stream workers), ``reports``
+(maps and the transparency report).
+"""
+
 from dispatcher.dispatch.consumer import Consumer, Email, OutboxSender, Sender
+from dispatcher.dispatch.dispatcher import Dispatcher, DispatchReport
+from dispatcher.dispatch.gate import AdmitAll, OwnerGate, RecipientGate
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import LocalSink, RedisSink, Sink, open_sink
+from dispatcher.dispatch.wire import Notification, NotificationHeader
 from dispatcher.errors import (
     DispatchConflict,
     DispatchError,
@@ -24,91 +33,104 @@ from dispatcher.errors import (
     UnknownCamera,
     UnknownRequest,
 )
+from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex, IndexConfig
-from dispatcher.reports.maps import agencies_html, agencies_png
+from dispatcher.index.recipients import RecipientSet
 from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA
+from dispatcher.keys import Keys
+from dispatcher.reports.maps import agencies_html, agencies_png
+from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
+from dispatcher.reports.transparency import TransparencyReport, build_report
+from dispatcher.service.client import read_outcomes, request_dispatch, submit
+from dispatcher.service.worker import ServiceSettings, Worker
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
+from dispatcher.workflow.pipeline import Dispatch, Malformed, Outcome, Pipeline, Submit
 from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.privacy import AgencyView, OperatorView, SharedClips, Views
-from dispatcher.dispatch.queue import (
-    AdmitAll,
-    Dispatcher,
-    DispatchReport,
-    LocalSink,
-    NotificationHeader,
-    QueueSettings,
-    RecipientGate,
-    RedisSink,
-    Sink,
-)
-from dispatcher.index.recipients import RecipientSet
-from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
-from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
+from dispatcher.workflow.requests import INCIDENT_TYPES, StoredRequest, ValidRequest, VideoRequest
+from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
-from dispatcher.reports.transparency import TransparencyReport, build_report
-from dispatcher.workflow.review import OwnerGate, Workflow
 
 __all__ = [
+    # errors
+    "DispatchConflict",
+    "DispatchError",
+    "IndexFormatError",
+    "InvalidArea",
+    "InvalidChoice",
+    "InvalidCoordinates",
+    "InvalidData",
+    "InvalidPolicy",
+    "InvalidQueueSettings",
+    "InvalidReportSettings",
+    "InvalidRequest",
+    "InvalidTimeWindow",
+    "InvalidTransition",
+    "QueueFull",
+    "QueueUnavailable",
+    "RequestRejected",
+    "UnknownAgency",
+    "UnknownCamera",
+    "UnknownRequest",
+    # geo
+    "Area",
+    # index
     "CAMERA_SCHEMA",
     "EVENT_SCHEMA",
     "OWNER_SCHEMA",
-    "Area",
     "CameraIndex",
-    "DispatchError",
     "IndexConfig",
-    "IndexFormatError",
-    "InvalidArea",
-    "InvalidCoordinates",
-    "InvalidData",
-    "InvalidTimeWindow",
     "RecipientSet",
-    "UnknownCamera",
-    # dispatch (issue 5)
-    "AdmitAll",
-    "Consumer",
-    "DispatchConflict",
-    "DispatchReport",
-    "Dispatcher",
-    "Email",
-    "InvalidQueueSettings",
-    "LocalSink",
-    "NotificationHeader",
-    "OutboxSender",
-    "QueueFull",
-    "QueueSettings",
-    "QueueUnavailable",
-    "RecipientGate",
-    "RedisSink",
-    "Sender",
-    "Sink",
-    # requests, policy, review, owner choices, privacy wall (issue 4)
+    # workflow
     "INCIDENT_TYPES",
     "Agency",
     "AgencyRegistry",
     "AgencyView",
-    "InvalidChoice",
-    "InvalidPolicy",
-    "InvalidRequest",
-    "InvalidTransition",
+    "Dispatch",
+    "Malformed",
     "OperatorView",
-    "OwnerGate",
+    "Outcome",
+    "Pipeline",
     "Policy",
     "RedisStore",
-    "RequestRejected",
     "SharedClips",
     "SqliteStore",
     "Store",
-    "UnknownAgency",
+    "StoredRequest",
+    "Submit",
     "ValidRequest",
     "VideoRequest",
     "Views",
     "Workflow",
     "generate_agencies",
     "validate",
-    # maps and the transparency report (issue 7)
-    "InvalidReportSettings",
+    # dispatch
+    "AdmitAll",
+    "Consumer",
+    "DispatchReport",
+    "Dispatcher",
+    "Email",
+    "Keys",
+    "LocalSink",
+    "Notification",
+    "NotificationHeader",
+    "OutboxSender",
+    "OwnerGate",
+    "QueueSettings",
+    "RecipientGate",
+    "RedisSink",
+    "Sender",
+    "Sink",
+    "open_sink",
+    # service
+    "ServiceSettings",
+    "Worker",
+    "read_outcomes",
+    "request_dispatch",
+    "submit",
+    # reports
     "RequestMap",
     "TransparencyReport",
-    "UnknownRequest",
     "agencies_html",
     "agencies_png",
     "build_report",

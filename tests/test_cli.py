@@ -20,9 +20,10 @@ def test_demo_runs_and_reports_identical_results(tmp_path: Path):
     for row in report["resolve"].values():
         assert row["geodispatch"]["p50_us"] > 0 and row["latsorted"]["p50_us"] > 0
     assert "resolve latency" in result.output
-    fan = report["fanout"]
-    assert fan["requests"] == 50 and fan["recipients"] > 0 and fan["batches"] > 0
-    assert fan["repeat_appended"] == 0 and fan["repeat_already_done"] == fan["recipients"]
+    run = report["pipeline"]  # typical requests through the whole pipeline, then the same commands again
+    assert run["requests"] == 50 and run["dispatched"] == 50 and run["refused"] == 0
+    assert run["recipients"] > 0 and run["batches"] > 0
+    assert run["repeat_appended"] == 0 and run["repeat_dispatched"] == 0
 
 
 def test_generate_build_resolve_round_trip(tmp_path: Path):

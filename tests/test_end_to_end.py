@@ -6,17 +6,21 @@ Both the workflow store and the notification stream are on the same Redis."""
 from __future__ import annotations
 
 import collections
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-import numpy as np
 import pytest
 
 from bench.reference import Dataset, brute_force
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import RedisSink
+from dispatcher.dispatch.wire import decode_batch
 from dispatcher.index.camera_index import CameraIndex
-from dispatcher.dispatch.queue import Dispatcher, NotificationHeader, QueueSettings, RedisSink, decode_batch
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.workflow.pipeline import Dispatch, Malformed, Outcome, Pipeline, Submit
+from dispatcher.workflow.policy import Policy
+from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
-from dispatcher.workflow.review import OwnerGate, Workflow
 from tests import data
 from tests.redis_server import RedisServer
 from tests.test_policy import JOINED, LAT0, LNG0, NOW
@@ -34,44 +38,67 @@ def test_validate_resolve_dispatch(redis_server: RedisServer) -> None:
                                       geodesic_circle(LNG0, LAT0, 20_000), JOINED)])
     store = RedisStore.from_url(redis_server.url)
     wf = Workflow(store, registry)
+    settings = QueueSettings.from_url(redis_server.url, batch_size=7)
+    pipeline = Pipeline(wf, index, Dispatcher(RedisSink(settings), settings))
 
-    # validate (policy) and approve
-    assert wf.submit(make_request(start=NOW - timedelta(days=3, hours=5), end=NOW - timedelta(days=3)), NOW) \
-        == "submitted"
+    # validate (policy), record; then a reviewer approves
+    vr = make_request(start=NOW - timedelta(days=3, hours=5), end=NOW - timedelta(days=3))
+    sent = {f: getattr(vr, f) for f in vr.__dataclass_fields__}
+    assert pipeline.run([Submit(sent)], NOW) == [Outcome("r1", "submitted")]
     wf.approve("r1", "alice", NOW + timedelta(minutes=1))
-    state, payload = store.get_request("r1")  # type: ignore[misc]
-    assert state == "approved"
+    stored = wf.get("r1")
+    assert stored.state == "approved"
 
-    # resolve, from what the workflow stored
-    start, end = datetime.fromisoformat(payload["start"]), datetime.fromisoformat(payload["end"])
-    recipients = index.resolve(payload["area"], start, end, now=NOW)
-    want = brute_force(ds, payload["area"], start, end, NOW)
-    assert {o: c.tolist() for o, c in recipients.items()} == want and len(want) > 20
+    # the oracle, from what the agency sent (shapely over every camera)
+    start, end = stored.request.start, stored.request.end
+    want = brute_force(ds, sent["area"], start, end, NOW + timedelta(minutes=3))
+    assert len(want) > 20
 
     # one owner opts out after approval, before the send: the gate holds them back at send time
-    gone = int(recipients.owner_ids[len(want) // 2])
+    gone = sorted(want)[len(want) // 2]
     wf.opt_out(gone, NOW + timedelta(minutes=2))
 
-    settings = QueueSettings.from_url(redis_server.url, batch_size=7)
-    header = NotificationHeader("r1", "il-chicago", "Chicago Police Department", payload["case_number"],
-                                payload["incident_type"], start, end, payload["message"])
-    report = Dispatcher(RedisSink(settings), settings).dispatch(header, recipients, gate=OwnerGate(store),
-                                                                now=NOW + timedelta(minutes=3))
-    wf.mark_dispatched("r1", NOW + timedelta(minutes=4))
-    again = Dispatcher(RedisSink(settings), settings).dispatch(header, recipients, gate=OwnerGate(store),
-                                                               now=NOW + timedelta(minutes=5))
-    assert report.suppressed == 1 and report.recipients_notified == len(want) - 1
-    assert again.batches_sent == 0
+    # resolve, dispatch and mark, from the stored request; a repeat of the command sends nothing
+    first = pipeline.run([Dispatch("r1")], NOW + timedelta(minutes=3))
+    again = pipeline.run([Dispatch("r1")], NOW + timedelta(minutes=5))
+    assert first == [Outcome("r1", "dispatched", len(want) - 1, dispatched_now=True)]
+    assert again == [Outcome("r1", "dispatched")]
+    assert store.counters("r1") == {"opted_out": 1}
 
     with redis_server.client() as r:
         seen: collections.Counter = collections.Counter()
-        for _, fields in r.xrange(RedisSink(settings).keys.stream):
+        for _, fields in r.xrange(settings.keys.notifications):
             _, notes = decode_batch(fields[b"data"])
             for n in notes:
                 assert list(n.camera_ids) == want[n.owner_id]  # that owner's matching cameras, nobody else's
                 assert n.header["case_number"] == "2026-001234"
+                assert n.header["agency_name"] == "Chicago Police Department"
                 seen[n.owner_id] += 1
     assert set(seen) == set(want) - {gone} and max(seen.values()) == 1
-    assert store.get_request("r1")[0] == "dispatched"  # type: ignore[index]
+    assert wf.state("r1") == "dispatched"
     assert [e["action"] for e in store.audit("r1")] == ["submitted", "approved", "dispatched"]
-    assert np.isin(gone, recipients.owner_ids)
+
+
+def test_one_batch_mixes_submissions_dispatches_and_refusals(redis_server: RedisServer) -> None:
+    """Commands of one batch each get their own outcome, in order: a request named twice acts once, a refused
+    one changes nothing, an unknown one is refused."""
+    cams = data.cameras(5_000, seed=22, cx=LNG0, cy=LAT0, spread=0.01)
+    index = CameraIndex.build(cams, data.owners(cams, seed=22, share_out=0.0))
+    registry = AgencyRegistry([Agency("il-chicago", "Chicago Police Department", "IL",
+                                      geodesic_circle(LNG0, LAT0, 20_000), JOINED)])
+    wf = Workflow(RedisStore.from_url(redis_server.url), registry, Policy(auto_approve=True))
+    settings = QueueSettings.from_url(redis_server.url)
+    pipeline = Pipeline(wf, index, Dispatcher(RedisSink(settings), settings))
+
+    def sent(**kw):  # type: ignore[no-untyped-def]
+        vr = make_request(**kw)
+        return {f: getattr(vr, f) for f in vr.__dataclass_fields__}
+
+    got = pipeline.run([Submit(sent(request_id="a")), Submit(sent(request_id="a")), Dispatch("nope"),
+                        Submit(sent(request_id="b", case_number="?")), Submit({"junk": 1}),
+                        Malformed("unknown command 'x'"), Dispatch("a")], NOW)
+    assert [o.status for o in got] == ["dispatched", "dispatched", "refused: unknown request",
+                                       "refused: RequestRejected", "refused: InvalidRequest",
+                                       "refused: unknown command 'x'", "dispatched"]
+    assert [o.dispatched_now for o in got] == [True, False, False, False, False, False, False]
+    assert wf.store.request_ids() == ["a"]

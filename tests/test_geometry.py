@@ -8,8 +8,8 @@ import shapely
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.geo.area import Area
 from dispatcher.errors import InvalidArea
+from dispatcher.geo.area import Area
 from kernels.geometry import BOX_IN, BOX_OUT, WORK_SIZE, classify_box, covers_points, orient2d
 from tests.polygons import areas, boundary_points
 

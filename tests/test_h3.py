@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.geo import h3 as gh3
 from dispatcher.errors import InvalidCoordinates
+from dispatcher.geo import h3 as gh3
 from dispatcher.geo.h3 import InvalidCell, InvalidResolution
 from tests.workers import run_workers
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.reference import Dataset, brute_force
-from dispatcher.geo.area import Area
 from dispatcher.errors import IndexFormatError, InvalidData, InvalidTimeWindow, UnknownCamera
+from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex, IndexConfig
 from dispatcher.index.schema import CAMERA_SCHEMA
 from tests import data

@@ -14,7 +14,8 @@ import pyproj
 import pytest
 import shapely
 
-from bench.loadtest import LoadSettings, typical_requests
+from bench.loadtest import LoadSettings
+from dispatcher.synthetic.requests import typical_requests
 from dispatcher.workflow.agencies import AgencyRegistry, generate_agencies
 from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.requests import VideoRequest

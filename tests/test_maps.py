@@ -19,15 +19,19 @@ import pytest
 import shapely
 from click.testing import CliRunner
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
 from dispatcher.cli import main
-from dispatcher.errors import DispatchError, InvalidReportSettings, UnknownRequest
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.gate import OwnerGate
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import LocalSink
+from dispatcher.dispatch.wire import NotificationHeader
+from dispatcher.errors import DispatchError, InvalidData, InvalidReportSettings, UnknownRequest
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.reports.maps import agencies_html, agencies_png, agency_markers, part_of, us_frame, us_states
-from dispatcher.dispatch.queue import Dispatcher, LocalSink, NotificationHeader, QueueSettings
 from dispatcher.reports.request_map import HEIGHT, WIDTH, build_request_map, request_map_html
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
+from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import SqliteStore
-from dispatcher.workflow.review import OwnerGate, Workflow
 from tests import data
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, square
 from tests.test_policy import request as make_request
@@ -382,7 +386,7 @@ def test_cli_maps(dispatched: Dispatched, tmp_path: Path) -> None:
     assert isinstance(r.exception, UnknownRequest)
     r = runner.invoke(main, ["map", "request", "r1", "--store", str(tmp_path / "missing.sqlite"), "--index",
                              str(dispatched.index_dir)])
-    assert r.exit_code == 2 and "no such SQLite store" in r.output
+    assert isinstance(r.exception, InvalidData) and "no such SQLite store" in str(r.exception)
 
 
 def test_cli_errors_are_one_line(dispatched: Dispatched) -> None:

@@ -14,8 +14,8 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
 from dispatcher.errors import DispatchError, InvalidData, InvalidPolicy, InvalidRequest, RequestRejected, UnknownAgency
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
 from dispatcher.workflow.policy import SQ_M_PER_SQ_MI, Policy, validate
 from dispatcher.workflow.requests import VideoRequest
 

@@ -13,12 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.dispatch.gate import OwnerGate
 from dispatcher.errors import InvalidData
+from dispatcher.keys import Keys
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.privacy import PSEUDONYM_RE, AgencyView, SharedClips, Views, pseudonyms
+from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
-from dispatcher.workflow.review import OwnerGate, Workflow
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, request
 
 SECRET = b"0123456789abcdef-test-secret"
@@ -36,7 +38,7 @@ def make_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], Store]]:
         yield SqliteStore
         return
     with request.getfixturevalue("_redis_session").client() as client:
-        yield lambda: RedisStore(client, f"{{gd-{uuid.uuid4().hex}}}:")
+        yield lambda: RedisStore(client, Keys(hash_tag=f"gd-{uuid.uuid4().hex}"))
 
 
 def _run(ops: list, extra_noise: bool, make_store: Callable[[], Store]) -> tuple[AgencyView, Views, Store]:

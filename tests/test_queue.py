@@ -17,15 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import LocalSink, RedisSink
+from dispatcher.dispatch.wire import NotificationHeader, decode_batch
 from dispatcher.errors import DispatchConflict, DispatchError, InvalidQueueSettings, QueueUnavailable
-from dispatcher.dispatch.queue import (
-    Dispatcher,
-    LocalSink,
-    NotificationHeader,
-    QueueSettings,
-    RedisSink,
-    decode_batch,
-)
 from dispatcher.index.recipients import RecipientSet
 from tests.redis_server import RedisServer
 
@@ -64,8 +60,8 @@ def assert_exactly_once(sink, rs: RecipientSet, rid: str = "req-1") -> None:
 
 
 class EvenOnly:
-    def admit(self, request_id, owner_ids, now):
-        return owner_ids % 2 == 0
+    def admit_many(self, items, now):
+        return [owner_ids % 2 == 0 for _, owner_ids in items]
 
 
 # ------------------------------------------------------------------------------------------------------ settings
@@ -204,7 +200,9 @@ def test_threads_racing_on_one_request(sink_and_settings, tmp_path):
 WORKER = """
 import sys
 from tests.test_queue import make_recipients, header, NOW
-from dispatcher.dispatch.queue import Dispatcher, QueueSettings, RedisSink, LocalSink
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import RedisSink, LocalSink
 kind, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 settings = QueueSettings(url=target if kind == "redis" else None, batch_size=10, pipeline_batches=2)
 sink = RedisSink(settings) if kind == "redis" else LocalSink(target)

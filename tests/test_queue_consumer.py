@@ -7,8 +7,11 @@ import threading
 import pytest
 
 from dispatcher.dispatch.consumer import Consumer, OutboxSender, render
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import RedisSink
+from dispatcher.dispatch.wire import Notification, decode_batch
 from dispatcher.errors import QueueFull
-from dispatcher.dispatch.queue import Dispatcher, Notification, QueueSettings, RedisSink, decode_batch
 from tests.test_queue import NOW, header, make_recipients
 
 pytestmark = pytest.mark.redis
@@ -45,7 +48,7 @@ def test_consume_all_then_redelivery_sends_nothing_twice(redis_server, tmp_path)
     assert c.sent == 400 and outbox_owners(outbox) == rs.owner_ids.tolist()
     # Force a redelivery of everything: a new group reading from the start, same outbox, same keys.
     c2 = Consumer(redis_server.client(), "c2", outbox, group="senders", settings=s, min_idle_ms=0)
-    c2.client.xgroup_setid(c2.keys.stream, "senders", "0")
+    c2.client.xgroup_setid(c2.keys.notifications, "senders", "0")
     while c2.run_once(block_ms=10):
         pass
     assert c2.sent == 0 and c2.skipped == 400
@@ -60,7 +63,7 @@ def test_crashed_consumer_is_reclaimed(redis_server, tmp_path):
     crashed = Consumer(redis_server.client(), "crashed", outbox, settings=s)
     crashed.ensure_group()
     # "crashed" reads 5 batches, sends the first owner of one of them, then dies without acking.
-    got = crashed.client.xreadgroup("senders", "crashed", {crashed.keys.stream: ">"}, count=5)
+    got = crashed.client.xreadgroup("senders", "crashed", {crashed.keys.notifications: ">"}, count=5)
     first = decode_batch(got[0][1][0][1][b"data"])[1][0]
     assert outbox.send(render(first))
     survivor = Consumer(redis_server.client(), "survivor", outbox, settings=s, min_idle_ms=1)
@@ -69,7 +72,7 @@ def test_crashed_consumer_is_reclaimed(redis_server, tmp_path):
         pass
     assert survivor.sent == 299 and survivor.skipped == 1
     assert outbox_owners(outbox) == rs.owner_ids.tolist()
-    pend = survivor.client.xpending(survivor.keys.stream, "senders")
+    pend = survivor.client.xpending(survivor.keys.notifications, "senders")
     assert pend["pending"] == 0
 
 
@@ -87,7 +90,7 @@ def test_backpressure_waits_and_never_drops_unacked(redis_server, tmp_path):
         while not stop.is_set():
             consumer.run_once(count=2, block_ms=10)
             sink.trim_acknowledged()
-            max_len.append(sink.client.xlen(sink.keys.stream))
+            max_len.append(sink.client.xlen(sink.keys.notifications))
 
     t = threading.Thread(target=consume)
     t.start()
@@ -108,15 +111,15 @@ def test_trim_keeps_pending_and_undelivered(redis_server, tmp_path):
     sink = RedisSink(s)
     c = Consumer(redis_server.client(), "c1", OutboxSender(tmp_path / "o"), settings=s)
     c.ensure_group()
-    c.client.xgroup_create(sink.keys.stream, "audit", id="0")
+    c.client.xgroup_create(sink.keys.notifications, "audit", id="0")
     Dispatcher(sink, s).dispatch(header(), make_recipients(200), now=NOW)       # 20 entries
-    ids = [i for i, _ in sink.client.xrange(sink.keys.stream)]
-    read = sink.client.xreadgroup("senders", "c1", {sink.keys.stream: ">"}, count=10)[0][1]
-    sink.client.xack(sink.keys.stream, "senders", *[i for i, _ in read[:4]])    # 4 acked, 6 pending, 10 unread
-    sink.client.xreadgroup("audit", "a1", {sink.keys.stream: ">"}, count=20)
-    sink.client.xack(sink.keys.stream, "audit", *ids)                           # audit acked everything
+    ids = [i for i, _ in sink.client.xrange(sink.keys.notifications)]
+    read = sink.client.xreadgroup("senders", "c1", {sink.keys.notifications: ">"}, count=10)[0][1]
+    sink.client.xack(sink.keys.notifications, "senders", *[i for i, _ in read[:4]])    # 4 acked, 6 pending, 10 unread
+    sink.client.xreadgroup("audit", "a1", {sink.keys.notifications: ">"}, count=20)
+    sink.client.xack(sink.keys.notifications, "audit", *ids)                           # audit acked everything
     assert sink.trim_acknowledged() == 4
-    assert [i for i, _ in sink.client.xrange(sink.keys.stream)] == ids[4:]
+    assert [i for i, _ in sink.client.xrange(sink.keys.notifications)] == ids[4:]
     assert sink.backlog() == 16
 
 
@@ -138,7 +141,7 @@ def test_shutdown_drains_cleanly(redis_server, tmp_path):
     for t in threads:
         t.join()
     assert sum(c.sent for c in consumers) == 600
-    assert sink.client.xpending(sink.keys.stream, "senders")["pending"] == 0
+    assert sink.client.xpending(sink.keys.notifications, "senders")["pending"] == 0
     assert outbox_owners(outbox) == rs.owner_ids.tolist()
 
 
@@ -175,15 +178,61 @@ def test_backlog_after_a_redis_restart_is_not_overstated(tmp_path):
     with RedisServer(tmp_path / "redis") as srv:
         s = settings_for(srv, batch_size=10)
         sink = RedisSink(s)
-        sink.client.xgroup_create(sink.keys.stream, "senders", id="0", mkstream=True)
+        sink.client.xgroup_create(sink.keys.notifications, "senders", id="0", mkstream=True)
         Dispatcher(sink, s).dispatch(header(), make_recipients(200), now=NOW)        # 20 entries
-        read = sink.client.xreadgroup("senders", "c1", {sink.keys.stream: ">"}, count=12)[0][1]
-        sink.client.xack(sink.keys.stream, "senders", *[i for i, _ in read[:9]])     # 8 unread, 3 pending
+        read = sink.client.xreadgroup("senders", "c1", {sink.keys.notifications: ">"}, count=12)[0][1]
+        sink.client.xack(sink.keys.notifications, "senders", *[i for i, _ in read[:9]])     # 8 unread, 3 pending
         assert sink.backlog() == 11
         srv.restart()
         sink = RedisSink(s)
-        assert sink.client.xinfo_groups(sink.keys.stream)[0]["lag"] is None  # what Redis says now
+        assert sink.client.xinfo_groups(sink.keys.notifications)[0]["lag"] is None  # what Redis says now
         assert sink.backlog() == 11
-        rest = sink.client.xreadgroup("senders", "c1", {sink.keys.stream: ">"}, count=100)[0][1]
-        sink.client.xack(sink.keys.stream, "senders", *[i for i, _ in read[9:] + rest])
+        rest = sink.client.xreadgroup("senders", "c1", {sink.keys.notifications: ">"}, count=100)[0][1]
+        sink.client.xack(sink.keys.notifications, "senders", *[i for i, _ in read[9:] + rest])
         assert sink.backlog() == 0
+
+
+def test_consume_command_sends_every_notification_once_and_stops_on_sigterm(redis_server, tmp_path):
+    """``geodispatch consume`` as an operator runs it: consumer threads send each owner's e-mail once; a
+    second run over the same stream sends nothing; SIGTERM stops it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    s = settings_for(redis_server)
+    rs = make_recipients(300)
+    Dispatcher(RedisSink(s), s).dispatch(header(), rs, now=NOW)
+    root = Path(__file__).resolve().parents[1]
+    outbox = tmp_path / "outbox"
+
+    def run_once() -> str:
+        proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "consume", "--redis-url", redis_server.url,
+                                 "--outbox", str(outbox), "--consumers", "3", "--claim-idle-ms", "100"],
+                                cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            with redis_server.client() as r:
+                while time.monotonic() < deadline:
+                    last = r.xinfo_stream(s.keys.notifications)["last-generated-id"]
+                    groups = r.xinfo_groups(s.keys.notifications)
+                    if groups and groups[0]["pending"] == 0 and groups[0]["last-delivered-id"] == last:
+                        break
+                    time.sleep(0.05)
+            time.sleep(0.3)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, output
+        return output
+
+    first = run_once()
+    assert outbox_owners(OutboxSender(outbox)) == rs.owner_ids.tolist()
+    assert "300 sent" in first and "consumers stopped" in first
+    with redis_server.client() as r:  # every entry delivered again, as after a crash before the acks
+        r.xgroup_setid(s.keys.notifications, "senders", "0")
+    again = run_once()
+    assert "0 sent, 300 skipped" in again and outbox_owners(OutboxSender(outbox)) == rs.owner_ids.tolist()

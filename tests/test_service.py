@@ -18,13 +18,20 @@ import orjson
 import pytest
 
 from bench.reference import Dataset, brute_force
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import RedisSink
+from dispatcher.dispatch.wire import decode_batch
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.keys import Keys
+from dispatcher.service import commands
+from dispatcher.service.client import request_dispatch, submit
+from dispatcher.service.worker import ServiceSettings, Worker
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.workflow.pipeline import Pipeline
 from dispatcher.workflow.policy import Policy
-from dispatcher.dispatch.queue import Dispatcher, QueueSettings, RedisSink, decode_batch
-from dispatcher.service.worker import ServiceSettings, Worker, request_dispatch, submit
-from dispatcher.workflow.store import RedisStore
 from dispatcher.workflow.review import Workflow
+from dispatcher.workflow.store import RedisStore
 from tests import data
 from tests.redis_server import RedisServer
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, square
@@ -49,7 +56,7 @@ def _worker(server: RedisServer, index: CameraIndex, name: str, auto: bool = Tru
     store = RedisStore.from_url(server.url)
     wf = Workflow(store, _registry(), Policy(auto_approve=auto, owner_cap=1000, rate_limit=1000))
     qs = QueueSettings.from_url(server.url, batch_size=16)
-    return Worker(name, server.client(), index, wf, Dispatcher(RedisSink(qs), qs), ServiceSettings(**kw),
+    return Worker(name, server.client(), Pipeline(wf, index, Dispatcher(RedisSink(qs), qs)), ServiceSettings(**kw),
                   clock=lambda: NOW)
 
 
@@ -64,7 +71,7 @@ def _request(k: int, rng: np.random.Generator) -> dict:
 def _stream(server: RedisServer) -> collections.Counter:
     seen: collections.Counter = collections.Counter()
     with server.client() as r:
-        for _, fields in r.xrange(RedisSink(QueueSettings.from_url(server.url)).keys.stream):
+        for _, fields in r.xrange(RedisSink(QueueSettings.from_url(server.url)).keys.notifications):
             _, notes = decode_batch(fields[b"data"])
             for n in notes:
                 seen[(n.header["request_id"], n.owner_id)] += 1
@@ -108,7 +115,7 @@ def test_two_workers_serve_requests_exactly(redis_server: RedisServer, world) ->
         nonempty += bool(got)
     assert nonempty >= 25
     with redis_server.client() as r:
-        assert r.xpending(ServiceSettings().requests_stream, "workers")["pending"] == 0
+        assert r.xpending(Keys().requests, "workers")["pending"] == 0
 
 
 def test_dead_workers_entries_are_reclaimed_and_redelivery_sends_nothing_twice(redis_server: RedisServer,
@@ -120,9 +127,8 @@ def test_dead_workers_entries_are_reclaimed_and_redelivery_sends_nothing_twice(r
         ids = [submit(r, _request(k, rng)) for k in range(4)]
     dead = _worker(redis_server, index, "dead", **settings)
     # "dead" reads two entries, handles one of them fully but dies before acknowledging either
-    got = dead.r.xreadgroup("workers", "dead", {ServiceSettings().requests_stream: ">"}, count=2)
-    import orjson
-    dead.handle(orjson.loads(got[0][1][0][1][b"cmd"]))
+    got = dead.r.xreadgroup("workers", "dead", {Keys().requests: ">"}, count=2)
+    dead.pipeline.run([commands.decode(got[0][1][0][1])], NOW)
     assert len(_stream(redis_server)) > 0
     time.sleep(0.1)
     alive = _worker(redis_server, index, "alive", **settings)
@@ -132,7 +138,7 @@ def test_dead_workers_entries_are_reclaimed_and_redelivery_sends_nothing_twice(r
     seen = _stream(redis_server)
     assert max(seen.values()) == 1 and {rid for rid, _ in seen} == {f"req-{k}" for k in range(4)}
     with redis_server.client() as r:
-        assert r.xpending(ServiceSettings().requests_stream, "workers")["pending"] == 0
+        assert r.xpending(Keys().requests, "workers")["pending"] == 0
     assert len(ids) == 4
 
 
@@ -144,14 +150,14 @@ def test_reviewed_request_dispatched_on_command(redis_server: RedisServer, world
         submit(r, req)
         _serve([w], lambda: w.stats.handled == 1)
         assert w.stats.outcomes == ["submitted"] and not _stream(redis_server)
-        w.workflow.approve("req-7", "reviewer", NOW)
+        w.pipeline.workflow.approve("req-7", "reviewer", NOW)
         request_dispatch(r, "req-7")
         request_dispatch(r, "req-7")  # a double click: the second finds it dispatched
         _serve([w], lambda: w.stats.handled == 3)
     assert w.stats.outcomes[1:] == ["dispatched", "dispatched"] and w.stats.dispatched == 1
     seen = _stream(redis_server)
     assert seen and max(seen.values()) == 1
-    assert w.workflow.state("req-7") == "dispatched"
+    assert w.pipeline.workflow.state("req-7") == "dispatched"
 
 
 def _serve_command(server: RedisServer, tmp_path: Path) -> subprocess.Popen:
@@ -197,7 +203,7 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
     seen = _stream(redis_server)
     assert seen and max(seen.values()) == 1
     with redis_server.client() as r:
-        assert r.xpending(ServiceSettings().requests_stream, "workers")["pending"] == 0
+        assert r.xpending(Keys().requests, "workers")["pending"] == 0
     deadline = time.monotonic() + 30
     while not _no_process_left(proc) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -232,7 +238,7 @@ def test_worker_survives_redis_trouble_mid_batch_and_finishes_later(redis_server
 
     index, _ = world
     w = _worker(redis_server, index, "w", claim_idle_ms=50, block_ms=20)
-    real = w.dispatcher.dispatch_many
+    real = w.pipeline.dispatcher.dispatch_many
     failures = [QueueUnavailable("Redis unreachable during plan"), redis_busy_loading()]
 
     def flaky(*a, **kw):  # type: ignore[no-untyped-def]
@@ -240,7 +246,7 @@ def test_worker_survives_redis_trouble_mid_batch_and_finishes_later(redis_server
             raise failures.pop(0)
         return real(*a, **kw)
 
-    w.dispatcher.dispatch_many = flaky  # type: ignore[method-assign]
+    w.pipeline.dispatcher.dispatch_many = flaky  # type: ignore[method-assign]
     with redis_server.client() as r:
         submit(r, _request(0, np.random.default_rng(9)))
     _serve([w], lambda: w.stats.dispatched == 1)
@@ -258,14 +264,14 @@ def redis_busy_loading() -> Exception:
 def test_an_entry_that_always_fails_is_set_aside_and_the_rest_served(redis_server: RedisServer, world) -> None:
     index, _ = world
     w = _worker(redis_server, index, "w", claim_idle_ms=30, block_ms=10, read_count=1, max_deliveries=3)
-    real = w.handle_many
+    real = w.pipeline.run
 
     def poisoned(cmds, now):  # type: ignore[no-untyped-def]
-        if any(_req_id(c) == "req-0" for c in cmds):
+        if any(c.request_id == "req-0" for c in cmds):
             raise RuntimeError("a bug that this request triggers every time")
         return real(cmds, now)
 
-    w.handle_many = poisoned  # type: ignore[method-assign]
+    w.pipeline.run = poisoned  # type: ignore[method-assign]
     rng = np.random.default_rng(11)
     with redis_server.client() as r:
         for k in range(3):
@@ -273,13 +279,8 @@ def test_an_entry_that_always_fails_is_set_aside_and_the_rest_served(redis_serve
     _serve([w], lambda: w.stats.dead_lettered == 1 and w.stats.dispatched == 2)
     assert w.stats.dead_lettered == 1 and w.stats.dispatched == 2
     with redis_server.client() as r:
-        dead = r.xrange(ServiceSettings().dead_letter_stream)
+        dead = r.xrange(Keys().dead_letters)
         assert len(dead) == 1 and int(dead[0][1][b"deliveries"]) > 3
         assert orjson.loads(dead[0][1][b"cmd"])["request"]["request_id"] == "req-0"
-        assert r.xpending(ServiceSettings().requests_stream, "workers")["pending"] == 0
+        assert r.xpending(Keys().requests, "workers")["pending"] == 0
     assert {rid for rid, _ in _stream(redis_server)} == {"req-1", "req-2"}
-
-
-def _req_id(cmd: dict) -> str | None:
-    req = cmd.get("request")
-    return req.get("request_id") if isinstance(req, dict) else None

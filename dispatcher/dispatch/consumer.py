@@ -20,7 +20,10 @@ from urllib.parse import quote
 
 import redis
 
-from dispatcher.dispatch.queue import Keys, Notification, QueueSettings, decode_batch, with_retries
+from dispatcher.connections import with_retries
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.wire import Notification, decode_batch
+from dispatcher.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +89,14 @@ class Consumer:
                  settings: QueueSettings | None = None, min_idle_ms: int = 30_000, keys: Keys | None = None) -> None:
         self.client, self.name, self.sender, self.group = client, name, sender, group
         self.settings = settings or QueueSettings(url="redis://")
-        self.keys = keys or Keys(self.settings.prefix, self.settings.hash_tag)
+        self.keys = keys or self.settings.keys
         self.min_idle_ms = min_idle_ms
         self.sent = 0
         self.skipped = 0
 
     def ensure_group(self) -> None:
         try:
-            self.client.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
+            self.client.xgroup_create(self.keys.notifications, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -116,14 +119,14 @@ class Consumer:
             pipe = self.client.pipeline(transaction=True)
             if done:
                 pipe.hset(sent_key, mapping=dict.fromkeys(done, 1))
-            pipe.xack(self.keys.stream, self.group, entry_id)
+            pipe.xack(self.keys.notifications, self.group, entry_id)
             pipe.execute()
         with_retries(self.settings, "ack", ack)
 
     def reclaim(self, count: int = 16) -> int:
         """Take over entries another consumer left pending for longer than ``min_idle_ms``, and handle them."""
         got: Any = with_retries(self.settings, "xautoclaim", lambda: self.client.xautoclaim(
-            self.keys.stream, self.group, self.name, self.min_idle_ms, start_id="0-0", count=count))
+            self.keys.notifications, self.group, self.name, self.min_idle_ms, start_id="0-0", count=count))
         claimed = got[1]
         for entry_id, fields in claimed:
             if fields:                      # None when the entry was trimmed meanwhile
@@ -133,7 +136,7 @@ class Consumer:
     def run_once(self, count: int = 16, block_ms: int = 100) -> int:
         n = self.reclaim(count)
         got: Any = with_retries(self.settings, "xreadgroup", lambda: self.client.xreadgroup(
-            self.group, self.name, {self.keys.stream: ">"}, count=count, block=block_ms))
+            self.group, self.name, {self.keys.notifications: ">"}, count=count, block=block_ms))
         for _stream, entries in got or []:
             for entry_id, fields in entries:
                 self._handle(entry_id, fields)

@@ -33,9 +33,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
+from dispatcher.errors import IndexFormatError, InvalidArea, InvalidData, InvalidTimeWindow, UnknownCamera
 from dispatcher.geo import h3 as h3x
 from dispatcher.geo.area import MAX_VERTICES, Area
-from dispatcher.errors import IndexFormatError, InvalidArea, InvalidData, InvalidTimeWindow, UnknownCamera
+from dispatcher.index.recipients import RecipientSet
 from dispatcher.index.schema import (
     EPOCH_UNIX_S,
     CameraColumns,
@@ -45,7 +46,6 @@ from dispatcher.index.schema import (
     opted_out_owners,
     to_utc_us,
 )
-from dispatcher.index.recipients import RecipientSet
 from kernels import index_kernels as K
 from kernels.geometry import BOX_IN
 

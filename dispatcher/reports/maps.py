@@ -22,9 +22,9 @@ import shapely
 from pyproj import Transformer
 from shapely.geometry.base import BaseGeometry
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.errors import InvalidReportSettings
 from dispatcher.reports.pages import esc, page
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 
 WIDTH, HEIGHT = 960, 600
 #: Each part of the composite: its Albers conic (parallels and centre as usual for it) and where it goes in the

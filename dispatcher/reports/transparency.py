@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.errors import InvalidReportSettings
 from dispatcher.reports.pages import esc, page
-from dispatcher.workflow.store import Store
 from dispatcher.reports.suppression import Relation, check_k, suppress
+from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.review import SHARE
+from dispatcher.workflow.store import Store
 
 #: Rules in the order the policy checks them; codes outside this list follow in alphabetical order.
 RULE_ORDER = (

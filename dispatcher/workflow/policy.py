@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from pyproj import Geod
 
-from dispatcher.workflow.agencies import AgencyRegistry
-from dispatcher.geo.area import Area
 from dispatcher.errors import DispatchError, InvalidPolicy, RequestRejected
+from dispatcher.geo.area import Area
 from dispatcher.index.schema import to_utc_us
+from dispatcher.settings import coerce
+from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
 
 #: Square metres in a square mile (1 sq mi = 2.589988 km², as published).
@@ -67,25 +68,10 @@ class Policy:
                 raise InvalidPolicy(f"{name} must be a positive integer, got {v!r}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Policy:
-        """Settings by name; durations as seconds or timedelta. Misspelled keys raise :class:`InvalidPolicy`."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise InvalidPolicy(f"unknown policy setting(s) {unknown}; known: {sorted(known)}")
-        kw: dict[str, Any] = {}
-        for k, v in d.items():
-            default = getattr(cls, k)
-            if isinstance(default, timedelta) and isinstance(v, (int, float)) and not isinstance(v, bool):
-                v = timedelta(seconds=v)
-            elif isinstance(default, frozenset):
-                v = frozenset(v)
-            elif isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if type(v) is not type(default):
-                raise InvalidPolicy(f"{k} must be {type(default).__name__}, got {type(v).__name__} {v!r}")
-            kw[k] = v
-        return cls(**kw)
+    def from_dict(cls, d: dict[str, Any], source: str = "the policy") -> Policy:
+        """Settings by name, as JSON values; durations as seconds or timedelta. Misspelled keys and values of
+        the wrong type raise :class:`InvalidPolicy`."""
+        return cls(**coerce(cls, d, source, InvalidPolicy))
 
 
 class RequestLog(Protocol):

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 
 from dispatcher.errors import InvalidData
-from dispatcher.workflow.store import Store
 from dispatcher.workflow.review import SHARE, Workflow
+from dispatcher.workflow.store import Store
 
 PSEUDONYM_RE = re.compile(r"Neighbor [1-9][0-9]{3}")
 CLIP_REF_RE = re.compile(r"[0-9a-f]{24}")

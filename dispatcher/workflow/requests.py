@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from shapely.geometry.base import BaseGeometry
 
+from dispatcher.errors import InvalidData, InvalidRequest
 from dispatcher.geo.area import Area
-from dispatcher.errors import InvalidRequest
 
 #: The kinds of incident a request may name (published programs: a specific crime or emergency, never
 #: lawful activity such as a protest, never a general announcement).
@@ -90,3 +92,36 @@ class ValidRequest:
     @property
     def geometry(self) -> BaseGeometry:
         return self.area.geometry
+
+    def to_payload(self) -> dict[str, Any]:
+        """The stored form (JSON): every field but the id, which is the record's key."""
+        return {"agency_id": self.agency_id, "case_number": self.case_number, "incident_type": self.incident_type,
+                "investigator_contact": self.investigator_contact, "message": self.message,
+                "area": self.area.to_geojson(), "start": self.start.isoformat(), "end": self.end.isoformat(),
+                "submitted_at": self.submitted_at.isoformat(), "area_sq_mi": self.area_sq_mi}
+
+    @classmethod
+    def from_payload(cls, request_id: str, payload: Mapping[str, Any]) -> ValidRequest:
+        """Back from :meth:`to_payload` (the request passed the policy when it was stored)."""
+        try:
+            area = Area.parse(payload["area"], max_vertices=sys.maxsize)
+            times = [datetime.fromisoformat(payload[k]) for k in ("start", "end", "submitted_at")]
+            return cls(request_id=request_id, agency_id=payload["agency_id"], case_number=payload["case_number"],
+                       incident_type=payload["incident_type"], investigator_contact=payload["investigator_contact"],
+                       message=payload["message"], area=area, start=times[0], end=times[1], submitted_at=times[2],
+                       area_sq_mi=float(payload["area_sq_mi"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidData(f"stored request {request_id!r} is unreadable: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """A request as the store holds it: its state in the review workflow and the validated request."""
+
+    state: str
+    request: ValidRequest
+
+    @classmethod
+    def from_record(cls, request_id: str, record: tuple[str, Mapping[str, Any]]) -> StoredRequest:
+        state, payload = record
+        return cls(state, ValidRequest.from_payload(request_id, payload))

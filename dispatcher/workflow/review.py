@@ -1,5 +1,4 @@
-"""The request workflow: an explicit state machine with an append-only audit log, owner choices, and the
-:class:`OwnerGate` the dispatcher calls at send time (opt-outs and the per-owner rolling-day cap).
+"""The request workflow: an explicit state machine with an append-only audit log, and owner choices.
 
 States: ``submitted -> approved | rejected``, ``approved -> dispatched | closed``, ``dispatched -> closed``.
 Every transition, and every rejected submission, is one audit entry with its actor and time.
@@ -8,15 +7,14 @@ Every transition, and every rejected submission, is one audit entry with its act
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
-
+from dispatcher.errors import DispatchError, InvalidChoice, InvalidRequest, InvalidTransition, UnknownRequest
 from dispatcher.workflow.agencies import AgencyRegistry
-from dispatcher.errors import DispatchError, InvalidChoice, InvalidRequest, InvalidTransition
 from dispatcher.workflow.policy import Policy, RequestLog, validate
-from dispatcher.workflow.requests import ValidRequest, VideoRequest
+from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
 from dispatcher.workflow.store import AuditEntry, Store
 
 log = logging.getLogger(__name__)
@@ -33,17 +31,11 @@ SHARE, DECLINE = "share", "decline"
 MAX_CLIPS = 100
 
 
-def _aware(now: datetime) -> datetime:
+def aware_now(now: datetime) -> datetime:
+    """``now`` in UTC; a naive datetime is refused (the time a step is judged at must be unambiguous)."""
     if now.utcoffset() is None:
         raise InvalidTransition(f"now must be an aware datetime, got {now!r}")
     return now.astimezone(timezone.utc)
-
-
-def _payload(v: ValidRequest) -> dict[str, Any]:
-    return {"agency_id": v.agency_id, "case_number": v.case_number, "incident_type": v.incident_type,
-            "investigator_contact": v.investigator_contact, "message": v.message,
-            "area": v.area.to_geojson(), "start": v.start.isoformat(), "end": v.end.isoformat(),
-            "submitted_at": v.submitted_at.isoformat(), "area_sq_mi": v.area_sq_mi}
 
 
 class Workflow:
@@ -67,45 +59,69 @@ class Workflow:
               log: RequestLog | None = None) -> ValidRequest:
         """Validate against the policy, with ``log`` (the store by default) answering for earlier requests; a
         refusal is recorded in the audit log and raised. Nothing else is written."""
-        now = _aware(now)
-        rid = getattr(request, "request_id", None)
-        who = actor or f"agency:{getattr(request, 'agency_id', '?')}"
+        now = aware_now(now)
         try:
             if not isinstance(request, VideoRequest):
                 request = VideoRequest.from_dict(request)
-            valid = validate(request, self.registry, log or self.store, now, self.policy)
+            return validate(request, self.registry, log or self.store, now, self.policy)
         except DispatchError as exc:
-            codes = getattr(exc, "codes", [type(exc).__name__])
-            named = request.get("agency_id") if isinstance(request, dict) else getattr(request, "agency_id", None)
-            # the agency it named, whatever it is: the transparency report counts refusals per agency
-            detail = {"codes": codes, "agency_id": named[:64] if isinstance(named, str) else None}
-            self.store.append_audit(str(rid)[:64] if isinstance(rid, str) else "?", str(who)[:120],
-                                    "submission_refused", now, detail)
+            self.refuse(request, exc, now, actor)
             raise
-        return valid
+
+    def refuse(self, request: VideoRequest | Any, exc: DispatchError, now: datetime, actor: str | None = None) -> None:
+        """Record a refused submission in the audit log: its rule codes and the agency it named, whatever it is
+        (the transparency report counts refusals per agency)."""
+        # the id only of a well-formed request: a malformed one's is not even known to be a request id
+        rid = request.request_id if isinstance(request, VideoRequest) else None
+        named = request.get("agency_id") if isinstance(request, dict) else getattr(request, "agency_id", None)
+        codes = getattr(exc, "codes", [type(exc).__name__])
+        detail = {"codes": codes, "agency_id": named[:64] if isinstance(named, str) else None}
+        who = actor or f"agency:{named if isinstance(named, str) else '?'}"
+        self.store.append_audit(rid[:64] if isinstance(rid, str) else "?", who[:120], "submission_refused",
+                                aware_now(now), detail)
+
+    def prefetch(self, request_ids: Sequence[str], new: Sequence[VideoRequest]
+                 ) -> tuple[list[StoredRequest | None], PrefetchedLog]:
+        """In one round trip: each named request as stored (None where there is none), and the policy's view of
+        earlier requests for judging the ``new`` submissions together (:class:`PrefetchedLog`)."""
+        windows = [(vr.agency_id, vr.submitted_at - self.policy.rate_period) for vr in new]
+        found, counts = self.store.lookup(request_ids, windows)
+        log = PrefetchedLog(self.store, {rid: got is not None for rid, got in zip(request_ids, found, strict=True)},
+                            dict(zip(windows, counts, strict=True)))
+        return [None if got is None else StoredRequest.from_record(rid, got)
+                for rid, got in zip(request_ids, found, strict=True)], log
+
+    def get(self, request_id: str) -> StoredRequest:
+        got = self.store.get_request(request_id)
+        if got is None:
+            raise UnknownRequest(f"no request {request_id!r}")
+        return StoredRequest.from_record(request_id, got)
+
+    def agency_name(self, agency_id: str) -> str:
+        return self.registry.get(agency_id).name
 
     def record_many(self, valids: list[ValidRequest], now: datetime, actor: str | None = None) -> list[str | None]:
         """Record validated requests, each with its audit entries in one atomic step (with auto-approval,
         approved in that same step), all in one round trip; returns each one's state, None where its id exists
         already."""
-        now = _aware(now)
+        now = aware_now(now)
         items = []
         for v in valids:
             entries = [AuditEntry(actor or f"agency:{v.agency_id}", SUBMITTED, now)]
             if self.policy.auto_approve:
                 entries.append(AuditEntry("system:auto-approval", APPROVED, now))
-            items.append((v.request_id, v.agency_id, v.submitted_at, entries[-1].action, _payload(v), entries))
+            items.append((v.request_id, v.agency_id, v.submitted_at, entries[-1].action, v.to_payload(), entries))
         return [it[3] if ok else None for it, ok in zip(items, self.store.create_many(items), strict=True)]
 
     def state(self, request_id: str) -> str:
         got = self.store.get_request(request_id)
         if got is None:
-            raise InvalidTransition(f"no request {request_id!r}")
+            raise UnknownRequest(f"no request {request_id!r}")
         return got[0]
 
     def _move(self, request_id: str, new: str, actor: str, now: datetime, detail: dict[str, Any] | None = None) -> None:
         """State ``new`` with its audit entry, atomically, from the state read now."""
-        now = _aware(now)
+        now = aware_now(now)
         old = self.state(request_id)
         if new not in TRANSITIONS[old] or not self.store.transition(request_id, old, new,
                                                                     AuditEntry(actor, new, now, detail or {})):
@@ -124,7 +140,7 @@ class Workflow:
                              actor: str = "system:dispatcher") -> list[bool]:
         """Approved -> dispatched for each, with its audit entry, all in one round trip; False where the request
         was not approved (another worker marked it first, say)."""
-        now = _aware(now)
+        now = aware_now(now)
         return self.store.transition_many([(rid, APPROVED, DISPATCHED, AuditEntry(actor, DISPATCHED, now))
                                            for rid in request_ids])
 
@@ -134,7 +150,7 @@ class Workflow:
     # -- owner choices -------------------------------------------------------------------------------------
 
     def _owner_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], now: datetime) -> None:
-        now = _aware(now)
+        now = aware_now(now)
         if self.state(request_id) != DISPATCHED:
             raise InvalidChoice(f"request {request_id} is {self.state(request_id)}, not open for answers")
         if not self.store.was_notified(request_id, owner_id):
@@ -154,12 +170,12 @@ class Workflow:
 
     def opt_out(self, owner_id: int, now: datetime) -> None:
         """Opt out of every future request, at once: the gate refuses this owner from now on."""
-        now = _aware(now)
+        now = aware_now(now)
         self.store.set_opted_out(owner_id, True, now)
         self.store.append_audit("-", f"owner:{owner_id}", "opt_out", now, {})
 
     def opt_in(self, owner_id: int, now: datetime) -> None:
-        now = _aware(now)
+        now = aware_now(now)
         self.store.set_opted_out(owner_id, False, now)
         self.store.append_audit("-", f"owner:{owner_id}", "opt_in", now, {})
 
@@ -188,30 +204,3 @@ class PrefetchedLog:
     def accept(self, request_id: str, agency_id: str, submitted_at: datetime) -> None:
         self.known[request_id] = True
         self.accepted.append((agency_id, submitted_at))
-
-
-class OwnerGate:
-    """Checked by the dispatcher at send time: which owners may be notified now.
-
-    An owner is admitted when not opted out and under ``policy.owner_cap`` notifications in the rolling
-    ``policy.owner_cap_period``. Admitted owners are recorded as notified for the request, idempotently (the
-    same owner for the same request is counted once and admitted again); suppressed ones are counted per
-    reason (``opted_out``, ``capped``) in the store.
-    """
-
-    def __init__(self, store: Store, policy: Policy | None = None) -> None:
-        self.store = store
-        self.policy = policy or Policy()
-
-    def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime) -> np.ndarray:
-        return self.admit_many([(request_id, owner_ids)], now)[0]
-
-    def admit_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
-        now = _aware(now)
-        checked = []
-        for rid, owners in items:
-            ids = np.ascontiguousarray(owners, dtype=np.int64)
-            if ids.ndim != 1:
-                raise ValueError(f"owner_ids must be one-dimensional, got shape {ids.shape}")
-            checked.append((rid, ids))
-        return self.store.admit_many(checked, now, self.policy.owner_cap, now - self.policy.owner_cap_period)

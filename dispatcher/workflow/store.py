@@ -1,7 +1,7 @@
 """Workflow state that survives a restart. :class:`SqliteStore` is the embedded default; :class:`RedisStore`
 shares state between workers. Both implement :class:`Store`, and the same tests run against both.
 
-Redis keys all live in :class:`RedisKeys`, under one hash-tag prefix (``{gd}:``) so they share a cluster slot;
+Redis key names come from :class:`dispatcher.keys.Keys`, under one hash tag so they share a cluster slot;
 multi-key steps are Lua scripts (one atomic step each).
 """
 
@@ -19,7 +19,10 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from dispatcher.errors import InvalidRequest
+from dispatcher.connections import connect
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.errors import InvalidData, InvalidRequest
+from dispatcher.keys import Keys
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL,
@@ -82,7 +85,6 @@ class Store(Protocol):
     def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None: ...
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]: ...
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None: ...
-    def opted_out(self, owner_ids: np.ndarray) -> np.ndarray: ...
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray: ...
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]: ...
@@ -189,11 +191,6 @@ class SqliteStore:
             else:
                 self._db.execute("DELETE FROM opted_out WHERE owner_id=?", (int(owner_id),))
 
-    def opted_out(self, owner_ids: np.ndarray) -> np.ndarray:
-        out = np.zeros(owner_ids.shape[0], np.bool_)
-        for k, o in enumerate(owner_ids.tolist()):
-            out[k] = self._db.execute("SELECT 1 FROM opted_out WHERE owner_id=?", (o,)).fetchone() is not None
-        return out
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
         """In one transaction: per owner, already notified for this request -> True (not counted again);
@@ -248,34 +245,6 @@ class SqliteStore:
             "SELECT owner_id, choice, clips FROM choices WHERE request_id=? ORDER BY owner_id", (request_id,))]
 
 
-class RedisKeys:
-    """Every Redis key the store uses, in one place."""
-
-    def __init__(self, prefix: str = "{gd}:") -> None:
-        self.prefix = prefix
-        self.audit = prefix + "audit"
-        self.optout = prefix + "optout"
-        self.reqids = prefix + "reqids"
-
-    def req(self, rid: str) -> str:
-        return f"{self.prefix}req:{rid}"
-
-    def agency(self, a: str) -> str:
-        return f"{self.prefix}agency:{a}"
-
-    def notified(self, rid: str) -> str:
-        return f"{self.prefix}notified:{rid}"
-
-    def owner(self, o: int) -> str:
-        return f"{self.prefix}owner:{o}"
-
-    def counters(self, rid: str) -> str:
-        return f"{self.prefix}counters:{rid}"
-
-    def choices(self, rid: str) -> str:
-        return f"{self.prefix}choices:{rid}"
-
-
 # KEYS: req, reqids, agency, audit; ARGV: rid, submitted_us, state, payload, audit entries...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -292,21 +261,21 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 return 1
 """
-# KEYS: notified, optout, counters; ARGV: prefix, rid, now_us, cap, since_us, owners...
+# KEYS: notified, optout, counters, then each owner's notices key; ARGV: rid, now_us, cap, since_us, owners...
 _ADMIT = """
 local out = {}
 local opt, capped = 0, 0
-for i = 6, #ARGV do
+for i = 5, #ARGV do
   local o = ARGV[i]
   if redis.call('SISMEMBER', KEYS[1], o) == 1 then out[#out + 1] = 1
   elseif redis.call('SISMEMBER', KEYS[2], o) == 1 then out[#out + 1] = 0; opt = opt + 1
   else
-    local okey = ARGV[1] .. 'owner:' .. o
-    if redis.call('ZCOUNT', okey, '(' .. ARGV[5], '+inf') >= tonumber(ARGV[4]) then
+    local okey = KEYS[i - 1]
+    if redis.call('ZCOUNT', okey, '(' .. ARGV[4], '+inf') >= tonumber(ARGV[3]) then
       out[#out + 1] = 0; capped = capped + 1
     else
       redis.call('SADD', KEYS[1], o)
-      redis.call('ZADD', okey, ARGV[3], ARGV[2])
+      redis.call('ZADD', okey, ARGV[2], ARGV[1])
       out[#out + 1] = 1
     end
   end
@@ -320,24 +289,24 @@ return out
 class RedisStore:
     """The shared store: the same behaviour as :class:`SqliteStore`, on Redis. Takes the client as an argument."""
 
-    def __init__(self, client: Any, prefix: str = "{gd}:") -> None:
+    def __init__(self, client: Any, keys: Keys | None = None) -> None:
         self.r = client
-        self.k = RedisKeys(prefix)
+        self.k = keys or Keys()
         self._create = client.register_script(_CREATE)
         self._cas = client.register_script(_CAS)
         self._admit = client.register_script(_ADMIT)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "{gd}:") -> RedisStore:
-        import redis
-
-        return cls(redis.Redis.from_url(url), prefix)
+    def from_url(cls, url: str) -> RedisStore:
+        """A store on the Redis at ``url`` (queue settings in its query, e.g. ``?hash_tag=east``, apply)."""
+        settings = QueueSettings.from_url(url)
+        return cls(connect(settings), settings.keys)
 
     def has_request(self, request_id: str) -> bool:
-        return bool(self.r.exists(self.k.req(request_id)))
+        return bool(self.r.exists(self.k.request(request_id)))
 
     def count_agency_requests(self, agency_id: str, since: datetime) -> int:
-        return int(self.r.zcount(self.k.agency(agency_id), _us(since), "+inf"))
+        return int(self.r.zcount(self.k.agency_requests(agency_id), _us(since), "+inf"))
 
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
                        payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None:
@@ -348,7 +317,8 @@ class RedisStore:
         """Each request with its audit entries in one script call (atomic per request), all in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         for rid, agency_id, submitted_at, state, payload, entries in items:
-            self._create(keys=[self.k.req(rid), self.k.reqids, self.k.agency(agency_id), self.k.audit],
+            self._create(keys=[self.k.request(rid), self.k.request_ids, self.k.agency_requests(agency_id),
+                               self.k.audit],
                          args=[rid, _us(submitted_at), state, orjson.dumps(payload),
                                *(self._audit_json(rid, e) for e in entries)], client=pipe)
         return [bool(x) for x in pipe.execute()]
@@ -359,19 +329,19 @@ class RedisStore:
         trip: what a worker needs to judge a batch of submissions."""
         pipe = self.r.pipeline(transaction=False)
         for rid in request_ids:
-            pipe.hmget(self.k.req(rid), ["state", "payload"])
+            pipe.hmget(self.k.request(rid), ["state", "payload"])
         for agency_id, since in windows:
-            pipe.zcount(self.k.agency(agency_id), _us(since), "+inf")
+            pipe.zcount(self.k.agency_requests(agency_id), _us(since), "+inf")
         got = pipe.execute()
         reqs = [None if g[0] is None else (g[0].decode(), orjson.loads(g[1])) for g in got[:len(request_ids)]]
         return reqs, [int(x) for x in got[len(request_ids):]]
 
     def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
-        got = self.r.hmget(self.k.req(request_id), ["state", "payload"])
+        got = self.r.hmget(self.k.request(request_id), ["state", "payload"])
         return None if got[0] is None else (got[0].decode(), orjson.loads(got[1]))
 
     def request_ids(self) -> list[str]:
-        return sorted(x.decode() for x in self.r.smembers(self.k.reqids))
+        return sorted(x.decode() for x in self.r.smembers(self.k.request_ids))
 
     def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool:
         return self.transition_many([(request_id, old, new, entry)])[0]
@@ -379,7 +349,7 @@ class RedisStore:
     def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]:
         pipe = self.r.pipeline(transaction=False)
         for rid, old, new, entry in items:
-            self._cas(keys=[self.k.req(rid), self.k.audit], args=[old, new, self._audit_json(rid, entry)],
+            self._cas(keys=[self.k.request(rid), self.k.audit], args=[old, new, self._audit_json(rid, entry)],
                       client=pipe)
         return [bool(x) for x in pipe.execute()]
 
@@ -402,14 +372,10 @@ class RedisStore:
 
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None:
         if opted_out:
-            self.r.sadd(self.k.optout, int(owner_id))
+            self.r.sadd(self.k.opted_out, int(owner_id))
         else:
-            self.r.srem(self.k.optout, int(owner_id))
+            self.r.srem(self.k.opted_out, int(owner_id))
 
-    def opted_out(self, owner_ids: np.ndarray) -> np.ndarray:
-        if owner_ids.shape[0] == 0:
-            return np.zeros(0, np.bool_)
-        return np.array(self.r.smismember(self.k.optout, owner_ids.tolist()), dtype=np.bool_)
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
         return self.admit_many([(request_id, owner_ids)], now, cap, since)[0]
@@ -420,8 +386,10 @@ class RedisStore:
         pipe = self.r.pipeline(transaction=False)
         for rid, owners in items:
             if owners.shape[0]:
-                self._admit(keys=[self.k.notified(rid), self.k.optout, self.k.counters(rid)],
-                            args=[self.k.prefix, rid, _us(now), cap, _us(since), *owners.tolist()], client=pipe)
+                ids = owners.tolist()
+                self._admit(keys=[self.k.notified(rid), self.k.opted_out, self.k.counters(rid),
+                                  *(self.k.owner_notices(o) for o in ids)],
+                            args=[rid, _us(now), cap, _us(since), *ids], client=pipe)
         got = iter(pipe.execute())
         return [np.array(next(got), dtype=np.bool_) if owners.shape[0] else np.zeros(0, np.bool_)
                 for _, owners in items]
@@ -441,3 +409,13 @@ class RedisStore:
     def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]:
         rows = [(int(k), *orjson.loads(v)[:2]) for k, v in self.r.hgetall(self.k.choices(request_id)).items()]
         return [(o, c, cl) for o, c, cl in sorted(rows)]
+
+
+def open_store(spec: str) -> Store:
+    """The workflow store named by ``spec``: a ``redis://`` (``rediss://``, ``unix://``) URL or an existing
+    SQLite file."""
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore.from_url(spec)
+    if not Path(spec).is_file():
+        raise InvalidData(f"{spec}: no such SQLite store (or give a redis:// URL)")
+    return SqliteStore(spec)

@@ -1,0 +1,30 @@
+"""The ``geodispatch`` command: it parses options and calls the library. Every option can also be set from the
+environment as ``GEODISPATCH_<COMMAND>_<OPTION>``, named after the option's flag (``--index`` of ``resolve`` is
+``GEODISPATCH_RESOLVE_INDEX``); ``--help`` shows each variable.
+
+The commands live by what they serve: ``data`` (generate, build, resolve), ``service`` (serve, consume),
+``operate`` (demo, bench, loadtest), ``reports`` (maps and the transparency report).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from dispatcher.cli import data, operate, reports, service
+from dispatcher.cli._app import console, main, name_environment
+from dispatcher.errors import DispatchError
+
+__all__ = ["main", "run"]
+
+_COMMANDS = (data, operate, reports, service)  # imported for the commands they register
+name_environment(main, "GEODISPATCH")
+
+
+def run() -> None:
+    """Entry point: typed errors become a one-line message and exit status 2."""
+    try:
+        main(standalone_mode=True)
+    except DispatchError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+

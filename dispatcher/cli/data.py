@@ -1,0 +1,76 @@
+"""Data commands: generate a synthetic data set, build an index, resolve one request."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from dispatcher.cli._app import main, out, progress_bar
+
+
+@main.command()
+@click.option("--cameras", default=10_000_000, help="Cameras to generate.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0)
+@click.option("--event-days", default=3.0, help="Days of motion events before now.")
+@click.option("--events-per-day", default=2.0, help="Mean motion events per camera and day.")
+def generate(cameras: int, out_dir: Path, seed: int, event_days: float, events_per_day: float) -> None:
+    """Write a synthetic national data set (cameras, owners, motion events) as Parquet."""
+    from dispatcher.synthetic.data import generate as make
+    from dispatcher.synthetic.data import write_parquet
+
+    t = time.perf_counter()
+    with progress_bar() as report:
+        data = make(cameras, seed=seed, event_days=event_days, events_per_day=events_per_day, progress=report)
+    paths = write_parquet(data, out_dir)
+    out.print(f"{data.n_cameras:,} cameras, {data.owners.num_rows:,} owners, {data.events.num_rows:,} events "
+              f"in {time.perf_counter() - t:.1f} s -> {out_dir}")
+    for name, p in paths.items():
+        out.print(f"  {name}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--events/--no-events", default=True, help="Load events.parquet when present.")
+def build(data_dir: Path, out_dir: Path, events: bool) -> None:
+    """Build an index from a data directory and save it for `resolve` and worker processes."""
+    from dispatcher.index.camera_index import CameraIndex
+
+    t = time.perf_counter()
+    index = CameraIndex.from_parquet(data_dir, with_events=events)
+    built = time.perf_counter() - t
+    index.save(out_dir)
+    stats = index.build_stats
+    out.print(f"{index.n_cameras:,} cameras indexed in {built:.2f} s "
+              f"({', '.join(f'{k} {v:.2f}' for k, v in (stats.stages if stats else {}).items())}); "
+              f"{index.bytes_per_camera():.1f} bytes a camera; saved to {out_dir}")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--area", required=True, help="GeoJSON text, or @FILE to read it from a file.")
+@click.option("--start", required=True, help="ISO-8601 with a zone, e.g. 2026-10-30T21:00:00Z")
+@click.option("--end", required=True)
+@click.option("--now", default=None, help="Evaluate retention at this time instead of the current time.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the recipients (owner_id, camera_ids) to this Parquet file.")
+def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, out_file: Path | None) -> None:
+    """Resolve one area and window against a saved index; prints counts and timing as JSON."""
+    import pyarrow.parquet as pq
+
+    from dispatcher.index.camera_index import CameraIndex
+
+    text = Path(area[1:]).read_text() if area.startswith("@") else area
+    index = CameraIndex.open(index_dir)
+    t = time.perf_counter()
+    rs = index.resolve(text, start, end, now=now)
+    elapsed = time.perf_counter() - t
+    if out_file:
+        pq.write_table(rs.to_arrow(), out_file)
+    out.print_json(orjson.dumps({"owners": rs.n_owners, "cameras": rs.n_cameras,
+                                 "resolve_ms": round(elapsed * 1e3, 3)}).decode())
+

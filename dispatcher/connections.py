@@ -1,0 +1,47 @@
+"""One connection factory and one retry policy for every Redis client: the store, the sink, the service
+workers and the consumer all connect through :func:`connect` and retry through :func:`with_retries`."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import redis
+
+from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
+
+if TYPE_CHECKING:
+    from dispatcher.dispatch.settings import QueueSettings
+
+__all__ = ["connect", "with_retries"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def connect(settings: QueueSettings) -> redis.Redis:
+    """A client for ``settings.url`` with the settings' connect and socket timeouts."""
+    if settings.url is None:
+        raise InvalidQueueSettings("no Redis URL set: use the local sink")
+    return redis.Redis.from_url(settings.url, socket_timeout=settings.socket_timeout,
+                                socket_connect_timeout=settings.connect_timeout, health_check_interval=30)
+
+
+def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:
+    """``fn()`` retried on connection errors and timeouts, with exponential backoff and full jitter; after
+    ``settings.retries`` retries, :class:`QueueUnavailable` says what was being done."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if attempt >= settings.retries:
+                raise QueueUnavailable(f"Redis unreachable during {what} after {attempt + 1} attempts: {exc}") from exc
+            delay = random.uniform(0, min(settings.backoff_max, settings.backoff_base * 2 ** attempt))
+            log.warning("Redis error during %s (attempt %d): %s; retrying in %.3f s", what, attempt + 1, exc, delay)
+            time.sleep(delay)
+            attempt += 1

@@ -1,0 +1,76 @@
+"""Dispatch settings: the Redis connection, batch sizes, retries and back-pressure, in one frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from dispatcher.errors import InvalidQueueSettings
+from dispatcher.keys import Keys
+from dispatcher.settings import coerce
+
+__all__ = ["QueueSettings"]
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """Connection and dispatch settings. ``url=None`` means the embedded local sink at ``local_path``.
+
+    Every Redis client of geodispatch (store, sink, service, consumer) is made from these by
+    :func:`dispatcher.connections.connect`, and every Redis call retried by
+    :func:`dispatcher.connections.with_retries` with ``retries``, ``backoff_base`` and ``backoff_max``."""
+
+    url: str | None = None
+    local_path: str = "geodispatch-outbox.sqlite"
+    hash_tag: str = "gd"
+    prefix: str = "geodispatch"
+    batch_size: int = 500
+    pipeline_batches: int = 64
+    socket_timeout: float = 5.0
+    connect_timeout: float = 2.0
+    retries: int = 8
+    backoff_base: float = 0.05
+    backoff_max: float = 2.0
+    max_backlog: int = 0                   # entries not yet acked by every group; 0 = unbounded
+    backpressure_timeout: float = 300.0
+    backpressure_poll: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "pipeline_batches"):
+            if getattr(self, name) < 1:
+                raise InvalidQueueSettings(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("socket_timeout", "connect_timeout", "backoff_base", "backoff_max", "backpressure_poll"):
+            if not getattr(self, name) > 0:
+                raise InvalidQueueSettings(f"{name} must be positive, got {getattr(self, name)}")
+        if self.retries < 0 or self.max_backlog < 0 or self.backpressure_timeout < 0:
+            raise InvalidQueueSettings("retries, max_backlog and backpressure_timeout must not be negative")
+        if not self.hash_tag or any(c in self.hash_tag for c in "{}"):
+            raise InvalidQueueSettings(f"hash_tag must be non-empty without braces, got {self.hash_tag!r}")
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix, self.hash_tag)
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> QueueSettings:
+        """``redis://host:port/db?batch_size=300&retries=5``: query parameters named after our fields are ours
+        (unknown ones raise); the rest of the URL goes to redis-py."""
+        parts = urlsplit(url)
+        bare = urlunsplit(parts._replace(query=""))
+        values = coerce(cls, dict(parse_qsl(parts.query, keep_blank_values=True)), f"URL {bare}",
+                        InvalidQueueSettings, text=True)
+        values.update(overrides)
+        return cls(**{**values, "url": bare})
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> QueueSettings:
+        """``GEODISPATCH_REDIS_URL`` plus ``GEODISPATCH_QUEUE_<FIELD>``; a misspelled field raises."""
+        env = os.environ if environ is None else environ
+        prefix = "GEODISPATCH_QUEUE_"
+        values = coerce(cls, {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)},
+                        "the environment", InvalidQueueSettings, text=True)
+        url = env.get("GEODISPATCH_REDIS_URL") or values.pop("url", None) or None
+        values.pop("url", None)
+        return cls.from_url(url, **values) if url else cls(**values)

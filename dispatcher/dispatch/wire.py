@@ -1,0 +1,107 @@
+"""The wire format of notifications: a request's header and columnar batches of owners and their cameras.
+
+A batch is one stream entry: orjson of the request header and three columns built straight from numpy slices,
+no Python object per owner: ``owners``, ``offsets`` and ``cameras`` (owner ``k``'s cameras are
+``cameras[offsets[k]:offsets[k + 1]]``). :func:`plan_digest` fingerprints a recipient set, so that every attempt
+to dispatch a request can be checked to send the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import orjson
+
+from dispatcher.index.recipients import RecipientSet
+
+__all__ = ["Notification", "NotificationHeader", "PreparedBatch", "decode_batch", "encode_batch", "encode_gated",
+           "plan_digest"]
+
+
+@dataclass(frozen=True)
+class NotificationHeader:
+    """What every notification of one request says, apart from the owner's own cameras."""
+
+    request_id: str
+    agency_id: str
+    agency_name: str
+    case_number: str
+    incident_type: str
+    start: datetime
+    end: datetime
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "request_id": self.request_id, "agency_id": self.agency_id, "agency_name": self.agency_name,
+            "case_number": self.case_number, "incident_type": self.incident_type,
+            "start": self.start.isoformat(), "end": self.end.isoformat(), "message": self.message,
+        }
+
+
+
+def plan_digest(recipients: RecipientSet) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for a in (recipients.owner_ids, recipients.owner_offsets, recipients.camera_ids):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def encode_batch(header_json: bytes, batch_no: int, owners: np.ndarray, offsets: np.ndarray,
+                 cameras: np.ndarray) -> bytes:
+    """One batch as JSON, columnar: ``owners[k]``'s cameras are ``cameras[offsets[k]:offsets[k + 1]]``.
+    Built straight from numpy slices, no per-owner Python objects."""
+    body = orjson.dumps({"batch": batch_no, "owners": owners, "offsets": offsets, "cameras": cameras},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+    return b'{"header":' + header_json + b"," + body[1:]
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One owner's notification: the request's header and that owner's cameras, no other recipient."""
+
+    header: dict[str, str]
+    owner_id: int
+    camera_ids: tuple[int, ...]
+
+
+def decode_batch(payload: bytes) -> tuple[int, list[Notification]]:
+    d = orjson.loads(payload)
+    header, owners, off, cams = d["header"], d["owners"], d["offsets"], d["cameras"]
+    return d["batch"], [Notification(header, int(o), tuple(cams[off[k]:off[k + 1]])) for k, o in enumerate(owners)]
+
+
+@dataclass
+class PreparedBatch:
+    batch_no: int
+    payload: bytes | None      # None: every owner of the batch was suppressed; mark done, append nothing
+    n_owners: int              # owners in the batch
+    n_admitted: int
+
+
+def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo: int, hi: int,
+                 mask: np.ndarray) -> PreparedBatch:
+    """Owners ``lo:hi`` of ``recipients`` as batch ``batch_no``, keeping those ``mask`` admits."""
+    owners = recipients.owner_ids[lo:hi]
+    off = recipients.owner_offsets[lo:hi + 1]
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != owners.shape:
+        raise ValueError(f"gate returned a mask of shape {mask.shape} for {owners.shape[0]} owners")
+    k = int(mask.sum())
+    if k == 0:
+        return PreparedBatch(batch_no, None, hi - lo, 0)
+    cams_all = recipients.camera_ids
+    if k == hi - lo:
+        o, rel, cams = owners, off - off[0], cams_all[off[0]:off[-1]]
+    else:
+        counts = np.diff(off)[mask]
+        rel = np.zeros(k + 1, np.int64)
+        np.cumsum(counts, out=rel[1:])
+        o = owners[mask]
+        cams = cams_all[off[0]:off[-1]][np.repeat(mask, np.diff(off))]
+    return PreparedBatch(batch_no, encode_batch(header_json, batch_no, o, rel, cams), hi - lo, k)
+
+

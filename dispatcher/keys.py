@@ -1,0 +1,87 @@
+"""Every Redis key name geodispatch uses, in one place.
+
+All keys share one prefix and one hash tag (``geodispatch:{gd}:...`` by default), so every multi-key script
+touches a single Redis Cluster slot. Lua scripts never build key names: callers pass every key in ``KEYS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under ``prefix`` and ``{hash_tag}``."""
+
+    prefix: str = "geodispatch"
+    hash_tag: str = "gd"
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, f"{{{self.hash_tag}}}", *parts))
+
+    # -- service: the commands stream and what the workers publish ---------------------------------------
+    @property
+    def requests(self) -> str:
+        """The stream of commands (submit, dispatch) the workers consume."""
+        return self._key("requests")
+
+    @property
+    def dead_letters(self) -> str:
+        """Commands set aside after failing every delivery."""
+        return self._key("requests", "dead")
+
+    @property
+    def outcomes(self) -> str:
+        """The outcome of every handled command."""
+        return self._key("outcomes")
+
+    # -- dispatch: the notifications stream and the exactly-once bookkeeping -----------------------------
+    @property
+    def notifications(self) -> str:
+        return self._key("notifications")
+
+    def plan(self, request_id: str) -> str:
+        return self._key("plan", request_id)
+
+    def done(self, request_id: str) -> str:
+        return self._key("done", request_id)
+
+    def sent(self, group: str) -> str:
+        """Idempotency keys of the notifications a consumer group has sent."""
+        return self._key("sent", group)
+
+    # -- workflow store --------------------------------------------------------------------------------
+    def request(self, request_id: str) -> str:
+        return self._key("req", request_id)
+
+    @property
+    def request_ids(self) -> str:
+        return self._key("reqids")
+
+    def agency_requests(self, agency_id: str) -> str:
+        """An agency's requests by submission time (for the rate limit)."""
+        return self._key("agency", agency_id)
+
+    @property
+    def audit(self) -> str:
+        return self._key("audit")
+
+    @property
+    def opted_out(self) -> str:
+        return self._key("optout")
+
+    def notified(self, request_id: str) -> str:
+        """The owners the gate admitted for a request."""
+        return self._key("notified", request_id)
+
+    def owner_notices(self, owner_id: int | str) -> str:
+        """One owner's notifications by time (for the per-owner cap)."""
+        return self._key("owner", str(owner_id))
+
+    def counters(self, request_id: str) -> str:
+        return self._key("counters", request_id)
+
+    def choices(self, request_id: str) -> str:
+        return self._key("choices", request_id)

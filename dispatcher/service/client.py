@@ -1,0 +1,44 @@
+"""The submitters' side of the service: queue commands for the workers and read their outcomes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis
+
+from dispatcher.keys import Keys
+from dispatcher.service import commands
+from dispatcher.workflow.pipeline import Dispatch, Submit
+
+__all__ = ["read_outcomes", "request_dispatch", "submit"]
+
+
+def submit(client: redis.Redis, request: dict[str, Any], keys: Keys | None = None, trace: Any = None) -> str:
+    """Queue a new request for the workers; returns the stream entry id."""
+    eid = client.xadd((keys or Keys()).requests, {commands.FIELD: commands.encode(Submit(request, trace))})
+    return _s(eid)
+
+
+def request_dispatch(client: redis.Redis, request_id: str, keys: Keys | None = None, trace: Any = None) -> str:
+    """The reviewer's side: a request was approved; queue its dispatch."""
+    eid = client.xadd((keys or Keys()).requests, {commands.FIELD: commands.encode(Dispatch(request_id, trace))})
+    return _s(eid)
+
+
+def read_outcomes(client: redis.Redis, after: str = "0-0", count: int = 10_000, block_ms: int | None = None,
+                  keys: Keys | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """Outcomes published after entry id ``after``: ``(last id read, [outcome, ...])``. Each outcome has
+    ``request_id``, ``outcome``, ``notified``, ``now_us`` (the time the request was judged at), ``done`` (Unix
+    seconds when its last batch was appended), ``worker`` and the command's ``trace``."""
+    got: Any = client.xread({(keys or Keys()).outcomes: after}, count=count, block=block_ms)
+    out = []
+    for _, entries in got or []:
+        for eid, fields in entries:
+            after = _s(eid)
+            out.append(orjson.loads(fields[b"o"]))
+    return after, out
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)

@@ -1,0 +1,51 @@
+"""The requests stream's wire format: one JSON command per entry, in the field ``cmd``.
+
+- ``{"kind": "submit", "request": {...}, "trace": ...}``: a new request (the fields of :class:`VideoRequest`);
+- ``{"kind": "dispatch", "request_id": "...", "trace": ...}``: a reviewer approved a request.
+
+``trace`` is any JSON value of the sender's; it comes back in the command's outcome. :func:`decode` never raises:
+what is not a command becomes :class:`Malformed`, which the pipeline refuses.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from dispatcher.workflow.pipeline import Command, Dispatch, Malformed, Submit
+
+__all__ = ["FIELD", "decode", "encode"]
+
+#: The stream entry's field that holds the command.
+FIELD = b"cmd"
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    raise TypeError(f"cannot encode {type(o).__name__}")
+
+
+def encode(cmd: Submit | Dispatch) -> bytes:
+    if isinstance(cmd, Submit):
+        return orjson.dumps({"kind": "submit", "request": cmd.request, "trace": cmd.trace}, default=_default)
+    return orjson.dumps({"kind": "dispatch", "request_id": cmd.request_id, "trace": cmd.trace})
+
+
+def decode(fields: dict[bytes, bytes] | None) -> Command:
+    """The command of one stream entry's fields."""
+    try:
+        d = orjson.loads(fields[FIELD]) if fields else None
+    except (KeyError, orjson.JSONDecodeError):
+        d = None
+    if not isinstance(d, dict):
+        return Malformed("unknown command None")
+    kind, trace = d.get("kind"), d.get("trace")
+    if kind == "submit":
+        return Submit(d.get("request"), trace)
+    if kind == "dispatch":
+        rid = d.get("request_id")
+        return Dispatch(rid, trace) if isinstance(rid, str) else Malformed("unknown request", trace)
+    return Malformed(f"unknown command {kind!r}"[:200], trace)

@@ -1,0 +1,150 @@
+"""Process supervision for ``geodispatch serve``: worker processes that share one memory-mapped index, and the
+signal forwarding that stops them all, even during start-up."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dispatcher.errors import DispatchError
+
+__all__ = ["LOG_FORMAT", "WorkerFailed", "consume", "serve", "serve_process"]
+
+log = logging.getLogger(__name__)
+
+#: One log format for the parent and its workers.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
+class WorkerFailed(DispatchError, RuntimeError):
+    """A worker process exited with an error."""
+
+
+def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | None, policy: dict[str, Any],
+                  settings: Any, ready: Any = None, log_level: str = "WARNING") -> None:
+    """One worker process: opens the memory-mapped index (shared with the other workers through the page
+    cache), connects, and serves with ``settings.threads`` consumer threads until SIGTERM or SIGINT, finishing
+    the batch in hand first. SIGUSR1 prints every thread's stack to stderr."""
+    import faulthandler
+    import sys
+    import threading
+
+    from dispatcher.connections import connect
+    from dispatcher.dispatch.dispatcher import Dispatcher
+    from dispatcher.dispatch.settings import QueueSettings
+    from dispatcher.dispatch.sinks import RedisSink
+    from dispatcher.index.camera_index import CameraIndex
+    from dispatcher.service.worker import Worker
+    from dispatcher.workflow.agencies import AgencyRegistry
+    from dispatcher.workflow.pipeline import Pipeline
+    from dispatcher.workflow.policy import Policy
+    from dispatcher.workflow.review import Workflow
+    from dispatcher.workflow.store import RedisStore
+
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    index = CameraIndex.open(index_dir)
+    registry = AgencyRegistry.load(agencies)
+    qs = QueueSettings.from_url(redis_url)
+    rules = Policy.from_dict(policy)
+    # Each thread is a consumer of its own, with its own connections: while one waits on a Redis round trip,
+    # another resolves (the index kernels release the GIL) or encodes.
+    workers = []
+    for k in range(settings.threads):
+        pipeline = Pipeline(Workflow(RedisStore(connect(qs), qs.keys), registry, rules), index,
+                            Dispatcher(RedisSink(qs), qs))
+        workers.append(Worker(name if settings.threads == 1 else f"{name}-t{k}", connect(qs), pipeline, settings,
+                              qs.keys))
+    threads = [threading.Thread(target=w.run, args=(stop,), name=w.name) for w in workers]
+    for t in threads:
+        t.start()
+    if ready is not None:
+        ready.set()
+    for t in threads:
+        t.join()
+    for w in workers:
+        log.info("%s stopped: %d handled, %d dispatched, %d refused, %d reclaimed", w.name, w.stats.handled,
+                 w.stats.dispatched, w.stats.refused, w.stats.claimed)
+
+
+def serve(index_dir: str, redis_url: str, workers: int, agencies: str | None, policy: dict[str, Any],
+          settings: Any, say: Callable[[str], None], log_level: str = "WARNING") -> None:
+    """Run ``workers`` worker processes (spawned) until SIGTERM or SIGINT, which reaches every worker, even
+    one still starting; raises :class:`WorkerFailed` when one exited with an error."""
+    from dispatcher.dispatch.settings import QueueSettings
+
+    QueueSettings.from_url(redis_url)  # a misspelt setting in the URL fails here, not in every worker
+    ctx = mp.get_context("spawn")
+    readies = [ctx.Event() for _ in range(workers)]
+    procs = [ctx.Process(target=serve_process, name=f"geodispatch-worker-{k}",
+                         args=(f"{os.uname().nodename}-{os.getpid()}-{k}", index_dir, redis_url, agencies, policy,
+                               settings, readies[k], log_level)) for k in range(workers)]
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    # The handler goes in before any worker starts: a SIGTERM during start-up stops them all too.
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.start()
+    if stopping:  # arrived while a worker was starting: that one had no pid to signal yet
+        forward(stopping[0], None)
+    while not stopping and not all(e.is_set() for e in readies):
+        if any(p.exitcode is not None for p in procs):
+            forward(signal.SIGTERM, None)
+            break
+        time.sleep(0.05)
+    if not stopping:
+        say(f"serving with {workers} workers; SIGTERM or Ctrl-C to stop")
+    for p in procs:
+        p.join()
+    # a worker stopped by SIGTERM before it could install its own handler exits with -SIGTERM: not a failure
+    failed = [p.exitcode for p in procs if p.exitcode and not (stopping and p.exitcode == -signal.SIGTERM)]
+    if failed:
+        raise WorkerFailed(f"worker(s) exited with {failed}")
+    say("all workers stopped")
+
+
+def consume(redis_url: str, outbox: str, consumers: int, group: str, min_idle_ms: int,
+            say: Callable[[str], None], stop: Any = None) -> int:
+    """Run ``consumers`` consumer threads of ``group`` on the notifications stream until SIGTERM or SIGINT (or
+    ``stop`` is set), each sending through an :class:`OutboxSender` into ``outbox``; every batch in hand is
+    finished and acknowledged first. Returns the notifications sent."""
+    import threading
+
+    from dispatcher.connections import connect
+    from dispatcher.dispatch.consumer import Consumer, OutboxSender
+    from dispatcher.dispatch.settings import QueueSettings
+
+    settings = QueueSettings.from_url(redis_url)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sender = OutboxSender(outbox)
+    name = f"{os.uname().nodename}-{os.getpid()}"
+    workers = [Consumer(connect(settings), f"{name}-{k}", sender, group=group, settings=settings,
+                        min_idle_ms=min_idle_ms) for k in range(consumers)]
+    workers[0].ensure_group()
+    threads = [threading.Thread(target=c.run, args=(stop,), name=c.name) for c in workers]
+    for t in threads:
+        t.start()
+    say(f"consuming with {consumers} consumers of group {group!r} into {outbox}; SIGTERM or Ctrl-C to stop")
+    for t in threads:
+        t.join()
+    sent = sum(c.sent for c in workers)
+    say(f"consumers stopped: {sent} sent, {sum(c.skipped for c in workers)} skipped as sent already")
+    return sent

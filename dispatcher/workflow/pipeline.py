@@ -1,0 +1,219 @@
+"""The request pipeline: every command of a batch through validate -> record -> resolve -> dispatch -> mark.
+
+This is the one place a request's life runs end to end. The transports (the Redis-stream worker, the CLI demo,
+the tests) only decode commands, call :meth:`Pipeline.run` and encode its outcomes.
+
+A batch of commands is run together, each step one round trip to the store or the sink for the whole batch:
+
+1. **decode**: a submission becomes a :class:`VideoRequest` (one that cannot even be parsed is refused and
+   audited); a dispatch command names a stored request;
+2. **look up** every request named and what the policy needs to know of earlier ones (duplicate ids, the
+   agencies' recent request counts): one round trip;
+3. **validate** the new submissions against the policy (the rate limit counts those accepted earlier in the
+   same batch); a refusal is audited;
+4. **record** the accepted ones, each with its audit entries in one atomic step (approved at once with
+   auto-approval): one round trip;
+5. **resolve** every approved request's area and window to its recipients in the index;
+6. **dispatch** them: plans, the owners' gate, the batch appends (see :class:`Dispatcher`);
+7. **mark** them dispatched: one round trip.
+
+Running a command twice is harmless: a recorded request continues from its recorded state, and the dispatcher
+skips the batches already appended. That is what lets a transport redeliver a batch after any failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.gate import OwnerGate, RecipientGate
+from dispatcher.dispatch.wire import NotificationHeader
+from dispatcher.errors import DispatchError, InvalidTransition
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
+from dispatcher.workflow.review import APPROVED, DISPATCHED, Workflow, aware_now
+
+__all__ = ["Command", "Dispatch", "Malformed", "Outcome", "Pipeline", "Submit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Submit:
+    """A new request, as sent: a mapping of :class:`VideoRequest`'s fields, validated by the pipeline."""
+
+    request: Any
+    trace: Any = None
+
+    @property
+    def request_id(self) -> str | None:
+        rid = self.request.get("request_id") if isinstance(self.request, dict) else None
+        return rid if isinstance(rid, str) else None
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A reviewer approved a stored request: resolve and dispatch it."""
+
+    request_id: str
+    trace: Any = None
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """What a transport received that is no command at all; refused, with the reason."""
+
+    reason: str
+    trace: Any = None
+    request_id: str | None = None
+
+
+Command = Submit | Dispatch | Malformed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one command: the request's state (``submitted``, ``approved``, ``dispatched``...) or
+    ``refused: <reason>``; whether this run dispatched it (not an earlier one), and how many owners it notified."""
+
+    request_id: str | None
+    status: str
+    notified: int = 0
+    dispatched_now: bool = False
+
+    @property
+    def refused(self) -> bool:
+        return self.status.startswith("refused")
+
+
+@dataclass
+class _Job:
+    """One command on its way through the steps."""
+
+    k: int                          # its place in the batch
+    request_id: str
+    new: VideoRequest | None        # a submission not yet judged
+    stored: StoredRequest | None = None
+    valid: ValidRequest | None = None
+
+
+class Pipeline:
+    """``Pipeline(workflow, index, dispatcher).run(commands, now)``: run a batch of commands to their end."""
+
+    def __init__(self, workflow: Workflow, index: CameraIndex, dispatcher: Dispatcher,
+                 gate: RecipientGate | None = None) -> None:
+        self.workflow = workflow
+        self.index = index
+        self.dispatcher = dispatcher
+        #: Asked at send time, batch by batch: opt-outs and the per-owner cap of the workflow's policy.
+        self.gate = gate or OwnerGate(workflow.store, workflow.policy)
+
+    def run(self, commands: Sequence[Command], now: datetime) -> list[Outcome]:
+        """One outcome per command, in order. Raises only for failures worth retrying (Redis unreachable, a
+        dispatch that could not be marked): running the same batch again is then harmless."""
+        now = aware_now(now)
+        out: list[Outcome | None] = [None] * len(commands)
+        jobs, followers = self._decode(commands, now, out)
+        jobs = self._judge(jobs, now, out)
+        approved = self._record(jobs, now, out)
+        for job, notified in zip(approved, self._dispatch(approved, now), strict=True):
+            out[job.k] = Outcome(job.request_id, DISPATCHED, notified, dispatched_now=True)
+        for k, leader in followers.items():  # a request named twice in the batch: the second learns the first's end
+            done = out[leader]
+            out[k] = Outcome(done.request_id, done.status) if done is not None else None
+        return [o if o is not None else Outcome(c.request_id, "refused: unknown request")
+                for o, c in zip(out, commands, strict=True)]
+
+    # ------------------------------------------------------------------------------------------ the steps
+
+    def _decode(self, commands: Sequence[Command], now: datetime, out: list[Outcome | None]
+                ) -> tuple[list[_Job], dict[int, int]]:
+        """Submissions parsed, dispatch commands named; the rest refused. Of several commands naming one
+        request in a batch, the first acts and the others (returned: command -> the first's) learn its end."""
+        jobs: list[_Job] = []
+        first: dict[str, int] = {}
+        followers: dict[int, int] = {}
+        for k, cmd in enumerate(commands):
+            if isinstance(cmd, Submit):
+                try:
+                    job = _Job(k, "", VideoRequest.from_dict(cmd.request))
+                except DispatchError as exc:  # not even a request: refused, and audited
+                    self.workflow.refuse(cmd.request, exc, now)
+                    out[k] = Outcome(cmd.request_id, f"refused: {type(exc).__name__}")
+                    continue
+                job.request_id = job.new.request_id  # type: ignore[union-attr]
+            elif isinstance(cmd, Dispatch):
+                job = _Job(k, cmd.request_id, None)
+            else:
+                out[k] = Outcome(cmd.request_id, f"refused: {cmd.reason}")
+                continue
+            if job.request_id in first:
+                followers[k] = first[job.request_id]
+                continue
+            first[job.request_id] = k
+            jobs.append(job)
+        return jobs, followers
+
+    def _judge(self, jobs: list[_Job], now: datetime, out: list[Outcome | None]) -> list[_Job]:
+        """Look up every request named (one round trip), then validate the new ones."""
+        wf = self.workflow
+        found, log_ = wf.prefetch([j.request_id for j in jobs], [j.new for j in jobs if j.new is not None])
+        kept = []
+        for job, stored in zip(jobs, found, strict=True):
+            if stored is not None:         # recorded already: a redelivery, or a reviewer's dispatch command
+                job.stored = stored
+            elif job.new is None:
+                out[job.k] = Outcome(job.request_id, "refused: unknown request")
+                continue
+            else:
+                try:
+                    job.valid = wf.check(job.new, now, log=log_)
+                except DispatchError as exc:  # refused: the audit log has it; a retry would refuse it again
+                    out[job.k] = Outcome(job.request_id, f"refused: {type(exc).__name__}")
+                    continue
+                log_.accept(job.valid.request_id, job.valid.agency_id, job.valid.submitted_at)
+            kept.append(job)
+        return kept
+
+    def _record(self, jobs: list[_Job], now: datetime, out: list[Outcome | None]) -> list[_Job]:
+        """Record the new ones (one round trip); the approved requests to dispatch, each with its
+        :class:`ValidRequest`. The others' outcome is their state."""
+        fresh = [j for j in jobs if j.valid is not None]
+        states = self.workflow.record_many([j.valid for j in fresh if j.valid is not None], now)
+        for job, state in zip(fresh, states, strict=True):
+            if state is None:  # another worker recorded it a moment ago: continue from its state
+                job.stored = self.workflow.get(job.request_id)
+            else:
+                job.stored = StoredRequest(state, job.valid)  # type: ignore[arg-type]
+        approved = []
+        for job in jobs:
+            assert job.stored is not None
+            if job.stored.state == APPROVED:
+                approved.append(job)
+            else:              # awaiting review, or dispatched, closed, rejected already: nothing to do
+                out[job.k] = Outcome(job.request_id, job.stored.state)
+        return approved
+
+    def _dispatch(self, jobs: list[_Job], now: datetime) -> list[int]:
+        """Resolve, dispatch and mark the approved requests; the owners each one's run notified."""
+        if not jobs:
+            return []
+        work = []
+        for job in jobs:
+            v = job.stored.request  # type: ignore[union-attr]
+            header = NotificationHeader(v.request_id, v.agency_id, self.workflow.agency_name(v.agency_id),
+                                        v.case_number, v.incident_type, v.start, v.end, v.message)
+            work.append((header, self.index.resolve(v.area, v.start, v.end, now=now)))
+        reports = self.dispatcher.dispatch_many(work, gate=self.gate, now=now)
+        marked = self.workflow.mark_dispatched_many([j.request_id for j in jobs], now)
+        for job, ok in zip(jobs, marked, strict=True):
+            if not ok and self.workflow.state(job.request_id) != DISPATCHED:  # marked by another worker: fine
+                raise InvalidTransition(f"request {job.request_id}: dispatched, but could not be marked so")
+        for job, rep in zip(jobs, reports, strict=True):
+            log.debug("%s: %d owners notified, %d suppressed", job.request_id, rep.recipients_notified,
+                      rep.suppressed)
+        return [rep.recipients_notified for rep in reports]
