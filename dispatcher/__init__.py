@@ -10,7 +10,7 @@ from dispatcher.dispatch.consumer import Consumer, Email, OutboxSender, Sender
 from dispatcher.dispatch.dispatcher import Dispatcher, DispatchReport
 from dispatcher.dispatch.gate import AdmitAll, OwnerGate, RecipientGate
 from dispatcher.dispatch.settings import QueueSettings
-from dispatcher.dispatch.sinks import LocalSink, RedisSink, Sink, open_sink
+from dispatcher.dispatch.sinks import LocalSink, RedisSink, Sink
 from dispatcher.dispatch.wire import Notification, NotificationHeader
 from dispatcher.errors import (
     DispatchConflict,
@@ -32,6 +32,7 @@ from dispatcher.errors import (
     UnknownAgency,
     UnknownCamera,
     UnknownRequest,
+    WorkerFailed,
 )
 from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex, IndexConfig
@@ -72,6 +73,7 @@ __all__ = [
     "UnknownAgency",
     "UnknownCamera",
     "UnknownRequest",
+    "WorkerFailed",
     # geo
     "Area",
     # index
@@ -121,7 +123,6 @@ __all__ = [
     "RedisSink",
     "Sender",
     "Sink",
-    "open_sink",
     # service
     "ServiceSettings",
     "Worker",

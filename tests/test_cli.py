@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,25 @@ def test_bench_h3_section(tmp_path: Path):
 def test_bench_rejects_unknown_sections(tmp_path: Path):
     r = CliRunner().invoke(main, ["bench", "--sections", "index,nope"])
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_every_option_reads_the_environment_variable_named_after_its_flag(tmp_path: Path):
+    runner = CliRunner()
+    runner.invoke(main, ["generate", "--cameras", "2000", "--out", str(tmp_path / "d")])
+    r = runner.invoke(main, ["build"], env={"GEODISPATCH_BUILD_DATA": str(tmp_path / "d"),
+                                            "GEODISPATCH_BUILD_OUT": str(tmp_path / "i")})
+    assert r.exit_code == 0, r.output
+    area = '{"type": "Polygon", "coordinates": [[[-130, 20], [-60, 20], [-60, 55], [-130, 55], [-130, 20]]]}'
+    r = runner.invoke(main, ["resolve", "--area", area, "--start", "2026-10-31T00:00:00Z", "--end",
+                             "2026-10-31T01:00:00Z"], env={"GEODISPATCH_RESOLVE_INDEX": str(tmp_path / "i")})
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["owners"] > 0
+    help_text = runner.invoke(main, ["resolve", "--help"], terminal_width=200).output
+    assert "GEODISPATCH_RESOLVE_INDEX" in help_text and "GEODISPATCH_RESOLVE_OUT" in help_text
+    for command in (["map", "request"], ["report", "transparency"], ["serve"], ["consume"], ["demo"]):
+        text = runner.invoke(main, [*command, "--help"], terminal_width=200).output
+        flags = re.findall(r"^\s+--([a-z0-9-]+)", text, re.M)
+        prefix = "GEODISPATCH_" + "_".join(c.upper() for c in command)
+        for flag in flags:
+            if flag != "help":
+                assert f"{prefix}_{flag.replace('-', '_').upper()}" in text, (command, flag)

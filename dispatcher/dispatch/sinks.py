@@ -23,7 +23,7 @@ from dispatcher.dispatch.wire import PreparedBatch
 from dispatcher.errors import DispatchConflict, QueueFull
 from dispatcher.keys import Keys
 
-__all__ = ["LocalSink", "RedisSink", "Sink", "open_sink"]
+__all__ = ["LocalSink", "RedisSink", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -290,10 +290,3 @@ class LocalSink:
     def read_all(self) -> list[tuple[str, bytes]]:
         rows = self._conn().execute("SELECT request_id, payload FROM notifications ORDER BY seq").fetchall()
         return [(r, bytes(p)) for r, p in rows]
-
-
-
-
-def open_sink(settings: QueueSettings) -> Sink:
-    """The production sink when a URL is set, else the embedded durable one at ``settings.local_path``."""
-    return RedisSink(settings) if settings.url is not None else LocalSink(settings.local_path)

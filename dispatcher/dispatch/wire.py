@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 import orjson
 
+from dispatcher.errors import InvalidData
 from dispatcher.index.recipients import RecipientSet
 
 __all__ = ["Notification", "NotificationHeader", "PreparedBatch", "decode_batch", "encode_batch", "encode_gated",
@@ -89,7 +90,7 @@ def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo
     off = recipients.owner_offsets[lo:hi + 1]
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != owners.shape:
-        raise ValueError(f"gate returned a mask of shape {mask.shape} for {owners.shape[0]} owners")
+        raise InvalidData(f"gate returned a mask of shape {mask.shape} for {owners.shape[0]} owners")
     k = int(mask.sum())
     if k == 0:
         return PreparedBatch(batch_no, None, hi - lo, 0)

@@ -11,18 +11,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dispatcher.errors import DispatchError
+from dispatcher.errors import WorkerFailed
 
-__all__ = ["LOG_FORMAT", "WorkerFailed", "consume", "serve", "serve_process"]
+__all__ = ["LOG_FORMAT", "consume", "serve", "serve_process"]
 
 log = logging.getLogger(__name__)
 
 #: One log format for the parent and its workers.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-
-
-class WorkerFailed(DispatchError, RuntimeError):
-    """A worker process exited with an error."""
 
 
 def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | None, policy: dict[str, Any],
