@@ -16,7 +16,10 @@ from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["connect", "with_retries"]
+__all__ = ["connect", "is_transient", "with_retries"]
+
+#: Replies of a Redis that is full, loading, read-only after a failover or a cluster in transition: each passes.
+_TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY ")
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +34,25 @@ def connect(settings: QueueSettings) -> redis.Redis:
                                 socket_connect_timeout=settings.connect_timeout, health_check_interval=30)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis being unreachable or briefly unable to serve (full, loading, failing over):
+    trouble that passes, never a fault of the command being run."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, QueueUnavailable)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+
+
 def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:
-    """``fn()`` retried on connection errors and timeouts, with exponential backoff and full jitter; after
-    ``settings.retries`` retries, :class:`QueueUnavailable` says what was being done."""
+    """``fn()`` retried on transient trouble (:func:`is_transient`: connection errors, timeouts, a full or
+    loading Redis), with exponential backoff and full jitter; after ``settings.retries`` retries,
+    :class:`QueueUnavailable` says what was being done. ``fn`` must be safe to run again."""
     attempt = 0
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            if not is_transient(exc):
+                raise
             if attempt >= settings.retries:
                 raise QueueUnavailable(f"Redis unreachable during {what} after {attempt + 1} attempts: {exc}") from exc
             delay = random.uniform(0, min(settings.backoff_max, settings.backoff_base * 2 ** attempt))

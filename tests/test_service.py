@@ -232,8 +232,8 @@ def test_sigterm_during_start_up_stops_every_worker(redis_server: RedisServer, t
 
 
 def test_worker_survives_redis_trouble_mid_batch_and_finishes_later(redis_server: RedisServer, world) -> None:
-    """Redis loading its data or retries running out mid-batch must not end the worker: the entries stay pending
-    and are finished once Redis answers (found by the load test's restart scenario)."""
+    """Redis loading its data or retries running out mid-batch must not end the worker, nor cost the batch: the
+    worker keeps the entries in hand and finishes them once Redis answers."""
     from dispatcher.errors import QueueUnavailable
 
     index, _ = world
@@ -250,7 +250,7 @@ def test_worker_survives_redis_trouble_mid_batch_and_finishes_later(redis_server
     with redis_server.client() as r:
         submit(r, _request(0, np.random.default_rng(9)))
     _serve([w], lambda: w.stats.dispatched == 1)
-    assert not failures and w.stats.dispatched == 1 and w.stats.claimed >= 1
+    assert not failures and w.stats.dispatched == 1 and w.stats.claimed == 0 and w.stats.handled == 1
     seen = _stream(redis_server)
     assert seen and max(seen.values()) == 1
 
@@ -261,26 +261,54 @@ def redis_busy_loading() -> Exception:
     return redis.BusyLoadingError("Redis is loading the dataset in memory")
 
 
-def test_an_entry_that_always_fails_is_set_aside_and_the_rest_served(redis_server: RedisServer, world) -> None:
+@pytest.mark.parametrize("read_count", [1, 16])
+def test_a_command_that_always_fails_is_set_aside_and_the_rest_of_its_batch_served(
+        redis_server: RedisServer, world, read_count: int) -> None:
+    """A bug that one command triggers every time, in a batch of 16 read together: the batch is split until the
+    command fails alone; it goes to the dead-letter stream with its error at once, and every other command of the
+    batch is dispatched, exactly once."""
     index, _ = world
-    w = _worker(redis_server, index, "w", claim_idle_ms=30, block_ms=10, read_count=1, max_deliveries=3)
+    w = _worker(redis_server, index, "w", claim_idle_ms=30, block_ms=10, read_count=read_count, max_deliveries=3)
     real = w.pipeline.run
 
     def poisoned(cmds, now):  # type: ignore[no-untyped-def]
-        if any(c.request_id == "req-0" for c in cmds):
+        if any(c.request_id == "req-5" for c in cmds):
             raise RuntimeError("a bug that this request triggers every time")
         return real(cmds, now)
 
     w.pipeline.run = poisoned  # type: ignore[method-assign]
     rng = np.random.default_rng(11)
     with redis_server.client() as r:
-        for k in range(3):
+        for k in range(16):
             submit(r, _request(k, rng))
-    _serve([w], lambda: w.stats.dead_lettered == 1 and w.stats.dispatched == 2)
-    assert w.stats.dead_lettered == 1 and w.stats.dispatched == 2
+    _serve([w], lambda: w.stats.handled == 16)
+    assert w.stats.dead_lettered == 1 and w.stats.dispatched == 15 and w.stats.claimed == 0
     with redis_server.client() as r:
         dead = r.xrange(Keys().dead_letters)
-        assert len(dead) == 1 and int(dead[0][1][b"deliveries"]) > 3
-        assert orjson.loads(dead[0][1][b"cmd"])["request"]["request_id"] == "req-0"
+        assert len(dead) == 1 and b"a bug that this request triggers" in dead[0][1][b"error"]
+        assert orjson.loads(dead[0][1][b"cmd"])["request"]["request_id"] == "req-5"
         assert r.xpending(Keys().requests, "workers")["pending"] == 0
-    assert {rid for rid, _ in _stream(redis_server)} == {"req-1", "req-2"}
+    seen = _stream(redis_server)
+    assert {rid for rid, _ in seen} <= {f"req-{k}" for k in range(16) if k != 5} and max(seen.values()) == 1
+    assert {o for o in w.stats.outcomes} == {"dispatched"}
+
+
+def test_a_claimed_entry_delivered_too_often_runs_alone_or_is_set_aside(redis_server: RedisServer, world) -> None:
+    """An entry that keeps coming back without an outcome (its worker died each time) is run alone once it has
+    been delivered more than max_deliveries times, and set aside unrun past four times that."""
+    index, _ = world
+    w = _worker(redis_server, index, "w", claim_idle_ms=20, block_ms=10, max_deliveries=3)
+    rng = np.random.default_rng(12)
+    with redis_server.client() as r:
+        ids = [submit(r, _request(k, rng)) for k in range(2)]
+        r.xreadgroup("workers", "crashed", {Keys().requests: ">"}, count=2)
+        r.xclaim(Keys().requests, "workers", "crashed", 0, [ids[0]], retrycount=5)    # 3 < 5 + 1 <= 12
+        r.xclaim(Keys().requests, "workers", "crashed", 0, [ids[1]], retrycount=20)   # past 12: set aside
+    time.sleep(0.05)
+    _serve([w], lambda: w.stats.handled == 1 and w.stats.dead_lettered == 1)
+    assert w.stats.dispatched == 1 and w.stats.dead_lettered == 1
+    with redis_server.client() as r:
+        dead = r.xrange(Keys().dead_letters)
+        assert [orjson.loads(d[1][b"cmd"])["request"]["request_id"] for d in dead] == ["req-1"]
+        assert r.xpending(Keys().requests, "workers")["pending"] == 0
+    assert {rid for rid, _ in _stream(redis_server)} <= {"req-0"}

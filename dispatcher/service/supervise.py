@@ -13,7 +13,7 @@ from typing import Any
 
 from dispatcher.errors import WorkerFailed
 
-__all__ = ["LOG_FORMAT", "consume", "serve", "serve_process"]
+__all__ = ["LOG_FORMAT", "consume", "serve", "serve_process", "wait_for_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | Non
     registry = AgencyRegistry.load(agencies)
     qs = QueueSettings.from_url(redis_url)
     rules = Policy.from_dict(policy)
+    if not wait_for_redis(qs, stop):
+        return
     # Each thread is a consumer of its own, with its own connections: while one waits on a Redis round trip,
     # another resolves (the index kernels release the GIL) or encodes.
     workers = []
@@ -58,7 +60,7 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | Non
         pipeline = Pipeline(Workflow(RedisStore(connect(qs), qs.keys), registry, rules), index,
                             Dispatcher(RedisSink(qs), qs))
         workers.append(Worker(name if settings.threads == 1 else f"{name}-t{k}", connect(qs), pipeline, settings,
-                              qs.keys))
+                              qs.keys, queue=qs))
     threads = [threading.Thread(target=w.run, args=(stop,), name=w.name) for w in workers]
     for t in threads:
         t.start()
@@ -71,13 +73,45 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | Non
                  w.stats.dispatched, w.stats.refused, w.stats.claimed)
 
 
+def wait_for_redis(settings: Any, stop: Any) -> bool:
+    """Block until Redis answers (logging once that it is awaited); False when ``stop`` was set first."""
+    import redis
+
+    from dispatcher.connections import connect, is_transient
+
+    client = connect(settings)
+    warned = False
+    while not stop.is_set():
+        try:
+            client.ping()
+            if warned:
+                log.warning("Redis answers at %s", settings.url)
+            return True
+        except redis.RedisError as exc:
+            if not is_transient(exc):
+                raise
+            if not warned:
+                log.warning("waiting for Redis at %s (%s)", settings.url, exc)
+                warned = True
+            stop.wait(0.2)
+    return False
+
+
 def serve(index_dir: str, redis_url: str, workers: int, agencies: str | None, policy: dict[str, Any],
           settings: Any, say: Callable[[str], None], log_level: str = "WARNING") -> None:
     """Run ``workers`` worker processes (spawned) until SIGTERM or SIGINT, which reaches every worker, even
     one still starting; raises :class:`WorkerFailed` when one exited with an error."""
     from dispatcher.dispatch.settings import QueueSettings
+    from dispatcher.index.camera_index import CameraIndex
+    from dispatcher.workflow.agencies import AgencyRegistry
+    from dispatcher.workflow.policy import Policy
 
-    QueueSettings.from_url(redis_url)  # a misspelt setting in the URL fails here, not in every worker
+    # A misspelt setting, a directory that is not an index or a bad agencies file fails here, as one error,
+    # not in every worker.
+    QueueSettings.from_url(redis_url)
+    Policy.from_dict(policy)
+    CameraIndex.open(index_dir, warm_up=False)
+    AgencyRegistry.load(agencies)
     ctx = mp.get_context("spawn")
     readies = [ctx.Event() for _ in range(workers)]
     procs = [ctx.Process(target=serve_process, name=f"geodispatch-worker-{k}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from shapely.geometry.base import BaseGeometry
@@ -23,6 +23,10 @@ INCIDENT_TYPES: frozenset[str] = frozenset({
     "assault", "burglary", "robbery", "theft", "vehicle_theft", "vandalism", "arson", "homicide",
     "shooting", "hit_and_run", "missing_person", "kidnapping", "fraud", "package_theft", "trespass",
 })
+
+#: Submission times a request may carry: anything else is not a time a request was sent at (and would overflow
+#: the arithmetic of the rate limit and the retention window).
+SUBMITTED_RANGE = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
 
 _STR_FIELDS = ("request_id", "agency_id", "case_number", "incident_type", "investigator_contact", "message")
 
@@ -53,6 +57,13 @@ class VideoRequest:
                                  f"got {self.request_id[:80]!r}")
         if not isinstance(self.submitted_at, datetime) or self.submitted_at.utcoffset() is None:
             raise InvalidRequest(f"submitted_at must be an aware datetime, got {self.submitted_at!r}")
+        try:
+            utc = self.submitted_at.astimezone(timezone.utc)
+        except OverflowError:
+            utc = None
+        if utc is None or not SUBMITTED_RANGE[0] <= utc < SUBMITTED_RANGE[1]:
+            raise InvalidRequest(f"submitted_at {self.submitted_at.isoformat()} is outside "
+                                 f"{SUBMITTED_RANGE[0].year}..{SUBMITTED_RANGE[1].year - 1}")
 
     @classmethod
     def from_dict(cls, d: Any) -> VideoRequest:

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
 
-from dispatcher.connections import connect
+from dispatcher.connections import connect, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import InvalidData, InvalidRequest
 from dispatcher.keys import Keys
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL,
@@ -289,9 +291,11 @@ return out
 class RedisStore:
     """The shared store: the same behaviour as :class:`SqliteStore`, on Redis. Takes the client as an argument."""
 
-    def __init__(self, client: Any, keys: Keys | None = None) -> None:
+    def __init__(self, client: Any, keys: Keys | None = None, settings: QueueSettings | None = None) -> None:
         self.r = client
         self.k = keys or Keys()
+        #: The retry policy of every call (transient trouble: a dropped connection, a full or loading Redis).
+        self.settings = settings or QueueSettings(url="redis://")
         self._create = client.register_script(_CREATE)
         self._cas = client.register_script(_CAS)
         self._admit = client.register_script(_ADMIT)
@@ -300,13 +304,25 @@ class RedisStore:
     def from_url(cls, url: str) -> RedisStore:
         """A store on the Redis at ``url`` (queue settings in its query, e.g. ``?hash_tag=east``, apply)."""
         settings = QueueSettings.from_url(url)
-        return cls(connect(settings), settings.keys)
+        return cls(connect(settings), settings.keys, settings)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return with_retries(self.settings, what, fn)
+
+    def _batch(self, what: str, build: Callable[[Any], None]) -> list[Any]:
+        """One pipelined round trip of the commands ``build`` queues, built anew for each attempt (every step
+        queued here is safe to run again)."""
+        def run() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            build(pipe)
+            return list(pipe.execute())
+        return self._call(what, run)
 
     def has_request(self, request_id: str) -> bool:
-        return bool(self.r.exists(self.k.request(request_id)))
+        return bool(self._call("has_request", lambda: self.r.exists(self.k.request(request_id))))
 
     def count_agency_requests(self, agency_id: str, since: datetime) -> int:
-        return int(self.r.zcount(self.k.agency_requests(agency_id), _us(since), "+inf"))
+        return int(self._call("count", lambda: self.r.zcount(self.k.agency_requests(agency_id), _us(since), "+inf")))
 
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
                        payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None:
@@ -315,43 +331,43 @@ class RedisStore:
 
     def create_many(self, items: Sequence[NewRequest]) -> list[bool]:
         """Each request with its audit entries in one script call (atomic per request), all in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for rid, agency_id, submitted_at, state, payload, entries in items:
-            self._create(keys=[self.k.request(rid), self.k.request_ids, self.k.agency_requests(agency_id),
-                               self.k.audit],
-                         args=[rid, _us(submitted_at), state, orjson.dumps(payload),
-                               *(self._audit_json(rid, e) for e in entries)], client=pipe)
-        return [bool(x) for x in pipe.execute()]
+        def build(pipe: Any) -> None:
+            for rid, agency_id, submitted_at, state, payload, entries in items:
+                self._create(keys=[self.k.request(rid), self.k.request_ids, self.k.agency_requests(agency_id),
+                                   self.k.audit],
+                             args=[rid, _us(submitted_at), state, orjson.dumps(payload),
+                                   *(self._audit_json(rid, e) for e in entries)], client=pipe)
+        return [bool(x) for x in self._batch("record", build)]
 
     def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
                ) -> tuple[list[tuple[str, dict[str, Any]] | None], list[int]]:
         """Several requests' (state, payload) and several agencies' request counts since a time, in one round
         trip: what a worker needs to judge a batch of submissions."""
-        pipe = self.r.pipeline(transaction=False)
-        for rid in request_ids:
-            pipe.hmget(self.k.request(rid), ["state", "payload"])
-        for agency_id, since in windows:
-            pipe.zcount(self.k.agency_requests(agency_id), _us(since), "+inf")
-        got = pipe.execute()
+        def build(pipe: Any) -> None:
+            for rid in request_ids:
+                pipe.hmget(self.k.request(rid), ["state", "payload"])
+            for agency_id, since in windows:
+                pipe.zcount(self.k.agency_requests(agency_id), _us(since), "+inf")
+        got = self._batch("lookup", build)
         reqs = [None if g[0] is None else (g[0].decode(), orjson.loads(g[1])) for g in got[:len(request_ids)]]
         return reqs, [int(x) for x in got[len(request_ids):]]
 
     def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
-        got = self.r.hmget(self.k.request(request_id), ["state", "payload"])
+        got = self._call("get_request", lambda: self.r.hmget(self.k.request(request_id), ["state", "payload"]))
         return None if got[0] is None else (got[0].decode(), orjson.loads(got[1]))
 
     def request_ids(self) -> list[str]:
-        return sorted(x.decode() for x in self.r.smembers(self.k.request_ids))
+        return sorted(x.decode() for x in self._call("request_ids", lambda: self.r.smembers(self.k.request_ids)))
 
     def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool:
         return self.transition_many([(request_id, old, new, entry)])[0]
 
     def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]:
-        pipe = self.r.pipeline(transaction=False)
-        for rid, old, new, entry in items:
-            self._cas(keys=[self.k.request(rid), self.k.audit], args=[old, new, self._audit_json(rid, entry)],
-                      client=pipe)
-        return [bool(x) for x in pipe.execute()]
+        def build(pipe: Any) -> None:
+            for rid, old, new, entry in items:
+                self._cas(keys=[self.k.request(rid), self.k.audit], args=[old, new, self._audit_json(rid, entry)],
+                          client=pipe)
+        return [bool(x) for x in self._batch("transition", build)]
 
     @staticmethod
     def _audit_json(request_id: str, e: AuditEntry) -> bytes:
@@ -359,11 +375,12 @@ class RedisStore:
                              "detail": e.detail})
 
     def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None:
-        self.r.rpush(self.k.audit, self._audit_json(request_id, AuditEntry(actor, action, at, detail)))
+        entry = self._audit_json(request_id, AuditEntry(actor, action, at, detail))
+        self._call("audit", lambda: self.r.rpush(self.k.audit, entry))
 
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]:
         out = []
-        for seq, raw in enumerate(self.r.lrange(self.k.audit, 0, -1), start=1):
+        for seq, raw in enumerate(self._call("audit", lambda: self.r.lrange(self.k.audit, 0, -1)), start=1):
             e = orjson.loads(raw)
             if request_id is None or e["request_id"] == request_id:
                 out.append({"seq": seq, "request_id": e["request_id"], "actor": e["actor"], "action": e["action"],
@@ -371,10 +388,8 @@ class RedisStore:
         return out
 
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None:
-        if opted_out:
-            self.r.sadd(self.k.opted_out, int(owner_id))
-        else:
-            self.r.srem(self.k.opted_out, int(owner_id))
+        op = self.r.sadd if opted_out else self.r.srem
+        self._call("opt-out", lambda: op(self.k.opted_out, int(owner_id)))
 
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
@@ -383,31 +398,34 @@ class RedisStore:
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]:
         """Every (request, owners) of ``items`` through the admission script, in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for rid, owners in items:
-            if owners.shape[0]:
-                ids = owners.tolist()
-                self._admit(keys=[self.k.notified(rid), self.k.opted_out, self.k.counters(rid),
-                                  *(self.k.owner_notices(o) for o in ids)],
-                            args=[rid, _us(now), cap, _us(since), *ids], client=pipe)
-        got = iter(pipe.execute())
+        def build(pipe: Any) -> None:
+            for rid, owners in items:
+                if owners.shape[0]:
+                    ids = owners.tolist()
+                    self._admit(keys=[self.k.notified(rid), self.k.opted_out, self.k.counters(rid),
+                                      *(self.k.owner_notices(o) for o in ids)],
+                                args=[rid, _us(now), cap, _us(since), *ids], client=pipe)
+        got = iter(self._batch("admit", build))
         return [np.array(next(got), dtype=np.bool_) if owners.shape[0] else np.zeros(0, np.bool_)
                 for _, owners in items]
 
     def counters(self, request_id: str) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.r.hgetall(self.k.counters(request_id)).items()}
+        got = self._call("counters", lambda: self.r.hgetall(self.k.counters(request_id)))
+        return {k.decode(): int(v) for k, v in got.items()}
 
     def was_notified(self, request_id: str, owner_id: int) -> bool:
-        return bool(self.r.sismember(self.k.notified(request_id), int(owner_id)))
+        return bool(self._call("was_notified", lambda: self.r.sismember(self.k.notified(request_id), int(owner_id))))
 
     def notified_count(self, request_id: str) -> int:
-        return int(self.r.scard(self.k.notified(request_id)))
+        return int(self._call("notified_count", lambda: self.r.scard(self.k.notified(request_id))))
 
     def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None:
-        self.r.hset(self.k.choices(request_id), str(int(owner_id)), orjson.dumps([choice, clips, _us(at)]))
+        value = orjson.dumps([choice, clips, _us(at)])
+        self._call("choice", lambda: self.r.hset(self.k.choices(request_id), str(int(owner_id)), value))
 
     def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]:
-        rows = [(int(k), *orjson.loads(v)[:2]) for k, v in self.r.hgetall(self.k.choices(request_id)).items()]
+        got = self._call("choices", lambda: self.r.hgetall(self.k.choices(request_id)))
+        rows = [(int(k), *orjson.loads(v)[:2]) for k, v in got.items()]
         return [(o, c, cl) for o, c, cl in sorted(rows)]
 
 
