@@ -318,9 +318,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 def pipeline_report(index: CameraIndex, data: SyntheticData, sink: Any, *, requests: int = 50, seed: int = 0,
                     batch: int = 16) -> dict[str, Any]:
     """Run ``requests`` typical requests from synthetic partner agencies through the pipeline (validate, record,
-    resolve, dispatch to ``sink``, mark) on an embedded SQLite workflow store with auto-approval, ``batch``
-    commands at a time as a service worker reads them; then run the same commands again: the repeat must append
-    nothing (exactly-once), and the report says so."""
+    resolve, dispatch to ``sink``, mark) on an embedded SQLite workflow store in the sink's file, with
+    auto-approval, ``batch`` commands at a time as a service worker reads them; then run the same commands again:
+    the repeat must append nothing (exactly-once), and the report says so."""
     from dispatcher.dispatch.dispatcher import Dispatcher
     from dispatcher.synthetic.requests import typical_requests
     from dispatcher.workflow.agencies import AgencyRegistry, generate_agencies
@@ -330,7 +330,7 @@ def pipeline_report(index: CameraIndex, data: SyntheticData, sink: Any, *, reque
     from dispatcher.workflow.store import SqliteStore
 
     agencies = generate_agencies(400, seed=seed)
-    store = SqliteStore()
+    store = SqliteStore(sink.path)  # one file: the gate's records are written with each batch
     pipeline = Pipeline(Workflow(store, AgencyRegistry(agencies), Policy(auto_approve=True)), index,
                         Dispatcher(sink))
     cmds = [Submit(r) for r in typical_requests(agencies, requests, seed, data.now, f"demo-{seed}")]

@@ -179,7 +179,7 @@ def _setup(tmp: Path, cams: pa.Table) -> Dispatched:
     rs = index.resolve(area, END - timedelta(hours=2), END, now=NOW)
     header = NotificationHeader("r1", "il-chicago", "Chicago Police Department", "2026-001234", "burglary",
                                 END - timedelta(hours=2), END, "Burglary on the block.")
-    Dispatcher(LocalSink(tmp / "outbox.sqlite"), QueueSettings()).dispatch(header, rs, gate=OwnerGate(store), now=NOW)
+    Dispatcher(LocalSink(tmp / "store.sqlite"), QueueSettings()).dispatch(header, rs, gate=OwnerGate(store), now=NOW)
     wf.mark_dispatched("r1", NOW)
     index.save(tmp / "index")
     return Dispatched(cams, index, store, registry, area, tmp / "store.sqlite", tmp / "index")

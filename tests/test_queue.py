@@ -60,8 +60,13 @@ def assert_exactly_once(sink, rs: RecipientSet, rid: str = "req-1") -> None:
 
 
 class EvenOnly:
-    def admit_many(self, items, now):
-        return [owner_ids % 2 == 0 for _, owner_ids in items]
+    """A gate that refuses odd owners (as opted out) and records nothing."""
+
+    def check_many(self, items, now):
+        return [(owner_ids % 2).astype(np.int8) for _, owner_ids in items]
+
+    def terms(self, now):
+        return None
 
 
 # ------------------------------------------------------------------------------------------------------ settings

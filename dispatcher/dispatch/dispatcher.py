@@ -20,9 +20,18 @@ import orjson
 
 from dispatcher.dispatch.gate import AdmitAll, RecipientGate
 from dispatcher.dispatch.settings import QueueSettings
-from dispatcher.dispatch.sinks import Sink
-from dispatcher.dispatch.wire import NotificationHeader, PreparedBatch, encode_gated, plan_digest
+from dispatcher.dispatch.sinks import ALREADY_DONE, STALE, PlanState, Sink
+from dispatcher.dispatch.wire import (
+    NotificationHeader,
+    PreparedBatch,
+    decode_recipients,
+    encode_gated,
+    encode_recipients,
+    plan_digest,
+)
+from dispatcher.errors import DispatchConflict
 from dispatcher.index.recipients import RecipientSet
+from dispatcher.workflow.notices import ADMIT, REASONS
 
 __all__ = ["DispatchReport", "Dispatcher"]
 
@@ -41,6 +50,10 @@ class DispatchReport:
     stream_ids: list[str] = field(default_factory=list)
 
 
+#: How often a batch is checked again when an owner's state changed between the gate's check and the append.
+MAX_STALE_ROUNDS = 20
+
+
 class Dispatcher:
     """``Dispatcher(sink, settings).dispatch(header, recipients)``: append every batch exactly once."""
 
@@ -52,52 +65,95 @@ class Dispatcher:
                  now: datetime | None = None) -> DispatchReport:
         return self.dispatch_many([(header, recipients)], gate, now)[0]
 
+    def recorded(self, request_ids: list[str]) -> list[RecipientSet | None]:
+        """The recipient set each request's first dispatch recorded (None where none has started): what every
+        later attempt sends, whatever the time, the index or the worker."""
+        return [None if b is None else decode_recipients(b) for b in self.sink.recorded_plans(request_ids)]
+
     def dispatch_many(self, jobs: list[tuple[NotificationHeader, RecipientSet]], gate: RecipientGate | None = None,
-                      now: datetime | None = None) -> list[DispatchReport]:
+                      now: datetime | None = None, *, adopt_recorded: bool = False) -> list[DispatchReport]:
         """Dispatch several requests together: each step (plans, the gate, appends) is one round trip for all of
         them, ``pipeline_batches`` batches of each request a round. Each request keeps its own exactly-once
-        effect: its plan, its done-marks, its report."""
+        effect: its plan, its done-marks, its report.
+
+        A request whose first dispatch recorded another recipient set raises :class:`DispatchConflict`, or with
+        ``adopt_recorded`` is sent the recorded set (two workers that judged it a moment apart)."""
         gate = gate or AdmitAll()
         now = now or datetime.now(timezone.utc)
+        plans = self.sink.register_plans([(h.request_id, self.settings.batch_size, rs.n_owners, plan_digest(rs),
+                                           encode_recipients(rs)) for h, rs in jobs])
+        jobs = [(h, self._settle(h.request_id, rs, plan, adopt_recorded))
+                for (h, rs), plan in zip(jobs, plans, strict=True)]
         reports = [DispatchReport(h.request_id) for h, _ in jobs]
-        plans = self.sink.register_plans([(h.request_id, self.settings.batch_size, rs.n_owners, plan_digest(rs))
-                                          for h, rs in jobs])
         header_json = [orjson.dumps(h.to_dict()) for h, _ in jobs]
-        for rep, (size, _), (_, rs) in zip(reports, plans, jobs, strict=True):
-            rep.batches_total = -(-rs.n_owners // size)
+        for rep, plan, (_, rs) in zip(reports, plans, jobs, strict=True):
+            rep.batches_total = -(-rs.n_owners // plan.batch_size)
         step = self.settings.pipeline_batches
         for first in range(0, max((r.batches_total for r in reports), default=0), step):
             # (job, batch number, owners lo, hi) still to send this round; the rest were done by an earlier attempt
             units: list[tuple[int, int, int, int]] = []
-            for j, ((size, done), (_, rs), rep) in enumerate(zip(plans, jobs, reports, strict=True)):
+            for j, (plan, (_, rs), rep) in enumerate(zip(plans, jobs, reports, strict=True)):
                 for b in range(first, min(first + step, rep.batches_total)):
-                    lo, hi = b * size, min((b + 1) * size, rs.n_owners)
-                    if b in done:
+                    lo, hi = b * plan.batch_size, min((b + 1) * plan.batch_size, rs.n_owners)
+                    if b in plan.done:
                         rep.already_done += hi - lo
                     else:
                         units.append((j, b, lo, hi))
-            if not units:
-                continue
             # Wait for room first, then ask the gate: opt-outs and caps are checked at send time.
-            reports[units[0][0]].backpressure_wait_s += self.sink.wait_for_room(jobs[units[0][0]][0].request_id)
-            asks = [(jobs[j][0].request_id, jobs[j][1].owner_ids[lo:hi]) for j, _, lo, hi in units]
-            masks = gate.admit_many(asks, now)
-            work: dict[int, list[PreparedBatch]] = {}
-            for (j, b, lo, hi), mask in zip(units, masks, strict=True):
-                work.setdefault(j, []).append(encode_gated(header_json[j], b, jobs[j][1], lo, hi, mask))
-            order = list(work)
-            for j, appended_all in zip(order, self.sink.append_many([(jobs[j][0].request_id, work[j]) for j in order]),
-                                       strict=True):
-                rep = reports[j]
-                for batch, appended in zip(work[j], appended_all, strict=True):
-                    if not appended:        # another worker completed it meanwhile
-                        rep.already_done += batch.n_owners
-                        continue
-                    rep.batches_sent += batch.payload is not None
-                    rep.recipients_notified += batch.n_admitted
-                    rep.suppressed += batch.n_owners - batch.n_admitted
+            if units:
+                reports[units[0][0]].backpressure_wait_s += self.sink.wait_for_room(jobs[units[0][0]][0].request_id)
+            for _ in range(MAX_STALE_ROUNDS):
+                if not units:
+                    break
+                units = self._send(units, jobs, header_json, reports, gate, now)
+            if units:
+                raise DispatchConflict(f"request {jobs[units[0][0]][0].request_id}: owners kept changing state "
+                                       f"between the gate's check and the append, {MAX_STALE_ROUNDS} times")
         for rep in reports:
             log.debug("dispatched %s: %d batches sent, %d notified, %d suppressed, %d already done, %.2f s waited",
                       rep.request_id, rep.batches_sent, rep.recipients_notified, rep.suppressed, rep.already_done,
                       rep.backpressure_wait_s)
         return reports
+
+    @staticmethod
+    def _settle(request_id: str, offered: RecipientSet, plan: PlanState, adopt: bool) -> RecipientSet:
+        """The recipient set to send: the one offered, unless the request's plan recorded another."""
+        if plan.recorded is None:
+            return offered
+        if not adopt:
+            raise DispatchConflict(f"request {request_id!r} was first dispatched to {plan.n_owners} owners (digest "
+                                   f"{plan.digest}); this attempt has {offered.n_owners} owners "
+                                   f"(digest {plan_digest(offered)})")
+        log.info("%s: sending the recipient set its first dispatch recorded (%d owners), not this attempt's (%d)",
+                 request_id, plan.n_owners, offered.n_owners)
+        return decode_recipients(plan.recorded)
+
+    def _send(self, units: list[tuple[int, int, int, int]], jobs: list[tuple[NotificationHeader, RecipientSet]],
+              header_json: list[bytes], reports: list[DispatchReport], gate: RecipientGate,
+              now: datetime) -> list[tuple[int, int, int, int]]:
+        """Check, encode and append ``units``: two round trips. Returns the units to check again (an owner's
+        state changed between the check and the append)."""
+        asks = [(jobs[j][0].request_id, jobs[j][1].owner_ids[lo:hi]) for j, _, lo, hi in units]
+        verdicts = gate.check_many(asks, now)
+        work: dict[int, list[tuple[tuple[int, int, int, int], PreparedBatch]]] = {}
+        for unit, codes in zip(units, verdicts, strict=True):
+            j, b, lo, hi = unit
+            batch = encode_gated(header_json[j], b, jobs[j][1], lo, hi, codes == ADMIT)
+            batch.suppressed = {name: int((codes == code).sum()) for code, name in REASONS.items()}
+            work.setdefault(j, []).append((unit, batch))
+        order = list(work)
+        results = self.sink.append_many([(jobs[j][0].request_id, [b for _, b in work[j]]) for j in order],
+                                        gate.terms(now))
+        again = []
+        for j, got in zip(order, results, strict=True):
+            rep = reports[j]
+            for (unit, batch), result in zip(work[j], got, strict=True):
+                if result == STALE:
+                    again.append(unit)
+                elif result == ALREADY_DONE:  # another worker completed it meanwhile
+                    rep.already_done += batch.n_owners
+                else:
+                    rep.batches_sent += batch.payload is not None
+                    rep.recipients_notified += batch.n_admitted
+                    rep.suppressed += batch.n_owners - batch.n_admitted
+        return again

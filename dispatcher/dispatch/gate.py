@@ -7,34 +7,53 @@ admits the same owners.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import numpy as np
 
 from dispatcher.errors import InvalidData
+from dispatcher.workflow.notices import ADMIT
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import aware_now
 from dispatcher.workflow.store import Store
 
-__all__ = ["AdmitAll", "OwnerGate", "RecipientGate"]
+__all__ = ["AdmitAll", "GateTerms", "OwnerGate", "RecipientGate"]
+
+
+@dataclass(frozen=True)
+class GateTerms:
+    """What a sink re-checks and records for each batch in the same atomic step as its append: the gate's store
+    (the sink must share its database), the cap, the start of the cap's window and the time of sending."""
+
+    store: Store
+    cap: int
+    since: datetime
+    now: datetime
 
 
 class RecipientGate(Protocol):
-    """Send-time admission (opt-outs, per-owner cap). Idempotent per (request, owner)."""
+    """Send-time admission (opt-outs, per-owner cap)."""
 
-    def admit_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
-        """For each (request, owner ids): a bool mask aligned with the owners, which may be notified now. All
-        of them are answered together (one round trip to a shared store)."""
+    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
+        """For each (request, owner ids): the verdict of each owner (int8: ``ADMIT``, ``OPTED_OUT``,
+        ``CAPPED``), all answered together and changing nothing."""
+        ...
+
+    def terms(self, now: datetime) -> GateTerms | None:
+        """What the sink must record with each batch (None: nothing)."""
         ...
 
 
 class AdmitAll:
-    """The default gate: every recipient is admitted."""
+    """The default gate: every recipient is admitted, nothing is recorded."""
 
-    def admit_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
-        return [np.ones(owners.shape[0], dtype=bool) for _, owners in items]
+    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
+        return [np.full(owners.shape[0], ADMIT, dtype=np.int8) for _, owners in items]
 
+    def terms(self, now: datetime) -> GateTerms | None:
+        return None
 
 
 class OwnerGate:
@@ -43,7 +62,8 @@ class OwnerGate:
     An owner is admitted when not opted out and under ``policy.owner_cap`` notifications in the rolling
     ``policy.owner_cap_period``. Admitted owners are recorded as notified for the request, idempotently (the
     same owner for the same request is counted once and admitted again); suppressed ones are counted per
-    reason (``opted_out``, ``capped``) in the store.
+    reason (``opted_out``, ``capped``) in the store. The dispatcher checks (:meth:`check_many`) and the sink
+    records with each batch's append (:meth:`terms`); :meth:`admit` checks and records at once.
     """
 
     def __init__(self, store: Store, policy: Policy | None = None) -> None:
@@ -54,11 +74,23 @@ class OwnerGate:
         return self.admit_many([(request_id, owner_ids)], now)[0]
 
     def admit_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
+        t = self.terms(now)
+        return self.store.admit_many(_checked(items), t.now, t.cap, t.since)
+
+    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
+        t = self.terms(now)
+        return self.store.check_many(_checked(items), t.cap, t.since)
+
+    def terms(self, now: datetime) -> GateTerms:
         now = aware_now(now)
-        checked = []
-        for rid, owners in items:
-            ids = np.ascontiguousarray(owners, dtype=np.int64)
-            if ids.ndim != 1:
-                raise InvalidData(f"owner_ids must be one-dimensional, got shape {ids.shape}")
-            checked.append((rid, ids))
-        return self.store.admit_many(checked, now, self.policy.owner_cap, now - self.policy.owner_cap_period)
+        return GateTerms(self.store, self.policy.owner_cap, now - self.policy.owner_cap_period, now)
+
+
+def _checked(items: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for rid, owners in items:
+        ids = np.ascontiguousarray(owners, dtype=np.int64)
+        if ids.ndim != 1:
+            raise InvalidData(f"owner_ids must be one-dimensional, got shape {ids.shape}")
+        out.append((rid, ids))
+    return out

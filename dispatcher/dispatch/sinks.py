@@ -12,33 +12,64 @@ import os
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import redis
 
 from dispatcher.connections import connect, with_retries
+from dispatcher.dispatch.gate import GateTerms
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.wire import PreparedBatch
-from dispatcher.errors import DispatchConflict, QueueFull
+from dispatcher.errors import InvalidQueueSettings, QueueFull
 from dispatcher.keys import Keys
+from dispatcher.workflow.notices import ADMIT, GATE_LUA, SQLITE_SCHEMA, sqlite_record, sqlite_verdicts
+from dispatcher.workflow.store import RedisStore, SqliteStore
 
-__all__ = ["LocalSink", "RedisSink", "Sink"]
+__all__ = ["ALREADY_DONE", "APPENDED", "STALE", "LocalSink", "Plan", "PlanState", "RedisSink", "Sink"]
 
 log = logging.getLogger(__name__)
+
+
+#: A plan as a sink records it: (request, batch size, owners, digest, the recipient set encoded).
+Plan = tuple[str, int, int, str, bytes]
+
+
+@dataclass(frozen=True)
+class PlanState:
+    """What a sink holds of a request's plan: the batch size to use, the batches already done, and, when the
+    recorded recipient set is not the one offered, the recorded one (encoded), with its owner count and digest."""
+
+    batch_size: int
+    done: set[int]
+    n_owners: int
+    digest: str
+    recorded: bytes | None = None
+
+
+#: What ``append_many`` says of each batch.
+APPENDED, ALREADY_DONE, STALE = 1, 0, -1
 
 
 class Sink(Protocol):
     """Where batches go. ``append`` is atomic and idempotent per (request, batch number)."""
 
-    def register_plans(self, plans: list[tuple[str, int, int, str]]) -> list[tuple[int, set[int]]]:
-        """For each (request, batch size, owners, digest): record the plan on first dispatch; return the batch
-        size to use and the batches already done; raise DispatchConflict on a mismatch."""
+    def recorded_plans(self, request_ids: list[str]) -> list[bytes | None]:
+        """The recipient set (encoded) each request's first dispatch recorded; None where there is none yet."""
         ...
 
-    def append_many(self, work: list[tuple[str, list[PreparedBatch]]]) -> list[list[bool]]:
-        """For each (request, batches): append every batch not yet done (marking it done); True where this
-        call appended it."""
+    def register_plans(self, plans: list[Plan]) -> list[PlanState]:
+        """Record each plan on a request's first dispatch; what is recorded for each."""
+        ...
+
+    def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
+                    ) -> list[list[int]]:
+        """For each (request, batches): append every batch not yet done and mark it done, and with ``terms``
+        record the gate's decisions for its owners in the same atomic step. Per batch: APPENDED, ALREADY_DONE,
+        or STALE (an admitted owner is no longer admissible, say opted out since the check: nothing written;
+        check again)."""
         ...
 
     def wait_for_room(self, request_id: str) -> float:
@@ -50,9 +81,18 @@ class Sink(Protocol):
         ...
 
 
-_APPEND_LUA = """
-local done = redis.call('HGET', KEYS[2], ARGV[1])
-if done then return 0 end
+# KEYS: stream, done, notified, optout, counters, then the notices key of each admitted owner
+# ARGV: batch, request, payload, gated, now_us, cap, since_us, opted_out count, capped count, admitted owners...
+_APPEND_LUA = GATE_LUA + """
+if redis.call('HGET', KEYS[2], ARGV[1]) then return 0 end
+if ARGV[4] == '1' then
+  for i = 10, #ARGV do
+    if verdict(KEYS[3], KEYS[4], KEYS[i - 4], ARGV[i], ARGV[7], ARGV[6]) ~= 0 then return -1 end
+  end
+  for i = 10, #ARGV do record(KEYS[3], KEYS[i - 4], ARGV[i], ARGV[5], ARGV[2]) end
+  if tonumber(ARGV[8]) > 0 then redis.call('HINCRBY', KEYS[5], 'opted_out', ARGV[8]) end
+  if tonumber(ARGV[9]) > 0 then redis.call('HINCRBY', KEYS[5], 'capped', ARGV[9]) end
+end
 local id = '-'
 if ARGV[3] ~= '' then
   id = redis.call('XADD', KEYS[1], '*', 'request', ARGV[2], 'batch', ARGV[1], 'data', ARGV[3])
@@ -61,23 +101,30 @@ redis.call('HSET', KEYS[2], ARGV[1], id)
 return 1
 """
 
-# KEYS: plan, done; ARGV: batch_size, n_owners, digest -> {batch_size, n_owners, digest, done batch numbers...}
+# KEYS: plan, done; ARGV: batch_size, n_owners, digest, recipients
+#   -> {batch_size, n_owners, digest, recorded recipients ('' when the same), done batch numbers...}
 _PLAN_LUA = """
 local cur = redis.call('HMGET', KEYS[1], 'batch_size', 'n_owners', 'digest')
 if not cur[1] then
-  redis.call('HSET', KEYS[1], 'batch_size', ARGV[1], 'n_owners', ARGV[2], 'digest', ARGV[3])
-  return {ARGV[1], ARGV[2], ARGV[3]}
+  redis.call('HSET', KEYS[1], 'batch_size', ARGV[1], 'n_owners', ARGV[2], 'digest', ARGV[3], 'recipients', ARGV[4])
+  return {ARGV[1], ARGV[2], ARGV[3], ''}
 end
+if cur[3] == ARGV[3] then cur[4] = '' else cur[4] = redis.call('HGET', KEYS[1], 'recipients') or '' end
 local done = redis.call('HKEYS', KEYS[2])
 for i = 1, #done do cur[#cur + 1] = done[i] end
 return cur
 """
 
 
-def _check_plan(request_id: str, n: int, dig: str, n_owners: int, digest: str) -> None:
-    if n != n_owners or dig != digest:
-        raise DispatchConflict(f"request {request_id!r} was first dispatched to {n} owners (digest {dig}); "
-                               f"this attempt has {n_owners} owners (digest {digest})")
+def _gate_args(b: PreparedBatch, terms: GateTerms | None) -> list[Any]:
+    if terms is None:
+        return ["0", 0, 0, 0, 0, 0]
+    return ["1", _us(terms.now), terms.cap, _us(terms.since), b.suppressed.get("opted_out", 0),
+            b.suppressed.get("capped", 0), *b.admitted.tolist()]
+
+
+def _us(t: datetime) -> int:
+    return int(round(t.timestamp() * 1_000_000))
 
 
 class RedisSink:
@@ -95,32 +142,45 @@ class RedisSink:
         self._append = self.client.register_script(_APPEND_LUA)
         self._plan = self.client.register_script(_PLAN_LUA)
 
-    def register_plans(self, plans: list[tuple[str, int, int, str]]) -> list[tuple[int, set[int]]]:
+    def recorded_plans(self, request_ids: list[str]) -> list[bytes | None]:
         def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            for rid, size, n, digest in plans:
-                self._plan(keys=[self.keys.plan(rid), self.keys.done(rid)], args=[size, n, digest], client=pipe)
+            for rid in request_ids:
+                pipe.hget(self.keys.plan(rid), "recipients")
+            return pipe.execute()
+        return [bytes(x) if x else None for x in with_retries(self.settings, "plans", run)] if request_ids else []
+
+    def register_plans(self, plans: list[Plan]) -> list[PlanState]:
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for rid, size, n, digest, blob in plans:
+                self._plan(keys=[self.keys.plan(rid), self.keys.done(rid)], args=[size, n, digest, blob],
+                           client=pipe)
             return pipe.execute()
 
-        out = []
-        for (rid, _, n_owners, digest), got in zip(plans, with_retries(self.settings, "plan", run), strict=True):
-            size, n, dig = int(got[0]), int(got[1]), got[2].decode() if isinstance(got[2], bytes) else got[2]
-            _check_plan(rid, n, dig, n_owners, digest)
-            out.append((size, {int(x) for x in got[3:]}))
-        return out
+        return [PlanState(int(got[0]), {int(x) for x in got[4:]}, int(got[1]), _s(got[2]),
+                          bytes(got[3]) if got[3] else None)
+                for got in with_retries(self.settings, "plan", run)]
 
-    def append_many(self, work: list[tuple[str, list[PreparedBatch]]]) -> list[list[bool]]:
+    def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
+                    ) -> list[list[int]]:
+        if terms is not None and (not isinstance(terms.store, RedisStore) or terms.store.k != self.keys):
+            raise InvalidQueueSettings("the gate's store must be a RedisStore on this sink's Redis and keys: an "
+                                       "owner is counted as notified in the same step as their batch is appended")
+
         def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for rid, batches in work:
                 for b in batches:
-                    self._append(keys=[self.keys.notifications, self.keys.done(rid)],
-                                 args=[b.batch_no, rid, b.payload or b""], client=pipe)
+                    k = self.keys
+                    self._append(keys=[k.notifications, k.done(rid), k.notified(rid), k.opted_out, k.counters(rid),
+                                       *(k.owner_notices(o) for o in (b.admitted.tolist() if terms else ()))],
+                                 args=[b.batch_no, rid, b.payload or b"", *_gate_args(b, terms)], client=pipe)
             return pipe.execute()
 
         # Safe to resend the whole pipeline: the script skips batches already done.
         flat = iter(with_retries(self.settings, "append", run))
-        return [[bool(next(flat)) for _ in batches] for _, batches in work]
+        return [[int(next(flat)) for _ in batches] for _, batches in work]
 
     def _groups(self) -> list[dict[str, Any]] | None:
         """The stream's consumer groups; None when the stream does not exist yet."""
@@ -210,18 +270,23 @@ def _s(x: str | bytes) -> str:
 
 class LocalSink:
     """The embedded sink: an SQLite file (WAL, synchronous=FULL). One transaction per group of batches, with the
-    (request, batch) primary key making a re-append a no-op: the same exactly-once guarantee, no server."""
+    (request, batch) primary key making a re-append a no-op: the same exactly-once guarantee, no server. With an
+    owners' gate, the sink and the gate's :class:`SqliteStore` are one file, so that the gate's records are
+    written in the same transaction as the batch."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._local = threading.local()
-        with self._conn() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS plans (request_id TEXT PRIMARY KEY, batch_size INTEGER NOT NULL,"
-                      " n_owners INTEGER NOT NULL, digest TEXT NOT NULL)")
-            c.execute("CREATE TABLE IF NOT EXISTS done (request_id TEXT NOT NULL, batch_no INTEGER NOT NULL,"
-                      " seq INTEGER, PRIMARY KEY (request_id, batch_no))")
-            c.execute("CREATE TABLE IF NOT EXISTS notifications (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-                      " request_id TEXT NOT NULL, batch_no INTEGER NOT NULL, payload BLOB NOT NULL)")
+        c = self._conn()
+        c.execute("CREATE TABLE IF NOT EXISTS plans (request_id TEXT PRIMARY KEY, batch_size INTEGER NOT NULL,"
+                  " n_owners INTEGER NOT NULL, digest TEXT NOT NULL, recipients BLOB)")
+        if "recipients" not in {row[1] for row in c.execute("PRAGMA table_info(plans)")}:  # a file of before
+            c.execute("ALTER TABLE plans ADD COLUMN recipients BLOB")
+        c.execute("CREATE TABLE IF NOT EXISTS done (request_id TEXT NOT NULL, batch_no INTEGER NOT NULL,"
+                  " seq INTEGER, PRIMARY KEY (request_id, batch_no))")
+        c.execute("CREATE TABLE IF NOT EXISTS notifications (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                  " request_id TEXT NOT NULL, batch_no INTEGER NOT NULL, payload BLOB NOT NULL)")
+        c.executescript(SQLITE_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -238,31 +303,40 @@ class LocalSink:
             c.close()
             self._local.conn = None
 
-    def register_plans(self, plans: list[tuple[str, int, int, str]]) -> list[tuple[int, set[int]]]:
+    def recorded_plans(self, request_ids: list[str]) -> list[bytes | None]:
+        c = self._conn()
+        rows = [c.execute("SELECT recipients FROM plans WHERE request_id = ?", (rid,)).fetchone()
+                for rid in request_ids]
+        return [bytes(r[0]) if r is not None and r[0] is not None else None for r in rows]
+
+    def register_plans(self, plans: list[Plan]) -> list[PlanState]:
         return [self._register_plan(*p) for p in plans]
 
-    def _register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str) -> tuple[int, set[int]]:
+    def _register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str,
+                       blob: bytes) -> PlanState:
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute("INSERT OR IGNORE INTO plans VALUES (?, ?, ?, ?)", (request_id, batch_size, n_owners, digest))
-            size, n, dig = c.execute("SELECT batch_size, n_owners, digest FROM plans WHERE request_id = ?",
-                                     (request_id,)).fetchone()
+            c.execute("INSERT OR IGNORE INTO plans VALUES (?, ?, ?, ?, ?)",
+                      (request_id, batch_size, n_owners, digest, blob))
+            size, n, dig, recorded = c.execute("SELECT batch_size, n_owners, digest, recipients FROM plans "
+                                               "WHERE request_id = ?", (request_id,)).fetchone()
+            done = {r[0] for r in c.execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,))}
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        _check_plan(request_id, n, dig, n_owners, digest)
-        return int(size), self._done_batches(request_id)
+        return PlanState(int(size), done, int(n), dig, None if dig == digest or recorded is None else bytes(recorded))
 
-    def _done_batches(self, request_id: str) -> set[int]:
-        rows = self._conn().execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,)).fetchall()
-        return {r[0] for r in rows}
+    def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
+                    ) -> list[list[int]]:
+        if terms is not None and (not isinstance(terms.store, SqliteStore)
+                                  or Path(terms.store.path).resolve() != self.path.resolve()):
+            raise InvalidQueueSettings(f"the gate's store must be a SqliteStore on this sink's file {self.path}: "
+                                       "an owner is counted as notified in the same step as their batch is appended")
+        return [self._append_one(rid, batches, terms) for rid, batches in work]
 
-    def append_many(self, work: list[tuple[str, list[PreparedBatch]]]) -> list[list[bool]]:
-        return [self._append_one(rid, batches) for rid, batches in work]
-
-    def _append_one(self, request_id: str, batches: list[PreparedBatch]) -> list[bool]:
+    def _append_one(self, request_id: str, batches: list[PreparedBatch], terms: GateTerms | None) -> list[int]:
         c = self._conn()
         out = []
         c.execute("BEGIN IMMEDIATE")
@@ -270,14 +344,20 @@ class LocalSink:
             for b in batches:
                 if c.execute("SELECT 1 FROM done WHERE request_id = ? AND batch_no = ?",
                              (request_id, b.batch_no)).fetchone():
-                    out.append(False)
+                    out.append(ALREADY_DONE)
                     continue
+                if terms is not None:
+                    admitted = b.admitted.tolist()
+                    if (sqlite_verdicts(c, request_id, admitted, terms.cap, _us(terms.since)) != ADMIT).any():
+                        out.append(STALE)
+                        continue
+                    sqlite_record(c, request_id, admitted, _us(terms.now), b.suppressed)
                 seq = None
                 if b.payload is not None:
                     seq = c.execute("INSERT INTO notifications (request_id, batch_no, payload) VALUES (?, ?, ?)",
                                     (request_id, b.batch_no, b.payload)).lastrowid
                 c.execute("INSERT INTO done VALUES (?, ?, ?)", (request_id, b.batch_no, seq))
-                out.append(True)
+                out.append(APPENDED)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")

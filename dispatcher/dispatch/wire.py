@@ -9,7 +9,8 @@ to dispatch a request can be checked to send the same one.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -18,8 +19,8 @@ import orjson
 from dispatcher.errors import InvalidData
 from dispatcher.index.recipients import RecipientSet
 
-__all__ = ["Notification", "NotificationHeader", "PreparedBatch", "decode_batch", "encode_batch", "encode_gated",
-           "plan_digest"]
+__all__ = ["Notification", "NotificationHeader", "PreparedBatch", "decode_batch", "decode_recipients", "encode_batch",
+           "encode_gated", "encode_recipients", "plan_digest"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,13 @@ class PreparedBatch:
     batch_no: int
     payload: bytes | None      # None: every owner of the batch was suppressed; mark done, append nothing
     n_owners: int              # owners in the batch
-    n_admitted: int
+    admitted: np.ndarray       # the owners the entry names
+    #: Owners the gate refused, by reason (recorded with the batch).
+    suppressed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_admitted(self) -> int:
+        return int(self.admitted.shape[0])
 
 
 def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo: int, hi: int,
@@ -93,7 +100,7 @@ def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo
         raise InvalidData(f"gate returned a mask of shape {mask.shape} for {owners.shape[0]} owners")
     k = int(mask.sum())
     if k == 0:
-        return PreparedBatch(batch_no, None, hi - lo, 0)
+        return PreparedBatch(batch_no, None, hi - lo, owners[:0])
     cams_all = recipients.camera_ids
     if k == hi - lo:
         o, rel, cams = owners, off - off[0], cams_all[off[0]:off[-1]]
@@ -103,6 +110,23 @@ def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo
         np.cumsum(counts, out=rel[1:])
         o = owners[mask]
         cams = cams_all[off[0]:off[-1]][np.repeat(mask, np.diff(off))]
-    return PreparedBatch(batch_no, encode_batch(header_json, batch_no, o, rel, cams), hi - lo, k)
+    return PreparedBatch(batch_no, encode_batch(header_json, batch_no, o, rel, cams), hi - lo, o)
 
 
+def encode_recipients(recipients: RecipientSet) -> bytes:
+    """A recipient set as bytes, to be kept with its dispatch plan (every retry sends exactly this set)."""
+    parts = (np.array([recipients.n_owners, recipients.n_cameras], np.int64), recipients.owner_ids,
+             recipients.owner_offsets, recipients.camera_ids)
+    return zlib.compress(b"".join(np.ascontiguousarray(a, dtype="<i8").tobytes() for a in parts), 1)
+
+
+def decode_recipients(blob: bytes) -> RecipientSet:
+    try:
+        a = np.frombuffer(zlib.decompress(blob), dtype="<i8")
+        n, m = int(a[0]), int(a[1])
+        if a.shape[0] != 2 + n + (n + 1) + m:
+            raise ValueError(f"{a.shape[0]} numbers for {n} owners and {m} cameras")
+    except (zlib.error, ValueError, IndexError) as exc:
+        raise InvalidData(f"a recorded recipient set is unreadable: {exc}") from None
+    owners, offsets, cameras = a[2:2 + n], a[2 + n:3 + 2 * n], a[3 + 2 * n:]
+    return RecipientSet(owners.astype(np.int64), cameras.astype(np.int64), offsets.astype(np.int64))

@@ -14,7 +14,8 @@ A batch of commands is run together, each step one round trip to the store or th
 4. **record** the accepted ones, each with its audit entries in one atomic step (approved at once with
    auto-approval): one round trip;
 5. **resolve** every approved request's area and window to its recipients in the index;
-6. **dispatch** them: plans, the owners' gate, the batch appends (see :class:`Dispatcher`);
+6. **dispatch** them: plans, the owners' gate, the batch appends (see :class:`Dispatcher`). A request's first
+   attempt records its recipient set with its plan; a retry sends exactly that set;
 7. **mark** them dispatched: one round trip.
 
 Running a command twice is harmless: a recorded request continues from its recorded state, and the dispatcher
@@ -199,16 +200,20 @@ class Pipeline:
         return approved
 
     def _dispatch(self, jobs: list[_Job], now: datetime) -> list[int]:
-        """Resolve, dispatch and mark the approved requests; the owners each one's run notified."""
+        """Resolve, dispatch and mark the approved requests; the owners each one's run notified. What a request
+        is sent to is decided once, by its first attempt: a retry (after a crash, at a later time, on another
+        worker or index) sends the recipient set that attempt recorded, and resolves nothing."""
         if not jobs:
             return []
+        recorded = self.dispatcher.recorded([j.request_id for j in jobs])
         work = []
-        for job in jobs:
+        for job, frozen in zip(jobs, recorded, strict=True):
             v = job.stored.request  # type: ignore[union-attr]
             header = NotificationHeader(v.request_id, v.agency_id, self.workflow.agency_name(v.agency_id),
                                         v.case_number, v.incident_type, v.start, v.end, v.message)
-            work.append((header, self.index.resolve(v.area, v.start, v.end, now=now)))
-        reports = self.dispatcher.dispatch_many(work, gate=self.gate, now=now)
+            work.append((header, frozen if frozen is not None else self.index.resolve(v.area, v.start, v.end,
+                                                                                       now=now)))
+        reports = self.dispatcher.dispatch_many(work, gate=self.gate, now=now, adopt_recorded=True)
         marked = self.workflow.mark_dispatched_many([j.request_id for j in jobs], now)
         for job, ok in zip(jobs, marked, strict=True):
             if not ok and self.workflow.state(job.request_id) != DISPATCHED:  # marked by another worker: fine

@@ -23,6 +23,7 @@ from dispatcher.connections import connect, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import InvalidData, InvalidRequest
 from dispatcher.keys import Keys
+from dispatcher.workflow.notices import ADMIT, GATE_LUA, REASONS, SQLITE_SCHEMA, sqlite_record, sqlite_verdicts
 
 T = TypeVar("T")
 
@@ -36,12 +37,6 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TABLE IF NOT EXISTS opted_out (owner_id INTEGER PRIMARY KEY, at_us INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS notified (request_id TEXT NOT NULL, owner_id INTEGER NOT NULL, at_us INTEGER NOT NULL,
-    PRIMARY KEY (request_id, owner_id));
-CREATE INDEX IF NOT EXISTS notified_owner ON notified (owner_id, at_us);
-CREATE TABLE IF NOT EXISTS counters (request_id TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
-    PRIMARY KEY (request_id, name));
 CREATE TABLE IF NOT EXISTS choices (request_id TEXT NOT NULL, owner_id INTEGER NOT NULL, choice TEXT NOT NULL,
     clips BLOB NOT NULL, at_us INTEGER NOT NULL, PRIMARY KEY (request_id, owner_id));
 """
@@ -90,6 +85,9 @@ class Store(Protocol):
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray: ...
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]: ...
+    def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
+        """The gate's verdict (``notices.ADMIT``, ``OPTED_OUT``, ``CAPPED``) for each owner, changing nothing."""
+        ...
     def counters(self, request_id: str) -> dict[str, int]: ...
     def was_notified(self, request_id: str, owner_id: int) -> bool: ...
     def notified_count(self, request_id: str) -> int: ...
@@ -104,7 +102,9 @@ class SqliteStore:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL" if str(path) != ":memory:" else "PRAGMA journal_mode=MEMORY")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + SQLITE_SCHEMA)
+        #: The file, for a sink that must record the gate's decisions in the same database (":memory:" has none).
+        self.path = str(path)
 
     def close(self) -> None:
         self._db.close()
@@ -198,29 +198,16 @@ class SqliteStore:
         """In one transaction: per owner, already notified for this request -> True (not counted again);
         opted out -> False (counted ``opted_out``); ``cap`` notifications since ``since`` -> False (``capped``);
         otherwise recorded as notified -> True."""
-        out = np.zeros(owner_ids.shape[0], np.bool_)
-        supp = {"opted_out": 0, "capped": 0}
+        owners = owner_ids.tolist()
         with self._lock, self._transaction():
-            for k, o in enumerate(owner_ids.tolist()):
-                if self._db.execute("SELECT 1 FROM notified WHERE request_id=? AND owner_id=?",
-                                    (request_id, o)).fetchone():
-                    out[k] = True
-                    continue
-                if self._db.execute("SELECT 1 FROM opted_out WHERE owner_id=?", (o,)).fetchone():
-                    supp["opted_out"] += 1
-                    continue
-                n = self._db.execute("SELECT COUNT(*) FROM notified WHERE owner_id=? AND at_us>?",
-                                     (o, _us(since))).fetchone()[0]
-                if n >= cap:
-                    supp["capped"] += 1
-                    continue
-                self._db.execute("INSERT INTO notified VALUES (?,?,?)", (request_id, o, _us(now)))
-                out[k] = True
-            for name, n in supp.items():
-                if n:
-                    self._db.execute("INSERT INTO counters VALUES (?,?,?) ON CONFLICT(request_id, name) "
-                                     "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
-        return out
+            codes = sqlite_verdicts(self._db, request_id, owners, cap, _us(since))
+            sqlite_record(self._db, request_id, [o for o, c in zip(owners, codes, strict=True) if c == ADMIT],
+                          _us(now), {name: int((codes == code).sum()) for code, name in REASONS.items()})
+        return codes == ADMIT
+
+    def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
+        with self._lock:
+            return [sqlite_verdicts(self._db, rid, owners.tolist(), cap, _us(since)) for rid, owners in items]
 
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]:
@@ -264,26 +251,22 @@ redis.call('RPUSH', KEYS[2], ARGV[3])
 return 1
 """
 # KEYS: notified, optout, counters, then each owner's notices key; ARGV: rid, now_us, cap, since_us, owners...
-_ADMIT = """
+_ADMIT = GATE_LUA + """
 local out = {}
-local opt, capped = 0, 0
+local counts = {0, 0}
 for i = 5, #ARGV do
-  local o = ARGV[i]
-  if redis.call('SISMEMBER', KEYS[1], o) == 1 then out[#out + 1] = 1
-  elseif redis.call('SISMEMBER', KEYS[2], o) == 1 then out[#out + 1] = 0; opt = opt + 1
-  else
-    local okey = KEYS[i - 1]
-    if redis.call('ZCOUNT', okey, '(' .. ARGV[4], '+inf') >= tonumber(ARGV[3]) then
-      out[#out + 1] = 0; capped = capped + 1
-    else
-      redis.call('SADD', KEYS[1], o)
-      redis.call('ZADD', okey, ARGV[2], ARGV[1])
-      out[#out + 1] = 1
-    end
-  end
+  local v = verdict(KEYS[1], KEYS[2], KEYS[i - 1], ARGV[i], ARGV[4], ARGV[3])
+  if v == 0 then record(KEYS[1], KEYS[i - 1], ARGV[i], ARGV[2], ARGV[1]) else counts[v] = counts[v] + 1 end
+  out[#out + 1] = v
 end
-if opt > 0 then redis.call('HINCRBY', KEYS[3], 'opted_out', opt) end
-if capped > 0 then redis.call('HINCRBY', KEYS[3], 'capped', capped) end
+if counts[1] > 0 then redis.call('HINCRBY', KEYS[3], 'opted_out', counts[1]) end
+if counts[2] > 0 then redis.call('HINCRBY', KEYS[3], 'capped', counts[2]) end
+return out
+"""
+# KEYS: notified, optout, then each owner's notices key; ARGV: cap, since_us, owners...
+_CHECK = "#!lua flags=no-writes\n" + GATE_LUA + """
+local out = {}
+for i = 3, #ARGV do out[#out + 1] = verdict(KEYS[1], KEYS[2], KEYS[i], ARGV[i], ARGV[2], ARGV[1]) end
 return out
 """
 
@@ -299,6 +282,7 @@ class RedisStore:
         self._create = client.register_script(_CREATE)
         self._cas = client.register_script(_CAS)
         self._admit = client.register_script(_ADMIT)
+        self._check = client.register_script(_CHECK)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -406,8 +390,18 @@ class RedisStore:
                                       *(self.k.owner_notices(o) for o in ids)],
                                 args=[rid, _us(now), cap, _us(since), *ids], client=pipe)
         got = iter(self._batch("admit", build))
-        return [np.array(next(got), dtype=np.bool_) if owners.shape[0] else np.zeros(0, np.bool_)
+        return [np.array(next(got), dtype=np.int8) == ADMIT if owners.shape[0] else np.zeros(0, np.bool_)
                 for _, owners in items]
+
+    def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
+        def build(pipe: Any) -> None:
+            for rid, owners in items:
+                if owners.shape[0]:
+                    ids = owners.tolist()
+                    self._check(keys=[self.k.notified(rid), self.k.opted_out, *(self.k.owner_notices(o) for o in ids)],
+                                args=[cap, _us(since), *ids], client=pipe)
+        got = iter(self._batch("check", build))
+        return [np.array(next(got), dtype=np.int8) if owners.shape[0] else np.zeros(0, np.int8) for _, owners in items]
 
     def counters(self, request_id: str) -> dict[str, int]:
         got = self._call("counters", lambda: self.r.hgetall(self.k.counters(request_id)))
