@@ -48,6 +48,11 @@ class Keys:
     def done(self, request_id: str) -> str:
         return self._key("done", request_id)
 
+    @property
+    def notification_dead_letters(self) -> str:
+        """Notification entries no consumer could read."""
+        return self._key("notifications", "dead")
+
     def sent(self, group: str) -> str:
         """Idempotency keys of the notifications a consumer group has sent."""
         return self._key("sent", group)

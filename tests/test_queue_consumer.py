@@ -236,3 +236,26 @@ def test_consume_command_sends_every_notification_once_and_stops_on_sigterm(redi
         r.xgroup_setid(s.keys.notifications, "senders", "0")
     again = run_once()
     assert "0 sent, 300 skipped" in again and outbox_owners(OutboxSender(outbox)) == rs.owner_ids.tolist()
+
+
+def test_a_malformed_notification_entry_is_set_aside_and_the_others_sent(redis_server, tmp_path):
+    s = settings_for(redis_server)
+    rs = make_recipients(100)
+    Dispatcher(RedisSink(s), s).dispatch(header(), rs, now=NOW)
+    with redis_server.client() as r:
+        ids = [e for e, _ in r.xrange(s.keys.notifications)]
+        r.xadd(s.keys.notifications, {"request": "req-x", "batch": 0, "data": b"{not json"})
+        r.xadd(s.keys.notifications, {"request": "req-y", "batch": 0})                       # no data at all
+        r.xadd(s.keys.notifications, {"request": "req-z", "batch": 0, "data": b'{"header": 1}'})
+    Dispatcher(RedisSink(s), s).dispatch(header("req-2"), make_recipients(30, seed=3), now=NOW)
+    outbox = OutboxSender(tmp_path / "outbox")
+    c = Consumer(redis_server.client(), "c1", outbox, settings=s, min_idle_ms=0)
+    c.ensure_group()
+    while c.run_once(count=3, block_ms=10):
+        pass
+    assert c.dead_lettered == 3 and c.sent == 130 and len(ids) == 4
+    with redis_server.client() as r:
+        dead = r.xrange(s.keys.notification_dead_letters)
+        assert [d[1][b"request"] for d in dead] == [b"req-x", b"req-y", b"req-z"]
+        assert all(d[1][b"error"] for d in dead)
+        assert r.xpending(s.keys.notifications, "senders")["pending"] == 0

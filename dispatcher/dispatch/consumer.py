@@ -23,6 +23,7 @@ import redis
 from dispatcher.connections import with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.wire import Notification, decode_batch
+from dispatcher.errors import QueueUnavailable
 from dispatcher.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Consumer:
         self.min_idle_ms = min_idle_ms
         self.sent = 0
         self.skipped = 0
+        self.dead_lettered = 0
 
     def ensure_group(self) -> None:
         try:
@@ -102,7 +104,11 @@ class Consumer:
                 raise
 
     def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        _, notes = decode_batch(fields[b"data"])
+        try:
+            _, notes = decode_batch(fields[b"data"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # orjson's decode error is a ValueError
+            self._set_aside(entry_id, fields, f"{type(exc).__name__}: {exc}")
+            return
         sent_key = self.keys.sent(self.group)
         emails = [render(n) for n in notes]
         already = with_retries(self.settings, "idempotency check", lambda: self.client.hmget(
@@ -122,6 +128,20 @@ class Consumer:
             pipe.xack(self.keys.notifications, self.group, entry_id)
             pipe.execute()
         with_retries(self.settings, "ack", ack)
+
+    def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
+        """A notification entry no consumer can read: to the senders' dead-letter stream with its error, and
+        acknowledged, so the entries after it go on."""
+        def move() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            entry: dict[Any, Any] = {**fields, "id": entry_id, "group": self.group, "error": error[:2000]}
+            pipe.xadd(self.keys.notification_dead_letters, entry)
+            pipe.xack(self.keys.notifications, self.group, entry_id)
+            pipe.execute()
+        with_retries(self.settings, "dead letter", move)
+        self.dead_lettered += 1
+        log.error("%s: notification entry %r is unreadable (%s); moved to %s", self.name, entry_id, error,
+                  self.keys.notification_dead_letters)
 
     def reclaim(self, count: int = 16) -> int:
         """Take over entries another consumer left pending for longer than ``min_idle_ms``, and handle them."""
@@ -145,6 +165,15 @@ class Consumer:
 
     def run(self, stop: threading.Event, count: int = 16, block_ms: int = 100) -> None:
         """Until ``stop`` is set; then the batch in hand is finished and acked (a clean drain)."""
-        self.ensure_group()
+        with_retries(self.settings, "create group", self.ensure_group)
         while not stop.is_set():
-            self.run_once(count, block_ms)
+            try:
+                self.run_once(count, block_ms)
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                log.warning("%s: the consumer group is gone (Redis came back empty?); creating it again", self.name)
+                with_retries(self.settings, "create group", self.ensure_group)
+            except QueueUnavailable as exc:  # retries ran out: Redis is down; the entries in hand stay pending
+                log.warning("%s: %s; retrying", self.name, exc)
+                stop.wait(0.5)
