@@ -11,41 +11,21 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from dispatcher.errors import DispatchConflict, DispatchError, InvalidQueueSettings, QueueUnavailable
 from dispatcher.dispatch.queue import (
     Dispatcher,
     LocalSink,
-    NotificationHeader,
     QueueSettings,
     RedisSink,
     decode_batch,
 )
+from dispatcher.errors import DispatchConflict, DispatchError, InvalidQueueSettings, QueueUnavailable
 from dispatcher.index.recipients import RecipientSet
+from tests.notifications import NOW, header, make_recipients
 from tests.redis_server import RedisServer
-
-NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
-
-
-def make_recipients(n: int, seed: int = 0) -> RecipientSet:
-    rng = np.random.default_rng(seed)
-    owners = np.unique(rng.integers(1, 50 * n + 10, size=n * 2))[:n].astype(np.int64)
-    counts = rng.integers(1, 4, size=owners.shape[0])
-    off = np.zeros(owners.shape[0] + 1, np.int64)
-    np.cumsum(counts, out=off[1:])
-    cams = np.arange(off[-1], dtype=np.int64) * 7 + 3
-    return RecipientSet(owners, cams, off)
-
-
-def header(rid: str = "req-1") -> NotificationHeader:
-    return NotificationHeader(rid, "ag-1", "Springfield PD", "C-42", "burglary",
-                              datetime(2026, 10, 30, 21, tzinfo=timezone.utc),
-                              datetime(2026, 10, 30, 23, tzinfo=timezone.utc), "Please share <footage> & help")
 
 
 def notified(sink, rid: str | None = None) -> Counter:
@@ -203,7 +183,7 @@ def test_threads_racing_on_one_request(sink_and_settings, tmp_path):
 # ------------------------------------------------------------------------------------------------------ SIGKILL
 WORKER = """
 import sys
-from tests.test_queue import make_recipients, header, NOW
+from tests.notifications import NOW, header, make_recipients
 from dispatcher.dispatch.queue import Dispatcher, QueueSettings, RedisSink, LocalSink
 kind, target, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 settings = QueueSettings(url=target if kind == "redis" else None, batch_size=10, pipeline_batches=2)

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from dispatcher.dispatch.consumer import Consumer, OutboxSender, render
-from dispatcher.errors import QueueFull
 from dispatcher.dispatch.queue import Dispatcher, Notification, QueueSettings, RedisSink, decode_batch
-from tests.test_queue import NOW, header, make_recipients
+from dispatcher.errors import QueueFull
+from tests.notifications import NOW, header, make_recipients
 
 pytestmark = pytest.mark.redis
 

@@ -16,15 +16,15 @@ import pytest
 from click.testing import CliRunner
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.cli import main
 from dispatcher.errors import DispatchError, InvalidReportSettings
-from dispatcher.workflow.store import RedisStore, SqliteStore
 from dispatcher.reports.suppression import Relation, suppress
 from dispatcher.reports.transparency import ALL, NOT_PARTNER, TransparencyReport, build_report
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.review import OwnerGate, Workflow
-from tests.test_policy import JOINED, LAT0, LNG0, square
-from tests.test_policy import request as make_request
+from dispatcher.workflow.store import RedisStore, SqliteStore
+from tests.video_requests import JOINED, LAT0, LNG0, square
+from tests.video_requests import request as make_request
 
 HOSTILE = '=HYPERLINK("http://x.invalid")<script>alert(1)</script>&amp;'
 K = 4
