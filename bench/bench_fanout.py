@@ -19,9 +19,9 @@ import numpy as np
 import orjson
 import pytest
 
-from bench.servers import RedisServer
 from dispatcher.dispatch.queue import Dispatcher, Keys, NotificationHeader, QueueSettings, RedisSink, decode_batch
 from dispatcher.index.recipients import RecipientSet
+from dispatcher.service.servers import RedisServer
 
 N = int(os.environ.get("GEODISPATCH_BENCH_RECIPIENTS", "1000000"))
 NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)

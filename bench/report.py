@@ -18,9 +18,10 @@ import psutil
 
 from bench.peers import DuckDBPeer, PeerUnavailable, PostGISPeer, RedisGeoPeer
 from bench.reference import Dataset, LatSortedResolver, Rings, STRtreePeer, admit_vectorised
-from bench.servers import PostgresServer, RedisServer, ServerUnavailable
+from bench.servers import PostgresServer
 from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.service.servers import RedisServer, ServerUnavailable
 from dispatcher.synthetic.data import SQ_MILE_KM2, SyntheticData, generate, sample_areas
 
 #: Area sizes measured, by label, in km².

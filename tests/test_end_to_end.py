@@ -14,11 +14,11 @@ import pytest
 from bench.reference import Dataset, brute_force
 from dispatcher.dispatch.queue import Dispatcher, NotificationHeader, QueueSettings, RedisSink, decode_batch
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.service.servers import RedisServer
 from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.review import OwnerGate, Workflow
 from dispatcher.workflow.store import RedisStore
 from tests import data
-from tests.redis_server import RedisServer
 from tests.video_requests import JOINED, LAT0, LNG0, NOW
 from tests.video_requests import request as make_request
 

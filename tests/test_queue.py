@@ -24,8 +24,8 @@ from dispatcher.dispatch.queue import (
 )
 from dispatcher.errors import DispatchConflict, DispatchError, InvalidQueueSettings, QueueUnavailable
 from dispatcher.index.recipients import RecipientSet
+from dispatcher.service.servers import RedisServer
 from tests.notifications import NOW, header, make_recipients
-from tests.redis_server import RedisServer
 
 
 def notified(sink, rid: str | None = None) -> Counter:

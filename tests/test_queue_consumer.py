@@ -170,7 +170,7 @@ def test_backlog_after_a_redis_restart_is_not_overstated(tmp_path):
     """After a restart Redis 7.0 forgets how far a group has read (XINFO lag None, sometimes wrong later); the
     backlog must still be what is unread plus pending, so that backpressure neither waits for nothing nor
     lets the queue overflow."""
-    from bench.servers import RedisServer
+    from dispatcher.service.servers import RedisServer
 
     with RedisServer(tmp_path / "redis") as srv:
         s = settings_for(srv, batch_size=10)

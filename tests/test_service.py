@@ -20,13 +20,13 @@ import pytest
 from bench.reference import Dataset, brute_force
 from dispatcher.dispatch.queue import Dispatcher, QueueSettings, RedisSink, decode_batch
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.service.servers import RedisServer
 from dispatcher.service.worker import ServiceSettings, Worker, request_dispatch, submit
 from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
 from tests import data
-from tests.redis_server import RedisServer
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, square
 from tests.video_requests import request as make_request
 
