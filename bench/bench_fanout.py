@@ -19,13 +19,13 @@ import numpy as np
 import orjson
 import pytest
 
-from bench.servers import RedisServer
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import NotificationHeader, decode_batch
 from dispatcher.index.recipients import RecipientSet
 from dispatcher.keys import Keys
+from dispatcher.service.servers import RedisServer
 
 N = int(os.environ.get("GEODISPATCH_BENCH_RECIPIENTS", "1000000"))
 NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)

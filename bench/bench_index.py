@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from bench.reference import LatSortedResolver
+from bench.reference import LatSortedResolver, Rings
 from bench.report import SIZES, make_workload
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.synthetic.data import generate
@@ -55,7 +55,7 @@ def test_resolve_geodispatch(benchmark, setup, label):
 @pytest.mark.parametrize("label", ["0.025 sq mi", "0.5 sq mi", "100 km²"])
 def test_resolve_latsorted_peer(benchmark, setup, label):
     _, peer, work = setup
-    requests = _cycle(work, label)
+    requests = itertools.cycle([(Rings.of(a), w) for a, w in zip(work.areas[label], work.windows)])
 
     def one():
         area, (start, end) = next(requests)

@@ -38,7 +38,6 @@ import numpy as np
 import psutil
 import redis
 
-from bench.servers import RedisServer
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import decode_batch
@@ -46,6 +45,7 @@ from dispatcher.index.camera_index import CameraIndex
 from dispatcher.keys import Keys
 from dispatcher.service import commands
 from dispatcher.service.client import read_outcomes
+from dispatcher.service.servers import RedisServer
 from dispatcher.service.supervise import serve_process
 from dispatcher.service.worker import ServiceSettings
 from dispatcher.synthetic import data as synthetic

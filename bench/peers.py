@@ -27,8 +27,6 @@ from bench.reference import DAY_S, Dataset, admit_vectorised
 from dispatcher.geo.area import Area
 
 Answer = tuple[np.ndarray, np.ndarray, np.ndarray]
-#: ``removed_s`` of a camera that was never removed, for the SQL peers (later than any window).
-NEVER = 2**62
 
 
 class PeerUnavailable(RuntimeError):
@@ -46,7 +44,7 @@ def _group(owner: np.ndarray, camera: np.ndarray) -> Answer:
 def _columns(data: Dataset) -> pa.Table:
     """The cameras as one flat table for the SQL peers, owners' opt-outs folded in."""
     opted = np.isin(data.owner_id, np.fromiter(data.opted_out, dtype=np.int64, count=len(data.opted_out)))
-    removed = np.where(data.removed_s >= 0, data.removed_s, NEVER)
+    removed = data.removed_s  # later than any window when never removed
     retention = data.retention_days.astype(np.int64) * DAY_S
     return pa.table({
         "camera_id": pa.array(data.camera_id.astype(np.int64)),

@@ -1,18 +1,26 @@
 """Reference implementations and peers, shared by the correctness tests and the benchmarks.
 
 The tests prove each of these equal to :meth:`dispatcher.CameraIndex.resolve` on the same data, so the
-benchmarks compare exactly what the tests proved equal.
+benchmarks compare exactly what the tests proved equal. Nothing here imports the product (``dispatcher``,
+``kernels``): a mistake in its geometry, admission rules or grouping cannot hide behind the same mistake here.
 
 - :func:`brute_force`: the oracle. shapely's ``intersects_xy`` over every camera and the admission rules written
-  out plainly with Python integers. Slow, independent of our kernels.
+  out plainly with Python integers. Slow.
 - :class:`LatSortedResolver`: the fastest approach measured elsewhere on this kind of machine: cameras sorted
-  by latitude, a ``searchsorted`` band, a longitude mask and a Numba point-in-polygon test, here with our
-  admission rules and owner grouping in the same compiled call, so that a comparison isolates the index.
+  by latitude, a ``searchsorted`` band, a longitude mask and a Numba point-in-polygon test, with the admission
+  rules and the grouping by owner in the same compiled call, so that a comparison isolates the index. Its
+  crossing-number test certifies each edge's side with a floating-point error bound; a point it cannot place
+  certainly (every point on an edge or a vertex among them) is decided by shapely.
 - :class:`STRtreePeer`: shapely 2's STRtree over the points, a box query and ``intersects_xy``.
+
+Areas are taken as shapely (Multi)Polygons, GeoJSON geometries or Features (dicts or text), or any object with a
+shapely ``geometry`` attribute (a parsed ``dispatcher.Area``); :class:`Rings` is the lat-sorted peer's form of an
+area, built once per area as geodispatch parses each area once.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,13 +29,65 @@ import numpy as np
 import pyarrow as pa
 import shapely
 from numba import njit
-
-from dispatcher.geo.area import Area
-from kernels.geometry import WORK_SIZE, covers_point
-from kernels.index_kernels import admissible, group_by_owner
+from shapely.geometry.base import BaseGeometry
 
 DAY_S = 86_400
 _US = timedelta(microseconds=1)
+_UNIX = datetime(1970, 1, 1, tzinfo=timezone.utc)
+US = 1_000_000
+DAY_US = DAY_S * US
+#: :attr:`Dataset.removed_s` of a camera that was never removed: later than any window.
+NOT_REMOVED_S = 2**62
+#: ``removed_us`` of a camera that was never removed, in the lat-sorted peer.
+NEVER_US = np.iinfo(np.int64).max
+
+
+def unix_us(t: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime, exactly."""
+    return (t - _UNIX) // _US
+
+
+def as_geometry(area: Any) -> BaseGeometry:
+    """The shapely Polygon or MultiPolygon of ``area`` (see the module docstring for the forms taken)."""
+    if isinstance(area, (str, bytes)):
+        area = json.loads(area)
+    if isinstance(area, dict):
+        if area.get("type") == "Feature":
+            return as_geometry(area["geometry"])
+        area = shapely.geometry.shape(area)
+    elif not isinstance(area, BaseGeometry) and isinstance(getattr(area, "geometry", None), BaseGeometry):
+        area = area.geometry
+    if not isinstance(area, BaseGeometry):
+        raise TypeError(f"expected a shapely geometry, GeoJSON or an object with a geometry, got {type(area).__name__}")
+    if area.geom_type not in ("Polygon", "MultiPolygon"):
+        raise ValueError(f"expected a Polygon or MultiPolygon, got a {area.geom_type}")
+    return area
+
+
+def _camera_rows(camera_id: np.ndarray, ev_cam: np.ndarray) -> np.ndarray:
+    """Row of each event's camera in ``camera_id``; an event naming an unknown camera raises."""
+    order = np.argsort(camera_id, kind="stable")
+    k = np.minimum(np.searchsorted(camera_id[order], ev_cam), max(0, camera_id.shape[0] - 1))
+    rows = order[k] if camera_id.shape[0] else np.zeros(ev_cam.shape[0], np.int64)
+    unknown = camera_id[rows] != ev_cam if camera_id.shape[0] else np.ones(ev_cam.shape[0], bool)
+    if unknown.any():
+        raise ValueError(f"events name unknown camera id(s) {np.unique(ev_cam[unknown])[:5].tolist()}")
+    return rows.astype(np.int64)
+
+
+def _events_csr(rows: np.ndarray, ts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Event times grouped by row: row ``r``'s are ``ts[ptr[r]:ptr[r + 1]]``, ascending."""
+    order = np.lexsort((ts, rows))
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=ptr[1:])
+    return ptr, np.ascontiguousarray(ts[order], dtype=np.int64)
+
+
+def _event_columns(events: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(camera id, unix seconds) of every motion event."""
+    cam = np.asarray(events.column("camera_id").to_numpy(), dtype=np.int64)
+    ts = events.column("ts").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()
+    return cam, np.asarray(ts, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -39,33 +99,33 @@ class Dataset:
     lat: np.ndarray
     lng: np.ndarray
     installed_s: np.ndarray  # unix seconds, int64
-    removed_s: np.ndarray  # unix seconds, int64; -1 when not removed
+    removed_s: np.ndarray  # unix seconds, int64; NOT_REMOVED_S when not removed
     retention_days: np.ndarray
     sharing: np.ndarray
     opted_out: frozenset[int]
-    events: dict[int, np.ndarray] | None  # camera id -> sorted unix seconds
+    #: Motion events by row, ``None`` when none are loaded: row ``r``'s unix seconds, ascending, are
+    #: ``ev_ts[ev_ptr[r]:ev_ptr[r + 1]]``.
+    ev_ptr: np.ndarray | None = None
+    ev_ts: np.ndarray | None = None
 
     @classmethod
     def from_tables(cls, cameras: pa.Table, owners: pa.Table | None = None,
                     events: pa.Table | None = None) -> Dataset:
         def secs(name: str) -> np.ndarray:
             col = cameras.column(name).cast(pa.timestamp("s", tz="UTC")).cast(pa.int64())
-            return np.asarray(col.fill_null(-1).to_numpy(), dtype=np.int64)
+            return np.asarray(col.fill_null(NOT_REMOVED_S).to_numpy(), dtype=np.int64)
 
         opted: frozenset[int] = frozenset()
         if owners is not None:
             mask = owners.column("opted_out").to_numpy(zero_copy_only=False).astype(bool)
             opted = frozenset(owners.column("owner_id").to_numpy()[mask].tolist())
-        ev: dict[int, np.ndarray] | None = None
+        camera_id = cameras.column("camera_id").to_numpy()
+        ev_ptr = ev_ts = None
         if events is not None:
-            cam = events.column("camera_id").to_numpy()
-            ts = events.column("ts").cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()
-            order = np.lexsort((ts, cam))
-            cam, ts = cam[order], ts[order]
-            cuts = np.flatnonzero(np.diff(cam)) + 1
-            ev = {int(c[0]): t for c, t in zip(np.split(cam, cuts), np.split(ts, cuts)) if len(c)}
+            cam, ts = _event_columns(events)
+            ev_ptr, ev_ts = _events_csr(_camera_rows(camera_id, cam), ts, camera_id.shape[0])
         return cls(
-            camera_id=cameras.column("camera_id").to_numpy(),
+            camera_id=camera_id,
             owner_id=cameras.column("owner_id").to_numpy(),
             lat=cameras.column("lat").to_numpy(),
             lng=cameras.column("lng").to_numpy(),
@@ -74,32 +134,28 @@ class Dataset:
             retention_days=cameras.column("retention_days").to_numpy().astype(np.int64),
             sharing=cameras.column("sharing_enabled").to_numpy(zero_copy_only=False).astype(bool),
             opted_out=opted,
-            events=ev,
+            ev_ptr=ev_ptr,
+            ev_ts=ev_ts,
         )
 
     def admissible(self, rows: np.ndarray, start: datetime, end: datetime, now: datetime) -> np.ndarray:
         """The admission rules, written out with exact Python integers (microseconds) row by row."""
-        def us(t: datetime) -> int:
-            return (t - datetime(1970, 1, 1, tzinfo=timezone.utc)) // _US
-
-        s, e, n = us(start), us(end), us(now)
+        s, e, n = unix_us(start), unix_us(end), unix_us(now)
         keep = []
         for r in rows.tolist():
             if not self.sharing[r] or int(self.owner_id[r]) in self.opted_out:
                 continue
-            first = max(s, int(self.installed_s[r]) * 1_000_000)
-            last = min(e, n)
-            if self.removed_s[r] >= 0:
-                last = min(last, int(self.removed_s[r]) * 1_000_000)
+            first = max(s, int(self.installed_s[r]) * US)
+            last = min(e, n, int(self.removed_s[r]) * US)
             if first > last:
                 continue
-            keep_from = n - int(self.retention_days[r]) * DAY_S * 1_000_000
+            keep_from = n - int(self.retention_days[r]) * DAY_US
             if last < keep_from:
                 continue
-            if self.events is not None:
+            if self.ev_ptr is not None and self.ev_ts is not None:
                 lo = max(first, keep_from)
-                times = self.events.get(int(self.camera_id[r]), np.empty(0, np.int64))
-                if not any(lo <= int(t) * 1_000_000 <= last for t in times.tolist()):
+                times = self.ev_ts[self.ev_ptr[r]:self.ev_ptr[r + 1]].tolist()
+                if not any(lo <= int(t) * US <= last for t in times):
                     continue
             keep.append(r)
         return np.asarray(keep, dtype=np.int64)
@@ -113,8 +169,7 @@ class Dataset:
 
 def brute_force(data: Dataset, area: Any, start: datetime, end: datetime, now: datetime) -> dict[int, list[int]]:
     """The oracle: ``{owner_id: sorted camera ids}`` by testing every camera with shapely."""
-    geom = Area.parse(area, max_vertices=10**9).geometry
-    inside = np.flatnonzero(shapely.intersects_xy(geom, data.lng, data.lat))
+    inside = np.flatnonzero(shapely.intersects_xy(as_geometry(area), data.lng, data.lat))
     return data.recipients(data.admissible(inside, start, end, now))
 
 
@@ -126,9 +181,10 @@ class STRtreePeer:
         self.tree = shapely.STRtree(self.points)
         self.data = data
 
-    def spatial(self, area: Area) -> np.ndarray:
-        cand = self.tree.query(shapely.box(*area.bbox))
-        keep = shapely.intersects_xy(area.geometry, self.data.lng[cand], self.data.lat[cand])
+    def spatial(self, area: Any) -> np.ndarray:
+        geom = as_geometry(area)
+        cand = self.tree.query(geom)  # without a predicate: the points whose boxes meet the area's box
+        keep = shapely.intersects_xy(geom, self.data.lng[cand], self.data.lat[cand])
         return np.sort(cand[keep])
 
 
@@ -137,8 +193,7 @@ def admit_vectorised(data: Dataset, rows: np.ndarray, start: datetime, end: date
     """The admission rules and grouping by owner, vectorised with numpy, for the STRtree peer. Returns
     ``(owners, cameras, offsets)`` like the kernels. Windows must be whole seconds (it compares seconds)."""
     s = int(start.timestamp())
-    last = np.minimum(int(min(end, now).timestamp()),
-                      np.where(data.removed_s[rows] >= 0, data.removed_s[rows], np.iinfo(np.int64).max))
+    last = np.minimum(int(min(end, now).timestamp()), data.removed_s[rows])
     first = np.maximum(s, data.installed_s[rows])
     keep_from = int(now.timestamp()) - data.retention_days[rows] * DAY_S
     own = data.owner_id[rows]
@@ -152,59 +207,275 @@ def admit_vectorised(data: Dataset, rows: np.ndarray, start: datetime, end: date
     return owners, cam, np.append(starts, own.shape[0])
 
 
+# ------------------------------------------------------------------------------------- the lat-sorted peer
+
+
+@dataclass(frozen=True, eq=False)
+class Rings:
+    """An area as the lat-sorted peer reads it: every ring's vertices in flat arrays.
+
+    Ring ``r`` is ``x[ring_ptr[r]:ring_ptr[r + 1]]`` (closed: last vertex == first); polygon ``p`` owns rings
+    ``poly_ptr[p]:poly_ptr[p + 1]``, its exterior first; ``poly_box[p]`` is its ``minx, miny, maxx, maxy`` and
+    ``box`` the whole area's.
+    """
+
+    geometry: BaseGeometry
+    x: np.ndarray
+    y: np.ndarray
+    ring_ptr: np.ndarray
+    poly_ptr: np.ndarray
+    poly_box: np.ndarray
+    box: np.ndarray
+
+    @classmethod
+    def of(cls, area: Any) -> Rings:
+        if isinstance(area, Rings):
+            return area
+        geom = as_geometry(area)
+        polys = shapely.get_parts(geom)
+        rings, poly_of_ring = shapely.get_rings(polys, return_index=True)
+        xy, ring_of_xy = shapely.get_coordinates(rings, return_index=True)
+        return cls(
+            geometry=geom,
+            x=np.ascontiguousarray(xy[:, 0]),
+            y=np.ascontiguousarray(xy[:, 1]),
+            ring_ptr=np.searchsorted(ring_of_xy, np.arange(rings.shape[0] + 1)).astype(np.int64),
+            poly_ptr=np.searchsorted(poly_of_ring, np.arange(polys.shape[0] + 1)).astype(np.int64),
+            poly_box=np.ascontiguousarray(shapely.bounds(polys), dtype=np.float64),
+            box=np.asarray(geom.bounds, dtype=np.float64),
+        )
+
+
+_OUT = 0
+_IN = 1
+_UNSURE = 2
+#: A side is certain when ``|det|`` exceeds this fraction of ``|detleft| + |detright|``: a few times the bound
+#: ``(3 + 16 eps) eps`` on the rounding error of that evaluation (Shewchuk, "Adaptive precision floating-point
+#: arithmetic and fast robust geometric predicates", 1997).
+_SIDE_BOUND = 2.0**-50
+#: Below this the products may have lost bits to underflow and the bound does not hold.
+_SIDE_TINY = 2.0**-900
+
+
+@njit(cache=True, inline="always")
+def _side(px: float, py: float, x1: float, y1: float, x2: float, y2: float) -> int:
+    """+1 when ``(px, py)`` lies left of the directed line ``(x1, y1) -> (x2, y2)``, -1 right, 0 when floating
+    point cannot tell (always so for a point on the line)."""
+    detleft = (x1 - px) * (y2 - py)
+    detright = (y1 - py) * (x2 - px)
+    det = detleft - detright
+    detsum = abs(detleft) + abs(detright)
+    if detsum < _SIDE_TINY or abs(det) <= _SIDE_BOUND * detsum:
+        return 0
+    return 1 if det > 0.0 else -1
+
+
+@njit(cache=True, inline="always")
+def _locate(px: float, py: float, x: np.ndarray, y: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray,
+            poly_box: np.ndarray) -> int:
+    """_IN, _OUT, or _UNSURE when an edge's side could not be certified (the point may lie on it).
+
+    Crossing number of a ray to +x over each polygon's rings together (a valid polygon's holes lie inside its
+    exterior and apart from each other), edges half-open in y."""
+    for p in range(poly_ptr.shape[0] - 1):
+        if px < poly_box[p, 0] or px > poly_box[p, 2] or py < poly_box[p, 1] or py > poly_box[p, 3]:
+            continue
+        odd = False
+        for r in range(poly_ptr[p], poly_ptr[p + 1]):
+            for k in range(ring_ptr[r], ring_ptr[r + 1] - 1):
+                x1 = x[k]
+                y1 = y[k]
+                x2 = x[k + 1]
+                y2 = y[k + 1]
+                if (py < y1 and py < y2) or (py > y1 and py > y2) or (px > x1 and px > x2):
+                    continue  # the edge is above, below or left of the point: it neither crosses the ray nor holds it
+                crosses = (y1 > py) != (y2 > py)
+                if px < x1 and px < x2:
+                    odd ^= crosses
+                    continue
+                s = _side(px, py, x1, y1, x2, y2)
+                if s == 0:
+                    return _UNSURE
+                if crosses and (s > 0) == (y2 > y1):  # left of the upward edge: the crossing is to the right
+                    odd = not odd
+        if odd:
+            return _IN
+    return _OUT
+
+
+@njit(cache=True, inline="always")
+def _admitted(i: int, ok: np.ndarray, installed_us: np.ndarray, removed_us: np.ndarray, retention_us: np.ndarray,
+              ev_ptr: np.ndarray, ev_ts: np.ndarray, t0: int, t1: int, tn: int) -> bool:
+    """The admission rules for row ``i``: ``t0`` the window's start, ``t1`` ``min(end, now)``, ``tn`` now
+    (unix microseconds); ``ok`` says sharing is on and the owner has not opted out; ``ev_ptr`` is empty when
+    no motion events are loaded."""
+    if not ok[i]:
+        return False
+    first = max(t0, installed_us[i])
+    last = min(t1, removed_us[i])
+    if first > last:
+        return False
+    keep_from = tn - retention_us[i]
+    if last < keep_from:
+        return False
+    if ev_ptr.shape[0] == 0:
+        return True
+    lo = max(first, keep_from)
+    a = ev_ptr[i]
+    b = ev_ptr[i + 1]
+    while a < b:  # the first event at or after lo
+        mid = (a + b) // 2
+        if ev_ts[mid] * US < lo:
+            a = mid + 1
+        else:
+            b = mid
+    return a < ev_ptr[i + 1] and ev_ts[a] * US <= last
+
+
+@njit(cache=True)
+def _radix_order(key: np.ndarray) -> np.ndarray:
+    """The stable permutation sorting int64 ``key``: LSD radix sort of each key's offset from the minimum, only
+    over the bits in which the keys differ, with digits of 8 to 16 bits (wider for more keys)."""
+    n = key.shape[0]
+    idx = np.arange(n)
+    if n < 2:
+        return idx
+    bits = 8
+    while bits < 16 and (1 << bits) < n:
+        bits += 1
+    mask = np.uint64((1 << bits) - 1)
+    lo = key.min()
+    span = np.uint64(key.max() - lo)  # exact in two's complement, even where the int64 difference wraps
+    u = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        u[i] = np.uint64(key[i] - lo)
+    idx2 = np.empty(n, dtype=np.int64)
+    u2 = np.empty(n, dtype=np.uint64)
+    count = np.empty((1 << bits) + 1, dtype=np.int64)
+    shift = np.uint64(0)
+    while shift < np.uint64(64) and (span >> shift) != np.uint64(0):
+        count[:] = 0
+        for i in range(n):
+            count[((u[i] >> shift) & mask) + np.uint64(1)] += 1
+        for d in range(1 << bits):
+            count[d + 1] += count[d]
+        for i in range(n):
+            d = (u[i] >> shift) & mask
+            k = count[d]
+            u2[k] = u[i]
+            idx2[k] = idx[i]
+            count[d] = k + 1
+        u, u2 = u2, u
+        idx, idx2 = idx2, idx
+        shift += np.uint64(bits)
+    return idx
+
+
+@njit(cache=True)
+def _group(own: np.ndarray, cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct owners ascending, each one's cameras ascending, and the offsets of each owner's cameras."""
+    order = _radix_order(own)
+    n = own.shape[0]
+    own_s = np.empty(n, dtype=np.int64)
+    cam_s = np.empty(n, dtype=np.int64)
+    starts = np.empty(n + 1, dtype=np.int64)
+    m = 0
+    for k in range(n):
+        own_s[k] = own[order[k]]
+        c = cam[order[k]]
+        if k == 0 or own_s[k] != own_s[k - 1]:
+            starts[m] = k
+            m += 1
+            cam_s[k] = c
+            continue
+        q = k  # insert c among the owner's cameras so far (an owner has a handful)
+        while q > starts[m - 1] and cam_s[q - 1] > c:
+            cam_s[q] = cam_s[q - 1]
+            q -= 1
+        cam_s[q] = c
+    starts[m] = n
+    owners = np.empty(m, dtype=np.int64)
+    for j in range(m):
+        owners[j] = own_s[starts[j]]
+    return owners, cam_s, starts[:m + 1].copy()
+
+
 @njit(cache=True, nogil=True)
-def _lat_band_resolve(lat, lng, xs, ys, ring_ptr, poly_ptr, poly_bbox,  # type: ignore[no-untyped-def]
-                      installed, removed, retention, flags, owner, ev_ptr, ev_ts, camera, t0, t1, now):
-    qx0 = poly_bbox[:, 0].min()
-    qy0 = poly_bbox[:, 1].min()
-    qx1 = poly_bbox[:, 2].max()
-    qy1 = poly_bbox[:, 3].max()
-    lo = np.searchsorted(lat, qy0, side="left")
-    hi = np.searchsorted(lat, qy1, side="right")
+def _scan_band(lat, lng, x, y, ring_ptr, poly_ptr, poly_box, box,  # type: ignore[no-untyped-def]
+               ok, installed_us, removed_us, retention_us, owner, camera, ev_ptr, ev_ts, t0, t1, tn):
+    """Rows in the area's latitude band, inside its longitude range, admitted and covered, grouped by owner;
+    and the admitted rows whose location the crossing test could not certify."""
+    lo = np.searchsorted(lat, box[1], side="left")
+    hi = np.searchsorted(lat, box[3], side="right")
     own = np.empty(hi - lo, dtype=np.int64)
     cam = np.empty(hi - lo, dtype=np.int64)
+    unsure = np.empty(hi - lo, dtype=np.int64)
     n = 0
-    work = np.empty(WORK_SIZE)
+    m = 0
     for i in range(lo, hi):
-        x = lng[i]
-        if x < qx0 or x > qx1:
+        px = lng[i]
+        if px < box[0] or px > box[2]:
             continue
-        if not admissible(i, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now):
+        if not _admitted(i, ok, installed_us, removed_us, retention_us, ev_ptr, ev_ts, t0, t1, tn):
             continue
-        if covers_point(x, lat[i], xs, ys, ring_ptr, poly_ptr, poly_bbox, work):
+        where = _locate(px, lat[i], x, y, ring_ptr, poly_ptr, poly_box)
+        if where == _IN:
             own[n] = owner[i]
             cam[n] = camera[i]
             n += 1
-    return group_by_owner(own[:n], cam[:n])
+        elif where == _UNSURE:
+            unsure[m] = i
+            m += 1
+    owners, cams, offsets = _group(own[:n], cam[:n])
+    return owners, cams, offsets, unsure[:m].copy()
 
 
 class LatSortedResolver:
-    """The latitude-sorted peer as a complete resolver: the same admission rules and owner grouping as ours,
-    compiled in the same way, so that a comparison isolates the spatial index."""
+    """The latitude-sorted peer as a complete resolver, with its own admission rules, point-in-polygon test and
+    grouping by owner, compiled like ours, so that a comparison isolates the spatial index.
+
+    Cameras are held sorted by latitude, times in unix microseconds (``removed_us`` is :data:`NEVER_US` for a
+    camera never removed), ``ok`` folding sharing and the owner's consent together."""
 
     def __init__(self, cameras: pa.Table, owners: pa.Table | None = None, events: pa.Table | None = None) -> None:
-        from dispatcher.index.camera_index import _columns_from, _rows_of
-        from dispatcher.index.schema import camera_columns, event_columns, opted_out_owners
-
-        cols = camera_columns(cameras, owners)
-        order = np.argsort(cols.lat, kind="stable")
+        d = Dataset.from_tables(cameras, owners)
+        order = np.argsort(d.lat, kind="stable")
+        opted = np.fromiter(d.opted_out, dtype=np.int64, count=len(d.opted_out))
+        self.lat = np.ascontiguousarray(d.lat[order], dtype=np.float64)
+        self.lng = np.ascontiguousarray(d.lng[order], dtype=np.float64)
+        self.ok = d.sharing[order] & ~np.isin(d.owner_id[order], opted)
+        self.installed_us = d.installed_s[order] * US
+        removed = d.removed_s[order]
+        self.removed_us = np.full(removed.shape[0], NEVER_US, dtype=np.int64)
+        gone = removed != NOT_REMOVED_S
+        self.removed_us[gone] = removed[gone] * US
+        self.retention_us = d.retention_days[order] * DAY_US
+        self.owner = np.ascontiguousarray(d.owner_id[order], dtype=np.int64)
+        self.camera = np.ascontiguousarray(d.camera_id[order], dtype=np.int64)
+        self.ev_ptr = np.empty(0, np.int64)
+        self.ev_ts = np.empty(0, np.int64)
         if events is not None:
-            ev_cam, ev_ts = event_columns(events)
-            ev_row = _rows_of(cols.camera_id, ev_cam, "events")
-        else:
-            ev_row, ev_ts = np.empty(0, np.int64), np.empty(0, np.int32)
-        optout = opted_out_owners(owners) if owners is not None else np.empty(0, np.int64)
-        c = _columns_from(cols, order, ev_row, ev_ts, events is not None, optout)
-        self.lat = np.ascontiguousarray(c.xy[:, 1])
-        self.lng = np.ascontiguousarray(c.xy[:, 0])
-        self.args = (c.installed, c.removed, c.retention, c.flags, c.owner, c.ev_ptr, c.ev_ts, c.camera)
-        self._nbytes = self.lat.nbytes + self.lng.nbytes + sum(a.nbytes for a in self.args)
+            cam, ts = _event_columns(events)
+            rank = np.empty(order.shape[0], dtype=np.int64)
+            rank[order] = np.arange(order.shape[0], dtype=np.int64)
+            self.ev_ptr, self.ev_ts = _events_csr(rank[_camera_rows(d.camera_id, cam)], ts, order.shape[0])
 
-    def resolve(self, area: Area, start: datetime, end: datetime, now: datetime) -> tuple[np.ndarray, ...]:
-        from dispatcher.index.camera_index import _window_us
+    def _columns(self) -> tuple[np.ndarray, ...]:
+        return (self.ok, self.installed_us, self.removed_us, self.retention_us, self.owner, self.camera,
+                self.ev_ptr, self.ev_ts)
 
-        t0, t1, tn = _window_us(start, end, now)
-        return _lat_band_resolve(self.lat, self.lng, *area.kernel_args(), *self.args, t0, t1, tn)
+    def resolve(self, area: Any, start: datetime, end: datetime, now: datetime) -> tuple[np.ndarray, ...]:
+        """``(owners, cameras, offsets)`` for ``area`` (a :class:`Rings`, or anything :meth:`Rings.of` takes)."""
+        a = Rings.of(area)
+        owners, cams, offsets, unsure = _scan_band(
+            self.lat, self.lng, a.x, a.y, a.ring_ptr, a.poly_ptr, a.poly_box, a.box, *self._columns(),
+            unix_us(start), unix_us(min(end, now)), unix_us(now))
+        if unsure.shape[0]:
+            hit = unsure[shapely.intersects_xy(a.geometry, self.lng[unsure], self.lat[unsure])]
+            if hit.shape[0]:
+                own = np.concatenate([np.repeat(owners, np.diff(offsets)), self.owner[hit]])
+                owners, cams, offsets = _group(own, np.concatenate([cams, self.camera[hit]]))
+        return owners, cams, offsets
 
     def nbytes(self) -> int:
-        return self._nbytes
+        return self.lat.nbytes + self.lng.nbytes + sum(a.nbytes for a in self._columns())

@@ -17,10 +17,11 @@ import numpy as np
 import psutil
 
 from bench.peers import DuckDBPeer, PeerUnavailable, PostGISPeer, RedisGeoPeer
-from bench.reference import Dataset, LatSortedResolver, STRtreePeer, admit_vectorised
-from bench.servers import PostgresServer, RedisServer, ServerUnavailable
+from bench.reference import Dataset, LatSortedResolver, Rings, STRtreePeer, admit_vectorised
+from bench.servers import PostgresServer
 from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.service.servers import RedisServer, ServerUnavailable
 from dispatcher.synthetic.data import SQ_MILE_KM2, SyntheticData, generate, sample_areas
 
 #: Area sizes measured, by label, in km².
@@ -89,7 +90,15 @@ def _build_peer(name: str, data: SyntheticData, ds: Callable[[], Dataset], ev: A
     memory for its data in ``server_bytes`` (our process's RSS says nothing about it)."""
     if name == "latsorted":
         peer = LatSortedResolver(data.cameras, data.owners, ev)
-        return lambda a, s, e, now: peer.resolve(a, s, e, now)
+        rings: dict[Area, Rings] = {}  # each area converted once, as geodispatch parses each area once
+
+        def resolve(a: Area, s: datetime, e: datetime, now: datetime) -> tuple[np.ndarray, ...]:
+            r = rings.get(a)
+            if r is None:
+                r = rings[a] = Rings.of(a)
+            return peer.resolve(r, s, e, now)
+
+        return resolve
     if ev is not None:
         raise PeerUnavailable("no motion-event rule in this peer")
     if name == "strtree":

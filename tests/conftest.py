@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.redis_server import RedisServer
+from dispatcher.service.servers import RedisServer
 
 # CI runs the same examples every time (derandomize); locally HYPOTHESIS_PROFILE=dev explores more.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=60,

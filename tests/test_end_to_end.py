@@ -16,15 +16,15 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import decode_batch
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.service.servers import RedisServer
 from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.pipeline import Dispatch, Malformed, Outcome, Pipeline, Submit
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
 from tests import data
-from tests.redis_server import RedisServer
-from tests.test_policy import JOINED, LAT0, LNG0, NOW
-from tests.test_policy import request as make_request
+from tests.video_requests import JOINED, LAT0, LNG0, NOW
+from tests.video_requests import request as make_request
 
 pytestmark = pytest.mark.redis
 

@@ -33,8 +33,8 @@ from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agenci
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import SqliteStore
 from tests import data
-from tests.test_policy import JOINED, LAT0, LNG0, NOW, square
-from tests.test_policy import request as make_request
+from tests.video_requests import JOINED, LAT0, LNG0, NOW, square
+from tests.video_requests import request as make_request
 
 HOSTILE = """<img src=x onerror="alert(1)">'&"</script><b>Police</b>"""
 POINT = re.compile(r"[ML]([-0-9.]+),([-0-9.]+)")

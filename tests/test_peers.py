@@ -14,13 +14,13 @@ import shapely
 
 from bench.peers import DuckDBPeer, PeerUnavailable, PostGISPeer, RedisGeoPeer, duckdb_spatial_path
 from bench.reference import Dataset, brute_force
-from bench.servers import PostgresServer, ServerUnavailable
+from bench.servers import PostgresServer
 from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.service.servers import RedisServer, ServerUnavailable
 from tests import data
 from tests.data import NOW
 from tests.polygons import boundary_points, star
-from tests.redis_server import RedisServer
 
 SNAP = 2.0**-12
 RECENT = (NOW - timedelta(days=1), NOW - timedelta(hours=23))

@@ -3,10 +3,8 @@ independent oracle (a Lambert azimuthal equal-area projection through pyproj's T
 
 from __future__ import annotations
 
-import copy
-import functools
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,10 +16,7 @@ from dispatcher.errors import DispatchError, InvalidData, InvalidPolicy, Invalid
 from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
 from dispatcher.workflow.policy import SQ_M_PER_SQ_MI, Policy, validate
 from dispatcher.workflow.requests import VideoRequest
-
-NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
-JOINED = datetime(2020, 1, 1, tzinfo=timezone.utc)
-LNG0, LAT0 = -87.63, 41.88  # Chicago
+from tests.video_requests import JOINED, LAT0, LNG0, NOW, request, square
 
 
 class MemLog:
@@ -48,32 +43,10 @@ def laea_sq_mi(geom: shapely.Geometry) -> float:
         / SQ_M_PER_SQ_MI
 
 
-def square(sq_mi: float, lng: float = LNG0, lat: float = LAT0) -> dict:
-    """A lng/lat square of about ``sq_mi`` (sized by the oracle's projection, inverted); a fresh copy."""
-    return copy.deepcopy(_square(sq_mi, lng, lat))
-
-
-@functools.lru_cache(maxsize=64)
-def _square(sq_mi: float, lng: float, lat: float) -> dict:
-    side = math.sqrt(sq_mi * SQ_M_PER_SQ_MI) / 2
-    tr = Transformer.from_crs(f"+proj=laea +lat_0={lat} +lon_0={lng} +datum=WGS84", "EPSG:4326", always_xy=True)
-    pts = [tr.transform(x, y) for x, y in [(-side, -side), (side, -side), (side, side), (-side, side)]]
-    return {"type": "Polygon", "coordinates": [[list(p) for p in pts] + [list(pts[0])]]}
-
-
 @pytest.fixture
 def registry() -> AgencyRegistry:
     return AgencyRegistry([Agency("il-chicago", "Chicago Police Department", "IL",
                                   geodesic_circle(LNG0, LAT0, 20_000), JOINED)])
-
-
-def request(**kw: object) -> VideoRequest:
-    base: dict = dict(request_id="r1", agency_id="il-chicago", case_number="2026-001234", incident_type="burglary",
-                      investigator_contact="det.smith@chicagopolice.example", message="Burglary on the block.",
-                      area=square(0.1), start=NOW - timedelta(hours=5), end=NOW - timedelta(hours=3),
-                      submitted_at=NOW)
-    base.update(kw)
-    return VideoRequest(**base)
 
 
 def codes(r: VideoRequest, reg: AgencyRegistry, log: MemLog | None = None, policy: Policy | None = None) -> list[str]:

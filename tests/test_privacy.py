@@ -21,7 +21,7 @@ from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.privacy import PSEUDONYM_RE, AgencyView, SharedClips, Views, pseudonyms
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
-from tests.test_policy import JOINED, LAT0, LNG0, NOW, request
+from tests.video_requests import JOINED, LAT0, LNG0, NOW, request
 
 SECRET = b"0123456789abcdef-test-secret"
 OWNER = st.integers(min_value=10**9, max_value=2**62)

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,28 +19,11 @@ import pytest
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink
-from dispatcher.dispatch.wire import NotificationHeader, decode_batch
+from dispatcher.dispatch.wire import decode_batch
 from dispatcher.errors import DispatchConflict, DispatchError, InvalidQueueSettings, QueueUnavailable
 from dispatcher.index.recipients import RecipientSet
-from tests.redis_server import RedisServer
-
-NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
-
-
-def make_recipients(n: int, seed: int = 0) -> RecipientSet:
-    rng = np.random.default_rng(seed)
-    owners = np.unique(rng.integers(1, 50 * n + 10, size=n * 2))[:n].astype(np.int64)
-    counts = rng.integers(1, 4, size=owners.shape[0])
-    off = np.zeros(owners.shape[0] + 1, np.int64)
-    np.cumsum(counts, out=off[1:])
-    cams = np.arange(off[-1], dtype=np.int64) * 7 + 3
-    return RecipientSet(owners, cams, off)
-
-
-def header(rid: str = "req-1") -> NotificationHeader:
-    return NotificationHeader(rid, "ag-1", "Springfield PD", "C-42", "burglary",
-                              datetime(2026, 10, 30, 21, tzinfo=timezone.utc),
-                              datetime(2026, 10, 30, 23, tzinfo=timezone.utc), "Please share <footage> & help")
+from dispatcher.service.servers import RedisServer
+from tests.notifications import NOW, header, make_recipients
 
 
 def notified(sink, rid: str | None = None) -> Counter:
@@ -204,7 +186,7 @@ def test_threads_racing_on_one_request(sink_and_settings, tmp_path):
 # ------------------------------------------------------------------------------------------------------ SIGKILL
 WORKER = """
 import sys
-from tests.test_queue import make_recipients, header, NOW
+from tests.notifications import NOW, header, make_recipients
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink, LocalSink

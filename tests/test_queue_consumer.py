@@ -12,7 +12,7 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import Notification, decode_batch
 from dispatcher.errors import QueueFull
-from tests.test_queue import NOW, header, make_recipients
+from tests.notifications import NOW, header, make_recipients
 
 pytestmark = pytest.mark.redis
 
@@ -173,7 +173,7 @@ def test_backlog_after_a_redis_restart_is_not_overstated(tmp_path):
     """After a restart Redis 7.0 forgets how far a group has read (XINFO lag None, sometimes wrong later); the
     backlog must still be what is unread plus pending, so that backpressure neither waits for nothing nor
     lets the queue overflow."""
-    from bench.servers import RedisServer
+    from dispatcher.service.servers import RedisServer
 
     with RedisServer(tmp_path / "redis") as srv:
         s = settings_for(srv, batch_size=10)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import RedisServer
+from dispatcher.service.servers import RedisServer
 
 
 @pytest.mark.redis

@@ -12,7 +12,7 @@ from dispatcher.errors import DispatchError, RequestRejected
 from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
-from tests.test_policy import JOINED, LAT0, LNG0, NOW, request, square
+from tests.video_requests import JOINED, LAT0, LNG0, NOW, request, square
 
 N = 3000
 

@@ -26,6 +26,7 @@ from dispatcher.index.camera_index import CameraIndex
 from dispatcher.keys import Keys
 from dispatcher.service import commands
 from dispatcher.service.client import request_dispatch, submit
+from dispatcher.service.servers import RedisServer
 from dispatcher.service.worker import ServiceSettings, Worker
 from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.pipeline import Pipeline
@@ -33,9 +34,8 @@ from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
 from tests import data
-from tests.redis_server import RedisServer
-from tests.test_policy import JOINED, LAT0, LNG0, NOW, square
-from tests.test_policy import request as make_request
+from tests.video_requests import JOINED, LAT0, LNG0, NOW, square
+from tests.video_requests import request as make_request
 
 pytestmark = pytest.mark.redis
 

@@ -24,8 +24,8 @@ from dispatcher.reports.transparency import ALL, NOT_PARTNER, TransparencyReport
 from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore
-from tests.test_policy import JOINED, LAT0, LNG0, square
-from tests.test_policy import request as make_request
+from tests.video_requests import JOINED, LAT0, LNG0, square
+from tests.video_requests import request as make_request
 
 HOSTILE = '=HYPERLINK("http://x.invalid")<script>alert(1)</script>&amp;'
 K = 4

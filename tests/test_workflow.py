@@ -15,8 +15,8 @@ from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
-from tests.test_policy import JOINED, LAT0, LNG0, NOW
-from tests.test_policy import request as make_request
+from tests.video_requests import JOINED, LAT0, LNG0, NOW
+from tests.video_requests import request as make_request
 
 T = NOW
 
