@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from bench.reference import Dataset, brute_force
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
-from dispatcher.index.camera_index import CameraIndex
 from dispatcher.dispatch.queue import Dispatcher, NotificationHeader, QueueSettings, RedisSink, decode_batch
-from dispatcher.workflow.store import RedisStore
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.review import OwnerGate, Workflow
+from dispatcher.workflow.store import RedisStore
 from tests import data
 from tests.redis_server import RedisServer
 from tests.test_policy import JOINED, LAT0, LNG0, NOW

@@ -19,15 +19,16 @@ import pytest
 import shapely
 from click.testing import CliRunner
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
 from dispatcher.cli import main
+from dispatcher.dispatch.queue import Dispatcher, LocalSink, NotificationHeader, QueueSettings
 from dispatcher.errors import DispatchError, InvalidReportSettings, UnknownRequest
+from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.reports.maps import agencies_html, agencies_png, agency_markers, part_of, us_frame, us_states
-from dispatcher.dispatch.queue import Dispatcher, LocalSink, NotificationHeader, QueueSettings
 from dispatcher.reports.request_map import HEIGHT, WIDTH, build_request_map, request_map_html
-from dispatcher.workflow.store import SqliteStore
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
 from dispatcher.workflow.review import OwnerGate, Workflow
+from dispatcher.workflow.store import SqliteStore
 from tests import data
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, square
 from tests.test_policy import request as make_request

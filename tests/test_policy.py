@@ -14,9 +14,10 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
 from dispatcher.errors import DispatchError, InvalidData, InvalidPolicy, InvalidRequest, RequestRejected, UnknownAgency
-from dispatcher.workflow.policy import SQ_M_PER_SQ_MI, Policy, validate
+from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI, geodesic_circle
+from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
+from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.requests import VideoRequest
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)

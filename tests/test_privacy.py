@@ -13,12 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.errors import InvalidData
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.privacy import PSEUDONYM_RE, AgencyView, SharedClips, Views, pseudonyms
-from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 from dispatcher.workflow.review import OwnerGate, Workflow
+from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, request
 
 SECRET = b"0123456789abcdef-test-secret"

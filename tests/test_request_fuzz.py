@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.errors import DispatchError, RequestRejected
-from dispatcher.workflow.store import RedisStore, SqliteStore, Store
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.review import Workflow
+from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, request, square
 
 N = 3000

@@ -18,13 +18,14 @@ import orjson
 import pytest
 
 from bench.reference import Dataset, brute_force
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
-from dispatcher.index.camera_index import CameraIndex
-from dispatcher.workflow.policy import Policy
 from dispatcher.dispatch.queue import Dispatcher, QueueSettings, RedisSink, decode_batch
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.worker import ServiceSettings, Worker, request_dispatch, submit
-from dispatcher.workflow.store import RedisStore
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
+from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
+from dispatcher.workflow.store import RedisStore
 from tests import data
 from tests.redis_server import RedisServer
 from tests.test_policy import JOINED, LAT0, LNG0, NOW, square

@@ -16,13 +16,14 @@ import pytest
 from click.testing import CliRunner
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.cli import main
 from dispatcher.errors import DispatchError, InvalidReportSettings
-from dispatcher.workflow.store import RedisStore, SqliteStore
+from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.reports.suppression import Relation, suppress
 from dispatcher.reports.transparency import ALL, NOT_PARTNER, TransparencyReport, build_report
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.review import OwnerGate, Workflow
+from dispatcher.workflow.store import RedisStore, SqliteStore
 from tests.test_policy import JOINED, LAT0, LNG0, square
 from tests.test_policy import request as make_request
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
 from dispatcher.errors import InvalidChoice, InvalidRequest, InvalidTransition, RequestRejected
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy
-from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 from dispatcher.workflow.review import OwnerGate, Workflow
+from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 from tests.test_policy import JOINED, LAT0, LNG0, NOW
 from tests.test_policy import request as make_request
 

