@@ -41,14 +41,15 @@ import redis
 import shapely
 
 from bench.servers import RedisServer
-from dispatcher.synthetic import data as synthetic
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
-from dispatcher.index.camera_index import CameraIndex
-from dispatcher.workflow.policy import INCIDENT_TYPES, Policy
 from dispatcher.dispatch.queue import QueueSettings, RedisSink, decode_batch
+from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.worker import ServiceSettings, dispatch_command, read_outcomes, serve_process, submit_command
-from dispatcher.workflow.store import RedisStore
+from dispatcher.synthetic import data as synthetic
+from dispatcher.synthetic.agencies import generate_agencies
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
+from dispatcher.workflow.policy import INCIDENT_TYPES, Policy
 from dispatcher.workflow.review import Workflow
+from dispatcher.workflow.store import RedisStore
 
 SCENARIOS = ("steady", "burst", "fanout", "kill", "restart")
 SQ_MI_KM2 = 2.589988110336

@@ -1,8 +1,17 @@
 """geodispatch: resolve a video request's area and time window to the exact set of camera owners."""
 
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
-from dispatcher.geo.area import Area
 from dispatcher.dispatch.consumer import Consumer, Email, OutboxSender, Sender
+from dispatcher.dispatch.queue import (
+    AdmitAll,
+    Dispatcher,
+    DispatchReport,
+    LocalSink,
+    NotificationHeader,
+    QueueSettings,
+    RecipientGate,
+    RedisSink,
+    Sink,
+)
 from dispatcher.errors import (
     DispatchConflict,
     DispatchError,
@@ -24,28 +33,20 @@ from dispatcher.errors import (
     UnknownCamera,
     UnknownRequest,
 )
+from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex, IndexConfig
-from dispatcher.reports.maps import agencies_html, agencies_png
+from dispatcher.index.recipients import RecipientSet
 from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA
+from dispatcher.reports.maps import agencies_html, agencies_png
+from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
+from dispatcher.reports.transparency import TransparencyReport, build_report
+from dispatcher.synthetic.agencies import generate_agencies
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.privacy import AgencyView, OperatorView, SharedClips, Views
-from dispatcher.dispatch.queue import (
-    AdmitAll,
-    Dispatcher,
-    DispatchReport,
-    LocalSink,
-    NotificationHeader,
-    QueueSettings,
-    RecipientGate,
-    RedisSink,
-    Sink,
-)
-from dispatcher.index.recipients import RecipientSet
-from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
 from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
-from dispatcher.workflow.store import RedisStore, SqliteStore, Store
-from dispatcher.reports.transparency import TransparencyReport, build_report
 from dispatcher.workflow.review import OwnerGate, Workflow
+from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 
 __all__ = [
     "CAMERA_SCHEMA",

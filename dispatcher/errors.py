@@ -90,3 +90,7 @@ class UnknownRequest(DispatchError, KeyError):
 class InvalidReportSettings(DispatchError, ValueError):
     """Map or report settings out of range: a suppression threshold k below 1, an H3 resolution outside 0..15,
     a malformed month."""
+
+
+class AgencyFileMissing(DispatchError, FileNotFoundError):
+    """No partner-agency file: the path given is None or names no file. Agencies are never made up by default."""

@@ -16,7 +16,8 @@ from pyproj import Transformer
 
 from dispatcher.errors import DispatchError, InvalidData, InvalidPolicy, InvalidRequest, RequestRejected, UnknownAgency
 from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI, geodesic_circle
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
+from dispatcher.synthetic.agencies import generate_agencies
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.requests import VideoRequest
 

@@ -389,11 +389,14 @@ def test_periods_and_bad_settings(sqlite_run) -> None:
 def test_cli_report(sqlite_run, tmp_path: Path) -> None:
     path, _, _ = sqlite_run
     runner = CliRunner()
-    r = runner.invoke(main, ["report", "transparency", "--store", str(path), "--k", str(K), "--html",
-                             str(tmp_path / "t.html"), "--csv", str(tmp_path / "t.csv")])
+    _registry().save_parquet(tmp_path / "agencies.parquet")
+    r = runner.invoke(main, ["report", "transparency", "--store", str(path), "--agencies",
+                             str(tmp_path / "agencies.parquet"), "--k", str(K), "--html", str(tmp_path / "t.html"),
+                             "--csv", str(tmp_path / "t.csv")])
     assert r.exit_code == 0, r.output
     assert "over 2 months" in r.output
     assert (tmp_path / "t.html").read_text().count("<tr class=") > 5
     assert (tmp_path / "t.csv").read_text().startswith("month,agency_id,agency,state,submitted")
-    r = runner.invoke(main, ["report", "transparency", "--store", str(path), "--k", "0"])
+    r = runner.invoke(main, ["report", "transparency", "--store", str(path), "--agencies",
+                             str(tmp_path / "agencies.parquet"), "--k", "0"])
     assert isinstance(r.exception, InvalidReportSettings)
