@@ -41,10 +41,11 @@ import redis
 import shapely
 
 from bench.servers import RedisServer
+from dispatcher import synthetic
 from dispatcher.dispatch.queue import QueueSettings, RedisSink, decode_batch
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.worker import ServiceSettings, dispatch_command, read_outcomes, serve_process, submit_command
-from dispatcher.synthetic import data as synthetic
+from dispatcher.synthetic import SQ_MILE_KM2 as SQ_MI_KM2
 from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import INCIDENT_TYPES, Policy
@@ -52,7 +53,6 @@ from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
 
 SCENARIOS = ("steady", "burst", "fanout", "kill", "restart")
-SQ_MI_KM2 = 2.589988110336
 Progress = Callable[[str], None]
 
 

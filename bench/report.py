@@ -21,7 +21,8 @@ from bench.reference import Dataset, LatSortedResolver, STRtreePeer, admit_vecto
 from bench.servers import PostgresServer, RedisServer, ServerUnavailable
 from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex
-from dispatcher.synthetic.data import SQ_MILE_KM2, SyntheticData, generate, sample_areas
+from dispatcher.synthetic.areas import SQ_MILE_KM2, sample_areas
+from dispatcher.synthetic.data import SyntheticData, generate
 
 #: Area sizes measured, by label, in km².
 SIZES: dict[str, float] = {
