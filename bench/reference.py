@@ -183,7 +183,8 @@ class LatSortedResolver:
     compiled in the same way, so that a comparison isolates the spatial index."""
 
     def __init__(self, cameras: pa.Table, owners: pa.Table | None = None, events: pa.Table | None = None) -> None:
-        from dispatcher.index.camera_index import _columns_from, _rows_of
+        from dispatcher.index.columns import columns_from as _columns_from
+        from dispatcher.index.columns import rows_of as _rows_of
         from dispatcher.index.schema import camera_columns, event_columns, opted_out_owners
 
         cols = camera_columns(cameras, owners)
@@ -201,7 +202,7 @@ class LatSortedResolver:
         self._nbytes = self.lat.nbytes + self.lng.nbytes + sum(a.nbytes for a in self.args)
 
     def resolve(self, area: Area, start: datetime, end: datetime, now: datetime) -> tuple[np.ndarray, ...]:
-        from dispatcher.index.camera_index import _window_us
+        from dispatcher.index.schema import window_us as _window_us
 
         t0, t1, tn = _window_us(start, end, now)
         return _lat_band_resolve(self.lat, self.lng, *area.kernel_args(), *self.args, t0, t1, tn)

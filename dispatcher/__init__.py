@@ -34,9 +34,7 @@ from dispatcher.errors import (
     UnknownRequest,
 )
 from dispatcher.geo.area import Area
-from dispatcher.index.camera_index import CameraIndex, IndexConfig
-from dispatcher.index.recipients import RecipientSet
-from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA
+from dispatcher.index import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, CameraIndex, IndexConfig, RecipientSet
 from dispatcher.reports.maps import agencies_html, agencies_png
 from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
 from dispatcher.reports.transparency import TransparencyReport, build_report

@@ -11,10 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.reference import Dataset, brute_force
-from dispatcher.geo.area import Area
 from dispatcher.errors import IndexFormatError, InvalidData, InvalidTimeWindow, UnknownCamera
-from dispatcher.index.camera_index import CameraIndex, IndexConfig
-from dispatcher.index.schema import CAMERA_SCHEMA
+from dispatcher.geo.area import Area
+from dispatcher.index import CAMERA_SCHEMA, CameraIndex, IndexConfig
 from tests import data
 from tests.polygons import areas, boundary_points
 from tests.workers import run_workers
@@ -291,7 +290,7 @@ def test_save_open_roundtrip_and_worker_processes(world, tmp_path):
         assert victim not in opened.resolve(area, start, end, now=NOW).camera_ids
         assert as_dict(CameraIndex.open(path).resolve(area, start, end, now=NOW)) == want
     code = (
-        "import sys, json; from datetime import datetime; from dispatcher.index.camera_index import CameraIndex;"
+        "import sys, json; from datetime import datetime; from dispatcher.index import CameraIndex;"
         "i = CameraIndex.open(sys.argv[1]);"
         f"r = i.resolve({area!r}, datetime.fromisoformat('{start.isoformat()}'), "
         f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
@@ -352,7 +351,7 @@ def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
     want = as_dict(index.resolve(SQUARE, start, end, now=NOW))
     code = (
         "import sys, json; from datetime import datetime; from kernels import index_kernels as K;"
-        "from dispatcher.index.camera_index import CameraIndex; i = CameraIndex.open(sys.argv[1]);"
+        "from dispatcher.index import CameraIndex; i = CameraIndex.open(sys.argv[1]);"
         f"r = i.resolve({SQUARE!r}, datetime.fromisoformat('{start.isoformat()}'), "
         f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
         "st = K.resolve.stats; print(json.dumps({'r': {int(k): v.tolist() for k, v in r.items()},"

@@ -23,7 +23,7 @@ from dispatcher.cli import main
 from dispatcher.dispatch.queue import Dispatcher, LocalSink, NotificationHeader, QueueSettings
 from dispatcher.errors import DispatchError, InvalidReportSettings, UnknownRequest
 from dispatcher.geo.geodesy import geodesic_circle
-from dispatcher.index.camera_index import CameraIndex
+from dispatcher.index import CameraIndex
 from dispatcher.reports.maps import agencies_html, agencies_png, agency_markers, part_of, us_frame, us_states
 from dispatcher.reports.request_map import HEIGHT, WIDTH, build_request_map, request_map_html
 from dispatcher.synthetic.agencies import generate_agencies

@@ -24,14 +24,14 @@ import orjson
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from dispatcher.geo import h3 as h3x
-from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.errors import DispatchError, InvalidReportSettings, UnknownRequest
-from dispatcher.index.camera_index import CameraIndex
+from dispatcher.geo import h3 as h3x
+from dispatcher.index import CameraIndex
 from dispatcher.reports.maps import colours, svg_path
 from dispatcher.reports.pages import esc, page
-from dispatcher.workflow.store import Store
 from dispatcher.reports.suppression import check_k
+from dispatcher.workflow.agencies import AgencyRegistry
+from dispatcher.workflow.store import Store
 
 WIDTH, HEIGHT = 900, 640
 #: The view is the area's box grown by this fraction of its size on every side, and by at least MIN_PAD degrees.
