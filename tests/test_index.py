@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.reference import Dataset, brute_force
-from dispatcher.errors import IndexFormatError, InvalidData, InvalidTimeWindow, UnknownCamera
+from dispatcher.errors import (
+    DispatchError,
+    IndexFormatError,
+    InvalidData,
+    InvalidIndexSettings,
+    InvalidTimeWindow,
+    UnknownCamera,
+)
 from dispatcher.geo.area import Area
 from dispatcher.index import CAMERA_SCHEMA, CameraIndex, IndexConfig
 from tests import data
@@ -329,6 +336,17 @@ def test_recipient_set_views_and_arrow(index_plain):
     assert np.array_equal(np.concatenate([b.camera_ids for b in batches]), rs.camera_ids)
     with pytest.raises(ValueError):
         rs.owner_ids[0] = 1
+    with pytest.raises(InvalidData, match="batch size must be positive, got 0"):
+        next(rs.batches(0))
+
+
+@pytest.mark.parametrize("levels", [(), (3, 3), (5, 4), (2, 16), (-1, 2)])
+def test_bad_index_settings_raise_typed(levels):
+    with pytest.raises(InvalidIndexSettings, match="strictly increasing H3 resolutions") as ei:
+        IndexConfig(levels=levels)
+    assert isinstance(ei.value, DispatchError) and isinstance(ei.value, ValueError)
+    with pytest.raises(IndexFormatError, match="unknown index setting"):
+        IndexConfig.from_dict({"levles": [1, 2]})
 
 
 def test_empty_region_and_whole_city(index_plain):

@@ -10,6 +10,7 @@ import io
 import statistics
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from dispatcher.cli import main
-from dispatcher.errors import DispatchError, InvalidReportSettings
+from dispatcher.errors import DispatchError, InvalidReportSettings, SuppressionAuditFailed
 from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.reports.suppression import Relation, suppress
 from dispatcher.reports.transparency import ALL, NOT_PARTNER, TransparencyReport, build_report
@@ -285,6 +286,18 @@ def test_suppression_without_totals_of_one_small_cell() -> None:
     hidden = suppress(values, [Relation.total("total", ["a", "b", "c"])], k=5)
     assert hidden == {"a", "b"}  # the smallest non-zero partner goes with it; zero tells nothing
     assert suppress({"t": 12, "a": 6, "b": 6}, [Relation.total("t", ["a", "b"])], k=5) == set()
+
+
+def test_suppression_errors_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidReportSettings, match="unknown cell 'd'"):
+        suppress({"t": 3, "a": 3}, [Relation.total("t", ["a", "d"])], k=5)
+    import scipy.optimize
+
+    failed = SimpleNamespace(status=4, message="numerical difficulties", fun=0.0)
+    monkeypatch.setattr(scipy.optimize, "linprog", lambda *a, **kw: failed)
+    with pytest.raises(SuppressionAuditFailed, match="numerical difficulties") as ei:
+        suppress({"total": 30, "a": 27, "b": 3, "c": 0}, [Relation.total("total", ["a", "b", "c"])], k=5)
+    assert isinstance(ei.value, RuntimeError)
 
 
 def test_suppression_random_tables() -> None:

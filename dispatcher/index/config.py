@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from dispatcher.errors import IndexFormatError
+from dispatcher.errors import IndexFormatError, InvalidIndexSettings
 from dispatcher.geo.area import MAX_VERTICES
 
 __all__ = ["IndexConfig"]
@@ -27,7 +27,7 @@ class IndexConfig:
     def __post_init__(self) -> None:
         lv = tuple(int(r) for r in self.levels)
         if not lv or any(not 0 <= r <= 15 for r in lv) or any(b <= a for a, b in zip(lv, lv[1:])):
-            raise ValueError(f"levels must be strictly increasing H3 resolutions 0..15, got {self.levels}")
+            raise InvalidIndexSettings(f"levels must be strictly increasing H3 resolutions 0..15, got {self.levels}")
         object.__setattr__(self, "levels", lv)
 
     @classmethod
