@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import collections
 import csv
+import inspect
 import io
+import re
 import statistics
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,9 +23,10 @@ from dispatcher.cli import main
 from dispatcher.errors import DispatchError, InvalidReportSettings, SuppressionAuditFailed
 from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.reports.suppression import Relation, suppress
-from dispatcher.reports.transparency import ALL, NOT_PARTNER, TransparencyReport, build_report
+from dispatcher.reports.transparency import ALL, COUNTS, NOT_PARTNER, RULE_ORDER, TransparencyReport, build_report
+from dispatcher.workflow import policy
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
-from dispatcher.workflow.review import OwnerGate, Workflow
+from dispatcher.workflow.review import STATES, TRANSITIONS, OwnerGate, Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore
 from tests.test_policy import JOINED, LAT0, LNG0, square
 from tests.test_policy import request as make_request
@@ -298,6 +301,15 @@ def test_suppression_errors_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SuppressionAuditFailed, match="numerical difficulties") as ei:
         suppress({"total": 30, "a": 27, "b": 3, "c": 0}, [Relation.total("total", ["a", "b", "c"])], k=5)
     assert isinstance(ei.value, RuntimeError)
+
+
+def test_rule_codes_and_states_come_from_the_workflow() -> None:
+    """The report orders its rule columns by the policy's own list, and counts the review's own states: the
+    policy's list names every code :func:`validate` can give, in the order it checks them."""
+    emitted = re.findall(r'v\.append\(\("(\w+)"', inspect.getsource(policy.validate))
+    assert tuple(dict.fromkeys(emitted)) == policy.RULE_CODES
+    assert RULE_ORDER == (*policy.RULE_CODES, "reviewer")
+    assert set(STATES) == set(TRANSITIONS) and set(COUNTS[:4]) <= set(STATES)
 
 
 def test_suppression_random_tables() -> None:

@@ -107,6 +107,14 @@ def _text_problems(name: str, text: str, limit: int) -> list[str]:
     return out
 
 
+#: Every rule :func:`validate` checks, by its code, in the order it checks them.
+RULE_CODES = (
+    "submitted_in_future", "duplicate_request_id", "unknown_agency", "agency_suspended", "agency_not_joined",
+    "rate_limited", "case_number", "incident_type", "contact", "message", "time_format", "window_reversed",
+    "window_length", "window_not_past", "window_too_old", "area_invalid", "area_size", "outside_jurisdiction",
+)
+
+
 def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, now: datetime,
              policy: Policy | None = None) -> ValidRequest:
     """Check every rule; return the normalised request or raise :class:`RequestRejected` listing them all."""

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.errors import DispatchError, InvalidChoice, InvalidRequest, InvalidTransition
+from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.policy import Policy, RequestLog, validate
 from dispatcher.workflow.requests import ValidRequest, VideoRequest
 from dispatcher.workflow.store import AuditEntry, Store
@@ -22,6 +22,7 @@ from dispatcher.workflow.store import AuditEntry, Store
 log = logging.getLogger(__name__)
 
 SUBMITTED, APPROVED, REJECTED, DISPATCHED, CLOSED = "submitted", "approved", "rejected", "dispatched", "closed"
+STATES = (SUBMITTED, APPROVED, REJECTED, DISPATCHED, CLOSED)
 TRANSITIONS: dict[str, frozenset[str]] = {
     SUBMITTED: frozenset({APPROVED, REJECTED}),
     APPROVED: frozenset({DISPATCHED, CLOSED}),
