@@ -38,6 +38,7 @@ import numpy as np
 import psutil
 import redis
 
+from dispatcher import synthetic
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import decode_batch
@@ -48,16 +49,15 @@ from dispatcher.service.client import read_outcomes
 from dispatcher.service.servers import RedisServer
 from dispatcher.service.supervise import serve_process
 from dispatcher.service.worker import ServiceSettings
-from dispatcher.synthetic import data as synthetic
+from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.synthetic.requests import centre_and_radius_km, typical_requests
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.pipeline import Dispatch, Submit
 from dispatcher.workflow.policy import INCIDENT_TYPES, Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
 
 SCENARIOS = ("steady", "burst", "fanout", "kill", "restart")
-SQ_MI_KM2 = 2.589988110336
 Progress = Callable[[str], None]
 
 

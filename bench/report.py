@@ -22,7 +22,8 @@ from bench.servers import PostgresServer
 from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.servers import RedisServer, ServerUnavailable
-from dispatcher.synthetic.data import SQ_MILE_KM2, SyntheticData, generate, sample_areas
+from dispatcher.synthetic.areas import SQ_MILE_KM2, sample_areas
+from dispatcher.synthetic.data import SyntheticData, generate
 
 #: Area sizes measured, by label, in km².
 SIZES: dict[str, float] = {
@@ -331,8 +332,9 @@ def pipeline_report(index: CameraIndex, data: SyntheticData, sink: Any, *, reque
     auto-approval, ``batch`` commands at a time as a service worker reads them; then run the same commands again:
     the repeat must append nothing (exactly-once), and the report says so."""
     from dispatcher.dispatch.dispatcher import Dispatcher
+    from dispatcher.synthetic.agencies import generate_agencies
     from dispatcher.synthetic.requests import typical_requests
-    from dispatcher.workflow.agencies import AgencyRegistry, generate_agencies
+    from dispatcher.workflow.agencies import AgencyRegistry
     from dispatcher.workflow.pipeline import Pipeline, Submit
     from dispatcher.workflow.policy import Policy
     from dispatcher.workflow.review import Workflow

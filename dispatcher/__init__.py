@@ -13,6 +13,7 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink, Sink
 from dispatcher.dispatch.wire import Notification, NotificationHeader
 from dispatcher.errors import (
+    AgencyFileMissing,
     DispatchConflict,
     DispatchError,
     IndexFormatError,
@@ -20,6 +21,7 @@ from dispatcher.errors import (
     InvalidChoice,
     InvalidCoordinates,
     InvalidData,
+    InvalidIndexSettings,
     InvalidPolicy,
     InvalidQueueSettings,
     InvalidReportSettings,
@@ -29,22 +31,21 @@ from dispatcher.errors import (
     QueueFull,
     QueueUnavailable,
     RequestRejected,
+    SuppressionAuditFailed,
     UnknownAgency,
     UnknownCamera,
     UnknownRequest,
     WorkerFailed,
 )
 from dispatcher.geo.area import Area
-from dispatcher.index.camera_index import CameraIndex, IndexConfig
-from dispatcher.index.recipients import RecipientSet
-from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA
+from dispatcher.index import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, CameraIndex, IndexConfig, RecipientSet
 from dispatcher.keys import Keys
 from dispatcher.reports.maps import agencies_html, agencies_png
 from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
 from dispatcher.reports.transparency import TransparencyReport, build_report
 from dispatcher.service.client import read_outcomes, request_dispatch, submit
 from dispatcher.service.worker import ServiceSettings, Worker
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.pipeline import Dispatch, Malformed, Outcome, Pipeline, Submit
 from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.privacy import AgencyView, OperatorView, SharedClips, Views
@@ -54,6 +55,7 @@ from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 
 __all__ = [
     # errors
+    "AgencyFileMissing",
     "DispatchConflict",
     "DispatchError",
     "IndexFormatError",
@@ -61,6 +63,7 @@ __all__ = [
     "InvalidChoice",
     "InvalidCoordinates",
     "InvalidData",
+    "InvalidIndexSettings",
     "InvalidPolicy",
     "InvalidQueueSettings",
     "InvalidReportSettings",
@@ -70,6 +73,7 @@ __all__ = [
     "QueueFull",
     "QueueUnavailable",
     "RequestRejected",
+    "SuppressionAuditFailed",
     "UnknownAgency",
     "UnknownCamera",
     "UnknownRequest",
@@ -104,7 +108,6 @@ __all__ = [
     "VideoRequest",
     "Views",
     "Workflow",
-    "generate_agencies",
     "validate",
     # dispatch
     "AdmitAll",

@@ -94,3 +94,16 @@ class InvalidReportSettings(DispatchError, ValueError):
 
 class WorkerFailed(DispatchError, RuntimeError):
     """A service worker process exited with an error."""
+
+
+class AgencyFileMissing(DispatchError, FileNotFoundError):
+    """No partner-agency file: the path given is None or names no file. Agencies are never made up by default."""
+
+
+class InvalidIndexSettings(DispatchError, ValueError):
+    """Index settings out of range: H3 levels that are not strictly increasing resolutions 0..15."""
+
+
+class SuppressionAuditFailed(DispatchError, RuntimeError):
+    """The disclosure audit could not solve one of its linear programs, so the table cannot be published as it
+    stands."""

@@ -15,9 +15,10 @@ from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import decode_batch
+from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.servers import RedisServer
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.pipeline import Dispatch, Malformed, Outcome, Pipeline, Submit
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -9,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher.errors import InvalidArea
+from dispatcher.geo import geodesy
 from dispatcher.geo.area import Area
+from dispatcher.workflow import policy
 from kernels.geometry import BOX_IN, BOX_OUT, WORK_SIZE, classify_box, covers_points, orient2d
 from tests.polygons import areas, boundary_points
 
@@ -114,3 +117,21 @@ def test_geojson_text_feature_and_shapely_inputs_agree():
     parsed = [Area.parse(f) for f in forms]
     for p in parsed[1:]:
         assert np.array_equal(p.xs, parsed[0].xs) and np.array_equal(p.ys, parsed[0].ys)
+
+
+def test_geodesy_is_one_ellipsoid_for_policy_and_agencies():
+    """A geodesic circle's area, measured as the policy measures areas, is the circle's area on the ellipsoid
+    (to the polygon's chord error), and the policy measures with these very functions."""
+    assert policy.geodesic_area_sq_mi is geodesy.geodesic_area_sq_mi
+    for lng, lat, r in ((-87.63, 41.88, 20_000.0), (-149.9, 61.2, 3_000.0), (-157.86, 21.31, 40_000.0)):
+        circle = geodesy.geodesic_circle(lng, lat, r, 256)
+        assert circle.is_valid and circle.exterior.is_ccw
+        got = geodesy.geodesic_area_sq_mi(Area.parse(circle))
+        # a regular 256-gon inscribed in the circle covers sin(2 pi / n) n / (2 pi) of it
+        want = math.pi * r * r * math.sin(2 * math.pi / 256) * 256 / (2 * math.pi) / geodesy.SQ_M_PER_SQ_MI
+        assert got == pytest.approx(want, rel=1e-3)
+    holed = shapely.Polygon(geodesy.geodesic_circle(0.0, 0.0, 2_000.0).exterior,
+                            [geodesy.geodesic_circle(0.0, 0.0, 1_000.0).exterior.coords[::-1]])
+    ring = geodesy.geodesic_area_sq_mi(Area.parse(holed))
+    outer = geodesy.geodesic_area_sq_mi(Area.parse(geodesy.geodesic_circle(0.0, 0.0, 2_000.0)))
+    assert ring == pytest.approx(outer * 0.75, rel=1e-6)

@@ -11,10 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.reference import Dataset, brute_force
-from dispatcher.errors import IndexFormatError, InvalidData, InvalidTimeWindow, UnknownCamera
+from dispatcher.errors import (
+    DispatchError,
+    IndexFormatError,
+    InvalidData,
+    InvalidIndexSettings,
+    InvalidTimeWindow,
+    UnknownCamera,
+)
 from dispatcher.geo.area import Area
-from dispatcher.index.camera_index import CameraIndex, IndexConfig
-from dispatcher.index.schema import CAMERA_SCHEMA
+from dispatcher.index import CAMERA_SCHEMA, CameraIndex, IndexConfig
 from tests import data
 from tests.polygons import areas, boundary_points
 from tests.workers import run_workers
@@ -291,7 +297,7 @@ def test_save_open_roundtrip_and_worker_processes(world, tmp_path):
         assert victim not in opened.resolve(area, start, end, now=NOW).camera_ids
         assert as_dict(CameraIndex.open(path).resolve(area, start, end, now=NOW)) == want
     code = (
-        "import sys, json; from datetime import datetime; from dispatcher.index.camera_index import CameraIndex;"
+        "import sys, json; from datetime import datetime; from dispatcher.index import CameraIndex;"
         "i = CameraIndex.open(sys.argv[1]);"
         f"r = i.resolve({area!r}, datetime.fromisoformat('{start.isoformat()}'), "
         f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
@@ -330,6 +336,17 @@ def test_recipient_set_views_and_arrow(index_plain):
     assert np.array_equal(np.concatenate([b.camera_ids for b in batches]), rs.camera_ids)
     with pytest.raises(ValueError):
         rs.owner_ids[0] = 1
+    with pytest.raises(InvalidData, match="batch size must be positive, got 0"):
+        next(rs.batches(0))
+
+
+@pytest.mark.parametrize("levels", [(), (3, 3), (5, 4), (2, 16), (-1, 2)])
+def test_bad_index_settings_raise_typed(levels):
+    with pytest.raises(InvalidIndexSettings, match="strictly increasing H3 resolutions") as ei:
+        IndexConfig(levels=levels)
+    assert isinstance(ei.value, DispatchError) and isinstance(ei.value, ValueError)
+    with pytest.raises(IndexFormatError, match="unknown index setting"):
+        IndexConfig.from_dict({"levles": [1, 2]})
 
 
 def test_empty_region_and_whole_city(index_plain):
@@ -352,7 +369,7 @@ def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
     want = as_dict(index.resolve(SQUARE, start, end, now=NOW))
     code = (
         "import sys, json; from datetime import datetime; from kernels import index_kernels as K;"
-        "from dispatcher.index.camera_index import CameraIndex; i = CameraIndex.open(sys.argv[1]);"
+        "from dispatcher.index import CameraIndex; i = CameraIndex.open(sys.argv[1]);"
         f"r = i.resolve({SQUARE!r}, datetime.fromisoformat('{start.isoformat()}'), "
         f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
         "st = K.resolve.stats; print(json.dumps({'r': {int(k): v.tolist() for k, v in r.items()},"

@@ -15,8 +15,9 @@ import pytest
 import shapely
 
 from bench.loadtest import LoadSettings
+from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.synthetic.requests import typical_requests
-from dispatcher.workflow.agencies import AgencyRegistry, generate_agencies
+from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.requests import VideoRequest
 

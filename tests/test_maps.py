@@ -26,10 +26,12 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink
 from dispatcher.dispatch.wire import NotificationHeader
 from dispatcher.errors import DispatchError, InvalidData, InvalidReportSettings, UnknownRequest
-from dispatcher.index.camera_index import CameraIndex
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.index import CameraIndex
 from dispatcher.reports.maps import agencies_html, agencies_png, agency_markers, part_of, us_frame, us_states
 from dispatcher.reports.request_map import HEIGHT, WIDTH, build_request_map, request_map_html
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
+from dispatcher.synthetic.agencies import generate_agencies
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import SqliteStore
 from tests import data
@@ -367,9 +369,11 @@ def test_tiles_are_opt_in_and_allowed_by_origin_only(dispatched: Dispatched) -> 
 # ------------------------------------------------------------------------------------------ command line
 
 
-def test_cli_maps(dispatched: Dispatched, tmp_path: Path) -> None:
+def test_cli_maps(dispatched: Dispatched, agencies: list[Agency], tmp_path: Path) -> None:
     runner = CliRunner()
-    r = runner.invoke(main, ["map", "agencies", "--out", str(tmp_path / "a.html"), "--png", str(tmp_path / "a.png")])
+    AgencyRegistry(agencies).save_parquet(tmp_path / "generated.parquet")
+    r = runner.invoke(main, ["map", "agencies", "--agencies", str(tmp_path / "generated.parquet"), "--out",
+                             str(tmp_path / "a.html"), "--png", str(tmp_path / "a.png")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "a.html").read_text().count('<circle class="agency"') == 400
     assert (tmp_path / "a.png").stat().st_size > 50_000
@@ -389,12 +393,14 @@ def test_cli_maps(dispatched: Dispatched, tmp_path: Path) -> None:
     assert isinstance(r.exception, InvalidData) and "no such SQLite store" in str(r.exception)
 
 
-def test_cli_errors_are_one_line(dispatched: Dispatched) -> None:
+def test_cli_errors_are_one_line(dispatched: Dispatched, tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    dispatched.registry.save_geojson(tmp_path / "agencies.geojson")
     p = subprocess.run([sys.executable, "-m", "dispatcher.cli", "map", "request", "r1", "--store",
-                        str(dispatched.store_path), "--index", str(dispatched.index_dir), "--k", "0"],
+                        str(dispatched.store_path), "--index", str(dispatched.index_dir), "--k", "0",
+                        "--agencies", str(tmp_path / "agencies.geojson")],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "k must be a whole number of at least 1, got 0" in p.stderr
 

@@ -13,8 +13,10 @@ import shapely
 from pyproj import Transformer
 
 from dispatcher.errors import DispatchError, InvalidData, InvalidPolicy, InvalidRequest, RequestRejected, UnknownAgency
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, generate_agencies, geodesic_circle
-from dispatcher.workflow.policy import SQ_M_PER_SQ_MI, Policy, validate
+from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI, geodesic_circle
+from dispatcher.synthetic.agencies import generate_agencies
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
+from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.requests import VideoRequest
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, request, square
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from dispatcher.dispatch.gate import OwnerGate
 from dispatcher.errors import InvalidData
+from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.keys import Keys
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.privacy import PSEUDONYM_RE, AgencyView, SharedClips, Views, pseudonyms
 from dispatcher.workflow.review import Workflow

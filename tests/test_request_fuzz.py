@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dispatcher.errors import DispatchError, RequestRejected
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, request, square

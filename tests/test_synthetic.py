@@ -14,17 +14,14 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
-from dispatcher.errors import InvalidArea, InvalidData, InvalidTimeWindow
+from dispatcher.errors import AgencyFileMissing, InvalidArea, InvalidData, InvalidTimeWindow
+from dispatcher.geo.area import Area
+from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI, geodesic_area_sq_mi
 from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, camera_columns, event_columns
-from dispatcher.synthetic.data import (
-    DEFAULT_NOW,
-    SQ_MILE_KM2,
-    SyntheticData,
-    generate,
-    read_parquet,
-    sample_areas,
-    write_parquet,
-)
+from dispatcher.synthetic.agencies import CIRCLE_VERTICES, generate_agencies, generated_registry
+from dispatcher.synthetic.areas import SQ_MILE_KM2, sample_areas
+from dispatcher.synthetic.data import DEFAULT_NOW, SyntheticData, generate, read_parquet, write_parquet
+from dispatcher.workflow.agencies import AgencyRegistry
 
 N = 20_000
 DAY = 86_400
@@ -295,3 +292,29 @@ def test_now_default_is_fixed() -> None:
     assert DEFAULT_NOW == datetime(2026, 11, 1, tzinfo=timezone.utc)
     assert generate(10).now == DEFAULT_NOW
     assert generate(10, now=DEFAULT_NOW + timedelta(hours=1)).now == DEFAULT_NOW + timedelta(hours=1)
+
+
+def test_sample_areas_have_the_size_the_policy_measures(data: SyntheticData) -> None:
+    """Sized in km² with the same square mile and the same ellipsoid as the policy's measure."""
+    assert SQ_MILE_KM2 * 1e6 == pytest.approx(SQ_M_PER_SQ_MI, rel=1e-15)
+    for sq_mi in (0.025, 0.5):
+        for poly in sample_areas(data.cameras, 10, sq_mi * SQ_MILE_KM2, seed=11):
+            assert geodesic_area_sq_mi(Area.parse(poly)) == pytest.approx(sq_mi, rel=2e-3)
+
+
+def test_agencies_are_generated_only_when_asked(tmp_path: Path) -> None:
+    for missing in (None, tmp_path / "nowhere.parquet", tmp_path / "nowhere.geojson"):
+        with pytest.raises(AgencyFileMissing, match="no file") as ei:
+            AgencyRegistry.load(missing)  # type: ignore[arg-type]
+        assert isinstance(ei.value, FileNotFoundError) and str(missing) in str(ei.value)
+    registry = generated_registry(25, seed=2)
+    assert [a.agency_id for a in registry] == [a.agency_id for a in generate_agencies(25, seed=2)]
+    registry.save_parquet(tmp_path / "a.parquet")
+    registry.save_geojson(tmp_path / "a.geojson")
+    for name in ("a.parquet", "a.geojson"):
+        loaded = AgencyRegistry.load(tmp_path / name)
+        assert [(a.agency_id, a.joined_at) for a in loaded] == [(a.agency_id, a.joined_at) for a in registry]
+    circle = next(iter(registry)).jurisdiction
+    assert len(circle.exterior.coords) == CIRCLE_VERTICES + 1 and circle.exterior.is_ccw
+    with pytest.raises(InvalidData, match="n must be in 1.."):
+        generate_agencies(0)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import collections
 import csv
+import inspect
 import io
+import re
 import statistics
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,11 +21,13 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from dispatcher.cli import main
 from dispatcher.dispatch.gate import OwnerGate
-from dispatcher.errors import DispatchError, InvalidReportSettings
+from dispatcher.errors import DispatchError, InvalidReportSettings, SuppressionAuditFailed
+from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.reports.suppression import Relation, suppress
-from dispatcher.reports.transparency import ALL, NOT_PARTNER, TransparencyReport, build_report
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
-from dispatcher.workflow.review import Workflow
+from dispatcher.reports.transparency import ALL, COUNTS, NOT_PARTNER, RULE_ORDER, TransparencyReport, build_report
+from dispatcher.workflow import policy
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
+from dispatcher.workflow.review import STATES, TRANSITIONS, Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore
 from tests.video_requests import JOINED, LAT0, LNG0, square
 from tests.video_requests import request as make_request
@@ -287,6 +292,27 @@ def test_suppression_without_totals_of_one_small_cell() -> None:
     assert suppress({"t": 12, "a": 6, "b": 6}, [Relation.total("t", ["a", "b"])], k=5) == set()
 
 
+def test_suppression_errors_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidReportSettings, match="unknown cell 'd'"):
+        suppress({"t": 3, "a": 3}, [Relation.total("t", ["a", "d"])], k=5)
+    import scipy.optimize
+
+    failed = SimpleNamespace(status=4, message="numerical difficulties", fun=0.0)
+    monkeypatch.setattr(scipy.optimize, "linprog", lambda *a, **kw: failed)
+    with pytest.raises(SuppressionAuditFailed, match="numerical difficulties") as ei:
+        suppress({"total": 30, "a": 27, "b": 3, "c": 0}, [Relation.total("total", ["a", "b", "c"])], k=5)
+    assert isinstance(ei.value, RuntimeError)
+
+
+def test_rule_codes_and_states_come_from_the_workflow() -> None:
+    """The report orders its rule columns by the policy's own list, and counts the review's own states: the
+    policy's list names every code :func:`validate` can give, in the order it checks them."""
+    emitted = re.findall(r'v\.append\(\("(\w+)"', inspect.getsource(policy.validate))
+    assert tuple(dict.fromkeys(emitted)) == policy.RULE_CODES
+    assert RULE_ORDER == (*policy.RULE_CODES, "reviewer")
+    assert set(STATES) == set(TRANSITIONS) and set(COUNTS[:4]) <= set(STATES)
+
+
 def test_suppression_random_tables() -> None:
     """Random tables with row and column totals: nothing under k shown, and each withheld small count keeps a
     range of at least k - 1 for an attacker solving integer programs."""
@@ -389,11 +415,14 @@ def test_periods_and_bad_settings(sqlite_run) -> None:
 def test_cli_report(sqlite_run, tmp_path: Path) -> None:
     path, _, _ = sqlite_run
     runner = CliRunner()
-    r = runner.invoke(main, ["report", "transparency", "--store", str(path), "--k", str(K), "--html",
-                             str(tmp_path / "t.html"), "--csv", str(tmp_path / "t.csv")])
+    _registry().save_parquet(tmp_path / "agencies.parquet")
+    r = runner.invoke(main, ["report", "transparency", "--store", str(path), "--agencies",
+                             str(tmp_path / "agencies.parquet"), "--k", str(K), "--html", str(tmp_path / "t.html"),
+                             "--csv", str(tmp_path / "t.csv")])
     assert r.exit_code == 0, r.output
     assert "over 2 months" in r.output
     assert (tmp_path / "t.html").read_text().count("<tr class=") > 5
     assert (tmp_path / "t.csv").read_text().startswith("month,agency_id,agency,state,submitted")
-    r = runner.invoke(main, ["report", "transparency", "--store", str(path), "--k", "0"])
+    r = runner.invoke(main, ["report", "transparency", "--store", str(path), "--agencies",
+                             str(tmp_path / "agencies.parquet"), "--k", "0"])
     assert isinstance(r.exception, InvalidReportSettings)

@@ -11,7 +11,8 @@ import pytest
 
 from dispatcher.dispatch.gate import OwnerGate
 from dispatcher.errors import InvalidChoice, InvalidRequest, InvalidTransition, RequestRejected
-from dispatcher.workflow.agencies import Agency, AgencyRegistry, geodesic_circle
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store

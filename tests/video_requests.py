@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from pyproj import Transformer
 
-from dispatcher.workflow.policy import SQ_M_PER_SQ_MI
+from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI
 from dispatcher.workflow.requests import VideoRequest
 from tests.data import NOW
 

@@ -50,3 +50,27 @@ def name_environment(command: click.Command, prefix: str) -> None:
     if isinstance(command, click.Group):
         for name, sub in command.commands.items():
             name_environment(sub, f"{prefix}_{name.replace('-', '_').upper()}")
+
+
+def agencies_options(f: Any) -> Any:
+    """``--agencies FILE`` or ``--synthetic-agencies N``: partner agencies are never made up unless asked."""
+    f = click.option("--synthetic-agencies", type=click.IntRange(1), default=None,
+                     help="Instead of a file, N agencies generated from US places (demos and tests only).")(f)
+    return click.option("--agencies", type=click.Path(exists=True, dir_okay=False), default=None,
+                        help="Partner agencies (Parquet or GeoJSON).")(f)
+
+
+def load_agencies(agencies: str | None, synthetic: int | None, *, required: bool = True) -> Any:
+    """The registry the agencies options name (None when neither is given and ``required`` is off)."""
+    from dispatcher.synthetic.agencies import generated_registry
+    from dispatcher.workflow.agencies import AgencyRegistry
+
+    if agencies and synthetic:
+        raise click.UsageError("give --agencies or --synthetic-agencies, not both")
+    if synthetic:
+        return generated_registry(synthetic)
+    if agencies:
+        return AgencyRegistry.load(agencies)
+    if required:
+        raise click.UsageError("give the partner agencies: --agencies FILE (or --synthetic-agencies N for a demo)")
+    return None

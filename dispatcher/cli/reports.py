@@ -6,12 +6,9 @@ from pathlib import Path
 
 import click
 
-from dispatcher.cli._app import main, out
+from dispatcher.cli._app import agencies_options, load_agencies, main, out
 from dispatcher.workflow.store import open_store
 
-_agencies_option = click.option(
-    "--agencies", type=click.Path(exists=True, dir_okay=False), default=None,
-    help="Partner agencies (Parquet or GeoJSON); default: the 400 generated from US places.")
 _store_option = click.option("--store", "store_spec", required=True,
                              help="The workflow store: a SQLite file, or a redis:// URL (as `serve` uses).")
 _k_option = click.option("--k", "k", default=10, help="Suppression threshold: no count under k is shown.")
@@ -23,17 +20,16 @@ def map_group() -> None:
 
 
 @map_group.command("agencies")
-@_agencies_option
+@agencies_options
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("agencies-map.html"),
               help="The self-contained HTML map.")
 @click.option("--png", "png_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the map as a PNG.")
-def map_agencies(agencies: str | None, out_file: Path, png_file: Path | None) -> None:
+def map_agencies(agencies: str | None, synthetic_agencies: int | None, out_file: Path, png_file: Path | None) -> None:
     """Map every partner agency, coloured by join date, with a replay of the program's growth."""
     from dispatcher.reports.maps import agencies_html, agencies_png
-    from dispatcher.workflow.agencies import AgencyRegistry
 
-    registry = AgencyRegistry.load(agencies)
+    registry = load_agencies(agencies, synthetic_agencies)
     out_file.write_text(agencies_html(registry), encoding="utf-8")
     written = [out_file] + ([agencies_png(registry, png_file)] if png_file else [])
     out.print(f"{len(registry)} agencies; wrote " + ", ".join(str(w) for w in written))
@@ -43,24 +39,25 @@ def map_agencies(agencies: str | None, out_file: Path, png_file: Path | None) ->
 @click.argument("request_id")
 @_store_option
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@_agencies_option
+@agencies_options
 @_k_option
 @click.option("--density-res", default=9, help="H3 resolution of the camera-density hexagons.")
 @click.option("--tiles", default=None,
               help="XYZ tile URL template with {z}, {x}, {y}; off by default (the page then fetches nothing).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The HTML file (default: request-<ID>.html).")
-def map_request(request_id: str, store_spec: str, index_dir: Path, agencies: str | None, k: int, density_res: int,
+def map_request(request_id: str, store_spec: str, index_dir: Path, agencies: str | None, synthetic_agencies: int | None,
+                k: int, density_res: int,
                 tiles: str | None, out_file: Path | None) -> None:
     """Map one request for operators: its area, the H3 cells the index used, camera density (counts under k
     left out)."""
     from dispatcher.index.camera_index import CameraIndex
     from dispatcher.reports.request_map import build_request_map, request_map_html
-    from dispatcher.workflow.agencies import AgencyRegistry
 
     store = open_store(store_spec)
-    m = build_request_map(request_id, store, CameraIndex.open(index_dir, warm_up=False), AgencyRegistry.load(agencies),
-                          k=k, density_res=density_res)
+    registry = load_agencies(agencies, synthetic_agencies, required=False)
+    m = build_request_map(request_id, store, CameraIndex.open(index_dir, warm_up=False), registry, k=k,
+                          density_res=density_res)
     target = out_file or Path(f"request-{request_id}.html")
     target.write_text(request_map_html(m, tiles=tiles), encoding="utf-8")
     out.print(f"request {request_id}: {m.cells.shape[0]} index cells, {m.density_cells.shape[0]} density hexagons "
@@ -74,21 +71,21 @@ def report_group() -> None:
 
 @report_group.command("transparency")
 @_store_option
-@_agencies_option
+@agencies_options
 @_k_option
 @click.option("--since", default=None, help="First month, YYYY-MM (default: the first with a request).")
 @click.option("--until", default=None, help="Last month, YYYY-MM.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("transparency.html"))
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("transparency.csv"))
-def report_transparency(store_spec: str, agencies: str | None, k: int, since: str | None, until: str | None,
-                        html_file: Path, csv_file: Path) -> None:
+def report_transparency(store_spec: str, agencies: str | None, synthetic_agencies: int | None, k: int,
+                        since: str | None, until: str | None, html_file: Path, csv_file: Path) -> None:
     """Per agency and month: requests submitted, approved, rejected (by rule), dispatched, median area and
     window, notifications sent, share rate; every count under k withheld, totals included."""
     from dispatcher.reports.transparency import build_report
-    from dispatcher.workflow.agencies import AgencyRegistry
 
-    report = build_report(open_store(store_spec), AgencyRegistry.load(agencies), k=k, since=since, until=until)
+    registry = load_agencies(agencies, synthetic_agencies)
+    report = build_report(open_store(store_spec), registry, k=k, since=since, until=until)
     html_file.write_text(report.to_html(), encoding="utf-8")
     csv_file.write_text(report.to_csv(), encoding="utf-8")
     out.print(f"{len(report.rows)} rows over {len(report.months)} months (k = {k}); wrote {html_file}, {csv_file}")

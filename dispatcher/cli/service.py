@@ -7,27 +7,33 @@ from pathlib import Path
 
 import click
 
-from dispatcher.cli._app import main, out
+from dispatcher.cli._app import agencies_options, load_agencies, main, out
 
 
 @main.command()
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--redis-url", required=True, help="Redis holding the requests stream, the state and the queue.")
 @click.option("--workers", default=2, help="Worker processes (they share the memory-mapped index).")
-@click.option("--agencies", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Partner agencies (Parquet or GeoJSON); default: the 400 generated from US places.")
+@agencies_options
 @click.option("--auto-approve/--review", default=False, help="Dispatch valid requests at once, or wait for review.")
 @click.option("--claim-idle-ms", default=30_000, help="Reclaim a dead worker's entries after this idle time.")
-def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, auto_approve: bool,
-          claim_idle_ms: int) -> None:
+def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, synthetic_agencies: int | None,
+          auto_approve: bool, claim_idle_ms: int) -> None:
     """Serve requests from the Redis requests stream with a group of worker processes: validate, resolve,
     dispatch, acknowledge. SIGTERM or Ctrl-C stops them after the request in hand."""
+    import tempfile
+
     from dispatcher.service.supervise import serve as run_workers
     from dispatcher.service.worker import ServiceSettings
 
-    run_workers(str(index_dir), redis_url, workers, agencies, {"auto_approve": auto_approve},
-                ServiceSettings(claim_idle_ms=claim_idle_ms), out.print,
-                logging.getLevelName(logging.getLogger().level))
+    registry = load_agencies(agencies, synthetic_agencies)
+    with tempfile.TemporaryDirectory(prefix="geodispatch-serve-") as tmp:
+        if agencies is None:  # the workers read the agencies from a file: write the generated ones to one
+            agencies = str(Path(tmp) / "agencies.parquet")
+            registry.save_parquet(agencies)
+        run_workers(str(index_dir), redis_url, workers, agencies, {"auto_approve": auto_approve},
+                    ServiceSettings(claim_idle_ms=claim_idle_ms), out.print,
+                    logging.getLevelName(logging.getLogger().level))
 
 
 @main.command()

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
+from dispatcher.errors import InvalidData
+
 
 class RecipientSet:
     """Distinct owners (ascending) and, per owner, the ids of their matching cameras (ascending).
@@ -65,7 +67,7 @@ class RecipientSet:
     def batches(self, size: int) -> Iterator[RecipientSet]:
         """Consecutive slices of at most ``size`` owners, each a :class:`RecipientSet` of views."""
         if size < 1:
-            raise ValueError(f"batch size must be positive, got {size}")
+            raise InvalidData(f"batch size must be positive, got {size}")
         for lo in range(0, self.n_owners, size):
             hi = min(lo + size, self.n_owners)
             off = self.owner_offsets[lo:hi + 1]

@@ -19,6 +19,8 @@ from kernels.h3core import invalid_latlng_array
 
 #: Unix seconds of the storage epoch, 2000-01-01T00:00:00Z.
 EPOCH_UNIX_S = 946_684_800
+#: Unix microseconds of the storage epoch.
+EPOCH_US = EPOCH_UNIX_S * 1_000_000
 #: Stored value meaning "not removed".
 NOT_REMOVED = np.iinfo(np.int32).max
 _T_MIN = np.iinfo(np.int32).min + 1
@@ -235,5 +237,15 @@ def to_utc_us(value: Any, name: str) -> int:
     return (seconds - offset.days * 86_400 - offset.seconds) * 1_000_000 + value.microsecond - offset.microseconds
 
 
-def epoch_s_to_datetime(seconds: int) -> datetime:
-    return datetime.fromtimestamp(EPOCH_UNIX_S + int(seconds), tz=timezone.utc)
+def window_us(start: Any, end: Any, now: Any) -> tuple[int, int, int]:
+    """A request's window and ``now`` (default: the current time) as microseconds since :data:`EPOCH`:
+    ``(start, min(end, now), now)``. A reversed window, or one starting after ``now``, raises."""
+    s = to_utc_us(start, "start")
+    e = to_utc_us(end, "end")
+    n = to_utc_us(now, "now") if now is not None else to_utc_us(datetime.now(timezone.utc), "now")
+    if e <= s:
+        raise InvalidTimeWindow(f"window end {end} is not after its start {start}")
+    if s > n:
+        raise InvalidTimeWindow(f"window starts at {start}, after now ({now or 'the current time'}): "
+                                "no footage of it can exist yet")
+    return s - EPOCH_US, min(e, n) - EPOCH_US, n - EPOCH_US

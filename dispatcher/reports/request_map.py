@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 
 from dispatcher.errors import DispatchError, InvalidReportSettings, UnknownRequest
 from dispatcher.geo import h3 as h3x
-from dispatcher.index.camera_index import CameraIndex
+from dispatcher.index import CameraIndex
 from dispatcher.reports.maps import colours, svg_path
 from dispatcher.reports.pages import esc, page
 from dispatcher.reports.suppression import check_k

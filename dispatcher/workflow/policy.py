@@ -15,18 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from pyproj import Geod
-
 from dispatcher.errors import DispatchError, InvalidPolicy, RequestRejected
 from dispatcher.geo.area import Area
+from dispatcher.geo.geodesy import geodesic_area_sq_mi
 from dispatcher.index.schema import to_utc_us
 from dispatcher.settings import coerce
 from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
-
-#: Square metres in a square mile (1 sq mi = 2.589988 km², as published).
-SQ_M_PER_SQ_MI = 2_589_988.110336
-GEOD = Geod(ellps="WGS84")
 
 CASE_NUMBER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-/.]{2,31}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(\.[A-Za-z0-9\-]{1,63})+")
@@ -82,18 +77,6 @@ class RequestLog(Protocol):
     def count_agency_requests(self, agency_id: str, since: datetime) -> int: ...
 
 
-def geodesic_area_sq_mi(area: Area) -> float:
-    """Area on the WGS84 ellipsoid, in square miles (holes subtracted, orientation ignored)."""
-    geom = area.geometry
-    parts = getattr(geom, "geoms", [geom])
-    total = 0.0
-    for p in parts:
-        total += abs(GEOD.geometry_area_perimeter(p.exterior)[0])
-        for hole in p.interiors:
-            total -= abs(GEOD.geometry_area_perimeter(hole)[0])
-    return total / SQ_M_PER_SQ_MI
-
-
 def _text_problems(name: str, text: str, limit: int) -> list[str]:
     out = []
     if len(text) > limit:
@@ -108,6 +91,14 @@ def _text_problems(name: str, text: str, limit: int) -> list[str]:
     if bad:
         out.append(f"{name} contains {len(bad)} control or format character(s), first U+{ord(bad[0]):04X}")
     return out
+
+
+#: Every rule :func:`validate` checks, by its code, in the order it checks them.
+RULE_CODES = (
+    "submitted_in_future", "duplicate_request_id", "unknown_agency", "agency_suspended", "agency_not_joined",
+    "rate_limited", "case_number", "incident_type", "contact", "message", "time_format", "window_reversed",
+    "window_length", "window_not_past", "window_too_old", "area_invalid", "area_size", "outside_jurisdiction",
+)
 
 
 def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, now: datetime,

@@ -20,6 +20,7 @@ from dispatcher.workflow.store import AuditEntry, Store
 log = logging.getLogger(__name__)
 
 SUBMITTED, APPROVED, REJECTED, DISPATCHED, CLOSED = "submitted", "approved", "rejected", "dispatched", "closed"
+STATES = (SUBMITTED, APPROVED, REJECTED, DISPATCHED, CLOSED)
 TRANSITIONS: dict[str, frozenset[str]] = {
     SUBMITTED: frozenset({APPROVED, REJECTED}),
     APPROVED: frozenset({DISPATCHED, CLOSED}),

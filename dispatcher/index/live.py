@@ -1,0 +1,126 @@
+"""Live updates: cameras added, removed, sharing turned on or off, owners opting out, each visible to the next
+resolve; and the merge that folds them into a new base.
+
+Flags change in place (in memory, or in a private copy-on-write mapping of a saved index); added cameras go to
+a small delta that the resolve scans by brute force. A merge rebuilds the base from the base and the delta
+without the removed cameras; updates made while it runs are journaled and replayed onto the new state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dispatcher.errors import InvalidData, UnknownCamera
+from dispatcher.index.build import build_base
+from dispatcher.index.columns import (
+    EMPTY_I32,
+    EMPTY_I64,
+    columns_from,
+    concat_columns,
+    empty_columns,
+    gather_events,
+    lookup_table,
+    positions,
+    rows_of,
+)
+from dispatcher.index.config import IndexConfig
+from dispatcher.index.schema import CameraColumns, event_columns
+from dispatcher.index.state import State
+from kernels import index_kernels as K
+
+__all__ = ["Update", "added", "locate", "merged", "replay", "set_flag"]
+
+#: A journaled update: its kind ("add", "remove", "sharing", "optout") and its two arguments.
+Update = tuple[str, Any, Any]
+
+
+def added(st: State, cols: CameraColumns, events: pa.Table | None) -> tuple[State, Update]:
+    """``st`` with the validated cameras ``cols`` (and their events) in the delta, and the update to journal.
+    Ids must be new."""
+    if events is not None and not st.has_events:
+        raise InvalidData("events: this index was built without motion events; rebuild it with them")
+    present = _present(st, cols.camera_id)
+    if present.shape[0]:
+        raise InvalidData(f"cameras: id(s) already in the index: {present[:5].tolist()}")
+    if st.has_events and events is not None:
+        ev_cam, ev_ts = event_columns(events)
+        ev_row = rows_of(cols.camera_id, ev_cam, "events")
+    else:
+        ev_row, ev_ts = EMPTY_I64, EMPTY_I32
+    update: Update = ("add", (cols, ev_row, ev_ts), None)
+    return replay(st, *update), update
+
+
+def replay(st: State, kind: str, a: Any, b: Any) -> State:
+    """``st`` with one journaled update applied (a camera removed meanwhile is simply gone)."""
+    if kind == "add":
+        cols, ev_row, ev_ts = a
+        new = columns_from(cols, None, ev_row, ev_ts, st.has_events, st.optout)
+        return replace(st, delta=concat_columns(st.delta, new, st.has_events))
+    if kind == "optout":
+        for cols in (st.base.cols, st.delta):
+            K.mark_owners(cols.flags, cols.owner, a, K.OPTED_OUT, b)
+        optout = np.union1d(st.optout, a) if b else np.setdiff1d(st.optout, a)
+        return replace(st, optout=optout.astype(np.int64))
+    if kind == "remove":
+        set_flag(st, locate(st, a, strict=False), K.DELETED, True)
+    elif kind == "sharing":
+        set_flag(st, locate(st, a, strict=False), K.SHARING, b)
+    return st
+
+
+def _present(st: State, ids: np.ndarray) -> np.ndarray:
+    """Which of ``ids`` the state holds (base or delta), removed ones included."""
+    in_base = positions(*st.base.lookup(), ids) >= 0
+    in_delta = positions(*lookup_table(st.delta.camera), ids) >= 0
+    return ids[in_base | in_delta]
+
+
+def locate(st: State, ids: np.ndarray, *, strict: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(base positions, delta positions) of the live cameras among ``ids``. With ``strict``, unknown or removed
+    ids raise before any change; a replay after a merge is not strict (a camera removed while the merge ran is
+    already gone from the new base)."""
+    base = positions(*st.base.lookup(), ids)
+    delta = positions(*lookup_table(st.delta.camera), ids)
+    base_live = np.zeros(ids.shape[0], bool)
+    base_live[base >= 0] = (st.base.cols.flags[base[base >= 0]] & K.DELETED) == 0
+    delta_live = np.zeros(ids.shape[0], bool)
+    delta_live[delta >= 0] = (st.delta.flags[delta[delta >= 0]] & K.DELETED) == 0
+    unknown = ~(base_live | delta_live)
+    if strict and unknown.any():
+        raise UnknownCamera(f"unknown or removed camera id(s): {ids[unknown][:5].tolist()}")
+    return base[base_live], delta[delta_live]
+
+
+def set_flag(st: State, where: tuple[np.ndarray, np.ndarray], bit: np.uint8, on: bool) -> None:
+    """Set or clear a flag bit in place (flags are always writeable: built in memory, or mapped copy-on-write)."""
+    for cols, pos in ((st.base.cols, where[0]), (st.delta, where[1])):
+        if pos.shape[0]:
+            if on:
+                cols.flags[pos] |= bit
+            else:
+                cols.flags[pos] &= np.uint8(~bit & 0xFF)
+
+
+def merged(st: State, config: IndexConfig) -> State:
+    """A state whose base holds ``st``'s base and delta without the removed cameras, and whose delta is empty.
+    Reads ``st`` only; the journaled updates are the caller's to replay onto the result."""
+    merged_cols = concat_columns(st.base.cols, st.delta, st.has_events)
+    keep = np.flatnonzero((merged_cols.flags & K.DELETED) == 0)
+    cols = CameraColumns(
+        camera_id=merged_cols.camera.astype(np.int64)[keep], owner_id=merged_cols.owner.astype(np.int64)[keep],
+        lat=np.ascontiguousarray(merged_cols.xy[keep, 1]), lng=np.ascontiguousarray(merged_cols.xy[keep, 0]),
+        installed=merged_cols.installed[keep], removed=merged_cols.removed[keep],
+        retention_days=merged_cols.retention[keep], sharing=(merged_cols.flags[keep] & K.SHARING) != 0)
+    if st.has_events:
+        counts = np.diff(merged_cols.ev_ptr)[keep]
+        ev_row = np.repeat(np.arange(keep.shape[0], dtype=np.int64), counts)
+        ev_ts = gather_events(merged_cols.ev_ptr, merged_cols.ev_ts, keep)
+    else:
+        ev_row, ev_ts = EMPTY_I64, EMPTY_I32
+    base, _ = build_base(cols, ev_row, ev_ts, st.has_events, st.optout, config)
+    return State(base, empty_columns(st.has_events), st.optout, st.has_events)

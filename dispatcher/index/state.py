@@ -1,0 +1,62 @@
+"""What a resolve reads: the base (columns in leaf-cell order and the tree over them), the live delta, the
+opted-out owners, and the compiled resolve bound to them.
+
+A state is replaced, never changed in structure, by one assignment: resolves take no lock, so they see either
+the old state or the new one. Only flags change in place (see :mod:`dispatcher.index.live`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dispatcher.index.columns import Columns, lookup_table
+from dispatcher.index.tree import Tree
+from kernels import index_kernels as K
+
+__all__ = ["Base", "State"]
+
+
+@dataclass
+class Base:
+    cols: Columns
+    tree: Tree
+    _lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sorted camera ids, their positions)``, built on first use (the first live update)."""
+        if self._lookup is None:
+            self._lookup = lookup_table(self.cols.camera)
+        return self._lookup
+
+
+@dataclass
+class State:
+    base: Base
+    delta: Columns
+    optout: np.ndarray  # sorted int64 owner ids
+    has_events: bool
+    #: The kernel arguments after the area's and before the window's, built once per state.
+    args: tuple[Any, ...] = field(init=False, repr=False)
+
+    #: The compiled resolve for these argument types, called without Numba's per-call type dispatch.
+    _entry: Any = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.args = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera,
+                     *self.delta.kernel_args(), self.delta.camera)
+
+    def resolve(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> tuple[np.ndarray, ...]:
+        """The resolve kernel on this state. The first call goes through Numba's dispatcher (compiling or loading
+        from the cache), later ones straight to the compiled entry point of the signature it chose: the area's
+        arrays and the window's integers always have the same types, and this state's arrays never change type,
+        so typing the arguments again on every call would only add to a small query's latency."""
+        entry = self._entry
+        if entry is not None:
+            return entry(*area_args, *self.args, t0, t1, tnow)
+        out = K.resolve(*area_args, *self.args, t0, t1, tnow)
+        sig = tuple(K.resolve.typeof_pyval(a) for a in (*area_args, *self.args, t0, t1, tnow))
+        self._entry = K.resolve.overloads[sig].entry_point
+        return out
