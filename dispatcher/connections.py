@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 
 __all__ = ["connect", "is_transient", "with_retries"]
 
-#: Replies of a Redis that is full, loading, read-only after a failover or a cluster in transition: each passes.
-_TRANSIENT_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY ")
+#: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
+#: transition: each passes.
+_TRANSIENT_REPLIES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+                      redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+                      redis.exceptions.MasterDownError)
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,9 @@ def connect(settings: QueueSettings) -> redis.Redis:
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is Redis being unreachable or briefly unable to serve (full, loading, failing over):
     trouble that passes, never a fault of the command being run."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, QueueUnavailable)):
-        return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, QueueUnavailable, *_TRANSIENT_REPLIES)):
+        return True  # BusyLoadingError (LOADING) is a ConnectionError
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("BUSY ")
 
 
 def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:

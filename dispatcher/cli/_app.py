@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -74,3 +75,22 @@ def load_agencies(agencies: str | None, synthetic: int | None, *, required: bool
     if required:
         raise click.UsageError("give the partner agencies: --agencies FILE (or --synthetic-agencies N for a demo)")
     return None
+
+
+def read_policy(path: Path | None) -> dict[str, Any]:
+    """The policy settings in a JSON file (checked by ``Policy.from_dict`` before any worker starts)."""
+    import orjson
+
+    from dispatcher.errors import InvalidPolicy
+    from dispatcher.workflow.policy import Policy
+
+    if path is None:
+        return {}
+    try:
+        got = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidPolicy(f"{path}: not JSON ({exc})") from None
+    if not isinstance(got, dict):
+        raise InvalidPolicy(f"{path}: a policy is a JSON object of settings, got {type(got).__name__}")
+    Policy.from_dict(got, source=str(path))
+    return got
