@@ -16,9 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dispatcher.errors import DispatchError, InvalidCell, InvalidCoordinates, InvalidResolution
 from dispatcher.geo import h3 as gh3
-from dispatcher.errors import InvalidCoordinates
-from dispatcher.geo.h3 import InvalidCell, InvalidResolution
 from tests.workers import run_workers
 
 RES = list(range(16))
@@ -266,6 +265,19 @@ def test_invalid_cells_and_impossible_resolutions_raise():
         gh3.cell_to_children_range(np.array([cell], np.uint64), 8)
     with pytest.raises(ValueError, match="distance"):
         gh3.grid_disk(cell, -1)
+
+
+@pytest.mark.parametrize("k", [-1, 1001, 2.0, True])
+def test_bad_grid_distance_raises_typed_error(k):
+    cell = int(gh3.latlng_to_cell(np.zeros(1), np.zeros(1), 9)[0])
+    with pytest.raises(InvalidResolution, match=f"distance .* got {k!r}$"):
+        gh3.grid_disk(cell, k)
+
+
+def test_h3_errors_are_ours_and_value_errors():
+    for cls in (InvalidResolution, InvalidCell):
+        assert issubclass(cls, DispatchError) and issubclass(cls, ValueError)
+    assert gh3.InvalidResolution is InvalidResolution and gh3.InvalidCell is InvalidCell
 
 
 # --------------------------------------------------------------------------- compile and disk cache
