@@ -51,6 +51,12 @@ def latlng_to_cell(lat: float, lng: float, res: int) -> np.uint64:
     return np.uint64(_face_ij_to_h3(face, i, j, res))
 
 
+@njit(cache=True)
+def invalid_latlng(lat: float, lng: float) -> bool:
+    """Whether a point is NaN, infinite or outside [-90, 90] x [-180, 180] degrees."""
+    return not (abs(lat) <= 90.0 and abs(lng) <= 180.0)  # NaN fails every comparison
+
+
 # --------------------------------------------------------------------------------------- centres
 
 

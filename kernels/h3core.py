@@ -27,7 +27,8 @@ Point to cell takes a faster road than step 3 where it provably ends in the same
 :func:`kernels.h3faces._vec3_to_face_ij_fast`.
 
 This module is the kernels' public surface: the per-element kernels, re-exported from the modules that hold them by
-what they work on, and their array forms.
+what they work on, and their array forms, each generated from its per-element kernel by the one parallel driver of
+:mod:`kernels.h3driver`.
 
 - :mod:`kernels.h3index`: the index's bits and digits; validity, inspection, the hierarchy, neighbours, grid disks;
 - :mod:`kernels.h3ijk`: IJK+ lattice coordinates, between resolutions and to and from the hex plane;
@@ -42,9 +43,10 @@ kernels as int64 bit patterns (valid cells never use the top bit) and come out a
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from kernels.h3cells import cell_to_boundary, cell_to_latlng, latlng_to_cell
+from kernels.h3cells import cell_to_boundary, cell_to_latlng, invalid_latlng, latlng_to_cell
+from kernels.h3driver import elementwise
 from kernels.h3index import (
     cell_to_children_range,
     cell_to_parent,
@@ -73,6 +75,7 @@ __all__ = [
     "get_resolution",
     "get_resolution_array",
     "grid_disk",
+    "invalid_latlng",
     "invalid_latlng_array",
     "is_pentagon",
     "is_pentagon_array",
@@ -82,87 +85,25 @@ __all__ = [
     "latlng_to_cell_array",
 ]
 
-@njit(cache=True, parallel=True)
-def latlng_to_cell_array(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
-    """:func:`latlng_to_cell` over arrays of degrees, on every Numba thread."""
-    out = np.empty(lat.shape[0], dtype=np.uint64)
-    for n in prange(lat.shape[0]):
-        out[n] = latlng_to_cell(lat[n], lng[n], res)
-    return out
+#: ``latlng_to_cell_array(lat, lng, res)``: the cell of every point (degrees) at ``res``.
+latlng_to_cell_array = elementwise(latlng_to_cell, np.uint64, arrays=2)
+#: ``invalid_latlng_array(lat, lng)``: True where a point is NaN, infinite or outside its range.
+invalid_latlng_array = elementwise(invalid_latlng, np.bool_, arrays=2)
+is_valid_cell_array = elementwise(is_valid_cell, np.bool_)
+get_resolution_array = elementwise(get_resolution, np.int8)
+get_base_cell_number_array = elementwise(get_base_cell_number, np.int8)
+is_pentagon_array = elementwise(is_pentagon, np.bool_)
+#: ``cell_to_parent_array(cells, res)``: the ancestor of every cell at ``res``.
+cell_to_parent_array = elementwise(cell_to_parent, np.uint64)
+#: ``cell_to_children_range_array(cells, child_res)``: ``(lo, hi)``, the range of every cell's descendants.
+cell_to_children_range_array = elementwise(cell_to_children_range, (np.uint64, np.uint64))
+#: ``cell_to_latlng_array(cells)``: ``(lat, lng)``, every cell's centre in degrees.
+cell_to_latlng_array = elementwise(cell_to_latlng, (np.float64, np.float64))
+_boundary_counts = elementwise(cell_to_boundary, np.int8, arrays=2, name="cell_to_boundary_counts")
 
 
-@njit(cache=True, parallel=True)
-def invalid_latlng_array(lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
-    """True where a point is NaN, infinite or outside [-90, 90] x [-180, 180] degrees (one parallel pass)."""
-    out = np.empty(lat.shape[0], dtype=np.bool_)
-    for n in prange(lat.shape[0]):
-        out[n] = not (abs(lat[n]) <= 90.0 and abs(lng[n]) <= 180.0)  # NaN fails every comparison
-    return out
-
-
-@njit(cache=True, parallel=True)
-def is_valid_cell_array(cells: np.ndarray) -> np.ndarray:
-    out = np.empty(cells.shape[0], dtype=np.bool_)
-    for n in prange(cells.shape[0]):
-        out[n] = is_valid_cell(cells[n])
-    return out
-
-
-@njit(cache=True, parallel=True)
-def get_resolution_array(cells: np.ndarray) -> np.ndarray:
-    out = np.empty(cells.shape[0], dtype=np.int8)
-    for n in prange(cells.shape[0]):
-        out[n] = get_resolution(cells[n])
-    return out
-
-
-@njit(cache=True, parallel=True)
-def get_base_cell_number_array(cells: np.ndarray) -> np.ndarray:
-    out = np.empty(cells.shape[0], dtype=np.int8)
-    for n in prange(cells.shape[0]):
-        out[n] = get_base_cell_number(cells[n])
-    return out
-
-
-@njit(cache=True, parallel=True)
-def is_pentagon_array(cells: np.ndarray) -> np.ndarray:
-    out = np.empty(cells.shape[0], dtype=np.bool_)
-    for n in prange(cells.shape[0]):
-        out[n] = is_pentagon(cells[n])
-    return out
-
-
-@njit(cache=True, parallel=True)
-def cell_to_parent_array(cells: np.ndarray, res: int) -> np.ndarray:
-    out = np.empty(cells.shape[0], dtype=np.uint64)
-    for n in prange(cells.shape[0]):
-        out[n] = cell_to_parent(cells[n], res)
-    return out
-
-
-@njit(cache=True, parallel=True)
-def cell_to_children_range_array(cells: np.ndarray, child_res: int) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.empty(cells.shape[0], dtype=np.uint64)
-    hi = np.empty(cells.shape[0], dtype=np.uint64)
-    for n in prange(cells.shape[0]):
-        lo[n], hi[n] = cell_to_children_range(cells[n], child_res)
-    return lo, hi
-
-
-@njit(cache=True, parallel=True)
-def cell_to_latlng_array(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lat = np.empty(cells.shape[0], dtype=np.float64)
-    lng = np.empty(cells.shape[0], dtype=np.float64)
-    for n in prange(cells.shape[0]):
-        lat[n], lng[n] = cell_to_latlng(cells[n])
-    return lat, lng
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def cell_to_boundary_array(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boundaries of many cells: ``(verts, counts)``, ``verts[n, :counts[n]]`` the ``(lat, lng)`` rows."""
     verts = np.full((cells.shape[0], MAX_BOUNDARY_VERTS, 2), np.nan)
-    counts = np.empty(cells.shape[0], dtype=np.int8)
-    for n in prange(cells.shape[0]):
-        counts[n] = cell_to_boundary(cells[n], verts[n])
-    return verts, counts
+    return verts, _boundary_counts(cells, verts)
