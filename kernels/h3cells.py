@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from kernels.h3faces import (
+    _across_face_edge,
     _adjust_overage,
     _face_ij_to_h3,
     _h3_to_face_ijk,
@@ -17,13 +18,13 @@ from kernels.h3faces import (
     _vec3_to_face_ij_fast,
     _vec3_to_latlng_deg,
 )
-from kernels.h3ijk import _down_ap3, _down_ap3r, _down_ap7r, _ijk_to_hex2d, _normalize, _rotate60ccw
+from kernels.h3ijk import _ijk_map, _ijk_to_hex2d, _normalize
 from kernels.h3index import _get_res, is_pentagon
 from kernels.h3tables import (  # Numba reads these module globals as compile-time constants
     _ADJACENT_FACE_DIR,
-    _FACE_NB,
-    _FACE_NB_ROT,
-    _FACE_NB_TRANS,
+    _DOWN3,
+    _DOWN3R,
+    _DOWN7R,
     _FLT_EPSILON,
     _HEX_VERTS_CII,
     _HEX_VERTS_CIII,
@@ -106,16 +107,22 @@ def _put_vertex(x: float, y: float, face: int, res: int, out: np.ndarray, n: int
 
 
 @njit(cache=True)
+def _vertex_grid_centre(i: int, j: int, k: int, res: int) -> tuple[int, int, int, int]:
+    """A cell's centre on the finer grid whose cell centres are its vertices (aperture 3 twice, and one Class II
+    level more on Class III), and that grid's resolution."""
+    ci, cj, ck = _ijk_map(_DOWN3, i, j, k)
+    ci, cj, ck = _ijk_map(_DOWN3R, ci, cj, ck)
+    if res & 1:
+        ci, cj, ck = _ijk_map(_DOWN7R, ci, cj, ck)
+        return ci, cj, ck, res + 1
+    return ci, cj, ck, res
+
+
+@njit(cache=True)
 def _hexagon_boundary(face: int, i: int, j: int, k: int, res: int, out: np.ndarray) -> int:
     """Reference ``_faceIjkToCellBoundary`` for a whole hexagon; vertices into ``out``, count returned."""
-    adj_res = res
-    ci, cj, ck = _down_ap3(i, j, k)
-    ci, cj, ck = _down_ap3r(ci, cj, ck)
-    verts = _HEX_VERTS_CII
-    if res & 1:
-        ci, cj, ck = _down_ap7r(ci, cj, ck)
-        adj_res += 1
-        verts = _HEX_VERTS_CIII
+    ci, cj, ck, adj_res = _vertex_grid_centre(i, j, k, res)
+    verts = _HEX_VERTS_CIII if res & 1 else _HEX_VERTS_CII
     n = 0
     last_face = -1
     last_overage = 0
@@ -147,14 +154,8 @@ def _hexagon_boundary(face: int, i: int, j: int, k: int, res: int, out: np.ndarr
 @njit(cache=True)
 def _pentagon_boundary(face: int, i: int, j: int, k: int, res: int, out: np.ndarray) -> int:
     """Reference ``_faceIjkPentToCellBoundary`` for a whole pentagon."""
-    adj_res = res
-    ci, cj, ck = _down_ap3(i, j, k)
-    ci, cj, ck = _down_ap3r(ci, cj, ck)
-    verts = _HEX_VERTS_CII
-    if res & 1:
-        ci, cj, ck = _down_ap7r(ci, cj, ck)
-        adj_res += 1
-        verts = _HEX_VERTS_CIII
+    ci, cj, ck, adj_res = _vertex_grid_centre(i, j, k, res)
+    verts = _HEX_VERTS_CIII if res & 1 else _HEX_VERTS_CII
     n = 0
     lf, li, lj, lk = 0, 0, 0, 0
     for vert in range(6):
@@ -168,15 +169,7 @@ def _pentagon_boundary(face: int, i: int, j: int, k: int, res: int, out: np.ndar
             # every Class III pentagon edge crosses an icosahedron edge: express this vertex on the last
             # vertex's face and intersect
             x0, y0 = _ijk_to_hex2d(li, lj, lk)
-            quadrant = _ADJACENT_FACE_DIR[f, lf]
-            tf = _FACE_NB[f, quadrant]
-            ti, tj, tk = fi, fj, fk
-            for _ in range(_FACE_NB_ROT[f, quadrant]):
-                ti, tj, tk = _rotate60ccw(ti, tj, tk)
-            scale = _UNIT_SCALE[adj_res] * 3
-            ti, tj, tk = _normalize(ti + _FACE_NB_TRANS[f, quadrant, 0] * scale,
-                                    tj + _FACE_NB_TRANS[f, quadrant, 1] * scale,
-                                    tk + _FACE_NB_TRANS[f, quadrant, 2] * scale)
+            tf, ti, tj, tk = _across_face_edge(f, _ADJACENT_FACE_DIR[f, lf], fi, fj, fk, _UNIT_SCALE[adj_res] * 3)
             x1, y1 = _ijk_to_hex2d(ti, tj, tk)
             ex0, ey0, ex1, ey1 = _face_edge(_ADJACENT_FACE_DIR[tf, f], _MAX_DIM[adj_res])
             ix, iy = _intersect(x0, y0, x1, y1, ex0, ey0, ex1, ey1)

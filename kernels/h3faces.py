@@ -14,13 +14,10 @@ from kernels.h3ijk import (
     _CLIMB4,
     _DIV49_BIAS,
     _DIV49_SHIFT,
-    _down_ap7,
-    _down_ap7r,
     _hex2d_to_ij,
+    _ijk_map,
     _nearest_lattice_ij,
     _normalize,
-    _rotate60ccw,
-    _rotate60cw,
     _step,
     _up_ap7r,
     _up_level,
@@ -39,6 +36,8 @@ from kernels.h3tables import (  # Numba reads these module globals as compile-ti
     _BC_HOME_FACE,
     _BC_HOME_IJK,
     _BC_IS_PENT,
+    _DOWN7,
+    _DOWN7R,
     _EPSILON,
     _FACE_AXIS_AZ,
     _FACE_CANDIDATES,
@@ -65,9 +64,14 @@ from kernels.h3tables import (  # Numba reads these module globals as compile-ti
     _MAX_DIM,
     _NUM_FACES,
     _RES0_U_GNOMONIC,
+    _ROT60CCW,
+    _ROT60CW,
     _UNIT_SCALE,
     MAX_RES,
 )
+
+#: Every face, in order: the candidates of the full scan.
+_ALL_FACES = np.arange(_NUM_FACES, dtype=_FACE_CANDIDATES.dtype)
 
 # ------------------------------------------------------------------------------ sphere <-> faces
 
@@ -81,11 +85,14 @@ def _pos_angle(a: float) -> float:
 
 
 @njit(cache=True)
-def _nearest_face(x: float, y: float, z: float) -> tuple[int, float]:
-    """The face whose centre is nearest the unit vector, and the squared chord to it (first face wins ties)."""
+def _nearest_face_of(faces: np.ndarray, x: float, y: float, z: float) -> tuple[int, float]:
+    """The face among ``faces`` (ascending, up to the first negative entry) whose centre is nearest the unit
+    vector, and the squared chord to it (first face wins ties)."""
     face = 0
     sqd = 5.0
-    for f in range(_NUM_FACES):
+    for f in faces:
+        if f < 0:
+            break
         dx = _FACE_CENTER[f, 0] - x
         dy = _FACE_CENTER[f, 1] - y
         dz = _FACE_CENTER[f, 2] - z
@@ -97,6 +104,12 @@ def _nearest_face(x: float, y: float, z: float) -> tuple[int, float]:
 
 
 @njit(cache=True)
+def _nearest_face(x: float, y: float, z: float) -> tuple[int, float]:
+    """The face whose centre is nearest the unit vector, and the squared chord to it (first face wins ties)."""
+    return _nearest_face_of(_ALL_FACES, x, y, z)
+
+
+@njit(cache=True)
 def _nearest_face_binned(x: float, y: float, z: float, lat: float, lng: float) -> tuple[int, float]:
     """:func:`_nearest_face`, scanning only the faces that can win in the point's 1-degree bin: the same
     distances, computed the same way, so the same face and the same squared chord."""
@@ -104,20 +117,7 @@ def _nearest_face_binned(x: float, y: float, z: float, lat: float, lng: float) -
         return _nearest_face(x, y, z)
     bi = min(int(lat + 90.0), _FACE_CANDIDATES.shape[0] - 1)
     bj = min(int(lng + 180.0), _FACE_CANDIDATES.shape[1] - 1)
-    face = 0
-    sqd = 5.0
-    for c in range(_FACE_CANDIDATES.shape[2]):
-        f = _FACE_CANDIDATES[bi, bj, c]
-        if f < 0:
-            break
-        dx = _FACE_CENTER[f, 0] - x
-        dy = _FACE_CENTER[f, 1] - y
-        dz = _FACE_CENTER[f, 2] - z
-        d = dx * dx + dy * dy + dz * dz
-        if d < sqd:
-            face = f
-            sqd = d
-    return face, sqd
+    return _nearest_face_of(_FACE_CANDIDATES[bi, bj], x, y, z)
 
 
 @njit(cache=True)
@@ -289,6 +289,18 @@ def _face_ij_to_h3(face: int, i: int, j: int, res: int) -> int:
 
 
 @njit(cache=True)
+def _across_face_edge(face: int, quadrant: int, i: int, j: int, k: int, scale: int) -> tuple[int, int, int, int]:
+    """Face-IJK ``(i, j, k)`` of ``face`` in the frame of the face across its ``quadrant`` edge (``scale``: the
+    grid's unit scale); returns that face and the coordinates."""
+    for _ in range(_FACE_NB_ROT[face, quadrant]):
+        i, j, k = _ijk_map(_ROT60CCW, i, j, k)
+    i, j, k = _normalize(i + _FACE_NB_TRANS[face, quadrant, 0] * scale,
+                         j + _FACE_NB_TRANS[face, quadrant, 1] * scale,
+                         k + _FACE_NB_TRANS[face, quadrant, 2] * scale)
+    return _FACE_NB[face, quadrant], i, j, k
+
+
+@njit(cache=True)
 def _adjust_overage(face: int, i: int, j: int, k: int, res: int, pent_leading4: bool,
                     substrate: bool) -> tuple[int, int, int, int, int]:
     """Move a Class II face-IJK onto the face it really lies on (reference: ``_adjustOverageClassII``).
@@ -307,17 +319,12 @@ def _adjust_overage(face: int, i: int, j: int, k: int, res: int, pent_leading4: 
         else:
             quadrant = _KI
             if pent_leading4:  # rotate about the pentagon to adjust for its missing sequence
-                ti, tj, tk = _rotate60cw(i - max_dim, j, k)
+                ti, tj, tk = _ijk_map(_ROT60CW, i - max_dim, j, k)
                 i, j, k = ti + max_dim, tj, tk
     else:
         quadrant = _IJ
-    new_face = _FACE_NB[face, quadrant]
-    for _ in range(_FACE_NB_ROT[face, quadrant]):
-        i, j, k = _rotate60ccw(i, j, k)
     scale = _UNIT_SCALE[res] * 3 if substrate else _UNIT_SCALE[res]
-    i, j, k = _normalize(i + _FACE_NB_TRANS[face, quadrant, 0] * scale,
-                         j + _FACE_NB_TRANS[face, quadrant, 1] * scale,
-                         k + _FACE_NB_TRANS[face, quadrant, 2] * scale)
+    new_face, i, j, k = _across_face_edge(face, quadrant, i, j, k, scale)
     overage = 1 if substrate and i + j + k == max_dim else 2
     return overage, new_face, i, j, k
 
@@ -335,16 +342,16 @@ def _h3_to_face_ijk(h: int) -> tuple[int, int, int, int]:
     overage_possible = pent or not (res == 0 or (i == 0 and j == 0 and k == 0))
     for r in range(1, res + 1):
         if r & 1:
-            i, j, k = _down_ap7(i, j, k)
+            i, j, k = _ijk_map(_DOWN7, i, j, k)
         else:
-            i, j, k = _down_ap7r(i, j, k)
+            i, j, k = _ijk_map(_DOWN7R, i, j, k)
         i, j, k = _step(i, j, k, _get_digit(h, r))
     if not overage_possible:
         return face, i, j, k
     oi, oj, ok = i, j, k
     adj_res = res
     if res & 1:  # drop into the next finer Class II grid
-        i, j, k = _down_ap7r(i, j, k)
+        i, j, k = _ijk_map(_DOWN7R, i, j, k)
         adj_res += 1
     pent_leading4 = pent and _leading_digit(h) == 4
     overage, face, i, j, k = _adjust_overage(face, i, j, k, adj_res, pent_leading4, False)

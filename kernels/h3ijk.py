@@ -43,33 +43,13 @@ def _up_ap7r(i: int, j: int, k: int) -> tuple[int, int, int]:
 
 
 @njit(cache=True)
-def _down_ap7(i: int, j: int, k: int) -> tuple[int, int, int]:
-    return _normalize(3 * i + j, 3 * j + k, i + 3 * k)
-
-
-@njit(cache=True)
-def _down_ap7r(i: int, j: int, k: int) -> tuple[int, int, int]:
-    return _normalize(3 * i + k, i + 3 * j, j + 3 * k)
-
-
-@njit(cache=True)
-def _down_ap3(i: int, j: int, k: int) -> tuple[int, int, int]:
-    return _normalize(2 * i + j, 2 * j + k, i + 2 * k)
-
-
-@njit(cache=True)
-def _down_ap3r(i: int, j: int, k: int) -> tuple[int, int, int]:
-    return _normalize(2 * i + k, i + 2 * j, j + 2 * k)
-
-
-@njit(cache=True)
-def _rotate60ccw(i: int, j: int, k: int) -> tuple[int, int, int]:
-    return _normalize(i + k, i + j, j + k)
-
-
-@njit(cache=True)
-def _rotate60cw(i: int, j: int, k: int) -> tuple[int, int, int]:
-    return _normalize(i + j, j + k, i + k)
+def _ijk_map(m: np.ndarray, i: int, j: int, k: int) -> tuple[int, int, int]:
+    """``(i, j, k)`` through the IJK linear map ``m`` (its rows the images of the unit vectors), normalised: one
+    finer level (``_DOWN7``, ``_DOWN7R``, ``_DOWN3``, ``_DOWN3R``) or a 60-degree turn (``_ROT60CCW``,
+    ``_ROT60CW``)."""
+    return _normalize(i * m[0, 0] + j * m[1, 0] + k * m[2, 0],
+                      i * m[0, 1] + j * m[1, 1] + k * m[2, 1],
+                      i * m[0, 2] + j * m[1, 2] + k * m[2, 2])
 
 
 @njit(cache=True)

@@ -66,40 +66,36 @@ def _leading_digit(h: int) -> int:
 
 
 @njit(cache=True)
-def _rotate60ccw_all(h: int) -> int:
-    """Every digit of ``h`` turned 60 degrees counter-clockwise at once, on the digits' (i, j, k) bits.
+def _rotate60_all(h: int, ccw: bool) -> int:
+    """Every digit of ``h`` turned 60 degrees at once, on the digits' (i, j, k) bits: counter-clockwise
+    k->ik->i->ij->j->jk->k, or clockwise the other way round.
 
-    k->ik->i->ij->j->jk->k; 0 and 7 stay put, so unused digits are unchanged.
+    0 and 7 stay put, so unused digits are unchanged.
     """
     i = (h >> 2) & _DIGIT_LOW_BITS
     j = (h >> 1) & _DIGIT_LOW_BITS
     k = h & _DIGIT_LOW_BITS
     ijk = i & j & k
-    ni = ((i | k) & ~j) | ijk
-    nj = ((i | j) & ~k) | ijk
-    nk = ((j | k) & ~i) | ijk
-    return (h & ~_DIGITS_MASK) | (ni << 2) | (nj << 1) | nk
+    a = ((i | k) & ~j) | ijk
+    b = ((i | j) & ~k) | ijk
+    c = ((j | k) & ~i) | ijk
+    if not ccw:  # clockwise: the same three bit planes, each moved one axis on
+        a, b, c = b, c, a
+    return (h & ~_DIGITS_MASK) | (a << 2) | (b << 1) | c
 
 
 @njit(cache=True)
 def _rotate_ccw_n(h: int, n: int) -> int:
     """Every digit of ``h`` turned ``n`` times 60 degrees counter-clockwise (a hexagon's rotation)."""
     for _ in range(n):
-        h = _rotate60ccw_all(h)
+        h = _rotate60_all(h, True)
     return h
 
 
 @njit(cache=True)
 def _rotate_cw(h: int) -> int:
     """Every digit of ``h`` turned 60 degrees clockwise: k->jk->j->ij->i->ik->k."""
-    i = (h >> 2) & _DIGIT_LOW_BITS
-    j = (h >> 1) & _DIGIT_LOW_BITS
-    k = h & _DIGIT_LOW_BITS
-    ijk = i & j & k
-    ni = ((i | j) & ~k) | ijk
-    nj = ((j | k) & ~i) | ijk
-    nk = ((i | k) & ~j) | ijk
-    return (h & ~_DIGITS_MASK) | (ni << 2) | (nj << 1) | nk
+    return _rotate60_all(h, False)
 
 
 @njit(cache=True)
