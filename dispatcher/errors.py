@@ -15,6 +15,15 @@ class InvalidCoordinates(DispatchError, ValueError):
     """Latitude/longitude that are NaN, infinite or outside their range."""
 
 
+class InvalidResolution(DispatchError, ValueError):
+    """An H3 resolution outside 0..15 or coarser/finer than the operation allows, or an H3 grid distance (a number of
+    steps at the cell's resolution) out of range."""
+
+
+class InvalidCell(DispatchError, ValueError):
+    """An integer that is not a valid H3 cell index."""
+
+
 class InvalidArea(DispatchError, ValueError):
     """An area that is not a valid, bounded, non-empty (Multi)Polygon we can resolve."""
 

@@ -104,7 +104,10 @@ def _normalized(v: np.ndarray) -> np.ndarray:
 #: IJK linear maps (rows: the images of the i, j, k unit vectors); results are normalised after use.
 _DOWN7 = np.array([(3, 0, 1), (1, 3, 0), (0, 1, 3)])  # one finer Class III (counter-clockwise) level
 _DOWN7R = np.array([(3, 1, 0), (0, 3, 1), (1, 0, 3)])  # one finer Class II (clockwise) level
+_DOWN3 = np.array([(2, 0, 1), (1, 2, 0), (0, 1, 2)])  # aperture 3, counter-clockwise (vertex substrate)
+_DOWN3R = np.array([(2, 1, 0), (0, 2, 1), (1, 0, 2)])  # aperture 3, clockwise
 _ROT60CCW = np.array([(1, 1, 0), (0, 1, 1), (1, 0, 1)])
+_ROT60CW = np.array([(1, 0, 1), (1, 1, 0), (0, 1, 1)])
 
 
 def _digit_of(v: np.ndarray) -> int:

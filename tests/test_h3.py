@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.errors import InvalidCoordinates
+from dispatcher.errors import DispatchError, InvalidCell, InvalidCoordinates, InvalidResolution
 from dispatcher.geo import h3 as gh3
-from dispatcher.geo.h3 import InvalidCell, InvalidResolution
+from kernels import h3core
 from tests.workers import run_workers
 
 RES = list(range(16))
@@ -268,6 +268,44 @@ def test_invalid_cells_and_impossible_resolutions_raise():
         gh3.grid_disk(cell, -1)
 
 
+@pytest.mark.parametrize("k", [-1, 1001, 2.0, True])
+def test_bad_grid_distance_raises_typed_error(k):
+    cell = int(gh3.latlng_to_cell(np.zeros(1), np.zeros(1), 9)[0])
+    with pytest.raises(InvalidResolution, match=f"distance .* got {k!r}$"):
+        gh3.grid_disk(cell, k)
+
+
+def test_h3_errors_are_ours_and_value_errors():
+    for cls in (InvalidResolution, InvalidCell):
+        assert issubclass(cls, DispatchError) and issubclass(cls, ValueError)
+    assert gh3.InvalidResolution is InvalidResolution and gh3.InvalidCell is InvalidCell
+
+
+# ------------------------------------------------------------------------ array forms of the kernels
+
+
+def test_array_functions_equal_their_kernel_element_by_element(cells_by_res):
+    """Every array function is its per-element kernel run over the arrays, results in the same places."""
+    cells = np.concatenate([cells_by_res[r][:40] for r in RES])
+    lat, lng = sphere_points(200, 6)
+    lat[:3], lng[:3] = (np.nan, 91.0, 0.0), (0.0, 0.0, -180.5)
+    assert h3core.latlng_to_cell_array(lat[3:], lng[3:], 9).tolist() == [
+        h3core.latlng_to_cell(a, b, 9) for a, b in zip(lat[3:], lng[3:])]
+    assert h3core.invalid_latlng_array(lat, lng).tolist() == [h3core.invalid_latlng(a, b) for a, b in zip(lat, lng)]
+    for name in ("is_valid_cell", "get_resolution", "get_base_cell_number", "is_pentagon"):
+        assert getattr(h3core, f"{name}_array")(cells).tolist() == [getattr(h3core, name)(c) for c in cells], name
+    lat_c, lng_c = h3core.cell_to_latlng_array(cells)
+    assert list(zip(lat_c.tolist(), lng_c.tolist())) == [h3core.cell_to_latlng(c) for c in cells]
+    assert h3core.cell_to_parent_array(cells, 0).tolist() == [h3core.cell_to_parent(c, 0) for c in cells]
+    lo, hi = h3core.cell_to_children_range_array(cells, 15)
+    assert list(zip(lo.tolist(), hi.tolist())) == [h3core.cell_to_children_range(c, 15) for c in cells]
+    verts, counts = h3core.cell_to_boundary_array(cells)
+    for n, c in enumerate(cells):
+        row = np.full((h3core.MAX_BOUNDARY_VERTS, 2), np.nan)
+        assert h3core.cell_to_boundary(c, row) == counts[n]
+        assert np.array_equal(row, verts[n], equal_nan=True)
+
+
 # --------------------------------------------------------------------------- compile and disk cache
 
 
@@ -291,3 +329,26 @@ def test_numba_disk_cache_shared_by_concurrent_workers(tmp_path):
     warm = run_workers(code, 1, env=env)[0]
     assert warm["cells"] == want
     assert warm["hits"] >= 1 and warm["misses"] == 0
+
+
+def call_every_array_function() -> dict[str, list[int]]:
+    """Call every array function of the kernels once; return each one's cache hits and misses so far."""
+    z = np.zeros(3)
+    c = h3core.latlng_to_cell_array(z, z, 9)
+    h3core.invalid_latlng_array(z, z)
+    for name in ("is_valid_cell", "get_resolution", "get_base_cell_number", "is_pentagon", "cell_to_latlng",
+                 "cell_to_boundary"):
+        getattr(h3core, f"{name}_array")(c)
+    h3core.cell_to_parent_array(c, 5)
+    h3core.cell_to_children_range_array(c, 12)
+    drivers = [getattr(h3core, n) for n in h3core.__all__ if n.endswith("_array")]
+    return {f.__name__: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())] for f in drivers}
+
+
+def test_every_array_function_loads_from_the_disk_cache():
+    """The array functions close over their kernels; a fresh process still finds every one in Numba's cache (here
+    the session's own, which this process has just filled or read)."""
+    names = call_every_array_function()
+    assert len(names) == 10
+    code = "import json; from tests.test_h3 import call_every_array_function as f; print(json.dumps(f()))"
+    assert run_workers(code, 1)[0] == {name: [1, 0] for name in names}

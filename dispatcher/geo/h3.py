@@ -2,9 +2,9 @@
 
 Every function is bit-exact with h3-py's function of the same name (the tests check it on millions of points and
 on the hard places: pentagons, poles, the antimeridian, icosahedron edges, cell vertices). Input is checked
-before any compiled code runs: bad coordinates raise :class:`InvalidCoordinates`, a resolution outside 0..15
-:class:`InvalidResolution`, an integer that is not a valid cell :class:`InvalidCell`, each naming the first
-offending value.
+before any compiled code runs: bad coordinates raise :class:`InvalidCoordinates`, a resolution outside 0..15 (or a
+grid distance outside 0..1000) :class:`InvalidResolution`, an integer that is not a valid cell :class:`InvalidCell`,
+each naming the first offending value.
 """
 
 from __future__ import annotations
@@ -14,18 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from dispatcher.errors import DispatchError, InvalidCoordinates
+from dispatcher.errors import InvalidCell, InvalidCoordinates, InvalidResolution
 from kernels import h3core as _k
 
 MAX_RES = _k.MAX_RES
-
-
-class InvalidResolution(DispatchError, ValueError):
-    """An H3 resolution outside 0..15, or coarser/finer than the operation allows."""
-
-
-class InvalidCell(DispatchError, ValueError):
-    """An integer that is not a valid H3 cell index."""
 
 
 def _check_res(res: Any, lo: int = 0, what: str = "H3 resolution") -> int:
@@ -141,7 +133,7 @@ def cell_to_boundary(cells: Any) -> tuple[np.ndarray, np.ndarray]:
 def grid_disk(cell: Any, k: int) -> np.ndarray:
     """Every cell within ``k`` grid steps of ``cell`` (the set h3-py's ``grid_disk`` returns), unordered."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= 1000:
-        raise ValueError(f"grid_disk distance must be an integer in 0..1000, got {k!r}")
+        raise InvalidResolution(f"grid_disk distance must be an integer in 0..1000, got {k!r}")
     return _k.grid_disk(_as_cell(cell), int(k))
 
 
