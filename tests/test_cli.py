@@ -61,9 +61,17 @@ def test_bad_area_is_a_one_line_error(tmp_path: Path):
     assert "malformed GeoJSON" in p.stderr
 
 
-def test_orchestration_type_checks():
+def test_orchestration_type_checks_strictly():
+    """mypy --strict (pyproject.toml) over the library."""
     p = subprocess.run([sys.executable, "-m", "mypy", "dispatcher"], capture_output=True, text=True, timeout=600,
                        cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Success" in p.stdout
+
+
+def test_lint():
+    p = subprocess.run([sys.executable, "-m", "ruff", "check", "dispatcher", "kernels", "bench", "tests", "tools"],
+                       capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert p.returncode == 0, p.stdout + p.stderr
 
 

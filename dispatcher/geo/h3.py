@@ -48,8 +48,8 @@ def _as_cells(cells: Any) -> np.ndarray:
 
 
 def _as_cell(cell: Any) -> np.uint64:
-    return _as_cells(np.array([cell], dtype=np.uint64 if isinstance(cell, (int, np.integer))
-                               and int(cell) >= 0 else None))[0]
+    return np.uint64(_as_cells(np.array([cell], dtype=np.uint64 if isinstance(cell, (int, np.integer))
+                                        and int(cell) >= 0 else None))[0])
 
 
 def _as_points(lat: Any, lng: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +69,7 @@ def latlng_to_cell(lat: Any, lng: Any, res: int) -> np.ndarray:
     """The H3 cell (uint64) of each point (degrees) at ``res``, on every core; h3-py's ``latlng_to_cell``."""
     res = _check_res(res)
     lat, lng = _as_points(lat, lng)
-    return _k.latlng_to_cell_array(lat, lng, res)
+    return np.asarray(_k.latlng_to_cell_array(lat, lng, res))
 
 
 def _check_coarser(cells: np.ndarray, res: int) -> None:
@@ -87,7 +87,7 @@ def cell_to_parent(cells: Any, res: int) -> np.ndarray:
     res = _check_res(res)
     arr = _as_cells(cells)
     _check_coarser(arr, res)
-    return _k.cell_to_parent_array(arr, res)
+    return np.asarray(_k.cell_to_parent_array(arr, res))
 
 
 def cell_to_children_range(cells: Any, res: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,42 +99,45 @@ def cell_to_children_range(cells: Any, res: int) -> tuple[np.ndarray, np.ndarray
     res = _check_res(res)
     arr = _as_cells(cells)
     _check_finer(arr, res)
-    return _k.cell_to_children_range_array(arr, res)
+    lo, hi = _k.cell_to_children_range_array(arr, res)
+    return np.asarray(lo), np.asarray(hi)
 
 
 def get_resolution(cells: Any) -> np.ndarray:
-    return _k.get_resolution_array(_as_cells(cells)).astype(np.int8)
+    return np.asarray(_k.get_resolution_array(_as_cells(cells)), dtype=np.int8)
 
 
 def get_base_cell_number(cells: Any) -> np.ndarray:
-    return _k.get_base_cell_number_array(_as_cells(cells)).astype(np.int8)
+    return np.asarray(_k.get_base_cell_number_array(_as_cells(cells)), dtype=np.int8)
 
 
 def is_pentagon(cells: Any) -> np.ndarray:
-    return _k.is_pentagon_array(_as_cells(cells))
+    return np.asarray(_k.is_pentagon_array(_as_cells(cells)))
 
 
 def is_valid_cell(cells: Any) -> np.ndarray:
     """Whether each value is a valid H3 cell (never raises for a well-typed integer array)."""
     arr = np.ascontiguousarray(np.asarray(cells).reshape(-1).astype(np.uint64, casting="unsafe"))
-    return _k.is_valid_cell_array(arr)
+    return np.asarray(_k.is_valid_cell_array(arr))
 
 
 def cell_to_latlng(cells: Any) -> tuple[np.ndarray, np.ndarray]:
     """Centres of the cells as ``(lat, lng)`` degree arrays."""
-    return _k.cell_to_latlng_array(_as_cells(cells))
+    lat, lng = _k.cell_to_latlng_array(_as_cells(cells))
+    return np.asarray(lat), np.asarray(lng)
 
 
 def cell_to_boundary(cells: Any) -> tuple[np.ndarray, np.ndarray]:
     """Boundaries: ``verts`` (n, 10, 2) of ``(lat, lng)`` degrees, NaN-padded, and ``counts`` (n,)."""
-    return _k.cell_to_boundary_array(_as_cells(cells))
+    lat, lng = _k.cell_to_boundary_array(_as_cells(cells))
+    return np.asarray(lat), np.asarray(lng)
 
 
 def grid_disk(cell: Any, k: int) -> np.ndarray:
     """Every cell within ``k`` grid steps of ``cell`` (the set h3-py's ``grid_disk`` returns), unordered."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= 1000:
         raise InvalidResolution(f"grid_disk distance must be an integer in 0..1000, got {k!r}")
-    return _k.grid_disk(_as_cell(cell), int(k))
+    return np.asarray(_k.grid_disk(_as_cell(cell), int(k)))
 
 
 def warm_up() -> float:

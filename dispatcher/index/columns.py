@@ -127,7 +127,7 @@ def gather_events(ev_ptr: np.ndarray, ev_ts: np.ndarray, keep: np.ndarray) -> np
     counts = np.diff(ev_ptr)[keep]
     starts = ev_ptr[keep]
     idx = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
-    return ev_ts[idx]
+    return np.asarray(ev_ts[idx])
 
 
 def lookup_table(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

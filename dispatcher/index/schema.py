@@ -95,7 +95,7 @@ def _ts_to_epoch_s(col: pa.ChunkedArray, null_value: int, what: str, name: str,
     if bad.any():
         rows = np.flatnonzero(bad)
         raise InvalidData(f"{what}: {name} outside 1931-12-14..2068-01-18 for id(s) {_shown(ids[rows])}")
-    return out.astype(np.int32)
+    return np.asarray(out, dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def owner_table_ids(owners: pa.Table) -> np.ndarray:
     c = conform_columns(owners, OWNER_SCHEMA, "owners")
     ids = c["owner_id"].to_numpy()
     check_unique(ids, "owners.owner_id")
-    return ids
+    return np.asarray(ids)
 
 
 def opted_out_owners(owners: pa.Table) -> np.ndarray:
@@ -230,11 +230,12 @@ def to_utc_us(value: Any, name: str) -> int:
                                     f"got {type(value).__name__}")
     seconds = (value.toordinal() - _UNIX_ORDINAL) * 86_400 + value.hour * 3_600 + value.minute * 60 + value.second
     if value.tzinfo is timezone.utc:  # the common case, without the cost of utcoffset()
-        return seconds * 1_000_000 + value.microsecond
+        return int(seconds * 1_000_000 + value.microsecond)
     offset = value.utcoffset()
     if offset is None:
         raise InvalidTimeWindow(f"{name}: {value.isoformat()} is naive; give a time zone (UTC: +00:00 or Z)")
-    return (seconds - offset.days * 86_400 - offset.seconds) * 1_000_000 + value.microsecond - offset.microseconds
+    return int((seconds - offset.days * 86_400 - offset.seconds) * 1_000_000 + value.microsecond
+               - offset.microseconds)
 
 
 def window_us(start: Any, end: Any, now: Any) -> tuple[int, int, int]:

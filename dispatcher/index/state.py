@@ -55,8 +55,9 @@ class State:
         so typing the arguments again on every call would only add to a small query's latency."""
         entry = self._entry
         if entry is not None:
-            return entry(*area_args, *self.args, t0, t1, tnow)
-        out = K.resolve(*area_args, *self.args, t0, t1, tnow)
+            got: tuple[np.ndarray, ...] = entry(*area_args, *self.args, t0, t1, tnow)
+            return got
+        out: tuple[np.ndarray, ...] = K.resolve(*area_args, *self.args, t0, t1, tnow)
         sig = tuple(K.resolve.typeof_pyval(a) for a in (*area_args, *self.args, t0, t1, tnow))
         self._entry = K.resolve.overloads[sig].entry_point
         return out

@@ -80,4 +80,4 @@ def sort_order(cells: np.ndarray, res: int) -> np.ndarray:
         return np.argsort(cells, kind="stable")
     packed = K.pack_cell_rows(cells, res, row_bits)
     packed.sort()
-    return K.unpack_rows(packed, row_bits)
+    return np.asarray(K.unpack_rows(packed, row_bits))

@@ -44,7 +44,7 @@ EDGE_STEP = 0.01
 def mercator_y(lat: Any) -> np.ndarray:
     """Web Mercator northing in degrees (the same unit as longitude)."""
     phi = np.radians(np.clip(np.asarray(lat, float), -85.0, 85.0))
-    return np.degrees(np.log(np.tan(math.pi / 4 + phi / 2)))
+    return np.asarray(np.degrees(np.log(np.tan(math.pi / 4 + phi / 2))))
 
 
 @dataclass(frozen=True)

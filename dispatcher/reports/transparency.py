@@ -66,7 +66,7 @@ def check_month(value: str | None, what: str) -> str | None:
 
 @dataclass
 class _Tally:
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
     areas: list[float] = field(default_factory=list)
     windows: list[float] = field(default_factory=list)
     #: accepted requests neither approved nor rejected yet; distinct codes beyond the first per refusal

@@ -203,7 +203,7 @@ class SqliteStore:
             codes = sqlite_verdicts(self._db, request_id, owners, cap, _us(since))
             sqlite_record(self._db, request_id, [o for o, c in zip(owners, codes, strict=True) if c == ADMIT],
                           _us(now), {name: int((codes == code).sum()) for code, name in REASONS.items()})
-        return codes == ADMIT
+        return np.asarray(codes == ADMIT)
 
     def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
         with self._lock:
