@@ -34,8 +34,13 @@ class Keys:
 
     @property
     def outcomes(self) -> str:
-        """The outcome of every handled command."""
+        """What submitters may learn of each command: the request's status (and a refusal's rule codes)."""
         return self._key("outcomes")
+
+    @property
+    def operator_outcomes(self) -> str:
+        """The operators' channel: each command's outcome with its figures (owners notified, times, worker)."""
+        return self._key("ops", "outcomes")
 
     # -- dispatch: the notifications stream and the exactly-once bookkeeping -----------------------------
     @property

@@ -27,11 +27,14 @@ def request_dispatch(client: redis.Redis, request_id: str, keys: Keys | None = N
 
 
 def read_outcomes(client: redis.Redis, after: str = "0-0", count: int = 10_000, block_ms: int | None = None,
-                  keys: Keys | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """Outcomes published after entry id ``after``: ``(last id read, [outcome, ...])``. Each outcome has
-    ``request_id``, ``outcome``, ``notified``, ``now_us`` (the time the request was judged at), ``done`` (Unix
-    seconds when its last batch was appended), ``worker`` and the command's ``trace``."""
-    got: Any = client.xread({(keys or Keys()).outcomes: after}, count=count, block=block_ms)
+                  keys: Keys | None = None, *, operators: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """Outcomes published after entry id ``after``: ``(last id read, [outcome, ...])``. Each has ``request_id``,
+    ``outcome`` (the request's status, or ``refused: ...``), ``codes`` (a refusal's rule codes) and the command's
+    ``trace``: all a submitter may learn. With ``operators``, from the operators' channel, which adds
+    ``notified`` (owners this run notified), ``now_us`` (the time the request was judged at), ``done`` (Unix
+    seconds when its last batch was appended) and ``worker``."""
+    k = keys or Keys()
+    got: Any = client.xread({k.operator_outcomes if operators else k.outcomes: after}, count=count, block=block_ms)
     out = []
     for _, entries in got or []:
         for eid, fields in entries:

@@ -44,7 +44,7 @@ class ServiceSettings:
     block_ms: int = 500
     #: A pending entry idle this long belonged to a worker that died: another worker takes it over.
     claim_idle_ms: int = 30_000
-    #: The outcomes stream is capped at about this many entries.
+    #: The outcome streams (the submitters' and the operators') are capped at about this many entries.
     outcomes_maxlen: int = 1_000_000
     #: Consumer threads in each worker process.
     threads: int = 4
@@ -105,10 +105,15 @@ class Worker:
             pipe = self.r.pipeline(transaction=True)
             for (eid, fields), cmd, res in zip(entries, cmds, results, strict=True):
                 if isinstance(res, Outcome):
+                    # submitters learn the status (and a refusal's rule codes) only: no count, no time
                     pipe.xadd(self.keys.outcomes, {"o": orjson.dumps({
-                        "request_id": res.request_id, "outcome": res.status, "notified": res.notified,
-                        "now_us": int(now.timestamp() * 1e6), "done": done, "worker": self.name,
+                        "request_id": res.request_id, "outcome": res.status, "codes": res.codes,
                         "trace": cmd.trace})}, maxlen=self.settings.outcomes_maxlen, approximate=True)
+                    pipe.xadd(self.keys.operator_outcomes, {"o": orjson.dumps({
+                        "request_id": res.request_id, "outcome": res.status, "codes": res.codes,
+                        "notified": res.notified, "now_us": int(now.timestamp() * 1e6), "done": done,
+                        "worker": self.name, "trace": cmd.trace})}, maxlen=self.settings.outcomes_maxlen,
+                        approximate=True)
                 else:
                     pipe.xadd(self.keys.dead_letters, {**(fields or {}), "id": eid, "error": res[:2000]})
                 pipe.xack(self.keys.requests, self.settings.group, eid)

@@ -85,10 +85,17 @@ class Outcome:
     status: str
     notified: int = 0
     dispatched_now: bool = False
+    #: A refusal's rule codes (the policy's, or the error's class name).
+    codes: tuple[str, ...] = ()
 
     @property
     def refused(self) -> bool:
         return self.status.startswith("refused")
+
+
+def _refused(request_id: str | None, exc: DispatchError) -> Outcome:
+    codes = getattr(exc, "codes", None) or [type(exc).__name__]
+    return Outcome(request_id, f"refused: {type(exc).__name__}", codes=tuple(codes))
 
 
 @dataclass
@@ -125,7 +132,7 @@ class Pipeline:
             out[job.k] = Outcome(job.request_id, DISPATCHED, notified, dispatched_now=True)
         for k, leader in followers.items():  # a request named twice in the batch: the second learns the first's end
             done = out[leader]
-            out[k] = Outcome(done.request_id, done.status) if done is not None else None
+            out[k] = Outcome(done.request_id, done.status, codes=done.codes) if done is not None else None
         return [o if o is not None else Outcome(c.request_id, "refused: unknown request")
                 for o, c in zip(out, commands, strict=True)]
 
@@ -144,7 +151,7 @@ class Pipeline:
                     job = _Job(k, "", VideoRequest.from_dict(cmd.request))
                 except DispatchError as exc:  # not even a request: refused, and audited
                     self.workflow.refuse(cmd.request, exc, now)
-                    out[k] = Outcome(cmd.request_id, f"refused: {type(exc).__name__}")
+                    out[k] = _refused(cmd.request_id, exc)
                     continue
                 job.request_id = job.new.request_id  # type: ignore[union-attr]
             elif isinstance(cmd, Dispatch):
@@ -174,7 +181,7 @@ class Pipeline:
                 try:
                     job.valid = wf.check(job.new, now, log=log_)
                 except DispatchError as exc:  # refused: the audit log has it; a retry would refuse it again
-                    out[job.k] = Outcome(job.request_id, f"refused: {type(exc).__name__}")
+                    out[job.k] = _refused(job.request_id, exc)
                     continue
                 log_.accept(job.valid.request_id, job.valid.agency_id, job.valid.submitted_at)
             kept.append(job)
