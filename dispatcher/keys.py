@@ -24,8 +24,18 @@ class Keys:
     # -- service: the commands stream and what the workers publish ---------------------------------------
     @property
     def requests(self) -> str:
-        """The stream of commands (submit, dispatch) the workers consume."""
+        """The platform's own stream of commands (submit, dispatch), for trusted writers: the front door that
+        authenticates agencies, reviewers, operators."""
         return self._key("requests")
+
+    def intake(self, agency_id: str) -> str:
+        """One agency's own commands stream: the agency is whoever can append to it (a Redis ACL user per agency),
+        never what a command says."""
+        return self._key("intake", agency_id)
+
+    def agency_outcomes(self, agency_id: str) -> str:
+        """The outcomes of one agency's intake, readable by that agency alone."""
+        return self._key("outcomes", "agency", agency_id)
 
     @property
     def dead_letters(self) -> str:

@@ -56,8 +56,9 @@ class VideoRequest(_Case):
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise InvalidRequest(f"{name} must be a string, got {type(v).__name__}")
-        if not self.request_id or len(self.request_id) > 64 or not self.request_id.isascii() \
-                or not self.request_id.replace("-", "").replace("_", "").isalnum():
+        # an agency's own id, or the platform's "<agency>:<id>" for it
+        if not all(0 < len(part) <= 64 and part.isascii() and part.replace("-", "").replace("_", "").isalnum()
+                   for part in self.request_id.split(":", 1)):
             raise InvalidRequest(f"request_id must be 1-64 ASCII letters, digits, '-' or '_', "
                                  f"got {self.request_id[:80]!r}")
         if not isinstance(self.submitted_at, datetime) or self.submitted_at.utcoffset() is None:
