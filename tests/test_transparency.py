@@ -25,7 +25,7 @@ from dispatcher.errors import DispatchError, InvalidReportSettings, SuppressionA
 from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.reports.suppression import Relation, suppress
 from dispatcher.reports.transparency import ALL, COUNTS, NOT_PARTNER, RULE_ORDER, TransparencyReport, build_report
-from dispatcher.workflow import policy
+from dispatcher.workflow import pipeline, policy
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.review import STATES, TRANSITIONS, Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore
@@ -306,9 +306,14 @@ def test_suppression_errors_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_rule_codes_and_states_come_from_the_workflow() -> None:
     """The report orders its rule columns by the policy's own list, and counts the review's own states: the
-    policy's list names every code :func:`validate` can give, in the order it checks them."""
-    emitted = re.findall(r'v\.append\(\("(\w+)"', inspect.getsource(policy.validate))
-    assert tuple(dict.fromkeys(emitted)) == policy.RULE_CODES
+    policy's list names every code :func:`validate` (with its area shape rules) and the pipeline can give, in the
+    order they are checked."""
+    source = inspect.getsource(policy.validate)
+    shapes = re.findall(r'out\.append\(\("(\w+)"', inspect.getsource(policy._shape_problems))
+    emitted = re.findall(r'v\.(?:append\(\("(\w+)"|(extend)\(_shape_problems)', source)
+    codes = [c for code, ext in emitted for c in ([code] if code else shapes)]
+    codes += re.findall(r'RequestRejected\(\[\("(\w+)"', inspect.getsource(pipeline))
+    assert tuple(dict.fromkeys(codes)) == policy.RULE_CODES
     assert RULE_ORDER == (*policy.RULE_CODES, "reviewer")
     assert set(STATES) == set(TRANSITIONS) and set(COUNTS[:4]) <= set(STATES)
 

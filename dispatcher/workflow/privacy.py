@@ -4,6 +4,9 @@
 a per-request pseudonym ("Neighbor 4821") and opaque clip references. Its types validate every field against a
 fixed pattern, so an owner id, camera id, location or count cannot be put into one: the wall holds by
 construction, not by care. :class:`OperatorView` has the aggregate counts.
+
+A resident's pseudonym is given the first time the agency's view shows the share, and is kept with the share in
+the store: once shown it never changes, whoever shares later and in whatever order.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from dispatcher.errors import InvalidData
@@ -26,14 +30,20 @@ def _mac(secret: bytes, *parts: str) -> bytes:
     return hmac.new(secret, "\x1f".join(parts).encode(), hashlib.sha256).digest()
 
 
-def pseudonyms(secret: bytes, request_id: str, owner_ids: list[int]) -> dict[int, str]:
+def pseudonyms(secret: bytes, request_id: str, owner_ids: list[int], taken: Collection[str] = ()) -> dict[int, str]:
     """"Neighbor NNNN" (1000-9999) per owner, from an HMAC of (secret, request, owner); unique within the
-    request (a collision probes the next HMAC). Owners are taken in ascending id order, so it is deterministic."""
-    if len(owner_ids) > 9000:
-        raise InvalidData(f"{len(owner_ids)} owners cannot have distinct 4-digit pseudonyms")
-    used: set[int] = set()
+    request and apart from the names already ``taken`` in it (a collision probes the next HMAC). Owners are taken in
+    ascending id order, so it is deterministic."""
+    bad = [n for n in taken if not PSEUDONYM_RE.fullmatch(n)]
+    if bad:
+        raise InvalidData(f"not a pseudonym: {bad[0]!r}")
+    used = {int(n.removeprefix("Neighbor ")) for n in taken}
+    owners = sorted(set(owner_ids))
+    if len(owners) + len(used) > 9000:
+        raise InvalidData(f"{len(owners)} owners and {len(used)} pseudonyms already given cannot all have distinct "
+                          f"4-digit pseudonyms")
     out: dict[int, str] = {}
-    for o in sorted(set(owner_ids)):
+    for o in owners:
         k = 0
         while True:
             n = 1000 + int.from_bytes(_mac(secret, request_id, str(o), str(k))[:8], "big") % 9000
@@ -106,7 +116,8 @@ class Views:
             raise InvalidData(f"no request {request_id!r}")
         state, payload = got
         shares = [(o, clips) for o, choice, clips in self.store.choices(request_id) if choice == SHARE]
-        names = pseudonyms(self._secret, request_id, [o for o, _ in shares])
+        names = self.store.pseudonyms(request_id, [o for o, _ in shares],
+                                      lambda owners, taken: pseudonyms(self._secret, request_id, owners, taken))
         shared = tuple(sorted((SharedClips(names[o], tuple(clip_ref(self._secret, request_id, c) for c in clips))
                                for o, clips in shares), key=lambda s: s.pseudonym))
         return AgencyView(request_id, str(payload["case_number"]), state, shared)
