@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from dispatcher.workflow.pipeline import Command, Dispatch, Malformed, Submit
+from dispatcher.workflow.pipeline import Command, Dispatch, Malformed, Outcome, Submit
 
-__all__ = ["FIELD", "decode", "encode"]
+__all__ = ["FIELD", "decode", "encode", "submitters_outcome"]
 
 #: The stream entry's field that holds the command.
 FIELD = b"cmd"
@@ -55,3 +55,12 @@ def decode(fields: dict[bytes, bytes] | None, agency: str | None = None) -> Comm
         rid = d.get("request_id")
         return Dispatch(rid, trace) if isinstance(rid, str) else Malformed("unknown request", trace)
     return Malformed(f"unknown command {kind!r}"[:200], trace)
+
+
+def submitters_outcome(outcome: Outcome, trace: Any, agency: str | None = None) -> dict[str, Any]:
+    """What the submitters' channel carries of an outcome: the request's status and a refusal's rule codes,
+    under the id its sender knows (an agency's own, without the platform's scope). No count, no time."""
+    rid = outcome.request_id
+    if agency is not None and rid is not None and rid.startswith(f"{agency}:"):
+        rid = rid[len(agency) + 1:]
+    return {"request_id": rid, "outcome": outcome.status, "codes": outcome.codes, "trace": trace}

@@ -115,14 +115,8 @@ class Worker:
             for (stream, eid, fields), cmd, res in zip(entries, cmds, results, strict=True):
                 agency = self.streams[stream]
                 if isinstance(res, Outcome):
-                    # submitters learn the status (and a refusal's rule codes) only, of their own requests: no
-                    # count, no time; an agency sees its own ids
-                    rid = res.request_id
-                    if agency is not None and rid is not None and rid.startswith(f"{agency}:"):
-                        rid = rid[len(agency) + 1:]
                     pipe.xadd(self.keys.outcomes if agency is None else self.keys.agency_outcomes(agency),
-                              {"o": orjson.dumps({"request_id": rid, "outcome": res.status, "codes": res.codes,
-                                                  "trace": cmd.trace})},
+                              {"o": orjson.dumps(commands.submitters_outcome(res, cmd.trace, agency))},
                               maxlen=self.settings.outcomes_maxlen, approximate=True)
                     pipe.xadd(self.keys.operator_outcomes, {"o": orjson.dumps({
                         "request_id": res.request_id, "agency": agency, "outcome": res.status, "codes": res.codes,

@@ -17,13 +17,12 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from dispatcher.errors import InvalidData
-from dispatcher.workflow.review import SHARE, Workflow
+from dispatcher.errors import InvalidData, UnknownRequest
+from dispatcher.workflow.review import SHARE, STATES, Workflow
 from dispatcher.workflow.store import Store
 
 PSEUDONYM_RE = re.compile(r"Neighbor [1-9][0-9]{3}")
 CLIP_REF_RE = re.compile(r"[0-9a-f]{24}")
-STATUSES = ("submitted", "approved", "rejected", "dispatched", "closed")
 
 
 def _mac(secret: bytes, *parts: str) -> bytes:
@@ -82,7 +81,7 @@ class AgencyView:
     shared: tuple[SharedClips, ...]
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
+        if self.status not in STATES:
             raise InvalidData(f"unknown status {self.status!r}")
         if type(self.shared) is not tuple or not all(type(s) is SharedClips for s in self.shared):
             raise InvalidData("shared must be a tuple of SharedClips")
@@ -113,7 +112,7 @@ class Views:
     def agency_view(self, workflow: Workflow, request_id: str) -> AgencyView:
         got = self.store.get_request(request_id)
         if got is None:
-            raise InvalidData(f"no request {request_id!r}")
+            raise UnknownRequest(f"no request {request_id!r}")
         state, payload = got
         shares = [(o, clips) for o, choice, clips in self.store.choices(request_id) if choice == SHARE]
         names = self.store.pseudonyms(request_id, [o for o, _ in shares],
@@ -125,7 +124,7 @@ class Views:
     def operator_view(self, request_id: str) -> OperatorView:
         got = self.store.get_request(request_id)
         if got is None:
-            raise InvalidData(f"no request {request_id!r}")
+            raise UnknownRequest(f"no request {request_id!r}")
         ch = self.store.choices(request_id)
         c = self.store.counters(request_id)
         return OperatorView(request_id, got[0], self.store.notified_count(request_id),
