@@ -68,9 +68,9 @@ class Keys:
         """Notification entries no consumer could read."""
         return self._key("notifications", "dead")
 
-    def sent(self, group: str) -> str:
-        """Idempotency keys of the notifications a consumer group has sent."""
-        return self._key("sent", group)
+    def sent(self, group: str, request_id: str) -> str:
+        """Idempotency keys of the notifications of a request a consumer group has sent."""
+        return self._key("sent", group, request_id)
 
     # -- workflow store --------------------------------------------------------------------------------
     def request(self, request_id: str) -> str:

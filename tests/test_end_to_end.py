@@ -64,7 +64,7 @@ def test_validate_resolve_dispatch(redis_server: RedisServer) -> None:
     again = pipeline.run([Dispatch("r1")], NOW + timedelta(minutes=5))
     assert first == [Outcome("r1", "dispatched", len(want) - 1, dispatched_now=True)]
     assert again == [Outcome("r1", "dispatched")]
-    assert store.counters("r1") == {"opted_out": 1}
+    assert store.counters("r1") == {"opted_out": 1, "notified": len(want) - 1}
 
     with redis_server.client() as r:
         seen: collections.Counter = collections.Counter()

@@ -108,7 +108,7 @@ def test_gate_idempotent_and_opt_out_at_once(store: Store, registry: AgencyRegis
     assert gate.admit("r1", owners, T).tolist() == [True, True, False, True]
     assert gate.admit("r1", owners, T).tolist() == [True, True, False, True]
     assert store.notified_count("r1") == 3
-    assert store.counters("r1") == {"opted_out": 2}
+    assert store.counters("r1") == {"opted_out": 2, "notified": 3}
     wf.opt_in(3, T)
     assert gate.admit("r1", np.array([3], np.int64), T).tolist() == [True]
     wf.opt_out(1, T)  # already notified for r1: stays notified, but not for a new request
@@ -121,7 +121,7 @@ def test_rolling_day_cap_counts_suppressed(store: Store) -> None:
     assert gate.admit("a", o, T)[0] and gate.admit("b", o, T + timedelta(hours=1))[0]
     assert not gate.admit("c", o, T + timedelta(hours=2))[0]
     assert not gate.admit("c", o, T + timedelta(hours=3))[0]
-    assert store.counters("c") == {"capped": 2}
+    assert store.counters("c") == {"capped": 2}  # never notified
     assert gate.admit("d", o, T + timedelta(hours=24, seconds=1))[0]  # "a" has rolled out of the day
     assert gate.admit("a", o, T + timedelta(hours=24, seconds=2))[0]  # idempotent, never capped
     with pytest.raises(InvalidTransition):

@@ -137,7 +137,7 @@ class Consumer:
         except (KeyError, TypeError, ValueError, IndexError) as exc:  # orjson's decode error is a ValueError
             self._set_aside(entry_id, fields, f"{type(exc).__name__}: {exc}")
             return
-        sent_key = self.keys.sent(self.group)
+        sent_key = self.keys.sent(self.group, notes[0].header["request_id"]) if notes else ""
         emails = [render(n) for n in notes]
         already = with_retries(self.settings, "idempotency check", lambda: self.client.hmget(
             sent_key, [e.idempotency_key for e in emails])) if emails else []
@@ -153,6 +153,7 @@ class Consumer:
             pipe = self.client.pipeline(transaction=True)
             if done:
                 pipe.hset(sent_key, mapping=dict.fromkeys(done, 1))
+                pipe.expire(sent_key, self.settings.retention_s)
             pipe.xack(self.keys.notifications, self.group, entry_id)
             pipe.execute()
         with_retries(self.settings, "ack", ack)

@@ -36,6 +36,10 @@ class QueueSettings:
     max_backlog: int = 0                   # entries not yet acked by every group; 0 = unbounded
     backpressure_timeout: float = 300.0
     backpressure_poll: float = 0.05
+    #: Days the records that name residents are kept: who was notified of a request, their choices, the
+    #: dispatch plans and done marks, the consumers' sent marks (aggregate counts are kept). Footage is kept
+    #: 180 days at most, so no request can be older.
+    retention_days: int = 180
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "pipeline_batches"):
@@ -44,10 +48,16 @@ class QueueSettings:
         for name in ("socket_timeout", "connect_timeout", "backoff_base", "backoff_max", "backpressure_poll"):
             if not getattr(self, name) > 0:
                 raise InvalidQueueSettings(f"{name} must be positive, got {getattr(self, name)}")
+        if self.retention_days < 1:
+            raise InvalidQueueSettings(f"retention_days must be positive, got {self.retention_days}")
         if self.retries < 0 or self.max_backlog < 0 or self.backpressure_timeout < 0:
             raise InvalidQueueSettings("retries, max_backlog and backpressure_timeout must not be negative")
         if not self.hash_tag or any(c in self.hash_tag for c in "{}"):
             raise InvalidQueueSettings(f"hash_tag must be non-empty without braces, got {self.hash_tag!r}")
+
+    @property
+    def retention_s(self) -> int:
+        return self.retention_days * 86_400
 
     @property
     def keys(self) -> Keys:

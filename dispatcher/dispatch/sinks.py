@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,31 +82,36 @@ class Sink(Protocol):
 
 
 # KEYS: stream, done, notified, optout, counters, then the notices key of each admitted owner
-# ARGV: batch, request, payload, gated, now_us, cap, since_us, opted_out count, capped count, admitted owners...
+# ARGV: batch, request, payload, gated, now_us, cap, since_us, opted_out count, capped count, ttl_s,
+#       admitted owners...
 _APPEND_LUA = GATE_LUA + """
 if redis.call('HGET', KEYS[2], ARGV[1]) then return 0 end
 if ARGV[4] == '1' then
-  for i = 10, #ARGV do
-    if verdict(KEYS[3], KEYS[4], KEYS[i - 4], ARGV[i], ARGV[7], ARGV[6]) ~= 0 then return -1 end
+  for i = 11, #ARGV do
+    if verdict(KEYS[3], KEYS[4], KEYS[i - 5], ARGV[i], ARGV[7], ARGV[6]) ~= 0 then return -1 end
   end
-  for i = 10, #ARGV do record(KEYS[3], KEYS[i - 4], ARGV[i], ARGV[5], ARGV[2]) end
+  local new = 0
+  for i = 11, #ARGV do new = new + record(KEYS[3], KEYS[i - 5], ARGV[i], ARGV[5], ARGV[7], ARGV[2]) end
   if tonumber(ARGV[8]) > 0 then redis.call('HINCRBY', KEYS[5], 'opted_out', ARGV[8]) end
   if tonumber(ARGV[9]) > 0 then redis.call('HINCRBY', KEYS[5], 'capped', ARGV[9]) end
+  keep_records(KEYS[3], KEYS[5], new, ARGV[10])
 end
 local id = '-'
 if ARGV[3] ~= '' then
   id = redis.call('XADD', KEYS[1], '*', 'request', ARGV[2], 'batch', ARGV[1], 'data', ARGV[3])
 end
 redis.call('HSET', KEYS[2], ARGV[1], id)
+redis.call('EXPIRE', KEYS[2], ARGV[10])
 return 1
 """
 
-# KEYS: plan, done; ARGV: batch_size, n_owners, digest, recipients
+# KEYS: plan, done; ARGV: batch_size, n_owners, digest, recipients, ttl_s
 #   -> {batch_size, n_owners, digest, recorded recipients ('' when the same), done batch numbers...}
 _PLAN_LUA = """
 local cur = redis.call('HMGET', KEYS[1], 'batch_size', 'n_owners', 'digest')
 if not cur[1] then
   redis.call('HSET', KEYS[1], 'batch_size', ARGV[1], 'n_owners', ARGV[2], 'digest', ARGV[3], 'recipients', ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
   return {ARGV[1], ARGV[2], ARGV[3], ''}
 end
 if cur[3] == ARGV[3] then cur[4] = '' else cur[4] = redis.call('HGET', KEYS[1], 'recipients') or '' end
@@ -116,11 +121,11 @@ return cur
 """
 
 
-def _gate_args(b: PreparedBatch, terms: GateTerms | None) -> list[Any]:
+def _gate_args(b: PreparedBatch, terms: GateTerms | None, ttl_s: int) -> list[Any]:
     if terms is None:
-        return ["0", 0, 0, 0, 0, 0]
+        return ["0", 0, 0, 0, 0, 0, ttl_s]
     return ["1", _us(terms.now), terms.cap, _us(terms.since), b.suppressed.get("opted_out", 0),
-            b.suppressed.get("capped", 0), *b.admitted.tolist()]
+            b.suppressed.get("capped", 0), ttl_s, *b.admitted.tolist()]
 
 
 def _us(t: datetime) -> int:
@@ -154,8 +159,8 @@ class RedisSink:
         def run() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for rid, size, n, digest, blob in plans:
-                self._plan(keys=[self.keys.plan(rid), self.keys.done(rid)], args=[size, n, digest, blob],
-                           client=pipe)
+                self._plan(keys=[self.keys.plan(rid), self.keys.done(rid)],
+                           args=[size, n, digest, blob, self.settings.retention_s], client=pipe)
             return pipe.execute()
 
         return [PlanState(int(got[0]), {int(x) for x in got[4:]}, int(got[1]), _s(got[2]),
@@ -175,7 +180,8 @@ class RedisSink:
                     k = self.keys
                     self._append(keys=[k.notifications, k.done(rid), k.notified(rid), k.opted_out, k.counters(rid),
                                        *(k.owner_notices(o) for o in (b.admitted.tolist() if terms else ()))],
-                                 args=[b.batch_no, rid, b.payload or b"", *_gate_args(b, terms)], client=pipe)
+                                 args=[b.batch_no, rid, b.payload or b"",
+                                       *_gate_args(b, terms, self.settings.retention_s)], client=pipe)
             return pipe.execute()
 
         # Safe to resend the whole pipeline: the script skips batches already done.
@@ -279,9 +285,11 @@ class LocalSink:
         self._local = threading.local()
         c = self._conn()
         c.execute("CREATE TABLE IF NOT EXISTS plans (request_id TEXT PRIMARY KEY, batch_size INTEGER NOT NULL,"
-                  " n_owners INTEGER NOT NULL, digest TEXT NOT NULL, recipients BLOB)")
-        if "recipients" not in {row[1] for row in c.execute("PRAGMA table_info(plans)")}:  # a file of before
-            c.execute("ALTER TABLE plans ADD COLUMN recipients BLOB")
+                  " n_owners INTEGER NOT NULL, digest TEXT NOT NULL, recipients BLOB, created_us INTEGER)")
+        columns = {row[1] for row in c.execute("PRAGMA table_info(plans)")}
+        for column in ("recipients BLOB", "created_us INTEGER"):
+            if column.split()[0] not in columns:  # a file of before
+                c.execute(f"ALTER TABLE plans ADD COLUMN {column}")
         c.execute("CREATE TABLE IF NOT EXISTS done (request_id TEXT NOT NULL, batch_no INTEGER NOT NULL,"
                   " seq INTEGER, PRIMARY KEY (request_id, batch_no))")
         c.execute("CREATE TABLE IF NOT EXISTS notifications (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -317,8 +325,8 @@ class LocalSink:
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute("INSERT OR IGNORE INTO plans VALUES (?, ?, ?, ?, ?)",
-                      (request_id, batch_size, n_owners, digest, blob))
+            c.execute("INSERT OR IGNORE INTO plans VALUES (?, ?, ?, ?, ?, ?)",
+                      (request_id, batch_size, n_owners, digest, blob, int(time.time() * 1e6)))
             size, n, dig, recorded = c.execute("SELECT batch_size, n_owners, digest, recipients FROM plans "
                                                "WHERE request_id = ?", (request_id,)).fetchone()
             done = {r[0] for r in c.execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,))}
@@ -366,6 +374,22 @@ class LocalSink:
 
     def wait_for_room(self, request_id: str) -> float:
         return 0.0
+
+    def expire_records(self, now: datetime, retention: timedelta) -> int:
+        """Delete what names residents of the requests first dispatched more than ``retention`` ago: their plan
+        (the recipient set), done marks and notification batches. Returns the requests expired."""
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            old = [r[0] for r in c.execute("SELECT request_id FROM plans WHERE created_us < ?",
+                                           (_us(now - retention),))]
+            for table in ("notifications", "done", "plans"):
+                c.executemany(f"DELETE FROM {table} WHERE request_id = ?", [(r,) for r in old])
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return len(old)
 
     def read_all(self) -> list[tuple[str, bytes]]:
         rows = self._conn().execute("SELECT request_id, payload FROM notifications ORDER BY seq").fetchall()

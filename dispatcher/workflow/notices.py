@@ -51,17 +51,22 @@ def sqlite_verdicts(db: sqlite3.Connection, request_id: str, owners: Sequence[in
 
 def sqlite_record(db: sqlite3.Connection, request_id: str, admitted: Sequence[int], now_us: int,
                   suppressed: dict[str, int]) -> None:
-    """Record ``admitted`` as notified (once per request) and count ``suppressed``, in the caller's transaction."""
+    """Record ``admitted`` as notified (once per request), count the new ones in the request's aggregate and
+    count ``suppressed``, in the caller's transaction."""
+    before = db.total_changes
     db.executemany("INSERT OR IGNORE INTO notified VALUES (?,?,?)", [(request_id, o, now_us) for o in admitted])
-    for name, n in suppressed.items():
+    for name, n in {"notified": db.total_changes - before, **suppressed}.items():
         if n:
             db.execute("INSERT INTO counters VALUES (?,?,?) ON CONFLICT(request_id, name) "
                        "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
 
 
 #: ``verdict(notified, optout, notices, owner, since_us, cap)`` and ``record(notified, notices, owner, now_us,
-#: request)``: the keys are the request's notified set, the opted-out set and the owner's notices (a sorted set of
-#: request ids by time).
+#: since_us, request)``: the keys are the request's notified set, the opted-out set and the owner's notices (a
+#: sorted set of request ids by time). ``record`` returns 1 for an owner new to the request, and keeps of the
+#: owner's notices only those the cap can still count (the older ones name the owner for nothing), expiring with
+#: the last of them. ``keep_records(notified, counters, done, new, ttl_s)`` counts the new owners in the request's
+#: aggregate and lets the records that name owners expire after the retention.
 GATE_LUA = """
 local function verdict(notified, optout, notices, o, since, cap)
   if redis.call('SISMEMBER', notified, o) == 1 then return 0 end
@@ -69,7 +74,15 @@ local function verdict(notified, optout, notices, o, since, cap)
   if redis.call('ZCOUNT', notices, '(' .. since, '+inf') >= tonumber(cap) then return 2 end
   return 0
 end
-local function record(notified, notices, o, now, rid)
-  if redis.call('SADD', notified, o) == 1 then redis.call('ZADD', notices, now, rid) end
+local function record(notified, notices, o, now, since, rid)
+  if redis.call('SADD', notified, o) == 0 then return 0 end
+  redis.call('ZADD', notices, now, rid)
+  redis.call('ZREMRANGEBYSCORE', notices, '-inf', since)
+  redis.call('PEXPIRE', notices, math.floor((tonumber(now) - tonumber(since)) / 1000) + 1000)
+  return 1
+end
+local function keep_records(notified, counters, new, ttl)
+  if new > 0 then redis.call('HINCRBY', counters, 'notified', new) end
+  if redis.call('EXISTS', notified) == 1 then redis.call('EXPIRE', notified, ttl) end
 end
 """

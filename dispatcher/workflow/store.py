@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -96,7 +96,9 @@ class Store(Protocol):
         ...
     def counters(self, request_id: str) -> dict[str, int]: ...
     def was_notified(self, request_id: str, owner_id: int) -> bool: ...
-    def notified_count(self, request_id: str) -> int: ...
+    def notified_count(self, request_id: str) -> int:
+        """Owners notified of the request: an aggregate, kept after the records naming them expired."""
+        ...
     def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None: ...
     def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]: ...
     def pseudonyms(self, request_id: str, owner_ids: Sequence[int], name: Namer) -> dict[int, str]: ...
@@ -215,6 +217,16 @@ class SqliteStore:
                           _us(now), {name: int((codes == code).sum()) for code, name in REASONS.items()})
         return np.asarray(codes == ADMIT)
 
+    def expire_records(self, now: datetime, retention: timedelta) -> int:
+        """Delete the records that name residents older than ``retention``: who was notified (and their notices
+        for the cap) and their choices; the aggregate counts stay. Returns the rows deleted. (Redis expires its
+        records by itself.)"""
+        cutoff = _us(now - retention)
+        with self._lock, self._transaction():
+            gone = self._db.execute("DELETE FROM notified WHERE at_us < ?", (cutoff,)).rowcount
+            gone += self._db.execute("DELETE FROM choices WHERE at_us < ?", (cutoff,)).rowcount
+        return int(gone)
+
     def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
         with self._lock:
             return [sqlite_verdicts(self._db, rid, owners.tolist(), cap, _us(since)) for rid, owners in items]
@@ -232,7 +244,7 @@ class SqliteStore:
                                 (request_id, int(owner_id))).fetchone() is not None
 
     def notified_count(self, request_id: str) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM notified WHERE request_id=?", (request_id,)).fetchone()[0])
+        return self.counters(request_id).get("notified", 0)
 
     def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None:
         """The owner's latest choice; a pseudonym the owner was given stays with it."""
@@ -282,17 +294,20 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 return 1
 """
-# KEYS: notified, optout, counters, then each owner's notices key; ARGV: rid, now_us, cap, since_us, owners...
+# KEYS: notified, optout, counters, then each owner's notices key; ARGV: rid, now_us, cap, since_us, ttl_s, owners...
 _ADMIT = GATE_LUA + """
 local out = {}
 local counts = {0, 0}
-for i = 5, #ARGV do
-  local v = verdict(KEYS[1], KEYS[2], KEYS[i - 1], ARGV[i], ARGV[4], ARGV[3])
-  if v == 0 then record(KEYS[1], KEYS[i - 1], ARGV[i], ARGV[2], ARGV[1]) else counts[v] = counts[v] + 1 end
+local new = 0
+for i = 6, #ARGV do
+  local v = verdict(KEYS[1], KEYS[2], KEYS[i - 2], ARGV[i], ARGV[4], ARGV[3])
+  if v == 0 then new = new + record(KEYS[1], KEYS[i - 2], ARGV[i], ARGV[2], ARGV[4], ARGV[1])
+  else counts[v] = counts[v] + 1 end
   out[#out + 1] = v
 end
 if counts[1] > 0 then redis.call('HINCRBY', KEYS[3], 'opted_out', counts[1]) end
 if counts[2] > 0 then redis.call('HINCRBY', KEYS[3], 'capped', counts[2]) end
+keep_records(KEYS[1], KEYS[3], new, ARGV[5])
 return out
 """
 # KEYS: notified, optout, then each owner's notices key; ARGV: cap, since_us, owners...
@@ -420,7 +435,7 @@ class RedisStore:
                     ids = owners.tolist()
                     self._admit(keys=[self.k.notified(rid), self.k.opted_out, self.k.counters(rid),
                                       *(self.k.owner_notices(o) for o in ids)],
-                                args=[rid, _us(now), cap, _us(since), *ids], client=pipe)
+                                args=[rid, _us(now), cap, _us(since), self.settings.retention_s, *ids], client=pipe)
         got = iter(self._batch("admit", build))
         return [np.array(next(got), dtype=np.int8) == ADMIT if owners.shape[0] else np.zeros(0, np.bool_)
                 for _, owners in items]
@@ -443,7 +458,7 @@ class RedisStore:
         return bool(self._call("was_notified", lambda: self.r.sismember(self.k.notified(request_id), int(owner_id))))
 
     def notified_count(self, request_id: str) -> int:
-        return int(self._call("notified_count", lambda: self.r.scard(self.k.notified(request_id))))
+        return self.counters(request_id).get("notified", 0)
 
     def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None:
         """The owner's latest choice as ``[choice, clips, at_us]``, then the owner's pseudonym if given one (kept
@@ -455,6 +470,7 @@ class RedisStore:
             kept = orjson.loads(old)[3:] if old is not None else []
             pipe.multi()
             pipe.hset(key, field, orjson.dumps([choice, clips, _us(at), *kept]))
+            pipe.expire(key, self.settings.retention_s)
         self._call("choice", lambda: self.r.transaction(change, key))
 
     def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]:
