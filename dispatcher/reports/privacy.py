@@ -14,7 +14,8 @@ A month's report is a handful of **measurements**, each released once by an Open
   resident at most ``owner_cap`` times in any ``owner_cap_period``, and every notification counted for a month
   was sent between the month's start and the release, so one resident adds at most
   ``owner_cap * ceil((release - month start) / owner_cap_period)`` to the vector of every row's counts:
-  that is its sensitivity.
+  that is its sensitivity. It grows with the time from the month's start to its release, so a month is best
+  released as soon as it closes.
 - ``requests_all``, ``rules_all``, ``residents_all``: the same counts for the "all agencies" row. With a budget
   share of 0 (the default) the row is the sum of the agency rows' released counts instead: exactly consistent
   with them and free, with the noise of ``n`` rows (``sqrt(n)`` times a row's). A share of its own gives a total

@@ -364,7 +364,8 @@ def build_report(store: Store, registry: AgencyRegistry, *, releases: ReleaseSto
             rel = release_month(m, raw[m], registry, settings, policy, now, preview=preview)
             got[m] = rel if preview else releases.put(rel)
             if not preview:
-                log.info("released %s (epsilon %s)", m, settings.epsilon)
+                log.info("released %s: epsilon %s, one resident's bound %d notifications (%s after it closed)",
+                         m, settings.epsilon, got[m].resident_sensitivity, now - closes_at(m, settings))
     ordered = tuple(got[m] for m in months)
     rows = tuple(report_row(rel, r) for rel in ordered for r in rel.rows)
     return TransparencyReport(RULES, rows, ordered, now)
