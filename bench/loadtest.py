@@ -291,7 +291,7 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
             after = "0-0"
             c = redis.Redis.from_url(srv.url, socket_timeout=5)
             while not stop.is_set() or len(outcomes) < len(reqs):
-                got = _retrying(lambda a=after: read_outcomes(c, a, block_ms=100), stop)  # type: ignore[misc]
+                got = _retrying(lambda a=after: read_outcomes(c, a, block_ms=100, operators=True), stop)  # type: ignore[misc]
                 if got is None:
                     return
                 after, batch = got

@@ -24,8 +24,18 @@ class Keys:
     # -- service: the commands stream and what the workers publish ---------------------------------------
     @property
     def requests(self) -> str:
-        """The stream of commands (submit, dispatch) the workers consume."""
+        """The platform's own stream of commands (submit, dispatch), for trusted writers: the front door that
+        authenticates agencies, reviewers, operators."""
         return self._key("requests")
+
+    def intake(self, agency_id: str) -> str:
+        """One agency's own commands stream: the agency is whoever can append to it (a Redis ACL user per agency),
+        never what a command says."""
+        return self._key("intake", agency_id)
+
+    def agency_outcomes(self, agency_id: str) -> str:
+        """The outcomes of one agency's intake, readable by that agency alone."""
+        return self._key("outcomes", "agency", agency_id)
 
     @property
     def dead_letters(self) -> str:
@@ -34,8 +44,13 @@ class Keys:
 
     @property
     def outcomes(self) -> str:
-        """The outcome of every handled command."""
+        """What submitters may learn of each command: the request's status (and a refusal's rule codes)."""
         return self._key("outcomes")
+
+    @property
+    def operator_outcomes(self) -> str:
+        """The operators' channel: each command's outcome with its figures (owners notified, times, worker)."""
+        return self._key("ops", "outcomes")
 
     # -- dispatch: the notifications stream and the exactly-once bookkeeping -----------------------------
     @property

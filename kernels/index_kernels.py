@@ -415,8 +415,7 @@ def radix_argsort(keys: np.ndarray) -> np.ndarray:
     """Stable argsort of int64 ``keys`` by LSD radix, linear in the number of keys.
 
     Digits are as wide as the input is long (8 to 16 bits), and only the bits in which keys differ are
-    sorted: a query's few thousand owner ids take two or three passes, several times faster than a
-    comparison sort."""
+    sorted: a query's few thousand owner ids take two or three passes."""
     m = keys.shape[0]
     order = np.arange(m)
     if m < 2:

@@ -76,7 +76,7 @@ def test_lint():
 
 
 def test_bench_report_with_every_peer(tmp_path: Path):
-    """The operators' bench command at 1M cameras (the smoke size the issue asks for), every peer loaded with the
+    """The operators' bench command at 1M cameras (the operators' smoke size), every peer loaded with the
     same data and every answer asserted identical to ours, a few requests per area size."""
     js, md, png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
     r = CliRunner().invoke(main, ["bench", "--cameras", "1000000", "--queries", "4", "--window-queries", "3",

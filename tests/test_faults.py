@@ -133,7 +133,7 @@ def _opt_out(server: RedisServer, owners: list[int]) -> None:
 def _outcomes(server: RedisServer) -> dict[str, list[dict[str, Any]]]:
     by: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     with server.client() as r:
-        _, got = read_outcomes(r, count=1_000_000)
+        _, got = read_outcomes(r, count=1_000_000, operators=True)
     for o in got:
         by[str(o["request_id"])].append(o)
     return by

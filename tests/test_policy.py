@@ -6,11 +6,9 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import shapely
-from pyproj import Transformer
 
 from dispatcher.errors import DispatchError, InvalidData, InvalidPolicy, InvalidRequest, RequestRejected, UnknownAgency
 from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI, geodesic_circle
@@ -18,31 +16,8 @@ from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy, validate
 from dispatcher.workflow.requests import VideoRequest
+from tests.area_shapes import MemLog, laea_sq_mi
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, request, square
-
-
-class MemLog:
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-        self.times: dict[str, list[datetime]] = {}
-
-    def has_request(self, request_id: str) -> bool:
-        return request_id in self.ids
-
-    def count_agency_requests(self, agency_id: str, since: datetime) -> int:
-        return sum(t >= since for t in self.times.get(agency_id, []))
-
-    def record(self, r: VideoRequest) -> None:
-        self.ids.add(r.request_id)
-        self.times.setdefault(r.agency_id, []).append(r.submitted_at)
-
-
-def laea_sq_mi(geom: shapely.Geometry) -> float:
-    """Oracle: planar area in an equal-area projection centred on the geometry."""
-    c = geom.centroid
-    tr = Transformer.from_crs("EPSG:4326", f"+proj=laea +lat_0={c.y} +lon_0={c.x} +datum=WGS84", always_xy=True)
-    return float(shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))).area) \
-        / SQ_M_PER_SQ_MI
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.keys import Keys
 from dispatcher.service import commands
-from dispatcher.service.client import request_dispatch, submit
+from dispatcher.service.client import read_outcomes, request_dispatch, submit
 from dispatcher.service.servers import RedisServer
 from dispatcher.service.worker import ServiceSettings, Worker
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
@@ -313,3 +313,39 @@ def test_a_claimed_entry_delivered_too_often_runs_alone_or_is_set_aside(redis_se
         assert [orjson.loads(d[1][b"cmd"])["request"]["request_id"] for d in dead] == ["req-1"]
         assert r.xpending(Keys().requests, "workers")["pending"] == 0
     assert {rid for rid, _ in _stream(redis_server)} <= {"req-0"}
+
+
+def test_submitters_learn_a_status_and_cannot_reach_anything_else(redis_server: RedisServer, world) -> None:
+    """The agency-facing connection, as a Redis ACL user: it submits and reads its outcomes (status and rule codes:
+    no count, no time), and every key that names or counts residents answers NOPERM."""
+    import redis
+
+    from dispatcher.service.acl import set_submitter
+
+    index, _ = world
+    with redis_server.client() as admin:
+        set_submitter(admin, "agency-frontdoor", "s3cret-passw0rd")
+    agency = redis.Redis(host="127.0.0.1", port=redis_server.port, username="agency-frontdoor",
+                         password="s3cret-passw0rd")
+    rng = np.random.default_rng(21)
+    submit(agency, _request(0, rng), trace="mine")
+    submit(agency, {**_request(1, rng), "incident_type": "protest"}, trace="refused")
+    w = _worker(redis_server, index, "w", block_ms=20)
+    _serve([w], lambda: w.stats.handled == 2)
+    _, got = read_outcomes(agency)
+    assert [(o["outcome"], o["trace"]) for o in got] == [("dispatched", "mine"),
+                                                         ("refused: RequestRejected", "refused")]
+    assert got[1]["codes"] == ["incident_type"]
+    assert all(set(o) == {"request_id", "outcome", "codes", "trace"} for o in got)  # no count, no time
+    with redis_server.client() as admin:
+        _, ops = read_outcomes(admin, operators=True)
+    assert ops[0]["notified"] > 0 and "now_us" in ops[0]
+    k = Keys()
+    for attempt in (lambda: agency.xrange(k.notifications), lambda: agency.xread({k.operator_outcomes: "0"}),
+                    lambda: agency.smembers(k.notified("req-0")), lambda: agency.smembers(k.opted_out),
+                    lambda: agency.hgetall(k.request("req-0")), lambda: agency.lrange(k.audit, 0, -1),
+                    lambda: agency.xadd(k.outcomes, {"o": b"{}"}), lambda: agency.xrange(k.requests),
+                    lambda: agency.hgetall(k.plan("req-0")), lambda: agency.keys("*")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    agency.close()

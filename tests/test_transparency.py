@@ -36,7 +36,7 @@ from dispatcher.reports.transparency import (
     build_report,
     tally,
 )
-from dispatcher.workflow import policy
+from dispatcher.workflow import pipeline, policy
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.review import STATES, TRANSITIONS, Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore
@@ -363,10 +363,15 @@ def test_both_stores_give_the_same_tally(store, sqlite_run) -> None:
 
 
 def test_rule_codes_and_states_come_from_the_workflow() -> None:
-    """The report's rule columns are the policy's own list, in the order it checks them: the policy's list names
-    every code :func:`validate` can give."""
-    emitted = re.findall(r'v\.append\(\("(\w+)"', inspect.getsource(policy.validate))
-    assert tuple(dict.fromkeys(emitted)) == policy.RULE_CODES
+    """The report's rule columns are the policy's own list, in the order the rules are checked, and it counts the
+    review's own states: the policy's list names every code :func:`validate` (with its area shape rules) and the
+    pipeline can give."""
+    source = inspect.getsource(policy.validate)
+    shapes = re.findall(r'out\.append\(\("(\w+)"', inspect.getsource(policy._shape_problems))
+    emitted = re.findall(r'v\.(?:append\(\("(\w+)"|(extend)\(_shape_problems)', source)
+    codes = [c for code, ext in emitted for c in ([code] if code else shapes)]
+    codes += re.findall(r'RequestRejected\(\[\("(\w+)"', inspect.getsource(pipeline))
+    assert tuple(dict.fromkeys(codes)) == policy.RULE_CODES
     assert RULE_ORDER == (*policy.RULE_CODES, "reviewer")
     assert RULES == (*policy.RULE_CODES, "other", "reviewer")
     assert set(STATES) == set(TRANSITIONS) and set(COUNTS[:4]) <= set(STATES)

@@ -13,6 +13,7 @@ import html
 import logging
 import os
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Email:
+    """One e-mail; ``subject`` and ``idempotency_key`` are safe to put in a header as they are."""
+
     idempotency_key: str
     owner_id: int
     subject: str
@@ -66,8 +69,32 @@ class OutboxSender:
         return True
 
 
+#: The longest subject: RFC 5322's recommended line length, so that a mailer sends it on one header line.
+MAX_SUBJECT_CHARS = 78
+SUBJECT_PREFIX = "Video request from "
+#: Characters no header may carry: controls (CR, LF, NUL, NEL...), format characters (bidi overrides, zero
+#: widths), surrogates, private-use and unassigned code points, line and paragraph separators (U+2028, U+2029).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def header_text(value: str, limit: int) -> str:
+    """``value`` fit for an e-mail header: every character of ``_UNSAFE_CATEGORIES`` and all white space become
+    one space between words, and the text is cut to ``limit`` characters, ending in an ellipsis when cut."""
+    text = " ".join("".join(" " if c.isspace() or unicodedata.category(c) in _UNSAFE_CATEGORIES else c
+                            for c in unicodedata.normalize("NFC", value)).split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "\u2026"
+
+
+def _header_token(value: str) -> str:
+    """``value`` with every white-space or header-unsafe character percent-encoded (printable text unchanged)."""
+    return "".join(quote(c, safe="") if c.isspace() or unicodedata.category(c) in _UNSAFE_CATEGORIES else c
+                   for c in value)
+
+
 def render(n: Notification, base_url: str = "https://geodispatch.example/r") -> Email:
-    """The e-mail a resident gets: every field HTML-escaped, links to share, decline or opt out."""
+    """The e-mail a resident gets: every field HTML-escaped, links to share, decline or opt out. The subject and
+    the idempotency key (which a mailer may send as a header) hold no CR, LF or other control character; the
+    subject is at most ``MAX_SUBJECT_CHARS`` long."""
     h = {k: html.escape(str(v)) for k, v in n.header.items()}
     rid = quote(n.header["request_id"], safe="")
     link = f"{html.escape(base_url)}/{rid}/{n.owner_id}"
@@ -79,8 +106,9 @@ def render(n: Notification, base_url: str = "https://geodispatch.example/r") -> 
         f'<p><a href="{link}/share">Share</a> | <a href="{link}/decline">Decline</a> | '
         f'<a href="{link}/opt-out">Opt out of all requests</a></p>\n'
     )
-    return Email(f"{n.header['request_id']}:{n.owner_id}", n.owner_id,
-                 f"Video request from {n.header['agency_name']}", body)
+    agency = header_text(str(n.header["agency_name"]), MAX_SUBJECT_CHARS - len(SUBJECT_PREFIX))
+    subject = SUBJECT_PREFIX + agency if agency else SUBJECT_PREFIX.removesuffix(" from ")
+    return Email(_header_token(f"{n.header['request_id']}:{n.owner_id}"), n.owner_id, subject, body)
 
 
 class Consumer:

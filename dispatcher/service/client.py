@@ -14,9 +14,14 @@ from dispatcher.workflow.pipeline import Dispatch, Submit
 __all__ = ["read_outcomes", "request_dispatch", "submit"]
 
 
-def submit(client: redis.Redis, request: dict[str, Any], keys: Keys | None = None, trace: Any = None) -> str:
-    """Queue a new request for the workers; returns the stream entry id."""
-    eid = client.xadd((keys or Keys()).requests, {commands.FIELD: commands.encode(Submit(request, trace))})
+def submit(client: redis.Redis, request: dict[str, Any], keys: Keys | None = None, trace: Any = None,
+           agency: str | None = None) -> str:
+    """Queue a new request for the workers; returns the stream entry id. With ``agency``, on that agency's own
+    intake stream (an agency's connection can write nowhere else: :func:`dispatcher.service.acl.set_agency`),
+    else on the platform's stream (trusted writers only)."""
+    k = keys or Keys()
+    eid = client.xadd(k.requests if agency is None else k.intake(agency),
+                      {commands.FIELD: commands.encode(Submit(request, trace))})
     return _s(eid)
 
 
@@ -27,11 +32,17 @@ def request_dispatch(client: redis.Redis, request_id: str, keys: Keys | None = N
 
 
 def read_outcomes(client: redis.Redis, after: str = "0-0", count: int = 10_000, block_ms: int | None = None,
-                  keys: Keys | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """Outcomes published after entry id ``after``: ``(last id read, [outcome, ...])``. Each outcome has
-    ``request_id``, ``outcome``, ``notified``, ``now_us`` (the time the request was judged at), ``done`` (Unix
-    seconds when its last batch was appended), ``worker`` and the command's ``trace``."""
-    got: Any = client.xread({(keys or Keys()).outcomes: after}, count=count, block=block_ms)
+                  keys: Keys | None = None, *, operators: bool = False,
+                  agency: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """Outcomes published after entry id ``after``: ``(last id read, [outcome, ...])``. Each has ``request_id``,
+    ``outcome`` (the request's status, or ``refused: ...``), ``codes`` (a refusal's rule codes) and the command's
+    ``trace``: all a submitter may learn. With ``operators``, from the operators' channel, which adds
+    ``notified`` (owners this run notified), ``now_us`` (the time the request was judged at), ``done`` (Unix
+    seconds when its last batch was appended) and ``worker``. With ``agency``, that agency's outcomes (of what it
+    submitted on its intake stream, under its own request ids)."""
+    k = keys or Keys()
+    stream = k.operator_outcomes if operators else k.outcomes if agency is None else k.agency_outcomes(agency)
+    got: Any = client.xread({stream: after}, count=count, block=block_ms)
     out = []
     for _, entries in got or []:
         for eid, fields in entries:

@@ -3,6 +3,9 @@
 - ``{"kind": "submit", "request": {...}, "trace": ...}``: a new request (the fields of :class:`VideoRequest`);
 - ``{"kind": "dispatch", "request_id": "...", "trace": ...}``: a reviewer approved a request.
 
+Agencies write to their own intake stream (``Keys.intake``), whose name is their identity; the platform's
+stream (``Keys.requests``) is for trusted writers only.
+
 ``trace`` is any JSON value of the sender's; it comes back in the command's outcome. :func:`decode` never raises:
 what is not a command becomes :class:`Malformed`, which the pipeline refuses.
 """
@@ -14,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from dispatcher.workflow.pipeline import Command, Dispatch, Malformed, Submit
+from dispatcher.workflow.pipeline import Command, Dispatch, Malformed, Outcome, Submit
 
-__all__ = ["FIELD", "decode", "encode"]
+__all__ = ["FIELD", "decode", "encode", "submitters_outcome"]
 
 #: The stream entry's field that holds the command.
 FIELD = b"cmd"
@@ -34,8 +37,9 @@ def encode(cmd: Submit | Dispatch) -> bytes:
     return orjson.dumps({"kind": "dispatch", "request_id": cmd.request_id, "trace": cmd.trace})
 
 
-def decode(fields: dict[bytes, bytes] | None) -> Command:
-    """The command of one stream entry's fields."""
+def decode(fields: dict[bytes, bytes] | None, agency: str | None = None) -> Command:
+    """The command of one stream entry's fields; ``agency`` when the entry came from that agency's own intake
+    stream (a submission there is that agency's, whatever it says; a dispatch there is not allowed)."""
     try:
         d = orjson.loads(fields[FIELD]) if fields else None
     except (KeyError, orjson.JSONDecodeError):
@@ -44,8 +48,19 @@ def decode(fields: dict[bytes, bytes] | None) -> Command:
         return Malformed("unknown command None")
     kind, trace = d.get("kind"), d.get("trace")
     if kind == "submit":
-        return Submit(d.get("request"), trace)
+        return Submit(d.get("request"), trace, agency)
+    if kind == "dispatch" and agency is not None:
+        return Malformed("an agency cannot dispatch", trace)
     if kind == "dispatch":
         rid = d.get("request_id")
         return Dispatch(rid, trace) if isinstance(rid, str) else Malformed("unknown request", trace)
     return Malformed(f"unknown command {kind!r}"[:200], trace)
+
+
+def submitters_outcome(outcome: Outcome, trace: Any, agency: str | None = None) -> dict[str, Any]:
+    """What the submitters' channel carries of an outcome: the request's status and a refusal's rule codes,
+    under the id its sender knows (an agency's own, without the platform's scope). No count, no time."""
+    rid = outcome.request_id
+    if agency is not None and rid is not None and rid.startswith(f"{agency}:"):
+        rid = rid[len(agency) + 1:]
+    return {"request_id": rid, "outcome": outcome.status, "codes": outcome.codes, "trace": trace}

@@ -60,7 +60,7 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
         pipeline = Pipeline(Workflow(RedisStore(connect(qs), qs.keys), registry, rules), index,
                             Dispatcher(RedisSink(qs), qs))
         workers.append(Worker(name if settings.threads == 1 else f"{name}-t{k}", connect(qs), pipeline, settings,
-                              qs.keys, queue=qs))
+                              qs.keys, queue=qs, agencies=[a.agency_id for a in registry]))
     threads = [threading.Thread(target=w.run, args=(stop,), name=w.name) for w in workers]
     for t in threads:
         t.start()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -44,7 +44,7 @@ class ServiceSettings:
     block_ms: int = 500
     #: A pending entry idle this long belonged to a worker that died: another worker takes it over.
     claim_idle_ms: int = 30_000
-    #: The outcomes stream is capped at about this many entries.
+    #: The outcome streams (the submitters' and the operators') are capped at about this many entries.
     outcomes_maxlen: int = 1_000_000
     #: Consumer threads in each worker process.
     threads: int = 4
@@ -70,12 +70,18 @@ class WorkerStats:
         self.outcomes.append(outcome.status)
 
 
+#: A stream entry in hand: (stream, entry id, fields).
+Entry = tuple[str, Any, dict[Any, Any]]
+
+
 class Worker:
-    """One consumer of the requests stream: its own Redis connection, and the pipeline it feeds."""
+    """One consumer of the commands streams: the platform's own (``Keys.requests``) and each partner agency's
+    intake (``Keys.intake``: what comes from there is that agency's); its own Redis connection, and the pipeline
+    it feeds."""
 
     def __init__(self, name: str, client: redis.Redis, pipeline: Pipeline, settings: ServiceSettings | None = None,
                  keys: Keys | None = None, clock: Callable[[], datetime] | None = None,
-                 queue: QueueSettings | None = None) -> None:
+                 queue: QueueSettings | None = None, agencies: Sequence[str] = ()) -> None:
         self.name = name
         #: The time a command is judged at (validation, retention, caps); the wall clock unless a test says.
         self.clock = clock or (lambda: datetime.now(timezone.utc))
@@ -85,36 +91,44 @@ class Worker:
         self.keys = keys or Keys()
         #: The retry policy of every Redis call.
         self.queue = queue or QueueSettings(url="redis://")
+        #: stream -> the agency it belongs to (None: the platform's own)
+        self.streams: dict[str, str | None] = {self.keys.requests: None,
+                                               **{self.keys.intake(a): a for a in agencies}}
         self.stats = WorkerStats()
         self._next_claim = 0.0
         self._stop: Any = None
-        self._retry("create group", self._ensure_group)
+        self._retry("create group", self._ensure_groups)
 
     # ------------------------------------------------------------------------------------------ one batch
 
-    def process(self, entries: list[tuple[Any, dict[Any, Any]]]) -> None:
+    def process(self, entries: list[Entry]) -> None:
         """Run a batch of stream entries through the pipeline, then publish the outcomes and acknowledge. A
         command that fails on its own (a bug it triggers, every time) goes to the dead-letter stream with its
         error; the others of the batch complete. Transient Redis trouble is retried with the batch in hand."""
-        cmds = [commands.decode(fields) for _, fields in entries]
+        cmds = [commands.decode(fields, self.streams[stream]) for stream, _, fields in entries]
         now = self.clock()
         results = self._isolated(cmds, now)
         done = time.time()
 
         def publish() -> None:
             pipe = self.r.pipeline(transaction=True)
-            for (eid, fields), cmd, res in zip(entries, cmds, results, strict=True):
+            for (stream, eid, fields), cmd, res in zip(entries, cmds, results, strict=True):
+                agency = self.streams[stream]
                 if isinstance(res, Outcome):
-                    pipe.xadd(self.keys.outcomes, {"o": orjson.dumps({
-                        "request_id": res.request_id, "outcome": res.status, "notified": res.notified,
-                        "now_us": int(now.timestamp() * 1e6), "done": done, "worker": self.name,
-                        "trace": cmd.trace})}, maxlen=self.settings.outcomes_maxlen, approximate=True)
+                    pipe.xadd(self.keys.outcomes if agency is None else self.keys.agency_outcomes(agency),
+                              {"o": orjson.dumps(commands.submitters_outcome(res, cmd.trace, agency))},
+                              maxlen=self.settings.outcomes_maxlen, approximate=True)
+                    pipe.xadd(self.keys.operator_outcomes, {"o": orjson.dumps({
+                        "request_id": res.request_id, "agency": agency, "outcome": res.status, "codes": res.codes,
+                        "notified": res.notified, "now_us": int(now.timestamp() * 1e6), "done": done,
+                        "worker": self.name, "trace": cmd.trace})}, maxlen=self.settings.outcomes_maxlen,
+                        approximate=True)
                 else:
-                    pipe.xadd(self.keys.dead_letters, {**(fields or {}), "id": eid, "error": res[:2000]})
-                pipe.xack(self.keys.requests, self.settings.group, eid)
+                    pipe.xadd(self.keys.dead_letters, {**fields, "stream": stream, "id": eid, "error": res[:2000]})
+                pipe.xack(stream, self.settings.group, eid)
             pipe.execute()
         self._retry("publish", publish)
-        for (eid, _), res in zip(entries, results, strict=True):
+        for (_, eid, _), res in zip(entries, results, strict=True):
             if isinstance(res, Outcome):
                 self.stats.count(res)
                 log.debug("%s: %s -> %s", self.name, _s(eid), res.status)
@@ -148,7 +162,7 @@ class Worker:
                 return with_retries(self.queue, what, fn)
             except Exception as exc:
                 if _nogroup(exc):
-                    self._ensure_group()
+                    self._ensure_groups()
                     continue
                 if not is_transient(exc) or (self._stop is not None and self._stop.is_set()):
                     raise
@@ -159,42 +173,58 @@ class Worker:
 
     # ------------------------------------------------------------------------------------------- the loop
 
-    def _ensure_group(self) -> None:
-        """The consumer group, created with its stream if missing (at start, and after Redis came back empty)."""
-        try:
-            self.r.xgroup_create(self.keys.requests, self.settings.group, id="0", mkstream=True)
-            log.info("%s: created consumer group %s on %s", self.name, self.settings.group, self.keys.requests)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    def _ensure_groups(self) -> None:
+        """The consumer group on every stream, created with the stream if missing (at start, and after Redis came
+        back empty)."""
+        pipe = self.r.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xgroup_create(stream, self.settings.group, id="0", mkstream=True)
+        created = 0
+        for got in pipe.execute(raise_on_error=False):
+            if isinstance(got, redis.ResponseError) and "BUSYGROUP" not in str(got):
+                raise got
+            created += got is True
+        if created:
+            log.info("%s: created consumer group %s on %d streams", self.name, self.settings.group, created)
 
-    def _claim_stale(self) -> list[Any]:
+    def _claim_stale(self) -> list[Entry]:
         """Entries another consumer held longer than ``claim_idle_ms``, claimed for this one. An entry delivered
         more than ``max_deliveries`` times is run alone (it may be a command that kills its worker); past four
         times that, it is set aside on the dead-letter stream without running."""
         s, k = self.settings, self.keys
-        got: Any = self._retry("claim", lambda: self.r.xautoclaim(
-            k.requests, s.group, self.name, min_idle_time=s.claim_idle_ms, start_id="0-0", count=s.read_count))
-        claimed = [(eid, fields) for eid, fields in got[1] if fields]  # None: deleted meanwhile
+
+        def claim() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for stream in self.streams:
+                pipe.xautoclaim(stream, s.group, self.name, min_idle_time=s.claim_idle_ms, start_id="0-0",
+                                count=s.read_count)
+            return list(pipe.execute())
+        claimed = [(stream, eid, fields) for stream, got in zip(self.streams, self._retry("claim", claim), strict=True)
+                   for eid, fields in got[1] if fields]  # None: deleted meanwhile
         if not claimed:
             return claimed
-        ids = [eid for eid, _ in claimed]
-        info: Any = self._retry("pending", lambda: self.r.xpending_range(k.requests, s.group, min=ids[0],
-                                                                           max=ids[-1], count=len(ids) * 4))
-        times = {_s(p["message_id"]): int(p["times_delivered"]) for p in info}
-        fresh: list[Any] = []
-        alone: list[Any] = []
-        dead: list[Any] = []
-        for eid, fields in claimed:
-            n = times.get(_s(eid), 0)
-            (dead if n > 4 * s.max_deliveries else alone if n > s.max_deliveries else fresh).append((eid, fields))
+
+        def pending() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for stream, eid, _ in claimed:
+                pipe.xpending_range(stream, s.group, min=eid, max=eid, count=1)
+            return list(pipe.execute())
+        times = [int(p[0]["times_delivered"]) if p else 0 for p in self._retry("pending", pending)]
+        fresh: list[Entry] = []
+        alone: list[Entry] = []
+        dead: list[tuple[Entry, int]] = []
+        for entry, n in zip(claimed, times, strict=True):
+            if n > 4 * s.max_deliveries:
+                dead.append((entry, n))
+            else:
+                (alone if n > s.max_deliveries else fresh).append(entry)
         if dead:
             def set_aside() -> None:
                 pipe = self.r.pipeline(transaction=True)
-                for eid, fields in dead:
-                    pipe.xadd(k.dead_letters, {**fields, "id": eid, "deliveries": times[_s(eid)],
+                for (stream, eid, fields), n in dead:
+                    pipe.xadd(k.dead_letters, {**fields, "stream": stream, "id": eid, "deliveries": n,
                                                "error": "delivered again and again without an outcome"})
-                    pipe.xack(k.requests, s.group, eid)
+                    pipe.xack(stream, s.group, eid)
                 pipe.execute()
             self._retry("dead letters", set_aside)
             self.stats.dead_lettered += len(dead)
@@ -206,7 +236,7 @@ class Worker:
 
     def step(self) -> int:
         """Claim what dead workers left, then read new entries; returns how many entries were handled."""
-        s, k = self.settings, self.keys
+        s = self.settings
         before = self.stats.handled
         if time.monotonic() >= self._next_claim:  # a quarter of the idle time between looks is plenty
             claimed = self._claim_stale()
@@ -215,10 +245,11 @@ class Worker:
                 self.process(claimed)
             else:
                 self._next_claim = time.monotonic() + s.claim_idle_ms / 4000
-        fresh: Any = self._retry("read", lambda: self.r.xreadgroup(s.group, self.name, {k.requests: ">"},
-                                                                     count=s.read_count, block=s.block_ms))
-        for _, entries in fresh or []:
-            self.process(entries)
+        fresh: Any = self._retry("read", lambda: self.r.xreadgroup(
+            s.group, self.name, dict.fromkeys(self.streams, ">"), count=s.read_count, block=s.block_ms))
+        entries = [(_s(stream), eid, fields) for stream, got in fresh or [] for eid, fields in got]
+        for first in range(0, len(entries), s.read_count):  # up to read_count from each stream: cut to size
+            self.process(entries[first:first + s.read_count])
         return self.stats.handled - before
 
     def run(self, stop: Any) -> WorkerStats:

@@ -26,34 +26,48 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.gate import OwnerGate, RecipientGate
 from dispatcher.dispatch.wire import NotificationHeader
-from dispatcher.errors import DispatchError, InvalidTransition
+from dispatcher.errors import DispatchError, InvalidTransition, RequestRejected
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
 from dispatcher.workflow.review import APPROVED, DISPATCHED, Workflow, aware_now
 
-__all__ = ["Command", "Dispatch", "Malformed", "Outcome", "Pipeline", "Submit"]
+__all__ = ["Command", "Dispatch", "Malformed", "Outcome", "Pipeline", "Submit", "scoped_id"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Submit:
-    """A new request, as sent: a mapping of :class:`VideoRequest`'s fields, validated by the pipeline."""
+    """A new request, as sent: a mapping of :class:`VideoRequest`'s fields, validated by the pipeline.
+
+    ``agency`` is who sent it, as the transport authenticated it (an agency's own stream, a credential). Then the
+    request must name that agency, and its id is the agency's own: it is stored as ``<agency>:<id>``, so no agency
+    can name, continue or block another's request. Without it the sender is the platform itself (a trusted
+    writer), and the request is taken as it says."""
 
     request: Any
     trace: Any = None
+    agency: str | None = None
 
     @property
     def request_id(self) -> str | None:
+        """The id the request is stored under."""
         rid = self.request.get("request_id") if isinstance(self.request, dict) else None
-        return rid if isinstance(rid, str) else None
+        if not isinstance(rid, str):
+            return None
+        return rid if self.agency is None else scoped_id(self.agency, rid)
+
+
+def scoped_id(agency_id: str, request_id: str) -> str:
+    """An agency's request id as the platform stores it."""
+    return f"{agency_id}:{request_id}"
 
 
 @dataclass(frozen=True)
@@ -85,10 +99,17 @@ class Outcome:
     status: str
     notified: int = 0
     dispatched_now: bool = False
+    #: A refusal's rule codes (the policy's, or the error's class name).
+    codes: tuple[str, ...] = ()
 
     @property
     def refused(self) -> bool:
         return self.status.startswith("refused")
+
+
+def _refused(request_id: str | None, exc: DispatchError) -> Outcome:
+    codes = getattr(exc, "codes", None) or [type(exc).__name__]
+    return Outcome(request_id, f"refused: {type(exc).__name__}", codes=tuple(codes))
 
 
 @dataclass
@@ -123,9 +144,11 @@ class Pipeline:
         approved = self._record(jobs, now, out)
         for job, notified in zip(approved, self._dispatch(approved, now), strict=True):
             out[job.k] = Outcome(job.request_id, DISPATCHED, notified, dispatched_now=True)
-        for k, leader in followers.items():  # a request named twice in the batch: the second learns the first's end
+        for k, leader in followers.items():  # a request named twice in the batch: the others learn the leader's end
+            while leader in followers:
+                leader = followers[leader]
             done = out[leader]
-            out[k] = Outcome(done.request_id, done.status) if done is not None else None
+            out[k] = Outcome(done.request_id, done.status, codes=done.codes) if done is not None else None
         return [o if o is not None else Outcome(c.request_id, "refused: unknown request")
                 for o, c in zip(out, commands, strict=True)]
 
@@ -141,10 +164,10 @@ class Pipeline:
         for k, cmd in enumerate(commands):
             if isinstance(cmd, Submit):
                 try:
-                    job = _Job(k, "", VideoRequest.from_dict(cmd.request))
-                except DispatchError as exc:  # not even a request: refused, and audited
-                    self.workflow.refuse(cmd.request, exc, now)
-                    out[k] = Outcome(cmd.request_id, f"refused: {type(exc).__name__}")
+                    job = _Job(k, "", self._authenticated(cmd))
+                except DispatchError as exc:  # not even a request, or not the sender's: refused, and audited
+                    self.workflow.refuse(cmd.request, exc, now, agency=cmd.agency)
+                    out[k] = _refused(cmd.request_id, exc)
                     continue
                 job.request_id = job.new.request_id  # type: ignore[union-attr]
             elif isinstance(cmd, Dispatch):
@@ -152,12 +175,29 @@ class Pipeline:
             else:
                 out[k] = Outcome(cmd.request_id, f"refused: {cmd.reason}")
                 continue
-            if job.request_id in first:
-                followers[k] = first[job.request_id]
+            leader = first.get(job.request_id)
+            if leader is not None and not (job.new is not None and jobs[leader].new is None):
+                followers[k] = jobs[leader].k
                 continue
-            first[job.request_id] = k
-            jobs.append(job)
+            if leader is not None:  # a submission leads a dispatch of the same id sent before it in the batch
+                followers[jobs[leader].k] = k
+                jobs[leader] = job
+            else:
+                first[job.request_id] = len(jobs)
+                jobs.append(job)
         return jobs, followers
+
+    @staticmethod
+    def _authenticated(cmd: Submit) -> VideoRequest:
+        """The submission as a request of its sender: an agency's own id scoped to it, and refused when it names
+        another agency."""
+        if cmd.agency is None:
+            return VideoRequest.from_dict(cmd.request)
+        vr = VideoRequest.from_dict(cmd.request)
+        if vr.agency_id != cmd.agency:
+            raise RequestRejected([("agency_mismatch", f"sent by {cmd.agency}, the request names "
+                                                       f"{vr.agency_id[:80]!r}")])
+        return replace(vr, request_id=scoped_id(cmd.agency, vr.request_id))
 
     def _judge(self, jobs: list[_Job], now: datetime, out: list[Outcome | None]) -> list[_Job]:
         """Look up every request named (one round trip), then validate the new ones."""
@@ -174,7 +214,7 @@ class Pipeline:
                 try:
                     job.valid = wf.check(job.new, now, log=log_)
                 except DispatchError as exc:  # refused: the audit log has it; a retry would refuse it again
-                    out[job.k] = Outcome(job.request_id, f"refused: {type(exc).__name__}")
+                    out[job.k] = _refused(job.request_id, exc)
                     continue
                 log_.accept(job.valid.request_id, job.valid.agency_id, job.valid.submitted_at)
             kept.append(job)

@@ -5,23 +5,40 @@ Defaults come from the published program figures: a window of 15 minutes to 12 h
 no older than the longest retention (180 days); an area of 0.025 to 0.5 square miles measured on the WGS84
 ellipsoid (pyproj's ``Geod``), inside the agency's jurisdiction; a well-formed case number; a bounded,
 plain-text message; a per-agency rate limit.
+
+An area must also be shaped like a neighbourhood, so that it cannot be drawn around one home: few pieces, each
+at least the minimum area and at least ``min_width_m`` wide, no narrow strip that does not widen like a corner,
+a floor on the isoperimetric ratio, and several pieces spanning no more than the maximum area (see
+:func:`area_shape_problems`). Lengths are measured in a tangent plane of each polygon with the WGS84 radii of
+curvature at its centre (exact to about 1e-4 over the few kilometres an area spans); areas and perimeters on the
+ellipsoid.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
+
 from dispatcher.errors import DispatchError, InvalidPolicy, RequestRejected
 from dispatcher.geo.area import Area
-from dispatcher.geo.geodesy import geodesic_area_sq_mi
+from dispatcher.geo.geodesy import GEOD, SQ_M_PER_SQ_MI
 from dispatcher.index.schema import to_utc_us
 from dispatcher.settings import coerce
 from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
+
+#: Segments per quarter circle in the buffers of the shape rules: chords within 8% of the radius.
+_QUAD_SEGS = 2
+#: The narrow-strip rule measures reach at no more than this many points.
+_STRIP_POINTS = 4096
 
 CASE_NUMBER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-/.]{2,31}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(\.[A-Za-z0-9\-]{1,63})+")
@@ -39,6 +56,17 @@ class Policy:
     max_age: timedelta = timedelta(days=180)
     min_area_sq_mi: float = 0.025
     max_area_sq_mi: float = 0.5
+    #: At most this many pieces: polygons, or lobes of one joined to the rest only by necks narrower than
+    #: ``min_width_m``. Each polygon must cover ``min_area_sq_mi`` on its own.
+    max_parts: int = 4
+    #: Every polygon must hold a disc this wide (metres): about two lot depths, Portland's 200 ft city block.
+    min_width_m: float = 60.0
+    #: Each point of a polygon must lie within ``min_width_m`` of the centre of a disc that wide inside it, or in
+    #: a narrow bit covering at least this share of what a straight corner reaching as far covers.
+    min_strip_ratio: float = 0.5
+    #: Floor of each polygon's isoperimetric ratio 4πA/P² (A net of holes, P its outline): 1 for a disc, 0.785
+    #: for a square, about πW/L for a W by L strip, about πW/H for a ring W wide around a hole H across.
+    min_compactness: float = 0.12
     max_vertices: int = 10_000
     max_message_chars: int = 2_000
     max_contact_chars: int = 120
@@ -57,10 +85,18 @@ class Policy:
         if not 0 < self.min_area_sq_mi <= self.max_area_sq_mi:
             raise InvalidPolicy(f"need 0 < min_area_sq_mi <= max_area_sq_mi, got {self.min_area_sq_mi}, "
                                 f"{self.max_area_sq_mi}")
-        for name in ("max_vertices", "max_message_chars", "max_contact_chars", "rate_limit", "owner_cap"):
+        for name in ("max_vertices", "max_message_chars", "max_contact_chars", "rate_limit", "owner_cap",
+                     "max_parts"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise InvalidPolicy(f"{name} must be a positive integer, got {v!r}")
+        if not (math.isfinite(self.min_width_m) and self.min_width_m > 0):
+            raise InvalidPolicy(f"min_width_m must be a positive number of metres, got {self.min_width_m!r}")
+        if not 0 <= self.min_strip_ratio <= 1:
+            raise InvalidPolicy(f"min_strip_ratio must be within 0 .. 1, got {self.min_strip_ratio!r}")
+        if not 0 <= self.min_compactness < 1:
+            raise InvalidPolicy(f"min_compactness must be within 0 .. 1 (1 only for a disc), got "
+                                f"{self.min_compactness!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "the policy") -> Policy:
@@ -75,6 +111,150 @@ class RequestLog(Protocol):
     def has_request(self, request_id: str) -> bool: ...
 
     def count_agency_requests(self, agency_id: str, since: datetime) -> int: ...
+
+
+def area_shape_problems(area: Area, policy: Policy | None = None) -> list[tuple[str, str]]:
+    """The shape rules ``area`` breaks, as (code, message): each rule at most once, naming its worst polygon."""
+    polys = _pieces(area.geometry)
+    return _shape_problems(polys, [_geodesic_area_perimeter(q) for q in polys], policy or Policy())
+
+
+def _polygons(geom: BaseGeometry) -> list[shapely.Polygon]:
+    return list(getattr(geom, "geoms", [geom]))
+
+
+def _geodesic_area_perimeter(polygon: shapely.Polygon) -> tuple[float, float]:
+    """(m², m) on the ellipsoid: the area with holes subtracted, and the perimeter of the outline."""
+    area, perimeter = GEOD.geometry_area_perimeter(polygon.exterior)
+    area = abs(area)
+    for hole in polygon.interiors:
+        area -= abs(GEOD.geometry_area_perimeter(hole)[0])
+    return area, perimeter
+
+
+def _pieces(geom: BaseGeometry) -> list[shapely.Polygon]:
+    """The area's polygons, with those split at the antimeridian (RFC 7946 3.1.9) joined again: a western part
+    is moved 360° east, so that the halves of one neighbourhood are one polygon for the shape rules."""
+    polys = _polygons(geom)
+    if len(polys) < 2:
+        return polys
+    lo, _, hi, _ = shapely.total_bounds(polys)
+    if hi - lo <= 180:
+        return polys
+    moved = [shapely.transform(p, lambda xy: xy + (360.0, 0.0)) if p.bounds[2] <= 0 else p for p in polys]
+    return _polygons(shapely.union_all(moved))
+
+
+def _metres(polygon: shapely.Polygon) -> shapely.Polygon:
+    """``polygon`` in a tangent plane at the centre of its bounds, in metres: the WGS84 meridional and
+    prime-vertical radii of curvature there (an affine map, so a valid polygon stays valid)."""
+    x0, y0, x1, y1 = polygon.bounds
+    lng0, lat0 = (x0 + x1) / 2, (y0 + y1) / 2
+    a, f = GEOD.a, GEOD.f
+    e2 = f * (2 - f)
+    s = 1 - e2 * math.sin(math.radians(lat0)) ** 2
+    ky = math.radians(a * (1 - e2) / s ** 1.5)
+    kx = math.radians(a / math.sqrt(s) * math.cos(math.radians(lat0)))
+    return shapely.transform(polygon, lambda xy: (xy - (lng0, lat0)) * (kx, ky))
+
+
+def _corner_area(r: float, reach: np.ndarray) -> np.ndarray:
+    """What a straight corner leaves outside the discs of radius ``r`` that fit in it, when its tip lies ``reach``
+    beyond them: the corner's half-angle b has sin b = r / (r + reach), and it leaves r² (cot b - (π/2 - b))."""
+    b = np.arcsin(r / (r + reach))
+    return r * r * (1 / np.tan(b) - (np.pi / 2 - b))
+
+
+def _widths(ms: list[shapely.Polygon], p: Policy) -> tuple[np.ndarray, tuple[float, float, int] | None]:
+    """Per polygon of ``ms`` (in metres), its lobes: the pieces of the centres of the discs ``min_width_m`` wide
+    inside it (0: it is narrower than that everywhere); and its worst narrow bit, as (the share of a corner's
+    area it covers, its reach, the polygon's index), or None.
+
+    A narrow bit is a piece of a polygon that those discs (radius r) do not cover. One reaching more than r beyond
+    them must cover at least ``min_strip_ratio`` of what a straight corner with the same reach leaves outside them
+    (:func:`_corner_area`): a corner or a spike, however sharp, covers all of it; a strip w wide reaching L covers
+    about w / (r + L / 2), a corridor between two discs half that. Reach is measured at points r / 4 apart along
+    each bit's boundary (at most ``_STRIP_POINTS`` of them in all). A polygon within 2r of its discs' centres
+    everywhere has no such bit and skips the rest; all polygons go through each shapely call together.
+    """
+    r = p.min_width_m / 2
+    geoms = np.array(ms, dtype=object)
+    cores = shapely.buffer(geoms, -r, quad_segs=_QUAD_SEGS)
+    lobes = np.where(shapely.is_empty(cores), 0, shapely.get_num_geometries(cores))  # an empty polygon counts 1
+    live = lobes > 0
+    live[live] = ~shapely.covers(shapely.buffer(cores[live], 2 * r, quad_segs=_QUAD_SEGS), geoms[live])
+    if not live.any():
+        return lobes, None
+    geoms, cores, owner = geoms[live], cores[live], np.flatnonzero(live)
+    # the discs' chords run up to 8% of r inside the true circles: 8% more leaves no slivers along the edges
+    bits, of = shapely.get_parts(shapely.difference(geoms, shapely.buffer(cores, r * 1.08, quad_segs=_QUAD_SEGS)),
+                                 return_index=True)
+    box = shapely.bounds(bits)
+    keep = np.hypot(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) > r  # a bit touches the discs: reach <= span
+    if not keep.any():
+        return lobes, None
+    bits, of = bits[keep], of[keep]
+    step = max(r / 4, float(shapely.length(bits).sum()) / _STRIP_POINTS)
+    xy, at = shapely.get_coordinates(shapely.segmentize(bits, step), return_index=True)
+    reach = np.full(len(bits), -np.inf)
+    np.maximum.at(reach, at, shapely.distance(cores[of][at], shapely.points(xy)))
+    reach -= r
+    far = reach > r
+    share = np.full(len(bits), np.inf)
+    share[far] = shapely.area(bits[far]) / _corner_area(r, reach[far])
+    bad = np.flatnonzero(share < p.min_strip_ratio)
+    if not len(bad):
+        return lobes, None
+    k = bad[np.argmin(share[bad])]
+    return lobes, (float(share[k]), float(reach[k]), int(owner[of[k]]))
+
+
+def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float]],
+                    p: Policy) -> list[tuple[str, str]]:
+    """The shape rules of ``polys`` (with their geodesic (m², m)) under ``p``.
+
+    Polygons are numbered as in the area (after joining halves split at the antimeridian). With more polygons
+    than ``max_parts`` their widths and strips are not examined: the area is refused already, and a sieve of
+    thousands of polygons would cost several buffers each.
+    """
+    out: list[tuple[str, str]] = []
+    small = [(a, j) for j, (a, _) in enumerate(stats) if a < p.min_area_sq_mi * SQ_M_PER_SQ_MI]
+    if small and len(polys) > 1:  # one polygon too small is the area-size rule's refusal
+        a, j = min(small)
+        out.append(("area_part_too_small", f"{len(small)} of the area's {len(polys)} polygon(s) cover less than "
+                                           f"the {p.min_area_sq_mi} sq mi each must cover on its own (polygon {j}: "
+                                           f"{a / SQ_M_PER_SQ_MI:.6f} sq mi)"))
+    loose = [(4 * math.pi * a / q ** 2, j) for j, (a, q) in enumerate(stats) if a > 0 and q > 0]
+    flat = [(c, j) for c, j in loose if c < p.min_compactness]
+    if flat:
+        c, j = min(flat)
+        out.append(("area_not_compact", f"polygon {j} has an isoperimetric ratio 4πA/P² of {c:.3f}, below the "
+                                        f"{p.min_compactness} floor (1 for a disc, 0.785 for a square)"))
+    pieces = len(polys)
+    if len(polys) <= p.max_parts:
+        lobes, strip = _widths([_metres(q) for q in polys], p)
+        pieces = int(np.maximum(lobes, 1).sum())
+        thin = np.flatnonzero(lobes == 0)
+        if len(thin):
+            out.append(("area_too_thin", f"polygon {thin[0]} holds no disc {p.min_width_m:g} m wide "
+                                         f"({len(thin)} polygon(s) narrower than that everywhere)"))
+        if strip is not None:
+            share, reach, j = strip
+            out.append(("area_narrow_strip", f"polygon {j} has a narrow part reaching {reach:.0f} m beyond the "
+                                             f"{p.min_width_m:g} m discs that fit in it and covering {share:.2f} of "
+                                             f"what a corner reaching as far covers; a narrow part must widen like a "
+                                             f"corner (at least {p.min_strip_ratio})"))
+    if pieces > p.max_parts:
+        out.append(("area_too_many_parts", f"the area has {pieces} pieces, more than the {p.max_parts} allowed "
+                                           f"(a piece is a polygon, or a lobe of one joined to the rest only by "
+                                           f"necks narrower than {p.min_width_m:g} m)"))
+    if len(polys) > 1:
+        hull, _ = _geodesic_area_perimeter(shapely.convex_hull(shapely.MultiPolygon(polys)))
+        if hull > p.max_area_sq_mi * SQ_M_PER_SQ_MI:
+            out.append(("area_footprint", f"the area's {len(polys)} polygons span {hull / SQ_M_PER_SQ_MI:.4f} sq mi "
+                                          f"(their convex hull), more than the {p.max_area_sq_mi} sq mi an area "
+                                          f"may cover"))
+    return out
 
 
 def _text_problems(name: str, text: str, limit: int) -> list[str]:
@@ -97,7 +277,11 @@ def _text_problems(name: str, text: str, limit: int) -> list[str]:
 RULE_CODES = (
     "submitted_in_future", "duplicate_request_id", "unknown_agency", "agency_suspended", "agency_not_joined",
     "rate_limited", "case_number", "incident_type", "contact", "message", "time_format", "window_reversed",
-    "window_length", "window_not_past", "window_too_old", "area_invalid", "area_size", "outside_jurisdiction",
+    "window_length", "window_not_past", "window_too_old", "area_invalid", "area_size",
+    "area_part_too_small", "area_not_compact", "area_too_thin", "area_narrow_strip", "area_too_many_parts",
+    "area_footprint", "outside_jurisdiction",
+    # from the pipeline, for a submission that names another agency than its authenticated sender
+    "agency_mismatch",
 )
 
 
@@ -172,10 +356,13 @@ def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, n
     except (TypeError, ValueError, RecursionError) as exc:
         v.append(("area_invalid", f"unusable area: {type(exc).__name__}"))
     if area is not None:
-        sq_mi = geodesic_area_sq_mi(area)
+        polys = _pieces(area.geometry)
+        stats = [_geodesic_area_perimeter(q) for q in polys]
+        sq_mi = sum(a for a, _ in stats) / SQ_M_PER_SQ_MI
         if not p.min_area_sq_mi <= sq_mi <= p.max_area_sq_mi:
             v.append(("area_size", f"area of {sq_mi:.4f} sq mi is outside {p.min_area_sq_mi} .. "
                                    f"{p.max_area_sq_mi} sq mi"))
+        v.extend(_shape_problems(polys, stats, p))
         if agency is not None and not agency.jurisdiction.covers(area.geometry):
             v.append(("outside_jurisdiction", f"area is not inside the jurisdiction of {agency.agency_id}"))
     if v:

@@ -4,6 +4,9 @@
 a per-request pseudonym ("Neighbor 4821") and opaque clip references. Its types validate every field against a
 fixed pattern, so an owner id, camera id, location or count cannot be put into one: the wall holds by
 construction, not by care. :class:`OperatorView` has the aggregate counts.
+
+A resident's pseudonym is given the first time the agency's view shows the share, and is kept with the share in
+the store: once shown it never changes, whoever shares later and in whatever order.
 """
 
 from __future__ import annotations
@@ -11,29 +14,35 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from dispatcher.errors import InvalidData
-from dispatcher.workflow.review import SHARE, Workflow
+from dispatcher.errors import InvalidData, UnknownRequest
+from dispatcher.workflow.review import SHARE, STATES, Workflow
 from dispatcher.workflow.store import Store
 
 PSEUDONYM_RE = re.compile(r"Neighbor [1-9][0-9]{3}")
 CLIP_REF_RE = re.compile(r"[0-9a-f]{24}")
-STATUSES = ("submitted", "approved", "rejected", "dispatched", "closed")
 
 
 def _mac(secret: bytes, *parts: str) -> bytes:
     return hmac.new(secret, "\x1f".join(parts).encode(), hashlib.sha256).digest()
 
 
-def pseudonyms(secret: bytes, request_id: str, owner_ids: list[int]) -> dict[int, str]:
+def pseudonyms(secret: bytes, request_id: str, owner_ids: list[int], taken: Collection[str] = ()) -> dict[int, str]:
     """"Neighbor NNNN" (1000-9999) per owner, from an HMAC of (secret, request, owner); unique within the
-    request (a collision probes the next HMAC). Owners are taken in ascending id order, so it is deterministic."""
-    if len(owner_ids) > 9000:
-        raise InvalidData(f"{len(owner_ids)} owners cannot have distinct 4-digit pseudonyms")
-    used: set[int] = set()
+    request and apart from the names already ``taken`` in it (a collision probes the next HMAC). Owners are taken in
+    ascending id order, so it is deterministic."""
+    bad = [n for n in taken if not PSEUDONYM_RE.fullmatch(n)]
+    if bad:
+        raise InvalidData(f"not a pseudonym: {bad[0]!r}")
+    used = {int(n.removeprefix("Neighbor ")) for n in taken}
+    owners = sorted(set(owner_ids))
+    if len(owners) + len(used) > 9000:
+        raise InvalidData(f"{len(owners)} owners and {len(used)} pseudonyms already given cannot all have distinct "
+                          f"4-digit pseudonyms")
     out: dict[int, str] = {}
-    for o in sorted(set(owner_ids)):
+    for o in owners:
         k = 0
         while True:
             n = 1000 + int.from_bytes(_mac(secret, request_id, str(o), str(k))[:8], "big") % 9000
@@ -72,7 +81,7 @@ class AgencyView:
     shared: tuple[SharedClips, ...]
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
+        if self.status not in STATES:
             raise InvalidData(f"unknown status {self.status!r}")
         if type(self.shared) is not tuple or not all(type(s) is SharedClips for s in self.shared):
             raise InvalidData("shared must be a tuple of SharedClips")
@@ -103,10 +112,11 @@ class Views:
     def agency_view(self, workflow: Workflow, request_id: str) -> AgencyView:
         got = self.store.get_request(request_id)
         if got is None:
-            raise InvalidData(f"no request {request_id!r}")
+            raise UnknownRequest(f"no request {request_id!r}")
         state, payload = got
         shares = [(o, clips) for o, choice, clips in self.store.choices(request_id) if choice == SHARE]
-        names = pseudonyms(self._secret, request_id, [o for o, _ in shares])
+        names = self.store.pseudonyms(request_id, [o for o, _ in shares],
+                                      lambda owners, taken: pseudonyms(self._secret, request_id, owners, taken))
         shared = tuple(sorted((SharedClips(names[o], tuple(clip_ref(self._secret, request_id, c) for c in clips))
                                for o, clips in shares), key=lambda s: s.pseudonym))
         return AgencyView(request_id, str(payload["case_number"]), state, shared)
@@ -114,7 +124,7 @@ class Views:
     def operator_view(self, request_id: str) -> OperatorView:
         got = self.store.get_request(request_id)
         if got is None:
-            raise InvalidData(f"no request {request_id!r}")
+            raise UnknownRequest(f"no request {request_id!r}")
         ch = self.store.choices(request_id)
         c = self.store.counters(request_id)
         return OperatorView(request_id, got[0], self.store.notified_count(request_id),

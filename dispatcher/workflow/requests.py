@@ -28,12 +28,11 @@ INCIDENT_TYPES: frozenset[str] = frozenset({
 #: the arithmetic of the rate limit and the retention window).
 SUBMITTED_RANGE = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
 
-_STR_FIELDS = ("request_id", "agency_id", "case_number", "incident_type", "investigator_contact", "message")
 
 
 @dataclass(frozen=True)
-class VideoRequest:
-    """A request as submitted. Strings are checked for type here; every policy rule is in :mod:`policy`."""
+class _Case:
+    """The text fields every form of a request carries."""
 
     request_id: str
     agency_id: str
@@ -41,18 +40,25 @@ class VideoRequest:
     incident_type: str
     investigator_contact: str
     message: str
+
+
+@dataclass(frozen=True)
+class VideoRequest(_Case):
+    """A request as submitted. Strings are checked for type here; every policy rule is in :mod:`policy`."""
+
     area: Any
     start: Any
     end: Any
     submitted_at: datetime
 
     def __post_init__(self) -> None:
-        for name in _STR_FIELDS:
+        for name in (f.name for f in fields(_Case)):
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise InvalidRequest(f"{name} must be a string, got {type(v).__name__}")
-        if not self.request_id or len(self.request_id) > 64 or not self.request_id.isascii() \
-                or not self.request_id.replace("-", "").replace("_", "").isalnum():
+        # an agency's own id, or the platform's "<agency>:<id>" for it
+        if not all(0 < len(part) <= 64 and part.isascii() and part.replace("-", "").replace("_", "").isalnum()
+                   for part in self.request_id.split(":", 1)):
             raise InvalidRequest(f"request_id must be 1-64 ASCII letters, digits, '-' or '_', "
                                  f"got {self.request_id[:80]!r}")
         if not isinstance(self.submitted_at, datetime) or self.submitted_at.utcoffset() is None:
@@ -85,15 +91,9 @@ class VideoRequest:
 
 
 @dataclass(frozen=True)
-class ValidRequest:
+class ValidRequest(_Case):
     """A request that passed every policy rule: area parsed, times aware UTC, message plain text."""
 
-    request_id: str
-    agency_id: str
-    case_number: str
-    incident_type: str
-    investigator_contact: str
-    message: str
     area: Area
     start: datetime
     end: datetime

@@ -69,15 +69,18 @@ class Workflow:
             self.refuse(request, exc, now, actor)
             raise
 
-    def refuse(self, request: VideoRequest | Any, exc: DispatchError, now: datetime, actor: str | None = None) -> None:
-        """Record a refused submission in the audit log: its rule codes and the agency it named, whatever it is
-        (the transparency report counts refusals per agency)."""
+    def refuse(self, request: VideoRequest | Any, exc: DispatchError, now: datetime, actor: str | None = None,
+               agency: str | None = None) -> None:
+        """Record a refused submission in the audit log: its rule codes and the agency it came from: ``agency``
+        when the transport authenticated the sender, else the one it named, whatever it is (the transparency
+        report counts refusals per agency)."""
         # the id only of a well-formed request: a malformed one's is not even known to be a request id
         rid = request.request_id if isinstance(request, VideoRequest) else None
         named = request.get("agency_id") if isinstance(request, dict) else getattr(request, "agency_id", None)
+        who_named = agency if agency is not None else named
         codes = getattr(exc, "codes", [type(exc).__name__])
-        detail = {"codes": codes, "agency_id": named[:64] if isinstance(named, str) else None}
-        who = actor or f"agency:{named if isinstance(named, str) else '?'}"
+        detail = {"codes": codes, "agency_id": who_named[:64] if isinstance(who_named, str) else None}
+        who = actor or f"agency:{who_named if isinstance(who_named, str) else '?'}"
         self.store.append_audit(rid[:64] if isinstance(rid, str) else "?", who[:120], "submission_refused",
                                 aware_now(now), detail)
 

@@ -38,8 +38,14 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TABLE IF NOT EXISTS choices (request_id TEXT NOT NULL, owner_id INTEGER NOT NULL, choice TEXT NOT NULL,
-    clips BLOB NOT NULL, at_us INTEGER NOT NULL, PRIMARY KEY (request_id, owner_id));
+    clips BLOB NOT NULL, at_us INTEGER NOT NULL, pseudonym TEXT, PRIMARY KEY (request_id, owner_id));
 """
+#: Added to stores written before pseudonyms were kept with the shares.
+_PSEUDONYM_COLUMN = "ALTER TABLE choices ADD COLUMN pseudonym TEXT"
+_PSEUDONYM_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS choices_pseudonym ON choices (request_id, pseudonym)"
+
+#: ``name(nameless owners, names already taken in the request)`` -> a new pseudonym for each of those owners.
+Namer = Callable[[list[int], set[str]], dict[int, str]]
 
 
 def _us(t: datetime) -> int:
@@ -93,6 +99,7 @@ class Store(Protocol):
     def notified_count(self, request_id: str) -> int: ...
     def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None: ...
     def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]: ...
+    def pseudonyms(self, request_id: str, owner_ids: Sequence[int], name: Namer) -> dict[int, str]: ...
 
 
 class SqliteStore:
@@ -103,6 +110,9 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL" if str(path) != ":memory:" else "PRAGMA journal_mode=MEMORY")
         self._db.executescript(_SCHEMA + SQLITE_SCHEMA)
+        if "pseudonym" not in {row[1] for row in self._db.execute("PRAGMA table_info(choices)")}:
+            self._db.execute(_PSEUDONYM_COLUMN)
+        self._db.execute(_PSEUDONYM_INDEX)
         #: The file, for a sink that must record the gate's decisions in the same database (":memory:" has none).
         self.path = str(path)
 
@@ -225,13 +235,35 @@ class SqliteStore:
         return int(self._db.execute("SELECT COUNT(*) FROM notified WHERE request_id=?", (request_id,)).fetchone()[0])
 
     def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None:
+        """The owner's latest choice; a pseudonym the owner was given stays with it."""
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO choices VALUES (?,?,?,?,?)",
+            self._db.execute("INSERT INTO choices (request_id, owner_id, choice, clips, at_us) VALUES (?,?,?,?,?) "
+                             "ON CONFLICT(request_id, owner_id) DO UPDATE SET choice = excluded.choice, "
+                             "clips = excluded.clips, at_us = excluded.at_us",
                              (request_id, int(owner_id), choice, orjson.dumps(clips), _us(at)))
 
     def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]:
         return [(int(r[0]), r[1], orjson.loads(r[2])) for r in self._db.execute(
             "SELECT owner_id, choice, clips FROM choices WHERE request_id=? ORDER BY owner_id", (request_id,))]
+
+    def pseudonyms(self, request_id: str, owner_ids: Sequence[int], name: Namer) -> dict[int, str]:
+        """Each owner's pseudonym in the request, kept with the owner's choice: the one given before, or one
+        from ``name`` for those without, in one transaction (so two views cannot give one owner two names)."""
+        want = sorted({int(o) for o in owner_ids})
+        if not want:
+            return {}
+        with self._lock, self._transaction():
+            rows = dict(self._db.execute("SELECT owner_id, pseudonym FROM choices WHERE request_id=?",
+                                         (request_id,)).fetchall())
+            missing = [o for o in want if o not in rows]
+            if missing:
+                raise InvalidData(f"owner {missing[0]} has made no choice in request {request_id!r}")
+            new = name([o for o in want if rows[o] is None], {n for n in rows.values() if n is not None})
+            for o, n in new.items():
+                self._db.execute("UPDATE choices SET pseudonym=? WHERE request_id=? AND owner_id=?",
+                                 (n, request_id, o))
+                rows[o] = n
+        return {o: rows[o] for o in want}
 
 
 # KEYS: req, reqids, agency, audit; ARGV: rid, submitted_us, state, payload, audit entries...
@@ -414,13 +446,43 @@ class RedisStore:
         return int(self._call("notified_count", lambda: self.r.scard(self.k.notified(request_id))))
 
     def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None:
-        value = orjson.dumps([choice, clips, _us(at)])
-        self._call("choice", lambda: self.r.hset(self.k.choices(request_id), str(int(owner_id)), value))
+        """The owner's latest choice as ``[choice, clips, at_us]``, then the owner's pseudonym if given one (kept
+        through the change: WATCH, read, MULTI/EXEC)."""
+        key, field = self.k.choices(request_id), str(int(owner_id))
+
+        def change(pipe: Any) -> None:
+            old = pipe.hget(key, field)
+            kept = orjson.loads(old)[3:] if old is not None else []
+            pipe.multi()
+            pipe.hset(key, field, orjson.dumps([choice, clips, _us(at), *kept]))
+        self._call("choice", lambda: self.r.transaction(change, key))
 
     def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]:
         got = self._call("choices", lambda: self.r.hgetall(self.k.choices(request_id)))
         rows = [(int(k), *orjson.loads(v)[:2]) for k, v in got.items()]
         return [(o, c, cl) for o, c, cl in sorted(rows)]
+
+    def pseudonyms(self, request_id: str, owner_ids: Sequence[int], name: Namer) -> dict[int, str]:
+        """As :meth:`SqliteStore.pseudonyms`; a new pseudonym is appended to the owner's choice entry in one
+        WATCH/MULTI/EXEC step, taken again from the start if another writer changed the choices meanwhile."""
+        key = self.k.choices(request_id)
+        want = sorted({int(o) for o in owner_ids})
+        if not want:
+            return {}
+
+        def give(pipe: Any) -> dict[int, str]:
+            rows = {int(k): orjson.loads(v) for k, v in pipe.hgetall(key).items()}
+            missing = [o for o in want if o not in rows]
+            if missing:
+                raise InvalidData(f"owner {missing[0]} has made no choice in request {request_id!r}")
+            new = name([o for o in want if len(rows[o]) < 4], {r[3] for r in rows.values() if len(r) > 3})
+            pipe.multi()
+            for o, n in new.items():
+                rows[o] = [*rows[o][:3], n]
+                pipe.hset(key, str(o), orjson.dumps(rows[o]))
+            return {o: str(rows[o][3]) for o in want}
+        got: dict[int, str] = self.r.transaction(give, key, value_from_callable=True)
+        return got
 
 
 def open_store(spec: str) -> Store:
