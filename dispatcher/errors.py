@@ -116,3 +116,13 @@ class InvalidIndexSettings(DispatchError, ValueError):
 class SuppressionAuditFailed(DispatchError, RuntimeError):
     """The disclosure audit could not solve one of its linear programs, so the table cannot be published as it
     stands."""
+
+
+class MonthNotClosed(DispatchError, ValueError):
+    """A transparency report asked for a month that has not closed yet (its requests are still being reviewed
+    and dispatched): it can be published only once, after it closes, or shown as an internal preview."""
+
+
+class ReleaseStoreError(DispatchError, OSError):
+    """A release file of the transparency report that cannot be read, or that holds a release in a format this
+    version does not know."""

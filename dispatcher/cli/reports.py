@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from dispatcher.cli._app import agencies_options, load_agencies, main, out
+from dispatcher.cli._app import agencies_options, load_agencies, main, out, read_policy
 from dispatcher.workflow.store import open_store
 
 _store_option = click.option("--store", "store_spec", required=True,
@@ -72,22 +73,58 @@ def report_group() -> None:
 @report_group.command("transparency")
 @_store_option
 @agencies_options
-@_k_option
-@click.option("--since", default=None, help="First month, YYYY-MM (default: the first with a request).")
-@click.option("--until", default=None, help="Last month, YYYY-MM.")
+@click.option("--releases", "releases_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The release file: each month's published figures, written once and read back by every later "
+                   "build (keep it with the store's backups).")
+@click.option("--epsilon", type=float, default=None, help="Privacy budget per month for months released now "
+                                                          "[default: 1.0, or the settings file's].")
+@click.option("--k", "k", type=int, default=None, help="Floor: released counts under k are shown as '< k' "
+                                                       "[default: 10, or the settings file's].")
+@click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Privacy settings as JSON (epsilon, k, settle, budget_* shares).")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The policy the owners' gate runs with (its owner cap bounds what one resident adds).")
+@click.option("--since", default=None, help="First month, YYYY-MM (default: the month the first partner joined).")
+@click.option("--until", default=None, help="Last month, YYYY-MM (default: the last closed month).")
+@click.option("--preview", is_flag=True, default=False,
+              help="Internal preview: also months still open, with fresh noise, stored nowhere, marked as not for "
+                   "publication.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("transparency.html"))
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("transparency.csv"))
-def report_transparency(store_spec: str, agencies: str | None, synthetic_agencies: int | None, k: int,
-                        since: str | None, until: str | None, html_file: Path, csv_file: Path) -> None:
+def report_transparency(store_spec: str, agencies: str | None, synthetic_agencies: int | None, releases_file: Path,
+                        epsilon: float | None, k: int | None, settings_file: Path | None, policy_file: Path | None,
+                        since: str | None, until: str | None, preview: bool, html_file: Path, csv_file: Path) -> None:
     """Per agency and month: requests submitted, approved, rejected (by rule), dispatched, median area and
-    window, notifications sent, share rate; every count under k withheld, totals included."""
-    from dispatcher.reports.transparency import build_report
+    window, notifications sent, share rate; released with differential privacy, once per month after it closes."""
+    import orjson
 
+    from dispatcher.errors import InvalidReportSettings
+    from dispatcher.reports.privacy import PrivacySettings
+    from dispatcher.reports.releases import ReleaseStore
+    from dispatcher.reports.transparency import PREVIEW_MARK, build_report
+    from dispatcher.workflow.policy import Policy
+
+    settings: dict[str, Any] = {}
+    if settings_file is not None:
+        try:
+            settings = orjson.loads(settings_file.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise InvalidReportSettings(f"{settings_file}: not JSON ({exc})") from None
+        if not isinstance(settings, dict):
+            raise InvalidReportSettings(f"{settings_file}: the settings must be a JSON object")
+    settings |= {name: v for name, v in (("epsilon", epsilon), ("k", k)) if v is not None}
+    privacy_settings = PrivacySettings.from_dict(settings, str(settings_file or "the options"))
     registry = load_agencies(agencies, synthetic_agencies)
-    report = build_report(open_store(store_spec), registry, k=k, since=since, until=until)
+    releases = ReleaseStore(releases_file)
+    before = set(releases.months())
+    report = build_report(open_store(store_spec), registry, releases=releases, privacy_settings=privacy_settings,
+                          policy=Policy.from_dict(read_policy(policy_file)), since=since, until=until,
+                          preview=preview)
     html_file.write_text(report.to_html(), encoding="utf-8")
     csv_file.write_text(report.to_csv(), encoding="utf-8")
-    out.print(f"{len(report.rows)} rows over {len(report.months)} months (k = {k}); wrote {html_file}, {csv_file}")
-
-
+    fresh = len(set(releases.months()) - before)
+    out.print(f"{len(report.rows)} rows over {len(report.months)} months ({fresh} released now); wrote {html_file}, "
+              f"{csv_file}")
+    if report.preview:
+        out.print(f"[bold red]{PREVIEW_MARK}[/bold red]")
