@@ -30,10 +30,11 @@ from dispatcher.errors import (
     InvalidResolution,
     InvalidTimeWindow,
     InvalidTransition,
+    MonthNotClosed,
     QueueFull,
     QueueUnavailable,
+    ReleaseStoreError,
     RequestRejected,
-    SuppressionAuditFailed,
     UnknownAgency,
     UnknownCamera,
     UnknownRequest,
@@ -43,6 +44,8 @@ from dispatcher.geo.area import Area
 from dispatcher.index import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, CameraIndex, IndexConfig, RecipientSet
 from dispatcher.keys import Keys
 from dispatcher.reports.maps import agencies_html, agencies_png
+from dispatcher.reports.privacy import PrivacySettings
+from dispatcher.reports.releases import ReleaseStore
 from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
 from dispatcher.reports.transparency import TransparencyReport, build_report
 from dispatcher.service.client import read_outcomes, request_dispatch, submit
@@ -74,10 +77,11 @@ __all__ = [
     "InvalidResolution",
     "InvalidTimeWindow",
     "InvalidTransition",
+    "MonthNotClosed",
     "QueueFull",
     "QueueUnavailable",
+    "ReleaseStoreError",
     "RequestRejected",
-    "SuppressionAuditFailed",
     "UnknownAgency",
     "UnknownCamera",
     "UnknownRequest",
@@ -137,6 +141,8 @@ __all__ = [
     "request_dispatch",
     "submit",
     # reports
+    "PrivacySettings",
+    "ReleaseStore",
     "RequestMap",
     "TransparencyReport",
     "agencies_html",

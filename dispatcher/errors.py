@@ -113,10 +113,6 @@ class InvalidIndexSettings(DispatchError, ValueError):
     """Index settings out of range: H3 levels that are not strictly increasing resolutions 0..15."""
 
 
-class SuppressionAuditFailed(DispatchError, RuntimeError):
-    """The disclosure audit could not solve one of its linear programs, so the table cannot be published as it
-    stands."""
-
 
 class MonthNotClosed(DispatchError, ValueError):
     """A transparency report asked for a month that has not closed yet (its requests are still being reviewed
