@@ -122,7 +122,7 @@ def test_geojson_text_feature_and_shapely_inputs_agree():
 def test_geodesy_is_one_ellipsoid_for_policy_and_agencies():
     """A geodesic circle's area, measured as the policy measures areas, is the circle's area on the ellipsoid
     (to the polygon's chord error), and the policy measures with these very functions."""
-    assert policy.geodesic_area_sq_mi is geodesy.geodesic_area_sq_mi
+    assert policy.GEOD is geodesy.GEOD and policy.SQ_M_PER_SQ_MI == geodesy.SQ_M_PER_SQ_MI
     for lng, lat, r in ((-87.63, 41.88, 20_000.0), (-149.9, 61.2, 3_000.0), (-157.86, 21.31, 40_000.0)):
         circle = geodesy.geodesic_circle(lng, lat, r, 256)
         assert circle.is_valid and circle.exterior.is_ccw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -235,7 +236,9 @@ def test_consume_command_sends_every_notification_once_and_stops_on_sigterm(redi
     with redis_server.client() as r:  # every entry delivered again, as after a crash before the acks
         r.xgroup_setid(s.keys.notifications, "senders", "0")
     again = run_once()
-    assert "0 sent, 300 skipped" in again and outbox_owners(OutboxSender(outbox)) == rs.owner_ids.tolist()
+    skipped = re.search(r"0 sent, (\d+) skipped", again)  # a consumer may take over another's entry: skipped too
+    assert skipped and int(skipped.group(1)) >= 300, again
+    assert outbox_owners(OutboxSender(outbox)) == rs.owner_ids.tolist()
 
 
 def test_a_malformed_notification_entry_is_set_aside_and_the_others_sent(redis_server, tmp_path):
