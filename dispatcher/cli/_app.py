@@ -77,20 +77,26 @@ def load_agencies(agencies: str | None, synthetic: int | None, *, required: bool
     return None
 
 
-def read_policy(path: Path | None) -> dict[str, Any]:
-    """The policy settings in a JSON file (checked by ``Policy.from_dict`` before any worker starts)."""
+def read_settings(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """A JSON object of settings from a file; ``error`` (a typed error) names the file when it is not one."""
     import orjson
 
+    try:
+        got = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise error(f"{path}: not JSON ({exc})") from None
+    if not isinstance(got, dict):
+        raise error(f"{path}: settings are a JSON object of settings by name, got {type(got).__name__}")
+    return got
+
+
+def read_policy(path: Path | None) -> dict[str, Any]:
+    """The policy settings in a JSON file (checked by ``Policy.from_dict`` before any worker starts)."""
     from dispatcher.errors import InvalidPolicy
     from dispatcher.workflow.policy import Policy
 
     if path is None:
         return {}
-    try:
-        got = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidPolicy(f"{path}: not JSON ({exc})") from None
-    if not isinstance(got, dict):
-        raise InvalidPolicy(f"{path}: a policy is a JSON object of settings, got {type(got).__name__}")
+    got = read_settings(path, InvalidPolicy)
     Policy.from_dict(got, source=str(path))
     return got

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from dispatcher.cli._app import agencies_options, load_agencies, main, out, read_policy
+from dispatcher.cli._app import agencies_options, load_agencies, main, out, read_policy, read_settings
 from dispatcher.workflow.store import open_store
 
 _store_option = click.option("--store", "store_spec", required=True,
@@ -97,7 +96,6 @@ def report_transparency(store_spec: str, agencies: str | None, synthetic_agencie
                         since: str | None, until: str | None, preview: bool, html_file: Path, csv_file: Path) -> None:
     """Per agency and month: requests submitted, approved, rejected (by rule), dispatched, median area and
     window, notifications sent, share rate; released with differential privacy, once per month after it closes."""
-    import orjson
 
     from dispatcher.errors import InvalidReportSettings
     from dispatcher.reports.privacy import PrivacySettings
@@ -105,14 +103,7 @@ def report_transparency(store_spec: str, agencies: str | None, synthetic_agencie
     from dispatcher.reports.transparency import PREVIEW_MARK, build_report
     from dispatcher.workflow.policy import Policy
 
-    settings: dict[str, Any] = {}
-    if settings_file is not None:
-        try:
-            settings = orjson.loads(settings_file.read_bytes())
-        except orjson.JSONDecodeError as exc:
-            raise InvalidReportSettings(f"{settings_file}: not JSON ({exc})") from None
-        if not isinstance(settings, dict):
-            raise InvalidReportSettings(f"{settings_file}: the settings must be a JSON object")
+    settings = read_settings(settings_file, InvalidReportSettings) if settings_file is not None else {}
     settings |= {name: v for name, v in (("epsilon", epsilon), ("k", k)) if v is not None}
     privacy_settings = PrivacySettings.from_dict(settings, str(settings_file or "the options"))
     registry = load_agencies(agencies, synthetic_agencies)
