@@ -349,3 +349,17 @@ def test_submitters_learn_a_status_and_cannot_reach_anything_else(redis_server: 
         with pytest.raises(redis.exceptions.NoPermissionError):
             attempt()
     agency.close()
+
+
+def test_commands_every_group_acknowledged_leave_the_stream(redis_server: RedisServer, world) -> None:
+    """A command is kept only until it is handled: the stream does not grow for ever."""
+    index, _ = world
+    rng = np.random.default_rng(31)
+    with redis_server.client() as r:
+        for k in range(10):
+            submit(r, _request(k, rng))
+    w = _worker(redis_server, index, "w", block_ms=20, claim_idle_ms=40)
+    _serve([w], lambda: w.stats.handled == 10 and redis_server.client().xlen(Keys().requests) == 0)
+    with redis_server.client() as r:
+        assert r.xlen(Keys().requests) == 0 and r.xpending(Keys().requests, "workers")["pending"] == 0
+        assert all((r.hgetall(Keys().request(f"req-{k}")) or {}).get(b"state") == b"dispatched" for k in range(10))

@@ -243,27 +243,34 @@ class RedisSink:
 
     def trim_acknowledged(self) -> int:
         """Trim entries every group has acknowledged (never one still pending or undelivered)."""
-        def run() -> int:
-            groups = self._groups()
-            if not groups:
-                return 0
-            bound: tuple[int, int] | None = None
-            for g in groups:
-                pend = self.client.xpending(self.keys.notifications, g["name"])
-                if pend["pending"]:
-                    ms, seq = (int(x) for x in _s(pend["min"]).split("-"))
-                    cand = (ms, seq)
-                else:
-                    ms, seq = (int(x) for x in _s(g["last-delivered-id"]).split("-"))
-                    cand = (ms, seq + 1)
-                bound = cand if bound is None or cand < bound else bound
-            assert bound is not None
-            return int(self.client.xtrim(self.keys.notifications, minid=f"{bound[0]}-{bound[1]}", approximate=False))
-        return with_retries(self.settings, "trim", run)
+        return with_retries(self.settings, "trim", lambda: trim_acknowledged(self.client, self.keys.notifications))
 
     def read_all(self) -> list[tuple[str, bytes]]:
         entries: Any = self.client.xrange(self.keys.notifications)
         return [(bytes(f[b"request"]).decode(), bytes(f[b"data"])) for _id, f in entries]
+
+
+def trim_acknowledged(client: Any, stream: str) -> int:
+    """Trim the entries of ``stream`` that every consumer group has acknowledged: never one still pending or not
+    yet delivered to some group (a stream without groups is left alone). Returns the entries trimmed."""
+    try:
+        groups = list(client.xinfo_groups(stream))
+    except redis.ResponseError:  # no such stream
+        return 0
+    if not groups:
+        return 0
+    bound: tuple[int, int] | None = None
+    for g in groups:
+        pend = client.xpending(stream, g["name"])
+        if pend["pending"]:
+            ms, seq = (int(x) for x in _s(pend["min"]).split("-"))
+            cand = (ms, seq)
+        else:
+            ms, seq = (int(x) for x in _s(g["last-delivered-id"]).split("-"))
+            cand = (ms, seq + 1)
+        bound = cand if bound is None or cand < bound else bound
+    assert bound is not None
+    return int(client.xtrim(stream, minid=f"{bound[0]}-{bound[1]}", approximate=False))
 
 
 def _b(x: str | bytes) -> bytes:

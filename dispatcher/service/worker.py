@@ -24,6 +24,7 @@ import redis
 
 from dispatcher.connections import is_transient, with_retries
 from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.keys import Keys
 from dispatcher.service import commands
 from dispatcher.workflow.pipeline import Command, Outcome, Pipeline
@@ -96,6 +97,7 @@ class Worker:
                                                **{self.keys.intake(a): a for a in agencies}}
         self.stats = WorkerStats()
         self._next_claim = 0.0
+        self._touched: set[str] = set()
         self._stop: Any = None
         self._retry("create group", self._ensure_groups)
 
@@ -128,6 +130,7 @@ class Worker:
                 pipe.xack(stream, self.settings.group, eid)
             pipe.execute()
         self._retry("publish", publish)
+        self._touched.update(stream for stream, _, _ in entries)
         for (_, eid, _), res in zip(entries, results, strict=True):
             if isinstance(res, Outcome):
                 self.stats.count(res)
@@ -234,6 +237,13 @@ class Worker:
             self.process([entry])
         return fresh
 
+    def _trim(self) -> None:
+        """Drop the commands every group has acknowledged: a submission names the agency's request, which the
+        store holds from then on; nothing is kept twice, nor for ever."""
+        touched, self._touched = self._touched, set()  # only the streams this worker took entries from
+        for stream in touched:
+            self._retry("trim", lambda stream=stream: trim_acknowledged(self.r, stream))  # type: ignore[misc]
+
     def step(self) -> int:
         """Claim what dead workers left, then read new entries; returns how many entries were handled."""
         s = self.settings
@@ -245,6 +255,7 @@ class Worker:
                 self.process(claimed)
             else:
                 self._next_claim = time.monotonic() + s.claim_idle_ms / 4000
+                self._trim()
         fresh: Any = self._retry("read", lambda: self.r.xreadgroup(
             s.group, self.name, dict.fromkeys(self.streams, ">"), count=s.read_count, block=s.block_ms))
         entries = [(_s(stream), eid, fields) for stream, got in fresh or [] for eid, fields in got]

@@ -162,7 +162,9 @@ class Workflow:
         if len(clips) > MAX_CLIPS or any(not isinstance(c, str) or not 0 < len(c) <= 128 for c in clips):
             raise InvalidChoice(f"clips must be at most {MAX_CLIPS} ids of 1-128 characters")
         self.store.set_choice(request_id, owner_id, choice, clips, now)
-        self.store.append_audit(request_id, f"owner:{owner_id}", choice, now, {"clips": len(clips)})
+        # the audit log is kept for good: it says that a resident chose, never which one (the choice itself, which
+        # names them, expires with the request's other records)
+        self.store.append_audit(request_id, "owner", choice, now, {"clips": len(clips)})
 
     def share(self, request_id: str, owner_id: int, clips: list[str], now: datetime) -> None:
         if not clips:
@@ -176,12 +178,12 @@ class Workflow:
         """Opt out of every future request, at once: the gate refuses this owner from now on."""
         now = aware_now(now)
         self.store.set_opted_out(owner_id, True, now)
-        self.store.append_audit("-", f"owner:{owner_id}", "opt_out", now, {})
+        self.store.append_audit("-", "owner", "opt_out", now, {})
 
     def opt_in(self, owner_id: int, now: datetime) -> None:
         now = aware_now(now)
         self.store.set_opted_out(owner_id, False, now)
-        self.store.append_audit("-", f"owner:{owner_id}", "opt_in", now, {})
+        self.store.append_audit("-", "owner", "opt_in", now, {})
 
 
 class PrefetchedLog:
