@@ -135,3 +135,18 @@ def test_every_option_reads_the_environment_variable_named_after_its_flag(tmp_pa
         for flag in flags:
             if flag != "help":
                 assert f"{prefix}_{flag.replace('-', '_').upper()}" in text, (command, flag)
+
+
+def test_user_errors_are_one_clean_line_with_exit_code_2(tmp_path: Path):
+    """A missing file, a directory that is not an index: one line on stderr, status 2, no traceback."""
+    (tmp_path / "notindex").mkdir()
+    window = ["--start", "2026-10-31T00:00:00Z", "--end", "2026-10-31T01:00:00Z"]
+    cases = [
+        (["resolve", "--index", str(tmp_path), "--area", f"@{tmp_path / 'missing.json'}", *window], "missing.json"),
+        (["resolve", "--index", str(tmp_path / "notindex"), "--area", "{}", *window], "not an index directory"),
+    ]
+    for args, said in cases:
+        p = subprocess.run([sys.executable, "-m", "dispatcher.cli", *args], capture_output=True, text=True,
+                           timeout=300, cwd=Path(__file__).resolve().parents[1])
+        assert p.returncode == 2, (args, p.stderr)
+        assert "Traceback" not in p.stderr and said in p.stderr and p.stderr.startswith("error: ")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from rich.text import Text
+
 from dispatcher.cli import data, operate, reports, service
 from dispatcher.cli._app import console, main, name_environment
 from dispatcher.errors import DispatchError
@@ -21,10 +23,13 @@ name_environment(main, "GEODISPATCH")
 
 
 def run() -> None:
-    """Entry point: typed errors become a one-line message and exit status 2."""
+    """Entry point: typed errors, and files that cannot be read or written, become a one-line message and exit
+    status 2."""
     try:
         main(standalone_mode=True)
-    except DispatchError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (DispatchError, OSError) as exc:
+        # a KeyError's str() quotes its message: print the message itself
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        console.print(Text.assemble(("error: ", "red"), str(text)), highlight=False)  # never markup: it is data
         sys.exit(2)
 
