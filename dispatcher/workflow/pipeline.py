@@ -191,9 +191,9 @@ class Pipeline:
     def _authenticated(cmd: Submit) -> VideoRequest:
         """The submission as a request of its sender: an agency's own id scoped to it, and refused when it names
         another agency."""
-        if cmd.agency is None:
-            return VideoRequest.from_dict(cmd.request)
         vr = VideoRequest.from_dict(cmd.request)
+        if cmd.agency is None:
+            return vr
         if vr.agency_id != cmd.agency:
             raise RequestRejected([("agency_mismatch", f"sent by {cmd.agency}, the request names "
                                                        f"{vr.agency_id[:80]!r}")])
