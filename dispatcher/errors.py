@@ -122,3 +122,20 @@ class MonthNotClosed(DispatchError, ValueError):
 class ReleaseStoreError(DispatchError, OSError):
     """A release file of the transparency report that cannot be read, or that holds a release in a format this
     version does not know."""
+
+
+class NotAuthenticated(DispatchError, PermissionError):
+    """A call to the HTTP API without a valid credential: none given, garbled, unknown or revoked."""
+
+
+class NotPermitted(DispatchError, PermissionError):
+    """A credential whose role may not make this call (an agency's key on a reviewer's endpoint)."""
+
+
+class ApiKeyError(DispatchError, ValueError):
+    """An API key operation refused: a principal that already has two active keys, an unknown key id, a malformed
+    agency or reviewer name."""
+
+
+class InvalidApiSettings(DispatchError, ValueError):
+    """HTTP API settings out of range (a body limit under 1 KiB, a list limit under 1)."""

@@ -105,3 +105,14 @@ class Keys:
 
     def choices(self, request_id: str) -> str:
         return self._key("choices", request_id)
+
+    # -- the HTTP API's credentials ----------------------------------------------------------------------
+    @property
+    def api_keys(self) -> str:
+        """API keys by the SHA-256 digest of the key: each one's role, principal, key id and times."""
+        return self._key("apikeys")
+
+    @property
+    def api_key_ids(self) -> str:
+        """Key id -> digest, for revoking a key by the id the operator was shown."""
+        return self._key("apikeys", "ids")

@@ -2,8 +2,9 @@
 environment as ``GEODISPATCH_<COMMAND>_<OPTION>``, named after the option's flag (``--index`` of ``resolve`` is
 ``GEODISPATCH_RESOLVE_INDEX``); ``--help`` shows each variable.
 
-The commands live by what they serve: ``data`` (generate, build, resolve), ``service`` (serve, consume),
-``operate`` (demo, bench, loadtest), ``reports`` (maps and the transparency report).
+The commands live by what they serve: ``data`` (generate, build, resolve), ``service`` (serve, consume), ``api``
+(the HTTP front door and its keys), ``operate`` (demo, bench, loadtest), ``reports`` (maps and the transparency
+report).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import sys
 
 from rich.text import Text
 
-from dispatcher.cli import data, operate, reports, service
+from dispatcher.cli import api, data, operate, reports, service
 from dispatcher.cli._app import console, main, name_environment
 from dispatcher.errors import DispatchError
 
 __all__ = ["main", "run"]
 
-_COMMANDS = (data, operate, reports, service)  # imported for the commands they register
+_COMMANDS = (api, data, operate, reports, service)  # imported for the commands they register
 name_environment(main, "GEODISPATCH")
 
 

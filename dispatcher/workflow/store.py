@@ -80,6 +80,9 @@ class Store(Protocol):
                        payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None: ...
     def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None: ...
     def request_ids(self) -> list[str]: ...
+    def agency_request_ids(self, agency_id: str, limit: int) -> list[str]:
+        """The ids of the requests naming ``agency_id``, newest submission first, at most ``limit``."""
+        ...
     def create_many(self, items: Sequence[NewRequest]) -> list[bool]: ...
     def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
                ) -> tuple[list[tuple[str, dict[str, Any]] | None], list[int]]: ...
@@ -174,6 +177,10 @@ class SqliteStore:
 
     def request_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT request_id FROM requests ORDER BY request_id")]
+
+    def agency_request_ids(self, agency_id: str, limit: int) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT request_id FROM requests WHERE agency_id=? "
+                                               "ORDER BY submitted_us DESC, request_id LIMIT ?", (agency_id, limit))]
 
     def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]:
         return [self.transition(*it) for it in items]
@@ -389,6 +396,11 @@ class RedisStore:
 
     def request_ids(self) -> list[str]:
         return sorted(x.decode() for x in self._call("request_ids", lambda: self.r.smembers(self.k.request_ids)))
+
+    def agency_request_ids(self, agency_id: str, limit: int) -> list[str]:
+        got = self._call("agency_request_ids", lambda: self.r.zrevrange(self.k.agency_requests(agency_id), 0,
+                                                                         limit - 1))
+        return [x.decode() for x in got]
 
     def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool:
         return self.transition_many([(request_id, old, new, entry)])[0]

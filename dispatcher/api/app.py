@@ -1,0 +1,382 @@
+"""The HTTP front door: an ASGI app (FastAPI) that authenticates agencies and reviewers and runs the library's
+pipeline in-process.
+
+A handler is a transport and nothing more: it decodes the body, builds the command (``Submit(request,
+agency=<the key's agency>)``, ``Dispatch(id)``), calls :meth:`Pipeline.run` and encodes the outcome, which for
+an agency is what :func:`submitters_outcome` gives (status and rule codes). The identity comes from the key,
+never from the body: a request naming another agency is refused by the pipeline (``agency_mismatch``), and an
+agency's ids are scoped to it, so another agency's request is not found, exactly as a missing one.
+
+Every error is JSON of one shape, ``{"error": {"type": ..., "message": ..., "field": ...}}``; every refusal
+changes nothing.
+
+The module has no ``from __future__ import annotations``: FastAPI reads the handlers' annotations at run time,
+and they name the dependencies made inside :func:`create_app`.
+"""
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dispatcher.api.backend import Backend
+from dispatcher.api.credentials import AGENCY, REVIEWER, Principal
+from dispatcher.connections import is_transient
+from dispatcher.errors import InvalidApiSettings, InvalidTransition, NotAuthenticated, NotPermitted, UnknownRequest
+from dispatcher.service.commands import submitters_outcome
+from dispatcher.workflow.pipeline import Dispatch, Outcome, Submit, scoped_id
+from dispatcher.workflow.review import APPROVED, SUBMITTED
+
+__all__ = ["ApiSettings", "create_app"]
+
+#: Request ids as the library takes them (an agency's own, or the platform's ``<agency>:<id>``).
+_ID = r"^[A-Za-z0-9_-]{1,64}$"
+_SCOPED_ID = r"^[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9_-]{1,64})?$"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Limits of the front door."""
+
+    #: Request bodies larger than this are refused (413) before they are read further.
+    body_limit: int = 256 * 1024
+    #: At most this many requests in a list (the agency's own, the review queue).
+    list_limit: int = 1000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.body_limit, int) or self.body_limit < 1024:
+            raise InvalidApiSettings(f"body_limit must be at least 1024 bytes, got {self.body_limit!r}")
+        if not isinstance(self.list_limit, int) or self.list_limit < 1:
+            raise InvalidApiSettings(f"list_limit must be at least 1, got {self.list_limit!r}")
+
+
+class ApiError(Exception):
+    """An HTTP refusal with its typed JSON body."""
+
+    def __init__(self, status: int, kind: str, message: str, field: str | None = None,
+                 extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.field = status, kind, message, field
+        self.extra = extra or {}
+        self.headers = headers
+
+
+def _error(status: int, kind: str, message: str, field: str | None = None, extra: dict[str, Any] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"type": kind, "message": message, "field": field}, **(extra or {})}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------- bodies
+
+
+class Submission(BaseModel):
+    """A video request as an agency sends it: the fields of the library's ``VideoRequest``, whose policy judges
+    every value; here only their JSON types are checked."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    request_id: str = Field(description="The agency's own id for the request (1-64 of A-Z a-z 0-9 - _).")
+    agency_id: str = Field(description="The agency sending it: must be the key's agency.")
+    case_number: str
+    incident_type: str
+    investigator_contact: str
+    message: str
+    area: dict[str, Any] = Field(description="A GeoJSON Polygon or MultiPolygon, lng/lat.")
+    start: str = Field(description="ISO-8601 date-time with an offset.")
+    end: str = Field(description="ISO-8601 date-time with an offset.")
+    submitted_at: str = Field(description="ISO-8601 date-time with an offset.")
+
+
+class Rejection(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class RequestStatus(BaseModel):
+    request_id: str
+    status: str
+
+
+class SubmitResult(RequestStatus):
+    codes: list[str]
+
+
+class RequestList(BaseModel):
+    requests: list[RequestStatus]
+
+
+class QueueEntry(BaseModel):
+    request_id: str
+    agency_id: str
+    case_number: str
+    incident_type: str
+    submitted_at: str
+    start: str
+    end: str
+    area_sq_mi: float
+
+
+class ReviewQueue(BaseModel):
+    requests: list[QueueEntry]
+
+
+class ReviewResult(RequestStatus):
+    notified: int
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorBody} for c in codes}
+
+
+# ---------------------------------------------------------------------------------------------- body limit
+
+
+class _BodyLimit:
+    """Refuses (413) a body over ``limit`` bytes, by its Content-Length or while it arrives, before the app
+    sees any of it; the app then reads the body from memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        await _error(413, "body_too_large", f"the body is larger than {self.limit} bytes", "body")(
+            scope, _no_receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            if not length.isdigit():
+                await _error(400, "invalid_header", "Content-Length is not a number", "Content-Length")(
+                    scope, _no_receive, send)
+            else:
+                await self._refuse(scope, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # bounded: every message adds to size, and size stops at the limit
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, send)
+                return
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        given = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _no_receive() -> MutableMapping[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+# ---------------------------------------------------------------------------------------------- the app
+
+
+def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI:
+    """The ASGI app over ``backend`` (see :func:`dispatcher.api.backend.open_backend`)."""
+    s = settings or ApiSettings()
+    app = FastAPI(title="geodispatch", version="1", summary="Police video requests to camera owners, without "
+                  "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+    app.state.backend = backend
+    bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gdk_...`.")
+
+    def principal(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+        got = None if cred is None else backend.credentials.authenticate(cred.credentials)
+        if got is None:
+            raise NotAuthenticated("missing or invalid API key")
+        return got
+
+    def agency(who: Annotated[Principal, Depends(principal)]) -> str:
+        if who.role != AGENCY:
+            raise NotPermitted("this endpoint is for agencies")
+        return who.name
+
+    def reviewer(who: Annotated[Principal, Depends(principal)]) -> str:
+        if who.role != REVIEWER:
+            raise NotPermitted("this endpoint is for reviewers")
+        return who.name
+
+    def run(cmd: Submit | Dispatch) -> Outcome:
+        with backend.lock:
+            return backend.pipeline.run([cmd], backend.clock())[0]
+
+    # -- handlers of errors: one JSON shape -------------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.kind, exc.message, exc.field, exc.extra, exc.headers)
+
+    @app.exception_handler(NotAuthenticated)
+    async def _unauthenticated(_: Request, exc: NotAuthenticated) -> JSONResponse:
+        return _error(401, "unauthorized", str(exc), "Authorization", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(NotPermitted)
+    async def _forbidden(_: Request, exc: NotPermitted) -> JSONResponse:
+        return _error(403, "forbidden", str(exc), "Authorization")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = [_field_error(e) for e in exc.errors()]
+        first = errs[0] if errs else {"field": "body", "message": "invalid", "type": ""}
+        kind = "invalid_json" if first["type"] == "json_invalid" else "invalid_input"
+        return _error(422, kind, f"{first['field']}: {first['message']}", first["field"],
+                      {"errors": errs[:20]})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, kind, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            return _error(503, "unavailable", "the store is unreachable; try again (a repeat is harmless)",
+                          headers={"Retry-After": "1"})
+        return _error(500, "internal_error", "the call failed; see the server's log")
+
+    # -- agencies ---------------------------------------------------------------------------------------
+
+    not_found = ApiError(404, "not_found", "no such request", "request_id")
+
+    @app.post("/v1/requests", status_code=202, response_model=SubmitResult, tags=["agencies"],
+              responses=_errors(401, 403, 413, 422, 503))
+    def submit_request(body: Submission, me: Annotated[str, Depends(agency)]) -> Any:
+        """Submit a video request. 202 with its status (``submitted`` awaiting review, or further); 422 with the
+        rule codes when the policy refuses it. Sending the same request again returns its status."""
+        outcome = run(Submit(body.model_dump(), agency=me))
+        seen = submitters_outcome(outcome, None, me)
+        result = {"request_id": seen["request_id"], "status": seen["outcome"], "codes": list(seen["codes"])}
+        if outcome.refused:
+            raise ApiError(422, "request_refused", "the request was refused: " + ", ".join(result["codes"]),
+                           "body", result)
+        return result
+
+    @app.get("/v1/requests/{request_id}", response_model=RequestStatus, tags=["agencies"],
+             responses=_errors(401, 403, 404, 422, 503))
+    def get_request(request_id: Annotated[str, Path(pattern=_ID)], me: Annotated[str, Depends(agency)]) -> Any:
+        """The status of one of the agency's own requests; any other id is not found."""
+        with backend.lock:
+            got = backend.workflow.store.get_request(scoped_id(me, request_id))
+        if got is None:
+            raise not_found
+        return {"request_id": request_id, "status": got[0]}
+
+    @app.get("/v1/requests", response_model=RequestList, tags=["agencies"], responses=_errors(401, 403, 503))
+    def list_requests(me: Annotated[str, Depends(agency)]) -> Any:
+        """The agency's own requests, newest first, with their status."""
+        mine = f"{me}:"
+        with backend.lock:
+            store = backend.workflow.store
+            ids = [r for r in store.agency_request_ids(me, s.list_limit) if r.startswith(mine)]
+            found = store.lookup(ids, [])[0]
+        return {"requests": [{"request_id": r[len(mine):], "status": got[0]}
+                             for r, got in zip(ids, found, strict=True) if got is not None]}
+
+    # -- reviewers --------------------------------------------------------------------------------------
+
+    @app.get("/v1/review/queue", response_model=ReviewQueue, tags=["reviewers"], responses=_errors(401, 403, 503))
+    def review_queue(_: Annotated[str, Depends(reviewer)]) -> Any:
+        """Requests awaiting review, oldest submission first."""
+        with backend.lock:
+            store = backend.workflow.store
+            ids = store.request_ids()
+            found = store.lookup(ids, [])[0]
+        fields = ("agency_id", "case_number", "incident_type", "submitted_at", "start", "end", "area_sq_mi")
+        queue = [{"request_id": r, **{k: got[1][k] for k in fields}}
+                 for r, got in zip(ids, found, strict=True) if got is not None and got[0] == SUBMITTED]
+        queue.sort(key=lambda q: (q["submitted_at"], q["request_id"]))
+        return {"requests": queue[:s.list_limit]}
+
+    @app.post("/v1/review/{request_id}/approve", response_model=ReviewResult, tags=["reviewers"],
+              responses=_errors(401, 403, 404, 409, 422, 503))
+    def approve(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], me: Annotated[str, Depends(reviewer)]
+                ) -> Any:
+        """Approve a submitted request and dispatch it. An approved request whose dispatch did not finish is
+        dispatched again (harmless: what was sent is not sent twice)."""
+        wf = backend.workflow
+        with backend.lock:
+            state = _state(wf, request_id)
+            if state == SUBMITTED:
+                _move(lambda: wf.approve(request_id, me, backend.clock()))
+            elif state != APPROVED:
+                raise ApiError(409, "conflict", f"the request is {state}, not awaiting review", "request_id")
+            outcome = backend.pipeline.run([Dispatch(request_id)], backend.clock())[0]
+        return {"request_id": request_id, "status": outcome.status, "notified": outcome.notified}
+
+    @app.post("/v1/review/{request_id}/reject", response_model=RequestStatus, tags=["reviewers"],
+              responses=_errors(401, 403, 404, 409, 422, 503))
+    def reject(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], body: Rejection,
+               me: Annotated[str, Depends(reviewer)]) -> Any:
+        """Reject a submitted request, with the reason (kept in the audit log)."""
+        wf = backend.workflow
+        with backend.lock:
+            _state(wf, request_id)
+            _move(lambda: wf.reject(request_id, me, backend.clock(), body.reason))
+            return {"request_id": request_id, "status": wf.state(request_id)}
+
+    app.add_middleware(_BodyLimit, limit=s.body_limit)
+    return app
+
+
+def _field_error(e: Any) -> dict[str, str]:
+    """One validation error: the field (dotted path in the body, or the parameter), what is wrong, its kind."""
+    loc = tuple(e.get("loc", ()))
+    kind, msg = str(e.get("type", "")), str(e.get("msg", ""))[:300]
+    if kind == "json_invalid":  # the location is the offset where parsing failed
+        detail = (e.get("ctx") or {}).get("error")
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return {"field": "body", "message": f"not JSON{at}" + (f" ({detail})" if detail else ""), "type": kind}
+    return {"field": ".".join(str(p) for p in loc[1:]) or (str(loc[0]) if loc else "body"), "message": msg,
+            "type": kind}
+
+
+def _state(wf: Any, request_id: str) -> str:
+    try:
+        return str(wf.state(request_id))
+    except UnknownRequest:
+        raise ApiError(404, "not_found", "no such request", "request_id") from None
+
+
+def _move(step: Callable[[], None]) -> None:
+    try:
+        step()
+    except InvalidTransition as exc:
+        raise ApiError(409, "conflict", str(exc), "request_id") from None

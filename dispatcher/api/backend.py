@@ -1,0 +1,88 @@
+"""What the HTTP front door runs on: the library's pipeline, its workflow store and sink, and the API keys.
+
+Embedded (the default, no server): the SQLite workflow store, the local notification sink and the key table in
+one file. With a Redis URL: :class:`RedisStore`, :class:`RedisSink` and :class:`RedisCredentials` on that Redis
+(queue settings in the URL's query apply, as everywhere).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dispatcher.api.credentials import Credentials, RedisCredentials, SqliteCredentials
+from dispatcher.connections import connect
+from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import LocalSink, RedisSink
+from dispatcher.errors import InvalidQueueSettings
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.workflow.agencies import AgencyRegistry
+from dispatcher.workflow.pipeline import Pipeline
+from dispatcher.workflow.policy import Policy
+from dispatcher.workflow.review import Workflow
+from dispatcher.workflow.store import RedisStore, SqliteStore
+
+__all__ = ["Backend", "open_backend", "open_credentials"]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Backend:
+    """The pipeline the API calls, the keys it checks, and the clock a call is judged at. ``lock`` serialises
+    the calls of one process into the pipeline (its store and sink connections are shared by the server's
+    threads); more throughput comes from more server processes on the same Redis."""
+
+    pipeline: Pipeline
+    credentials: Credentials
+    clock: Callable[[], datetime] = _utc_now
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def workflow(self) -> Workflow:
+        return self.pipeline.workflow
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+        self.closers.clear()
+
+
+def _one(store: str | Path | None, redis_url: str | None) -> None:
+    if (store is None) == (redis_url is None):
+        raise InvalidQueueSettings("give a store file or a Redis URL (one of the two)")
+
+
+def open_credentials(store: str | Path | None = None, redis_url: str | None = None) -> Credentials:
+    """The API keys kept with the workflow store: the SQLite file's table, or the Redis hashes."""
+    _one(store, redis_url)
+    if redis_url is not None:
+        qs = QueueSettings.from_url(redis_url)
+        return RedisCredentials(connect(qs), qs.keys, qs)
+    return SqliteCredentials(str(store))
+
+
+def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, policy: Policy | None = None, *,
+                 store: str | Path | None = None, redis_url: str | None = None,
+                 clock: Callable[[], datetime] | None = None) -> Backend:
+    """A backend on the embedded file ``store`` or on the Redis at ``redis_url``, over the index (an open one,
+    or its directory, memory-mapped)."""
+    _one(store, redis_url)
+    idx = index if isinstance(index, CameraIndex) else CameraIndex.open(str(index))
+    if redis_url is not None:
+        qs = QueueSettings.from_url(redis_url)
+        wf = Workflow(RedisStore(connect(qs), qs.keys, qs), registry, policy)
+        pipeline = Pipeline(wf, idx, Dispatcher(RedisSink(qs), qs))
+        return Backend(pipeline, RedisCredentials(connect(qs), qs.keys, qs), clock or _utc_now)
+    sink = LocalSink(str(store))
+    db = SqliteStore(str(store))  # one file: the gate's records are written with each batch
+    creds = SqliteCredentials(str(store))
+    pipeline = Pipeline(Workflow(db, registry, policy), idx, Dispatcher(sink))
+    return Backend(pipeline, creds, clock or _utc_now, closers=[sink.close, db.close, creds.close])

@@ -1,0 +1,331 @@
+"""The HTTP front door, served by a real uvicorn on a loopback port and called with httpx, on the embedded file
+and on the test session's redis-server: agencies' keys, scoping, refusals that change nothing, the reviewers'
+approve -> dispatch, body limits, typed errors and the OpenAPI schema."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from click.testing import CliRunner
+from openapi_spec_validator import validate
+
+from bench.reference import Dataset, brute_force
+from dispatcher.api import REVIEWER, Backend, create_app, open_backend
+from dispatcher.api.credentials import AGENCY
+from dispatcher.cli import main
+from dispatcher.dispatch.wire import decode_batch
+from dispatcher.errors import ApiKeyError
+from dispatcher.geo.geodesy import geodesic_circle
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.service.servers import free_port
+from dispatcher.workflow.agencies import Agency, AgencyRegistry
+from dispatcher.workflow.policy import Policy
+from tests import data
+from tests.video_requests import JOINED, LAT0, LNG0, NOW, request
+
+#: How long the server may take to start or stop.
+_SERVER_TIMEOUT_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[CameraIndex, Dataset]:
+    cams = data.cameras(8_000, seed=7, cx=LNG0, cy=LAT0, spread=0.01)
+    own = data.owners(cams, seed=7, share_out=0.02)
+    index = CameraIndex.build(cams, own)
+    v = request()
+    index.resolve(v.area, v.start, v.end, now=NOW)  # compiled before any server starts
+    return index, Dataset.from_tables(cams, own)
+
+
+def _registry() -> AgencyRegistry:
+    area = geodesic_circle(LNG0, LAT0, 20_000)
+    return AgencyRegistry([Agency("il-chicago", "Chicago Police Department", "IL", area, JOINED),
+                           Agency("il-evanston", "Evanston Police Department", "IL", area, JOINED)])
+
+
+def body(**kw: object) -> dict:
+    """A valid request of the Chicago agency as JSON."""
+    r = request(**kw)
+    d = {f: getattr(r, f) for f in r.__dataclass_fields__}
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in d.items()}
+
+
+@dataclass
+class Api:
+    backend: Backend
+    url: str
+    chicago: str
+    evanston: str
+    reviewer: str
+
+    def call(self, method: str, path: str, key: str | None = None, headers: dict[str, str] | None = None,
+             **kw: object) -> httpx.Response:
+        headers = {**({"Authorization": f"Bearer {key}"} if key is not None else {}), **(headers or {})}
+        with httpx.Client(base_url=self.url, timeout=60) as c:
+            return c.request(method, path, headers=headers, **kw)  # type: ignore[arg-type]
+
+    def requests(self) -> list[str]:
+        return self.backend.workflow.store.request_ids()
+
+    def notified(self) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for rid, payload in self.backend.pipeline.dispatcher.sink.read_all():
+            out.setdefault(rid, set()).update(n.owner_id for n in decode_batch(payload)[1])
+        return out
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def api(request: pytest.FixtureRequest, world, tmp_path) -> Iterator[Api]:
+    index, _ = world
+    where = ({"store": tmp_path / "geodispatch.sqlite"} if request.param == "sqlite"
+             else {"redis_url": request.getfixturevalue("redis_server").url})
+    backend = open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
+                           **where)  # type: ignore[arg-type]
+    keys = [backend.credentials.create(role, name, NOW)[1]
+            for role, name in [(AGENCY, "il-chicago"), (AGENCY, "il-evanston"), (REVIEWER, "rev-1")]]
+    server = uvicorn.Server(uvicorn.Config(create_app(backend), host="127.0.0.1", port=free_port(),
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + _SERVER_TIMEOUT_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
+        time.sleep(0.02)
+    try:
+        yield Api(backend, f"http://127.0.0.1:{server.config.port}", *keys)
+    finally:
+        server.should_exit = True
+        thread.join(_SERVER_TIMEOUT_S)
+        assert not thread.is_alive(), "the API server did not stop"
+        backend.close()
+
+
+def test_submit_status_and_list(api: Api) -> None:
+    r = api.call("POST", "/v1/requests", api.chicago, json=body())
+    assert r.status_code == 202, r.text
+    assert r.json() == {"request_id": "r1", "status": "submitted", "codes": []}
+    assert api.requests() == ["il-chicago:r1"]  # scoped to the key's agency
+    assert api.call("GET", "/v1/requests/r1", api.chicago).json() == {"request_id": "r1", "status": "submitted"}
+    api.call("POST", "/v1/requests", api.chicago, json=body(request_id="r2"))
+    got = api.call("GET", "/v1/requests", api.chicago).json()
+    assert sorted(x["request_id"] for x in got["requests"]) == ["r1", "r2"]
+    assert api.call("GET", "/v1/requests", api.evanston).json() == {"requests": []}
+    again = api.call("POST", "/v1/requests", api.chicago, json=body())  # a repeat: its status, nothing new
+    assert again.status_code == 202 and again.json()["status"] == "submitted"
+    assert api.requests() == ["il-chicago:r1", "il-chicago:r2"]
+
+
+def test_policy_refusal_is_422_with_the_rule_codes(api: Api) -> None:
+    r = api.call("POST", "/v1/requests", api.chicago, json=body(incident_type="protest"))
+    assert r.status_code == 422
+    got = r.json()
+    assert got["error"]["type"] == "request_refused" and got["request_id"] == "r1"
+    assert got["codes"] and all(isinstance(c, str) for c in got["codes"])
+    assert set(got) == {"error", "request_id", "status", "codes"}  # no count, no time
+    assert api.requests() == []
+
+
+def test_a_body_naming_another_agency_is_refused(api: Api) -> None:
+    r = api.call("POST", "/v1/requests", api.chicago, json=body(agency_id="il-evanston"))
+    assert r.status_code == 422
+    assert r.json()["codes"] == ["agency_mismatch"]
+    assert api.requests() == []
+    assert api.call("GET", "/v1/requests", api.evanston).json() == {"requests": []}
+
+
+def test_another_agencys_request_is_not_found_like_a_missing_one(api: Api) -> None:
+    assert api.call("POST", "/v1/requests", api.chicago, json=body()).status_code == 202
+    theirs = api.call("GET", "/v1/requests/r1", api.evanston)
+    missing = api.call("GET", "/v1/requests/nosuch", api.evanston)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json() == missing.json() and theirs.headers["content-length"] == missing.headers["content-length"]
+    scoped = api.call("GET", "/v1/requests/il-chicago:r1", api.evanston)  # the platform's form: not an id here
+    assert scoped.status_code == 422 and scoped.json()["error"]["field"] == "request_id"
+
+    # the same work either way (one store lookup of an id scoped to the caller): the same timing class
+    def median_ms(path: str) -> float:
+        with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.evanston}"}) as c:
+            times = []
+            for _ in range(30):
+                t0 = time.perf_counter()
+                c.get(path)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    a, b = median_ms("/v1/requests/r1"), median_ms("/v1/requests/nosuch")
+    assert 0.2 < a / b < 5, (a, b)
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer nonsense", "Basic dXNlcjpwdw==",
+                                    "Bearer gdk_000000000000_" + "A" * 43])
+def test_missing_or_garbled_keys_are_401_and_change_nothing(api: Api, header: str | None) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    with httpx.Client(base_url=api.url, headers=headers) as c:
+        for method, path, kw in [("POST", "/v1/requests", {"json": body()}), ("GET", "/v1/requests/r1", {}),
+                                 ("GET", "/v1/requests", {}), ("GET", "/v1/review/queue", {}),
+                                 ("POST", "/v1/review/il-chicago:r1/approve", {})]:
+            r = c.request(method, path, **kw)  # type: ignore[arg-type]
+            assert r.status_code == 401, (method, path, r.text)
+            assert r.json() == {"error": {"type": "unauthorized", "message": "missing or invalid API key",
+                                          "field": "Authorization"}}
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert api.requests() == []
+
+
+def test_keys_rotate_and_revoke(api: Api) -> None:
+    creds = api.backend.credentials
+    second_id, second = creds.create(AGENCY, "il-chicago", NOW)
+    with pytest.raises(ApiKeyError, match="already has 2 active keys"):
+        creds.create(AGENCY, "il-chicago", NOW)
+    assert api.call("GET", "/v1/requests", second).status_code == 200
+    first_id = next(r.key_id for r in creds.records() if r.name == "il-chicago" and r.key_id != second_id)
+    revoked = creds.revoke(first_id, NOW)
+    assert not revoked.active and creds.revoke(first_id, NOW + timedelta(hours=1)).revoked_s == revoked.revoked_s
+    r = api.call("POST", "/v1/requests", api.chicago, json=body())
+    assert r.status_code == 401 and api.requests() == []
+    assert api.call("POST", "/v1/requests", second, json=body()).status_code == 202
+    creds.create(AGENCY, "il-chicago", NOW)  # room again for a successor
+    with pytest.raises(ApiKeyError, match="no API key"):
+        creds.revoke("000000000000", NOW)
+
+
+def test_reviewer_approves_and_the_request_is_dispatched(api: Api, world) -> None:
+    _, ds = world
+    assert api.call("POST", "/v1/requests", api.chicago, json=body()).status_code == 202
+    queue = api.call("GET", "/v1/review/queue", api.reviewer).json()["requests"]
+    assert [q["request_id"] for q in queue] == ["il-chicago:r1"] and queue[0]["agency_id"] == "il-chicago"
+    assert api.notified() == {}
+    r = api.call("POST", "/v1/review/il-chicago:r1/approve", api.reviewer)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["status"] == "dispatched"
+    v = request()
+    expected = set(brute_force(ds, v.area, v.start, v.end, NOW))
+    assert expected and api.notified() == {"il-chicago:r1": expected} and got["notified"] == len(expected)
+    assert api.call("GET", "/v1/requests/r1", api.chicago).json()["status"] == "dispatched"
+    assert api.call("GET", "/v1/review/queue", api.reviewer).json() == {"requests": []}
+    again = api.call("POST", "/v1/review/il-chicago:r1/approve", api.reviewer)
+    assert again.status_code == 409 and again.json()["error"]["type"] == "conflict"
+    assert api.notified() == {"il-chicago:r1": expected}  # nothing sent twice
+    assert api.call("POST", "/v1/review/il-chicago:nosuch/approve", api.reviewer).status_code == 404
+
+
+def test_reviewer_rejects_with_a_reason(api: Api) -> None:
+    api.call("POST", "/v1/requests", api.chicago, json=body())
+    r = api.call("POST", "/v1/review/il-chicago:r1/reject", api.reviewer, json={})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "reason"
+    r = api.call("POST", "/v1/review/il-chicago:r1/reject", api.reviewer, json={"reason": "too broad"})
+    assert r.status_code == 200 and r.json() == {"request_id": "il-chicago:r1", "status": "rejected"}
+    assert api.call("GET", "/v1/requests/r1", api.chicago).json()["status"] == "rejected"
+    assert api.notified() == {}
+    audit = api.backend.workflow.store.audit("il-chicago:r1")
+    assert audit[-1]["actor"] == "reviewer:rev-1" and audit[-1]["detail"] == {"reason": "too broad"}
+
+
+def test_roles_keep_to_their_endpoints(api: Api) -> None:
+    api.call("POST", "/v1/requests", api.chicago, json=body())
+    for method, path, kw in [("GET", "/v1/review/queue", {}), ("POST", "/v1/review/il-chicago:r1/approve", {}),
+                             ("POST", "/v1/review/il-chicago:r1/reject", {"json": {"reason": "x"}})]:
+        r = api.call(method, path, api.chicago, **kw)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "forbidden", (method, path)
+    for method, path, kw in [("POST", "/v1/requests", {"json": body(request_id="r9")}), ("GET", "/v1/requests", {}),
+                             ("GET", "/v1/requests/r1", {})]:
+        assert api.call(method, path, api.reviewer, **kw).status_code == 403
+    assert api.call("GET", "/v1/requests/r1", api.chicago).json()["status"] == "submitted"
+    assert api.requests() == ["il-chicago:r1"] and api.notified() == {}
+
+
+def test_bodies_over_the_limit_are_413(api: Api) -> None:
+    big = body(message="x" * 300_000)
+    r = api.call("POST", "/v1/requests", api.chicago, json=big)
+    assert r.status_code == 413 and r.json()["error"] == {"type": "body_too_large", "field": "body",
+                                                          "message": "the body is larger than 262144 bytes"}
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused as it arrives
+        for _ in range(40):
+            yield b" " * 8192
+    r = api.call("POST", "/v1/requests", api.chicago, content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert api.requests() == []
+
+
+@pytest.mark.parametrize("content, kind, field", [
+    (b'{"request_id": ', "invalid_json", "body"),
+    (b"[1, 2]", "invalid_input", "body"),
+    (None, "invalid_input", "request_id"),  # a number where a string goes
+    (None, "invalid_input", "colour"),      # a field that is not a request's
+    (None, "invalid_input", "area"),        # missing
+])
+def test_bad_bodies_are_422_naming_the_field(api: Api, content: bytes | None, kind: str, field: str) -> None:
+    if content is None:
+        b = body()
+        if field == "request_id":
+            b["request_id"] = 5
+        elif field == "colour":
+            b["colour"] = "red"
+        else:
+            del b[field]
+        content = httpx.Request("POST", "/", json=b).content
+    r = api.call("POST", "/v1/requests", api.chicago, content=content, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["type"] == kind and err["field"] == field, err
+    assert api.requests() == []
+
+
+def test_unknown_paths_and_methods_are_typed_errors(api: Api) -> None:
+    r = api.call("GET", "/v1/nothing", api.chicago)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    r = api.call("DELETE", "/v1/requests", api.chicago)
+    assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+
+
+def test_openapi_schema_is_valid(api: Api) -> None:
+    spec = api.call("GET", "/openapi.json").json()
+    validate(spec)
+    assert {"/v1/requests", "/v1/requests/{request_id}", "/v1/review/queue", "/v1/review/{request_id}/approve",
+            "/v1/review/{request_id}/reject"} <= set(spec["paths"])
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_api_key_commands(tmp_path) -> None:
+    store = str(tmp_path / "keys.sqlite")
+    runner = CliRunner()
+    made = runner.invoke(main, ["api-key", "create", "--store", store, "--agency", "il-chicago"])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("gdk_")
+    listed = runner.invoke(main, ["api-key", "list", "--store", store])
+    key_id = listed.stdout.split()[0]
+    assert key_id in key and key not in listed.stdout and "active" in listed.stdout
+    assert runner.invoke(main, ["api-key", "revoke", "--store", store, "--key-id", key_id]).exit_code == 0
+    assert "revoked" in runner.invoke(main, ["api-key", "list", "--store", store]).stdout
+    assert runner.invoke(main, ["api-key", "create", "--store", store]).exit_code == 2
+
+
+def test_keys_are_stored_only_as_digests(tmp_path) -> None:
+    from dispatcher.api.credentials import SqliteCredentials
+
+    path = tmp_path / "k.sqlite"
+    creds = SqliteCredentials(path)
+    _, key = creds.create(AGENCY, "il-chicago", NOW)
+    creds.close()
+    assert key.encode() not in path.read_bytes() and key.split("_")[-1].encode() not in path.read_bytes()
+    assert SqliteCredentials(path).authenticate(key) is not None
+
+
+def test_ids_are_random(tmp_path) -> None:
+    from dispatcher.api.credentials import new_key
+
+    keys = {new_key()[1] for _ in range(100)}
+    assert len(keys) == 100 and len({k[4:16] for k in keys}) == 100
+    assert np.mean([len(k) for k in keys]) == 4 + 12 + 1 + 43
