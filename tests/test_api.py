@@ -329,3 +329,51 @@ def test_ids_are_random(tmp_path) -> None:
     keys = {new_key()[1] for _ in range(100)}
     assert len(keys) == 100 and len({k[4:16] for k in keys}) == 100
     assert np.mean([len(k) for k in keys]) == 4 + 12 + 1 + 43
+
+
+def test_the_api_command_serves_until_sigterm(world, tmp_path) -> None:
+    """``geodispatch api`` as operators run it: a process on the embedded file, keys made by ``api-key create``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    index, _ = world
+    index.save(tmp_path / "index")
+    _registry().save_parquet(tmp_path / "agencies.parquet")
+    store = str(tmp_path / "geodispatch.sqlite")
+    made = CliRunner().invoke(main, ["api-key", "create", "--store", store, "--agency", "il-chicago"])
+    key = made.stdout.strip().splitlines()[-1]
+    port = free_port()
+    env = {**os.environ, "GEODISPATCH_API_STORE": store}  # every option from the environment too
+    log = tmp_path / "api.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "api", "--index", str(tmp_path / "index"),
+                                 "--agencies", str(tmp_path / "agencies.parquet"), "--port", str(port)], env=env,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "geodispatch api did not start"
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/requests", headers={"Authorization": f"Bearer {key}"},
+                       json=body(submitted_at=now, start=now - timedelta(hours=5), end=now - timedelta(hours=3)),
+                       timeout=60)
+        assert r.status_code == 202 and r.json()["status"] == "submitted", r.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise
+    # uvicorn shuts down gracefully, then exits by the signal it was sent, so the status tells what ended it
+    assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in log.read_text(), log.read_text()[-2000:]
