@@ -224,12 +224,13 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
             raise NotAuthenticated("missing or invalid API key")
         return got
 
-    def agency(who: Annotated[Principal, Depends(principal)]) -> str:
+    # the role checks do no I/O: run on the event loop, not as another hop through the thread pool
+    async def agency(who: Annotated[Principal, Depends(principal)]) -> str:
         if who.role != AGENCY:
             raise NotPermitted("this endpoint is for agencies")
         return who.name
 
-    def reviewer(who: Annotated[Principal, Depends(principal)]) -> str:
+    async def reviewer(who: Annotated[Principal, Depends(principal)]) -> str:
         if who.role != REVIEWER:
             raise NotPermitted("this endpoint is for reviewers")
         return who.name
