@@ -171,6 +171,8 @@ def test_missing_or_garbled_keys_are_401_and_change_nothing(api: Api, header: st
     headers = {} if header is None else {"Authorization": header}
     with httpx.Client(base_url=api.url, headers=headers) as c:
         for method, path, kw in [("POST", "/v1/requests", {"json": body()}), ("GET", "/v1/requests/r1", {}),
+                                 ("POST", "/v1/requests", {"content": b"{not json"}),
+                                 ("POST", "/v1/requests", {"json": {"colour": "red"}}),
                                  ("GET", "/v1/requests", {}), ("GET", "/v1/review/queue", {}),
                                  ("POST", "/v1/review/il-chicago:r1/approve", {})]:
             r = c.request(method, path, **kw)  # type: ignore[arg-type]

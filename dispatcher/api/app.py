@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.api.backend import Backend
@@ -245,16 +246,26 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.kind, exc.message, exc.field, exc.extra, exc.headers)
 
+    def _unauthorized(message: str) -> JSONResponse:
+        return _error(401, "unauthorized", message, "Authorization", headers={"WWW-Authenticate": "Bearer"})
+
     @app.exception_handler(NotAuthenticated)
     async def _unauthenticated(_: Request, exc: NotAuthenticated) -> JSONResponse:
-        return _error(401, "unauthorized", str(exc), "Authorization", headers={"WWW-Authenticate": "Bearer"})
+        return _unauthorized(str(exc))
+
+    def _known(request: Request) -> bool:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and backend.credentials.authenticate(key.strip()) is not None
 
     @app.exception_handler(NotPermitted)
     async def _forbidden(_: Request, exc: NotPermitted) -> JSONResponse:
         return _error(403, "forbidden", str(exc), "Authorization")
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # a body that is not JSON is found before the key is checked: an unknown caller still learns only 401
+        if not await run_in_threadpool(_known, request):
+            return _unauthorized("missing or invalid API key")
         errs = [_field_error(e) for e in exc.errors()]
         first = errs[0] if errs else {"field": "body", "message": "invalid", "type": ""}
         kind = "invalid_json" if first["type"] == "json_invalid" else "invalid_input"
