@@ -379,3 +379,13 @@ def test_the_api_command_serves_until_sigterm(world, tmp_path) -> None:
             raise
     # uvicorn shuts down gracefully, then exits by the signal it was sent, so the status tells what ended it
     assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in log.read_text(), log.read_text()[-2000:]
+
+
+def test_the_body_declares_exactly_the_fields_of_a_request() -> None:
+    """The schema published for a submission cannot drift from what the pipeline reads."""
+    from dataclasses import fields
+
+    from dispatcher.api.app import Submission
+    from dispatcher.workflow.requests import VideoRequest
+
+    assert set(Submission.model_fields) == {f.name for f in fields(VideoRequest)}
