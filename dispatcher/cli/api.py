@@ -39,18 +39,14 @@ def api(index_dir: Path, store: Path | None, redis_url: str | None, agencies: st
         synthetic_agencies: int | None, policy_file: Path | None, host: str, port: int) -> None:
     """Serve the HTTP API: agencies submit and follow their requests, reviewers approve or reject them, with
     keys made by ``api-key create``. SIGTERM or Ctrl-C stops it after the calls in hand."""
-    import uvicorn
-
-    from dispatcher.api import create_app, open_backend
+    from dispatcher.api import open_backend
+    from dispatcher.api.server import serve
     from dispatcher.workflow.policy import Policy
 
     registry = load_agencies(agencies, synthetic_agencies)
     backend = open_backend(index_dir, registry, Policy.from_dict(read_policy(policy_file)),
                            **_where(store, redis_url))
-    try:
-        uvicorn.run(create_app(backend), host=host, port=port, log_level="warning")
-    finally:
-        backend.close()
+    serve(backend, host, port)
 
 
 @main.group("api-key")
