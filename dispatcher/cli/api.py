@@ -39,8 +39,7 @@ def api(index_dir: Path, store: Path | None, redis_url: str | None, agencies: st
         synthetic_agencies: int | None, policy_file: Path | None, host: str, port: int) -> None:
     """Serve the HTTP API: agencies submit and follow their requests, reviewers approve or reject them, with
     keys made by ``api-key create``. SIGTERM or Ctrl-C stops it after the calls in hand."""
-    from dispatcher.api import open_backend
-    from dispatcher.api.server import serve
+    from dispatcher.api import open_backend, serve
     from dispatcher.workflow.policy import Policy
 
     registry = load_agencies(agencies, synthetic_agencies)
