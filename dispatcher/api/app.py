@@ -286,8 +286,6 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
 
     # -- agencies ---------------------------------------------------------------------------------------
 
-    not_found = ApiError(404, "not_found", "no such request", "request_id")
-
     @app.post("/v1/requests", status_code=202, response_model=SubmitResult, tags=["agencies"],
               responses=_errors(401, 403, 413, 422, 503))
     def submit_request(body: Submission, me: Annotated[str, Depends(agency)]) -> Any:
@@ -308,7 +306,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
         with backend.lock:
             got = backend.workflow.store.get_request(scoped_id(me, request_id))
         if got is None:
-            raise not_found
+            raise _not_found()
         return {"request_id": request_id, "status": got[0]}
 
     @app.get("/v1/requests", response_model=RequestList, tags=["agencies"], responses=_errors(401, 403, 503))
@@ -380,11 +378,16 @@ def _field_error(e: Any) -> dict[str, str]:
             "type": kind}
 
 
+def _not_found() -> ApiError:
+    """The one answer for an id the caller has no request under, whoever holds it."""
+    return ApiError(404, "not_found", "no such request", "request_id")
+
+
 def _state(wf: Any, request_id: str) -> str:
     try:
         return str(wf.state(request_id))
     except UnknownRequest:
-        raise ApiError(404, "not_found", "no such request", "request_id") from None
+        raise _not_found() from None
 
 
 def _move(step: Callable[[], None]) -> None:
