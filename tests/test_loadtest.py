@@ -41,7 +41,8 @@ def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
     for s in by_name.values():
         assert s["exact"], s["name"]
         assert s["lost"] == s["duplicated"] == s["unexpected"] == s["wrong_cameras"] == s["missing"] == 0, s["name"]
-        assert s["completed"] == s["submitted"] and s["refused"] == 0, s["name"]  # every valid request completes
+        lost_with_data = s["special"].get("lost_with_data", 0)  # restart-empty: queued in the Redis that was emptied
+        assert s["completed"] + lost_with_data == s["submitted"] and s["refused"] == 0, s["name"]
         assert s["notifications"] > 0 and 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"]
         assert s["series"]["t"] and max(s["series"]["completed"]) <= s["submitted"]
         assert all(g["met"] for g in s["goals"].values()), (s["name"], s["goals"])

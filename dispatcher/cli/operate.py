@@ -74,7 +74,7 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
 @click.option("--oom-seconds", default=15.0, help="oom: how long Redis refuses every write, mid-load.")
 @click.option("--edge-requests", default=32,
               help="retention-edge: typical requests whose window sits at the boundary (with one wide one).")
-@click.option("--edge-gap-seconds", default=1.0,
+@click.option("--edge-gap-seconds", default=1.5,
               help="retention-edge: from the edge requests' due time to their 30-day cameras' footage expiring "
                    "(shorter than the 2 s a dead worker's entries wait before another takes them).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
