@@ -11,13 +11,35 @@ second, Redis's default) with its own worker processes (:func:`dispatcher.servic
 - ``fanout``: the steady load, plus one operator-approved 100 km² request in the densest jurisdiction;
 - ``kill``: the steady load; a third of the way through one worker gets SIGKILL and a replacement starts (as a
   supervisor would) after one second; its pending entries are reclaimed with ``XAUTOCLAIM``;
-- ``restart``: the steady load; a third of the way through Redis shuts down (flushing its AOF) and starts again.
+- ``restart``: the steady load; a third of the way through Redis shuts down (flushing its AOF) and starts again;
+- ``poison``: the steady load with malformed entries mixed in at ``poison_share`` of it (submission times in year
+  1 or 9999, entries that are not JSON or not a command, a request that is not an object, an unknown command
+  kind, a point or an unusable polygon for an area, ...): each is refused on its own, and no valid request is
+  dead-lettered;
+- ``clientkill``: the steady load; ``CLIENT KILL TYPE normal`` every ``clientkill_every_ms`` for ``clientkill_s``
+  in the middle, so every connection of the workers and of the generator drops again and again;
+- ``oom``: the steady load; Redis at ``maxmemory`` with ``noeviction`` for ``oom_s`` in the middle (every write
+  refused with OOM), then freed;
+- ``restart-empty``: the steady load; a third of the way through Redis stops and starts again without its data
+  (its AOF moved aside). What it held is gone with it; what is submitted after must complete. At the end the data
+  moved aside is served by a second ``redis-server``, so that what completed before the loss is checked too;
+- ``retention-edge``: the steady load, plus ``edge_requests`` typical requests and one wide, operator-approved
+  one, submitted together as the load starts (before any backlog, so that their first attempt comes before the
+  boundary however the load goes), whose window ends exactly 30 days before a moment ``edge_gap_s`` after they
+  are due: the footage of their 30-day cameras expires then. When the wide one's
+  dispatch plan is recorded (seen through keyspace notifications), writes are paused, the worker holding it gets
+  SIGKILL, and writes resume; its entries are retried after the boundary by the other worker and by a
+  replacement started a second later.
 
 The generator is open loop: request ``k`` is due at ``t0 + k / rate`` whatever happened before, and its latency
 is measured from that due time (so a stalled system is charged for the wait, not excused by it) to the moment the
 worker appended its last batch, which the worker publishes on the outcomes stream. At the end the notifications
 stream is read back in full and every request's recipients are compared with the index's answer at the time the
-worker judged it: nothing lost, nothing duplicated, no notification for an owner it did not concern.
+request was judged: nothing lost, nothing duplicated, no notification for an owner it did not concern. A request
+is judged once, at its first attempt to dispatch; a retry sends what that attempt recorded. The outcome carries
+the time of the attempt that completed; in ``retention-edge``, where retries cross the boundary on purpose, the
+time of the first attempt is bounded instead from outside: not before the request was sent, not after its plan
+appeared in Redis.
 """
 
 from __future__ import annotations
@@ -25,6 +47,7 @@ from __future__ import annotations
 import collections
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import threading
 import time
@@ -35,13 +58,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import psutil
 import redis
+import shapely
 
 from dispatcher import synthetic
-from dispatcher.dispatch.settings import QueueSettings
-from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import decode_batch
+from dispatcher.errors import DispatchError
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.keys import Keys
 from dispatcher.service import commands
@@ -57,8 +81,20 @@ from dispatcher.workflow.policy import INCIDENT_TYPES, Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
 
-SCENARIOS = ("steady", "burst", "fanout", "kill", "restart")
+SCENARIOS = ("steady", "burst", "fanout", "kill", "restart", "poison", "clientkill", "oom", "restart-empty",
+             "retention-edge")
 Progress = Callable[[str], None]
+KEYS = Keys()
+#: The retention whose cameras' footage expires at the boundary in ``retention-edge`` (the most common one).
+EDGE_RETENTION = timedelta(days=30)
+
+
+class InvalidLoadSettings(DispatchError, ValueError):
+    """Load-test settings that cannot make a run: an unknown scenario, a fault window longer than the load."""
+
+
+class LoadTestFailed(DispatchError, RuntimeError):
+    """The load test itself could not go on: a worker that did not start, a Redis that never came back."""
 
 
 @dataclass(frozen=True)
@@ -75,13 +111,32 @@ class LoadSettings:
     threads: int = 4              # consumer threads per worker process
     fanout_km2: float = 100.0
     drain_timeout: float = 120.0  # after the last submission, how long to wait for the last outcome
+    poison_share: float = 0.05    # poison entries per valid request, in ``poison``
+    clientkill_s: float = 8.0     # length of the CLIENT KILL storm, in the middle of ``clientkill``
+    clientkill_every_ms: float = 10.0
+    oom_s: float = 15.0           # how long Redis refuses writes, in the middle of ``oom``
+    edge_requests: int = 32       # typical requests at the retention boundary, in ``retention-edge``
+    edge_gap_s: float = 1.5       # from their due time to the expiry of their 30-day cameras' footage
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.scenarios) - set(SCENARIOS))
         if unknown:
-            raise ValueError(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
+            raise InvalidLoadSettings(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
         if not (self.rate > 0 and self.duration > 0 and self.workers >= 1 and self.cameras > 0):
-            raise ValueError("rate, duration, workers and cameras must be positive")
+            raise InvalidLoadSettings("rate, duration, workers and cameras must be positive")
+        if not 0 < self.poison_share <= 1:
+            raise InvalidLoadSettings(f"poison_share must be in (0, 1], got {self.poison_share}")
+        windows = {"clientkill": ("clientkill_s", self.clientkill_s), "oom": ("oom_s", self.oom_s)}
+        for scenario, (name, seconds) in windows.items():
+            if scenario in self.scenarios and not 0 < seconds < self.duration:
+                raise InvalidLoadSettings(f"{name} is {seconds:g} s: it must be positive and shorter than the "
+                                          f"{self.duration:g} s of load")
+        if self.clientkill_every_ms <= 0 or self.edge_requests < 1:
+            raise InvalidLoadSettings("clientkill_every_ms and edge_requests must be positive")
+        if "retention-edge" in self.scenarios and not 0 < self.edge_gap_s < self.claim_idle_ms / 1000:
+            raise InvalidLoadSettings(f"edge_gap_s is {self.edge_gap_s:g} s: it must be positive and shorter than "
+                                      f"claim_idle_ms ({self.claim_idle_ms} ms), so that the retries of a killed "
+                                      "worker's requests come after the boundary")
 
 
 #: The policy the load test's workers apply: the published one, with the per-agency rate limit and the per-owner
@@ -122,6 +177,83 @@ def build_world(s: LoadSettings, work: Path, progress: Progress) -> World:
 
 # ---------------------------------------------------------------------------------------------------- requests
 
+def _wide_request(world: World, s: LoadSettings, now: datetime, request_id: str = "fanout-wide",
+                  start: datetime | None = None, end: datetime | None = None) -> dict[str, Any]:
+    """A ``fanout_km2`` polygon in the jurisdiction with the most cameras near its centre, for an operator to
+    approve (agencies may not ask for so wide an area); by default a 6-hour window two days ago."""
+    geo = [centre_and_radius_km(a) for a in world.agencies]
+    big = max(range(len(geo)), key=lambda k: geo[k][2])
+    lat, lng, _ = geo[big]
+    area = synthetic.sample_areas_at([lat], [lng], [s.fanout_km2], seed=s.seed, concave=False)[0]
+    start = start or now - timedelta(days=2)
+    end = end or start + timedelta(hours=6)
+    return {"request_id": request_id, "agency_id": world.agencies[big].agency_id, "case_number": f"{now.year}-FAN1",
+            "incident_type": sorted(INCIDENT_TYPES)[0], "investigator_contact": "detective@agency.example",
+            "message": "Operator-approved wide-area request.", "area": area, "start": start.isoformat(),
+            "end": end.isoformat(), "submitted_at": now.isoformat()}
+
+
+def _edge_requests(world: World, s: LoadSettings, boundary: float, now: datetime) -> list[dict[str, Any]]:
+    """Requests whose one-hour window ends exactly :data:`EDGE_RETENTION` before ``boundary`` (Unix seconds), so
+    that the footage of their 30-day cameras is retained until then, not after: ``edge_requests`` typical ones,
+    then one wide one (``edge-wide``, for an operator to approve)."""
+    end = datetime.fromtimestamp(boundary, tz=timezone.utc) - EDGE_RETENTION
+    reqs = typical_requests(world.agencies, s.edge_requests, s.seed + 77, now, "edge")
+    for r in reqs:
+        r["start"], r["end"] = (end - timedelta(hours=1)).isoformat(), end.isoformat()
+    return reqs + [_wide_request(world, s, now, "edge-wide", end - timedelta(hours=1), end)]
+
+
+def _approve(url: str, world: World, r: dict[str, Any], now: datetime) -> None:
+    """Submit ``r`` and approve it as an operator would (it is wider than an agency may ask for)."""
+    wf = Workflow(RedisStore.from_url(url), AgencyRegistry(world.agencies),
+                  Policy.from_dict({**LOAD_POLICY, "auto_approve": False, "max_area_sq_mi": 200.0}))
+    wf.submit(r, now, actor="operator:loadtest")
+    wf.approve(r["request_id"], "operator", now)
+
+
+def _poison(base: dict[str, Any], other_agency: str, j: int) -> tuple[dict[bytes, bytes], str, str | None]:
+    """Poison entry ``j`` (the kinds in turn): its stream fields, its kind, and its trace (None when the entry
+    cannot carry one: it is no command at all)."""
+    rid, trace = f"poison-{j}", f"poison-{j}"
+    b = {**base, "request_id": rid}
+    x0, y0, x1, y1 = shapely.geometry.shape(base["area"]).bounds
+    requests: list[tuple[str, Any]] = [
+        ("submitted in year 1", {**b, "submitted_at": "0001-01-01T00:00:00Z"}),
+        ("submitted in year 9999", {**b, "submitted_at": "9999-12-31T23:59:00-05:00"}),
+        ("a window from year 9999 to year 1", {**b, "start": "9999-12-31T23:59:00-05:00",
+                                               "end": "0001-01-01T00:00:00Z"}),
+        ("a point for an area", {**b, "area": {"type": "Point", "coordinates": [x0, y0]}}),
+        ("a polygon at 1e308", {**b, "area": {"type": "Polygon", "coordinates": [[[1e308, 1e308]] * 5]}}),
+        ("a self-crossing polygon", {**b, "area": {"type": "Polygon", "coordinates": [
+            [[x0, y0], [x1, y1], [x1, y0], [x0, y1], [x0, y0]]]}}),
+        ("nested empty lists for an area", {**b, "area": [[[[[[[[[[[]]]]]]]]]]]}),
+        ("an agency id that is a number", {**b, "agency_id": 12}),
+        ("an area outside the agency's jurisdiction", {**b, "agency_id": other_agency}),
+        ("a message of 20,000 characters", {**b, "message": "x" * 20_000}),
+        ("a request id that is a number", {**b, "request_id": 5}),
+        ("a request id and nothing else", {"request_id": rid}),
+        ("a request that is not an object", "not an object"),
+    ]
+    raw: list[tuple[str, Any, bool]] = [
+        ("an unknown command kind", {"kind": "explode", "trace": trace}, True),
+        ("a dispatch of an unknown request", {"kind": "dispatch", "request_id": f"{rid}-x", "trace": trace}, True),
+        ("a dispatch with a numeric request id", {"kind": "dispatch", "request_id": 7, "trace": trace}, True),
+        ("not JSON", b"{not json", False),
+        ("not UTF-8", b"\xff\xfe\x00", False),
+        ("a JSON array", b"[1, 2, 3]", False),
+        ("no command field", None, False),
+    ]
+    k = j % (len(requests) + len(raw))
+    if k < len(requests):
+        kind, req = requests[k]
+        return {commands.FIELD: orjson.dumps({"kind": "submit", "request": req, "trace": trace})}, kind, trace
+    kind, cmd, traced = raw[k - len(requests)]
+    if cmd is None:
+        return {b"note": b"no command here"}, kind, None
+    return {commands.FIELD: cmd if isinstance(cmd, bytes) else orjson.dumps(cmd)}, kind, trace if traced else None
+
+
 # ---------------------------------------------------------------------------------------------------- results
 
 @dataclass
@@ -153,17 +285,25 @@ class ScenarioResult:
     requests_backlog_max: int = 0
     redis_cpu_pct: float = 0.0       # of one core, redis-server over the scenario
     loadgen_cpu_pct: float = 0.0     # of one core, this process: generator, collector, monitor
+    machine_load: float = 0.0        # the 1-minute load average, mean over the scenario (other jobs included)
+    handled_twice: int = 0           # commands whose outcome came more than once (taken over, or sent twice)
     workers: list[WorkerFigures] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
-    special: dict[str, Any] = field(default_factory=dict)  # the burst's or the fan-out's own figures
+    special: dict[str, Any] = field(default_factory=dict)  # the scenario's own figures
+    #: The scenario's own goals: name -> {"value", "goal", "met"}.
+    goals: dict[str, dict[str, Any]] = field(default_factory=dict)
     series: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
         return not (self.lost or self.duplicated or self.unexpected or self.wrong_cameras or self.missing)
 
+    def goal(self, name: str, value: float | None, goal: str, met: bool) -> None:
+        self.goals[name] = {"value": value, "goal": goal, "met": bool(met)}
 
-def _pct(a: np.ndarray) -> dict[str, float]:
+
+def _pct(a: np.ndarray | list[float]) -> dict[str, float]:
+    a = np.asarray(a, dtype=float)
     if a.size == 0:
         return {}
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
@@ -182,30 +322,34 @@ class _Workers:
         self.figures: dict[str, WorkerFigures] = {}
         self.cpu0: dict[str, float] = {}
         self.t0: dict[str, float] = {}
-        for _ in range(n):
-            self.start()
+        self.start(n)
 
-    def start(self) -> None:
-        name = f"worker-{len(self.procs)}"
-        ready = self.ctx.Event()
-        p = self.ctx.Process(target=serve_process, name=name, daemon=True,
-                             args=(name, str(self.world.index_dir), self.url, str(self.world.agencies_path),
-                                   LOAD_POLICY, self.settings, ready))
-        p.start()
+    def start(self, n: int = 1) -> None:
+        """Start ``n`` workers together and wait until every one serves."""
+        new = []
+        for _ in range(n):
+            name = f"worker-{len(self.procs)}"
+            ready = self.ctx.Event()
+            p = self.ctx.Process(target=serve_process, name=name, daemon=True,
+                                 args=(name, str(self.world.index_dir), self.url, str(self.world.agencies_path),
+                                       LOAD_POLICY, self.settings, ready))
+            p.start()
+            self.figures[name] = WorkerFigures(name, 0.0, 0.0, 0.0)
+            self.procs.append(p)
+            new.append((p, ready))
         deadline = time.monotonic() + 300
-        while not ready.wait(timeout=0.1):
-            if p.exitcode is not None or time.monotonic() > deadline:
-                p.kill()
-                raise RuntimeError(f"{name} did not start (exit code {p.exitcode})")
-        self.procs.append(p)
-        self.figures[name] = WorkerFigures(name, 0.0, 0.0, 0.0)
-        self.cpu0[name] = sum(psutil.Process(p.pid).cpu_times()[:2])
-        self.t0[name] = time.monotonic()
+        for p, ready in new:
+            while not ready.wait(timeout=0.1):
+                if p.exitcode is not None or time.monotonic() > deadline:
+                    p.kill()
+                    raise LoadTestFailed(f"{p.name} did not start (exit code {p.exitcode})")
+            self.cpu0[p.name] = sum(psutil.Process(p.pid).cpu_times()[:2])
+            self.t0[p.name] = time.monotonic()
 
     def sample(self) -> None:
-        for p in self.procs:
+        for p in list(self.procs):
             f = self.figures[p.name]
-            if f.killed or p.exitcode is not None:
+            if f.killed or p.exitcode is not None or p.name not in self.cpu0:
                 continue
             try:
                 pp = psutil.Process(p.pid)
@@ -214,12 +358,15 @@ class _Workers:
             except psutil.Error:
                 pass
 
-    def kill(self, k: int) -> None:
+    def index_of(self, name: str) -> int:
+        return next(k for k, p in enumerate(self.procs) if p.name == name)
+
+    def kill(self, k: int) -> str:
         p = self.procs[k]
-        self.sample()
         os.kill(p.pid, signal.SIGKILL)
-        p.join()
+        p.join(timeout=30)
         self.figures[p.name].killed = True
+        return str(p.name)
 
     def stop(self) -> list[WorkerFigures]:
         self.sample()
@@ -237,241 +384,724 @@ class _Workers:
         return list(self.figures.values())
 
 
-def _retrying(fn: Callable[[], Any], stop: threading.Event | None = None) -> Any:
-    """Run ``fn`` until Redis answers (it is down while the restart scenario restarts it)."""
+#: What a careful client waits out: Redis down, restarting, loading, or full.
+_REDIS_TROUBLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError)
+
+
+def _retrying(fn: Callable[[], Any], stop: threading.Event | None = None, timeout: float = 300.0) -> Any:
+    """Run ``fn`` until Redis takes it (it is down, restarting or full in some scenarios); None if ``stop`` was
+    set meanwhile; :class:`LoadTestFailed` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        except _REDIS_TROUBLE as exc:
             if stop is not None and stop.is_set():
                 return None
+            if time.monotonic() > deadline:
+                raise LoadTestFailed(f"Redis still refusing after {timeout:.0f} s: {exc}") from exc
             time.sleep(0.05)
+
+
+@dataclass
+class _Schedule:
+    """Every entry a scenario puts on the requests stream, in due order."""
+
+    fields: list[dict[bytes, bytes]]
+    due: np.ndarray                  # seconds after t0
+    req: np.ndarray                  # the valid request it carries (index into the requests), -1 for poison
+    sent_at: np.ndarray = field(init=False)      # Unix time its first send began
+    accepted_at: np.ndarray = field(init=False)  # Unix time Redis acknowledged it
+    ids: list[str | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.fields)
+        self.sent_at = np.full(n, np.nan)
+        self.accepted_at = np.full(n, np.nan)
+        self.ids = [None] * n
+
+
+def _generate(client: redis.Redis, sched: _Schedule, t0: float, stream: str) -> None:
+    """Open loop: every entry goes out at its due time (or as soon after as Redis takes it), never waiting for an
+    earlier one's outcome. A pipeline cut by a fault is sent again: a command seen twice is a redelivery the
+    workers recognise, and the collector keeps the first outcome."""
+    i, n = 0, len(sched.fields)
+    while i < n:
+        now = time.time() - t0
+        j = min(int(np.searchsorted(sched.due, now, side="right")), i + 1000)
+        if j > i:
+            def send(i: int = i, j: int = j) -> list[Any]:
+                pipe = client.pipeline(transaction=False)
+                for f in sched.fields[i:j]:
+                    pipe.xadd(stream, f)  # type: ignore[arg-type]
+                return list(pipe.execute())
+            sched.sent_at[i:j] = time.time()
+            ids = _retrying(send)
+            sched.accepted_at[i:j] = time.time()
+            sched.ids[i:j] = [_s(x) for x in ids]
+            i = j
+        else:
+            time.sleep(min(0.001, max(0.0, sched.due[i] - now)))
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+@dataclass
+class _Run:
+    """What the threads of one scenario share while it runs."""
+
+    name: str
+    s: LoadSettings
+    world: World
+    srv: RedisServer
+    workers: _Workers
+    res: ScenarioResult
+    reqs: list[dict[str, Any]]
+    sched: _Schedule
+    t0: float
+    specials: list[int]
+    boundary: float                                                   # retention-edge: Unix seconds
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: list[BaseException] = field(default_factory=list)
+    outcomes: dict[int, dict[str, Any]] = field(default_factory=dict)  # a valid request's first outcome
+    poison_outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    untraced: list[dict[str, Any]] = field(default_factory=list)      # outcomes of entries with no trace
+    series: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    marks: dict[str, float] = field(default_factory=dict)             # Unix times of the scenario's events
+    plan_seen: dict[str, float] = field(default_factory=dict)         # request -> when its plan appeared
+    killed: threading.Event = field(default_factory=threading.Event)
+
+    def since(self, t: float) -> float:
+        return t - self.t0
+
+    def guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run one of the scenario's threads; an error ends the scenario (raised by the main thread)."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.errors.append(exc)
+            self.stop.set()
+
+    # ----------------------------------------------------------------------------------- the collector
+
+    def collect(self) -> None:
+        after = "0-0"
+        c = redis.Redis.from_url(self.srv.url, socket_timeout=5)
+        deadline = time.monotonic() + self.s.duration + self.s.drain_timeout + 600
+        while time.monotonic() < deadline:
+            got = _retrying(lambda a=after: read_outcomes(c, a, block_ms=100, operators=True), self.stop)  # type: ignore[misc]
+            if got is None:
+                return
+            after, batch = got
+            for o in batch:
+                tr = o.get("trace")
+                if isinstance(tr, int) and 0 <= tr < len(self.reqs):
+                    self.res.handled_twice += tr in self.outcomes
+                    self.outcomes.setdefault(tr, o)  # a redelivered command's second outcome: ignored
+                elif isinstance(tr, str):
+                    self.poison_outcomes.setdefault(tr, o)
+                else:
+                    self.untraced.append(o)
+            if self.stop.is_set() and not batch:
+                return
+
+    def monitor(self) -> None:
+        c = redis.Redis.from_url(self.srv.url, socket_timeout=1)
+        while not self.stop.is_set():
+            self.workers.sample()
+            lag, pending = _backlog(c)
+            self.series["t"].append(time.time() - self.t0)
+            self.series["requests_backlog"].append(lag + pending if lag >= 0 else -1)
+            self.series["requests_lag"].append(lag)
+            self.series["requests_pending"].append(pending)
+            self.series["completed"].append(len(self.outcomes))
+            self.series["load_average"].append(os.getloadavg()[0])
+            self.stop.wait(0.25)
+
+    def outstanding(self) -> int:
+        """Entries still owed an outcome (a dead-lettered poison entry owes none), or still on the stream
+        unacknowledged (a request sent twice through a fault: the copy must be handled before the check)."""
+        with self.srv.client() as c:
+            lag, pending = _backlog(c)
+        if lag != 0 or pending != 0:
+            return max(1, lag + pending)
+        n = len(self.reqs) - len(self.outcomes)
+        if self.name == "restart-empty":  # what Redis held when it lost its data owes nothing
+            up = self.marks.get("up", np.inf)
+            n = sum(1 for e in np.flatnonzero((self.sched.req >= 0) & (self.sched.accepted_at >= up))
+                    if int(self.sched.req[e]) not in self.outcomes)
+        poison = int((self.sched.req < 0).sum())
+        if poison:
+            with self.srv.client() as c:
+                dead = _retrying(lambda: int(c.xlen(KEYS.dead_letters)), self.stop) or 0
+            n += max(0, poison - len(self.poison_outcomes) - len(self.untraced) - dead)
+        return n
+
+    # -------------------------------------------------------------------------------- the disruptions
+
+    def wait_until(self, at: float) -> None:
+        time.sleep(max(0.0, self.t0 + at - time.time()))
+
+    def act(self) -> None:
+        """The scenario's disruption, at its time."""
+        s, res, d = self.s, self.res, self.s.duration
+        if self.name == "kill":
+            self.wait_until(d / 3)
+            self.workers.kill(0)
+            res.events.append(f"SIGKILL to worker-0 at {time.time() - self.t0:.2f} s")
+            time.sleep(1.0)
+            self.workers.start()
+            res.events.append(f"replacement worker-{len(self.workers.procs) - 1} ready at "
+                              f"{time.time() - self.t0:.2f} s")
+        elif self.name == "restart":
+            self.wait_until(d / 3)
+            t_down = time.time() - self.t0
+            self.srv.restart()
+            res.events.append(f"Redis shut down at {t_down:.2f} s, serving again at {time.time() - self.t0:.2f} s "
+                              "(AOF, fsync every second; graceful shutdown)")
+        elif self.name == "restart-empty":
+            self.wait_until(d / 3)
+            self.marks["down"] = time.time()
+            self.srv.stop()
+            aside = self.srv.workdir.parent / f"{self.srv.workdir.name}-lost"
+            shutil.rmtree(aside, ignore_errors=True)
+            aside.mkdir(parents=True)
+            for f in self.srv.workdir.iterdir():
+                if f.name.startswith(("appendonly", "dump")):
+                    shutil.move(str(f), aside / f.name)
+            self.marks["up"] = time.time()
+            self.srv.start()
+            self.marks["back"] = time.time()
+            res.events.append(f"Redis stopped at {self.since(self.marks['down']):.2f} s, its AOF moved aside, "
+                              f"serving again, empty, at {self.since(self.marks['back']):.2f} s")
+        elif self.name == "clientkill":
+            self._storm((d - s.clientkill_s) / 2, s.clientkill_s)
+        elif self.name == "oom":
+            self._full((d - s.oom_s) / 2, s.oom_s)
+        elif self.name == "retention-edge":
+            if not self.killed.wait(timeout=max(0.0, self.t0 + d - time.time())):
+                res.events.append("no edge request was still pending when its plan appeared: no worker killed")
+                return
+            time.sleep(1.0)
+            self.workers.start()
+            res.events.append(f"replacement worker-{len(self.workers.procs) - 1} ready at "
+                              f"{time.time() - self.t0:.2f} s")
+
+    def _storm(self, at: float, seconds: float) -> None:
+        """``CLIENT KILL TYPE normal`` (every connection but this one) every ``clientkill_every_ms``."""
+        c = redis.Redis.from_url(self.srv.url, socket_timeout=5)
+        self.wait_until(at)
+        self.marks["storm"] = time.time()
+        end = time.time() + seconds
+        kills = storms = 0
+        while time.time() < end and not self.stop.is_set():
+            got = _retrying(lambda: c.client_kill_filter(_type="normal", skipme=True), self.stop)
+            kills += int(got or 0)
+            storms += 1
+            time.sleep(self.s.clientkill_every_ms / 1000)
+        self.marks["calm"] = time.time()
+        self.res.special.update(kill_commands=storms, connections_killed=kills)
+        self.res.events.append(f"CLIENT KILL TYPE normal every {self.s.clientkill_every_ms:g} ms from "
+                               f"{self.since(self.marks['storm']):.2f} s to {self.since(self.marks['calm']):.2f} s: "
+                               f"{storms} commands, {kills} connections killed")
+
+    def _full(self, at: float, seconds: float) -> None:
+        """Redis at ``maxmemory`` with ``noeviction`` for ``seconds``: every write refused with OOM."""
+        c = redis.Redis.from_url(self.srv.url, socket_timeout=5)
+        self.wait_until(at)
+        before = _oom_refusals(c)
+        c.config_set("maxmemory-policy", "noeviction")
+        c.config_set("maxmemory", 1)
+        self.marks["full"] = time.time()
+        self.stop.wait(seconds)
+        refused = _oom_refusals(c) - before
+        c.config_set("maxmemory", 0)
+        self.marks["freed"] = time.time()
+        self.res.special["oom_refusals"] = refused
+        self.res.events.append(f"maxmemory 1 byte (noeviction) from {self.since(self.marks['full']):.2f} s, freed "
+                               f"at {self.since(self.marks['freed']):.2f} s: {refused:,} commands refused with OOM")
+
+    def watch_plans(self, ps: Any, edge: dict[str, int]) -> None:
+        """Record when each request's dispatch plan appears (keyspace notifications). When the wide edge
+        request's plan appears (its dispatch takes a while: the gate's check, then its batches), pause writes,
+        SIGKILL the worker holding it (or, if it is done already, the one holding the most edge requests with a
+        recorded plan and no outcome, tried again at the next edge plan while none is found), and resume."""
+        prefix = f"__keyspace@0__:{KEYS.plan('')}"
+        pauser = redis.Redis.from_url(self.srv.url, socket_timeout=5)
+        deadline = time.monotonic() + self.s.duration + self.s.drain_timeout + 600
+        tried = 0.0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            m = ps.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if m is None or m.get("data") != b"hset":
+                continue
+            t = time.time()
+            rid = _s(m["channel"])[len(prefix):]
+            self.plan_seen.setdefault(rid, t)
+            if rid in edge and "edge-wide" in self.plan_seen and not self.killed.is_set() and t - tried > 0.005:
+                tried = t
+                self._kill_busiest(pauser, edge)
+
+    def _kill_busiest(self, pauser: redis.Redis, edge: dict[str, int]) -> None:
+        rid_of = {self.sched.ids[e]: rid for rid, e in edge.items() if self.sched.ids[e] is not None}
+        paused = time.time()
+        pauser.client_pause(2000, all=False)  # writes wait (the holders' appends too); reads go on
+        try:
+            pending: Any = pauser.xpending_range(KEYS.requests, "workers", min="-", max="+", count=100_000)
+            held = [(rid_of[_s(p["message_id"])], _s(p["consumer"])) for p in pending
+                    if _s(p["message_id"]) in rid_of]
+            pipe = pauser.pipeline(transaction=False)
+            for rid, _ in held:
+                pipe.exists(KEYS.plan(rid))
+            planned = pipe.execute() if held else []
+            by_worker = collections.Counter(consumer.rsplit("-t", 1)[0]
+                                            for (_, consumer), yes in zip(held, planned, strict=True) if yes)
+            wide = [consumer.rsplit("-t", 1)[0] for (rid, consumer), yes in zip(held, planned, strict=True)
+                    if yes and rid == "edge-wide"]
+            if not by_worker:
+                return  # none in flight with a plan: try at the next plan
+            name, holding = (wide[0], by_worker[wide[0]]) if wide else by_worker.most_common(1)[0]
+            self.workers.kill(self.workers.index_of(name))
+        finally:
+            pauser.client_unpause()
+        self.marks["kill"] = time.time()
+        self.res.special.update(killed=name, killed_holding=holding, killed_holding_wide=bool(wide),
+                                writes_paused_ms=(self.marks["kill"] - paused) * 1e3)
+        self.res.events.append(f"writes paused, SIGKILL to {name} holding {holding} edge request(s) with a recorded "
+                               f"plan and no outcome{' (the wide one among them)' if wide else ''}, at "
+                               f"{self.since(self.marks['kill']):.2f} s; writes resumed after "
+                               f"{(self.marks['kill'] - paused) * 1e3:.0f} ms")
+        self.killed.set()
+
+
+def _backlog(c: redis.Redis) -> tuple[int, int]:
+    """The requests stream's (lag, pending) over the workers' group: entries not yet delivered, and delivered but
+    not acknowledged; (-1, -1) while Redis cannot tell."""
+    try:
+        groups: Any = c.xinfo_groups(KEYS.requests)
+        # lag: not yet delivered (None when Redis cannot tell, e.g. just after a restart)
+        last = c.xinfo_stream(KEYS.requests)["last-generated-id"]
+        # after a restart Redis 7.0 can report a lag for a group that has read everything
+        lag = sum(0 if g["last-delivered-id"] == last else int(g.get("lag") or 0) for g in groups)
+        return lag, sum(int(g["pending"]) for g in groups)
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+        return -1, -1
+
+
+def _oom_refusals(c: redis.Redis) -> int:
+    stats: Any = c.info("errorstats")
+    return int(stats.get("errorstat_OOM", {}).get("count", 0))
+
+
+@dataclass
+class _Plan:
+    """A scenario's load before it is put in due order: the valid requests (each entry's trace is its index
+    here), their stream entries and due times, and the poison."""
+
+    reqs: list[dict[str, Any]] = field(default_factory=list)
+    fields: list[dict[bytes, bytes]] = field(default_factory=list)
+    due: list[float] = field(default_factory=list)
+    which: list[int] = field(default_factory=list)     # the request of each entry, -1 for poison
+    specials: list[int] = field(default_factory=list)  # the burst's, the fan-out's or the edge requests
+    poison_kinds: list[str] = field(default_factory=list)
+
+    def add(self, r: dict[str, Any], at: float, special: bool = False, cmd: bytes | None = None) -> None:
+        k = len(self.reqs)
+        self.specials += [k] if special else []
+        self.fields.append({commands.FIELD: cmd if cmd is not None else commands.encode(Submit(r, k))})
+        self.reqs.append(r)
+        self.due.append(at)
+        self.which.append(k)
+
+    def poison(self, f: dict[bytes, bytes], kind: str, at: float) -> None:
+        self.fields.append(f)
+        self.due.append(at)
+        self.which.append(-1)
+        self.poison_kinds.append(kind)
+
+    def schedule(self) -> _Schedule:
+        order = np.argsort(np.asarray(self.due), kind="stable")
+        return _Schedule([self.fields[k] for k in order], np.asarray(self.due)[order],
+                         np.asarray(self.which, dtype=np.int64)[order])
+
+
+def _load(name: str, world: World, s: LoadSettings, now: datetime) -> _Plan:
+    """The scenario's valid requests at ``rate``, plus its own entries (the burst, the fan-out's dispatch, the
+    poison); the edge requests come later (:func:`_add_edge`), once the start time is known."""
+    plan = _Plan()
+    n = max(1, int(round(s.rate * s.duration)))
+    for k, r in enumerate(typical_requests(world.agencies, n, s.seed + SCENARIOS.index(name), now, f"{name}-r")):
+        plan.add(r, k / s.rate)
+    if name == "burst":
+        for r in typical_requests(world.agencies, len(world.agencies), s.seed + 99, now, "burst-all",
+                                  which=np.arange(len(world.agencies))):
+            plan.add(r, s.duration / 2, special=True)
+    elif name == "fanout":  # submitted and approved by an operator before the load; its dispatch command halfway
+        plan.add(_wide_request(world, s, now), s.duration / 2, special=True,
+                 cmd=commands.encode(Dispatch("fanout-wide", len(plan.reqs))))
+    elif name == "poison":
+        m = max(1, int(round(n * s.poison_share)))
+        base = plan.reqs[0]
+        lat, lng = shapely.geometry.shape(base["area"]).centroid.coords[0][::-1]
+        far = max(world.agencies, key=lambda a: abs(a.jurisdiction.centroid.y - lat)
+                  + abs(a.jurisdiction.centroid.x - lng))  # an agency whose jurisdiction is far from the area
+        other = far.agency_id
+        for j in range(m):
+            f, kind, _ = _poison(base, other, j)
+            plan.poison(f, kind, (j + 0.5) * s.duration / m)
+    return plan
+
+
+def _add_edge(plan: _Plan, world: World, s: LoadSettings, now: datetime, t0: float, url: str) -> float:
+    """The edge requests, due as the load starts (the wide one approved by an operator first); returns the
+    boundary (Unix seconds)."""
+    boundary = t0 + s.edge_gap_s
+    for r in _edge_requests(world, s, boundary, now):
+        cmd = None
+        if r["request_id"] == "edge-wide":
+            _approve(url, world, r, now)
+            cmd = commands.encode(Dispatch(r["request_id"], len(plan.reqs)))
+        plan.add(r, 0.0, special=True, cmd=cmd)
+    return boundary
 
 
 def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -> ScenarioResult:
     res = ScenarioResult(name, s.rate, s.duration)
     now = datetime.now(timezone.utc)
-    n = max(1, int(round(s.rate * s.duration)))
-    reqs = typical_requests(world.agencies, n, s.seed + SCENARIOS.index(name), now, f"{name}-r")
-    due = np.arange(n) / s.rate
-    cmds = [commands.encode(Submit(r, k)) for k, r in enumerate(reqs)]
-    specials: list[int] = []   # indexes (into reqs) of the burst's or the fan-out's requests
-    fanout_cmd: tuple[float, bytes] | None = None
-    if name == "burst":
-        at = s.duration / 2
-        extra = typical_requests(world.agencies, len(world.agencies), s.seed + 99, now, "burst-all",
-                                 which=np.arange(len(world.agencies)))
-        specials = list(range(n, n + len(extra)))
-        reqs += extra
-        cmds += [commands.encode(Submit(r, n + j)) for j, r in enumerate(extra)]
-        due = np.concatenate([due, np.full(len(extra), at)])
-    order = np.argsort(due, kind="stable")
+    plan = _load(name, world, s, now)
+    shutil.rmtree(world.work / f"redis-{name}", ignore_errors=True)  # a fresh server: no data from a run before
+    shutil.rmtree(world.work / f"redis-{name}-lost", ignore_errors=True)
     srv = RedisServer(world.work / f"redis-{name}", appendfsync="everysec").start()
     workers: _Workers | None = None
-    stop = threading.Event()
+    run: _Run | None = None
     try:
         settings = ServiceSettings(claim_idle_ms=s.claim_idle_ms, read_count=s.read_count, threads=s.threads)
         if name == "fanout":
-            fan = _fanout_request(world, s, now)
-            wf = Workflow(RedisStore.from_url(srv.url), AgencyRegistry(world.agencies),
-                          Policy.from_dict({**LOAD_POLICY, "auto_approve": False, "max_area_sq_mi": 200.0}))
-            wf.submit(fan, now, actor="operator:loadtest")
-            wf.approve(fan["request_id"], "operator", now)
-            specials = [len(reqs)]
-            reqs.append(fan)
-            fanout_cmd = (s.duration / 2, commands.encode(Dispatch(fan["request_id"], len(reqs) - 1)))
+            _approve(srv.url, world, plan.reqs[plan.specials[0]], now)
+        ps = None
+        if name == "retention-edge":  # when each plan is recorded, from Redis itself
+            with srv.client() as c:
+                c.config_set("notify-keyspace-events", "Kh")
+            ps = redis.Redis.from_url(srv.url).pubsub()
+            ps.psubscribe(f"__keyspace@0__:{KEYS.plan('')}*")
+            ps.get_message(timeout=5)  # the subscription's confirmation
         progress(f"{name}: starting {s.workers} workers")
         workers = _Workers(world, srv.url, s.workers, settings)
         client = redis.Redis.from_url(srv.url, socket_timeout=5)
-        outcomes: dict[int, dict[str, Any]] = {}
-        series: dict[str, list[float]] = collections.defaultdict(list)
         t0 = time.time() + 0.5
-
-        def collect() -> None:
-            after = "0-0"
-            c = redis.Redis.from_url(srv.url, socket_timeout=5)
-            while not stop.is_set() or len(outcomes) < len(reqs):
-                got = _retrying(lambda a=after: read_outcomes(c, a, block_ms=100, operators=True), stop)  # type: ignore[misc]
-                if got is None:
-                    return
-                after, batch = got
-                for o in batch:
-                    outcomes.setdefault(int(o["trace"]), o)  # a redelivered command's second outcome: ignored
-                if stop.is_set() and not batch:
-                    return
-
-        def monitor() -> None:
-            c = redis.Redis.from_url(srv.url, socket_timeout=1)
-            while not stop.is_set():
-                workers.sample()  # type: ignore[union-attr]
-                try:
-                    groups = c.xinfo_groups(Keys().requests)
-                    # lag: not yet delivered (None when Redis cannot tell, e.g. just after a restart)
-                    last = c.xinfo_stream(Keys().requests)["last-generated-id"]
-                    # after a restart Redis 7.0 can report a lag for a group that has read everything
-                    lag = sum(0 if g["last-delivered-id"] == last else int(g.get("lag") or 0) for g in groups)
-                    pending = sum(int(g["pending"]) for g in groups)   # delivered, not yet acknowledged
-                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError, redis.BusyLoadingError):
-                    lag = pending = -1
-                series["t"].append(time.time() - t0)
-                series["requests_backlog"].append(lag + pending if lag >= 0 else -1)
-                series["requests_lag"].append(lag)
-                series["requests_pending"].append(pending)
-                series["completed"].append(len(outcomes))
-                stop.wait(0.25)
-
-        def act() -> None:  # the scenario's disruption, at its time
-            if name not in ("kill", "restart") and fanout_cmd is None:
-                return
-            at = fanout_cmd[0] if fanout_cmd else s.duration / 3
-            time.sleep(max(0.0, t0 + at - time.time()))
-            if fanout_cmd:
-                _retrying(lambda: client.xadd(Keys().requests, {"cmd": fanout_cmd[1]}))
-                due_extra[0] = at
-            elif name == "kill":
-                workers.kill(0)  # type: ignore[union-attr]
-                res.events.append(f"SIGKILL to worker-0 at {time.time() - t0:.2f} s")
-                time.sleep(1.0)
-                workers.start()  # type: ignore[union-attr]
-                res.events.append(f"replacement worker-{len(workers.procs) - 1} ready at "  # type: ignore[union-attr]
-                                  f"{time.time() - t0:.2f} s")
-            else:
-                t_down = time.time() - t0
-                srv.restart()
-                res.events.append(f"Redis shut down at {t_down:.2f} s, serving again at {time.time() - t0:.2f} s "
-                                  "(AOF, fsync every second; graceful shutdown)")
-
-        due_extra = [0.0]
+        boundary = _add_edge(plan, world, s, now, t0, srv.url) if name == "retention-edge" else 0.0
+        run = _Run(name, s, world, srv, workers, res, plan.reqs, plan.schedule(), t0, plan.specials, boundary)
+        if plan.poison_kinds:
+            res.special["poison_kinds"] = sorted(set(plan.poison_kinds))
         me, rs_proc = psutil.Process(), psutil.Process(srv.proc.pid)  # type: ignore[union-attr]
         cpu0, rcpu0, w0 = sum(me.cpu_times()[:2]), sum(rs_proc.cpu_times()[:2]), time.monotonic()
-        threads = [threading.Thread(target=f, daemon=True) for f in (collect, monitor, act)]
+        jobs: list[tuple[Callable[..., None], tuple[Any, ...]]] = [(run.collect, ()), (run.monitor, ()),
+                                                                   (run.act, ())]
+        if ps is not None:
+            edge = {plan.reqs[int(k)]["request_id"]: int(e) for e, k in enumerate(run.sched.req)
+                    if int(k) in plan.specials}
+            jobs.append((run.watch_plans, (ps, edge)))
+        threads = [threading.Thread(target=run.guarded, args=(fn, *args), daemon=True) for fn, args in jobs]
         for t in threads:
             t.start()
-        progress(f"{name}: {len(cmds)} requests over {s.duration:.0f} s at {s.rate:g}/s")
-        _generate(client, [cmds[k] for k in order], due[order], t0, Keys().requests)
-        threads[2].join()
+        progress(f"{name}: {len(run.sched.fields)} entries over {s.duration:.0f} s at {s.rate:g} requests/s")
+        _generate(client, run.sched, t0, KEYS.requests)
+        threads[2].join(timeout=s.duration + 600)
         deadline = time.time() + s.drain_timeout
-        while len(outcomes) < len(reqs) and time.time() < deadline:
+        while not run.errors and run.outstanding() > 0 and time.time() < deadline:
             time.sleep(0.05)
-        stop.set()
-        for t in threads[:2]:
+        if name == "restart-empty":  # what a worker had in hand when Redis lost its data may still complete
+            quiet, seen = time.time(), len(run.outcomes)
+            while time.time() < min(deadline, quiet + 2.0):
+                time.sleep(0.1)
+                if len(run.outcomes) != seen:
+                    quiet, seen = time.time(), len(run.outcomes)
+        run.stop.set()
+        for t in threads:
             t.join(timeout=30)
+        if run.errors:
+            raise LoadTestFailed(f"{name}: {run.errors[0]!r}") from run.errors[0]
         wall = time.monotonic() - w0
         res.loadgen_cpu_pct = 100 * (sum(me.cpu_times()[:2]) - cpu0) / wall
-        if name != "restart":  # the restarted server is another process
+        if name not in ("restart", "restart-empty"):  # the restarted server is another process
             res.redis_cpu_pct = 100 * (sum(rs_proc.cpu_times()[:2]) - rcpu0) / wall
         res.workers = workers.stop()
         workers = None
-        res.series = dict(series)
-
-        # ------------------------------------------------------------------- figures
-        res.submitted = len(reqs)
-        res.missing = len(reqs) - len(outcomes)
-        due_all = np.concatenate([due, [due_extra[0]] * (len(reqs) - len(due))])
-        lat = np.array([(o["done"] - t0 - due_all[k]) * 1e3 for k, o in outcomes.items()])
-        res.refused = sum(1 for o in outcomes.values() if str(o["outcome"]).startswith("refused"))
-        res.completed = sum(1 for o in outcomes.values() if o["outcome"] == "dispatched")
-        plain = np.array([(o["done"] - t0 - due_all[k]) * 1e3 for k, o in outcomes.items() if k not in specials])
-        res.latency_ms = _pct(plain if plain.size else lat)
-        last_done = max((o["done"] for o in outcomes.values()), default=t0) - t0
-        res.throughput = res.completed / max(last_done, s.duration)
-        res.requests_backlog_max = int(max(series["requests_backlog"], default=0))
-        if specials:
-            sp = [outcomes[k] for k in specials if k in outcomes]
-            res.special = {"requests": len(specials), "completed": len(sp),
-                           "latency_ms": _pct(np.array([(o["done"] - t0 - due_all[k]) * 1e3
-                                                        for k, o in outcomes.items() if k in specials])),
-                           "notified": int(sum(o["notified"] for o in sp))}
-            at = s.duration / 2  # both the burst and the fan-out arrive halfway through
-            in_window = [(o["done"] - t0 - due_all[k]) * 1e3 for k, o in outcomes.items()
-                         if k not in specials and at <= due_all[k] <= at + 5.0]
-            res.special["others_during_latency_ms"] = _pct(np.array(in_window))
+        res.series = dict(run.series)
+        _figures(run)
         progress(f"{name}: checking every notification")
-        _verify(res, world, srv, reqs, outcomes)
+        if name == "restart-empty":
+            _verify_lost_data(run)
+        else:
+            _verify(run)
+        _scenario_figures(run)
+        last_done = max((o["done"] for o in run.outcomes.values()), default=t0) - t0
         res.notifications_per_s = res.notifications / max(last_done, s.duration)
         srv.stop()
         return res
     finally:
-        stop.set()
+        if run is not None:
+            run.stop.set()
         if workers is not None:
             workers.stop()
         srv.stop(kill=True)
 
 
-def _fanout_request(world: World, s: LoadSettings, now: datetime) -> dict[str, Any]:
-    """A ``fanout_km2`` polygon in the jurisdiction with the most cameras near its centre."""
-    geo = [centre_and_radius_km(a) for a in world.agencies]
-    big = max(range(len(geo)), key=lambda k: geo[k][2])
-    lat, lng, _ = geo[big]
-    area = synthetic.sample_areas_at([lat], [lng], [s.fanout_km2], seed=s.seed, concave=False)[0]
-    start = now - timedelta(days=2)
-    return {"request_id": "fanout-wide", "agency_id": world.agencies[big].agency_id, "case_number": f"{now.year}-FAN1",
-            "incident_type": sorted(INCIDENT_TYPES)[0], "investigator_contact": "detective@agency.example",
-            "message": "Operator-approved wide-area request.", "area": area, "start": start.isoformat(),
-            "end": (start + timedelta(hours=6)).isoformat(), "submitted_at": now.isoformat()}
+# ---------------------------------------------------------------------------------------------------- figures
+
+def _due_of(run: _Run) -> np.ndarray:
+    """Each valid request's due time (seconds after t0)."""
+    due = np.full(len(run.reqs), np.nan)
+    ok = run.sched.req >= 0
+    due[run.sched.req[ok]] = run.sched.due[ok]
+    return due
 
 
-def _generate(client: redis.Redis, cmds: list[bytes], due: np.ndarray, t0: float, stream: str) -> None:
-    """Open loop: every command goes out at its due time (or as soon after as Redis takes it), never waiting
-    for an earlier one's outcome. A pipeline cut by a Redis restart is sent again: a command seen twice is a
-    redelivery the workers recognise, and the collector keeps the first outcome."""
-    i, n = 0, len(cmds)
-    while i < n:
-        now = time.time() - t0
-        j = min(int(np.searchsorted(due, now, side="right")), i + 1000)
-        if j > i:
-            def send(i: int = i, j: int = j) -> None:
-                pipe = client.pipeline(transaction=False)
-                for c in cmds[i:j]:
-                    pipe.xadd(stream, {"cmd": c})
-                pipe.execute()
-            _retrying(send)
-            i = j
-        else:
-            time.sleep(min(0.001, max(0.0, due[i] - now)))
+def _latency(run: _Run, ks: Any) -> np.ndarray:
+    due = _due_of(run)
+    return np.array([(run.outcomes[k]["done"] - run.t0 - due[k]) * 1e3 for k in ks if k in run.outcomes])
 
 
-def _verify(res: ScenarioResult, world: World, srv: RedisServer, reqs: list[dict[str, Any]],
-            outcomes: dict[int, dict[str, Any]]) -> None:
+def _figures(run: _Run) -> None:
+    """Throughput, latency, backlog, and the figures of the burst's or the fan-out's own requests."""
+    res, s, t0, specials = run.res, run.s, run.t0, run.specials
+    due = _due_of(run)
+    res.submitted = len(run.reqs)
+    res.missing = len(run.reqs) - len(run.outcomes)
+    res.refused = sum(1 for o in run.outcomes.values() if str(o["outcome"]).startswith("refused"))
+    res.completed = sum(1 for o in run.outcomes.values() if o["outcome"] == "dispatched")
+    plain = _latency(run, (k for k in run.outcomes if k not in specials))
+    res.latency_ms = _pct(plain if plain.size else _latency(run, run.outcomes))
+    last_done = max((o["done"] for o in run.outcomes.values()), default=t0) - t0
+    res.throughput = res.completed / max(last_done, s.duration)
+    res.requests_backlog_max = int(max(run.series["requests_backlog"], default=0))
+    res.machine_load = float(np.mean(run.series["load_average"])) if run.series["load_average"] else 0.0
+    if specials and run.name in ("burst", "fanout"):
+        sp = [run.outcomes[k] for k in specials if k in run.outcomes]
+        res.special.update({"requests": len(specials), "completed": len(sp),
+                            "latency_ms": _pct(_latency(run, specials))})  # owners notified: from the stream
+        at = s.duration / 2  # both the burst and the fan-out arrive halfway through
+        around = [k for k in run.outcomes if k not in specials and at <= due[k] <= at + 5.0]
+        res.special["others_during_latency_ms"] = _pct(_latency(run, around))
+
+
+def _window(run: _Run, start: str, end: str) -> None:
+    """The span of the scenario's fault, and the latency of the requests due during it."""
+    a, b = run.since(run.marks[start]), run.since(run.marks[end])
+    due = _due_of(run)
+    run.res.special["window_s"] = [a, b]
+    run.res.special["during_latency_ms"] = _pct(_latency(run, (k for k in run.outcomes if a <= due[k] <= b)))
+
+
+def _first_done_after(run: _Run, t: float, ks: Any = None) -> float | None:
+    done = [o["done"] for k, o in run.outcomes.items() if o["done"] >= t and (ks is None or k in ks)]
+    return min(done) - t if done else None
+
+
+def _scenario_figures(run: _Run) -> None:
+    """What the fault scenarios measure beyond the common figures, and their goals."""
+    res, sp = run.res, run.res.special
+    if run.name == "poison":
+        with run.srv.client() as c:
+            dead: Any = c.xrange(KEYS.dead_letters) if c.exists(KEYS.dead_letters) else []
+        valid_dead = poison_dead = 0
+        for _, f in dead:
+            cmd = commands.decode(f)
+            valid_dead += int(isinstance(cmd.trace, int))
+            poison_dead += int(not isinstance(cmd.trace, int))
+        poison = int((run.sched.req < 0).sum())
+        got = list(run.poison_outcomes.values()) + run.untraced
+        refused = sum(1 for o in got if str(o["outcome"]).startswith("refused"))
+        sp.update(poison_entries=poison, poison_refused=refused, poison_dead_lettered=poison_dead,
+                  poison_accepted=len(got) - refused, valid_dead_lettered=valid_dead)
+        res.goal("valid requests dead-lettered", valid_dead, "0", valid_dead == 0)
+        res.goal("poison refused", refused, f"{poison}", refused == poison)
+    elif run.name == "clientkill":
+        _window(run, "storm", "calm")
+    elif run.name == "oom":
+        _window(run, "full", "freed")
+        with run.srv.client() as c:
+            dead = int(c.xlen(KEYS.dead_letters)) if c.exists(KEYS.dead_letters) else 0
+        first = _first_done_after(run, run.marks["freed"])
+        sp.update(first_completion_after_freed_s=first, dead_lettered=dead)
+        res.goal("first completion after Redis was freed (s)", first, "< 2",
+                 first is not None and first < 2.0)
+        res.goal("valid requests dead-lettered", dead, "0", dead == 0)
+    elif run.name == "restart-empty":
+        _window(run, "down", "back")
+        up = run.marks["up"]
+        after = {int(run.sched.req[e]) for e in np.flatnonzero((run.sched.req >= 0) & (run.sched.accepted_at >= up))}
+        first_any = _first_done_after(run, run.marks["back"])
+        first_new = _first_done_after(run, run.marks["back"], after)
+        sp.update(first_completion_after_back_s=first_any, first_new_request_completion_s=first_new,
+                  submitted_after=len(after), completed_after=sum(1 for k in after if k in run.outcomes))
+        res.goal("first completion of a request submitted after Redis returned (s)",
+                 first_new, "< 2", first_new is not None and first_new < 2.0)
+        res.goal("requests submitted after Redis returned, completed", sp["completed_after"], f"{len(after)}",
+                 sp["completed_after"] == len(after))
+    elif run.name == "retention-edge":
+        res.goal("retries across the boundary that sent the first attempt's recipients", sp.get("crossed", 0),
+                 "> 0, and the read-back exact", sp.get("crossed", 0) > 0 and res.exact)
+
+
+# ---------------------------------------------------------------------------------------------------- checking
+
+@dataclass
+class _ReadBack:
+    """Every notification on one Redis's stream: how often each (request, owner) was notified, with which
+    cameras."""
+
+    seen: collections.Counter[tuple[str, int]]
+    cams: dict[tuple[str, int], list[int]]
+    by_req: dict[str, set[int]]
+    appended_ms: dict[str, list[int]]  # when each of a request's entries was appended (the stream id's time)
+
+    @classmethod
+    def read(cls, c: redis.Redis) -> _ReadBack:
+        seen: collections.Counter[tuple[str, int]] = collections.Counter()
+        cams: dict[tuple[str, int], list[int]] = {}
+        appended: dict[str, list[int]] = collections.defaultdict(list)
+        last = "-"
+        for _ in range(100_000_000):  # pages of 2,000 entries: bounded by the stream's length
+            page: Any = c.xrange(KEYS.notifications, min=last, count=2000)
+            if last != "-":
+                page = page[1:]
+            if not page:
+                break
+            for eid, fields in page:
+                appended[_s(fields[b"request"])].append(int(_s(eid).split("-")[0]))
+                _, notes = decode_batch(fields[b"data"])
+                for note in notes:
+                    key = (note.header["request_id"], int(note.owner_id))
+                    seen[key] += 1
+                    cams[key] = sorted(int(x) for x in note.camera_ids)
+            last = _s(page[-1][0])
+        by_req: dict[str, set[int]] = collections.defaultdict(set)
+        for rid, owner in seen:
+            by_req[rid].add(owner)
+        return cls(seen, cams, by_req, dict(appended))
+
+    @property
+    def duplicated(self) -> int:
+        return sum(v - 1 for v in self.seen.values() if v > 1)
+
+
+def _expected(index: CameraIndex, r: dict[str, Any], when: float) -> dict[int, list[int]]:
+    """The index's answer for request ``r`` judged at ``when`` (Unix seconds): owner -> sorted cameras."""
+    rs = index.resolve(r["area"], r["start"], r["end"], now=datetime.fromtimestamp(when, tz=timezone.utc))
+    return {int(x): rs.camera_ids[rs.owner_offsets[j]:rs.owner_offsets[j + 1]].tolist()
+            for j, x in enumerate(rs.owner_ids)}
+
+
+def _compare(res: ScenarioResult, want: dict[int, list[int]], rid: str, backs: list[_ReadBack]) -> None:
+    got: set[int] = set().union(*(b.by_req.get(rid, set()) for b in backs))
+    res.lost += len(want.keys() - got)
+    res.unexpected += len(got - want.keys())
+    res.wrong_cameras += sum(1 for x in got & want.keys()
+                             if any((rid, x) in b.cams and b.cams[(rid, x)] != want[x] for b in backs))
+
+
+def _same(want: dict[int, list[int]], rid: str, back: _ReadBack) -> bool:
+    got = back.by_req.get(rid, set())
+    return want.keys() == got and all(back.cams[(rid, x)] == want[x] for x in got)
+
+
+def _verify(run: _Run) -> None:
     """Read the whole notifications stream back; compare each request's recipients with the index's answer at
-    the time the worker judged it."""
-    sink = RedisSink(QueueSettings.from_url(srv.url))
-    seen: collections.Counter[tuple[str, int]] = collections.Counter()
-    cams: dict[tuple[str, int], list[int]] = {}
-    c = sink.client
-    last = "-"
-    while True:
-        page = c.xrange(sink.keys.notifications, min=last, count=2000)
-        if last != "-":
-            page = page[1:]
-        if not page:
-            break
-        for _, fields in page:
-            _, notes = decode_batch(fields[b"data"])
-            for note in notes:
-                key = (note.header["request_id"], int(note.owner_id))
-                seen[key] += 1
-                cams[key] = sorted(int(x) for x in note.camera_ids)
-        eid = page[-1][0]
-        last = eid.decode() if isinstance(eid, bytes) else eid
-    res.notifications = sum(seen.values())
-    res.duplicated = sum(v - 1 for v in seen.values() if v > 1)
-    by_req: dict[str, set[int]] = collections.defaultdict(set)
-    for rid, owner in seen:
-        by_req[rid].add(owner)
-    for k, o in outcomes.items():
+    the time it was judged (see the module docstring)."""
+    res, index = run.res, run.world.index
+    with run.srv.client() as c:
+        back = _ReadBack.read(c)
+    res.notifications = sum(back.seen.values())
+    res.duplicated = back.duplicated
+    if run.name in ("burst", "fanout"):
+        res.special["notified"] = sum(len(back.by_req.get(run.reqs[k]["request_id"], ())) for k in run.specials)
+    entry = {int(run.sched.req[e]): e for e in np.flatnonzero(run.sched.req >= 0)}
+    edge_boundary = run.boundary
+    crossed = straddled = unseen = naive_flags = 0
+    plans_before = 0
+    for k, o in run.outcomes.items():
         if o["outcome"] != "dispatched":
             continue
-        r = reqs[k]
-        when = datetime.fromtimestamp(o["now_us"] / 1e6, tz=timezone.utc)
-        rs = world.index.resolve(r["area"], r["start"], r["end"], now=when)
-        expected = {int(x): rs.camera_ids[rs.owner_offsets[j]:rs.owner_offsets[j + 1]].tolist()
-                    for j, x in enumerate(rs.owner_ids)}
-        got = by_req.pop(r["request_id"], set())
-        res.lost += len(expected.keys() - got)
-        res.unexpected += len(got - expected.keys())
-        res.wrong_cameras += sum(1 for x in got & expected.keys() if cams[(r["request_id"], x)] != expected[x])
-    res.unexpected += sum(len(v) for v in by_req.values())  # notifications for a request with no dispatch outcome
+        r = run.reqs[k]
+        rid = r["request_id"]
+        final = o["now_us"] / 1e6
+        if run.name != "retention-edge":
+            _compare(res, _expected(index, r, final), rid, [back])
+            back.by_req.pop(rid, None)
+            continue
+        # The first attempt judged the request after it was sent and before its plan appeared. When the attempt
+        # that completed it was judged before the plan appeared, that attempt recorded it (or one racing it, judged
+        # within the same bounds): its time is the first attempt's.
+        lo, hi = float(run.sched.sent_at[entry[k]]), run.plan_seen.get(rid)
+        if hi is None:
+            unseen += 1
+            hi = final
+        lo = final if final <= hi else lo
+        first, last = _expected(index, r, lo), _expected(index, r, hi)
+        if first != last:  # the answer changed within the bounds: either side is what some instant of them judged
+            straddled += 1
+            first = last if _same(last, rid, back) else first
+        _compare(res, first, rid, [back])
+        if rid.startswith("edge-"):
+            plans_before += hi < edge_boundary
+            judged_late = _expected(index, r, final)
+            if hi < edge_boundary < final and judged_late != first:
+                crossed += 1
+                naive_flags += len(first.keys() ^ judged_late.keys()) + sum(
+                    1 for x in first.keys() & judged_late.keys() if first[x] != judged_late[x])
+        back.by_req.pop(rid, None)
+    res.unexpected += sum(len(v) for v in back.by_req.values())  # notifications for a request with no dispatch
+    if run.name == "retention-edge":
+        kill_ms = run.marks.get("kill", 0.0) * 1e3
+        wide = back.appended_ms.get("edge-wide", [])
+        res.special.update(wide_entries_before_kill=sum(1 for t in wide if t < kill_ms),
+                           wide_entries_after_kill=sum(1 for t in wide if t >= kill_ms))
+        res.special.update(edge_requests=run.s.edge_requests + 1, boundary_s=edge_boundary - run.t0,
+                           edge_plans_before_boundary=plans_before, crossed=crossed,
+                           flagged_if_judged_at_retry=naive_flags, straddled=straddled, plans_unseen=unseen)
+
+
+def _verify_lost_data(run: _Run) -> None:
+    """``restart-empty``: two Redis lives. The first one's data (moved aside) is served by a second server and
+    read back too. A request that completed in the first life must be exact there; one that completed in the
+    second must be exact across both (a worker may have appended its batches before the loss and published the
+    outcome after); one accepted by the first life only and never completed was lost with the data, counted
+    apart (and must have no notification); one accepted by the second must have completed."""
+    res, index = run.res, run.world.index
+    aside = run.srv.workdir.parent / f"{run.srv.workdir.name}-lost"
+    with RedisServer(aside, appendfsync="everysec") as old, old.client() as c0, run.srv.client() as c1:
+        before, after = _ReadBack.read(c0), _ReadBack.read(c1)
+        _, out0 = read_outcomes(c0, count=10_000_000, operators=True)
+        _, out1 = read_outcomes(c1, count=10_000_000, operators=True)
+    res.notifications = sum(before.seen.values()) + sum(after.seen.values())
+    res.duplicated = before.duplicated + after.duplicated
+    done0 = {o["trace"]: o for o in out0 if o["outcome"] == "dispatched" and isinstance(o["trace"], int)}
+    done1 = {o["trace"]: o for o in out1 if o["outcome"] == "dispatched" and isinstance(o["trace"], int)}
+    up = run.marks["up"]
+    accepted_new = {int(run.sched.req[e]) for e in np.flatnonzero((run.sched.req >= 0) &
+                                                                   (run.sched.accepted_at >= up))}
+    lost_with_data = partial = resent = 0
+    for k, r in enumerate(run.reqs):
+        rid = r["request_id"]
+        if k in done0:
+            _compare(res, _expected(index, r, done0[k]["now_us"] / 1e6), rid, [before])
+        if k in done1:
+            _compare(res, _expected(index, r, done1[k]["now_us"] / 1e6), rid, [after] if k in done0 else
+                     [before, after])
+        if k not in done0 and k not in done1:
+            if k in accepted_new:
+                continue  # missing: counted from the outcomes
+            lost_with_data += 1
+            partial += bool(before.by_req.get(rid) or after.by_req.get(rid))
+        resent += len(before.by_req.pop(rid, set()) & after.by_req.pop(rid, set()))
+    res.unexpected += sum(len(v) for v in before.by_req.values()) + sum(len(v) for v in after.by_req.values())
+    res.missing = sum(1 for k in accepted_new if k not in done0 and k not in done1)
+    res.completed = len(done0.keys() | done1.keys())  # the collector may have missed the last outcomes before the loss
+    res.special.update(completed_before_loss=len(done0), lost_with_data=lost_with_data,
+                       lost_with_data_partly_sent=partial, notified_again_after_loss=resent)
+    res.goal("requests lost with the data that had been partly sent", partial, "0", partial == 0)
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -493,10 +1123,59 @@ def run(s: LoadSettings, work: Path, progress: Progress | None = None) -> dict[s
     with RedisServer(work / "redis-rtt", appendfsync="everysec") as srv:
         rtt = redis_round_trip_us(srv.url)
     results = [run_scenario(name, world, s, say) for name in s.scenarios]
+    by = {r.name: r for r in results}
+    if "steady" in by and "poison" in by and by["steady"].throughput:
+        ratio = by["poison"].throughput / by["steady"].throughput
+        by["poison"].special["throughput_vs_steady"] = ratio
+        by["poison"].goal("valid throughput / steady's", ratio, ">= 0.95", ratio >= 0.95)
     return {"settings": asdict(s), "machine": {"cpus": os.cpu_count(), "redis_round_trip_us": rtt},
             "index": {"cameras": s.cameras, "build_s": world.build_s, "bytes": world.index_bytes,
                       "agencies": len(world.agencies)},
             "scenarios": [{**asdict(r), "exact": r.exact} for r in results]}
+
+
+def _f(x: Any, fmt: str = ".2f") -> str:
+    return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
+
+
+def _describe(r: dict[str, Any]) -> list[str]:
+    """The scenario's own figures, in a sentence or two."""
+    sp, n = r["special"], r["name"]
+    lt = sp.get("during_latency_ms", {})
+    during = (f"requests due during it: p50 {_f(lt.get('p50'), '.0f')} ms, p99 {_f(lt.get('p99'), '.0f')} ms, max "
+              f"{_f(lt.get('max'), '.0f')} ms")
+    if n in ("burst", "fanout") and sp:
+        lt, ot = sp["latency_ms"], sp.get("others_during_latency_ms", {})
+        return [f"{sp['completed']}/{sp['requests']} special request(s), {sp['notified']:,} owners notified; their "
+                f"latency p50 {_f(lt.get('p50'), '.0f')} ms, max {_f(lt.get('max'), '.0f')} ms; the other requests "
+                f"around them p99 {_f(ot.get('p99'), '.1f')} ms."]
+    if n == "poison":
+        return [f"{sp['poison_entries']:,} poison entries of {len(sp['poison_kinds'])} kinds among the valid ones: "
+                f"{sp['poison_refused']:,} refused, {sp['poison_accepted']} accepted, {sp['poison_dead_lettered']} "
+                f"dead-lettered; valid requests dead-lettered: {sp['valid_dead_lettered']}; valid throughput "
+                f"{_f(sp.get('throughput_vs_steady'))} x the steady scenario's."]
+    if n == "clientkill":
+        return [f"{during}."]
+    if n == "oom":
+        return [f"First completion {_f(sp.get('first_completion_after_freed_s'))} s after Redis was freed; "
+                f"{sp['dead_lettered']} requests dead-lettered; {during}."]
+    if n == "restart-empty":
+        return [f"First completion {_f(sp.get('first_completion_after_back_s'))} s after Redis returned, of a "
+                f"request submitted after it {_f(sp.get('first_new_request_completion_s'))} s; "
+                f"{sp['completed_after']:,}/{sp['submitted_after']:,} submitted after it completed. Before the loss "
+                f"{sp['completed_before_loss']:,} completed (checked against the data moved aside); "
+                f"{sp['lost_with_data']} were queued and lost with the data ({sp['lost_with_data_partly_sent']} of "
+                f"them partly sent); {sp['notified_again_after_loss']} owners notified again after the loss (the "
+                f"record of the first notice went with the data)."]
+    if n == "retention-edge" and "crossed" in sp:
+        return [f"{sp['edge_requests']} requests whose 30-day cameras' footage expired at {sp['boundary_s']:.2f} s; "
+                f"{sp['edge_plans_before_boundary']} plans recorded before it; {sp['crossed']} completed by a retry "
+                f"after it, each with its first attempt's recipients (a check at the retry's time would have "
+                f"flagged {sp['flagged_if_judged_at_retry']:,} notifications); the wide one's entries appended "
+                f"{sp['wide_entries_before_kill']} before the kill, {sp['wide_entries_after_kill']} after; "
+                f"{sp['straddled']} request(s) whose first attempt could not be placed on one side of a change of "
+                f"answer (either side accepted), {sp['plans_unseen']} plans not seen."]
+    return []
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -507,6 +1186,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"Open-loop target {s['rate']:g} requests/s for {s['duration']:g} s per scenario; latency from each "
              f"request's due time to its last batch appended. {report['machine']['cpus']} CPUs; Redis loopback "
              f"round trip (median PING) {report['machine']['redis_round_trip_us']:.0f} µs, measured in this run.",
+             "",
+             "The machine is shared with other jobs; the mean 1-minute load average during each scenario: "
+             + ", ".join(f"{r['name']} {r.get('machine_load', 0):.1f}" for r in report["scenarios"]) + ".",
              "",
              "| scenario | completed | refused | achieved req/s | p50 ms | p99 ms | max ms | notifications/s "
              "| lost | duplicated | wrong | backlog max |",
@@ -527,16 +1209,19 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {r['name']} | {w['name']}{' (killed)' if w['killed'] else ''} | {w['cpu_pct']:.0f} | "
                          f"{w['rss_max_mb']:,.0f} | {w['uss_mb']:,.0f} |")
     for r in report["scenarios"]:
-        if r["special"] or r["events"]:
-            lines += ["", f"**{r['name']}**: " + "; ".join(r["events"])]
-            if r["special"]:
-                sp = r["special"]
-                lt = sp["latency_ms"]
-                ot = sp.get("others_during_latency_ms", {})
-                lines.append(f"{sp['completed']}/{sp['requests']} special request(s), {sp['notified']:,} owners "
-                             f"notified; their latency p50 {lt.get('p50', float('nan')):.0f} ms, max "
-                             f"{lt.get('max', float('nan')):.0f} ms; the other requests around them p99 "
-                             f"{ot.get('p99', float('nan')):.1f} ms.")
+        text = _describe(r)
+        if r.get("handled_twice"):
+            text.append(f"{r['handled_twice']} command(s) handled more than once (an entry taken over from a worker "
+                        "still working on it, or sent twice through a fault), harmlessly.")
+        if text or r["events"]:
+            lines += ["", f"**{r['name']}**: " + "; ".join(r["events"])] + text
+    goals = [(r["name"], g, v) for r in report["scenarios"] for g, v in r.get("goals", {}).items()]
+    if goals:
+        lines += ["", "| scenario | goal | value | target | met |", "|---|---|---:|---|---|"]
+        for name, g, v in goals:
+            value = v["value"]
+            lines.append(f"| {name} | {g} | {_f(value) if isinstance(value, float) else value} | {v['goal']} | "
+                         f"{'yes' if v['met'] else 'NO'} |")
     lines += ["", "Exact (nothing lost, duplicated or misaddressed, no request without an outcome): "
               + ", ".join(f"{r['name']} {'yes' if r['exact'] else 'NO'}" for r in report["scenarios"]), ""]
     return "\n".join(lines)
@@ -559,6 +1244,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
             ax2 = ax.twinx()
             ax2.plot(t, r["series"]["requests_backlog"], color="tab:red", label="requests backlog")
             ax2.set_ylabel("backlog")
+        if "window_s" in r["special"]:
+            ax.axvspan(*r["special"]["window_s"], color="tab:orange", alpha=0.15, lw=0)
         ax.set_ylabel("req/s")
         ax.set_title(f"{r['name']}: p99 {r['latency_ms'].get('p99', float('nan')):.1f} ms", fontsize=9)
     axes[-1, 0].set_xlabel("seconds since load started")

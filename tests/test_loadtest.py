@@ -1,5 +1,6 @@
-"""The load test's 1M-camera smoke run, through the command an operator types: every scenario, each checked for
-lost, duplicated and misaddressed notifications against the index; and its request generator against shapely."""
+"""The load test's 1M-camera smoke run, through the command an operator types: every scenario (the fault ones with
+short fault windows), each checked for lost, duplicated and misaddressed notifications against the index, and
+each fault scenario for what it is about; and its request generator against shapely."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pyproj
 import pytest
 import shapely
 
-from bench.loadtest import LoadSettings
+from bench.loadtest import SCENARIOS, LoadSettings
 from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.synthetic.requests import typical_requests
 from dispatcher.workflow.agencies import AgencyRegistry
@@ -29,26 +30,48 @@ def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
     out = tmp_path / "lt"
     proc = subprocess.run(
         [sys.executable, "-c", "from dispatcher.cli import run; run()", "loadtest", "--cameras", "1000000",
-         "--rate", "150", "--duration", "4", "--workers", "2", "--work-dir", str(tmp_path / "work"),
-         "--json-out", f"{out}.json", "--markdown-out", f"{out}.md", "--plot-out", f"{out}.png"],
+         "--rate", "150", "--duration", "4", "--workers", "2", "--clientkill-seconds", "1.5", "--oom-seconds", "1.5",
+         "--work-dir", str(tmp_path / "work"), "--json-out", f"{out}.json", "--markdown-out", f"{out}.md",
+         "--plot-out", f"{out}.png"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(Path(f"{out}.json").read_text())
     by_name = {s["name"]: s for s in report["scenarios"]}
-    assert list(by_name) == ["steady", "burst", "fanout", "kill", "restart"]
+    assert list(by_name) == list(SCENARIOS)  # all ten by default
     for s in by_name.values():
         assert s["exact"], s["name"]
-        assert s["lost"] == s["duplicated"] == s["unexpected"] == s["wrong_cameras"] == s["missing"] == 0
-        assert s["completed"] == s["submitted"] and s["refused"] == 0  # every generated request is lawful
+        assert s["lost"] == s["duplicated"] == s["unexpected"] == s["wrong_cameras"] == s["missing"] == 0, s["name"]
+        lost_with_data = s["special"].get("lost_with_data", 0)  # restart-empty: queued in the Redis that was emptied
+        assert s["completed"] + lost_with_data == s["submitted"] and s["refused"] == 0, s["name"]
         assert s["notifications"] > 0 and 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"]
         assert s["series"]["t"] and max(s["series"]["completed"]) <= s["submitted"]
+        assert all(g["met"] for g in s["goals"].values()), (s["name"], s["goals"])
     assert by_name["burst"]["special"]["completed"] == by_name["burst"]["special"]["requests"] == 400
     fan = by_name["fanout"]["special"]
     assert fan["completed"] == 1 and fan["notified"] > 500  # 100 km² of a large city: hundreds of owners at 1M
     assert [w["killed"] for w in by_name["kill"]["workers"]] == [True, False, False]
     assert any("Redis shut down" in e for e in by_name["restart"]["events"])
+
+    poison = by_name["poison"]["special"]  # 5% of 600: every kind of poison, each refused on its own
+    assert poison["poison_entries"] == 30 and len(poison["poison_kinds"]) == 20
+    assert poison["poison_refused"] == 30 and poison["poison_accepted"] == poison["poison_dead_lettered"] == 0
+    assert poison["valid_dead_lettered"] == 0 and poison["throughput_vs_steady"] > 0.95
+    storm = by_name["clientkill"]["special"]
+    assert storm["kill_commands"] > 20 and storm["connections_killed"] > storm["kill_commands"] / 2
+    oom = by_name["oom"]["special"]
+    assert oom["oom_refusals"] > 0 and oom["dead_lettered"] == 0 and oom["first_completion_after_freed_s"] < 2
+    empty = by_name["restart-empty"]["special"]
+    assert empty["completed_after"] == empty["submitted_after"] > 300 and empty["first_new_request_completion_s"] < 2
+    assert empty["lost_with_data_partly_sent"] == 0 and empty["completed_before_loss"] > 0
+    assert any("AOF moved aside" in e for e in by_name["restart-empty"]["events"])
+    edge = by_name["retention-edge"]["special"]
+    assert edge["killed_holding_wide"] and edge["crossed"] >= 1 and edge["flagged_if_judged_at_retry"] > 0
+    assert edge["plans_unseen"] == 0 and edge["edge_requests"] == 33
+    assert sorted(w["killed"] for w in by_name["retention-edge"]["workers"]) == [False, False, True]
+
     md = Path(f"{out}.md").read_text()
-    assert "| steady |" in md and "Exact" in md and Path(f"{out}.png").stat().st_size > 10_000
+    assert "| steady |" in md and "| retention-edge |" in md and "Exact" in md
+    assert Path(f"{out}.png").stat().st_size > 10_000
 
 
 def test_generated_requests_are_lawful_and_inside_their_jurisdiction() -> None:
@@ -80,3 +103,10 @@ def test_settings_reject_unknown_scenarios_and_nonsense() -> None:
         LoadSettings(scenarios=("steady", "meteor"))
     with pytest.raises(ValueError):
         LoadSettings(rate=0)
+    with pytest.raises(ValueError, match="oom_s"):  # a fault window must fit in the load
+        LoadSettings(duration=10, oom_s=15)
+    LoadSettings(duration=10, oom_s=15, scenarios=("steady", "kill"))  # ... when its scenario is played
+    with pytest.raises(ValueError, match="edge_gap_s"):  # the retries must come after the boundary
+        LoadSettings(edge_gap_s=3.0, claim_idle_ms=2000)
+    with pytest.raises(ValueError, match="poison_share"):
+        LoadSettings(poison_share=0)

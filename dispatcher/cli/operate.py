@@ -62,21 +62,34 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
 @click.option("--workers", default=2, help="Worker processes serving the requests stream.")
 @click.option("--rate", default=2000.0, help="Requests per second, open loop.")
 @click.option("--duration", default=60.0, help="Seconds of load in each scenario.")
-@click.option("--scenarios", default="steady,burst,fanout,kill,restart",
-              help="Comma-separated: steady, burst, fanout, kill, restart.")
+@click.option("--scenarios", default="steady,burst,fanout,kill,restart,poison,clientkill,oom,restart-empty,"
+                                     "retention-edge",
+              help="Comma-separated, any of the default ones.")
 @click.option("--seed", default=0)
 @click.option("--batch", default=16, help="Entries a worker thread reads and handles together.")
 @click.option("--threads", default=4, help="Consumer threads per worker process.")
+@click.option("--poison-share", default=0.05, help="poison: malformed entries per valid request.")
+@click.option("--clientkill-seconds", default=8.0, help="clientkill: length of the CLIENT KILL storm, mid-load.")
+@click.option("--clientkill-every-ms", default=10.0, help="clientkill: milliseconds between two CLIENT KILLs.")
+@click.option("--oom-seconds", default=15.0, help="oom: how long Redis refuses every write, mid-load.")
+@click.option("--edge-requests", default=32,
+              help="retention-edge: typical requests whose window sits at the boundary (with one wide one).")
+@click.option("--edge-gap-seconds", default=1.5,
+              help="retention-edge: from the edge requests' due time to their 30-day cameras' footage expiring "
+                   "(shorter than the 2 s a dead worker's entries wait before another takes them).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the index and the Redis data go (default: a temporary directory, removed after).")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.json"))
 @click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.md"))
 @click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.png"))
 def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration: float, scenarios: str, seed: int,
-             batch: int, threads: int, work_dir: Path | None, json_out: Path, markdown_out: Path,
-             plot_out: Path) -> None:
+             batch: int, threads: int, poison_share: float, clientkill_seconds: float, clientkill_every_ms: float,
+             oom_seconds: float, edge_requests: int, edge_gap_seconds: float, work_dir: Path | None,
+             json_out: Path, markdown_out: Path, plot_out: Path) -> None:
     """National-scale load test: worker processes behind a throwaway Redis on loopback, open-loop requests at a
-    target rate; latency, throughput, CPU and memory, queue depth; proves nothing lost or duplicated."""
+    target rate, through faults (worker and Redis restarts, poison entries, dropped connections, Redis full or
+    emptied, retries across a footage-retention boundary); latency, throughput, CPU and memory, queue depth;
+    proves nothing lost, duplicated or misaddressed."""
     import tempfile
 
     from bench import loadtest as lt
@@ -84,7 +97,9 @@ def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration:
     try:
         settings = lt.LoadSettings(cameras=cameras, agencies=n_agencies, workers=workers, rate=rate,
                                    duration=duration, scenarios=tuple(x for x in scenarios.split(",") if x),
-                                   seed=seed, read_count=batch, threads=threads)
+                                   seed=seed, read_count=batch, threads=threads, poison_share=poison_share,
+                                   clientkill_s=clientkill_seconds, clientkill_every_ms=clientkill_every_ms,
+                                   oom_s=oom_seconds, edge_requests=edge_requests, edge_gap_s=edge_gap_seconds)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     t0 = time.monotonic()
