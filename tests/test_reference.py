@@ -27,7 +27,7 @@ SNAP = 2.0**-12
 
 def as_dict(answer: tuple[np.ndarray, ...]) -> dict[int, list[int]]:
     owners, cams, off = answer
-    assert np.all(np.diff(owners) > 0)
+    assert np.all(owners[1:] > owners[:-1])  # ascending (np.diff would overflow across the int64 range)
     return {int(o): cams[off[k]:off[k + 1]].tolist() for k, o in enumerate(owners)}
 
 
