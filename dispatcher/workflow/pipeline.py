@@ -33,7 +33,7 @@ from typing import Any
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.gate import OwnerGate, RecipientGate
 from dispatcher.dispatch.wire import NotificationHeader
-from dispatcher.errors import DispatchError, InvalidTransition, RequestRejected
+from dispatcher.errors import DispatchError, InvalidTransition, QueueUnavailable, RequestRejected, UnknownRequest
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
 from dispatcher.workflow.review import APPROVED, DISPATCHED, Workflow, aware_now
@@ -256,7 +256,14 @@ class Pipeline:
         reports = self.dispatcher.dispatch_many(work, gate=self.gate, now=now, adopt_recorded=True)
         marked = self.workflow.mark_dispatched_many([j.request_id for j in jobs], now)
         for job, ok in zip(jobs, marked, strict=True):
-            if not ok and self.workflow.state(job.request_id) != DISPATCHED:  # marked by another worker: fine
+            if ok:
+                continue
+            try:
+                state = self.workflow.state(job.request_id)
+            except UnknownRequest:  # the store lost it under us (Redis came back empty): run the batch again
+                raise QueueUnavailable(f"request {job.request_id}: its record vanished while it was dispatched; "
+                                       "the store came back without its data") from None
+            if state != DISPATCHED:  # marked by another worker meanwhile: fine
                 raise InvalidTransition(f"request {job.request_id}: dispatched, but could not be marked so")
         for job, rep in zip(jobs, reports, strict=True):
             log.debug("%s: %d owners notified, %d suppressed", job.request_id, rep.recipients_notified,
