@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -16,7 +16,7 @@ from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["connect", "is_transient", "with_retries"]
+__all__ = ["Prepacked", "connect", "is_transient", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
 #: transition: each passes.
@@ -62,3 +62,31 @@ def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:
             log.warning("Redis error during %s (attempt %d): %s; retrying in %.3f s", what, attempt + 1, exc, delay)
             time.sleep(delay)
             attempt += 1
+
+
+class Prepacked:
+    """Commands encoded once and sent as they are each time: for the calls a worker repeats with the same
+    arguments, a read naming every intake stream and a claim pass over them, whose encoding by redis-py costs
+    far more CPU than Redis spends answering (a read of 401 streams: ~3 ms to encode, 0.1 ms in Redis), all of it
+    under the worker process's GIL. :meth:`run` sends them in one write and returns the raw replies in order
+    (RESP, without redis-py's reply callbacks); an error reply raises, and the connection is then dropped (the
+    replies after it are unread)."""
+
+    def __init__(self, client: redis.Redis, commands: Sequence[Sequence[Any]]) -> None:
+        self.client = client
+        self.count = len(commands)
+        pool = client.connection_pool
+        encoder = pool.connection_class(**pool.connection_kwargs)  # encodes as the pool's would; never connected
+        self.packed = encoder.pack_commands([tuple(c) for c in commands])
+
+    def run(self) -> list[Any]:
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(self.packed)  # type: ignore[no-untyped-call]
+            return [conn.read_response() for _ in range(self.count)]
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)

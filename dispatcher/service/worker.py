@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import orjson
 import redis
 
-from dispatcher.connections import is_transient, with_retries
+from dispatcher.connections import Prepacked, is_transient, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.keys import Keys
@@ -96,6 +96,12 @@ class Worker:
         self.streams: dict[str, str | None] = {self.keys.requests: None,
                                                **{self.keys.intake(a): a for a in agencies}}
         self.stats = WorkerStats()
+        # The two calls repeated with the same arguments all the time, over every stream: encoded once.
+        streams, g = list(self.streams), self.settings.group
+        self._read = Prepacked(client, [("XREADGROUP", "GROUP", g, name, "COUNT", self.settings.read_count,
+                                         "BLOCK", self.settings.block_ms, "STREAMS", *streams, *[">"] * len(streams))])
+        self._claim = Prepacked(client, [("XAUTOCLAIM", stream, g, name, self.settings.claim_idle_ms, "0-0", "COUNT",
+                                          self.settings.read_count) for stream in streams])
         self._next_claim = 0.0
         self._touched: set[str] = set()
         self._stop: Any = None
@@ -196,14 +202,9 @@ class Worker:
         times that, it is set aside on the dead-letter stream without running."""
         s, k = self.settings, self.keys
 
-        def claim() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
-            for stream in self.streams:
-                pipe.xautoclaim(stream, s.group, self.name, min_idle_time=s.claim_idle_ms, start_id="0-0",
-                                count=s.read_count)
-            return list(pipe.execute())
-        claimed = [(stream, eid, fields) for stream, got in zip(self.streams, self._retry("claim", claim), strict=True)
-                   for eid, fields in got[1] if fields]  # None: deleted meanwhile
+        claimed = [(stream, eid, _fields(flat))
+                   for stream, got in zip(self.streams, self._retry("claim", self._claim.run), strict=True)
+                   for eid, flat in got[1] if flat]  # None: deleted meanwhile
         if not claimed:
             return claimed
 
@@ -256,9 +257,10 @@ class Worker:
             else:
                 self._next_claim = time.monotonic() + s.claim_idle_ms / 4000
                 self._trim()
-        fresh: Any = self._retry("read", lambda: self.r.xreadgroup(
-            s.group, self.name, dict.fromkeys(self.streams, ">"), count=s.read_count, block=s.block_ms))
-        entries = [(_s(stream), eid, fields) for stream, got in fresh or [] for eid, fields in got]
+        fresh = self._retry("read", self._read.run)[0]  # RESP3: a map of streams; RESP2: [stream, entries] pairs
+        entries = [(_s(stream), eid, _fields(flat))
+                   for stream, got in (fresh.items() if isinstance(fresh, dict) else fresh or [])
+                   for eid, flat in got]
         for first in range(0, len(entries), s.read_count):  # up to read_count from each stream: cut to size
             self.process(entries[first:first + s.read_count])
         return self.stats.handled - before
@@ -280,6 +282,11 @@ class Worker:
 
 def _nogroup(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("NOGROUP")
+
+
+def _fields(flat: list[Any]) -> dict[Any, Any]:
+    """An entry's fields from the flat [name, value, ...] list of a raw reply."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _s(x: str | bytes) -> str:
