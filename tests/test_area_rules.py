@@ -26,7 +26,7 @@ from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI, geodesic_circle
 from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.synthetic.requests import typical_requests
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
-from dispatcher.workflow.policy import Policy, area_shape_problems, validate
+from dispatcher.workflow.policy import Policy, area_shape_problems, prepare_areas, validate
 from dispatcher.workflow.requests import VideoRequest
 from tests.area_shapes import (
     MemLog,
@@ -202,6 +202,32 @@ def test_typical_requests_pass() -> None:
         except RequestRejected as exc:
             refused.append(exc.codes)
     assert refused == []
+
+
+def test_areas_measured_together_are_judged_as_each_alone() -> None:
+    """A batch's areas go through each shapely call together (:func:`prepare_areas`): every attack, every
+    legitimate shape, typical requests and unreadable areas, mixed, get exactly the violations (codes and
+    messages) each gets when validated on its own."""
+    agencies = generate_agencies(400)
+    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    typical = [r["area"] for r in typical_requests(agencies, 40, 3, now, "t")]
+    areas = [geojson(make()) for make, _ in ATTACKS.values()] + [geojson(g) for g in LEGITIMATE.values()]
+    areas = [*typical[:20], *areas, {"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]}, "not an area",
+             *typical[20:]]
+    registry = AgencyRegistry([*agencies, *_registry()])
+
+    def violations(area: Any, prepared: Any = None) -> list[tuple[str, str]]:
+        r = request(area=area)
+        try:
+            validate(r, registry, MemLog(), NOW, None, prepared)
+        except RequestRejected as exc:
+            return [(c, m) for c, m in exc.violations if c.startswith("area_")]
+        return []
+
+    alone = [violations(a) for a in areas]
+    together = [violations(a, prep) for a, prep in zip(areas, prepare_areas(areas), strict=True)]
+    assert together == alone
+    assert sum(1 for v in alone if v) >= len(ATTACKS) + 2  # the attacks and the unreadable ones are refused
 
 
 def test_shape_settings() -> None:

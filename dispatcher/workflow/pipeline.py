@@ -35,6 +35,7 @@ from dispatcher.dispatch.gate import OwnerGate, RecipientGate
 from dispatcher.dispatch.wire import NotificationHeader
 from dispatcher.errors import DispatchError, InvalidTransition, QueueUnavailable, RequestRejected, UnknownRequest
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.workflow.policy import prepare_areas
 from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
 from dispatcher.workflow.review import APPROVED, DISPATCHED, Workflow, aware_now
 
@@ -203,6 +204,8 @@ class Pipeline:
         """Look up every request named (one round trip), then validate the new ones."""
         wf = self.workflow
         found, log_ = wf.prefetch([j.request_id for j in jobs], [j.new for j in jobs if j.new is not None])
+        new = [job.new for job, stored in zip(jobs, found, strict=True) if stored is None and job.new is not None]
+        areas = iter(prepare_areas([v.area for v in new], wf.policy))  # their shapes measured together
         kept = []
         for job, stored in zip(jobs, found, strict=True):
             if stored is not None:         # recorded already: a redelivery, or a reviewer's dispatch command
@@ -212,7 +215,7 @@ class Pipeline:
                 continue
             else:
                 try:
-                    job.valid = wf.check(job.new, now, log=log_)
+                    job.valid = wf.check(job.new, now, log=log_, prepared=next(areas))
                 except DispatchError as exc:  # refused: the audit log has it; a retry would refuse it again
                     out[job.k] = _refused(job.request_id, exc)
                     continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -165,10 +166,12 @@ def _corner_area(r: float, reach: np.ndarray) -> np.ndarray:
     return r * r * (1 / np.tan(b) - (np.pi / 2 - b))
 
 
-def _widths(ms: list[shapely.Polygon], p: Policy) -> tuple[np.ndarray, tuple[float, float, int] | None]:
-    """Per polygon of ``ms`` (in metres), its lobes: the pieces of the centres of the discs ``min_width_m`` wide
-    inside it (0: it is narrower than that everywhere); and its worst narrow bit, as (the share of a corner's
-    area it covers, its reach, the polygon's index), or None.
+def _widths(ms: list[shapely.Polygon], p: Policy, groups: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per polygon of ``ms`` (in metres): its lobes, the pieces of the centres of the discs ``min_width_m`` wide
+    inside it (0: it is narrower than that everywhere); and its worst narrow bit, as the share of a corner's area
+    it covers (inf: none) and its reach. ``groups`` numbers the area each polygon belongs to (all one area by
+    default): several areas go through each shapely call together, each measured as if alone.
 
     A narrow bit is a piece of a polygon that those discs (radius r) do not cover. One reaching more than r beyond
     them must cover at least ``min_strip_ratio`` of what a straight corner with the same reach leaves outside them
@@ -179,12 +182,14 @@ def _widths(ms: list[shapely.Polygon], p: Policy) -> tuple[np.ndarray, tuple[flo
     """
     r = p.min_width_m / 2
     geoms = np.array(ms, dtype=object)
+    groups = np.zeros(len(ms), np.int64) if groups is None else np.asarray(groups, np.int64)
+    worst, worst_reach = np.full(len(ms), np.inf), np.full(len(ms), np.nan)
     cores = shapely.buffer(geoms, -r, quad_segs=_QUAD_SEGS)
     lobes = np.where(shapely.is_empty(cores), 0, shapely.get_num_geometries(cores))  # an empty polygon counts 1
     live = lobes > 0
     live[live] = ~shapely.covers(shapely.buffer(cores[live], 2 * r, quad_segs=_QUAD_SEGS), geoms[live])
     if not live.any():
-        return lobes, None
+        return lobes, worst, worst_reach
     geoms, cores, owner = geoms[live], cores[live], np.flatnonzero(live)
     # the discs' chords run up to 8% of r inside the true circles: 8% more leaves no slivers along the edges
     bits, of = shapely.get_parts(shapely.difference(geoms, shapely.buffer(cores, r * 1.08, quad_segs=_QUAD_SEGS)),
@@ -192,9 +197,12 @@ def _widths(ms: list[shapely.Polygon], p: Policy) -> tuple[np.ndarray, tuple[flo
     box = shapely.bounds(bits)
     keep = np.hypot(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) > r  # a bit touches the discs: reach <= span
     if not keep.any():
-        return lobes, None
+        return lobes, worst, worst_reach
     bits, of = bits[keep], of[keep]
-    step = max(r / 4, float(shapely.length(bits).sum()) / _STRIP_POINTS)
+    # sample points r / 4 apart, fewer when an area's bits are long: _STRIP_POINTS for each area at most
+    group = groups[owner[of]]
+    length = shapely.length(bits)
+    step = np.maximum(r / 4, np.bincount(group, weights=length)[group] / _STRIP_POINTS)
     xy, at = shapely.get_coordinates(shapely.segmentize(bits, step), return_index=True)
     reach = np.full(len(bits), -np.inf)
     np.maximum.at(reach, at, shapely.distance(cores[of][at], shapely.points(xy)))
@@ -202,16 +210,18 @@ def _widths(ms: list[shapely.Polygon], p: Policy) -> tuple[np.ndarray, tuple[flo
     far = reach > r
     share = np.full(len(bits), np.inf)
     share[far] = shapely.area(bits[far]) / _corner_area(r, reach[far])
-    bad = np.flatnonzero(share < p.min_strip_ratio)
-    if not len(bad):
-        return lobes, None
-    k = bad[np.argmin(share[bad])]
-    return lobes, (float(share[k]), float(reach[k]), int(owner[of[k]]))
+    order = np.argsort(share, kind="stable")  # each polygon's worst bit: its first in this order
+    polygon = owner[of[order]]
+    firsts = np.unique(polygon, return_index=True)[1]
+    worst[polygon[firsts]] = share[order[firsts]]
+    worst_reach[polygon[firsts]] = reach[order[firsts]]
+    return lobes, worst, worst_reach
 
 
-def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float]],
-                    p: Policy) -> list[tuple[str, str]]:
-    """The shape rules of ``polys`` (with their geodesic (m², m)) under ``p``.
+def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float]], p: Policy,
+                    widths: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[tuple[str, str]]:
+    """The shape rules of ``polys`` (with their geodesic (m², m)) under ``p``; ``widths``: their
+    :func:`_widths`, when measured already.
 
     Polygons are numbered as in the area (after joining halves split at the antimeridian). With more polygons
     than ``max_parts`` their widths and strips are not examined: the area is refused already, and a sieve of
@@ -232,14 +242,16 @@ def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float
                                         f"{p.min_compactness} floor (1 for a disc, 0.785 for a square)"))
     pieces = len(polys)
     if len(polys) <= p.max_parts:
-        lobes, strip = _widths([_metres(q) for q in polys], p)
+        lobes, shares, reaches = widths if widths is not None else _widths([_metres(q) for q in polys], p)
         pieces = int(np.maximum(lobes, 1).sum())
         thin = np.flatnonzero(lobes == 0)
         if len(thin):
             out.append(("area_too_thin", f"polygon {thin[0]} holds no disc {p.min_width_m:g} m wide "
                                          f"({len(thin)} polygon(s) narrower than that everywhere)"))
-        if strip is not None:
-            share, reach, j = strip
+        narrow = np.flatnonzero(shares < p.min_strip_ratio)
+        if len(narrow):
+            j = int(narrow[np.argmin(shares[narrow])])
+            share, reach = float(shares[j]), float(reaches[j])
             out.append(("area_narrow_strip", f"polygon {j} has a narrow part reaching {reach:.0f} m beyond the "
                                              f"{p.min_width_m:g} m discs that fit in it and covering {share:.2f} of "
                                              f"what a corner reaching as far covers; a narrow part must widen like a "
@@ -285,9 +297,51 @@ RULE_CODES = (
 )
 
 
+@dataclass(frozen=True)
+class PreparedArea:
+    """A request's area parsed and measured for the rules (:func:`prepare_areas`): the area or why it is not one,
+    its polygons with their geodesic (m², m), and their widths (None with more polygons than the rules examine)."""
+
+    area: Area | None
+    error: str | None
+    polys: list[shapely.Polygon]
+    stats: list[tuple[float, float]]
+    widths: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def prepare_areas(areas: Sequence[Any], policy: Policy | None = None) -> list[PreparedArea]:
+    """The areas of several requests made ready for :func:`validate`, their widths measured together (each
+    shapely call once for all of them: a batch pays the per-call cost once, not once a request)."""
+    p = policy or Policy()
+    parsed: list[tuple[Area | None, str | None, list[shapely.Polygon]]] = []
+    for raw in areas:
+        try:
+            area = Area.parse(raw, max_vertices=p.max_vertices)
+        except DispatchError as exc:
+            parsed.append((None, str(exc), []))
+            continue
+        except (TypeError, ValueError, RecursionError) as exc:
+            parsed.append((None, f"unusable area: {type(exc).__name__}", []))
+            continue
+        parsed.append((area, None, _pieces(area.geometry)))
+    measured = [k for k, (_, _, polys) in enumerate(parsed) if 0 < len(polys) <= p.max_parts]
+    ms = [_metres(q) for k in measured for q in parsed[k][2]]
+    groups = np.repeat(np.arange(len(measured)), [len(parsed[k][2]) for k in measured])
+    lobes, shares, reaches = _widths(ms, p, groups) if ms else (np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    widths: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    first = 0
+    for k in measured:
+        n = len(parsed[k][2])
+        widths[k] = (lobes[first:first + n], shares[first:first + n], reaches[first:first + n])
+        first += n
+    return [PreparedArea(area, error, polys, [_geodesic_area_perimeter(q) for q in polys], widths.get(k))
+            for k, (area, error, polys) in enumerate(parsed)]
+
+
 def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, now: datetime,
-             policy: Policy | None = None) -> ValidRequest:
-    """Check every rule; return the normalised request or raise :class:`RequestRejected` listing them all."""
+             policy: Policy | None = None, prepared: PreparedArea | None = None) -> ValidRequest:
+    """Check every rule; return the normalised request or raise :class:`RequestRejected` listing them all.
+    ``prepared``: the request's area from :func:`prepare_areas`, when a batch prepared it."""
     p = policy or Policy()
     v: list[tuple[str, str]] = []
     sub = request.submitted_at.astimezone(timezone.utc)
@@ -347,22 +401,17 @@ def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, n
             v.append(("window_too_old", f"start {start.isoformat()} is older than the {p.max_age.days}-day "
                                         f"retention"))
     # area
-    area = None
     sq_mi = float("nan")
-    try:
-        area = Area.parse(request.area, max_vertices=p.max_vertices)
-    except DispatchError as exc:
-        v.append(("area_invalid", str(exc)))
-    except (TypeError, ValueError, RecursionError) as exc:
-        v.append(("area_invalid", f"unusable area: {type(exc).__name__}"))
+    prep = prepared if prepared is not None else prepare_areas([request.area], p)[0]
+    area = prep.area
+    if prep.error is not None:
+        v.append(("area_invalid", prep.error))
     if area is not None:
-        polys = _pieces(area.geometry)
-        stats = [_geodesic_area_perimeter(q) for q in polys]
-        sq_mi = sum(a for a, _ in stats) / SQ_M_PER_SQ_MI
+        sq_mi = sum(a for a, _ in prep.stats) / SQ_M_PER_SQ_MI
         if not p.min_area_sq_mi <= sq_mi <= p.max_area_sq_mi:
             v.append(("area_size", f"area of {sq_mi:.4f} sq mi is outside {p.min_area_sq_mi} .. "
                                    f"{p.max_area_sq_mi} sq mi"))
-        v.extend(_shape_problems(polys, stats, p))
+        v.extend(_shape_problems(prep.polys, prep.stats, p, prep.widths))
         if agency is not None and not agency.jurisdiction.covers(area.geometry):
             v.append(("outside_jurisdiction", f"area is not inside the jurisdiction of {agency.agency_id}"))
     if v:

@@ -13,7 +13,7 @@ from typing import Any
 
 from dispatcher.errors import DispatchError, InvalidChoice, InvalidRequest, InvalidTransition, UnknownRequest
 from dispatcher.workflow.agencies import AgencyRegistry
-from dispatcher.workflow.policy import Policy, RequestLog, validate
+from dispatcher.workflow.policy import Policy, PreparedArea, RequestLog, validate
 from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
 from dispatcher.workflow.store import AuditEntry, Store
 
@@ -57,14 +57,15 @@ class Workflow:
         return state
 
     def check(self, request: VideoRequest | Any, now: datetime, actor: str | None = None,
-              log: RequestLog | None = None) -> ValidRequest:
-        """Validate against the policy, with ``log`` (the store by default) answering for earlier requests; a
-        refusal is recorded in the audit log and raised. Nothing else is written."""
+              log: RequestLog | None = None, prepared: PreparedArea | None = None) -> ValidRequest:
+        """Validate against the policy, with ``log`` (the store by default) answering for earlier requests
+        (``prepared``: the area, from :func:`prepare_areas` over a batch); a refusal is recorded in the audit log
+        and raised. Nothing else is written."""
         now = aware_now(now)
         try:
             if not isinstance(request, VideoRequest):
                 request = VideoRequest.from_dict(request)
-            return validate(request, self.registry, log or self.store, now, self.policy)
+            return validate(request, self.registry, log or self.store, now, self.policy, prepared)
         except DispatchError as exc:
             self.refuse(request, exc, now, actor)
             raise
