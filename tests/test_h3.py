@@ -323,7 +323,7 @@ def test_numba_disk_cache_shared_by_concurrent_workers(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
 
     want = h3py_cells(np.linspace(-89, 89, 1001), np.linspace(-179, 179, 1001), 11)
-    cold = run_workers(code, 3, env=env)
+    cold = run_workers(code, 2, env=env)
     assert all(o["cells"] == want for o in cold)
     assert any(o["misses"] >= 1 for o in cold)
     warm = run_workers(code, 1, env=env)[0]

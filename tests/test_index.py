@@ -378,7 +378,7 @@ def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
     import os
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
 
-    cold = run_workers(code, 3, args=[str(path)], env=env)
+    cold = run_workers(code, 2, args=[str(path)], env=env)  # two at once on a 2-core machine: a real race
     assert all({int(k): v for k, v in o["r"].items()} == want for o in cold)
     assert any((tmp_path / "numba-cache").rglob("*.nbi")), "no Numba cache index was written"
     assert any(o["misses"] >= 1 for o in cold)  # someone compiled (the others may have found its cache)

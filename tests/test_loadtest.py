@@ -1,4 +1,4 @@
-"""The load test's 1M-camera smoke run, through the command an operator types: every scenario (the fault ones with
+"""The load test's smoke run (300,000 cameras), through the command an operator types: every scenario (the fault ones with
 short fault windows), each checked for lost, duplicated and misaddressed notifications against the index, and
 each fault scenario for what it is about; and its request generator against shapely."""
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
     out = tmp_path / "lt"
     proc = subprocess.run(
-        [sys.executable, "-c", "from dispatcher.cli import run; run()", "loadtest", "--cameras", "1000000",
+        [sys.executable, "-c", "from dispatcher.cli import run; run()", "loadtest", "--cameras", "300000",
          "--rate", "150", "--duration", "4", "--workers", "2", "--clientkill-seconds", "1.5", "--oom-seconds", "1.5",
          "--work-dir", str(tmp_path / "work"), "--json-out", f"{out}.json", "--markdown-out", f"{out}.md",
          "--plot-out", f"{out}.png"],
@@ -51,7 +51,7 @@ def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
         assert all(g["met"] for name, g in s["goals"].items() if name not in timing), (s["name"], s["goals"])
     assert by_name["burst"]["special"]["completed"] == by_name["burst"]["special"]["requests"] == 400
     fan = by_name["fanout"]["special"]
-    assert fan["completed"] == 1 and fan["notified"] > 500  # 100 km² of a large city: hundreds of owners at 1M
+    assert fan["completed"] == 1 and fan["notified"] > 100  # 100 km² of a large city: hundreds of owners at 300k
     assert [w["killed"] for w in by_name["kill"]["workers"]] == [True, False, False]
     assert any("Redis shut down" in e for e in by_name["restart"]["events"])
 
