@@ -1,6 +1,6 @@
-"""The load test's smoke run (300,000 cameras), through the command an operator types: every scenario (the fault ones with
-short fault windows), each checked for lost, duplicated and misaddressed notifications against the index, and
-each fault scenario for what it is about; and its request generator against shapely."""
+"""The load test's smoke run (300,000 cameras), through the command an operator types: every scenario (the fault
+ones with short fault windows), each checked for lost, duplicated and misaddressed notifications against the
+index, and each fault scenario for what it is about; and its request generator against shapely."""
 
 from __future__ import annotations
 
