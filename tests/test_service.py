@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+import redis
 
 from bench.reference import Dataset, brute_force
+from dispatcher.connections import Prepacked
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
@@ -53,12 +55,13 @@ def _registry() -> AgencyRegistry:
                                   geodesic_circle(LNG0, LAT0, 20_000), JOINED)])
 
 
-def _worker(server: RedisServer, index: CameraIndex, name: str, auto: bool = True, **kw) -> Worker:
+def _worker(server: RedisServer, index: CameraIndex, name: str, auto: bool = True, protocol: int = 3,
+            **kw) -> Worker:
     store = RedisStore.from_url(server.url)
     wf = Workflow(store, _registry(), Policy(auto_approve=auto, owner_cap=1000, rate_limit=1000))
     qs = QueueSettings.from_url(server.url, batch_size=16)
-    return Worker(name, server.client(), Pipeline(wf, index, Dispatcher(RedisSink(qs), qs)), ServiceSettings(**kw),
-                  clock=lambda: NOW)
+    return Worker(name, redis.Redis.from_url(server.url, protocol=protocol),
+                  Pipeline(wf, index, Dispatcher(RedisSink(qs), qs)), ServiceSettings(**kw), clock=lambda: NOW)
 
 
 def _request(k: int, rng: np.random.Generator) -> dict:
@@ -119,16 +122,18 @@ def test_two_workers_serve_requests_exactly(redis_server: RedisServer, world) ->
         assert r.xpending(Keys().requests, "workers")["pending"] == 0
 
 
+@pytest.mark.parametrize("protocol", [2, 3])  # the worker reads and claims with raw replies: both shapes of them
 def test_dead_workers_entries_are_reclaimed_and_redelivery_sends_nothing_twice(redis_server: RedisServer,
-                                                                              world) -> None:
+                                                                              world, protocol: int) -> None:
     index, _ = world
     rng = np.random.default_rng(2)
-    settings = dict(claim_idle_ms=50, block_ms=20)
+    settings = dict(claim_idle_ms=50, block_ms=20, protocol=protocol)
     with redis_server.client() as r:
         ids = [submit(r, _request(k, rng)) for k in range(4)]
     dead = _worker(redis_server, index, "dead", **settings)
     # "dead" reads two entries, handles one of them fully but dies before acknowledging either
-    got = dead.r.xreadgroup("workers", "dead", {Keys().requests: ">"}, count=2)
+    with redis_server.client() as r:
+        got = r.xreadgroup("workers", "dead", {Keys().requests: ">"}, count=2)
     dead.pipeline.run([commands.decode(got[0][1][0][1])], NOW)
     assert len(_stream(redis_server)) > 0
     time.sleep(0.1)
@@ -141,6 +146,22 @@ def test_dead_workers_entries_are_reclaimed_and_redelivery_sends_nothing_twice(r
     with redis_server.client() as r:
         assert r.xpending(Keys().requests, "workers")["pending"] == 0
     assert len(ids) == 4
+
+
+def test_prepacked_commands_after_an_error_reply_start_on_a_clean_connection(redis_server: RedisServer) -> None:
+    """An error reply in the middle of prepacked commands raises, and the replies after it (left unread) do not
+    leak into the next call: its connection was dropped."""
+    c = redis_server.client()
+    c.xgroup_create("s:1", "g", id="0", mkstream=True)
+    eid = c.xadd("s:1", {"k": "v"})
+    bad = Prepacked(c, [("XAUTOCLAIM", "s:none", "g", "w", 0, "0-0"), ("PING",), ("ECHO", "left unread")])
+    read = Prepacked(c, [("XREADGROUP", "GROUP", "g", "w", "COUNT", 5, "STREAMS", "s:1", ">"), ("ECHO", "mine")])
+    with pytest.raises(redis.ResponseError, match="NOGROUP"):
+        bad.run()
+    (got, echo) = read.run()
+    entries = got[b"s:1"] if isinstance(got, dict) else dict(got)[b"s:1"]
+    assert entries == [[eid, [b"k", b"v"]]] and echo == b"mine"
+    assert read.run()[0] is None  # nothing new
 
 
 def test_reviewed_request_dispatched_on_command(redis_server: RedisServer, world) -> None:
