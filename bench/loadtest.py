@@ -996,12 +996,12 @@ def _expected(index: CameraIndex, r: dict[str, Any], when: float) -> dict[int, l
 
 def _compare(res: ScenarioResult, want: dict[int, list[int]], rid: str, backs: list[_ReadBack]) -> None:
     got: set[int] = set().union(*(b.by_req.get(rid, set()) for b in backs))
-    res.lost += len(want.keys() - got)
-    if want.keys() - got or got - want.keys():  # name the requests, for whoever reads a failing report
+    lost, extra = len(want.keys() - got), len(got - want.keys())
+    res.lost += lost
+    res.unexpected += extra
+    if lost or extra:  # name the requests, for whoever reads a failing report
         res.special.setdefault("inexact_requests", []).append(
-            {"request_id": rid, "lost": len(want.keys() - got), "unexpected": len(got - want.keys()),
-             "lives": len(backs)})
-    res.unexpected += len(got - want.keys())
+            {"request_id": rid, "lost": lost, "unexpected": extra, "lives": len(backs)})
     res.wrong_cameras += sum(1 for x in got & want.keys()
                              if any((rid, x) in b.cams and b.cams[(rid, x)] != want[x] for b in backs))
 
@@ -1105,10 +1105,10 @@ def _verify_lost_data(run: _Run) -> None:
     res.unexpected += sum(len(v) for v in before.by_req.values()) + sum(len(v) for v in after.by_req.values())
     res.missing = sum(1 for k in accepted_new if k not in done0 and k not in done1)
     res.completed = len(done0.keys() | done1.keys())  # the collector may have missed the last outcomes before the loss
-    res.special.update(outcomes_published_in_both_lives=sum(1 for k in done0.keys() & done1.keys()
-                                                            if done0[k] == done1[k]))
     res.special.update(completed_before_loss=len(done0), lost_with_data=lost_with_data,
-                       lost_with_data_partly_sent=partial, notified_again_after_loss=resent)
+                       lost_with_data_partly_sent=partial, notified_again_after_loss=resent,
+                       outcomes_published_in_both_lives=sum(1 for k in done0.keys() & done1.keys()
+                                                            if done0[k] == done1[k]))
     res.goal("requests lost with the data that had been partly sent", partial, "0", partial == 0)
 
 
