@@ -73,7 +73,7 @@ def test_classify_box_is_conservative(area, seed):
 SQUARE = [[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]
 
 
-@pytest.mark.parametrize("bad, message", [
+BAD_AREAS = [
     ("{not json", "malformed GeoJSON"),
     ({"type": "Point", "coordinates": [0, 0]}, "unsupported GeoJSON type 'Point'"),
     ({"type": "Polygon", "coordinates": []}, "non-empty array of rings"),
@@ -86,12 +86,32 @@ SQUARE = [[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]
     ({"type": "Polygon", "coordinates": [[[179, 0], [-179, 0], [-179, 1], [179, 1], [179, 0]]]}, "antimeridian"),
     ({"type": "Polygon", "coordinates": [[["a", 0], [1, 0], [1, 1], [0, 0]]]}, "positions must be"),
     ([1, 2, 3], "expected a GeoJSON object"),
-])
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_AREAS)
 def test_bad_areas_raise_typed_errors(bad, message):
     with pytest.raises(InvalidArea, match=message):
         Area.parse(bad)
     with pytest.raises(ValueError):  # ours also derive from the built-in
         Area.parse(bad)
+
+
+@given(st.lists(st.one_of(areas(), st.sampled_from([bad for bad, _ in BAD_AREAS])), min_size=2, max_size=12))
+def test_parse_many_is_parse_of_each(many):
+    """The batched parse (rings checked together, one shapely call for all) gives each area exactly what parse
+    gives it alone, or the same error."""
+    for raw, got in zip(many, Area.parse_many(many), strict=True):
+        try:
+            alone = Area.parse(raw)
+        except InvalidArea as exc:
+            assert isinstance(got, InvalidArea) and str(got) == str(exc)
+            continue
+        assert isinstance(got, Area)
+        for field in ("xs", "ys", "ring_ptr", "poly_ptr", "poly_bbox"):
+            a, b = getattr(got, field), getattr(alone, field)
+            assert a.dtype == b.dtype and np.array_equal(a, b), field
+        assert got.geometry.wkb == alone.geometry.wkb
 
 
 def test_vertex_cap():

@@ -9,7 +9,9 @@ boundary (an edge, a vertex, the edge of a hole) is *covered*: it counts as insi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import orjson
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from dispatcher.errors import InvalidArea
+from dispatcher.errors import DispatchError, InvalidArea
 
 #: Default cap on the total number of vertices of an area (all rings together).
 MAX_VERTICES = 10_000
@@ -120,54 +122,141 @@ class Area:
             if area.n_vertices > max_vertices:
                 raise InvalidArea(f"area has {area.n_vertices} vertices, more than the {max_vertices} allowed")
             return area
-        if isinstance(area, BaseGeometry):
-            polys = _polygons_from_shapely(area)
-        else:
-            polys = _polygons_from_geojson(area)
-        return cls._from_rings(polys, max_vertices)
+        return cls._from_rings(_rings_of(area, max_vertices))
 
     @classmethod
-    def _from_rings(cls, polys: list[list[np.ndarray]], max_vertices: int) -> Area:
-        n = sum(r.shape[0] for rings in polys for r in rings)
-        if n > max_vertices:
-            raise InvalidArea(f"area has {n} vertices, more than the {max_vertices} allowed")
-        ring_ptr = [0]
-        poly_ptr = [0]
-        bboxes = []
-        for j, rings in enumerate(polys):
-            for i, r in enumerate(rings):
-                where = f"polygon {j} ring {i}"
-                if r.shape[0] < 4:
-                    raise InvalidArea(f"{where}: has {r.shape[0]} positions; a closed ring needs at least 4")
-                if not np.isfinite(r).all():
-                    raise InvalidArea(f"{where}: has NaN or infinite coordinates")
-                if not (r[0] == r[-1]).all():
-                    raise InvalidArea(f"{where}: is not closed (first position {r[0].tolist()} != last "
-                                      f"{r[-1].tolist()})")
-                lng_lo, lat_lo = r.min(axis=0)
-                lng_hi, lat_hi = r.max(axis=0)
-                if lng_lo < -180 or lng_hi > 180 or lat_lo < -90 or lat_hi > 90:
-                    raise InvalidArea(f"{where}: coordinates outside lng [-180, 180] / lat [-90, 90]: "
-                                      f"lng {lng_lo}..{lng_hi}, lat {lat_lo}..{lat_hi}")
-                if lng_hi - lng_lo > 180:
-                    raise InvalidArea(f"{where}: spans {lng_hi - lng_lo:.3f}° of longitude; an area crossing the "
-                                      "antimeridian must be split into a MultiPolygon at ±180° (RFC 7946 3.1.9)")
-                if i == 0:
-                    bboxes.append((lng_lo, lat_lo, lng_hi, lat_hi))
-                ring_ptr.append(ring_ptr[-1] + r.shape[0])
-            poly_ptr.append(poly_ptr[-1] + len(rings))
-        flat = np.concatenate([r for rings in polys for r in rings])
+    def parse_many(cls, areas: Sequence[Any], *, max_vertices: int = MAX_VERTICES) -> list[Area | Exception]:
+        """Validate several areas at once: each result is the :class:`Area` :meth:`parse` returns, or the
+        exception it raises (:class:`InvalidArea`, or the ``TypeError``/``ValueError``/``RecursionError`` of an
+        unusable input). The rings' checks and the shapely geometries (construction, validity) run once for all
+        of them, not once an area."""
+        out: list[Area | Exception | None] = []
+        pending: list[tuple[int, list[list[np.ndarray]]]] = []
+        for raw in areas:
+            try:
+                if isinstance(raw, Area):
+                    out.append(cls.parse(raw, max_vertices=max_vertices))
+                else:
+                    pending.append((len(out), _rings_of(raw, max_vertices)))
+                    out.append(None)
+            except (DispatchError, TypeError, ValueError, RecursionError) as exc:
+                out.append(exc)
+        for (k, _), built in zip(pending, cls._build([polys for _, polys in pending])):
+            out[k] = built
+        return [a for a in out if a is not None]
+
+    @classmethod
+    def _from_rings(cls, polys: list[list[np.ndarray]]) -> Area:
+        """One area from its polygons' rings (a list of polygons, each a list of rings, the shell first)."""
+        bboxes = [[_check_ring(r, f"polygon {j} ring {i}") for i, r in enumerate(rings)][0]
+                  for j, rings in enumerate(polys)]
         shapes = [shapely.Polygon(rings[0], rings[1:]) for rings in polys]
         geom = shapes[0] if len(shapes) == 1 else shapely.MultiPolygon(shapes)
-        if not shapely.is_valid(geom):
-            raise InvalidArea(f"invalid area: {shapely.is_valid_reason(geom)}")
-        if not geom.area > 0.0:
-            raise InvalidArea("the area has zero size")
+        _check_geometry(geom, bool(shapely.is_valid(geom)), float(shapely.area(geom)))
+        return cls._of(polys, np.concatenate([r for rings in polys for r in rings]), bboxes, geom)
+
+    @classmethod
+    def _of(cls, polys: list[list[np.ndarray]], coords: np.ndarray, bboxes: Any, geom: BaseGeometry) -> Area:
         return cls(
-            xs=np.ascontiguousarray(flat[:, 0]),
-            ys=np.ascontiguousarray(flat[:, 1]),
-            ring_ptr=np.asarray(ring_ptr, dtype=np.int64),
-            poly_ptr=np.asarray(poly_ptr, dtype=np.int64),
+            xs=np.ascontiguousarray(coords[:, 0]),
+            ys=np.ascontiguousarray(coords[:, 1]),
+            ring_ptr=np.array([0, *accumulate(r.shape[0] for rings in polys for r in rings)], dtype=np.int64),
+            poly_ptr=np.array([0, *accumulate(len(rings) for rings in polys)], dtype=np.int64),
             poly_bbox=np.asarray(bboxes, dtype=np.float64).reshape(-1, 4),
             geometry=geom,
         )
+
+    @classmethod
+    def _build(cls, many: list[list[list[np.ndarray]]]) -> list[Area | Exception]:
+        """Areas from their rings, as :meth:`_from_rings` makes each: the rings checked together (those of an
+        area that may break a rule again one by one, for the message), the geometries made and validated by
+        one shapely call each."""
+        out: list[Area | Exception | None] = [None] * len(many)
+        if len(many) == 1:
+            try:
+                return [cls._from_rings(many[0])]
+            except InvalidArea as exc:
+                return [exc]
+        for k in _suspects(many) if many else []:
+            try:
+                for j, rs in enumerate(many[k]):
+                    for i, r in enumerate(rs):
+                        _check_ring(r, f"polygon {j} ring {i}")
+            except InvalidArea as exc:
+                out[k] = exc
+        ok = [k for k, o in enumerate(out) if o is None]
+        if ok:
+            rings = [r for k in ok for rs in many[k] for r in rs]
+            poly_sizes = [len(rs) for k in ok for rs in many[k]]
+            coords = np.concatenate(rings)
+            polygons = iter(shapely.polygons(
+                shapely.linearrings(coords, indices=np.repeat(np.arange(len(rings)), [r.shape[0] for r in rings])),
+                indices=np.repeat(np.arange(len(poly_sizes)), poly_sizes)))
+            geoms: list[BaseGeometry] = []
+            for k in ok:
+                n = len(many[k])
+                geoms.append(next(polygons) if n == 1 else shapely.MultiPolygon([next(polygons) for _ in range(n)]))
+            at = 0
+            for k, geom, valid, size in zip(ok, geoms, shapely.is_valid(geoms), shapely.area(geoms)):
+                n = sum(r.shape[0] for rs in many[k] for r in rs)
+                mine, at = coords[at:at + n], at + n
+                try:
+                    _check_geometry(geom, bool(valid), float(size))
+                except InvalidArea as exc:
+                    out[k] = exc
+                    continue
+                bboxes = [[*rs[0].min(axis=0), *rs[0].max(axis=0)] for rs in many[k]]
+                out[k] = cls._of(many[k], mine, bboxes, geom)
+        return [a for a in out if a is not None]
+
+
+def _rings_of(area: Any, max_vertices: int) -> list[list[np.ndarray]]:
+    polys = _polygons_from_shapely(area) if isinstance(area, BaseGeometry) else _polygons_from_geojson(area)
+    n = sum(r.shape[0] for rings in polys for r in rings)
+    if n > max_vertices:
+        raise InvalidArea(f"area has {n} vertices, more than the {max_vertices} allowed")
+    return polys
+
+
+def _check_geometry(geom: BaseGeometry, valid: bool, size: float) -> None:
+    if not valid:
+        raise InvalidArea(f"invalid area: {shapely.is_valid_reason(geom)}")
+    if not size > 0.0:
+        raise InvalidArea("the area has zero size")
+
+
+def _suspects(many: list[list[list[np.ndarray]]]) -> list[int]:
+    """The areas of which some ring may break a rule of :func:`_check_ring`: its rules over every ring at once
+    (a filter: the areas it names are checked one by one, for the message)."""
+    rings = [r for polys in many for rs in polys for r in rs]
+    sizes = np.fromiter((r.shape[0] for r in rings), np.int64, len(rings))
+    flat = np.concatenate(rings)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    lo = np.minimum.reduceat(flat, starts, axis=0)
+    hi = np.maximum.reduceat(flat, starts, axis=0)
+    good = ((sizes >= 4) & np.logical_and.reduceat(np.isfinite(flat).all(axis=1), starts)
+            & (flat[starts] == flat[starts + sizes - 1]).all(axis=1)
+            & (lo[:, 0] >= -180) & (hi[:, 0] <= 180) & (lo[:, 1] >= -90) & (hi[:, 1] <= 90)
+            & (hi[:, 0] - lo[:, 0] <= 180))
+    first = np.cumsum([0, *(sum(len(rs) for rs in polys) for polys in many[:-1])])
+    return np.flatnonzero(~np.logical_and.reduceat(good, first)).tolist()
+
+
+def _check_ring(r: np.ndarray, where: str) -> tuple[float, float, float, float]:
+    """The ring's bounds (min lng, min lat, max lng, max lat); the first rule it breaks raised as
+    :class:`InvalidArea`."""
+    if r.shape[0] < 4:
+        raise InvalidArea(f"{where}: has {r.shape[0]} positions; a closed ring needs at least 4")
+    if not np.isfinite(r).all():
+        raise InvalidArea(f"{where}: has NaN or infinite coordinates")
+    if not (r[0] == r[-1]).all():
+        raise InvalidArea(f"{where}: is not closed (first position {r[0].tolist()} != last {r[-1].tolist()})")
+    lng_lo, lat_lo = r.min(axis=0)
+    lng_hi, lat_hi = r.max(axis=0)
+    if lng_lo < -180 or lng_hi > 180 or lat_lo < -90 or lat_hi > 90:
+        raise InvalidArea(f"{where}: coordinates outside lng [-180, 180] / lat [-90, 90]: "
+                          f"lng {lng_lo}..{lng_hi}, lat {lat_lo}..{lat_hi}")
+    if lng_hi - lng_lo > 180:
+        raise InvalidArea(f"{where}: spans {lng_hi - lng_lo:.3f}° of longitude; an area crossing the "
+                          "antimeridian must be split into a MultiPolygon at ±180° (RFC 7946 3.1.9)")
+    return (lng_lo, lat_lo, lng_hi, lat_hi)

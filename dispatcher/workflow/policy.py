@@ -126,37 +126,63 @@ def _polygons(geom: BaseGeometry) -> list[shapely.Polygon]:
 
 def _geodesic_area_perimeter(polygon: shapely.Polygon) -> tuple[float, float]:
     """(m², m) on the ellipsoid: the area with holes subtracted, and the perimeter of the outline."""
-    area, perimeter = GEOD.geometry_area_perimeter(polygon.exterior)
+    return _geodesic_rings([r.xy for r in (polygon.exterior, *polygon.interiors)])
+
+
+def _geodesic_rings(rings: Sequence[tuple[Any, Any]]) -> tuple[float, float]:
+    """:func:`_geodesic_area_perimeter` of a polygon given as its rings' (lngs, lats), the shell first."""
+    area, perimeter = GEOD.polygon_area_perimeter(*rings[0])
     area = abs(area)
-    for hole in polygon.interiors:
-        area -= abs(GEOD.geometry_area_perimeter(hole)[0])
+    for hole in rings[1:]:
+        area -= abs(GEOD.polygon_area_perimeter(*hole)[0])
     return area, perimeter
+
+
+def _area_stats(area: Area, polys: list[shapely.Polygon]) -> list[tuple[float, float]]:
+    """The geodesic (m², m) of ``polys``, the pieces of ``area`` (:func:`_pieces`): from the area's own rings
+    when the pieces are its polygons (the same figures, without shapely's coordinates in between)."""
+    if _crosses(_polygons(area.geometry)):  # joined at the antimeridian: other polygons than the rings'
+        return [_geodesic_area_perimeter(q) for q in polys]
+    xs, ys, rp, pp = area.xs, area.ys, area.ring_ptr, area.poly_ptr
+    return [_geodesic_rings([(xs[rp[i]:rp[i + 1]], ys[rp[i]:rp[i + 1]]) for i in range(pp[j], pp[j + 1])])
+            for j in range(len(pp) - 1)]
 
 
 def _pieces(geom: BaseGeometry) -> list[shapely.Polygon]:
     """The area's polygons, with those split at the antimeridian (RFC 7946 3.1.9) joined again: a western part
     is moved 360° east, so that the halves of one neighbourhood are one polygon for the shape rules."""
     polys = _polygons(geom)
-    if len(polys) < 2:
-        return polys
-    lo, _, hi, _ = shapely.total_bounds(polys)
-    if hi - lo <= 180:
+    if not _crosses(polys):
         return polys
     moved = [shapely.transform(p, lambda xy: xy + (360.0, 0.0)) if p.bounds[2] <= 0 else p for p in polys]
     return _polygons(shapely.union_all(moved))
 
 
-def _metres(polygon: shapely.Polygon) -> shapely.Polygon:
-    """``polygon`` in a tangent plane at the centre of its bounds, in metres: the WGS84 meridional and
-    prime-vertical radii of curvature there (an affine map, so a valid polygon stays valid)."""
-    x0, y0, x1, y1 = polygon.bounds
-    lng0, lat0 = (x0 + x1) / 2, (y0 + y1) / 2
+def _crosses(polys: list[shapely.Polygon]) -> bool:
+    """Whether ``polys`` are the parts of an area split at the antimeridian (they span more than 180°)."""
+    if len(polys) < 2:
+        return False
+    lo, _, hi, _ = shapely.total_bounds(polys)
+    return bool(hi - lo > 180)
+
+
+def _metres(polys: list[shapely.Polygon]) -> list[shapely.Polygon]:
+    """Each polygon in a tangent plane at the centre of its bounds, in metres: the WGS84 meridional and
+    prime-vertical radii of curvature there (an affine map, so a valid polygon stays valid). One shapely call
+    for all of them."""
+    if not polys:
+        return []
+    geoms = np.array(polys, dtype=object)
     a, f = GEOD.a, GEOD.f
     e2 = f * (2 - f)
-    s = 1 - e2 * math.sin(math.radians(lat0)) ** 2
-    ky = math.radians(a * (1 - e2) / s ** 1.5)
-    kx = math.radians(a / math.sqrt(s) * math.cos(math.radians(lat0)))
-    return shapely.transform(polygon, lambda xy: (xy - (lng0, lat0)) * (kx, ky))
+    frames = []
+    for x0, y0, x1, y1 in shapely.bounds(geoms).tolist():
+        lng0, lat0 = (x0 + x1) / 2, (y0 + y1) / 2
+        s = 1 - e2 * math.sin(math.radians(lat0)) ** 2
+        frames.append((lng0, lat0, math.radians(a / math.sqrt(s) * math.cos(math.radians(lat0))),
+                       math.radians(a * (1 - e2) / s ** 1.5)))
+    frame = np.array(frames)[shapely.get_coordinates(geoms, return_index=True)[1]]
+    return list(shapely.transform(geoms, lambda xy: (xy - frame[:, :2]) * frame[:, 2:]))
 
 
 def _corner_area(r: float, reach: np.ndarray) -> np.ndarray:
@@ -242,7 +268,7 @@ def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float
                                         f"{p.min_compactness} floor (1 for a disc, 0.785 for a square)"))
     pieces = len(polys)
     if len(polys) <= p.max_parts:
-        lobes, shares, reaches = widths if widths is not None else _widths([_metres(q) for q in polys], p)
+        lobes, shares, reaches = widths if widths is not None else _widths(_metres(polys), p)
         pieces = int(np.maximum(lobes, 1).sum())
         thin = np.flatnonzero(lobes == 0)
         if len(thin):
@@ -314,18 +340,15 @@ def prepare_areas(areas: Sequence[Any], policy: Policy | None = None) -> list[Pr
     shapely call once for all of them: a batch pays the per-call cost once, not once a request)."""
     p = policy or Policy()
     parsed: list[tuple[Area | None, str | None, list[shapely.Polygon]]] = []
-    for raw in areas:
-        try:
-            area = Area.parse(raw, max_vertices=p.max_vertices)
-        except DispatchError as exc:
-            parsed.append((None, str(exc), []))
-            continue
-        except (TypeError, ValueError, RecursionError) as exc:
-            parsed.append((None, f"unusable area: {type(exc).__name__}", []))
-            continue
-        parsed.append((area, None, _pieces(area.geometry)))
+    for area in Area.parse_many(areas, max_vertices=p.max_vertices):
+        if isinstance(area, DispatchError):
+            parsed.append((None, str(area), []))
+        elif isinstance(area, Exception):
+            parsed.append((None, f"unusable area: {type(area).__name__}", []))
+        else:
+            parsed.append((area, None, _pieces(area.geometry)))
     measured = [k for k, (_, _, polys) in enumerate(parsed) if 0 < len(polys) <= p.max_parts]
-    ms = [_metres(q) for k in measured for q in parsed[k][2]]
+    ms = _metres([q for k in measured for q in parsed[k][2]])
     groups = np.repeat(np.arange(len(measured)), [len(parsed[k][2]) for k in measured])
     lobes, shares, reaches = _widths(ms, p, groups) if ms else (np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     widths: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -334,7 +357,7 @@ def prepare_areas(areas: Sequence[Any], policy: Policy | None = None) -> list[Pr
         n = len(parsed[k][2])
         widths[k] = (lobes[first:first + n], shares[first:first + n], reaches[first:first + n])
         first += n
-    return [PreparedArea(area, error, polys, [_geodesic_area_perimeter(q) for q in polys], widths.get(k))
+    return [PreparedArea(area, error, polys, _area_stats(area, polys) if area is not None else [], widths.get(k))
             for k, (area, error, polys) in enumerate(parsed)]
 
 
