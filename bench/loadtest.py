@@ -468,6 +468,7 @@ class _Run:
     outcomes: dict[int, dict[str, Any]] = field(default_factory=dict)  # a valid request's first outcome
     poison_outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     untraced: list[dict[str, Any]] = field(default_factory=list)      # outcomes of entries with no trace
+    _probe: redis.Redis | None = None
     series: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     marks: dict[str, float] = field(default_factory=dict)             # Unix times of the scenario's events
     plan_seen: dict[str, float] = field(default_factory=dict)         # request -> when its plan appeared
@@ -520,11 +521,17 @@ class _Run:
             self.series["load_average"].append(os.getloadavg()[0])
             self.stop.wait(0.25)
 
+    def probe(self) -> redis.Redis:
+        """The connection the drain loop polls on, made once: a new client every 50 ms costs the load generator
+        more CPU than the polling itself (redis-py looks its own version up for each new connection)."""
+        if self._probe is None:
+            self._probe = redis.Redis.from_url(self.srv.url, socket_timeout=5)
+        return self._probe
+
     def outstanding(self) -> int:
         """Entries still owed an outcome (a dead-lettered poison entry owes none), or still on the stream
         unacknowledged (a request sent twice through a fault: the copy must be handled before the check)."""
-        with self.srv.client() as c:
-            lag, pending = _backlog(c)
+        lag, pending = _backlog(self.probe())
         if lag != 0 or pending != 0:
             return max(1, lag + pending)
         n = len(self.reqs) - len(self.outcomes)
@@ -534,8 +541,8 @@ class _Run:
                     if int(self.sched.req[e]) not in self.outcomes)
         poison = int((self.sched.req < 0).sum())
         if poison:
-            with self.srv.client() as c:
-                dead = _retrying(lambda: int(c.xlen(KEYS.dead_letters)), self.stop) or 0
+            c = self.probe()
+            dead = _retrying(lambda: int(c.xlen(KEYS.dead_letters)), self.stop) or 0
             n += max(0, poison - len(self.poison_outcomes) - len(self.untraced) - dead)
         return n
 
