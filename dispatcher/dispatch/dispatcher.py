@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DispatchReport:
+    """What one dispatch call did for one request (counts of this call's batches and owners)."""
+
     request_id: str
     batches_total: int = 0
     batches_sent: int = 0          # appended by this call

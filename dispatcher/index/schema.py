@@ -40,10 +40,13 @@ CAMERA_SCHEMA = pa.schema(
         pa.field("sharing_enabled", pa.bool_(), nullable=False),
     ]
 )
+"""The cameras table: one row per camera; ``removed_at`` is null while the camera is installed."""
 OWNER_SCHEMA = pa.schema(
     [pa.field("owner_id", pa.int64(), nullable=False), pa.field("opted_out", pa.bool_(), nullable=False)]
 )
+"""The owners table: one row per owner; ``opted_out`` owners are asked by no request."""
 EVENT_SCHEMA = pa.schema([pa.field("camera_id", pa.int64(), nullable=False), pa.field("ts", TS, nullable=False)])
+"""The motion events table: one row per event of a known camera."""
 
 #: How many offending rows an error message names at most.
 _SHOWN = 5

@@ -102,6 +102,8 @@ def cell_outlines(cells: np.ndarray) -> list[BaseGeometry]:
 
 @dataclass(frozen=True)
 class RequestMap:
+    """Everything an operator's map of one request shows (see :func:`build_request_map`)."""
+
     request_id: str
     state: str
     payload: dict[str, Any]

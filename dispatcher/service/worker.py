@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ServiceSettings:
+    """How a worker reads the commands streams: its consumer group, batch size, reclaims and dead letters."""
+
     group: str = "workers"
     #: New entries read per call (handled together, each step one round trip for all), and how long a read
     #: blocks waiting for some (ms). Under light load a read returns one or two; under heavy load, up to this.

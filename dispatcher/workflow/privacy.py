@@ -61,6 +61,8 @@ def clip_ref(secret: bytes, request_id: str, clip_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SharedClips:
+    """One resident's share as the agency sees it: the per-request pseudonym and opaque clip references."""
+
     pseudonym: str
     clips: tuple[str, ...]
 
@@ -103,6 +105,9 @@ class OperatorView:
 
 
 class Views:
+    """The two views of a request, from the store: :meth:`agency_view` and :meth:`operator_view`. ``secret``
+    (at least 16 bytes) keys the pseudonyms and clip references."""
+
     def __init__(self, store: Store, secret: bytes) -> None:
         if len(secret) < 16:
             raise InvalidData("the pseudonym secret must be at least 16 bytes")

@@ -1,7 +1,7 @@
 """Video requests as an agency submits them: the raw fields, before the policy has looked at them.
 
 :class:`VideoRequest` holds what was sent (the area may still be any GeoJSON, the times strings);
-:func:`dispatcher.policy.validate` checks every rule at once and returns a :class:`ValidRequest`.
+:func:`dispatcher.workflow.policy.validate` checks every rule at once and returns a :class:`ValidRequest`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from shapely.geometry.base import BaseGeometry
 from dispatcher.errors import InvalidData, InvalidRequest
 from dispatcher.geo.area import Area
 
-#: The kinds of incident a request may name (published programs: a specific crime or emergency, never
-#: lawful activity such as a protest, never a general announcement).
 INCIDENT_TYPES: frozenset[str] = frozenset({
     "assault", "burglary", "robbery", "theft", "vehicle_theft", "vandalism", "arson", "homicide",
     "shooting", "hit_and_run", "missing_person", "kidnapping", "fraud", "package_theft", "trespass",
 })
+"""The kinds of incident a request may name (published programs: a specific crime or emergency, never
+lawful activity such as a protest, never a general announcement)."""
 
 #: Submission times a request may carry: anything else is not a time a request was sent at (and would overflow
 #: the arithmetic of the rate limit and the retention window).

@@ -168,11 +168,13 @@ class Workflow:
         self.store.append_audit(request_id, "owner", choice, now, {"clips": len(clips)})
 
     def share(self, request_id: str, owner_id: int, clips: list[str], now: datetime) -> None:
+        """Record that a notified owner shares ``clips`` (at least one) with the request's agency."""
         if not clips:
             raise InvalidChoice("share needs at least one clip")
         self._owner_choice(request_id, owner_id, SHARE, list(clips), now)
 
     def decline(self, request_id: str, owner_id: int, now: datetime) -> None:
+        """Record that a notified owner declines the request (the agency sees no difference from silence)."""
         self._owner_choice(request_id, owner_id, DECLINE, [], now)
 
     def opt_out(self, owner_id: int, now: datetime) -> None:
