@@ -105,7 +105,8 @@ def _storage(col: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def geometry_column(table: pa.Table, what: str) -> GeoColumn | None:
-    """The table's geometry column (GeoParquet's primary column, else the first GeoArrow one), or None."""
+    """The table's geometry column (GeoParquet's primary column, else the first GeoArrow one), or None (also when
+    the GeoParquet metadata names a column the table no longer has)."""
     geo = (table.schema.metadata or {}).get(b"geo")
     if geo is not None:
         try:
@@ -116,8 +117,8 @@ def geometry_column(table: pa.Table, what: str) -> GeoColumn | None:
             crs = column.get("crs", CRS84)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidData(f"{what}: the GeoParquet 'geo' metadata cannot be read: {exc!r}") from None
-        if name not in table.column_names:
-            raise InvalidData(f"{what}: the GeoParquet metadata names geometry column {name!r}, which is missing")
+        if name not in table.column_names:  # metadata left over from a table whose geometry was dropped
+            return None
         return GeoColumn(name, encoding, _storage(table.column(name)), crs, "GeoParquet metadata")
     for field in table.schema:
         ext, serialized = _extension(field)
