@@ -18,6 +18,7 @@ calls that take or give a GeoDataFrame.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from dataclasses import dataclass
@@ -53,7 +54,6 @@ TableSource: TypeAlias = "pa.Table | str | Path | GeoDataFrame"
 
 #: The CRS every geometry must be in, and the one GeoParquet means when its metadata gives none.
 CRS84 = "OGC:CRS84"
-_WGS84 = pyproj.CRS.from_user_input(CRS84)
 _EXT_NAME = b"ARROW:extension:name"
 _EXT_META = b"ARROW:extension:metadata"
 _SHOWN = 5
@@ -82,11 +82,16 @@ class GeoColumn:
             crs = pyproj.CRS.from_user_input(self.crs)
         except pyproj.exceptions.CRSError:
             raise InvalidData(f"{where}: CRS {str(self.crs)[:120]!r} cannot be read") from None
-        if not crs.equals(_WGS84, ignore_axis_order=True):
+        if not crs.equals(_wgs84(), ignore_axis_order=True):
             auth = crs.to_authority()
             label = f"{crs.name} ({auth[0]}:{auth[1]})" if auth else crs.name
             raise InvalidData(f"{where} is in {label}, not WGS84 longitude/latitude ({CRS84} or EPSG:4326); "
                               "reproject it first (GeoDataFrame.to_crs('EPSG:4326'))")
+
+
+@functools.cache
+def _wgs84() -> pyproj.CRS:
+    return pyproj.CRS.from_user_input(CRS84)  # built on first use: PROJ's database is opened then, not at import
 
 
 def _extension(field: pa.Field) -> tuple[str | None, bytes]:
