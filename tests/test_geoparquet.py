@@ -166,7 +166,18 @@ def test_geodataframes_and_geoarrow_tables_in_every_encoding(world, reference):
         named.append(t.set_column(t.schema.get_field_index("geometry"), field, storage))
     assert {str(t.schema.field("geometry").type) for t in named} == {
         "binary", "fixed_size_list<xy: double not null>[2]", "struct<x: double not null, y: double not null>"}
-    for source in [gdf, *registered, *named]:
+    # GeoParquet as GDAL writes it: the 'geo' metadata only, no GeoArrow field metadata
+    bare = []
+    for enc in ("WKB", "geoarrow"):
+        t = pa.table(gdf.to_arrow(index=False, geometry_encoding=enc))
+        f = t.schema.field("geometry")
+        storage = pa.chunked_array([c.storage for c in t.column("geometry").chunks], f.type.storage_type)
+        plain = t.set_column(t.schema.get_field_index("geometry"), pa.field("geometry", f.type.storage_type), storage)
+        geo = {"version": "1.1.0", "primary_column": "geometry",
+               "columns": {"geometry": {"encoding": "WKB" if enc == "WKB" else "point", "geometry_types": ["Point"]}}}
+        bare.append(plain.replace_schema_metadata({b"geo": orjson.dumps(geo)}))
+    assert all(t.schema.field("geometry").metadata is None for t in bare)
+    for source in [gdf, *registered, *named, *bare]:
         index = CameraIndex.build(source, world[1], world[2])
         assert [as_dict(index.resolve(a, START, END, now=NOW)) for a in AREAS] == want
 
@@ -225,6 +236,9 @@ def test_polygon_columns_and_two_kinds_of_points_are_refused(world, tmp_path):
         CameraIndex.build(both)
     with pytest.raises(InvalidData, match="has no CRS"):
         CameraIndex.build(frame(cams, crs=None))
+    garbled = pq.read_table(tmp_path / "squares.parquet").replace_schema_metadata({b"geo": b"{not json"})
+    with pytest.raises(InvalidData, match="the GeoParquet 'geo' metadata cannot be read"):
+        CameraIndex.build(garbled)
     with pytest.raises(InvalidData, match="EPSG:3857"):
         CameraIndex.build(frame(cams).to_crs("EPSG:3857"))
 
