@@ -12,6 +12,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import geoarrow.pyarrow  # noqa: F401  (registers the geoarrow.* types: the tables below are built with them)
 import geopandas as gpd
 import numpy as np
 import orjson
@@ -180,6 +181,10 @@ def test_geodataframes_and_geoarrow_tables_in_every_encoding(world, reference):
     for source in [gdf, *registered, *named, *bare]:
         index = CameraIndex.build(source, world[1], world[2])
         assert [as_dict(index.resolve(a, START, END, now=NOW)) for a in AREAS] == want
+    frames = CameraIndex.build(gdf, world[1].to_pandas(), world[2].to_pandas())  # owners, events as DataFrames
+    assert [as_dict(frames.resolve(a, START, END, now=NOW)) for a in AREAS] == want
+    with pytest.raises(InvalidData, match="owners: expected an Arrow table, a Parquet path or a .*, got dict"):
+        CameraIndex.build(gdf, {"owner_id": [1]})
 
 
 def test_add_cameras_from_a_geodataframe(world):
