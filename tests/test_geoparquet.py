@@ -241,6 +241,13 @@ def test_polygon_columns_and_two_kinds_of_points_are_refused(world, tmp_path):
         CameraIndex.build(both)
     with pytest.raises(InvalidData, match="has no CRS"):
         CameraIndex.build(frame(cams, crs=None))
+    lonlat = pa.StructArray.from_arrays([cams.column("lng").combine_chunks(), cams.column("lat").combine_chunks()],
+                                        names=["lon", "lat"])
+    geo = {"primary_column": "geometry", "columns": {"geometry": {"encoding": "point"}}}
+    misnamed = cams.drop_columns(["lat", "lng"]).append_column("geometry", lonlat).replace_schema_metadata(
+        {b"geo": orjson.dumps(geo)})
+    with pytest.raises(InvalidData, match="says it holds GeoArrow points but is of type struct<lon: double"):
+        CameraIndex.build(misnamed)
     garbled = pq.read_table(tmp_path / "squares.parquet").replace_schema_metadata({b"geo": b"{not json"})
     with pytest.raises(InvalidData, match="the GeoParquet 'geo' metadata cannot be read"):
         CameraIndex.build(garbled)

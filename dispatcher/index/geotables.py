@@ -201,7 +201,11 @@ def point_coordinates(g: GeoColumn, table: pa.Table, id_column: str, what: str) 
         if names not in dims:
             raise InvalidData(f"{what}: geometry column {g.name!r} says it holds GeoArrow points but is of type "
                               f"{storage_type}")
-        points = typ.with_dimensions(dims[names]).wrap_array(g.storage)
+        try:
+            points = typ.with_dimensions(dims[names]).wrap_array(g.storage)
+        except (pa.ArrowException, TypeError, ValueError) as exc:  # e.g. integer ordinates
+            raise InvalidData(f"{what}: geometry column {g.name!r} of type {storage_type} is not GeoArrow points: "
+                              f"{exc}") from None
     else:
         sample = np.flatnonzero(~np.asarray(g.storage.is_null().to_numpy(zero_copy_only=False)))
         raise InvalidData(f"{what}: geometry column {g.name!r} holds {g.encoding} geometries, not points: "
