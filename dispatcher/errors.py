@@ -139,3 +139,7 @@ class ApiKeyError(DispatchError, ValueError):
 
 class InvalidApiSettings(DispatchError, ValueError):
     """HTTP API settings out of range (a body limit under 1 KiB, a list limit under 1)."""
+
+
+class MissingDependency(DispatchError, ImportError):
+    """An optional library that a call needs is not installed (GeoDataFrames need geopandas: the ``geo`` extra)."""

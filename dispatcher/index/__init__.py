@@ -1,6 +1,7 @@
 """The camera index: the data model, the build, live updates, persistence and inspection for maps.
 
-Modules, bottom up: :mod:`~dispatcher.index.schema` (tables and their validation), :mod:`~dispatcher.index.config`,
+Modules, bottom up: :mod:`~dispatcher.index.geotables` (GeoParquet, GeoArrow and GeoDataFrames in and out),
+:mod:`~dispatcher.index.schema` (tables and their validation), :mod:`~dispatcher.index.config`,
 :mod:`~dispatcher.index.columns` (per-camera columns), :mod:`~dispatcher.index.tree` (the H3 hierarchy),
 :mod:`~dispatcher.index.state` (what a resolve reads), :mod:`~dispatcher.index.build`, :mod:`~dispatcher.index.live`
 (updates and merges), :mod:`~dispatcher.index.persist` (save and open), :mod:`~dispatcher.index.inspection`

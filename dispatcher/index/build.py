@@ -6,16 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dispatcher.errors import InvalidData
 from dispatcher.geo import h3 as h3x
 from dispatcher.index.columns import EMPTY_I32, EMPTY_I64, columns_from, empty_columns, rows_of
 from dispatcher.index.config import IndexConfig
+from dispatcher.index.geotables import TableSource, as_table
 from dispatcher.index.schema import CameraColumns, camera_columns, check_unique, event_columns, opted_out_owners
 from dispatcher.index.state import Base, State
 from dispatcher.index.tree import build_tree, sort_order
@@ -37,16 +35,11 @@ class BuildStats:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-def _as_table(obj: pa.Table | str | Path | None) -> pa.Table | None:
-    if obj is None or isinstance(obj, pa.Table):
-        return obj
-    return pq.read_table(obj)
-
-
-def build_state(cameras: pa.Table | str | Path, owners: pa.Table | str | Path | None,
-                events: pa.Table | str | Path | None, config: IndexConfig) -> tuple[State, BuildStats]:
-    """Validate the tables (Arrow tables or Parquet paths) and build the state of a new index, with no delta.
-    Bad rows raise :class:`~dispatcher.errors.InvalidData` naming them; nothing is built then."""
+def build_state(cameras: TableSource, owners: TableSource | None, events: TableSource | None,
+                config: IndexConfig) -> tuple[State, BuildStats]:
+    """Validate the tables (Arrow tables, (Geo)Parquet paths or (Geo)DataFrames) and build the state of a new
+    index, with no delta. Bad rows raise :class:`~dispatcher.errors.InvalidData` naming them; nothing is built
+    then."""
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -56,9 +49,9 @@ def build_state(cameras: pa.Table | str | Path, owners: pa.Table | str | Path | 
         return now
 
     t = t_start
-    cam_table = _as_table(cameras)
-    owner_table = _as_table(owners)
-    event_table = _as_table(events)
+    cam_table = as_table(cameras, "cameras")
+    owner_table = as_table(owners, "owners")
+    event_table = as_table(events, "events")
     if cam_table is None:
         raise InvalidData("cameras: a table or a Parquet path is required")
     t = lap("read", t)

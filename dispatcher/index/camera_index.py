@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from dispatcher.errors import IndexFormatError
 from dispatcher.geo import h3 as h3x
@@ -36,6 +35,7 @@ from dispatcher.geo.area import Area
 from dispatcher.index import inspection, live
 from dispatcher.index.build import BuildStats, build_state
 from dispatcher.index.config import IndexConfig
+from dispatcher.index.geotables import TableSource, as_table
 from dispatcher.index.persist import open_state, save_state
 from dispatcher.index.recipients import RecipientSet
 from dispatcher.index.schema import camera_columns, window_us
@@ -62,10 +62,12 @@ class CameraIndex:
     # ------------------------------------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, cameras: pa.Table | str | Path, owners: pa.Table | str | Path | None = None,
-              events: pa.Table | str | Path | None = None, *, config: IndexConfig | None = None) -> CameraIndex:
-        """Validate the tables (Arrow tables or Parquet paths) and build an index. Bad rows raise
-        :class:`~dispatcher.errors.InvalidData` naming them; nothing is built then."""
+    def build(cls, cameras: TableSource, owners: TableSource | None = None, events: TableSource | None = None, *,
+              config: IndexConfig | None = None) -> CameraIndex:
+        """Validate the tables and build an index. Each is an Arrow table, a Parquet path or a pandas DataFrame;
+        the cameras' points are ``lat``/``lng`` columns or one geometry column of WGS84 points (GeoParquet, a
+        GeoArrow column, a GeoDataFrame). Bad rows raise :class:`~dispatcher.errors.InvalidData` naming them;
+        nothing is built then."""
         config = config or IndexConfig()
         state, stats = build_state(cameras, owners, events, config)
         return cls(state, config, stats)
@@ -73,8 +75,8 @@ class CameraIndex:
     @classmethod
     def from_parquet(cls, directory: str | Path, *, config: IndexConfig | None = None,
                      with_events: bool = True) -> CameraIndex:
-        """Build from a directory holding ``cameras.parquet`` and optionally ``owners.parquet`` and
-        ``events.parquet`` (the layout ``geodispatch generate`` writes)."""
+        """Build from a directory holding ``cameras.parquet`` (plain or GeoParquet) and optionally
+        ``owners.parquet`` and ``events.parquet`` (the layout ``geodispatch generate`` writes)."""
         d = Path(directory)
         if not (d / "cameras.parquet").exists():
             raise IndexFormatError(f"{d}: no cameras.parquet")
@@ -101,10 +103,12 @@ class CameraIndex:
 
     # ------------------------------------------------------------------------------------------ updates
 
-    def add_cameras(self, cameras: pa.Table, events: pa.Table | None = None) -> None:
-        """Add cameras (rows of the cameras schema) and, when the index holds motion events, theirs (a camera
-        without events then matches no request); visible to the next resolve. Ids must be new."""
-        cols = camera_columns(cameras)
+    def add_cameras(self, cameras: TableSource, events: TableSource | None = None) -> None:
+        """Add cameras (rows of the cameras schema, in any form :meth:`build` takes) and, when the index holds
+        motion events, theirs (a camera without events then matches no request); visible to the next resolve.
+        Ids must be new."""
+        cols = camera_columns(as_table(cameras, "cameras"))
+        events = as_table(events, "events")
         with self._lock:
             self._state, update = live.added(self._state, cols, events)
             self._record(*update)
@@ -195,6 +199,11 @@ class CameraIndex:
         if not events:
             total -= st.base.cols.ev_ptr.nbytes + st.base.cols.ev_ts.nbytes
         return total / max(1, st.base.cols.n)
+
+    def locations(self, camera_ids: Iterable[int]) -> np.ndarray:
+        """``(n, 2)`` float64 longitude and latitude of live cameras, in the order given; unknown or removed ids
+        raise :class:`UnknownCamera`."""
+        return inspection.locations(self._state, np.asarray(list(camera_ids), dtype=np.int64))
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
         """The H3 cells of the index leaves (of mixed resolutions: dense places get finer cells) and their

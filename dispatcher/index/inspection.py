@@ -1,4 +1,5 @@
-"""What the maps show of an index: its leaf cells, the cells a resolve of an area works with, camera density.
+"""What the maps show of an index: its leaf cells, the cells a resolve of an area works with, camera density,
+where given cameras are.
 
 Everything here walks the tree exactly as the resolve does (:func:`kernels.index_kernels.visit_nodes` decides
 each node as :func:`kernels.index_kernels.resolve_points` does) and reads the state; nothing changes it.
@@ -14,12 +15,13 @@ import shapely
 from dispatcher.errors import InvalidArea
 from dispatcher.geo import h3 as h3x
 from dispatcher.geo.area import Area
+from dispatcher.index.live import live_positions
 from dispatcher.index.schema import EPOCH_US, to_utc_us
 from dispatcher.index.state import State
 from kernels import index_kernels as K
 from kernels.geometry import BOX_IN
 
-__all__ = ["cells_used", "density", "leaf_cells"]
+__all__ = ["cells_used", "density", "leaf_cells", "locations"]
 
 
 def leaf_cells(st: State) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +30,15 @@ def leaf_cells(st: State) -> tuple[np.ndarray, np.ndarray]:
     leaf = tree.leaves
     counts = tree.nodes["p1"][leaf].astype(np.int64) - tree.nodes["p0"][leaf]
     return np.asarray(tree.node_cell[leaf]), counts
+
+
+def locations(st: State, ids: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` longitude and latitude of the live cameras ``ids``, in their order; unknown or removed raise."""
+    base, delta, base_live, _ = live_positions(st, ids)
+    out = np.empty((ids.shape[0], 2), np.float64)
+    out[base_live] = st.base.cols.xy[base[base_live]]
+    out[~base_live] = st.delta.xy[delta[~base_live]]
+    return out
 
 
 def cells_used(st: State, area: Area) -> tuple[np.ndarray, np.ndarray]:

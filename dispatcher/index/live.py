@@ -32,7 +32,7 @@ from dispatcher.index.schema import CameraColumns, event_columns
 from dispatcher.index.state import State
 from kernels import index_kernels as K
 
-__all__ = ["Update", "added", "locate", "merged", "replay", "set_flag"]
+__all__ = ["Update", "added", "live_positions", "locate", "merged", "replay", "set_flag"]
 
 #: A journaled update: its kind ("add", "remove", "sharing", "optout") and its two arguments.
 Update = tuple[str, Any, Any]
@@ -80,10 +80,10 @@ def _present(st: State, ids: np.ndarray) -> np.ndarray:
     return ids[in_base | in_delta]
 
 
-def locate(st: State, ids: np.ndarray, *, strict: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(base positions, delta positions) of the live cameras among ``ids``. With ``strict``, unknown or removed
-    ids raise before any change; a replay after a merge is not strict (a camera removed while the merge ran is
-    already gone from the new base)."""
+def live_positions(st: State, ids: np.ndarray, *, strict: bool = True) -> tuple[np.ndarray, ...]:
+    """``(base, delta, base_live, delta_live)``, aligned with ``ids``: each id's position in the base and in the
+    delta (-1 where absent) and whether a live (not removed) camera is there. With ``strict``, unknown or removed
+    ids raise :class:`UnknownCamera`."""
     base = positions(*st.base.lookup(), ids)
     delta = positions(*lookup_table(st.delta.camera), ids)
     base_live = np.zeros(ids.shape[0], bool)
@@ -93,6 +93,14 @@ def locate(st: State, ids: np.ndarray, *, strict: bool = True) -> tuple[np.ndarr
     unknown = ~(base_live | delta_live)
     if strict and unknown.any():
         raise UnknownCamera(f"unknown or removed camera id(s): {ids[unknown][:5].tolist()}")
+    return base, delta, base_live, delta_live
+
+
+def locate(st: State, ids: np.ndarray, *, strict: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(base positions, delta positions) of the live cameras among ``ids``. With ``strict``, unknown or removed
+    ids raise before any change; a replay after a merge is not strict (a camera removed while the merge ran is
+    already gone from the new base)."""
+    base, delta, base_live, delta_live = live_positions(st, ids, strict=strict)
     return base[base_live], delta[delta_live]
 
 

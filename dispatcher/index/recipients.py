@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import shapely
 
 from dispatcher.errors import InvalidData
+from dispatcher.index.geotables import geodataframe
+
+if TYPE_CHECKING:
+    from geopandas import GeoDataFrame
+
+    from dispatcher.index.camera_index import CameraIndex
 
 
 class RecipientSet:
@@ -77,3 +85,13 @@ class RecipientSet:
         """One row per owner: ``owner_id`` and ``camera_ids`` (a list), built without copying the ids."""
         cams = pa.ListArray.from_arrays(pa.array(self.owner_offsets.astype(np.int32)), pa.array(self.camera_ids))
         return pa.table({"owner_id": pa.array(self.owner_ids), "camera_ids": cams})
+
+    def to_geodataframe(self, index: CameraIndex) -> GeoDataFrame:
+        """For operators (it holds who was asked, and where their cameras are: never for an agency): one row per
+        matching camera, ``owner_id``, ``camera_id`` and its ``geometry``, a Point located in ``index`` (the
+        index resolved; a camera removed since raises :class:`~dispatcher.errors.UnknownCamera`), in OGC:CRS84.
+        Needs geopandas (the ``geo`` extra)."""
+        xy = index.locations(self.camera_ids)
+        owners = np.repeat(self.owner_ids, self.counts())
+        table = pa.table({"owner_id": pa.array(owners, pa.int64()), "camera_id": pa.array(self.camera_ids, pa.int64())})
+        return geodataframe(table, shapely.points(xy))

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dispatcher.errors import InvalidData, InvalidTimeWindow
+from dispatcher.index.geotables import geometry_column, point_coordinates
 from kernels.h3core import invalid_latlng_array
 
 #: Unix seconds of the storage epoch, 2000-01-01T00:00:00Z.
@@ -66,7 +67,8 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
 
 def conform_columns(table: pa.Table, schema: pa.Schema, what: str) -> dict[str, pa.ChunkedArray]:
     """``table``'s columns cast to ``schema``, by name; unknown or missing columns, nulls where the schema
-    has none, and lossy casts raise."""
+    has none, casts that change a value's kind (text to numbers, floats to integers, naive to aware times: see
+    :func:`_kind_refusal`) and lossy casts raise, naming the column."""
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise InvalidData(f"{what}: missing column(s) {missing}; expected {schema.names}")
@@ -77,6 +79,7 @@ def conform_columns(table: pa.Table, schema: pa.Schema, what: str) -> dict[str, 
     for field in schema:
         col = table.column(field.name)
         if not col.type.equals(field.type):
+            _check_kind(col.type, field, what)
             try:
                 col = col.cast(field.type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -87,6 +90,46 @@ def conform_columns(table: pa.Table, schema: pa.Schema, what: str) -> dict[str, 
             raise InvalidData(f"{what}: column {field.name!r} has {col.null_count} null(s), at row(s) {_shown(rows)}")
         columns[field.name] = col
     return columns
+
+
+def _kind_refusal(src: pa.DataType, dst: pa.DataType) -> str | None:
+    """Why a column of type ``src`` may not be cast to ``dst`` at all, or None when a cast may be tried (it is
+    then checked value by value). Only casts that keep the meaning are tried: integers to integers (overflow
+    raises), integers or floats to floats, aware timestamps to UTC, text to text, bytes to bytes, and an all-null
+    column to anything; never text to numbers, floats to integers, naive to aware times, or numbers to flags."""
+    t = pa.types
+    if t.is_null(src):
+        return None
+    if t.is_integer(dst):
+        if t.is_integer(src):
+            return None
+        if t.is_floating(src) or t.is_decimal(src):
+            return "floating-point ids or counts may already have lost digits; give integers"
+    elif t.is_floating(dst):
+        if t.is_integer(src) or t.is_floating(src):
+            return None
+    elif t.is_timestamp(dst):
+        if t.is_timestamp(src):
+            return None if src.tz is not None else "naive (no time zone): a time without a zone is ambiguous; " \
+                                                     "give UTC (timestamp with tz='UTC')"
+    elif t.is_boolean(dst):
+        if t.is_boolean(src):
+            return None
+    elif t.is_string(dst) or t.is_large_string(dst):
+        if t.is_string(src) or t.is_large_string(src) or t.is_string_view(src):
+            return None
+    elif t.is_binary(dst) or t.is_large_binary(dst):
+        if t.is_binary(src) or t.is_large_binary(src) or t.is_binary_view(src):
+            return None
+    if t.is_string(src) or t.is_large_string(src) or t.is_string_view(src):
+        return "text is not parsed; give the values typed"
+    return "not a type that converts to it without a change of meaning"
+
+
+def _check_kind(src: pa.DataType, field: pa.Field, what: str) -> None:
+    reason = _kind_refusal(src, field.type)
+    if reason is not None:
+        raise InvalidData(f"{what}: column {field.name!r} is {src}, expected {field.type}: {reason}")
 
 
 def _ts_to_epoch_s(col: pa.ChunkedArray, null_value: int, what: str, name: str,
@@ -139,10 +182,26 @@ def check_unique(ids: np.ndarray, what: str) -> None:
         raise InvalidData(f"{what}: {dup.shape[0]} duplicated id(s): {_shown(dup)}")
 
 
+def located(table: pa.Table, what: str) -> pa.Table:
+    """A cameras table whose points are in a geometry column (GeoParquet, GeoArrow: see
+    :mod:`~dispatcher.index.geotables`) with that column replaced by ``lat`` and ``lng``; other tables as they
+    are. Non-points, null or empty points and a CRS other than WGS84 longitude/latitude raise, naming them."""
+    g = geometry_column(table, what)
+    if g is None:
+        return table
+    both = [n for n in ("lat", "lng") if n in table.column_names]
+    if both:
+        raise InvalidData(f"{what}: both a geometry column {g.name!r} and {both}; give the points one way")
+    lng, lat = point_coordinates(g, table, "camera_id", what)
+    plain = table.drop_columns([g.name]).replace_schema_metadata(None)
+    return plain.append_column("lat", pa.array(lat, pa.float64())).append_column("lng", pa.array(lng, pa.float64()))
+
+
 def camera_columns(table: pa.Table, owners: pa.Table | None = None) -> CameraColumns:
-    """Validate a cameras table (and its owners, when given) and return its columns as numpy arrays."""
+    """Validate a cameras table (and its owners, when given) and return its columns as numpy arrays. The points
+    are ``lat`` and ``lng`` columns or one geometry column of WGS84 points (:func:`located`)."""
     what = "cameras"
-    c = conform_columns(table, CAMERA_SCHEMA, what)
+    c = conform_columns(located(table, what), CAMERA_SCHEMA, what)
     ids = c["camera_id"].to_numpy()
     lat = c["lat"].to_numpy()
     lng = c["lng"].to_numpy()

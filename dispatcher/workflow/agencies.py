@@ -1,8 +1,8 @@
 """Partner agencies: who may send video requests, where, and since when.
 
 Each agency has a jurisdiction polygon and a join date. The registry saves to and loads from Parquet
-(jurisdictions as WKB) and GeoJSON; synthetic agencies for tests, benchmarks and the demo come from
-:mod:`dispatcher.synthetic.agencies`.
+(jurisdictions as WKB), GeoParquet, GeoJSON and GeoDataFrames (geopandas, the ``geo`` extra); synthetic agencies for
+tests, benchmarks and the demo come from :mod:`dispatcher.synthetic.agencies`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,7 +20,11 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from dispatcher.errors import AgencyFileMissing, InvalidData, UnknownAgency
+from dispatcher.index.geotables import CRS84, GeoColumn, as_table, geodataframe, geometry_column, shapes
 from dispatcher.index.schema import conform
+
+if TYPE_CHECKING:
+    from geopandas import GeoDataFrame
 
 AGENCY_SCHEMA = pa.schema([
     pa.field("agency_id", pa.string(), nullable=False),
@@ -29,6 +34,8 @@ AGENCY_SCHEMA = pa.schema([
     pa.field("suspended", pa.bool_(), nullable=False),
     pa.field("jurisdiction_wkb", pa.binary(), nullable=False),
 ])
+#: The columns beside the jurisdiction, which a GeoParquet file or a GeoDataFrame holds as its geometry.
+_PROPERTIES = pa.schema([f for f in AGENCY_SCHEMA if f.name != "jurisdiction_wkb"])
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,8 @@ class Agency:
 
 
 class AgencyRegistry:
-    """Agencies by id. Add, suspend, reinstate and remove; save to and load from Parquet or GeoJSON."""
+    """Agencies by id. Add, suspend, reinstate and remove; save to and load from Parquet, GeoParquet, GeoJSON or a
+    GeoDataFrame."""
 
     def __init__(self, agencies: list[Agency] | None = None) -> None:
         self._by_id: dict[str, Agency] = {}
@@ -99,19 +107,52 @@ class AgencyRegistry:
              "suspended": a.suspended, "jurisdiction_wkb": shapely.to_wkb(a.jurisdiction)} for a in ag],
             schema=AGENCY_SCHEMA)
 
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> AgencyRegistry:
+        """From :meth:`to_arrow`'s table, or from one whose jurisdictions are a geometry column (GeoParquet,
+        GeoArrow) in WGS84 longitude/latitude. Bad rows raise :class:`InvalidData` naming them."""
+        what = "agencies"
+        g = geometry_column(table, what)
+        if g is None:
+            table = conform(table, AGENCY_SCHEMA, what)
+            g = GeoColumn("jurisdiction_wkb", "wkb", table.column("jurisdiction_wkb"), CRS84, "agency table")
+            props = table.drop_columns(["jurisdiction_wkb"])
+        else:
+            props = conform(table.drop_columns([g.name]), _PROPERTIES, what)
+        geoms = shapes(g, table, "agency_id", what)
+        return cls([Agency(agency_id=r["agency_id"], name=r["name"], state=r["state"], joined_at=r["joined_at"],
+                           suspended=r["suspended"], jurisdiction=geom) for r, geom in zip(props.to_pylist(), geoms)])
+
+    def to_geodataframe(self) -> GeoDataFrame:
+        """One row per agency: its columns and its jurisdiction as the ``geometry``, in OGC:CRS84 (needs geopandas,
+        the ``geo`` extra)."""
+        geoms = np.array([a.jurisdiction for a in self._by_id.values()], dtype=object)
+        return geodataframe(self.to_arrow().drop_columns(["jurisdiction_wkb"]), geoms)
+
+    @classmethod
+    def from_geodataframe(cls, frame: GeoDataFrame) -> AgencyRegistry:
+        """From a GeoDataFrame with :meth:`to_geodataframe`'s columns, in WGS84 longitude/latitude."""
+        table = as_table(frame, "agencies")
+        if table is None:
+            raise InvalidData("agencies: a GeoDataFrame is required, got None")
+        return cls.from_arrow(table)
+
     def save_parquet(self, path: str | Path) -> None:
         pq.write_table(self.to_arrow(), str(path))
 
+    def save_geoparquet(self, path: str | Path) -> None:
+        """GeoParquet as geopandas writes it (WKB jurisdictions, CRS in the ``geo`` metadata); :meth:`load` and
+        :meth:`load_parquet` read it back, and so does any GIS."""
+        self.to_geodataframe().to_parquet(str(path))
+
     @classmethod
     def load_parquet(cls, path: str | Path) -> AgencyRegistry:
-        t = conform(pq.read_table(str(path)), AGENCY_SCHEMA, "agencies")
-        return cls([Agency(agency_id=r["agency_id"], name=r["name"], state=r["state"], joined_at=r["joined_at"],
-                           suspended=r["suspended"], jurisdiction=shapely.from_wkb(r["jurisdiction_wkb"]))
-                    for r in t.to_pylist()])
+        """From Parquet as :meth:`save_parquet` writes it, or GeoParquet (:meth:`save_geoparquet`, a GIS)."""
+        return cls.from_arrow(pq.read_table(str(path)))
 
     @classmethod
     def load(cls, path: str | Path) -> AgencyRegistry:
-        """From GeoJSON (``.json``, ``.geojson``) or Parquet (anything else). There is no default: a path that
+        """From GeoJSON (``.json``, ``.geojson``) or (Geo)Parquet (anything else). There is no default: a path that
         is None or names no file raises :class:`~dispatcher.errors.AgencyFileMissing`."""
         if path is None or not Path(path).is_file():
             raise AgencyFileMissing(f"partner agencies: no file {path!r}; give a Parquet or GeoJSON file "
