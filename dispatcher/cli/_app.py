@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,16 +13,24 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 console = Console(stderr=True)
 out = Console()
 
+#: Seconds between two progress lines when stderr is not a terminal (a log file, a pipe, CI).
+PROGRESS_EVERY = 5.0
+
 
 @contextmanager
-def progress_bar() -> Iterator[Any]:
-    """A ``progress(stage, done, total)`` callback drawing one bar per stage."""
+def progress_bar(every: float = PROGRESS_EVERY) -> Iterator[Any]:
+    """A ``progress(stage, done, total)`` callback: one bar per stage on a terminal; elsewhere a line on stderr
+    when a stage starts, every ``every`` seconds while it runs, and when it ends."""
+    if not console.is_terminal:
+        yield _ProgressLines(every)
+        return
     with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-                  TimeElapsedColumn(), console=console, transient=False, disable=not console.is_terminal) as bar:
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
         tasks: dict[str, TaskID] = {}
 
         def report(stage: str, done: int, total: int) -> None:
@@ -29,6 +39,50 @@ def progress_bar() -> Iterator[Any]:
             bar.update(tasks[stage], completed=done, total=total)
 
         yield report
+
+
+class _ProgressLines:
+    """Progress as plain lines, for a stderr that no one watches redraw: ``  cameras   40,000/1,000,000   4%
+    3.1 s``."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.t0 = time.monotonic()
+        self.last: dict[str, float] = {}
+        self.ended: set[str] = set()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        first = stage not in self.last
+        end = done >= total and stage not in self.ended
+        if not (first or end or now - self.last[stage] >= self.every):
+            return
+        self.last[stage] = now
+        if end:
+            self.ended.add(stage)
+        share = f"{done / total:4.0%}" if total > 0 else "   -"
+        console.print(f"{stage:>10} {done:>12,}/{total:<12,} {share} {now - self.t0:7.1f} s", markup=False,
+                      highlight=False, soft_wrap=True)
+
+
+class OutputFile(click.Path):
+    """A file a command writes: not a directory, in a directory that exists, checked before any work is done
+    (a report is not computed for minutes to be lost on a typo)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(os.fsdecode(super().convert(value, param, ctx)))
+        if not path.absolute().parent.is_dir():
+            self.fail(f"{path}: the directory {path.parent} does not exist", param, ctx)
+        return path
+
+
+def error_line(message: object) -> None:
+    """``error: <message>`` as one line on stderr: never wrapped, never read as markup (it is data)."""
+    console.print(Text.assemble(("error: ", "red"), " ".join(str(message).split())), highlight=False,
+                  soft_wrap=True)
 
 
 @click.group(context_settings={"show_default": True})

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dispatcher.cli._app import agencies_options, load_agencies, main, out, read_policy
+from dispatcher.cli._app import OutputFile, agencies_options, load_agencies, main, out, read_policy
 
 _DEFAULT_STORE = Path("geodispatch.sqlite")
 
@@ -16,7 +16,7 @@ _DEFAULT_STORE = Path("geodispatch.sqlite")
 def _backend_options(f: Any) -> Any:
     f = click.option("--redis-url", default=None, help="Redis holding the state, the notifications and the keys "
                      "(instead of the embedded file).")(f)
-    return click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    return click.option("--store", type=OutputFile(), default=None,
                         help=f"The embedded SQLite file: state, notifications and keys [default: {_DEFAULT_STORE}]."
                         )(f)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from dispatcher.cli._app import main, out, progress_bar
+from dispatcher.cli._app import OutputFile, main, out, progress_bar
 
 
 @main.command()
@@ -56,7 +56,7 @@ def build(data_dir: Path, out_dir: Path, events: bool) -> None:
 @click.option("--start", required=True, help="ISO-8601 with a zone, e.g. 2026-10-30T21:00:00Z")
 @click.option("--end", required=True)
 @click.option("--now", default=None, help="Evaluate retention at this time instead of the current time.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_file", type=OutputFile(), default=None,
               help="Write the recipients (owner_id, camera_ids) to this Parquet file.")
 def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, out_file: Path | None) -> None:
     """Resolve one area and window against a saved index; prints counts and timing as JSON."""

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dispatcher.cli._app import main, out, progress_bar
+from dispatcher.cli._app import OutputFile, main, out, progress_bar
 
 
 @main.command()
@@ -19,8 +19,8 @@ from dispatcher.cli._app import main, out, progress_bar
 @click.option("--requests", default=300, help="Sample requests per area size.")
 @click.option("--seed", default=0)
 @click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--outbox", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json-out", type=OutputFile(), default=None)
+@click.option("--outbox", type=OutputFile(), default=None,
               help="SQLite file the demo dispatches to (default: a temporary one).")
 def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | None, outbox: Path | None) -> None:
     """Generate a national data set, build the index, resolve sample requests and print latencies beside the
@@ -79,9 +79,9 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
                    "(shorter than the 2 s a dead worker's entries wait before another takes them).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the index and the Redis data go (default: a temporary directory, removed after).")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.json"))
-@click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.md"))
-@click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.png"))
+@click.option("--json-out", type=OutputFile(), default=Path("loadtest-report.json"))
+@click.option("--markdown-out", type=OutputFile(), default=Path("loadtest-report.md"))
+@click.option("--plot-out", type=OutputFile(), default=Path("loadtest-report.png"))
 def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration: float, scenarios: str, seed: int,
              batch: int, threads: int, poison_share: float, clientkill_seconds: float, clientkill_every_ms: float,
              oom_seconds: float, edge_requests: int, edge_gap_seconds: float, work_dir: Path | None,
@@ -134,9 +134,9 @@ def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration:
 @click.option("--h3-res", default=12, help="Resolution for the H3 section.")
 @click.option("--compile-times/--no-compile-times", default=True,
               help="Measure Numba compile and cache-load times in fresh processes.")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.json"))
-@click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.md"))
-@click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.png"))
+@click.option("--json-out", type=OutputFile(), default=Path("bench-report.json"))
+@click.option("--markdown-out", type=OutputFile(), default=Path("bench-report.md"))
+@click.option("--plot-out", type=OutputFile(), default=Path("bench-report.png"))
 def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, window_queries: int, sections: str,
           h3_points: int, h3_res: int, compile_times: bool, json_out: Path, markdown_out: Path,
           plot_out: Path) -> None:
