@@ -5,18 +5,41 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from rich.text import Text
 
 console = Console(stderr=True)
 out = Console()
+
+
+def fits(table: Any) -> bool:
+    """Whether ``table`` renders on ``out`` at its natural width, no cell wrapped or cut."""
+    return Measurement.get(out, out.options.update(max_width=1 << 20), table).maximum <= out.width
+
+
+def stacked(title: str, wide: Table, header: Sequence[str], groups: Sequence[Sequence[Sequence[str]]],
+            labels: int = 1) -> Table:
+    """``wide`` when it fits the terminal, else the same figures as ``groups`` of rows under ``header``, a rule
+    between groups, each row a few cells (the first ``labels`` of them text, the others figures, never wrapped):
+    a narrow terminal reads every figure, never a cut one."""
+    if fits(wide):
+        return wide
+    table = Table(title=title)
+    for k, name in enumerate(header):
+        table.add_column(name, justify="left" if k < labels else "right", no_wrap=k >= labels)
+    for group in groups:
+        for k, row in enumerate(group):
+            table.add_row(*row, end_section=k == len(group) - 1)
+    return table
 
 #: Seconds between two progress lines when stderr is not a terminal (a log file, a pipe, CI).
 PROGRESS_EVERY = 5.0
@@ -92,6 +115,9 @@ def main(log_level: str) -> None:
     from dispatcher.service.supervise import LOG_FORMAT
 
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:  # read when the command runs, not when the module was imported
+        console.width = out.width = int(columns)
 
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dispatcher.cli._app import OutputFile, main, out, progress_bar
+from dispatcher.cli._app import OutputFile, main, out, progress_bar, stacked
 
 
 @main.command()
@@ -105,7 +105,7 @@ def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration:
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
-        out.print(f"[{time.monotonic() - t0:7.1f} s] {msg}")
+        out.print(f"[{time.monotonic() - t0:7.1f} s] {msg}", markup=False, highlight=False)
 
     with tempfile.TemporaryDirectory(prefix="geodispatch-loadtest-") as tmp:
         result = lt.run(settings, work_dir or Path(tmp), say)
@@ -114,7 +114,7 @@ def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration:
     lt.plot(result, plot_out)
     json_out.write_text(json.dumps(result, indent=2))
     markdown_out.write_text(md + f"\n![completions and backlog per scenario]({plot_out.name})\n")
-    out.print(md)
+    click.echo(md)  # as written: Markdown wrapped to the terminal is Markdown no more (a table row in two lines)
     out.print(f"wrote {json_out}, {markdown_out}, {plot_out}")
     if not all(sc["exact"] for sc in result["scenarios"]):
         raise SystemExit("a notification was lost, duplicated or misaddressed: see the report")
@@ -187,6 +187,7 @@ def _print_h3(result: dict[str, Any]) -> None:
 
 
 def _latency_table(title: str, rows: dict[str, Any], peers: list[str]) -> Table:
+    """One row per request class, a column pair per peer; stacked (a row per engine) when that is too wide."""
     table = Table(title=title)
     table.add_column("request")
     table.add_column("found")
@@ -194,16 +195,23 @@ def _latency_table(title: str, rows: dict[str, Any], peers: list[str]) -> Table:
     for p in peers:
         table.add_column(f"{p} p50 / p99", justify="right")
         table.add_column("ratio p50", justify="right")
+    groups = []
     for label, row in rows.items():
         g = row["geodispatch"]
         cells = [label, f"{row['cameras_found_mean']:.1f}", f"{g['p50_us']:.1f} / {g['p99_us']:.1f}"]
+        group = [[label, f"{row['cameras_found_mean']:.1f}", "geodispatch", f"{g['p50_us']:.1f}", f"{g['p99_us']:.1f}",
+                  ""]]
         for p in peers:
             if p in row:
-                cells += [f"{row[p]['p50_us']:.1f} / {row[p]['p99_us']:.1f}", f"{row[p]['p50_ratio']:.2f}x"]
+                r = row[p]
+                cells += [f"{r['p50_us']:.1f} / {r['p99_us']:.1f}", f"{r['p50_ratio']:.2f}x"]
+                group.append(["", "", p, f"{r['p50_us']:.1f}", f"{r['p99_us']:.1f}", f"{r['p50_ratio']:.2f}x"])
             else:
                 cells += ["-", "-"]
+                group.append(["", "", p, "-", "-", "-"])
         table.add_row(*cells)
-    return table
+        groups.append(group)
+    return stacked(title, table, ["request", "found", "engine", "p50", "p99", "ratio p50"], groups, labels=3)
 
 
 def _print_report(result: dict[str, Any]) -> None:
