@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from collections.abc import Sequence
 
 import click
 import redis
@@ -25,11 +26,12 @@ _COMMANDS = (api, data, operate, reports, service)  # imported for the commands 
 name_environment(main, "GEODISPATCH")
 
 
-def run() -> None:
-    """Entry point: usage errors, typed errors, files that cannot be read or written and a Redis that cannot be
-    reached become one line on stderr (``error: ...``) and exit status 2, with no traceback."""
+def run(args: Sequence[str] | None = None) -> None:
+    """Entry point, on ``args`` (default: ``sys.argv[1:]``): usage errors, typed errors, files that cannot be read
+    or written and a Redis that cannot be reached become one line on stderr (``error: ...``) and exit status 2,
+    with no traceback."""
     try:
-        rv = main.main(prog_name="geodispatch", standalone_mode=False)
+        rv = main.main(args, prog_name="geodispatch", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare ``geodispatch``: the help, as click shows it
         click.echo(exc.format_message(), err=True)
         sys.exit(exc.exit_code)

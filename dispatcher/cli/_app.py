@@ -41,16 +41,18 @@ def stacked(title: str, wide: Table, header: Sequence[str], groups: Sequence[Seq
             table.add_row(*row, end_section=k == len(group) - 1)
     return table
 
-#: Seconds between two progress lines when stderr is not a terminal (a log file, a pipe, CI).
+#: Seconds between two progress lines when stderr is not a terminal (a log file, a pipe, CI), unless
+#: ``--progress-every`` says otherwise.
 PROGRESS_EVERY = 5.0
 
 
 @contextmanager
-def progress_bar(every: float = PROGRESS_EVERY) -> Iterator[Any]:
+def progress_bar() -> Iterator[Any]:
     """A ``progress(stage, done, total)`` callback: one bar per stage on a terminal; elsewhere a line on stderr
-    when a stage starts, every ``every`` seconds while it runs, and when it ends."""
+    when a stage starts, every ``--progress-every`` seconds while it runs, and when it ends."""
     if not console.is_terminal:
-        yield _ProgressLines(every)
+        ctx = click.get_current_context(silent=True)
+        yield _ProgressLines(ctx.find_root().params.get("progress_every", PROGRESS_EVERY) if ctx else PROGRESS_EVERY)
         return
     with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -110,7 +112,9 @@ def error_line(message: object) -> None:
 
 @click.group(context_settings={"show_default": True})
 @click.option("--log-level", default="WARNING", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def main(log_level: str) -> None:
+@click.option("--progress-every", default=PROGRESS_EVERY, type=click.FloatRange(min=0),
+              help="Seconds between two progress lines when stderr is not a terminal (a terminal gets bars).")
+def main(log_level: str, progress_every: float) -> None:
     """Resolve police video requests to the exact set of camera owners, fast."""
     from dispatcher.service.supervise import LOG_FORMAT
 

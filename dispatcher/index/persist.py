@@ -80,6 +80,8 @@ def open_state(path: str | Path) -> tuple[State, IndexConfig]:
         meta = json.loads((d / "meta.json").read_text())
     except (OSError, ValueError) as exc:
         raise IndexFormatError(f"{d}: not an index directory ({exc})") from None
+    if not isinstance(meta, dict) or "format" not in meta:  # another meta.json: a data set's, say
+        raise IndexFormatError(f"{d}: not an index directory (its meta.json is not an index's)")
     if meta.get("format") != FORMAT_VERSION:
         raise IndexFormatError(f"{d}: index format {meta.get('format')!r}, this version reads {FORMAT_VERSION}")
     arrays: dict[str, np.ndarray] = {}
