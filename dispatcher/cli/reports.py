@@ -107,9 +107,10 @@ def report_transparency(store_spec: str, agencies: str | None, synthetic_agencie
     settings |= {name: v for name, v in (("epsilon", epsilon), ("k", k)) if v is not None}
     privacy_settings = PrivacySettings.from_dict(settings, str(settings_file or "the options"))
     registry = load_agencies(agencies, synthetic_agencies)
+    store = open_store(store_spec)  # before the release file is made: a mistyped store creates nothing
     releases = ReleaseStore(releases_file)
     before = set(releases.months())
-    report = build_report(open_store(store_spec), registry, releases=releases, privacy_settings=privacy_settings,
+    report = build_report(store, registry, releases=releases, privacy_settings=privacy_settings,
                           policy=Policy.from_dict(read_policy(policy_file)), since=since, until=until,
                           preview=preview)
     html_file.write_text(report.to_html(), encoding="utf-8")
