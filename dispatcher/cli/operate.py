@@ -39,7 +39,8 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
                               sizes={k: SIZES[k] for k in ("0.025 sq mi", "0.5 sq mi", "10 km²")},
                               window_queries=0, data=data)
     _print_report(result)
-    index = CameraIndex.build(data.cameras, data.owners, data.events if events else None)
+    with progress_bar() as report:
+        index = CameraIndex.build(data.cameras, data.owners, data.events if events else None, progress=report)
     with tempfile.TemporaryDirectory(prefix="geodispatch-demo-") as tmp:
         sink = LocalSink(outbox or Path(tmp) / "outbox.sqlite")
         try:
