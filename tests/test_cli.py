@@ -136,6 +136,7 @@ def test_bench_h3_section(tmp_path: Path):
                            env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     _assert_fits(r.stdout, 80)
+    assert re.search(r"^H3: 50,000 points at res 11: done in [\d.]+ s$", r.stderr, re.M), r.stderr  # not a terminal
     h3r = json.loads(js.read_text())["h3"]
     assert (h3r["points"], h3r["res"]) == (50000, 11)
     assert set(h3r["engines"]) == {"geodispatch", "geodispatch 1 thread", "h3ronpy", "h3-py loop"}

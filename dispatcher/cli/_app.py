@@ -66,6 +66,19 @@ def progress_bar() -> Iterator[Any]:
         yield report
 
 
+@contextmanager
+def working(what: str) -> Iterator[None]:
+    """A spinner for a step with no progress to report; off a terminal, a line on stderr as it starts and ends."""
+    if console.is_terminal:
+        with console.status(what):
+            yield
+        return
+    t0 = time.monotonic()
+    console.print(f"{what} ...", markup=False, highlight=False, soft_wrap=True)
+    yield
+    console.print(f"{what}: done in {time.monotonic() - t0:.1f} s", markup=False, highlight=False, soft_wrap=True)
+
+
 class _ProgressLines:
     """Progress as plain lines, for a stderr that no one watches redraw: ``  cameras   40,000/1,000,000   4%
     3.1 s``."""

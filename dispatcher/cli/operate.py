@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dispatcher.cli._app import OutputFile, main, out, progress_bar, stacked
+from dispatcher.cli._app import OutputFile, main, out, progress_bar, stacked, working
 
 
 @main.command()
@@ -162,7 +162,7 @@ def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, windo
         report.plot(result["index"], plot_out)
         md.append(f"![resolve latency by area]({plot_out.name})\n")
     if "h3" in wanted:
-        with out.status(f"H3: {h3_points:,} points at res {h3_res}"):
+        with working(f"H3: {h3_points:,} points at res {h3_res}"):
             result["h3"] = h3_report.h3_report(h3_points, h3_res, seed=seed, with_compile=compile_times)
         _print_h3(result["h3"])
         md.append(h3_report.markdown(result["h3"]))
