@@ -41,6 +41,7 @@ def stacked(title: str, wide: Table, header: Sequence[str], groups: Sequence[Seq
             table.add_row(*row, end_section=k == len(group) - 1)
     return table
 
+
 #: Seconds between two progress lines when stderr is not a terminal (a log file, a pipe, CI), unless
 #: ``--progress-every`` says otherwise.
 PROGRESS_EVERY = 5.0
