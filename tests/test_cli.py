@@ -46,7 +46,8 @@ def test_demo_piped_reports_identical_results_with_progress_lines_and_80_columns
         assert sum(done == total for done, total, _ in seen) == 1, (stage, seen)
         between = [t for done, total, t in seen[:-1]]
         assert all(b - a >= 0.4 for a, b in zip(between, between[1:])), (stage, seen)  # 0.5 s, to 0.1 s shown
-    assert len(lines["resolve"]) >= 3  # 60 requests take longer than 0.5 s: lines between start and end
+    resolve = lines["resolve"]  # a callback per request: a stage that lasts has lines between its start and end
+    assert resolve[-1][2] - resolve[0][2] < 1.5 or len(resolve) >= 3, resolve
 
 
 def _assert_fits(text: str, columns: int) -> None:
