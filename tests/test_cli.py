@@ -289,3 +289,15 @@ def test_build_force_replaces_an_index_in_use(workspace: dict[str, Path], tmp_pa
     names = {p.name for p in index.iterdir()}
     assert names == {f"{a}.npy" for a in json.loads((index / "meta.json").read_text())["arrays"]} | {"meta.json"}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the staging directory is gone
+
+
+def test_records_stay_a_line_each_on_a_narrow_terminal(tmp_path: Path):
+    """A listing is read by scripts: one record a line whatever COLUMNS says (tables are what fit the width)."""
+    store = str(tmp_path / "keys.sqlite")
+    runner = CliRunner()
+    for agency in ("il-chicago", "ny-new-york-city"):
+        assert runner.invoke(main, ["api-key", "create", "--store", store, "--agency", agency]).exit_code == 0
+    listed = runner.invoke(main, ["api-key", "list", "--store", store], env={"COLUMNS": "40"})
+    assert listed.exit_code == 0, listed.output
+    rows = listed.stdout.splitlines()
+    assert len(rows) == 2 and all(len(r) > 40 and r.endswith("active") for r in rows), rows

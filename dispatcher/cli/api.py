@@ -97,7 +97,7 @@ def list_keys(store: Path | None, redis_url: str | None) -> None:
     for rec in open_credentials(**_where(store, redis_url, existing=True)).records():
         state = "active" if rec.active else f"revoked {_time(rec.revoked_s)}"
         out.print(f"{rec.key_id}  {rec.role:<8}  {rec.name:<24}  created {_time(rec.created_s)}  {state}",
-                  highlight=False, markup=False)
+                  highlight=False, markup=False, soft_wrap=True)  # a key a line, whatever the width
 
 
 def _time(s: int) -> str:
