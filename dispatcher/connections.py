@@ -4,19 +4,19 @@ workers and the consumer all connect through :func:`connect` and retry through :
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
+from redis.backoff import FullJitterBackoff
+from redis.retry import Retry
 
 from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
 
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["Prepacked", "connect", "is_transient", "with_retries"]
+__all__ = ["Prepacked", "connect", "is_transient", "retry_policy", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
 #: transition: each passes.
@@ -45,23 +45,29 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("BUSY ")
 
 
+def retry_policy(settings: QueueSettings) -> Retry:
+    """redis-py's :class:`~redis.retry.Retry` for ``settings``: ``settings.retries`` retries after the first
+    attempt, each after a full-jitter exponential backoff, uniform in ``[0, min(backoff_max, backoff_base *
+    2**k)]`` before retry ``k`` (from 0; redis-py counts failures from 1, hence the halved base)."""
+    return Retry(FullJitterBackoff(cap=settings.backoff_max, base=settings.backoff_base / 2), settings.retries,
+                 supported_errors=(redis.ConnectionError, redis.TimeoutError, redis.ResponseError))
+
+
 def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:
     """``fn()`` retried on transient trouble (:func:`is_transient`: connection errors, timeouts, a full or
-    loading Redis), with exponential backoff and full jitter; after ``settings.retries`` retries,
-    :class:`QueueUnavailable` says what was being done. ``fn`` must be safe to run again."""
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            if not is_transient(exc):
-                raise
-            if attempt >= settings.retries:
-                raise QueueUnavailable(f"Redis unreachable during {what} after {attempt + 1} attempts: {exc}") from exc
-            delay = random.uniform(0, min(settings.backoff_max, settings.backoff_base * 2 ** attempt))
-            log.warning("Redis error during %s (attempt %d): %s; retrying in %.3f s", what, attempt + 1, exc, delay)
-            time.sleep(delay)
-            attempt += 1
+    loading Redis) by :func:`retry_policy`; any other error is raised at once. After ``settings.retries``
+    retries, :class:`QueueUnavailable` says what was being done. ``fn`` must be safe to run again."""
+    def failed(exc: Exception, failures: int) -> None:
+        if failures <= settings.retries:
+            log.warning("Redis error during %s (attempt %d): %s; retrying", what, failures, exc)
+
+    try:
+        return retry_policy(settings).call_with_retry(fn, failed, is_retryable=is_transient, with_failure_count=True)
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+        if not is_transient(exc):
+            raise
+        raise QueueUnavailable(f"Redis unreachable during {what} after {settings.retries + 1} attempts: "
+                               f"{exc}") from exc
 
 
 class Prepacked:

@@ -1,30 +1,61 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import click
+import pytest
 from click.testing import CliRunner
 
-from dispatcher.cli import main
+from dispatcher.cli import main, run
 
 
-def test_demo_runs_and_reports_identical_results(tmp_path: Path):
+def test_demo_piped_reports_identical_results_with_progress_lines_and_80_columns(tmp_path: Path):
+    """A piped demo: progress as lines on stderr (a stage's start and end, and at most one line per --progress-every
+    seconds between), the tables on stdout within COLUMNS=80, no figure cut."""
     out = tmp_path / "demo.json"
-    result = CliRunner().invoke(main, ["demo", "--cameras", "20000", "--requests", "20", "--json-out", str(out)])
-    assert result.exit_code == 0, result.output
+    p = subprocess.run([sys.executable, "-m", "dispatcher.cli", "--progress-every", "0.5", "demo", "--cameras", "20000",
+                        "--requests", "20", "--json-out", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "COLUMNS": "80"}, cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stderr
     report = json.loads(out.read_text())
     assert report["cameras"] == 20000
     assert set(report["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²"}
     for row in report["resolve"].values():
         assert row["geodispatch"]["p50_us"] > 0 and row["latsorted"]["p50_us"] > 0
-    assert "resolve latency" in result.output
+    assert "resolve latency" in p.stdout
+    _assert_fits(p.stdout, 80)
     run = report["pipeline"]  # typical requests through the whole pipeline, then the same commands again
     assert run["requests"] == 50 and run["dispatched"] == 50 and run["refused"] == 0
     assert run["recipients"] > 0 and run["batches"] > 0
     assert run["repeat_appended"] == 0 and run["repeat_dispatched"] == 0
+
+    lines: dict[str, list[tuple[int, int, float]]] = {}
+    for line in p.stderr.splitlines():
+        m = re.fullmatch(r"\s*(\w+)\s+([\d,]+)/([\d,]+)\s+\d+%\s+([\d.]+) s", line)
+        assert m, line  # nothing else on stderr
+        lines.setdefault(m[1], []).append((int(m[2].replace(",", "")), int(m[3].replace(",", "")), float(m[4])))
+    assert {"cameras", "build", "resolve"} <= set(lines), lines
+    for stage, seen in lines.items():
+        assert seen[-1][0] == seen[-1][1], (stage, seen)  # its end
+        assert sum(done == total for done, total, _ in seen) == 1, (stage, seen)
+        between = [t for done, total, t in seen[:-1]]
+        assert all(b - a >= 0.4 for a, b in zip(between, between[1:])), (stage, seen)  # 0.5 s, to 0.1 s shown
+    resolve = lines["resolve"]  # a callback per request: a stage that lasts has lines between its start and end
+    assert resolve[-1][2] - resolve[0][2] < 1.5 or len(resolve) >= 3, resolve
+
+
+def _assert_fits(text: str, columns: int) -> None:
+    """Every line within ``columns``, nothing cut to an ellipsis."""
+    assert text.strip()
+    for line in text.splitlines():
+        assert len(line) <= columns, line
+        assert "…" not in line, line
 
 
 def test_generate_build_resolve_round_trip(tmp_path: Path):
@@ -81,8 +112,10 @@ def test_bench_report_with_every_peer(tmp_path: Path):
     js, md, png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
     r = CliRunner().invoke(main, ["bench", "--cameras", "300000", "--queries", "4", "--window-queries", "3",
                                   "--sections", "index", "--json-out", str(js), "--markdown-out", str(md),
-                                  "--plot-out", str(png)])
+                                  "--plot-out", str(png)], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
+    _assert_fits(r.stdout, 80)  # every peer's figures on a narrow terminal: a row per engine
+    assert "redis-geo p50 / p99" in md.read_text()  # full width in the file
     report = json.loads(js.read_text())
     assert set(report) == {"generated_at", "index"}
     idx = report["index"]
@@ -100,8 +133,11 @@ def test_bench_report_with_every_peer(tmp_path: Path):
 def test_bench_h3_section(tmp_path: Path):
     js, md = tmp_path / "r.json", tmp_path / "r.md"
     r = CliRunner().invoke(main, ["bench", "--sections", "h3", "--h3-points", "50000", "--h3-res", "11",
-                                  "--no-compile-times", "--json-out", str(js), "--markdown-out", str(md)])
+                                  "--no-compile-times", "--json-out", str(js), "--markdown-out", str(md)],
+                           env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
+    _assert_fits(r.stdout, 80)
+    assert re.search(r"^H3: 50,000 points at res 11: done in [\d.]+ s$", r.stderr, re.M), r.stderr  # not a terminal
     h3r = json.loads(js.read_text())["h3"]
     assert (h3r["points"], h3r["res"]) == (50000, 11)
     assert set(h3r["engines"]) == {"geodispatch", "geodispatch 1 thread", "h3ronpy", "h3-py loop"}
@@ -137,16 +173,131 @@ def test_every_option_reads_the_environment_variable_named_after_its_flag(tmp_pa
                 assert f"{prefix}_{flag.replace('-', '_').upper()}" in text, (command, flag)
 
 
-def test_user_errors_are_one_clean_line_with_exit_code_2(tmp_path: Path):
-    """A missing file, a directory that is not an index: one line on stderr, status 2, no traceback."""
-    (tmp_path / "notindex").mkdir()
-    window = ["--start", "2026-10-31T00:00:00Z", "--end", "2026-10-31T01:00:00Z"]
-    cases = [
-        (["resolve", "--index", str(tmp_path), "--area", f"@{tmp_path / 'missing.json'}", *window], "missing.json"),
-        (["resolve", "--index", str(tmp_path / "notindex"), "--area", "{}", *window], "not an index directory"),
-    ]
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every command a user can run, as it is typed (``api-key create``)."""
+    names = []
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            names += _commands(command, (*prefix, name))
+        else:
+            names.append(" ".join((*prefix, name)))
+    return names
+
+
+_WINDOW = ["--start", "2026-10-31T00:00:00Z", "--end", "2026-10-31T01:00:00Z"]
+_NOWHERE = "redis://127.0.0.1:1"  # nothing listens on port 1
+
+
+def _bad_inputs(w: dict[str, Path]) -> dict[str, list[tuple[list[str], str]]]:
+    """Per command, bad inputs and what the one error line must say. ``w``: a data set, an index, an empty
+    store, a plain file, a directory that is not an index, and a path in a directory that does not exist."""
+    return {
+        "api": [(["--index", str(w["plain_dir"]), "--store", str(w["tmp"] / "a.sqlite"), "--synthetic-agencies", "2"],
+                 "not an index directory")],
+        "api-key create": [(["--agency", "a", "--store", str(w["nodir"] / "k.sqlite")], "does not exist")],
+        "api-key list": [(["--store", str(w["plain_dir"])], "is a directory"),
+                         (["--store", str(w["tmp"] / "missing.sqlite")], "no such store")],
+        "api-key revoke": [(["--key-id", "nope", "--store", str(w["store"])], "no API key with id 'nope'"),
+                           (["--key-id", "nope", "--store", str(w["tmp"] / "missing.sqlite")], "no such store")],
+        "bench": [(["--json-out", str(w["nodir"] / "r.json")], "does not exist"),
+                  (["--sections", "nope"], "nope")],
+        "build": [(["--data", str(w["plain_dir"]), "--out", str(w["tmp"] / "i2")], "no cameras.parquet"),
+                  (["--data", str(w["data"]), "--out", str(w["index"])], "--force"),
+                  (["--data", str(w["nodir"]), "--out", str(w["tmp"] / "i2")], "does not exist")],
+        "consume": [(["--redis-url", _NOWHERE, "--outbox", str(w["file"])], "is a file"),
+                    (["--redis-url", _NOWHERE, "--outbox", str(w["tmp"] / "outbox")], "refused")],
+        "demo": [(["--outbox", str(w["nodir"] / "o.sqlite")], "does not exist")],
+        "generate": [(["--out", str(w["file"]), "--cameras", "10"], "is a file")],
+        "loadtest": [(["--work-dir", str(w["file"])], "is a file"), (["--scenarios", "steady,nope"], "nope")],
+        "map agencies": [(["--agencies", str(w["tmp"] / "missing.parquet")], "does not exist")],
+        "map request": [(["nope", "--store", str(w["store"]), "--index", str(w["index"])],
+                         "no request 'nope' in the store"),
+                        (["nope", "--store", str(w["tmp"] / "missing.sqlite"), "--index", str(w["index"])],
+                         "no such SQLite store")],
+        "report transparency": [(["--store", str(w["tmp"] / "missing.sqlite"), "--synthetic-agencies", "2",
+                                  "--releases", str(w["tmp"] / "r.sqlite")], "no such SQLite store")],
+        "resolve": [(["--index", str(w["index"]), "--area", f"@{w['tmp'] / 'missing.json'}", *_WINDOW],
+                     "cannot read"),
+                    (["--index", str(w["plain_dir"]), "--area", "{}", *_WINDOW], "not an index directory"),
+                    (["--index", str(w["data"]), "--area", "{}", *_WINDOW], "not an index directory"),
+                    (["--index", str(w["index"]), "--area", "{broken", *_WINDOW], "malformed GeoJSON")],
+        "serve": [(["--index", str(w["plain_dir"]), "--redis-url", _NOWHERE, "--synthetic-agencies", "2"],
+                   "not an index directory")],
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from dispatcher.workflow.store import SqliteStore
+
+    tmp = tmp_path_factory.mktemp("bad-input")
+    w = {"tmp": tmp, "data": tmp / "data", "index": tmp / "index", "store": tmp / "store.sqlite",
+         "file": tmp / "plain.txt", "plain_dir": tmp / "plain", "nodir": tmp / "nodir"}
+    runner = CliRunner()
+    assert runner.invoke(main, ["generate", "--cameras", "1000", "--out", str(w["data"])]).exit_code == 0
+    assert runner.invoke(main, ["build", "--data", str(w["data"]), "--out", str(w["index"])]).exit_code == 0
+    SqliteStore(w["store"]).close()
+    w["file"].write_text("not a directory")
+    w["plain_dir"].mkdir()
+    return w
+
+
+def _files(d: Path) -> list[Path]:
+    """What ``d`` holds (without SQLite's -wal and -shm files of a store opened, which a close removes)."""
+    return sorted(p for p in d.rglob("*") if not p.name.endswith(("-wal", "-shm")))
+
+
+@pytest.mark.parametrize("command", _commands(main))
+def test_every_command_refuses_bad_input_in_one_line(command: str, workspace: dict[str, Path],
+                                                     capsys: pytest.CaptureFixture[str]):
+    """A missing file, a directory of the wrong kind, an index directory in use, a Redis not there, an unknown id:
+    one line on stderr, ``error: ...`` without quotes around it, status 2, no traceback, nothing written. A
+    command without a case here fails."""
+    cases = _bad_inputs(workspace).get(command)
+    assert cases, f"no bad-input case for `geodispatch {command}`: add one to _bad_inputs"
     for args, said in cases:
-        p = subprocess.run([sys.executable, "-m", "dispatcher.cli", *args], capture_output=True, text=True,
-                           timeout=300, cwd=Path(__file__).resolve().parents[1])
-        assert p.returncode == 2, (args, p.stderr)
-        assert "Traceback" not in p.stderr and said in p.stderr and p.stderr.startswith("error: ")
+        before = _files(workspace["tmp"])
+        with pytest.raises(SystemExit) as exit_:
+            run([*command.split(), *args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, (command, args, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and said in err, (command, args, err)
+        assert not err.startswith(('error: "', "error: '")), err  # a KeyError's message, not its repr
+        assert _files(workspace["tmp"]) == before, (command, args)
+
+
+def test_build_force_replaces_an_index_in_use(workspace: dict[str, Path], tmp_path: Path):
+    """--force writes the new index beside the old one and moves it in: an index opened before keeps answering
+    from the old files, one opened after reads the new one, and no file of the old one is left behind."""
+    import pyarrow.parquet as pq
+
+    from dispatcher.index.camera_index import CameraIndex
+
+    data2, index = tmp_path / "data2", tmp_path / "index"
+    shutil.copytree(workspace["index"], index)
+    old = CameraIndex.open(index, warm_up=False)
+    area = {"type": "Polygon", "coordinates": [[[-130, 20], [-60, 20], [-60, 55], [-130, 55], [-130, 20]]]}
+    window = ("2026-10-31T00:00:00Z", "2026-10-31T12:00:00Z", "2026-11-01T00:00:00Z")
+    before = old.resolve(area, *window[:2], now=window[2]).n_cameras
+    cameras = pq.read_table(workspace["data"] / "cameras.parquet")
+    data2.mkdir()
+    pq.write_table(cameras.slice(0, 600), data2 / "cameras.parquet")
+    r = CliRunner().invoke(main, ["build", "--data", str(data2), "--out", str(index), "--force"])
+    assert r.exit_code == 0, r.output
+    assert old.n_cameras == 1000 and CameraIndex.open(index, warm_up=False).n_cameras == 600
+    assert old.resolve(area, *window[:2], now=window[2]).n_cameras == before > 0
+    names = {p.name for p in index.iterdir()}
+    assert names == {f"{a}.npy" for a in json.loads((index / "meta.json").read_text())["arrays"]} | {"meta.json"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the staging directory is gone
+
+
+def test_records_stay_a_line_each_on_a_narrow_terminal(tmp_path: Path):
+    """A listing is read by scripts: one record a line whatever COLUMNS says (tables are what fit the width)."""
+    store = str(tmp_path / "keys.sqlite")
+    runner = CliRunner()
+    for agency in ("il-chicago", "ny-new-york-city"):
+        assert runner.invoke(main, ["api-key", "create", "--store", store, "--agency", agency]).exit_code == 0
+    listed = runner.invoke(main, ["api-key", "list", "--store", store], env={"COLUMNS": "40"})
+    assert listed.exit_code == 0, listed.output
+    rows = listed.stdout.splitlines()
+    assert len(rows) == 2 and all(len(r) > 40 and r.endswith("active") for r in rows), rows

@@ -33,7 +33,8 @@ def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
          "--rate", "150", "--duration", "4", "--workers", "2", "--clientkill-seconds", "1.5", "--oom-seconds", "1.5",
          "--work-dir", str(tmp_path / "work"), "--json-out", f"{out}.json", "--markdown-out", f"{out}.md",
          "--plot-out", f"{out}.png"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}, capture_output=True, text=True,
+        timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(Path(f"{out}.json").read_text())
     by_name = {s["name"]: s for s in report["scenarios"]}
@@ -74,6 +75,7 @@ def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
 
     md = Path(f"{out}.md").read_text()
     assert "| steady |" in md and "| retention-edge |" in md and "Exact" in md
+    assert md[:md.rindex("\n![")] in proc.stdout  # printed as written, not wrapped at COLUMNS=80
     assert Path(f"{out}.png").stat().st_size > 10_000
 
 

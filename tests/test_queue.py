@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
+from dispatcher.connections import with_retries
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink
@@ -299,3 +301,49 @@ def test_redis_down_gives_a_clear_error_and_loses_nothing(tmp_path):
         Dispatcher(sink, settings).dispatch(header(), rs, now=NOW)
         assert_exactly_once(sink, rs)
         assert_exactly_once(sink, make_recipients(100, 3), "A")
+
+
+def test_retries_are_bounded_with_full_jitter_backoff_and_a_typed_error_at_the_end():
+    """with_retries (redis-py's Retry): ``retries`` retries after the first attempt, the wait before retry k
+    uniform in [0, min(backoff_max, backoff_base * 2**k)], then QueueUnavailable naming the step; an error that
+    is not Redis trouble is raised at once, and trouble that passes (BUSY, OOM) is retried."""
+    settings = QueueSettings(url="redis://", retries=4, backoff_base=0.02, backoff_max=0.05)
+    calls: list[float] = []
+
+    def down() -> None:
+        calls.append(time.monotonic())
+        raise redis.ConnectionError("gone")
+
+    with pytest.raises(QueueUnavailable) as ei:
+        with_retries(settings, "the probe", down)
+    assert len(calls) == 5 and "during the probe after 5 attempts: gone" in str(ei.value)
+    assert isinstance(ei.value.__cause__, redis.ConnectionError)
+    waits = np.diff(calls)
+    assert all(w <= min(0.05, 0.02 * 2 ** k) + 0.02 for k, w in enumerate(waits)), waits  # + scheduling slack
+
+    first: list[float] = []  # the wait before the first retry, 40 times: spread over [0, backoff_base]
+    for _ in range(40):
+        calls.clear()
+        with pytest.raises(QueueUnavailable):
+            with_retries(QueueSettings(url="redis://", retries=1, backoff_base=0.02), "x", down)
+        first.append(calls[1] - calls[0])
+    assert min(first) < 0.007 and 0.013 < max(first) < 0.032, sorted(first)  # not [0, 2 * backoff_base]
+
+    replies = iter([redis.exceptions.BusyLoadingError("loading"), redis.ResponseError("BUSY script"),
+                    redis.exceptions.OutOfMemoryError("OOM command not allowed")])
+
+    def passing() -> str:
+        for exc in replies:
+            raise exc
+        return "done"
+
+    assert with_retries(settings, "x", passing) == "done"
+    calls.clear()
+
+    def wrong() -> None:
+        calls.append(time.monotonic())
+        raise redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        with_retries(settings, "x", wrong)
+    assert len(calls) == 1

@@ -9,12 +9,15 @@ report).
 
 from __future__ import annotations
 
+import sqlite3
 import sys
+from collections.abc import Sequence
 
-from rich.text import Text
+import click
+import redis
 
 from dispatcher.cli import api, data, operate, reports, service
-from dispatcher.cli._app import console, main, name_environment
+from dispatcher.cli._app import error_line, main, name_environment
 from dispatcher.errors import DispatchError
 
 __all__ = ["main", "run"]
@@ -23,14 +26,27 @@ _COMMANDS = (api, data, operate, reports, service)  # imported for the commands 
 name_environment(main, "GEODISPATCH")
 
 
-def run() -> None:
-    """Entry point: typed errors, and files that cannot be read or written, become a one-line message and exit
-    status 2."""
+def run(args: Sequence[str] | None = None) -> None:
+    """Entry point, on ``args`` (default: ``sys.argv[1:]``): usage errors, typed errors, files that cannot be read
+    or written and a Redis that cannot be reached become one line on stderr (``error: ...``) and exit status 2,
+    with no traceback."""
     try:
-        main(standalone_mode=True)
-    except (DispatchError, OSError) as exc:
+        rv = main.main(args, prog_name="geodispatch", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare ``geodispatch``: the help, as click shows it
+        click.echo(exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        error_line(exc.format_message() + hint)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        error_line(exc.format_message())
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        error_line("interrupted")
+        sys.exit(130)
+    except (DispatchError, OSError, sqlite3.Error, redis.RedisError) as exc:  # Redis: unreachable, refused
         # a KeyError's str() quotes its message: print the message itself
-        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        console.print(Text.assemble(("error: ", "red"), str(text)), highlight=False)  # never markup: it is data
+        error_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
         sys.exit(2)
-
+    sys.exit(rv if isinstance(rv, int) else 0)

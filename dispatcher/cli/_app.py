@@ -3,24 +3,60 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True)
 out = Console()
 
 
+def fits(table: Any) -> bool:
+    """Whether ``table`` renders on ``out`` at its natural width, no cell wrapped or cut."""
+    return Measurement.get(out, out.options.update(max_width=1 << 20), table).maximum <= out.width
+
+
+def stacked(title: str, wide: Table, header: Sequence[str], groups: Sequence[Sequence[Sequence[str]]],
+            labels: int = 1) -> Table:
+    """``wide`` when it fits the terminal, else the same figures as ``groups`` of rows under ``header``, a rule
+    between groups, each row a few cells (the first ``labels`` of them text, the others figures, never wrapped):
+    a narrow terminal reads every figure, never a cut one."""
+    if fits(wide):
+        return wide
+    table = Table(title=title)
+    for k, name in enumerate(header):
+        table.add_column(name, justify="left" if k < labels else "right", no_wrap=k >= labels)
+    for group in groups:
+        for k, row in enumerate(group):
+            table.add_row(*row, end_section=k == len(group) - 1)
+    return table
+
+
+#: Seconds between two progress lines when stderr is not a terminal (a log file, a pipe, CI), unless
+#: ``--progress-every`` says otherwise.
+PROGRESS_EVERY = 5.0
+
+
 @contextmanager
 def progress_bar() -> Iterator[Any]:
-    """A ``progress(stage, done, total)`` callback drawing one bar per stage."""
+    """A ``progress(stage, done, total)`` callback: one bar per stage on a terminal; elsewhere a line on stderr
+    when a stage starts, every ``--progress-every`` seconds while it runs, and when it ends."""
+    if not console.is_terminal:
+        ctx = click.get_current_context(silent=True)
+        yield _ProgressLines(ctx.find_root().params.get("progress_every", PROGRESS_EVERY) if ctx else PROGRESS_EVERY)
+        return
     with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-                  TimeElapsedColumn(), console=console, transient=False, disable=not console.is_terminal) as bar:
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
         tasks: dict[str, TaskID] = {}
 
         def report(stage: str, done: int, total: int) -> None:
@@ -31,13 +67,75 @@ def progress_bar() -> Iterator[Any]:
         yield report
 
 
+@contextmanager
+def working(what: str) -> Iterator[None]:
+    """A spinner for a step with no progress to report; off a terminal, a line on stderr as it starts and ends."""
+    if console.is_terminal:
+        with console.status(what):
+            yield
+        return
+    t0 = time.monotonic()
+    console.print(f"{what} ...", markup=False, highlight=False, soft_wrap=True)
+    yield
+    console.print(f"{what}: done in {time.monotonic() - t0:.1f} s", markup=False, highlight=False, soft_wrap=True)
+
+
+class _ProgressLines:
+    """Progress as plain lines, for a stderr that no one watches redraw: ``  cameras   40,000/1,000,000   4%
+    3.1 s``."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.t0 = time.monotonic()
+        self.last: dict[str, float] = {}
+        self.ended: set[str] = set()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        first = stage not in self.last
+        end = done >= total and stage not in self.ended
+        if not (first or end or now - self.last[stage] >= self.every):
+            return
+        self.last[stage] = now
+        if end:
+            self.ended.add(stage)
+        share = f"{done / total:4.0%}" if total > 0 else "   -"
+        console.print(f"{stage:>10} {done:>12,}/{total:<12,} {share} {now - self.t0:7.1f} s", markup=False,
+                      highlight=False, soft_wrap=True)
+
+
+class OutputFile(click.Path):
+    """A file a command writes: not a directory, in a directory that exists, checked before any work is done
+    (a report is not computed for minutes to be lost on a typo)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(os.fsdecode(super().convert(value, param, ctx)))
+        if not path.absolute().parent.is_dir():
+            self.fail(f"{path}: the directory {path.parent} does not exist", param, ctx)
+        return path
+
+
+def error_line(message: object) -> None:
+    """``error: <message>`` as one line on stderr: never wrapped, never read as markup (it is data)."""
+    console.print(Text.assemble(("error: ", "red"), " ".join(str(message).split())), highlight=False,
+                  soft_wrap=True)
+
+
 @click.group(context_settings={"show_default": True})
 @click.option("--log-level", default="WARNING", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def main(log_level: str) -> None:
+@click.option("--progress-every", default=PROGRESS_EVERY, type=click.FloatRange(min=0),
+              help="Seconds between two progress lines when stderr is not a terminal (a terminal gets bars).")
+def main(log_level: str, progress_every: float) -> None:
     """Resolve police video requests to the exact set of camera owners, fast."""
     from dispatcher.service.supervise import LOG_FORMAT
 
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:  # read when the command runs, not when the module was imported
+        console.width = out.width = int(columns)
 
 
 

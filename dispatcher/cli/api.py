@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dispatcher.cli._app import agencies_options, load_agencies, main, out, read_policy
+from dispatcher.cli._app import OutputFile, agencies_options, load_agencies, main, out, read_policy
 
 _DEFAULT_STORE = Path("geodispatch.sqlite")
 
@@ -16,15 +16,22 @@ _DEFAULT_STORE = Path("geodispatch.sqlite")
 def _backend_options(f: Any) -> Any:
     f = click.option("--redis-url", default=None, help="Redis holding the state, the notifications and the keys "
                      "(instead of the embedded file).")(f)
-    return click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    return click.option("--store", type=OutputFile(), default=None,
                         help=f"The embedded SQLite file: state, notifications and keys [default: {_DEFAULT_STORE}]."
                         )(f)
 
 
-def _where(store: Path | None, redis_url: str | None) -> dict[str, Any]:
+def _where(store: Path | None, redis_url: str | None, *, existing: bool = False) -> dict[str, Any]:
+    """The backend's place; ``existing``: for a command that only reads or changes keys, a file that is not there
+    is a mistyped path, not a store to create."""
     if store is not None and redis_url is not None:
         raise click.UsageError("give --store or --redis-url, not both")
-    return {"redis_url": redis_url} if redis_url is not None else {"store": store or _DEFAULT_STORE}
+    if redis_url is not None:
+        return {"redis_url": redis_url}
+    path = store or _DEFAULT_STORE
+    if existing and not path.is_file():
+        raise click.UsageError(f"{path}: no such store (api-key create makes it, or give --redis-url)")
+    return {"store": path}
 
 
 @main.command()
@@ -77,7 +84,7 @@ def revoke_key(store: Path | None, redis_url: str | None, key_id: str) -> None:
     """Revoke a key: it never authenticates again."""
     from dispatcher.api import open_credentials
 
-    rec = open_credentials(**_where(store, redis_url)).revoke(key_id, datetime.now(timezone.utc))
+    rec = open_credentials(**_where(store, redis_url, existing=True)).revoke(key_id, datetime.now(timezone.utc))
     out.print(f"revoked key {rec.key_id} of {rec.role} {rec.name}", highlight=False, markup=False)
 
 
@@ -87,10 +94,10 @@ def list_keys(store: Path | None, redis_url: str | None) -> None:
     """Every key's id, principal and times (never the key)."""
     from dispatcher.api import open_credentials
 
-    for rec in open_credentials(**_where(store, redis_url)).records():
+    for rec in open_credentials(**_where(store, redis_url, existing=True)).records():
         state = "active" if rec.active else f"revoked {_time(rec.revoked_s)}"
         out.print(f"{rec.key_id}  {rec.role:<8}  {rec.name:<24}  created {_time(rec.created_s)}  {state}",
-                  highlight=False, markup=False)
+                  highlight=False, markup=False, soft_wrap=True)  # a key a line, whatever the width
 
 
 def _time(s: int) -> str:

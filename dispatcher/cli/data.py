@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from dispatcher.cli._app import main, out, progress_bar
+from dispatcher.cli._app import OutputFile, main, out, progress_bar
 
 
 @main.command()
@@ -36,14 +36,20 @@ def generate(cameras: int, out_dir: Path, seed: int, event_days: float, events_p
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--events/--no-events", default=True, help="Load events.parquet when present.")
-def build(data_dir: Path, out_dir: Path, events: bool) -> None:
+@click.option("--force", is_flag=True, default=False,
+              help="Replace the index --out holds (processes serving it keep the old one until they reopen).")
+def build(data_dir: Path, out_dir: Path, events: bool, force: bool) -> None:
     """Build an index from a data directory and save it for `resolve` and worker processes."""
     from dispatcher.index.camera_index import CameraIndex
 
+    if (out_dir / "meta.json").exists() and not force:  # refused before the build, not after it
+        raise click.UsageError(f"{out_dir} already holds an index: choose another directory, or give --force to "
+                               "replace it")
     t = time.perf_counter()
-    index = CameraIndex.from_parquet(data_dir, with_events=events)
+    with progress_bar() as report:
+        index = CameraIndex.from_parquet(data_dir, with_events=events, progress=report)
     built = time.perf_counter() - t
-    index.save(out_dir)
+    index.save(out_dir, replace=force)
     stats = index.build_stats
     out.print(f"{index.n_cameras:,} cameras indexed in {built:.2f} s "
               f"({', '.join(f'{k} {v:.2f}' for k, v in (stats.stages if stats else {}).items())}); "
@@ -56,7 +62,7 @@ def build(data_dir: Path, out_dir: Path, events: bool) -> None:
 @click.option("--start", required=True, help="ISO-8601 with a zone, e.g. 2026-10-30T21:00:00Z")
 @click.option("--end", required=True)
 @click.option("--now", default=None, help="Evaluate retention at this time instead of the current time.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_file", type=OutputFile(), default=None,
               help="Write the recipients (owner_id, camera_ids) to this Parquet file.")
 def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, out_file: Path | None) -> None:
     """Resolve one area and window against a saved index; prints counts and timing as JSON."""
@@ -64,7 +70,7 @@ def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, o
 
     from dispatcher.index.camera_index import CameraIndex
 
-    text = Path(area[1:]).read_text() if area.startswith("@") else area
+    text = _read_area(area)
     index = CameraIndex.open(index_dir)
     t = time.perf_counter()
     rs = index.resolve(text, start, end, now=now)
@@ -74,3 +80,14 @@ def resolve(index_dir: Path, area: str, start: str, end: str, now: str | None, o
     out.print_json(orjson.dumps({"owners": rs.n_owners, "cameras": rs.n_cameras,
                                  "resolve_ms": round(elapsed * 1e3, 3)}).decode())
 
+
+
+def _read_area(area: str) -> str:
+    """``--area``: GeoJSON text, or ``@FILE``."""
+    if not area.startswith("@"):
+        return area
+    try:
+        return Path(area[1:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise click.BadParameter(f"cannot read {area[1:]}: {why}", param_hint="'--area'") from None

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dispatcher.cli._app import main, out, progress_bar
+from dispatcher.cli._app import OutputFile, main, out, progress_bar, stacked, working
 
 
 @main.command()
@@ -19,8 +19,8 @@ from dispatcher.cli._app import main, out, progress_bar
 @click.option("--requests", default=300, help="Sample requests per area size.")
 @click.option("--seed", default=0)
 @click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--outbox", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json-out", type=OutputFile(), default=None)
+@click.option("--outbox", type=OutputFile(), default=None,
               help="SQLite file the demo dispatches to (default: a temporary one).")
 def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | None, outbox: Path | None) -> None:
     """Generate a national data set, build the index, resolve sample requests and print latencies beside the
@@ -39,7 +39,8 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
                               sizes={k: SIZES[k] for k in ("0.025 sq mi", "0.5 sq mi", "10 km²")},
                               window_queries=0, data=data)
     _print_report(result)
-    index = CameraIndex.build(data.cameras, data.owners, data.events if events else None)
+    with progress_bar() as report:
+        index = CameraIndex.build(data.cameras, data.owners, data.events if events else None, progress=report)
     with tempfile.TemporaryDirectory(prefix="geodispatch-demo-") as tmp:
         sink = LocalSink(outbox or Path(tmp) / "outbox.sqlite")
         try:
@@ -79,9 +80,9 @@ def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | 
                    "(shorter than the 2 s a dead worker's entries wait before another takes them).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the index and the Redis data go (default: a temporary directory, removed after).")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.json"))
-@click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.md"))
-@click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest-report.png"))
+@click.option("--json-out", type=OutputFile(), default=Path("loadtest-report.json"))
+@click.option("--markdown-out", type=OutputFile(), default=Path("loadtest-report.md"))
+@click.option("--plot-out", type=OutputFile(), default=Path("loadtest-report.png"))
 def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration: float, scenarios: str, seed: int,
              batch: int, threads: int, poison_share: float, clientkill_seconds: float, clientkill_every_ms: float,
              oom_seconds: float, edge_requests: int, edge_gap_seconds: float, work_dir: Path | None,
@@ -105,7 +106,7 @@ def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration:
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
-        out.print(f"[{time.monotonic() - t0:7.1f} s] {msg}")
+        out.print(f"[{time.monotonic() - t0:7.1f} s] {msg}", markup=False, highlight=False)
 
     with tempfile.TemporaryDirectory(prefix="geodispatch-loadtest-") as tmp:
         result = lt.run(settings, work_dir or Path(tmp), say)
@@ -114,7 +115,7 @@ def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration:
     lt.plot(result, plot_out)
     json_out.write_text(json.dumps(result, indent=2))
     markdown_out.write_text(md + f"\n![completions and backlog per scenario]({plot_out.name})\n")
-    out.print(md)
+    click.echo(md)  # as written: Markdown wrapped to the terminal is Markdown no more (a table row in two lines)
     out.print(f"wrote {json_out}, {markdown_out}, {plot_out}")
     if not all(sc["exact"] for sc in result["scenarios"]):
         raise SystemExit("a notification was lost, duplicated or misaddressed: see the report")
@@ -134,9 +135,9 @@ def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration:
 @click.option("--h3-res", default=12, help="Resolution for the H3 section.")
 @click.option("--compile-times/--no-compile-times", default=True,
               help="Measure Numba compile and cache-load times in fresh processes.")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.json"))
-@click.option("--markdown-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.md"))
-@click.option("--plot-out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-report.png"))
+@click.option("--json-out", type=OutputFile(), default=Path("bench-report.json"))
+@click.option("--markdown-out", type=OutputFile(), default=Path("bench-report.md"))
+@click.option("--plot-out", type=OutputFile(), default=Path("bench-report.png"))
 def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, window_queries: int, sections: str,
           h3_points: int, h3_res: int, compile_times: bool, json_out: Path, markdown_out: Path,
           plot_out: Path) -> None:
@@ -161,7 +162,7 @@ def bench(cameras: int, queries: int, seed: int, peers: str, events: bool, windo
         report.plot(result["index"], plot_out)
         md.append(f"![resolve latency by area]({plot_out.name})\n")
     if "h3" in wanted:
-        with out.status(f"H3: {h3_points:,} points at res {h3_res}"):
+        with working(f"H3: {h3_points:,} points at res {h3_res}"):
             result["h3"] = h3_report.h3_report(h3_points, h3_res, seed=seed, with_compile=compile_times)
         _print_h3(result["h3"])
         md.append(h3_report.markdown(result["h3"]))
@@ -187,6 +188,7 @@ def _print_h3(result: dict[str, Any]) -> None:
 
 
 def _latency_table(title: str, rows: dict[str, Any], peers: list[str]) -> Table:
+    """One row per request class, a column pair per peer; stacked (a row per engine) when that is too wide."""
     table = Table(title=title)
     table.add_column("request")
     table.add_column("found")
@@ -194,16 +196,23 @@ def _latency_table(title: str, rows: dict[str, Any], peers: list[str]) -> Table:
     for p in peers:
         table.add_column(f"{p} p50 / p99", justify="right")
         table.add_column("ratio p50", justify="right")
+    groups = []
     for label, row in rows.items():
         g = row["geodispatch"]
         cells = [label, f"{row['cameras_found_mean']:.1f}", f"{g['p50_us']:.1f} / {g['p99_us']:.1f}"]
+        group = [[label, f"{row['cameras_found_mean']:.1f}", "geodispatch", f"{g['p50_us']:.1f}", f"{g['p99_us']:.1f}",
+                  ""]]
         for p in peers:
             if p in row:
-                cells += [f"{row[p]['p50_us']:.1f} / {row[p]['p99_us']:.1f}", f"{row[p]['p50_ratio']:.2f}x"]
+                r = row[p]
+                cells += [f"{r['p50_us']:.1f} / {r['p99_us']:.1f}", f"{r['p50_ratio']:.2f}x"]
+                group.append(["", "", p, f"{r['p50_us']:.1f}", f"{r['p99_us']:.1f}", f"{r['p50_ratio']:.2f}x"])
             else:
                 cells += ["-", "-"]
+                group.append(["", "", p, "-", "-", "-"])
         table.add_row(*cells)
-    return table
+        groups.append(group)
+    return stacked(title, table, ["request", "found", "engine", "p50", "p99", "ratio p50"], groups, labels=3)
 
 
 def _print_report(result: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dispatcher.cli._app import agencies_options, load_agencies, main, out, read_policy, read_settings
+from dispatcher.cli._app import OutputFile, agencies_options, load_agencies, main, out, read_policy, read_settings
 from dispatcher.workflow.store import open_store
 
 _store_option = click.option("--store", "store_spec", required=True,
@@ -21,9 +21,9 @@ def map_group() -> None:
 
 @map_group.command("agencies")
 @agencies_options
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("agencies-map.html"),
+@click.option("--out", "out_file", type=OutputFile(), default=Path("agencies-map.html"),
               help="The self-contained HTML map.")
-@click.option("--png", "png_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--png", "png_file", type=OutputFile(), default=None,
               help="Also write the map as a PNG.")
 def map_agencies(agencies: str | None, synthetic_agencies: int | None, out_file: Path, png_file: Path | None) -> None:
     """Map every partner agency, coloured by join date, with a replay of the program's growth."""
@@ -44,7 +44,7 @@ def map_agencies(agencies: str | None, synthetic_agencies: int | None, out_file:
 @click.option("--density-res", default=9, help="H3 resolution of the camera-density hexagons.")
 @click.option("--tiles", default=None,
               help="XYZ tile URL template with {z}, {x}, {y}; off by default (the page then fetches nothing).")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_file", type=OutputFile(), default=None,
               help="The HTML file (default: request-<ID>.html).")
 def map_request(request_id: str, store_spec: str, index_dir: Path, agencies: str | None, synthetic_agencies: int | None,
                 k: int, density_res: int,
@@ -72,7 +72,7 @@ def report_group() -> None:
 @report_group.command("transparency")
 @_store_option
 @agencies_options
-@click.option("--releases", "releases_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--releases", "releases_file", required=True, type=OutputFile(),
               help="The release file: each month's published figures, written once and read back by every later "
                    "build (keep it with the store's backups).")
 @click.option("--epsilon", type=float, default=None, help="Privacy budget per month for months released now "
@@ -88,9 +88,9 @@ def report_group() -> None:
 @click.option("--preview", is_flag=True, default=False,
               help="Internal preview: also months still open, with fresh noise, stored nowhere, marked as not for "
                    "publication.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_file", type=OutputFile(),
               default=Path("transparency.html"))
-@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("transparency.csv"))
+@click.option("--csv", "csv_file", type=OutputFile(), default=Path("transparency.csv"))
 def report_transparency(store_spec: str, agencies: str | None, synthetic_agencies: int | None, releases_file: Path,
                         epsilon: float | None, k: int | None, settings_file: Path | None, policy_file: Path | None,
                         since: str | None, until: str | None, preview: bool, html_file: Path, csv_file: Path) -> None:
@@ -107,9 +107,10 @@ def report_transparency(store_spec: str, agencies: str | None, synthetic_agencie
     settings |= {name: v for name, v in (("epsilon", epsilon), ("k", k)) if v is not None}
     privacy_settings = PrivacySettings.from_dict(settings, str(settings_file or "the options"))
     registry = load_agencies(agencies, synthetic_agencies)
+    store = open_store(store_spec)  # before the release file is made: a mistyped store creates nothing
     releases = ReleaseStore(releases_file)
     before = set(releases.months())
-    report = build_report(open_store(store_spec), registry, releases=releases, privacy_settings=privacy_settings,
+    report = build_report(store, registry, releases=releases, privacy_settings=privacy_settings,
                           policy=Policy.from_dict(read_policy(policy_file)), since=since, until=until,
                           preview=preview)
     html_file.write_text(report.to_html(), encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,10 @@ from kernels import index_kernels as K
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BuildStats", "build_base", "build_state"]
+__all__ = ["STAGES", "BuildStats", "build_base", "build_state"]
+
+#: The stages of a build, in order: ``progress("index", k, len(STAGES))`` as each ends.
+STAGES = ("read", "validate", "h3", "sort", "gather", "tree")
 
 
 @dataclass(frozen=True)
@@ -36,18 +40,26 @@ class BuildStats:
 
 
 def build_state(cameras: TableSource, owners: TableSource | None, events: TableSource | None,
-                config: IndexConfig) -> tuple[State, BuildStats]:
+                config: IndexConfig, progress: Callable[[str, int, int], None] | None = None
+                ) -> tuple[State, BuildStats]:
     """Validate the tables (Arrow tables, (Geo)Parquet paths or (Geo)DataFrames) and build the state of a new
     index, with no delta. Bad rows raise :class:`~dispatcher.errors.InvalidData` naming them; nothing is built
-    then."""
+    then. ``progress``, when given, is called at the start and as each of the :data:`STAGES` ends."""
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
 
     def lap(name: str, t: float) -> float:
         now = time.perf_counter()
         stages[name] = now - t
+        tick()
         return now
 
+    def tick() -> None:
+        if progress is not None:
+            progress("index", len(stages) + len(base_stages), len(STAGES))
+
+    base_stages: dict[str, float] = {}
+    tick()
     t = t_start
     cam_table = as_table(cameras, "cameras")
     owner_table = as_table(owners, "owners")
@@ -63,7 +75,7 @@ def build_state(cameras: TableSource, owners: TableSource | None, events: TableS
     else:
         ev_row, ev_ts = EMPTY_I64, EMPTY_I32
     t = lap("validate", t)
-    base, base_stages = build_base(cols, ev_row, ev_ts, event_table is not None, optout, config)
+    base, _ = build_base(cols, ev_row, ev_ts, event_table is not None, optout, config, base_stages, tick)
     stages.update(base_stages)
     stats = BuildStats(cameras=len(cols), leaves=int(base.tree.leaves.sum()), nodes=base.tree.n_nodes,
                        seconds=time.perf_counter() - t_start, stages=stages)
@@ -72,23 +84,29 @@ def build_state(cameras: TableSource, owners: TableSource | None, events: TableS
 
 
 def build_base(cols: CameraColumns, ev_row: np.ndarray, ev_ts: np.ndarray, has_events: bool,
-               optout: np.ndarray, config: IndexConfig) -> tuple[Base, dict[str, float]]:
-    """The base over validated columns (events as rows of ``cols``), and the seconds each stage took."""
-    stages: dict[str, float] = {}
+               optout: np.ndarray, config: IndexConfig, stages: dict[str, float] | None = None,
+               tick: Callable[[], None] = lambda: None) -> tuple[Base, dict[str, float]]:
+    """The base over validated columns (events as rows of ``cols``), and the seconds each stage took, recorded
+    into ``stages`` when given; ``tick()`` as each stage ends."""
+    stages = {} if stages is None else stages
     t = time.perf_counter()
     if len(cols) == 0:
         raise InvalidData("cameras: the table is empty; an index needs at least one camera")
     check_unique(cols.camera_id, "cameras.camera_id")
     cells = h3x.latlng_to_cell(cols.lat, cols.lng, config.finest_res)
     stages["h3"] = time.perf_counter() - t
+    tick()
     t = time.perf_counter()
     order = sort_order(cells, config.finest_res)
     stages["sort"] = time.perf_counter() - t
+    tick()
     t = time.perf_counter()
     sorted_cells = K.gather(cells, order)
     base_cols = columns_from(cols, order, ev_row, ev_ts, has_events, optout)
     stages["gather"] = time.perf_counter() - t
+    tick()
     t = time.perf_counter()
     tree = build_tree(sorted_cells, base_cols.xy, config)
     stages["tree"] = time.perf_counter() - t
+    tick()
     return Base(base_cols, tree), stages

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,18 +63,20 @@ class CameraIndex:
 
     @classmethod
     def build(cls, cameras: TableSource, owners: TableSource | None = None, events: TableSource | None = None, *,
-              config: IndexConfig | None = None) -> CameraIndex:
+              config: IndexConfig | None = None, progress: Callable[[str, int, int], None] | None = None
+              ) -> CameraIndex:
         """Validate the tables and build an index. Each is an Arrow table, a Parquet path or a pandas DataFrame;
         the cameras' points are ``lat``/``lng`` columns or one geometry column of WGS84 points (GeoParquet, a
         GeoArrow column, a GeoDataFrame). Bad rows raise :class:`~dispatcher.errors.InvalidData` naming them;
-        nothing is built then."""
+        nothing is built then. ``progress(stage, done, total)``, when given, follows the build's stages."""
         config = config or IndexConfig()
-        state, stats = build_state(cameras, owners, events, config)
+        state, stats = build_state(cameras, owners, events, config, progress)
         return cls(state, config, stats)
 
     @classmethod
     def from_parquet(cls, directory: str | Path, *, config: IndexConfig | None = None,
-                     with_events: bool = True) -> CameraIndex:
+                     with_events: bool = True, progress: Callable[[str, int, int], None] | None = None
+                     ) -> CameraIndex:
         """Build from a directory holding ``cameras.parquet`` (plain or GeoParquet) and optionally
         ``owners.parquet`` and ``events.parquet`` (the layout ``geodispatch generate`` writes)."""
         d = Path(directory)
@@ -83,7 +85,7 @@ class CameraIndex:
         owners = d / "owners.parquet"
         events = d / "events.parquet"
         return cls.build(d / "cameras.parquet", owners if owners.exists() else None,
-                         events if with_events and events.exists() else None, config=config)
+                         events if with_events and events.exists() else None, config=config, progress=progress)
 
     # ------------------------------------------------------------------------------------------ querying
 
@@ -158,10 +160,11 @@ class CameraIndex:
 
     # ------------------------------------------------------------------------------------------ persistence
 
-    def save(self, path: str | Path) -> Path:
-        """Merge pending updates and write the index to directory ``path`` (created; must not hold an index)."""
+    def save(self, path: str | Path, *, replace: bool = False) -> Path:
+        """Merge pending updates and write the index to directory ``path`` (created; must not hold an index,
+        unless ``replace``: the index there is then replaced, and processes that opened it keep the old one)."""
         self.merge()
-        return save_state(self._state, self.config, path)
+        return save_state(self._state, self.config, path, replace=replace)
 
     @classmethod
     def open(cls, path: str | Path, *, warm_up: bool = True) -> CameraIndex:

@@ -164,10 +164,12 @@ def consume(redis_url: str, outbox: str, consumers: int, group: str, min_idle_ms
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+    clients = [connect(settings) for _ in range(consumers)]
+    clients[0].ping()  # a Redis that is not there is said before the outbox is made
     sender = OutboxSender(outbox)
     name = f"{os.uname().nodename}-{os.getpid()}"
-    workers = [Consumer(connect(settings), f"{name}-{k}", sender, group=group, settings=settings,
-                        min_idle_ms=min_idle_ms) for k in range(consumers)]
+    workers = [Consumer(client, f"{name}-{k}", sender, group=group, settings=settings, min_idle_ms=min_idle_ms)
+               for k, client in enumerate(clients)]
     workers[0].ensure_group()
     threads = [threading.Thread(target=c.run, args=(stop,), name=c.name) for c in workers]
     for t in threads:

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import orjson
 import redis
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
 
 from dispatcher.connections import Prepacked, is_transient, with_retries
 from dispatcher.dispatch.settings import QueueSettings
@@ -165,22 +167,28 @@ class Worker:
             return self._isolated(cmds[:mid], now) + self._isolated(cmds[mid:], now)
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
-        """``fn()`` until it passes Redis trouble: bounded retries with backoff, then again after a pause, for as
-        long as the worker is not asked to stop (the entries in hand are never given up to a blip)."""
-        warned = False
-        while True:
-            try:
-                return with_retries(self.queue, what, fn)
-            except Exception as exc:
-                if _nogroup(exc):
+        """``fn()`` until it passes Redis trouble: :func:`with_retries`' bounded retries with backoff, then again
+        after a pause (redis-py's ``Retry`` with no bound), for as long as the worker is not asked to stop (the
+        entries in hand are never given up to a blip); the wait is logged once. A consumer group gone (Redis came
+        back empty) is created again at once."""
+        def attempt() -> T:
+            while True:
+                try:
+                    return with_retries(self.queue, what, fn)
+                except redis.ResponseError as exc:
+                    if not _nogroup(exc):
+                        raise
                     self._ensure_groups()
-                    continue
-                if not is_transient(exc) or (self._stop is not None and self._stop.is_set()):
-                    raise
-                if not warned:
-                    log.warning("%s: Redis unavailable during %s (%s); waiting for it", self.name, what, exc)
-                    warned = True
-                time.sleep(min(self.queue.backoff_max, 0.5))
+
+        def waiting(exc: Exception, failures: int) -> None:
+            if failures == 1:
+                log.warning("%s: Redis unavailable during %s (%s); waiting for it", self.name, what, exc)
+
+        def worth_waiting(exc: Exception) -> bool:
+            return is_transient(exc) and not (self._stop is not None and self._stop.is_set())
+
+        wait = Retry(ConstantBackoff(min(self.queue.backoff_max, 0.5)), -1, supported_errors=(Exception,))
+        return wait.call_with_retry(attempt, waiting, is_retryable=worth_waiting, with_failure_count=True)
 
     # ------------------------------------------------------------------------------------------- the loop
 
