@@ -116,3 +116,31 @@ class Keys:
     def api_key_ids(self) -> str:
         """Key id -> digest, for revoking a key by the id the operator was shown."""
         return self._key("apikeys", "ids")
+
+    # -- evidence: clips, shares (the chain of custody) and public posts ---------------------------------
+    def clip(self, clip_id: str) -> str:
+        """One clip: its record (``meta``, JSON) and its bytes (``data``)."""
+        return self._key("clip", clip_id)
+
+    def owner_clips(self, owner_id: int | str) -> str:
+        """One owner's clip ids by recorded start (µs)."""
+        return self._key("clips", "owner", str(owner_id))
+
+    def shares(self, request_id: str) -> str:
+        """The custody records of a request's shared clips: share id -> JSON."""
+        return self._key("shares", request_id)
+
+    @property
+    def posts(self) -> str:
+        """Public posts: post id -> JSON."""
+        return self._key("posts")
+
+    def post_cells(self, res: int) -> str:
+        """The public posts placed at H3 resolution ``res``: members ``<cell, 16 hex digits>:<post id>``, all at
+        score 0, so one H3 cell's descendants are one lexicographic range."""
+        return self._key("posts", "cells", str(res))
+
+    @property
+    def evidence_secret(self) -> str:
+        """The server secret of the sharers' per-request references and the share ids (made once)."""
+        return self._key("evidence", "secret")
