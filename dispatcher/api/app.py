@@ -362,6 +362,9 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
             _move(lambda: wf.reject(request_id, me, backend.clock(), body.reason))
             return {"request_id": request_id, "status": wf.state(request_id)}
 
+    from dispatcher.api.evidence import evidence_router  # it imports this module's errors
+
+    app.include_router(evidence_router(backend, agency, principal, s.list_limit))
     app.add_middleware(_BodyLimit, limit=s.body_limit)
     return app
 

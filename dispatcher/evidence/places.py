@@ -18,9 +18,8 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from dispatcher.errors import InvalidResolution
-from dispatcher.geo import h3 as h3x
 
-__all__ = ["COARSEST_POST_RES", "POST_RES", "POST_RESOLUTIONS", "jurisdiction_ranges", "post_cell"]
+__all__ = ["COARSEST_POST_RES", "POST_RES", "POST_RESOLUTIONS", "in_jurisdiction", "jurisdiction_ranges", "post_cell"]
 
 POST_RES = 8
 COARSEST_POST_RES = 4
@@ -35,12 +34,10 @@ def check_post_res(res: object) -> int:
 
 
 def post_cell(lng: float, lat: float, res: int = POST_RES) -> int:
-    """The H3 cell at ``res`` (:data:`COARSEST_POST_RES`..:data:`POST_RES`) holding the point."""
+    """The H3 cell at ``res`` (:data:`COARSEST_POST_RES`..:data:`POST_RES`) holding the point: the ancestor of
+    its res-8 cell. One point: h3-py's scalar call (microseconds), not our array kernels (a parallel launch)."""
     res = check_post_res(res)
-    cell = h3x.latlng_to_cell(np.asarray([lat]), np.asarray([lng]), POST_RES)
-    if res < POST_RES:
-        cell = h3x.cell_to_parent(cell, res)
-    return int(cell[0])
+    return int(h3i.cell_to_parent(h3i.latlng_to_cell(lat, lng, POST_RES), res))
 
 
 def jurisdiction_ranges(jurisdiction: BaseGeometry, res: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,9 +54,19 @@ def _ranges(wkb: bytes, res: int) -> tuple[np.ndarray, np.ndarray]:
     if not cells:
         empty = np.zeros(0, np.uint64)
         return empty, empty
-    lo, hi = h3x.cell_to_children_range(np.asarray(cells, dtype=np.uint64), res)
-    order = np.argsort(lo)  # compacted cells of several resolutions: their integers are not in their ranges' order
-    lo, hi = lo[order], hi[order]
+    # a cell's first and last child at ``res`` (positions 0 and n - 1, digits all 0 and all 6) are the lowest and
+    # highest of its descendants' indexes; compacted cells mix resolutions, so their ranges are sorted after
+    ranges = sorted((h3i.child_pos_to_cell(c, res, 0), h3i.child_pos_to_cell(c, res, h3i.cell_to_children_size(c, res)
+                                                                            - 1)) for c in cells)
+    lo = np.asarray([r[0] for r in ranges], dtype=np.uint64)
+    hi = np.asarray([r[1] for r in ranges], dtype=np.uint64)
     lo.setflags(write=False)
     hi.setflags(write=False)
     return lo, hi
+
+
+def in_jurisdiction(cell: int, res: int, jurisdiction: BaseGeometry) -> bool:
+    """Whether the res-``res`` cell is one of the jurisdiction's (its centre inside), by its ranges."""
+    lo, hi = jurisdiction_ranges(jurisdiction, res)
+    k = int(np.searchsorted(lo, np.uint64(cell), side="right")) - 1
+    return k >= 0 and cell <= int(hi[k])
