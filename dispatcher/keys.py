@@ -80,6 +80,11 @@ class Keys:
     def request_ids(self) -> str:
         return self._key("reqids")
 
+    @property
+    def submitted(self) -> str:
+        """The requests awaiting review, by submission time (the reviewers' queue)."""
+        return self._key("submitted")
+
     def agency_requests(self, agency_id: str) -> str:
         """An agency's requests by submission time (for the rate limit)."""
         return self._key("agency", agency_id)

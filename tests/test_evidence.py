@@ -76,7 +76,9 @@ def world(request: pytest.FixtureRequest, index: CameraIndex, tmp_path) -> Itera
              else {"redis_url": request.getfixturevalue("redis_server").url})
     b = open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
                      **where)  # type: ignore[arg-type]
-    b.pipeline.run([Submit(body(), agency="il-chicago"), Submit(body(request_id="r2"), agency="il-chicago")], NOW)
+    at = {"submitted_at": NOW.isoformat()}
+    b.pipeline.run([Submit({**body(), **at}, agency="il-chicago"),
+                    Submit({**body(request_id="r2"), **at}, agency="il-chicago")], NOW)
     b.workflow.approve(RID, "rev", NOW)
     assert b.pipeline.run([Dispatch(RID)], NOW)[0].status == "dispatched"
     rs = index.resolve(V.area, V.start, V.end, now=NOW)
