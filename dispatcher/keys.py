@@ -141,8 +141,8 @@ class Keys:
         return self._key("posts")
 
     def post_cells(self, res: int) -> str:
-        """The public posts placed at H3 resolution ``res``: members ``<cell, 16 hex digits>:<post id>``, all at
-        score 0, so one H3 cell's descendants are one lexicographic range."""
+        """The public posts placed at H3 resolution ``res``: members ``<cell>:<recorded start µs>:<post id>`` (the
+        first two in fixed-width hex), all at score 0, so one H3 cell's descendants are one lexicographic range."""
         return self._key("posts", "cells", str(res))
 
     @property

@@ -15,7 +15,7 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.evidence.model import Clip, Post, us
 from dispatcher.evidence.store import CameraDirectory, EvidenceRules, ShareRow
 from dispatcher.keys import Keys
-from dispatcher.workflow.store import Store
+from dispatcher.workflow.store import Store, pipelined
 
 __all__ = ["RedisEvidence"]
 
@@ -41,13 +41,7 @@ class RedisEvidence(EvidenceRules):
         return with_retries(self.settings, what, fn)
 
     def _batch(self, what: str, build: Callable[[Any], object], transaction: bool = False) -> list[Any]:
-        """One round trip of the commands ``build`` queues (built anew for each attempt); a MULTI/EXEC with
-        ``transaction``."""
-        def run() -> list[Any]:
-            pipe = self.r.pipeline(transaction=transaction)
-            build(pipe)
-            return list(pipe.execute())
-        return self._call(what, run)
+        return pipelined(self.r, self.settings, what, build, transaction)
 
     def _load_secret(self, fresh: bytes) -> bytes:
         key = self.k.evidence_secret
@@ -89,7 +83,7 @@ class RedisEvidence(EvidenceRules):
             p.hsetnx(self.k.posts, post.post_id, fresh)
             # indexed in the same step; a member whose cell is not its post's (the clip was posted first at
             # another resolution) is passed over when read
-            p.zadd(self.k.post_cells(post.res), {f"{post.cell:016x}:{post.post_id}": 0})
+            p.zadd(self.k.post_cells(post.res), {_member(post): 0})
             p.hget(self.k.posts, post.post_id)
         return Post.from_record(orjson.loads(self._batch("post", build, transaction=True)[2]))
 
@@ -100,15 +94,23 @@ class RedisEvidence(EvidenceRules):
         rec = orjson.loads(got)
         return Post.from_record(rec), str(rec["clip_id"])
 
-    def _posts_in_ranges(self, res: int, lo: np.ndarray, hi: np.ndarray) -> list[Post]:
+    def _posts_in_ranges(self, res: int, lo: np.ndarray, hi: np.ndarray, start_from_us: int, start_to_us: int
+                         ) -> list[Post]:
         key = self.k.post_cells(res)
         # ':' < ';': every member of cell c sorts inside [c: .. c;]
         members = self._batch("posts", lambda p: [p.zrangebylex(key, f"[{a:016x}:", f"[{b:016x};")
                                                   for a, b in zip(lo.tolist(), hi.tolist(), strict=True)])
-        found = [m.decode().partition(":") for got in members for m in got]
+        found = [m.decode().split(":") for got in members for m in got]
+        found = [f for f in found if start_from_us <= int(f[1], 16) <= start_to_us]  # the time, from the member
         if not found:
             return []
         recs = self._call("posts", lambda: self.r.hmget(self.k.posts, [f[2] for f in found]))
         posts = [(Post.from_record(orjson.loads(r)), int(f[0], 16)) for r, f in zip(recs, found, strict=True)
                  if r is not None]
         return [p for p, cell in posts if p.cell == cell and p.res == res]
+
+
+def _member(post: Post) -> str:
+    """A post's member in its resolution's sorted set: cell, recorded start (µs, from 1970) and id, in fixed-width
+    hex, so that members sort by cell and a cell's descendants are one lexicographic range."""
+    return f"{post.cell:016x}:{us(post.start):014x}:{post.post_id}"

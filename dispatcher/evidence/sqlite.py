@@ -29,7 +29,7 @@ CREATE INDEX IF NOT EXISTS shares_request ON shares (request_id);
 CREATE TABLE IF NOT EXISTS posts (post_id TEXT PRIMARY KEY, clip_id TEXT NOT NULL, res INTEGER NOT NULL,
     cell INTEGER NOT NULL, start_us INTEGER NOT NULL, end_us INTEGER NOT NULL, posted_us INTEGER NOT NULL,
     sha256 TEXT NOT NULL, size INTEGER NOT NULL, media_type TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS posts_cell ON posts (res, cell);
+CREATE INDEX IF NOT EXISTS posts_cell ON posts (res, cell, start_us);
 """
 _CLIP_COLUMNS = "clip_id, camera_id, owner_id, start_us, end_us, sha256, size, media_type"
 _POST_COLUMNS = "post_id, cell, res, start_us, end_us, posted_us, sha256, size, media_type"
@@ -120,12 +120,14 @@ class SqliteEvidence(EvidenceRules):
                                    (post_id,)).fetchone()
         return None if row is None else (_post(row), str(row[-1]))
 
-    def _posts_in_ranges(self, res: int, lo: np.ndarray, hi: np.ndarray) -> list[Post]:
+    def _posts_in_ranges(self, res: int, lo: np.ndarray, hi: np.ndarray, start_from_us: int, start_to_us: int
+                         ) -> list[Post]:
         out: list[Post] = []
+        q = (f"SELECT {_POST_COLUMNS} FROM posts WHERE res=? AND cell BETWEEN ? AND ? "
+             "AND start_us BETWEEN ? AND ?")  # the time is tested in the index, only matches are read
         with self._lock:
             for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
-                out.extend(_post(r) for r in self._db.execute(
-                    f"SELECT {_POST_COLUMNS} FROM posts WHERE res=? AND cell BETWEEN ? AND ?", (res, a, b)))
+                out.extend(_post(r) for r in self._db.execute(q, (res, a, b, start_from_us, start_to_us)))
         return out
 
 

@@ -129,8 +129,10 @@ class EvidenceRules:
     def _post(self, post_id: str) -> tuple[Post, str] | None:
         raise NotImplementedError
 
-    def _posts_in_ranges(self, res: int, lo: np.ndarray, hi: np.ndarray) -> list[Post]:
-        """The posts at ``res`` whose cell lies in one of the inclusive ranges."""
+    def _posts_in_ranges(self, res: int, lo: np.ndarray, hi: np.ndarray, start_from_us: int, start_to_us: int
+                         ) -> list[Post]:
+        """The posts at ``res`` whose cell lies in one of the inclusive ranges and whose recorded start lies in
+        ``[start_from_us, start_to_us]`` (decided from the index, before any post is read)."""
         raise NotImplementedError
 
     # -- the rules ---------------------------------------------------------------------------------------
@@ -247,11 +249,12 @@ class EvidenceRules:
         """The public posts whose cell's centre lies in ``jurisdiction`` and whose recorded time overlaps
         ``[start, end]``, by recorded start, at most ``limit``: read through the cell index, range by range."""
         s, e = _window(start, end)
+        first = us(s) - self.max_clip_seconds * 1_000_000  # a clip is at most that long
         out: list[Post] = []
         for res in POST_RESOLUTIONS:
             lo, hi = jurisdiction_ranges(jurisdiction, res)
             if lo.shape[0]:
-                out.extend(p for p in self._posts_in_ranges(res, lo, hi) if p.end >= s and p.start <= e)
+                out.extend(p for p in self._posts_in_ranges(res, lo, hi, first, us(e)) if p.end >= s)
         return sorted(out, key=lambda p: (p.start, p.post_id))[:limit]
 
     def open_post(self, post_id: str) -> tuple[Post, bytes]:

@@ -336,6 +336,17 @@ return out
 """
 
 
+def pipelined(client: Any, settings: QueueSettings, what: str, build: Callable[[Any], object],
+              transaction: bool = False) -> list[Any]:
+    """One pipelined round trip of the commands ``build`` queues (a MULTI/EXEC with ``transaction``), built anew
+    for each attempt of the retry policy (every step queued must be safe to run again)."""
+    def run() -> list[Any]:
+        pipe = client.pipeline(transaction=transaction)
+        build(pipe)
+        return list(pipe.execute())
+    return with_retries(settings, what, run)
+
+
 class RedisStore:
     """The shared store: the same behaviour as :class:`SqliteStore`, on Redis. Takes the client as an argument."""
 
@@ -359,13 +370,7 @@ class RedisStore:
         return with_retries(self.settings, what, fn)
 
     def _batch(self, what: str, build: Callable[[Any], None]) -> list[Any]:
-        """One pipelined round trip of the commands ``build`` queues, built anew for each attempt (every step
-        queued here is safe to run again)."""
-        def run() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
-            build(pipe)
-            return list(pipe.execute())
-        return self._call(what, run)
+        return pipelined(self.r, self.settings, what, build)
 
     def has_request(self, request_id: str) -> bool:
         return bool(self._call("has_request", lambda: self.r.exists(self.k.request(request_id))))
