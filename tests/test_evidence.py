@@ -233,6 +233,12 @@ def test_the_agencys_records_name_no_owner_camera_or_place(world: World) -> None
     for r in records:
         assert not secrets_of & {str(v) for v in r.values()}
         assert not any(s in r["shared_by"] or s in r["share_id"] for s in secrets_of if len(s) > 3)
+    # the reference is per request: the same resident sharing for another request is not linkable by it
+    world.backend.workflow.approve("il-chicago:r2", "rev", NOW)
+    assert world.backend.pipeline.run([Dispatch("il-chicago:r2")], NOW)[0].status == "dispatched"
+    world.ev.share("il-chicago:r2", a, [_add(world, a).clip_id], NOW)
+    (other,) = world.ev.shared_for("il-chicago:r2")
+    assert other.shared_by not in {r["shared_by"] for r in records}
     # the record type itself refuses an identifying value
     r0 = world.ev.shared_for(RID)[0]
     for bad in (str(a), f"owner-{a}", "0" * 23 + "G"):
