@@ -188,7 +188,7 @@ def test_share_refusals_change_nothing(world: World) -> None:
         ("il-chicago:r2", a, [mine.clip_id], ShareRefused),            # submitted, not approved
         ("il-chicago:nosuch", a, [mine.clip_id], UnknownRequest),
         (RID, a, [], InvalidClip), (RID, a, mine.clip_id, InvalidClip), (RID, a, ["x"] * 101, InvalidClip),
-        (RID, a, [7], InvalidClip), (RID, "a", [mine.clip_id], InvalidClip),
+        (RID, a, [7], InvalidClip), (RID, "a", [mine.clip_id], InvalidClip), (RID, a, 5, InvalidClip),
     ]
     for rid, owner, clips, error in cases:
         with pytest.raises(error):

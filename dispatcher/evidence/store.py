@@ -27,7 +27,7 @@ import numpy as np
 from shapely.geometry.base import BaseGeometry
 
 from dispatcher.errors import EvidenceTampered, InvalidClip, InvalidData, ShareRefused, UnknownClip, UnknownRequest
-from dispatcher.evidence.model import MEDIA_TYPE_RE, Clip, Post, Share, SharedClip, opaque_id, us, utc
+from dispatcher.evidence.model import MEDIA_TYPE_RE, Clip, Post, Share, SharedClip, from_us, opaque_id, us, utc
 from dispatcher.evidence.places import POST_RES, POST_RESOLUTIONS, check_post_res, jurisdiction_ranges, post_cell
 from dispatcher.workflow.review import APPROVED, DISPATCHED, MAX_CLIPS
 from dispatcher.workflow.store import Store
@@ -174,7 +174,7 @@ class EvidenceRules:
         """Share the owner's clips with the agency of ``request_id`` (the stored, scoped id); all or none."""
         owner = _int_id(owner_id, "owner_id")
         at = utc(now, "now")
-        if isinstance(clip_ids, str) or not 0 < len(clip_ids) <= MAX_CLIPS \
+        if not isinstance(clip_ids, Sequence) or isinstance(clip_ids, str) or not 0 < len(clip_ids) <= MAX_CLIPS \
                 or not all(type(c) is str for c in clip_ids):
             raise InvalidClip(f"share 1 to {MAX_CLIPS} clip ids")
         got = self.requests.get_request(request_id) if isinstance(request_id, str) else None
@@ -197,13 +197,12 @@ class EvidenceRules:
         rows = [(opaque_id(self._secret, "share", request_id, cid), cid, sharer, us(at)) for cid in wanted]
         self._put_shares(request_id, rows)
         kept = {r[0]: r for r in self._shares(request_id)}  # a clip shared before keeps its first record
-        return [Share(sid, request_id, kept[sid][1], datetime.fromtimestamp(kept[sid][3] / 1e6, at.tzinfo))
-                for sid, *_ in rows]
+        return [Share(sid, request_id, kept[sid][1], from_us(kept[sid][3])) for sid, *_ in rows]
 
     def _custody(self, request_id: str, rows: Sequence[ShareRow]) -> list[SharedClip]:
         clips = self._clips([r[1] for r in rows])
         return [SharedClip(sid, request_id, c.sha256, c.size, c.media_type, c.start, c.end,
-                           datetime.fromtimestamp(at / 1e6, c.start.tzinfo), sharer)
+                           from_us(at), sharer)
                 for (sid, _, sharer, at), c in zip(rows, clips, strict=True) if c is not None]
 
     def shared_for(self, request_id: str) -> list[SharedClip]:
