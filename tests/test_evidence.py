@@ -326,3 +326,36 @@ def test_the_store_lives_in_the_workflow_file(world: World) -> None:
     assert again.clips_of(a, V.start, V.end) == [clip]
     assert again.share(RID, a, [clip.clip_id], NOW + timedelta(days=1)) == [share]
     assert again.shared_for(RID) == world.ev.shared_for(RID)
+
+
+@pytest.mark.redis
+def test_an_agencys_redis_user_cannot_reach_the_evidence_keys(redis_server, index: CameraIndex) -> None:
+    """Deployed with per-agency Redis ACL users (issue 14), an agency's connection gets NOPERM on every evidence
+    key: clips and their bytes, an owner's clip list, custody records, posts, the secret."""
+    import redis
+
+    from dispatcher.service.acl import set_agency
+    from dispatcher.workflow.store import RedisStore
+
+    with redis_server.client() as admin:
+        set_agency(admin, "user-chicago", "pw-chicago-0123456789", "il-chicago")
+        store = RedisStore(admin)
+        ev = RedisEvidence(admin, index, store)
+        rs = index.resolve(V.area, V.start, V.end, now=NOW)
+        owner = int(rs.owner_ids[0])
+        clip = ev.add_clip(owner, int(rs.cameras_of(owner)[0]), *IN, b"bytes", MP4)
+        ev.post(owner, clip.clip_id, NOW)
+        k = ev.k
+        keys = [k.clip(clip.clip_id), k.owner_clips(owner), k.shares(RID), k.posts, k.post_cells(POST_RES),
+                k.evidence_secret]
+        assert all(admin.exists(x) for x in keys if x != k.shares(RID))
+    agency = redis.Redis(host="127.0.0.1", port=redis_server.port, username="user-chicago",
+                         password="pw-chicago-0123456789")
+    try:
+        for key in keys:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                agency.type(key)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            RedisEvidence(agency, index, RedisStore(agency)).clips_of(owner, V.start, V.end)
+    finally:
+        agency.close()
