@@ -16,10 +16,12 @@ from dispatcher.errors import (
     AgencyFileMissing,
     DispatchConflict,
     DispatchError,
+    EvidenceTampered,
     IndexFormatError,
     InvalidArea,
     InvalidCell,
     InvalidChoice,
+    InvalidClip,
     InvalidCoordinates,
     InvalidData,
     InvalidIndexSettings,
@@ -36,11 +38,14 @@ from dispatcher.errors import (
     QueueUnavailable,
     ReleaseStoreError,
     RequestRejected,
+    ShareRefused,
     UnknownAgency,
     UnknownCamera,
+    UnknownClip,
     UnknownRequest,
     WorkerFailed,
 )
+from dispatcher.evidence import Clip, EvidenceStore, Post, RedisEvidence, Share, SharedClip, SqliteEvidence
 from dispatcher.geo.area import Area
 from dispatcher.index import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, CameraIndex, IndexConfig, RecipientSet
 from dispatcher.keys import Keys
@@ -64,10 +69,12 @@ __all__ = [
     "AgencyFileMissing",
     "DispatchConflict",
     "DispatchError",
+    "EvidenceTampered",
     "IndexFormatError",
     "InvalidArea",
     "InvalidCell",
     "InvalidChoice",
+    "InvalidClip",
     "InvalidCoordinates",
     "InvalidData",
     "InvalidIndexSettings",
@@ -84,8 +91,10 @@ __all__ = [
     "QueueUnavailable",
     "ReleaseStoreError",
     "RequestRejected",
+    "ShareRefused",
     "UnknownAgency",
     "UnknownCamera",
+    "UnknownClip",
     "UnknownRequest",
     "WorkerFailed",
     # geo
@@ -119,6 +128,14 @@ __all__ = [
     "Views",
     "Workflow",
     "validate",
+    # evidence
+    "Clip",
+    "EvidenceStore",
+    "Post",
+    "RedisEvidence",
+    "Share",
+    "SharedClip",
+    "SqliteEvidence",
     # dispatch
     "AdmitAll",
     "Consumer",

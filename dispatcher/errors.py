@@ -143,3 +143,21 @@ class InvalidApiSettings(DispatchError, ValueError):
 
 class MissingDependency(DispatchError, ImportError):
     """An optional library that a call needs is not installed (GeoDataFrames need geopandas: the ``geo`` extra)."""
+
+
+class InvalidClip(DispatchError, ValueError):
+    """A clip refused at ingest: empty or larger than the limit, a naive or reversed recorded time, a media type
+    that is not ``video/...`` or ``image/...``, or a camera that is not the owner's."""
+
+
+class UnknownClip(DispatchError, KeyError):
+    """A clip, share or public post id the evidence store does not hold (or not for this caller)."""
+
+
+class ShareRefused(DispatchError, PermissionError):
+    """A share the platform refuses, with nothing recorded: a clip that is not the owner's, recorded outside the
+    request's window, a request not approved or dispatched, or an owner who was not one of its recipients."""
+
+
+class EvidenceTampered(DispatchError, OSError):
+    """A stored clip whose bytes no longer have the SHA-256 recorded at ingest: never served."""

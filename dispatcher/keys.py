@@ -80,6 +80,11 @@ class Keys:
     def request_ids(self) -> str:
         return self._key("reqids")
 
+    @property
+    def submitted(self) -> str:
+        """The requests awaiting review, by submission time (the reviewers' queue)."""
+        return self._key("submitted")
+
     def agency_requests(self, agency_id: str) -> str:
         """An agency's requests by submission time (for the rate limit)."""
         return self._key("agency", agency_id)
@@ -116,3 +121,31 @@ class Keys:
     def api_key_ids(self) -> str:
         """Key id -> digest, for revoking a key by the id the operator was shown."""
         return self._key("apikeys", "ids")
+
+    # -- evidence: clips, shares (the chain of custody) and public posts ---------------------------------
+    def clip(self, clip_id: str) -> str:
+        """One clip: its record (``meta``, JSON) and its bytes (``data``)."""
+        return self._key("clip", clip_id)
+
+    def owner_clips(self, owner_id: int | str) -> str:
+        """One owner's clip ids by recorded start (µs)."""
+        return self._key("clips", "owner", str(owner_id))
+
+    def shares(self, request_id: str) -> str:
+        """The custody records of a request's shared clips: share id -> JSON."""
+        return self._key("shares", request_id)
+
+    @property
+    def posts(self) -> str:
+        """Public posts: post id -> JSON."""
+        return self._key("posts")
+
+    def post_cells(self, res: int) -> str:
+        """The public posts placed at H3 resolution ``res``: members ``<cell>:<recorded start µs>:<post id>`` (the
+        first two in fixed-width hex), all at score 0, so one H3 cell's descendants are one lexicographic range."""
+        return self._key("posts", "cells", str(res))
+
+    @property
+    def evidence_secret(self) -> str:
+        """The server secret of the sharers' per-request references and the share ids (made once)."""
+        return self._key("evidence", "secret")

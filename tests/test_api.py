@@ -53,9 +53,10 @@ def _registry() -> AgencyRegistry:
 
 
 def body(**kw: object) -> dict:
-    """A valid request of the Chicago agency as JSON."""
+    """A valid request of the Chicago agency as an agency sends it: every field but the submission time, which
+    is the server's."""
     r = request(**kw)
-    d = {f: getattr(r, f) for f in r.__dataclass_fields__}
+    d = {f: getattr(r, f) for f in r.__dataclass_fields__ if f != "submitted_at"}
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in d.items()}
 
 
@@ -365,7 +366,7 @@ def test_the_api_command_serves_until_sigterm(world, tmp_path) -> None:
                 time.sleep(0.2)
         now = datetime.now(timezone.utc).replace(microsecond=0)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/requests", headers={"Authorization": f"Bearer {key}"},
-                       json=body(submitted_at=now, start=now - timedelta(hours=5), end=now - timedelta(hours=3)),
+                       json=body(start=now - timedelta(hours=5), end=now - timedelta(hours=3)),
                        timeout=60)
         assert r.status_code == 202 and r.json()["status"] == "submitted", r.text
     finally:
@@ -386,4 +387,33 @@ def test_the_body_declares_exactly_the_fields_of_a_request() -> None:
     from dispatcher.api.app import Submission
     from dispatcher.workflow.requests import VideoRequest
 
-    assert set(Submission.model_fields) == {f.name for f in fields(VideoRequest)}
+    assert set(Submission.model_fields) == {f.name for f in fields(VideoRequest)} - {"submitted_at"}
+
+
+def test_the_submission_time_is_the_servers_clock(api: Api) -> None:
+    r = api.call("POST", "/v1/requests", api.chicago, json={**body(), "submitted_at": "2020-01-01T00:00:00Z"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "submitted_at"
+    assert api.requests() == []
+    assert api.call("POST", "/v1/requests", api.chicago, json=body()).status_code == 202
+    stored = api.backend.workflow.get("il-chicago:r1").request
+    assert stored.submitted_at == NOW  # the backend's clock (the fixture's), not anything the agency said
+
+
+def test_the_review_queue_reads_an_index_of_submitted_requests(api: Api) -> None:
+    for rid in ("r1", "r2", "r3"):
+        assert api.call("POST", "/v1/requests", api.chicago, json=body(request_id=rid)).status_code == 202
+    assert api.call("POST", "/v1/review/il-chicago:r2/reject", api.reviewer, json={"reason": "no"}).status_code == 200
+    assert api.call("POST", "/v1/review/il-chicago:r3/approve", api.reviewer).status_code == 200
+    store = api.backend.workflow.store
+    queue = api.call("GET", "/v1/review/queue", api.reviewer).json()["requests"]
+    assert [q["request_id"] for q in queue] == ["il-chicago:r1"] == store.submitted_ids(10)
+    assert store.submitted_ids(1) == ["il-chicago:r1"] and len(store.request_ids()) == 3
+    if hasattr(store, "_db"):  # SQLite: the query is answered from the (state, submitted) index
+        plan = " ".join(str(r) for r in store._db.execute(
+            "EXPLAIN QUERY PLAN SELECT request_id FROM requests WHERE state='submitted' "
+            "ORDER BY submitted_us, request_id LIMIT 5"))
+        assert "requests_state" in plan, plan
+    else:  # Redis: the sorted set holds exactly the submitted ones
+        assert store.r.zrange(store.k.submitted, 0, -1) == [b"il-chicago:r1"]
+    api.call("POST", "/v1/review/il-chicago:r1/approve", api.reviewer)
+    assert api.call("GET", "/v1/review/queue", api.reviewer).json() == {"requests": []} and store.submitted_ids(5) == []

@@ -31,7 +31,7 @@ from dispatcher.api.credentials import AGENCY, REVIEWER, Principal
 from dispatcher.connections import is_transient
 from dispatcher.errors import InvalidApiSettings, InvalidTransition, NotAuthenticated, NotPermitted, UnknownRequest
 from dispatcher.service.commands import submitters_outcome
-from dispatcher.workflow.pipeline import Dispatch, Outcome, Submit, scoped_id
+from dispatcher.workflow.pipeline import Dispatch, Submit, scoped_id
 from dispatcher.workflow.review import APPROVED, SUBMITTED
 
 __all__ = ["ApiSettings", "create_app"]
@@ -83,8 +83,9 @@ def _error(status: int, kind: str, message: str, field: str | None = None, extra
 
 
 class Submission(BaseModel):
-    """A video request as an agency sends it: the fields of the library's ``VideoRequest``, whose policy judges
-    every value; here only their JSON types are checked."""
+    """A video request as an agency sends it: the fields of the library's ``VideoRequest`` but its submission
+    time, which is the server's clock, never the body's; the policy judges every value, here only their JSON
+    types are checked."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
     request_id: str = Field(description="The agency's own id for the request (1-64 of A-Z a-z 0-9 - _).")
@@ -96,7 +97,6 @@ class Submission(BaseModel):
     area: dict[str, Any] = Field(description="A GeoJSON Polygon or MultiPolygon, lng/lat.")
     start: str = Field(description="ISO-8601 date-time with an offset.")
     end: str = Field(description="ISO-8601 date-time with an offset.")
-    submitted_at: str = Field(description="ISO-8601 date-time with an offset.")
 
 
 class Rejection(BaseModel):
@@ -236,10 +236,6 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
             raise NotPermitted("this endpoint is for reviewers")
         return who.name
 
-    def run(cmd: Submit | Dispatch) -> Outcome:
-        with backend.lock:
-            return backend.pipeline.run([cmd], backend.clock())[0]
-
     # -- handlers of errors: one JSON shape -------------------------------------------------------------
 
     @app.exception_handler(ApiError)
@@ -291,7 +287,10 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
     def submit_request(body: Submission, me: Annotated[str, Depends(agency)]) -> Any:
         """Submit a video request. 202 with its status (``submitted`` awaiting review, or further); 422 with the
         rule codes when the policy refuses it. Sending the same request again returns its status."""
-        outcome = run(Submit(body.model_dump(), agency=me))
+        now = backend.clock()  # the submission time: the server's, one instant with the time it is judged at
+        with backend.lock:
+            outcome = backend.pipeline.run([Submit({**body.model_dump(), "submitted_at": now.isoformat()},
+                                                   agency=me)], now)[0]
         seen = submitters_outcome(outcome, None, me)
         result = {"request_id": seen["request_id"], "status": seen["outcome"], "codes": list(seen["codes"])}
         if outcome.refused:
@@ -324,16 +323,15 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
 
     @app.get("/v1/review/queue", response_model=ReviewQueue, tags=["reviewers"], responses=_errors(401, 403, 503))
     def review_queue(_: Annotated[str, Depends(reviewer)]) -> Any:
-        """Requests awaiting review, oldest submission first."""
+        """Requests awaiting review, oldest submission first (from the store's index of submitted requests)."""
         with backend.lock:
             store = backend.workflow.store
-            ids = store.request_ids()
+            ids = store.submitted_ids(s.list_limit)
             found = store.lookup(ids, [])[0]
         fields = ("agency_id", "case_number", "incident_type", "submitted_at", "start", "end", "area_sq_mi")
         queue = [{"request_id": r, **{k: got[1][k] for k in fields}}
                  for r, got in zip(ids, found, strict=True) if got is not None and got[0] == SUBMITTED]
-        queue.sort(key=lambda q: (q["submitted_at"], q["request_id"]))
-        return {"requests": queue[:s.list_limit]}
+        return {"requests": queue}
 
     @app.post("/v1/review/{request_id}/approve", response_model=ReviewResult, tags=["reviewers"],
               responses=_errors(401, 403, 404, 409, 422, 503))
@@ -362,6 +360,9 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
             _move(lambda: wf.reject(request_id, me, backend.clock(), body.reason))
             return {"request_id": request_id, "status": wf.state(request_id)}
 
+    from dispatcher.api.evidence import evidence_router  # it imports this module's errors
+
+    app.include_router(evidence_router(backend, agency, principal, s.list_limit))
     app.add_middleware(_BodyLimit, limit=s.body_limit)
     return app
 

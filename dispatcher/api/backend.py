@@ -1,8 +1,8 @@
 """What the HTTP front door runs on: the library's pipeline, its workflow store and sink, and the API keys.
 
-Embedded (the default, no server): the SQLite workflow store, the local notification sink and the key table in
-one file. With a Redis URL: :class:`RedisStore`, :class:`RedisSink` and :class:`RedisCredentials` on that Redis
-(queue settings in the URL's query apply, as everywhere).
+Embedded (the default, no server): the SQLite workflow store, the local notification sink, the key table and the
+evidence store in one file. With a Redis URL: :class:`RedisStore`, :class:`RedisSink`, :class:`RedisCredentials`
+and :class:`RedisEvidence` on that Redis (queue settings in the URL's query apply, as everywhere).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink
 from dispatcher.errors import InvalidQueueSettings
+from dispatcher.evidence import EvidenceStore, RedisEvidence, SqliteEvidence
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.pipeline import Pipeline
@@ -44,6 +45,8 @@ class Backend:
     clock: Callable[[], datetime] = _utc_now
     lock: threading.Lock = field(default_factory=threading.Lock)
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: Residents' clips, their shares (the chain of custody) and public posts; None: the evidence routes answer 404.
+    evidence: EvidenceStore | None = None
 
     @property
     def workflow(self) -> Workflow:
@@ -80,9 +83,12 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
         qs = QueueSettings.from_url(redis_url)
         wf = Workflow(RedisStore(connect(qs), qs.keys, qs), registry, policy)
         pipeline = Pipeline(wf, idx, Dispatcher(RedisSink(qs), qs))
-        return Backend(pipeline, RedisCredentials(connect(qs), qs.keys, qs), clock or _utc_now)
+        evidence = RedisEvidence(connect(qs), idx, wf.store, qs.keys, qs)
+        return Backend(pipeline, RedisCredentials(connect(qs), qs.keys, qs), clock or _utc_now, evidence=evidence)
     sink = LocalSink(str(store))
     db = SqliteStore(str(store))  # one file: the gate's records are written with each batch
     creds = SqliteCredentials(str(store))
     pipeline = Pipeline(Workflow(db, registry, policy), idx, Dispatcher(sink))
-    return Backend(pipeline, creds, clock or _utc_now, closers=[sink.close, db.close, creds.close])
+    ev = SqliteEvidence(str(store), idx, db)
+    return Backend(pipeline, creds, clock or _utc_now, closers=[sink.close, db.close, creds.close, ev.close],
+                   evidence=ev)

@@ -5,7 +5,8 @@ bytes. Only the SHA-256 digest of the whole key is stored. A slow password hash 
 low-entropy secrets that people choose; a 256-bit random key cannot be guessed, so one SHA-256 is enough and
 keeps authentication at a single hash and a single lookup per call.
 
-Each key belongs to one principal: an agency (``agency``) or a reviewer (``reviewer``). A principal may hold
+Each key belongs to one principal: an agency (``agency``), a reviewer (``reviewer``) or a resident (``resident``,
+named by the owner id: the resident app's key, for the resident's own clips and public posts). A principal may hold
 :data:`MAX_ACTIVE` active keys at once, so a key is rotated by creating the new one, switching, and revoking the
 old. A revoked key stays recorded (with the time), and never authenticates again.
 
@@ -33,16 +34,17 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import ApiKeyError
 from dispatcher.keys import Keys
 
-__all__ = ["AGENCY", "MAX_ACTIVE", "REVIEWER", "ROLES", "Credentials", "KeyRecord", "Principal",
+__all__ = ["AGENCY", "MAX_ACTIVE", "RESIDENT", "REVIEWER", "ROLES", "Credentials", "KeyRecord", "Principal",
            "RedisCredentials", "SqliteCredentials", "digest", "new_key"]
 
-AGENCY, REVIEWER = "agency", "reviewer"
-ROLES = (AGENCY, REVIEWER)
+AGENCY, REVIEWER, RESIDENT = "agency", "reviewer", "resident"
+ROLES = (AGENCY, REVIEWER, RESIDENT)
 #: Active keys a principal may hold at once: the current one and its successor during a rotation.
 MAX_ACTIVE = 2
 
 _KEY_RE = re.compile(r"gdk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OWNER_RE = re.compile(r"[0-9]{1,18}")
 
 T = TypeVar("T")
 
@@ -86,6 +88,8 @@ def digest(key: str) -> str | None:
 def _check_principal(role: str, name: str) -> None:
     if role not in ROLES:
         raise ApiKeyError(f"role must be one of {list(ROLES)}, got {role[:40]!r}")
+    if role == RESIDENT and not _OWNER_RE.fullmatch(name):
+        raise ApiKeyError(f"a resident is named by the owner id (1-18 digits), got {name[:80]!r}")
     if not _NAME_RE.fullmatch(name):
         raise ApiKeyError(f"{role} must be 1-64 ASCII letters, digits, '-' or '_', got {name[:80]!r}")
 

@@ -130,6 +130,14 @@ class CameraIndex:
             live.set_flag(self._state, live.locate(self._state, ids), K.SHARING, enabled)
             self._record("sharing", ids, enabled)
 
+    def camera(self, camera_id: int) -> tuple[int, float, float]:
+        """``(owner id, lng, lat)`` of a live camera (the evidence store checks a clip's camera against it);
+        unknown or removed: :class:`UnknownCamera`."""
+        st = self._state
+        base, delta = live.locate(st, np.asarray([camera_id], dtype=np.int64))
+        cols, at = (st.base.cols, base) if base.shape[0] else (st.delta, delta)
+        return int(cols.owner[at[0]]), float(cols.xy[at[0], 0]), float(cols.xy[at[0], 1])
+
     def set_opted_out(self, owner_ids: Iterable[int], opted_out: bool = True) -> None:
         """Opt owners out of (or back into) every future request; takes effect at the next resolve."""
         ids = np.unique(np.asarray(list(owner_ids), dtype=np.int64))

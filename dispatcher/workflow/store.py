@@ -31,6 +31,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL,
     submitted_us INTEGER NOT NULL, state TEXT NOT NULL, payload BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS requests_agency ON requests (agency_id, submitted_us);
+CREATE INDEX IF NOT EXISTS requests_state ON requests (state, submitted_us);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,
     actor TEXT NOT NULL, action TEXT NOT NULL, at_us INTEGER NOT NULL, detail BLOB NOT NULL);
 CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
@@ -82,6 +83,10 @@ class Store(Protocol):
     def request_ids(self) -> list[str]: ...
     def agency_request_ids(self, agency_id: str, limit: int) -> list[str]:
         """The ids of the requests naming ``agency_id``, newest submission first, at most ``limit``."""
+        ...
+    def submitted_ids(self, limit: int) -> list[str]:
+        """The ids of the requests awaiting review, oldest submission first, at most ``limit``: read from an
+        index of submitted requests, never by scanning every request."""
         ...
     def create_many(self, items: Sequence[NewRequest]) -> list[bool]: ...
     def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
@@ -181,6 +186,10 @@ class SqliteStore:
     def agency_request_ids(self, agency_id: str, limit: int) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT request_id FROM requests WHERE agency_id=? "
                                                "ORDER BY submitted_us DESC, request_id LIMIT ?", (agency_id, limit))]
+
+    def submitted_ids(self, limit: int) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT request_id FROM requests WHERE state='submitted' "
+                                               "ORDER BY submitted_us, request_id LIMIT ?", (limit,))]
 
     def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]:
         return [self.transition(*it) for it in items]
@@ -285,20 +294,22 @@ class SqliteStore:
         return {o: rows[o] for o in want}
 
 
-# KEYS: req, reqids, agency, audit; ARGV: rid, submitted_us, state, payload, audit entries...
+# KEYS: req, reqids, agency, audit, submitted; ARGV: rid, submitted_us, state, payload, audit entries...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'payload', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if ARGV[3] == 'submitted' then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1]) end
 for i = 5, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
 return 1
 """
-# KEYS: req, audit; ARGV: old, new, audit entry
+# KEYS: req, audit, submitted; ARGV: old, new, audit entry, rid
 _CAS = """
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
+if ARGV[1] == 'submitted' then redis.call('ZREM', KEYS[3], ARGV[4]) end
 return 1
 """
 # KEYS: notified, optout, counters, then each owner's notices key; ARGV: rid, now_us, cap, since_us, ttl_s, owners...
@@ -325,6 +336,17 @@ return out
 """
 
 
+def pipelined(client: Any, settings: QueueSettings, what: str, build: Callable[[Any], object],
+              transaction: bool = False) -> list[Any]:
+    """One pipelined round trip of the commands ``build`` queues (a MULTI/EXEC with ``transaction``), built anew
+    for each attempt of the retry policy (every step queued must be safe to run again)."""
+    def run() -> list[Any]:
+        pipe = client.pipeline(transaction=transaction)
+        build(pipe)
+        return list(pipe.execute())
+    return with_retries(settings, what, run)
+
+
 class RedisStore:
     """The shared store: the same behaviour as :class:`SqliteStore`, on Redis. Takes the client as an argument."""
 
@@ -348,13 +370,7 @@ class RedisStore:
         return with_retries(self.settings, what, fn)
 
     def _batch(self, what: str, build: Callable[[Any], None]) -> list[Any]:
-        """One pipelined round trip of the commands ``build`` queues, built anew for each attempt (every step
-        queued here is safe to run again)."""
-        def run() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
-            build(pipe)
-            return list(pipe.execute())
-        return self._call(what, run)
+        return pipelined(self.r, self.settings, what, build)
 
     def has_request(self, request_id: str) -> bool:
         return bool(self._call("has_request", lambda: self.r.exists(self.k.request(request_id))))
@@ -372,7 +388,7 @@ class RedisStore:
         def build(pipe: Any) -> None:
             for rid, agency_id, submitted_at, state, payload, entries in items:
                 self._create(keys=[self.k.request(rid), self.k.request_ids, self.k.agency_requests(agency_id),
-                                   self.k.audit],
+                                   self.k.audit, self.k.submitted],
                              args=[rid, _us(submitted_at), state, orjson.dumps(payload),
                                    *(self._audit_json(rid, e) for e in entries)], client=pipe)
         return [bool(x) for x in self._batch("record", build)]
@@ -397,6 +413,10 @@ class RedisStore:
     def request_ids(self) -> list[str]:
         return sorted(x.decode() for x in self._call("request_ids", lambda: self.r.smembers(self.k.request_ids)))
 
+    def submitted_ids(self, limit: int) -> list[str]:
+        got = self._call("submitted_ids", lambda: self.r.zrange(self.k.submitted, 0, limit - 1))
+        return [x.decode() for x in got]
+
     def agency_request_ids(self, agency_id: str, limit: int) -> list[str]:
         got = self._call("agency_request_ids", lambda: self.r.zrevrange(self.k.agency_requests(agency_id), 0,
                                                                          limit - 1))
@@ -408,8 +428,8 @@ class RedisStore:
     def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]:
         def build(pipe: Any) -> None:
             for rid, old, new, entry in items:
-                self._cas(keys=[self.k.request(rid), self.k.audit], args=[old, new, self._audit_json(rid, entry)],
-                          client=pipe)
+                self._cas(keys=[self.k.request(rid), self.k.audit, self.k.submitted],
+                          args=[old, new, self._audit_json(rid, entry), rid], client=pipe)
         return [bool(x) for x in self._batch("transition", build)]
 
     @staticmethod
