@@ -26,6 +26,7 @@ from dispatcher.service.worker import ServiceSettings, Worker
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.pipeline import Dispatch, Pipeline, Submit
 from dispatcher.workflow.policy import Policy
+from dispatcher.workflow.requests import StoredRequest
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
 from tests import data
@@ -147,3 +148,24 @@ def test_a_dispatch_sent_just_before_a_submission_does_not_swallow_it(redis_serv
     got = pipeline.run([Dispatch("x"), Submit(_req("x", A)), Dispatch("x")], NOW)
     assert [o.status for o in got] == ["dispatched"] * 3 and sum(o.dispatched_now for o in got) == 1
     assert np.array_equal(wf.store.request_ids(), ["x"])
+
+
+
+def test_an_agency_cannot_backdate_a_submission(redis_server: RedisServer, index) -> None:
+    """An authenticated submission was made when the pipeline judges it, whatever ``submitted_at`` it names: a
+    request dated a month back is judged and stored as of now (backdated, its window would pass the retention
+    rule and its date would dodge today's rate limit). The platform's own writers are taken as they say."""
+    wf = Workflow(RedisStore.from_url(redis_server.url), _registry(), Policy())
+    qs = QueueSettings.from_url(redis_server.url)
+    pipeline = Pipeline(wf, index, Dispatcher(RedisSink(qs), qs))
+    month = timedelta(days=30)
+    old = {**_req("old", A), "submitted_at": NOW - month, "start": NOW - wf.policy.max_age - timedelta(hours=3),
+           "end": NOW - wf.policy.max_age - timedelta(hours=1)}
+    trusted = {**old, "request_id": "trusted"}
+    fresh = {**_req("fresh", A), "submitted_at": NOW - month}
+    got = pipeline.run([Submit(old, agency=A), Submit(fresh, agency=A), Submit(trusted)], NOW)
+    assert got[0].refused and "window_too_old" in got[0].codes
+    assert [o.status for o in got[1:]] == ["submitted", "submitted"]
+    stored = {rid: StoredRequest.from_record(rid, wf.store.get_request(rid)).request.submitted_at  # type: ignore[arg-type]
+              for rid in (f"{A}:fresh", "trusted")}
+    assert stored == {f"{A}:fresh": NOW, "trusted": NOW - month}

@@ -287,10 +287,9 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
     def submit_request(body: Submission, me: Annotated[str, Depends(agency)]) -> Any:
         """Submit a video request. 202 with its status (``submitted`` awaiting review, or further); 422 with the
         rule codes when the policy refuses it. Sending the same request again returns its status."""
-        now = backend.clock()  # the submission time: the server's, one instant with the time it is judged at
+        now = backend.clock()  # the pipeline takes it as the submission time of an authenticated sender
         with backend.lock:
-            outcome = backend.pipeline.run([Submit({**body.model_dump(), "submitted_at": now.isoformat()},
-                                                   agency=me)], now)[0]
+            outcome = backend.pipeline.run([Submit(body.model_dump(), agency=me)], now)[0]
         seen = submitters_outcome(outcome, None, me)
         result = {"request_id": seen["request_id"], "status": seen["outcome"], "codes": list(seen["codes"])}
         if outcome.refused:

@@ -50,8 +50,9 @@ class Submit:
 
     ``agency`` is who sent it, as the transport authenticated it (an agency's own stream, a credential). Then the
     request must name that agency, and its id is the agency's own: it is stored as ``<agency>:<id>``, so no agency
-    can name, continue or block another's request. Without it the sender is the platform itself (a trusted
-    writer), and the request is taken as it says."""
+    can name, continue or block another's request; and it was submitted when the pipeline judges it (whatever
+    ``submitted_at`` it names, if any: a backdated submission would dodge the rate limit and the retention rule).
+    Without it the sender is the platform itself (a trusted writer), and the request is taken as it says."""
 
     request: Any
     trace: Any = None
@@ -165,7 +166,7 @@ class Pipeline:
         for k, cmd in enumerate(commands):
             if isinstance(cmd, Submit):
                 try:
-                    job = _Job(k, "", self._authenticated(cmd))
+                    job = _Job(k, "", self._authenticated(cmd, now))
                 except DispatchError as exc:  # not even a request, or not the sender's: refused, and audited
                     self.workflow.refuse(cmd.request, exc, now, agency=cmd.agency)
                     out[k] = _refused(cmd.request_id, exc)
@@ -189,12 +190,13 @@ class Pipeline:
         return jobs, followers
 
     @staticmethod
-    def _authenticated(cmd: Submit) -> VideoRequest:
-        """The submission as a request of its sender: an agency's own id scoped to it, and refused when it names
-        another agency."""
-        vr = VideoRequest.from_dict(cmd.request)
+    def _authenticated(cmd: Submit, now: datetime) -> VideoRequest:
+        """The submission as a request of its sender: an agency's own id scoped to it, submitted ``now``, and
+        refused when it names another agency."""
         if cmd.agency is None:
-            return vr
+            return VideoRequest.from_dict(cmd.request)
+        vr = VideoRequest.from_dict({**cmd.request, "submitted_at": now} if isinstance(cmd.request, dict)
+                                    else cmd.request)
         if vr.agency_id != cmd.agency:
             raise RequestRejected([("agency_mismatch", f"sent by {cmd.agency}, the request names "
                                                        f"{vr.agency_id[:80]!r}")])
