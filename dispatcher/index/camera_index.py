@@ -133,10 +133,8 @@ class CameraIndex:
     def camera(self, camera_id: int) -> tuple[int, float, float]:
         """``(owner id, lng, lat)`` of a live camera (the evidence store checks a clip's camera against it);
         unknown or removed: :class:`UnknownCamera`."""
-        st = self._state
-        base, delta = live.locate(st, np.asarray([camera_id], dtype=np.int64))
-        cols, at = (st.base.cols, base) if base.shape[0] else (st.delta, delta)
-        return int(cols.owner[at[0]]), float(cols.xy[at[0], 0]), float(cols.xy[at[0], 1])
+        owners, xy = inspection.placed(self._state, np.asarray([camera_id], dtype=np.int64))
+        return int(owners[0]), float(xy[0, 0]), float(xy[0, 1])
 
     def set_opted_out(self, owner_ids: Iterable[int], opted_out: bool = True) -> None:
         """Opt owners out of (or back into) every future request; takes effect at the next resolve."""
@@ -214,7 +212,7 @@ class CameraIndex:
     def locations(self, camera_ids: Iterable[int]) -> np.ndarray:
         """``(n, 2)`` float64 longitude and latitude of live cameras, in the order given; unknown or removed ids
         raise :class:`UnknownCamera`."""
-        return inspection.locations(self._state, np.asarray(list(camera_ids), dtype=np.int64))
+        return inspection.placed(self._state, np.asarray(list(camera_ids), dtype=np.int64))[1]
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
         """The H3 cells of the index leaves (of mixed resolutions: dense places get finer cells) and their

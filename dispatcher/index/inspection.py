@@ -21,7 +21,7 @@ from dispatcher.index.state import State
 from kernels import index_kernels as K
 from kernels.geometry import BOX_IN
 
-__all__ = ["cells_used", "density", "leaf_cells", "locations"]
+__all__ = ["cells_used", "density", "leaf_cells", "placed"]
 
 
 def leaf_cells(st: State) -> tuple[np.ndarray, np.ndarray]:
@@ -32,13 +32,15 @@ def leaf_cells(st: State) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(tree.node_cell[leaf]), counts
 
 
-def locations(st: State, ids: np.ndarray) -> np.ndarray:
-    """``(n, 2)`` longitude and latitude of the live cameras ``ids``, in their order; unknown or removed raise."""
+def placed(st: State, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(owners, xy)`` of the live cameras ``ids``, in their order: their owner ids and ``(n, 2)`` longitude and
+    latitude; unknown or removed raise."""
     base, delta, base_live, _ = live_positions(st, ids)
-    out = np.empty((ids.shape[0], 2), np.float64)
-    out[base_live] = st.base.cols.xy[base[base_live]]
-    out[~base_live] = st.delta.xy[delta[~base_live]]
-    return out
+    owners = np.empty(ids.shape[0], np.int64)
+    xy = np.empty((ids.shape[0], 2), np.float64)
+    owners[base_live], xy[base_live] = st.base.cols.owner[base[base_live]], st.base.cols.xy[base[base_live]]
+    owners[~base_live], xy[~base_live] = st.delta.owner[delta[~base_live]], st.delta.xy[delta[~base_live]]
+    return owners, xy
 
 
 def cells_used(st: State, area: Area) -> tuple[np.ndarray, np.ndarray]:
