@@ -55,7 +55,7 @@ button { font: inherit; padding: 6px 14px; }
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
 CSP = (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; img-src data:; form-action 'self'; "
        "base-uri 'none'; frame-ancestors 'none'")
-_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
 
 
@@ -89,7 +89,7 @@ class _Refusal(Exception):
 def _document(title: str, body: str) -> str:
     return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<meta name="referrer" '
-            f'content="no-referrer">\n<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n'
+            f'content="same-origin">\n<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n'
             f"{body}\n</body>\n</html>\n")
 
 
