@@ -5,8 +5,8 @@ publicly; every call runs the library's pipeline and evidence store in-process."
 from dispatcher.api.app import ApiSettings, create_app
 from dispatcher.api.backend import Backend, open_backend, open_credentials
 from dispatcher.api.credentials import AGENCY, RESIDENT, REVIEWER, Credentials, Principal
-from dispatcher.api.residents import ClipSource, ResidentPages, residents_router
+from dispatcher.api.residents import ResidentPages, residents_router
 from dispatcher.api.server import serve
 
-__all__ = ["AGENCY", "RESIDENT", "REVIEWER", "ApiSettings", "Backend", "ClipSource", "Credentials", "Principal",
-           "ResidentPages", "create_app", "open_backend", "open_credentials", "residents_router", "serve"]
+__all__ = ["AGENCY", "RESIDENT", "REVIEWER", "ApiSettings", "Backend", "Credentials", "Principal", "ResidentPages",
+           "create_app", "open_backend", "open_credentials", "residents_router", "serve"]

@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -31,13 +31,23 @@ from starlette.concurrency import run_in_threadpool
 
 from dispatcher.api.backend import Backend
 from dispatcher.dispatch.links import DECLINE, ONE_SHOT, OPT_IN, OPT_OUT, SHARE, VIEW, LinkClaim, LinkSigner
-from dispatcher.errors import DispatchError, ExpiredLink, InvalidChoice, InvalidLink, UnknownAgency
+from dispatcher.errors import (
+    DispatchError,
+    ExpiredLink,
+    InvalidChoice,
+    InvalidClip,
+    InvalidLink,
+    ShareRefused,
+    UnknownAgency,
+    UnknownClip,
+)
+from dispatcher.evidence.model import Clip
 from dispatcher.reports.maps import svg_path
 from dispatcher.reports.pages import BASE_STYLE, esc
 from dispatcher.reports.request_map import HEIGHT, WIDTH, Frame
 from dispatcher.workflow.review import DISPATCHED, MAX_CLIPS
 
-__all__ = ["ClipSource", "ResidentPages", "residents_router"]
+__all__ = ["ResidentPages", "residents_router"]
 
 CSRF_COOKIE = "gd_csrf"
 #: A form body larger than this is refused before it is parsed (the app's body limit applies as well).
@@ -59,21 +69,11 @@ _HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "same-origin", "C
             "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
 
 
-class ClipSource(Protocol):
-    """The evidence store as the pages use it: a resident's clips in a window, and sharing some of them."""
-
-    def clips_of(self, owner_id: int, start: datetime, end: datetime) -> Sequence[Any]: ...
-
-    def share(self, request_id: str, owner_id: int, clip_ids: Sequence[str], now: datetime) -> Any: ...
-
-
 @dataclass
 class ResidentPages:
-    """What the pages need beside the backend: the link signer, and the evidence store the clips come from
-    (None: the page lists no clips and sharing is refused)."""
+    """What the pages need beside the backend (whose evidence store holds the clips): the link signer."""
 
     links: LinkSigner
-    evidence: ClipSource | None = None
 
     @property
     def secure(self) -> bool:
@@ -113,15 +113,8 @@ def _map_svg(area_geojson: dict[str, Any]) -> str:
             f'<path fill-rule="evenodd" d="{svg_path(frame.geometry(area))}"></path></svg>')
 
 
-def _clip_fields(clip: Any) -> tuple[str, str]:
-    """A clip's id and a label for it (its camera and recorded time, as the evidence store names them)."""
-    cid = str(clip.clip_id)
-    parts = [f"camera {clip.camera_id}" if hasattr(clip, "camera_id") else ""]
-    for name in ("start", "recorded_at", "end"):
-        if hasattr(clip, name):
-            value = getattr(clip, name)
-            parts.append(value.isoformat() if hasattr(value, "isoformat") else str(value))
-    return cid, " ".join(p for p in parts if p)
+def _clip_label(clip: Clip) -> str:
+    return f"camera {clip.camera_id}, {clip.start.isoformat()} to {clip.end.isoformat()}"
 
 
 def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
@@ -159,11 +152,13 @@ def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
         except UnknownAgency:
             return agency_id
 
-    def clips_in(claim: LinkClaim, req: dict[str, Any]) -> list[tuple[str, str]]:
-        if pages.evidence is None:
+    def clips_in(claim: LinkClaim, req: dict[str, Any]) -> list[Clip]:
+        """The resident's clips recorded inside the window (those a share may hold)."""
+        if backend.evidence is None:
             return []
         start, end = datetime.fromisoformat(req["start"]), datetime.fromisoformat(req["end"])
-        return [_clip_fields(c) for c in pages.evidence.clips_of(claim.owner_id, start, end)][:MAX_CLIPS]
+        return [c for c in backend.evidence.clips_of(claim.owner_id, start, end)
+                if c.start >= start and c.end <= end][:MAX_CLIPS]
 
     def form(claim: LinkClaim, action: str, csrf: str, label: str, inner: str = "") -> str:
         token = links.token(claim.request_id, claim.owner_id, action)
@@ -187,8 +182,8 @@ def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
             parts.append(f'<p class="answered">You answered this request: {esc(choice)}.</p>')
         else:
             clips = clips_in(claim, req)
-            boxes = "".join(f'<label><input type="checkbox" name="clip" value="{esc(cid)}"> {esc(label)}</label>'
-                            f"<br>" for cid, label in clips)
+            boxes = "".join(f'<label><input type="checkbox" name="clip" value="{esc(c.clip_id)}"> '
+                            f"{esc(_clip_label(c))}</label><br>" for c in clips)
             if clips:
                 parts.append(form(claim, SHARE, csrf, "Share the clips I picked",
                                   f"<fieldset><legend>Your clips inside the window</legend>{boxes}</fieldset>"))
@@ -222,13 +217,16 @@ def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
                 if claim.action == SHARE:
                     picked = _picked(fields.get("clip") or [])
                     req = request_of(claim)
-                    if pages.evidence is None:
-                        raise _Refusal(409, "Sharing is not available", "Clips cannot be shared here yet.")
-                    mine = {cid for cid, _ in clips_in(claim, req)}
-                    if not picked or not set(picked) <= mine:
+                    if backend.evidence is None:
+                        raise _Refusal(409, "Sharing is not available", "Clips cannot be shared here.")
+                    if req["state"] != DISPATCHED:
+                        raise _Refusal(409, "This request takes no answers", f"The request is {req['state']}.")
+                    if not picked or not set(picked) <= {c.clip_id for c in clips_in(claim, req)}:
                         raise _Refusal(422, "Pick your clips", "Pick one or more of your clips listed on the page.")
-                    wf.share(claim.request_id, claim.owner_id, picked, now)  # checks the request takes answers
-                    pages.evidence.share(claim.request_id, claim.owner_id, picked, now)
+                    # the evidence store checks again (recipient, owner, window) and records the custody, all or
+                    # none; then the answer is recorded
+                    backend.evidence.share(claim.request_id, claim.owner_id, picked, now)
+                    wf.share(claim.request_id, claim.owner_id, picked, now)
                     done = f"You shared {len(picked)} clip{'s' if len(picked) != 1 else ''}."
                 elif claim.action == DECLINE:
                     wf.decline(claim.request_id, claim.owner_id, now)
@@ -239,8 +237,8 @@ def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
                 else:
                     wf.opt_in(claim.owner_id, now)
                     done = "You will get requests again."
-            except InvalidChoice as exc:
-                raise _Refusal(409, "This request takes no answers", str(exc)) from None
+            except (InvalidChoice, ShareRefused, InvalidClip, UnknownClip) as exc:
+                raise _Refusal(409, "This answer was refused", str(exc)) from None
         return _html(200, "Done", f"<header><h1>Done</h1></header>\n<main><p class=\"done\">{esc(done)}</p></main>")
 
     @router.get("/{token}", response_class=HTMLResponse, summary="A resident's page for one request")
