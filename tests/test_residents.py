@@ -236,13 +236,16 @@ def _note(owner: int, rid: str = "il-chicago:r1") -> Notification:
 FAST = QueueSettings(url="redis://", retries=3, backoff_base=0.01, backoff_max=0.02)
 
 
-def test_smtp_and_push_delivery_with_retries(smtp: tuple[Mailbox, int], webhook: Any, tmp_path: Any) -> None:
+def test_smtp_and_push_delivery_with_retries(smtp: tuple[Mailbox, int], webhook: Any, tmp_path: Any,
+                                            request: pytest.FixtureRequest) -> None:
+    request_cleanup = request.addfinalizer
     box, port = smtp
     hooks, url = webhook
     book = SqliteAddressBook(tmp_path / "book.sqlite")
     book.put_many([Address(1, "one@residents.example", url), Address(2, "two@residents.example"),
                    Address(3, None, url)])
     sender = DeliverySender(book, SmtpSender(SmtpSettings("127.0.0.1", port, "none"), FAST), WebhookSender(FAST))
+    request_cleanup(sender.close)
     box.data_replies = ["451 try again later"]   # passing trouble: retried
     hooks.replies = [503]
     e1 = render(_note(1), LINKS)
@@ -275,7 +278,7 @@ def test_smtp_and_push_delivery_with_retries(smtp: tuple[Mailbox, int], webhook:
 
 @pytest.mark.redis
 def test_a_crash_between_sends_repeats_no_message(redis_server: Any, smtp: tuple[Mailbox, int],
-                                                  tmp_path: Any) -> None:
+                                                  request: pytest.FixtureRequest) -> None:
     """A batch whose second e-mail cannot go out stays pending; when it is taken over, the first (sent and marked
     at once) is not sent again."""
     from dispatcher.dispatch.dispatcher import Dispatcher
@@ -289,6 +292,7 @@ def test_a_crash_between_sends_repeats_no_message(redis_server: Any, smtp: tuple
     book = RedisAddressBook(redis_server.client(), qs)
     book.put_many([Address(o, f"owner{o}@residents.example") for o in owners])
     sender = DeliverySender(book, SmtpSender(SmtpSettings("127.0.0.1", port, "none"), qs))
+    request.addfinalizer(sender.close)
     Dispatcher(RedisSink(qs), qs).dispatch(header(), rs, now=NOW)
     box.refuse[f"owner{owners[1]}@residents.example"] = "451 greylisted"
     first = Consumer(redis_server.client(), "first", sender, links=LINKS, settings=qs, min_idle_ms=0)
@@ -309,7 +313,7 @@ def test_a_crash_between_sends_repeats_no_message(redis_server: Any, smtp: tuple
 
 @pytest.fixture(scope="module")
 def world() -> CameraIndex:
-    cams = data.cameras(4_000, seed=11, cx=LNG0, cy=LAT0, spread=0.004)
+    cams = data.cameras(300, seed=11, cx=LNG0, cy=LAT0, spread=0.003)  # 77 owners notified of r1
     own = data.owners(cams, seed=11, share_out=0.0)
     index = CameraIndex.build(cams, own)
     v = request()
@@ -412,6 +416,7 @@ def platform(world: CameraIndex, redis_server: Any, smtp: tuple[Mailbox, int]) -
     finally:
         server.should_exit = True
         thread.join(_SERVER_TIMEOUT_S)
+        sender.close()
         backend.close()
 
 

@@ -65,7 +65,7 @@ def consume(redis_url: str, outbox: Path | None, smtp_host: str | None, smtp_por
     acknowledges. SIGTERM or Ctrl-C stops it after the batches in hand."""
     from dispatcher.connections import connect
     from dispatcher.dispatch.addresses import RedisAddressBook
-    from dispatcher.dispatch.consumer import OutboxSender, Sender
+    from dispatcher.dispatch.consumer import OutboxSender
     from dispatcher.dispatch.delivery import DeliverySender, SmtpSender, SmtpSettings, WebhookSender
     from dispatcher.dispatch.links import LinkSettings, LinkSigner
     from dispatcher.dispatch.settings import QueueSettings
@@ -74,15 +74,17 @@ def consume(redis_url: str, outbox: Path | None, smtp_host: str | None, smtp_por
     if (outbox is None) == (smtp_host is None):
         raise click.UsageError("give --outbox DIR or --smtp-host HOST (one of the two)")
     links = LinkSigner(LinkSettings.from_env(base_url=link_base_url, max_age_s=link_max_age_s))
-    sender: Sender
     if outbox is not None:
-        sender = OutboxSender(outbox)
-    else:
-        qs = QueueSettings.from_url(redis_url)
-        smtp = SmtpSettings.from_env(host=smtp_host, port=smtp_port, security=smtp_security, from_addr=smtp_from)
-        sender = DeliverySender(RedisAddressBook(connect(qs), qs), SmtpSender(smtp, qs),
-                                WebhookSender(qs) if push else None)
-    run_consumers(redis_url, sender, links, consumers, group, claim_idle_ms, out.print)
+        run_consumers(redis_url, OutboxSender(outbox), links, consumers, group, claim_idle_ms, out.print)
+        return
+    qs = QueueSettings.from_url(redis_url)
+    smtp = SmtpSettings.from_env(host=smtp_host, port=smtp_port, security=smtp_security, from_addr=smtp_from)
+    sender = DeliverySender(RedisAddressBook(connect(qs), qs), SmtpSender(smtp, qs),
+                            WebhookSender(qs) if push else None)
+    try:
+        run_consumers(redis_url, sender, links, consumers, group, claim_idle_ms, out.print)
+    finally:
+        sender.close()
 
 
 @main.group()

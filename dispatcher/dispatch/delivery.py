@@ -16,6 +16,7 @@ import logging
 import os
 import smtplib
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -99,13 +100,17 @@ def _message_id(email: Email, domain: str) -> str:
 
 
 class SmtpSender:
-    """Sends one e-mail per call over a fresh SMTP connection (a relay's session is not shared by threads)."""
+    """Sends over one SMTP session per thread (a relay's session is not shared by threads), opened at the first
+    send and opened again after any trouble."""
 
     def __init__(self, settings: SmtpSettings, queue: QueueSettings | None = None,
                  context: ssl.SSLContext | None = None) -> None:
         self.settings = settings
         self.queue = queue or QueueSettings(url="redis://")
         self.context = context or ssl.create_default_context()
+        self._local = threading.local()
+        self._open: set[smtplib.SMTP] = set()
+        self._lock = threading.Lock()
 
     def message(self, email: Email, to: str) -> EmailMessage:
         s = self.settings
@@ -118,17 +123,44 @@ class SmtpSender:
         msg.add_alternative(email.html, subtype="html")
         return msg
 
-    def _once(self, msg: EmailMessage, owner_id: int) -> bool:
-        s = self.settings
-        try:
-            smtp: smtplib.SMTP = (smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout_s, context=self.context)
-                                  if s.security == "ssl" else smtplib.SMTP(s.host, s.port, timeout=s.timeout_s))
-            with smtp:
+    def _session(self) -> smtplib.SMTP:
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        if smtp is None:
+            s = self.settings
+            smtp = (smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout_s, context=self.context)
+                    if s.security == "ssl" else smtplib.SMTP(s.host, s.port, timeout=s.timeout_s))
+            try:
                 if s.security == "starttls":
                     smtp.starttls(context=self.context)
                 if s.user:
                     smtp.login(s.user, s.password)
-                smtp.send_message(msg)
+            except BaseException:
+                smtp.close()
+                raise
+            self._local.smtp = smtp
+            with self._lock:
+                self._open.add(smtp)
+        return smtp
+
+    def _drop(self) -> None:
+        """Ends this thread's session, if any."""
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        self._local.smtp = None
+        if smtp is not None:
+            with self._lock:
+                self._open.discard(smtp)
+            _quit(smtp)
+
+    def close(self) -> None:
+        """Ends every thread's session (when the consumers have stopped)."""
+        with self._lock:
+            sessions, self._open = self._open, set()
+        for smtp in sessions:
+            _quit(smtp)
+
+    def _once(self, msg: EmailMessage, owner_id: int) -> bool:
+        try:
+            self._session().send_message(msg)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [c for c, _ in exc.recipients.values()]
             if any(400 <= c < 500 for c in codes):
@@ -137,16 +169,25 @@ class SmtpSender:
             return False
         except smtplib.SMTPResponseException as exc:
             if 400 <= exc.smtp_code < 500:
+                self._drop()  # a 421 ends the session; any 4xx: start the retry on a fresh one
                 raise _Passing(f"SMTP {exc.smtp_code}") from None
             log.warning("owner %d: the mail relay refused the message (SMTP %d); not retried", owner_id, exc.smtp_code)
             return False
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError) as exc:
+            self._drop()
             raise _Passing(f"SMTP {type(exc).__name__}: {exc}") from None
         return True
 
     def send_to(self, email: Email, to: str) -> bool:
         msg = self.message(email, to)
         return _retried(self.queue, "SMTP send", lambda: self._once(msg, email.owner_id))
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
 
 
 class WebhookSender:
@@ -194,6 +235,10 @@ class DeliverySender:
             raise InvalidQueueSettings("a delivery sender needs SMTP or push (or both)")
         self.book, self.smtp, self.push = book, smtp, push
         self.unreachable = 0
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            self.smtp.close()
 
     def send(self, email: Email) -> bool:
         addr: Address | None = self.book.get_many([email.owner_id]).get(email.owner_id)
