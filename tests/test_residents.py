@@ -626,3 +626,27 @@ def test_residents_answer_in_chromium_and_the_agency_sees_no_difference(platform
     platform.backend.workflow.opt_in(decliner, NOW)
     assert other.submit_and_approve("r2") == notified - 1
     assert agency_view("r2", other) == view2
+
+
+@pytest.mark.redis
+def test_the_addresses_command_loads_all_or_none(redis_server: Any, tmp_path: Any) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from dispatcher.cli import main
+
+    qs = QueueSettings(url=redis_server.url)
+    good, bad = tmp_path / "owners.parquet", tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"owner_id": [1, 2], "email": ["one@residents.example", None],
+                             "push_url": [None, "https://push.example/2"]}), good)
+    pq.write_table(pa.table({"owner_id": [3, 4], "email": ["three@residents.example", "four at residents"]}), bad)
+    runner = CliRunner()
+    r = runner.invoke(main, ["addresses", "load", "--redis-url", redis_server.url, "--owners", str(good)])
+    assert r.exit_code == 0 and "2 addresses loaded" in r.output, r.output
+    r = runner.invoke(main, ["addresses", "load", "--redis-url", redis_server.url, "--owners", str(bad)])
+    assert isinstance(r.exception, InvalidAddress) and "owner 4" in str(r.exception)  # (the CLI's main prints it)
+    assert "four at residents" not in str(r.exception)
+    assert sorted(RedisAddressBook(redis_server.client(), qs).get_many([1, 2, 3, 4])) == [1, 2]
+    r = runner.invoke(main, ["consume", "--redis-url", redis_server.url], env={"GEODISPATCH_LINK_SECRET": LINK_SECRET})
+    assert r.exit_code == 2 and "--outbox DIR or --smtp-host HOST" in r.output
