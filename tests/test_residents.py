@@ -28,6 +28,7 @@ import uvicorn
 from aiosmtpd.controller import Controller
 from itsdangerous import URLSafeTimedSerializer
 from openapi_spec_validator import validate
+from pyproj import Transformer
 
 from dispatcher.api import REVIEWER, Backend, ResidentPages, create_app, open_backend
 from dispatcher.api.credentials import AGENCY
@@ -508,6 +509,23 @@ def _add_clips(platform: Platform, world: CameraIndex, owner: int) -> dict[str, 
     return out
 
 
+def _assert_map_is_the_area(d: str | None, area: dict[str, Any]) -> None:
+    """The drawn ring is the area's, vertex for vertex, in Web Mercator as pyproj projects it (EPSG:3857): pixels
+    are that projection scaled alike on both axes, y flipped, to within a pixel's rounding."""
+    assert d is not None and d.startswith("M") and d.endswith("Z") and d.count("M") == 1
+    px = np.array([[float(v) for v in p.split(",")] for p in d[1:-1].split("L")])
+    ring = np.array(area["coordinates"][0][:-1])
+    assert px.shape == ring.shape
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(ring[:, 0], ring[:, 1])
+    # least squares: px = a * x + b, py = -a * y + c
+    m = np.zeros((2 * len(x), 3))
+    m[0::2, 0], m[0::2, 1] = x, 1
+    m[1::2, 0], m[1::2, 2] = -np.asarray(y), 1
+    (a, b, c), *_ = np.linalg.lstsq(m, px.reshape(-1), rcond=None)
+    assert a > 0 and np.abs(m @ np.array([a, b, c]) - px.reshape(-1)).max() < 0.1
+    assert px.min() >= 0 and px[:, 0].max() <= 900 and px[:, 1].max() <= 640  # inside the view
+
+
 def _carry_over(redis_server: Any, keep: list[str]) -> list[tuple[str, bytes]]:
     """What the platform holds whatever it asks: the named keys, to restore in the other world."""
     with redis_server.client() as r:
@@ -539,7 +557,7 @@ def test_residents_answer_in_chromium_and_the_agency_sees_no_difference(platform
         page.goto(platform.links_of(sharer, "r1")["See the request and share clips"])
         assert page.locator("h1").inner_text() == "Video request from Chicago Police Department"
         assert page.locator("p.message").inner_text() == "Burglary on the block."
-        assert page.locator("svg.map path").count() == 1
+        _assert_map_is_the_area(page.locator("svg.map path").get_attribute("d"), request().area)
         boxes = page.locator("form.share input[type=checkbox]")
         assert sorted(boxes.evaluate_all("els => els.map(e => e.value)")) == sorted(inside)  # not the one outside
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

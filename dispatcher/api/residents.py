@@ -37,6 +37,7 @@ from dispatcher.errors import (
     InvalidChoice,
     InvalidClip,
     InvalidLink,
+    QueueUnavailable,
     ShareRefused,
     UnknownAgency,
     UnknownClip,
@@ -285,5 +286,9 @@ async def _guarded(fn: Callable[[], HTMLResponse]) -> HTMLResponse:
         return await run_in_threadpool(fn)
     except _Refusal as r:
         return _refusal_page(r)
+    except QueueUnavailable:  # Redis unreachable through every retry
+        resp = _refusal_page(_Refusal(503, "Try again in a moment", "The platform is briefly unavailable."))
+        resp.headers["Retry-After"] = "1"
+        return resp
     except DispatchError as exc:  # a stored record the page cannot show: say so, change nothing
         return _refusal_page(_Refusal(409, "This request cannot be shown", type(exc).__name__))
