@@ -668,3 +668,50 @@ def test_the_addresses_command_loads_all_or_none(redis_server: Any, tmp_path: An
     assert sorted(RedisAddressBook(redis_server.client(), qs).get_many([1, 2, 3, 4])) == [1, 2]
     r = runner.invoke(main, ["consume", "--redis-url", redis_server.url], env={"GEODISPATCH_LINK_SECRET": LINK_SECRET})
     assert r.exit_code == 2 and "--outbox DIR or --smtp-host HOST" in r.output
+
+
+def test_smtp_over_starttls_with_a_login(tmp_path: Any) -> None:
+    """The relay as a provider runs it: STARTTLS required before AUTH, the certificate checked, the login taken."""
+    import dataclasses
+    import ssl
+    import subprocess
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"relay-pw", handled=False)  # failed: the server replies 535
+
+    box, port = Mailbox(), free_port()
+    ctl = Controller(box, hostname="127.0.0.1", port=port, tls_context=server_ctx, require_starttls=True,
+                     authenticator=check, auth_require_tls=True)
+    ctl.start()
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        relay = SmtpSettings("127.0.0.1", port, "starttls", user="relay", password="relay-pw", timeout_s=3)
+        good = SmtpSender(relay, FAST, context=trusting)
+        e = render(_note(1), LINKS)
+        assert good.send_to(e, "one@residents.example")
+        good.close()
+        assert [m["To"] for m in box.messages] == ["one@residents.example"] and logins == [(b"relay", b"relay-pw")]
+        wrong_pw = SmtpSender(dataclasses.replace(relay, password="nope"), FAST, context=trusting)
+        t0 = time.perf_counter()
+        with pytest.raises(DeliveryFailed, match="SMTPAuthenticationError"):  # not retried, never marked sent
+            wrong_pw.send_to(e, "one@residents.example")
+        assert time.perf_counter() - t0 < 3
+        wrong_pw.close()
+        untrusted = SmtpSender(relay, FAST)
+        with pytest.raises(DeliveryFailed):  # the system's CAs do not know the relay's certificate: never sent
+            untrusted.send_to(e, "one@residents.example")
+        assert len(box.messages) == 1
+    finally:
+        ctl.stop()

@@ -5,8 +5,9 @@ book, looked up at the moment of sending.
 Trouble that passes (a refused or dropped connection, a timeout, an SMTP 4xx reply, an HTTP 5xx or 429) is
 retried with the project's one retry policy (:func:`dispatcher.connections.with_retries`, its backoff and
 count from the queue settings); when the retries run out :class:`DeliveryFailed` leaves the notification pending
-for a later attempt. A permanent refusal (SMTP 5xx, HTTP 4xx) is logged with the owner id and the reply code,
-never the address, and not retried.
+for a later attempt. A permanent refusal of one message (SMTP 5xx, HTTP 4xx) is logged with the owner id and
+the reply code, never the address, and not retried; a relay refusing the session itself (login refused, no
+STARTTLS) is :class:`DeliveryFailed` at once, so nothing is marked sent until an operator fixes the settings.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class _Passing(redis.ConnectionError):
 def _retried(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:
     try:
         return with_retries(settings, what, fn)
+    except DeliveryFailed:
+        raise
     except QueueUnavailable as exc:
         raise DeliveryFailed(f"{what} failed after {settings.retries + 1} attempts: {exc.__cause__}") from exc
 
@@ -161,6 +164,11 @@ class SmtpSender:
     def _once(self, msg: EmailMessage, owner_id: int) -> bool:
         try:
             self._session().send_message(msg)
+        except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
+            # the relay's settings are wrong (login refused, no STARTTLS): nothing is sent until an operator
+            # fixes them, and nothing is marked sent either (the entries stay pending)
+            self._drop()
+            raise DeliveryFailed(f"the mail relay refused the session: {type(exc).__name__}") from None
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [c for c, _ in exc.recipients.values()]
             if any(400 <= c < 500 for c in codes):
