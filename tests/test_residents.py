@@ -715,3 +715,47 @@ def test_smtp_over_starttls_with_a_login(tmp_path: Any) -> None:
         assert len(box.messages) == 1
     finally:
         ctl.stop()
+
+
+def test_resident_pages_on_the_embedded_store(world: CameraIndex, tmp_path: Any) -> None:
+    """The pages on the embedded SQLite file, no server but the API: decline once, opt out, opt back in."""
+    from dispatcher.dispatch.wire import decode_batch
+
+    port = free_port()
+    links = LinkSigner(LinkSettings(LINK_SECRET, f"http://127.0.0.1:{port}/r"))
+    backend = open_backend(world, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
+                           store=tmp_path / "gd.sqlite")
+    agency, reviewer = (backend.credentials.create(role, name, NOW)[1] for role, name in [(AGENCY, "il-chicago"),
+                                                                                          (REVIEWER, "rev-1")])
+    server = uvicorn.Server(uvicorn.Config(create_app(backend, residents=ResidentPages(links)), host="127.0.0.1",
+                                           port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + _SERVER_TIMEOUT_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
+        time.sleep(0.02)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=60) as c:
+            assert c.post("/v1/requests", json=_body(), headers={"Authorization": f"Bearer {agency}"}
+                          ).status_code == 202
+            assert c.post("/v1/review/il-chicago:r1/approve", headers={"Authorization": f"Bearer {reviewer}"}
+                          ).status_code == 200
+        sink = backend.pipeline.dispatcher.sink
+        owner = decode_batch(next(iter(sink.read_all()))[1])[1][0].owner_id
+        with httpx.Client(timeout=60) as c:
+            form = _forms(c.get(links.url("il-chicago:r1", owner, DECLINE)).text)[DECLINE]
+            assert c.post(f"{url}/r/act", data=form).status_code == 200
+            assert backend.workflow.store.choices("il-chicago:r1") == [(owner, "decline", [])]
+            assert c.post(f"{url}/r/act", data=form).status_code == 409  # a replay: answered already
+            again = c.get(links.url("il-chicago:r1", owner, VIEW)).text
+            assert "You answered this request: decline." in again and DECLINE not in _forms(again)
+        gate = backend.pipeline.gate
+        for action, verdict in ((OPT_OUT, OPTED_OUT), (OPT_IN, 0)):
+            assert _answer(url, links.url("il-chicago:r1", owner, OPT_OUT), action).status_code == 200
+            assert gate.check_many([("next", np.array([owner], np.int64))], NOW)[0][0] == verdict
+    finally:
+        server.should_exit = True
+        thread.join(_SERVER_TIMEOUT_S)
+        backend.close()
