@@ -11,6 +11,7 @@ import email
 import email.policy
 import hashlib
 import http.server
+import logging
 import re
 import threading
 import time
@@ -238,7 +239,8 @@ FAST = QueueSettings(url="redis://", retries=3, backoff_base=0.01, backoff_max=0
 
 
 def test_smtp_and_push_delivery_with_retries(smtp: tuple[Mailbox, int], webhook: Any, tmp_path: Any,
-                                            request: pytest.FixtureRequest) -> None:
+                                            request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     request_cleanup = request.addfinalizer
     box, port = smtp
     hooks, url = webhook
@@ -275,6 +277,9 @@ def test_smtp_and_push_delivery_with_retries(smtp: tuple[Mailbox, int], webhook:
     with pytest.raises(InvalidQueueSettings):
         SmtpSettings(security="tls")
     assert "secret-pw" not in repr(SmtpSettings(user="u", password="secret-pw"))
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("dispatcher")]
+    assert any("retrying" in m for m in ours) and any("not retried" in m for m in ours)
+    assert not [m for m in ours if "residents.example" in m or "/push" in m]  # never an address in our logs
 
 
 @pytest.mark.redis
