@@ -485,6 +485,8 @@ def test_resident_pages_refuse_bad_tokens_and_change_nothing(platform: Platform)
                       headers={"Origin": "https://evil.example"}).status_code == 403
         assert c.post(f"{platform.url}/r/act", json={"token": token, **ours}).status_code == 415
         assert c.get(f"{platform.url}/r/act").status_code == 403  # "act" is no token: a page of refusal
+        for genuine in (link_a["Decline"], link_a["Opt out of all requests"]):  # a GET only shows the page
+            assert c.get(genuine).status_code == 200
     assert platform.state("r1") == before
     # the genuine answer works once; its replay is refused and changes nothing
     declined = _answer(platform.url, link_a["Decline"], DECLINE)
