@@ -769,3 +769,46 @@ def test_resident_pages_on_the_embedded_store(world: CameraIndex, tmp_path: Any)
         server.should_exit = True
         thread.join(_SERVER_TIMEOUT_S)
         backend.close()
+
+
+@pytest.mark.redis
+def test_the_consume_command_mails_through_the_relay(redis_server: Any, smtp: tuple[Mailbox, int]) -> None:
+    """``geodispatch consume --smtp-host`` as an operator runs it: the address book's residents get one e-mail
+    each, with links under the given base URL; SIGTERM stops it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dispatcher.dispatch.dispatcher import Dispatcher
+    from dispatcher.dispatch.sinks import RedisSink
+    from tests.notifications import header, make_recipients
+
+    box, port = smtp
+    qs = QueueSettings(url=redis_server.url)
+    rs = make_recipients(6)
+    owners = rs.owner_ids.tolist()
+    RedisAddressBook(redis_server.client(), qs).put_many([Address(o, f"owner{o}@residents.example")
+                                                          for o in owners[:5]])  # the sixth has no address
+    Dispatcher(RedisSink(qs), qs).dispatch(header(), rs, now=NOW)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "consume", "--redis-url", redis_server.url,
+                             "--smtp-host", "127.0.0.1", "--smtp-port", str(port), "--smtp-security", "none",
+                             "--smtp-from", "requests@platform.example", "--link-base-url",
+                             "https://platform.example/r", "--consumers", "1"],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root),
+                                           "GEODISPATCH_LINK_SECRET": LINK_SECRET},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(box.messages) < 5 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert sorted(m["To"] for m in box.messages) == sorted(f"owner{o}@residents.example" for o in owners[:5])
+    assert all(m["From"] == "requests@platform.example" for m in box.messages)
+    assert "https://platform.example/r/" in box.messages[0].get_body(("plain",)).get_content()
+    assert "residents.example" not in output
