@@ -321,7 +321,7 @@ def test_a_crash_between_sends_repeats_no_message(redis_server: Any, smtp: tuple
 
 @pytest.fixture(scope="module")
 def world() -> CameraIndex:
-    cams = data.cameras(300, seed=11, cx=LNG0, cy=LAT0, spread=0.003)  # 77 owners notified of r1
+    cams = data.cameras(120, seed=11, cx=LNG0, cy=LAT0, spread=0.003)  # 28 owners notified of r1
     own = data.owners(cams, seed=11, share_out=0.0)
     index = CameraIndex.build(cams, own)
     v = request()
