@@ -6,18 +6,24 @@ camera index), ``workflow`` (requests, policy, review, privacy, stores, and the 
 (maps and the transparency report).
 """
 
+from dispatcher.dispatch.addresses import Address, AddressBook, RedisAddressBook, SqliteAddressBook
 from dispatcher.dispatch.consumer import Consumer, Email, OutboxSender, Sender
+from dispatcher.dispatch.delivery import DeliverySender, SmtpSender, SmtpSettings, WebhookSender
 from dispatcher.dispatch.dispatcher import Dispatcher, DispatchReport
 from dispatcher.dispatch.gate import AdmitAll, OwnerGate, RecipientGate
+from dispatcher.dispatch.links import LinkClaim, LinkSettings, LinkSigner
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink, Sink
 from dispatcher.dispatch.wire import Notification, NotificationHeader
 from dispatcher.errors import (
     AgencyFileMissing,
+    DeliveryFailed,
     DispatchConflict,
     DispatchError,
     EvidenceTampered,
+    ExpiredLink,
     IndexFormatError,
+    InvalidAddress,
     InvalidArea,
     InvalidCell,
     InvalidChoice,
@@ -25,6 +31,8 @@ from dispatcher.errors import (
     InvalidCoordinates,
     InvalidData,
     InvalidIndexSettings,
+    InvalidLink,
+    InvalidLinkSettings,
     InvalidPolicy,
     InvalidQueueSettings,
     InvalidReportSettings,
@@ -67,10 +75,13 @@ from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 __all__ = [
     # errors
     "AgencyFileMissing",
+    "DeliveryFailed",
     "DispatchConflict",
     "DispatchError",
     "EvidenceTampered",
+    "ExpiredLink",
     "IndexFormatError",
+    "InvalidAddress",
     "InvalidArea",
     "InvalidCell",
     "InvalidChoice",
@@ -78,6 +89,8 @@ __all__ = [
     "InvalidCoordinates",
     "InvalidData",
     "InvalidIndexSettings",
+    "InvalidLink",
+    "InvalidLinkSettings",
     "InvalidPolicy",
     "InvalidQueueSettings",
     "InvalidReportSettings",
@@ -137,12 +150,18 @@ __all__ = [
     "SharedClip",
     "SqliteEvidence",
     # dispatch
+    "Address",
+    "AddressBook",
     "AdmitAll",
     "Consumer",
+    "DeliverySender",
     "DispatchReport",
     "Dispatcher",
     "Email",
     "Keys",
+    "LinkClaim",
+    "LinkSettings",
+    "LinkSigner",
     "LocalSink",
     "Notification",
     "NotificationHeader",
@@ -150,9 +169,14 @@ __all__ = [
     "OwnerGate",
     "QueueSettings",
     "RecipientGate",
+    "RedisAddressBook",
     "RedisSink",
     "Sender",
     "Sink",
+    "SmtpSender",
+    "SmtpSettings",
+    "SqliteAddressBook",
+    "WebhookSender",
     # service
     "ServiceSettings",
     "Worker",

@@ -161,3 +161,24 @@ class ShareRefused(DispatchError, PermissionError):
 
 class EvidenceTampered(DispatchError, OSError):
     """A stored clip whose bytes no longer have the SHA-256 recorded at ingest: never served."""
+
+
+class InvalidLink(DispatchError, PermissionError):
+    """A resident's link whose token is forged, altered, for another action, or unreadable."""
+
+
+class ExpiredLink(InvalidLink):
+    """A resident's link whose token was genuine but is past its age."""
+
+
+class InvalidLinkSettings(DispatchError, ValueError):
+    """Settings of the residents' links (secret, base URL, age) that cannot be used."""
+
+
+class InvalidAddress(DispatchError, ValueError):
+    """A resident's e-mail address or push URL that cannot be used (the message never repeats it)."""
+
+
+class DeliveryFailed(QueueUnavailable):
+    """An e-mail or push could not be delivered after every retry: the notification stays pending, to be sent
+    again later (a consumer treats it as it treats Redis being down)."""

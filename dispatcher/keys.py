@@ -149,3 +149,9 @@ class Keys:
     def evidence_secret(self) -> str:
         """The server secret of the sharers' per-request references and the share ids (made once)."""
         return self._key("evidence", "secret")
+
+    # -- the senders' address book ----------------------------------------------------------------------
+    @property
+    def addresses(self) -> str:
+        """Owner id -> the resident's e-mail address and push URL: read by the senders only."""
+        return self._key("addresses")

@@ -6,11 +6,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from dispatcher.dispatch.links import LinkSettings, LinkSigner
 from dispatcher.dispatch.wire import NotificationHeader
 from dispatcher.index.recipients import RecipientSet
 from tests.data import NOW
 
-__all__ = ["NOW", "header", "make_recipients"]
+__all__ = ["LINKS", "LINK_SECRET", "NOW", "header", "make_recipients"]
 
 
 def make_recipients(n: int, seed: int = 0) -> RecipientSet:
@@ -28,3 +29,7 @@ def header(rid: str = "req-1") -> NotificationHeader:
     return NotificationHeader(rid, "ag-1", "Springfield PD", "C-42", "burglary",
                               datetime(2026, 10, 30, 21, tzinfo=timezone.utc),
                               datetime(2026, 10, 30, 23, tzinfo=timezone.utc), "Please share <footage> & help")
+
+#: The link secret of the tests (a real one is the platform's, from GEODISPATCH_LINK_SECRET).
+LINK_SECRET = "test-link-secret-0123456789abcdef-not-for-production"
+LINKS = LinkSigner(LinkSettings(LINK_SECRET, "http://127.0.0.1:1/r"))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from dispatcher.dispatch.consumer import MAX_SUBJECT_CHARS, SUBJECT_PREFIX, Email, render
 from dispatcher.dispatch.wire import Notification
+from tests.notifications import LINKS
 
 UNSAFE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
@@ -20,7 +21,7 @@ UNSAFE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 def rendered(agency_name: str, request_id: str = "r1") -> Email:
     return render(Notification({"request_id": request_id, "agency_id": "a", "agency_name": agency_name,
                                 "case_number": "C-1", "incident_type": "burglary", "start": "s", "end": "e",
-                                "message": "m"}, 42, (7,)))
+                                "message": "m"}, 42, (7,)), LINKS)
 
 
 def header_safe(value: str) -> bool:

@@ -9,11 +9,12 @@ import pytest
 
 from dispatcher.dispatch.consumer import Consumer, OutboxSender, render
 from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.links import DECLINE, OPT_OUT, VIEW
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import Notification, decode_batch
 from dispatcher.errors import QueueFull
-from tests.notifications import NOW, header, make_recipients
+from tests.notifications import LINK_SECRET, LINKS, NOW, header, make_recipients
 
 pytestmark = pytest.mark.redis
 
@@ -29,11 +30,15 @@ def outbox_owners(outbox: OutboxSender) -> list[int]:
 def test_render_escapes_and_links():
     n = Notification({"request_id": "r/1", "agency_id": "a", "agency_name": "<b>PD</b>", "case_number": "C&1",
                       "incident_type": "x", "start": "s", "end": "e", "message": "<script>"}, 42, (7, 9))
-    e = render(n)
+    e = render(n, LINKS)
     assert "<script>" not in e.html and "&lt;script&gt;" in e.html and "&lt;b&gt;PD" in e.html
     assert "C&amp;1" in e.html and "7, 9" in e.html
-    for action in ("share", "decline", "opt-out"):
-        assert f"/r%2F1/42/{action}" in e.html
+    hrefs = re.findall(r'href="([^"]+)"', e.html)
+    assert len(hrefs) == 3 and e.link == hrefs[0]
+    for href, action in zip(hrefs, (VIEW, DECLINE, OPT_OUT), strict=True):  # each link signed for its action
+        assert href.startswith("http://127.0.0.1:1/r/") and href in e.text
+        claim = LINKS.verify(href.rsplit("/", 1)[1], [action])
+        assert (claim.request_id, claim.owner_id, claim.action) == ("r/1", 42, action)
     assert e.idempotency_key == "r/1:42"
 
 
@@ -41,14 +46,14 @@ def test_consume_all_then_redelivery_sends_nothing_twice(redis_server, tmp_path)
     s = settings_for(redis_server)
     rs = make_recipients(400)
     outbox = OutboxSender(tmp_path / "outbox")
-    c = Consumer(redis_server.client(), "c1", outbox, settings=s, min_idle_ms=0)
+    c = Consumer(redis_server.client(), "c1", outbox, links=LINKS, settings=s, min_idle_ms=0)
     c.ensure_group()
     Dispatcher(RedisSink(s), s).dispatch(header(), rs, now=NOW)
     while c.run_once(block_ms=10):
         pass
     assert c.sent == 400 and outbox_owners(outbox) == rs.owner_ids.tolist()
     # Force a redelivery of everything: a new group reading from the start, same outbox, same keys.
-    c2 = Consumer(redis_server.client(), "c2", outbox, group="senders", settings=s, min_idle_ms=0)
+    c2 = Consumer(redis_server.client(), "c2", outbox, group="senders", links=LINKS, settings=s, min_idle_ms=0)
     c2.client.xgroup_setid(c2.keys.notifications, "senders", "0")
     while c2.run_once(block_ms=10):
         pass
@@ -61,13 +66,13 @@ def test_crashed_consumer_is_reclaimed(redis_server, tmp_path):
     rs = make_recipients(300)
     outbox = OutboxSender(tmp_path / "outbox")
     Dispatcher(RedisSink(s), s).dispatch(header(), rs, now=NOW)
-    crashed = Consumer(redis_server.client(), "crashed", outbox, settings=s)
+    crashed = Consumer(redis_server.client(), "crashed", outbox, links=LINKS, settings=s)
     crashed.ensure_group()
     # "crashed" reads 5 batches, sends the first owner of one of them, then dies without acking.
     got = crashed.client.xreadgroup("senders", "crashed", {crashed.keys.notifications: ">"}, count=5)
     first = decode_batch(got[0][1][0][1][b"data"])[1][0]
-    assert outbox.send(render(first))
-    survivor = Consumer(redis_server.client(), "survivor", outbox, settings=s, min_idle_ms=1)
+    assert outbox.send(render(first, LINKS))
+    survivor = Consumer(redis_server.client(), "survivor", outbox, links=LINKS, settings=s, min_idle_ms=1)
     threading.Event().wait(0.01)   # let the crashed consumer's entries go idle past min_idle_ms
     while survivor.run_once(block_ms=10):
         pass
@@ -82,7 +87,7 @@ def test_backpressure_waits_and_never_drops_unacked(redis_server, tmp_path):
     rs = make_recipients(500)
     outbox = OutboxSender(tmp_path / "outbox")
     sink = RedisSink(s)
-    consumer = Consumer(redis_server.client(), "c1", outbox, settings=s, min_idle_ms=60_000)
+    consumer = Consumer(redis_server.client(), "c1", outbox, links=LINKS, settings=s, min_idle_ms=60_000)
     consumer.ensure_group()
     stop = threading.Event()
     max_len = []
@@ -110,7 +115,7 @@ def test_backpressure_waits_and_never_drops_unacked(redis_server, tmp_path):
 def test_trim_keeps_pending_and_undelivered(redis_server, tmp_path):
     s = settings_for(redis_server, batch_size=10)
     sink = RedisSink(s)
-    c = Consumer(redis_server.client(), "c1", OutboxSender(tmp_path / "o"), settings=s)
+    c = Consumer(redis_server.client(), "c1", OutboxSender(tmp_path / "o"), links=LINKS, settings=s)
     c.ensure_group()
     c.client.xgroup_create(sink.keys.notifications, "audit", id="0")
     Dispatcher(sink, s).dispatch(header(), make_recipients(200), now=NOW)       # 20 entries
@@ -128,7 +133,7 @@ def test_shutdown_drains_cleanly(redis_server, tmp_path):
     s = settings_for(redis_server)
     rs = make_recipients(600)
     outbox = OutboxSender(tmp_path / "outbox")
-    consumers = [Consumer(redis_server.client(), f"c{i}", outbox, settings=s) for i in range(2)]
+    consumers = [Consumer(redis_server.client(), f"c{i}", outbox, links=LINKS, settings=s) for i in range(2)]
     consumers[0].ensure_group()
     stop = threading.Event()
     threads = [threading.Thread(target=c.run, args=(stop,)) for c in consumers]
@@ -152,7 +157,7 @@ def test_full_queue_raises_after_timeout_and_resumes(redis_server, tmp_path):
     rs = make_recipients(100)
     outbox = OutboxSender(tmp_path / "outbox")
     sink = RedisSink(s)
-    consumer = Consumer(redis_server.client(), "c1", outbox, settings=s)
+    consumer = Consumer(redis_server.client(), "c1", outbox, links=LINKS, settings=s)
     consumer.ensure_group()
     with pytest.raises(QueueFull) as ei:
         Dispatcher(sink, s).dispatch(header(), rs, now=NOW)        # nobody consumes: the queue fills up
@@ -212,8 +217,9 @@ def test_consume_command_sends_every_notification_once_and_stops_on_sigterm(redi
     def run_once() -> str:
         proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "consume", "--redis-url", redis_server.url,
                                  "--outbox", str(outbox), "--consumers", "3", "--claim-idle-ms", "100"],
-                                cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                cwd=root, env={**os.environ, "PYTHONPATH": str(root),
+                                               "GEODISPATCH_LINK_SECRET": LINK_SECRET},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 60
             with redis_server.client() as r:
@@ -252,7 +258,7 @@ def test_a_malformed_notification_entry_is_set_aside_and_the_others_sent(redis_s
         r.xadd(s.keys.notifications, {"request": "req-z", "batch": 0, "data": b'{"header": 1}'})
     Dispatcher(RedisSink(s), s).dispatch(header("req-2"), make_recipients(30, seed=3), now=NOW)
     outbox = OutboxSender(tmp_path / "outbox")
-    c = Consumer(redis_server.client(), "c1", outbox, settings=s, min_idle_ms=0)
+    c = Consumer(redis_server.client(), "c1", outbox, links=LINKS, settings=s, min_idle_ms=0)
     c.ensure_group()
     while c.run_once(count=3, block_ms=10):
         pass

@@ -21,7 +21,7 @@ from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore
-from tests.notifications import header, make_recipients
+from tests.notifications import LINKS, header, make_recipients
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, request
 
 DAY = 86_400
@@ -44,7 +44,8 @@ def test_redis_records_naming_residents_expire_and_aggregates_stay(redis_server:
     wf.mark_dispatched("req-1", NOW)
     shared = int(rs.owner_ids[0])
     wf.share("req-1", shared, ["clip-1"], NOW)
-    c = Consumer(redis_server.client(), "c1", OutboxSender(tmp_path / "out"), settings=qs, min_idle_ms=0)
+    c = Consumer(redis_server.client(), "c1", OutboxSender(tmp_path / "out"), links=LINKS, settings=qs,
+                 min_idle_ms=0)
     c.ensure_group()
     while c.run_once(block_ms=10):
         pass

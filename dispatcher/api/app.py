@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.api.backend import Backend
 from dispatcher.api.credentials import AGENCY, REVIEWER, Principal
+from dispatcher.api.residents import ResidentPages, residents_router
 from dispatcher.connections import is_transient
 from dispatcher.errors import InvalidApiSettings, InvalidTransition, NotAuthenticated, NotPermitted, UnknownRequest
 from dispatcher.service.commands import submitters_outcome
@@ -211,8 +212,10 @@ async def _no_receive() -> MutableMapping[str, Any]:
 # ---------------------------------------------------------------------------------------------- the app
 
 
-def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI:
-    """The ASGI app over ``backend`` (see :func:`dispatcher.api.backend.open_backend`)."""
+def create_app(backend: Backend, settings: ApiSettings | None = None, residents: ResidentPages | None = None
+               ) -> FastAPI:
+    """The ASGI app over ``backend`` (see :func:`dispatcher.api.backend.open_backend`), with the residents'
+    pages under ``/r`` when ``residents`` is given."""
     s = settings or ApiSettings()
     app = FastAPI(title="geodispatch", version="1", summary="Police video requests to camera owners, without "
                   "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None)
@@ -362,6 +365,8 @@ def create_app(backend: Backend, settings: ApiSettings | None = None) -> FastAPI
     from dispatcher.api.evidence import evidence_router  # it imports this module's errors
 
     app.include_router(evidence_router(backend, agency, principal, s.list_limit))
+    if residents is not None:
+        app.include_router(residents_router(backend, residents))
     app.add_middleware(_BodyLimit, limit=s.body_limit)
     return app
 

@@ -10,6 +10,7 @@ import uvicorn
 
 from dispatcher.api.app import ApiSettings, create_app
 from dispatcher.api.backend import Backend
+from dispatcher.api.residents import ResidentPages
 
 __all__ = ["serve"]
 
@@ -17,9 +18,9 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def serve(backend: Backend, host: str, port: int, settings: ApiSettings | None = None,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", residents: ResidentPages | None = None) -> None:
     """Serve ``backend`` on ``host:port`` until SIGTERM or SIGINT; closes the backend."""
-    server = uvicorn.Server(uvicorn.Config(create_app(backend, settings), host=host, port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(backend, settings, residents), host=host, port=port,
                                            log_level=log_level, lifespan="off"))
     # uvicorn stops on the signal, then sends it again to the handlers it found: let those be no-ops, so the stop
     # it already made is the end (and the backend is closed) rather than a second, abrupt one

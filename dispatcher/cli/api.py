@@ -42,17 +42,28 @@ def _where(store: Path | None, redis_url: str | None, *, existing: bool = False)
               help="The request policy as JSON (limits by name, durations in seconds); default: the published one.")
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", default=8080, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--link-base-url", default=None, help="Public base URL of the resident pages (this server's /r); "
+              "they are served when GEODISPATCH_LINK_SECRET is set.")
+@click.option("--link-max-age-s", default=None, type=int, help="How long a link stays valid [default: 14 days].")
 def api(index_dir: Path, store: Path | None, redis_url: str | None, agencies: str | None,
-        synthetic_agencies: int | None, policy_file: Path | None, host: str, port: int) -> None:
+        synthetic_agencies: int | None, policy_file: Path | None, host: str, port: int, link_base_url: str | None,
+        link_max_age_s: int | None) -> None:
     """Serve the HTTP API: agencies submit and follow their requests, reviewers approve or reject them, with
     keys made by ``api-key create``. SIGTERM or Ctrl-C stops it after the calls in hand."""
-    from dispatcher.api import open_backend, serve
+    import os
+
+    from dispatcher.api import ResidentPages, open_backend, serve
+    from dispatcher.dispatch.links import LinkSettings, LinkSigner
     from dispatcher.workflow.policy import Policy
 
+    residents = None
+    if os.environ.get("GEODISPATCH_LINK_SECRET"):
+        residents = ResidentPages(LinkSigner(LinkSettings.from_env(base_url=link_base_url,
+                                                                   max_age_s=link_max_age_s)))
     registry = load_agencies(agencies, synthetic_agencies)
     backend = open_backend(index_dir, registry, Policy.from_dict(read_policy(policy_file)),
                            **_where(store, redis_url))
-    serve(backend, host, port)
+    serve(backend, host, port, residents=residents)
 
 
 @main.group("api-key")

@@ -41,16 +41,70 @@ def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, s
 
 
 @main.command()
-@click.option("--redis-url", required=True, help="Redis holding the notifications stream.")
-@click.option("--outbox", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory the e-mails are written to, one file per notification.")
+@click.option("--redis-url", required=True, help="Redis holding the notifications stream and the address book.")
+@click.option("--outbox", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Write the e-mails to this directory, one file per notification, instead of sending them.")
+@click.option("--smtp-host", default=None, help="Send e-mail through this SMTP relay (login from "
+              "GEODISPATCH_SMTP_USER and GEODISPATCH_SMTP_PASSWORD).")
+@click.option("--smtp-port", default=587, type=click.IntRange(1, 65535), help="The relay's port.")
+@click.option("--smtp-security", default="starttls", type=click.Choice(["starttls", "ssl", "none"]),
+              help="TLS with the relay: STARTTLS, TLS from the start, or none (a relay on loopback).")
+@click.option("--smtp-from", default="requests@geodispatch.example", help="The From address.")
+@click.option("--push/--no-push", default=True, help="Also POST to residents' push webhooks (with --smtp-host).")
+@click.option("--link-base-url", default=None, help="Public base URL of the resident pages (the API's /r); "
+              "the signing secret is GEODISPATCH_LINK_SECRET.")
+@click.option("--link-max-age-s", default=None, type=int, help="How long a link stays valid [default: 14 days].")
 @click.option("--consumers", default=2, help="Consumer threads of the group.")
 @click.option("--group", default="senders", help="The consumer group.")
 @click.option("--claim-idle-ms", default=30_000, help="Reclaim a dead consumer's entries after this idle time.")
-def consume(redis_url: str, outbox: Path, consumers: int, group: str, claim_idle_ms: int) -> None:
-    """Send the notifications on the stream: a consumer group renders each owner's e-mail, sends it once
-    (idempotency keys) and acknowledges. SIGTERM or Ctrl-C stops it after the batches in hand."""
+def consume(redis_url: str, outbox: Path | None, smtp_host: str | None, smtp_port: int, smtp_security: str,
+            smtp_from: str, push: bool, link_base_url: str | None, link_max_age_s: int | None, consumers: int,
+            group: str, claim_idle_ms: int) -> None:
+    """Send the notifications on the stream: a consumer group renders each owner's e-mail with signed links,
+    sends it once (idempotency keys) by SMTP and push to the address book's addresses, or into an outbox, and
+    acknowledges. SIGTERM or Ctrl-C stops it after the batches in hand."""
+    from dispatcher.connections import connect
+    from dispatcher.dispatch.addresses import RedisAddressBook
+    from dispatcher.dispatch.consumer import OutboxSender
+    from dispatcher.dispatch.delivery import DeliverySender, SmtpSender, SmtpSettings, WebhookSender
+    from dispatcher.dispatch.links import LinkSettings, LinkSigner
+    from dispatcher.dispatch.settings import QueueSettings
     from dispatcher.service.supervise import consume as run_consumers
 
-    run_consumers(redis_url, str(outbox), consumers, group, claim_idle_ms, out.print)
+    if (outbox is None) == (smtp_host is None):
+        raise click.UsageError("give --outbox DIR or --smtp-host HOST (one of the two)")
+    links = LinkSigner(LinkSettings.from_env(base_url=link_base_url, max_age_s=link_max_age_s))
+    if outbox is not None:
+        run_consumers(redis_url, OutboxSender(outbox), links, consumers, group, claim_idle_ms, out.print)
+        return
+    qs = QueueSettings.from_url(redis_url)
+    smtp = SmtpSettings.from_env(host=smtp_host, port=smtp_port, security=smtp_security, from_addr=smtp_from)
+    sender = DeliverySender(RedisAddressBook(connect(qs), qs), SmtpSender(smtp, qs),
+                            WebhookSender(qs) if push else None)
+    try:
+        run_consumers(redis_url, sender, links, consumers, group, claim_idle_ms, out.print)
+    finally:
+        sender.close()
 
+
+@main.group()
+def addresses() -> None:
+    """The residents' address book the senders read (e-mail addresses and push URLs, never on the stream)."""
+
+
+@addresses.command("load")
+@click.option("--redis-url", required=True, help="Redis holding the address book.")
+@click.option("--owners", "owners_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Parquet owners table with owner_id and the optional email and push_url columns.")
+def load_addresses(redis_url: str, owners_file: Path) -> None:
+    """Add or replace the owners' addresses from an owners table (all or none: a bad one stops the load)."""
+    import pyarrow.parquet as pq
+
+    from dispatcher.connections import connect
+    from dispatcher.dispatch.addresses import RedisAddressBook, addresses_from_owners
+    from dispatcher.dispatch.settings import QueueSettings
+
+    book = addresses_from_owners(pq.read_table(owners_file))
+    qs = QueueSettings.from_url(redis_url)
+    RedisAddressBook(connect(qs), qs).put_many(book)
+    out.print(f"{len(book)} addresses loaded")

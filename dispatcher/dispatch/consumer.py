@@ -2,9 +2,11 @@
 e-mail, hands it to a pluggable sender and acks.
 
 Delivery is at-least-once (an entry is acked only after every e-mail of its batch went out); an idempotency key
-per (request, owner), recorded in Redis after the send and honoured by the sender itself (the outbox writes each
-key once, exclusively), makes a redelivery send nothing twice. A crashed consumer's pending entries are reclaimed
-with XAUTOCLAIM by any other consumer once they have been idle for ``min_idle_ms``.
+per (request, owner), recorded in Redis right after each send and honoured by the sender itself where it can be
+(the outbox writes each key once, exclusively; an SMTP message's Message-ID is derived from it), makes a
+redelivery send nothing twice; only a crash between one send and its mark can repeat that one message. A
+crashed consumer's pending entries are reclaimed with XAUTOCLAIM by any other consumer once they have been idle
+for ``min_idle_ms``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import quote
 import redis
 
 from dispatcher.connections import with_retries
+from dispatcher.dispatch.links import DECLINE, OPT_OUT, VIEW, LinkSigner
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.wire import Notification, decode_batch
 from dispatcher.errors import QueueUnavailable
@@ -38,6 +41,10 @@ class Email:
     owner_id: int
     subject: str
     html: str
+    #: The same message as plain text, for mailers that do not show HTML.
+    text: str = ""
+    #: The signed link to the request's page (a push notification carries it).
+    link: str = ""
 
 
 class Sender(Protocol):
@@ -91,32 +98,40 @@ def _header_token(value: str) -> str:
                    for c in value)
 
 
-def render(n: Notification, base_url: str = "https://geodispatch.example/r") -> Email:
-    """The e-mail a resident gets: every field HTML-escaped, links to share, decline or opt out. The subject and
-    the idempotency key (which a mailer may send as a header) hold no CR, LF or other control character; the
-    subject is at most ``MAX_SUBJECT_CHARS`` long."""
+def render(n: Notification, links: LinkSigner) -> Email:
+    """The e-mail a resident gets: every field HTML-escaped, and three links, each with its own signed token
+    for (request, resident, action): the request's page (to share clips), decline, opt out of all requests. A
+    link opens a page; nothing changes until the resident confirms there. The subject and the idempotency key
+    (which a mailer may send as a header) hold no CR, LF or other control character; the subject is at most
+    ``MAX_SUBJECT_CHARS`` long."""
     h = {k: html.escape(str(v)) for k, v in n.header.items()}
-    rid = quote(n.header["request_id"], safe="")
-    link = f"{html.escape(base_url)}/{rid}/{n.owner_id}"
+    rid = str(n.header["request_id"])
+    view, decline, opt_out = (links.url(rid, n.owner_id, a) for a in (VIEW, DECLINE, OPT_OUT))
     cams = ", ".join(str(c) for c in n.camera_ids)
     body = (
         f"<p>{h['agency_name']} asks for footage for case {h['case_number']} ({h['incident_type']}), "
         f"from {h['start']} to {h['end']}.</p>\n<p>{h['message']}</p>\n"
         f"<p>Your cameras that may hold it: {cams}</p>\n"
-        f'<p><a href="{link}/share">Share</a> | <a href="{link}/decline">Decline</a> | '
-        f'<a href="{link}/opt-out">Opt out of all requests</a></p>\n'
+        f'<p><a href="{html.escape(view)}">See the request and share clips</a> | '
+        f'<a href="{html.escape(decline)}">Decline</a> | '
+        f'<a href="{html.escape(opt_out)}">Opt out of all requests</a></p>\n'
     )
+    text = (f"{n.header['agency_name']} asks for footage for case {n.header['case_number']} "
+            f"({n.header['incident_type']}), from {n.header['start']} to {n.header['end']}.\n\n"
+            f"{n.header['message']}\n\nYour cameras that may hold it: {cams}\n\n"
+            f"See the request and share clips: {view}\nDecline: {decline}\nOpt out of all requests: {opt_out}\n")
     agency = header_text(str(n.header["agency_name"]), MAX_SUBJECT_CHARS - len(SUBJECT_PREFIX))
     subject = SUBJECT_PREFIX + agency if agency else SUBJECT_PREFIX.removesuffix(" from ")
-    return Email(_header_token(f"{n.header['request_id']}:{n.owner_id}"), n.owner_id, subject, body)
+    return Email(_header_token(f"{rid}:{n.owner_id}"), n.owner_id, subject, body, text, view)
 
 
 class Consumer:
     """One consumer of a group. ``run_once`` reclaims stale entries, reads new ones, sends and acks."""
 
-    def __init__(self, client: redis.Redis, name: str, sender: Sender, *, group: str = "senders",
+    def __init__(self, client: redis.Redis, name: str, sender: Sender, *, links: LinkSigner, group: str = "senders",
                  settings: QueueSettings | None = None, min_idle_ms: int = 30_000, keys: Keys | None = None) -> None:
         self.client, self.name, self.sender, self.group = client, name, sender, group
+        self.links = links
         self.settings = settings or QueueSettings(url="redis://")
         self.keys = keys or self.settings.keys
         self.min_idle_ms = min_idle_ms
@@ -138,7 +153,7 @@ class Consumer:
             self._set_aside(entry_id, fields, f"{type(exc).__name__}: {exc}")
             return
         sent_key = self.keys.sent(self.group, notes[0].header["request_id"]) if notes else ""
-        emails = [render(n) for n in notes]
+        emails = [render(n, self.links) for n in notes]
         already = with_retries(self.settings, "idempotency check", lambda: self.client.hmget(
             sent_key, [e.idempotency_key for e in emails])) if emails else []
         done: list[str] = []
@@ -147,6 +162,8 @@ class Consumer:
                 self.skipped += 1
             else:
                 self.sent += 1
+                # marked at once, not only with the ack: a crash later in the batch resends none of those before
+                self._mark(sent_key, e.idempotency_key)
             done.append(e.idempotency_key)
 
         def ack() -> None:
@@ -157,6 +174,14 @@ class Consumer:
             pipe.xack(self.keys.notifications, self.group, entry_id)
             pipe.execute()
         with_retries(self.settings, "ack", ack)
+
+    def _mark(self, sent_key: str, key: str) -> None:
+        def mark() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(sent_key, key, 1)
+            pipe.expire(sent_key, self.settings.retention_s)
+            pipe.execute()
+        with_retries(self.settings, "sent mark", mark)
 
     def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
         """A notification entry no consumer can read: to the senders' dead-letter stream with its error, and

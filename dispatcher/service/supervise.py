@@ -9,9 +9,13 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dispatcher.errors import WorkerFailed
+
+if TYPE_CHECKING:
+    from dispatcher.dispatch.consumer import Sender
+    from dispatcher.dispatch.links import LinkSigner
 
 __all__ = ["LOG_FORMAT", "consume", "serve", "serve_process", "wait_for_redis"]
 
@@ -148,15 +152,15 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     say("all workers stopped")
 
 
-def consume(redis_url: str, outbox: str, consumers: int, group: str, min_idle_ms: int,
+def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, group: str, min_idle_ms: int,
             say: Callable[[str], None], stop: Any = None) -> int:
     """Run ``consumers`` consumer threads of ``group`` on the notifications stream until SIGTERM or SIGINT (or
-    ``stop`` is set), each sending through an :class:`OutboxSender` into ``outbox``; every batch in hand is
-    finished and acknowledged first. Returns the notifications sent."""
+    ``stop`` is set), each sending through ``sender`` (the outbox, or SMTP and push) with links signed by
+    ``links``; every batch in hand is finished and acknowledged first. Returns the notifications sent."""
     import threading
 
     from dispatcher.connections import connect
-    from dispatcher.dispatch.consumer import Consumer, OutboxSender
+    from dispatcher.dispatch.consumer import Consumer
     from dispatcher.dispatch.settings import QueueSettings
 
     settings = QueueSettings.from_url(redis_url)
@@ -165,16 +169,15 @@ def consume(redis_url: str, outbox: str, consumers: int, group: str, min_idle_ms
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     clients = [connect(settings) for _ in range(consumers)]
-    clients[0].ping()  # a Redis that is not there is said before the outbox is made
-    sender = OutboxSender(outbox)
+    clients[0].ping()  # a Redis that is not there is said before any thread starts
     name = f"{os.uname().nodename}-{os.getpid()}"
-    workers = [Consumer(client, f"{name}-{k}", sender, group=group, settings=settings, min_idle_ms=min_idle_ms)
-               for k, client in enumerate(clients)]
+    workers = [Consumer(client, f"{name}-{k}", sender, links=links, group=group, settings=settings,
+                        min_idle_ms=min_idle_ms) for k, client in enumerate(clients)]
     workers[0].ensure_group()
     threads = [threading.Thread(target=c.run, args=(stop,), name=c.name) for c in workers]
     for t in threads:
         t.start()
-    say(f"consuming with {consumers} consumers of group {group!r} into {outbox}; SIGTERM or Ctrl-C to stop")
+    say(f"consuming with {consumers} consumers of group {group!r}; SIGTERM or Ctrl-C to stop")
     for t in threads:
         t.join()
     sent = sum(c.sent for c in workers)
