@@ -53,21 +53,27 @@ def retry_policy(settings: QueueSettings) -> Retry:
                  supported_errors=(redis.ConnectionError, redis.TimeoutError, redis.ResponseError))
 
 
-def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:
-    """``fn()`` retried on transient trouble (:func:`is_transient`: connection errors, timeouts, a full or
-    loading Redis) by :func:`retry_policy`; any other error is raised at once. After ``settings.retries``
-    retries, :class:`QueueUnavailable` says what was being done. ``fn`` must be safe to run again."""
+def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T], *,
+                 transient: Callable[[BaseException], bool] = is_transient, service: str = "Redis",
+                 exhausted: type[QueueUnavailable] = QueueUnavailable) -> T:
+    """``fn()`` retried on transient trouble (``transient``, by default :func:`is_transient`: connection errors,
+    timeouts, a full or loading Redis) with :func:`retry_policy`'s attempts and backoff; any other error is
+    raised at once. After ``settings.retries`` retries, ``exhausted`` (:class:`QueueUnavailable`) says what was
+    being done. ``fn`` must be safe to run again. The senders of e-mail and push retry through it too, with their
+    own ``transient``, ``service`` (for the log and the error) and ``exhausted``."""
     def failed(exc: Exception, failures: int) -> None:
         if failures <= settings.retries:
-            log.warning("Redis error during %s (attempt %d): %s; retrying", what, failures, exc)
+            log.warning("%s error during %s (attempt %d): %s; retrying", service, what, failures, exc)
 
+    policy = retry_policy(settings)
+    policy.update_supported_errors([Exception])  # which to retry is ``transient``'s to say
     try:
-        return retry_policy(settings).call_with_retry(fn, failed, is_retryable=is_transient, with_failure_count=True)
-    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-        if not is_transient(exc):
+        return policy.call_with_retry(fn, failed, is_retryable=transient, with_failure_count=True)
+    except Exception as exc:
+        if not transient(exc):
             raise
-        raise QueueUnavailable(f"Redis unreachable during {what} after {settings.retries + 1} attempts: "
-                               f"{exc}") from exc
+        raise exhausted(f"{service} unreachable during {what} after {settings.retries + 1} attempts: "
+                        f"{exc}") from exc
 
 
 class Prepacked:

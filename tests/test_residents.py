@@ -272,7 +272,7 @@ def test_smtp_and_push_delivery_with_retries(smtp: tuple[Mailbox, int], webhook:
     box.refuse["two@residents.example"] = "550 no such mailbox"  # permanent: not retried, not raised
     assert not sender.send(render(_note(2), LINKS)) and len(box.to("two@residents.example")) == 2
     box.data_replies = ["421 closing"] * 10       # passing trouble that does not pass
-    with pytest.raises(DeliveryFailed, match="SMTP send failed after 4 attempts"):
+    with pytest.raises(DeliveryFailed, match="unreachable during SMTP send after 4 attempts"):
         sender.send(render(_note(1, "il-chicago:r2"), LINKS))
     with pytest.raises(InvalidQueueSettings):
         SmtpSettings.from_env({"GEODISPATCH_SMTP_USER": "u"})

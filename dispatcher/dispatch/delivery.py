@@ -26,13 +26,12 @@ from email.message import EmailMessage
 from typing import TypeVar
 
 import orjson
-import redis
 
 from dispatcher.connections import with_retries
 from dispatcher.dispatch.addresses import Address, AddressBook, _email
 from dispatcher.dispatch.consumer import Email
 from dispatcher.dispatch.settings import QueueSettings
-from dispatcher.errors import DeliveryFailed, InvalidAddress, InvalidQueueSettings, QueueUnavailable
+from dispatcher.errors import DeliveryFailed, InvalidAddress, InvalidQueueSettings
 from dispatcher.settings import coerce
 
 __all__ = ["DeliverySender", "SmtpSender", "SmtpSettings", "WebhookSender"]
@@ -43,17 +42,13 @@ T = TypeVar("T")
 SECURITY = ("none", "starttls", "ssl")
 
 
-class _Passing(redis.ConnectionError):
-    """Delivery trouble that passes, in the form the project's retry policy retries."""
+class _Passing(Exception):
+    """Delivery trouble that passes (a relay's 4xx, a dropped connection, a push endpoint's 5xx): retried."""
 
 
 def _retried(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:
-    try:
-        return with_retries(settings, what, fn)
-    except DeliveryFailed:
-        raise
-    except QueueUnavailable as exc:
-        raise DeliveryFailed(f"{what} failed after {settings.retries + 1} attempts: {exc.__cause__}") from exc
+    return with_retries(settings, what, fn, transient=lambda exc: isinstance(exc, _Passing),
+                        service="the receiver", exhausted=DeliveryFailed)
 
 
 @dataclass(frozen=True)
