@@ -93,15 +93,15 @@ class Change:
 
     @classmethod
     def remove(cls, camera_ids: Iterable[int]) -> Change:
-        return parse_change({"op": "remove", "camera_ids": list(camera_ids)})
+        return parse_change({"op": "remove", "camera_ids": _plain(camera_ids)})
 
     @classmethod
     def sharing(cls, camera_ids: Iterable[int], enabled: bool) -> Change:
-        return parse_change({"op": "sharing", "camera_ids": list(camera_ids), "enabled": enabled})
+        return parse_change({"op": "sharing", "camera_ids": _plain(camera_ids), "enabled": enabled})
 
     @classmethod
     def opt_out(cls, owner_ids: Iterable[int], opted_out: bool = True) -> Change:
-        return parse_change({"op": "optout", "owner_ids": list(owner_ids), "opted_out": opted_out})
+        return parse_change({"op": "optout", "owner_ids": _plain(owner_ids), "opted_out": opted_out})
 
     def to_dict(self) -> dict[str, Any]:
         """The change as its JSON form (what :func:`parse_change` reads)."""
@@ -131,6 +131,12 @@ class Change:
             index.set_sharing(self.ids, bool(self.flag))  # type: ignore[arg-type]
         else:
             index.set_opted_out(self.ids, bool(self.flag))  # type: ignore[arg-type]
+
+
+def _plain(ids: Iterable[Any]) -> list[Any]:
+    """Ids as Python ints where they are numpy integers (what an index hands out); anything else as it is, for
+    :func:`parse_change` to judge."""
+    return [int(x) if isinstance(x, np.integer) else x for x in ids]
 
 
 def parse_change(raw: Any) -> Change:
