@@ -426,6 +426,7 @@ class FeedFollower:
         self.applied = 0
         self.rejected = 0
         self.reloads = 0
+        self._announced = False  # its position recorded in Keys.feed_applied at least once
         self._lock = threading.Lock()
 
     def catch_up(self) -> int:
@@ -445,6 +446,10 @@ class FeedFollower:
                     continue
                 entries = _entries(got)
                 if not entries:
+                    if self.report and not self._announced:  # up to date from the start (a fresh snapshot)
+                        with_retries(self.queue, "report the feed position",
+                                     lambda: self.r.hset(self.keys.feed_applied, self.name, self.index.version))
+                        self._announced = True
                     return total
                 self._apply(entries)
                 total += len(entries)
@@ -510,6 +515,7 @@ class FeedFollower:
                 pipe.xadd(self.keys.feed_lag, {"w": self.name, "ms": lags}, maxlen=100_000, approximate=True)
             pipe.execute()
         with_retries(self.queue, "report the feed position", report)
+        self._announced = self._announced or self.report
 
 
 def _entries(got: Any) -> list[tuple[int, dict[bytes, bytes]]]:
