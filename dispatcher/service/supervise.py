@@ -128,7 +128,7 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     Policy.from_dict(policy)
     CameraIndex.open(index_dir, warm_up=False)
     AgencyRegistry.load(agencies)
-    snapshotter = _snapshotter(index_dir, qs, settings)
+    snapshots = _first_snapshot(index_dir, qs, settings)
     ctx = mp.get_context("spawn")
     readies = [ctx.Event() for _ in range(workers)]
     procs = [ctx.Process(target=serve_process, name=f"geodispatch-worker-{k}",
@@ -149,9 +149,9 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
         p.start()
     done = threading.Event()
     background = None
-    if snapshotter is not None and settings.snapshot_every_s > 0:
-        background = threading.Thread(target=snapshotter.run, args=(done,), name="geodispatch-snapshots",
-                                      daemon=True)
+    if snapshots is not None and settings.snapshot_every_s > 0:
+        background = threading.Thread(target=_snapshot_loop, args=(snapshots, qs, settings, done),
+                                      name="geodispatch-snapshots", daemon=True)
         background.start()
     if stopping:  # arrived while a worker was starting: that one had no pid to signal yet
         forward(stopping[0], None)
@@ -174,19 +174,27 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     say("all workers stopped")
 
 
-def _snapshotter(index_dir: str, qs: Any, settings: Any) -> Any:
-    """With a feed directory: a first snapshot when there is none (the index given, at position 0), and the
-    :class:`Snapshotter` that keeps publishing them; None without one."""
+def _first_snapshot(index_dir: str, qs: Any, settings: Any) -> Any:
+    """With a feed directory: its :class:`Snapshots`, with a first snapshot when there is none (the index given,
+    at position 0); None without one."""
     if not settings.feed_dir:
         return None
     from dispatcher.connections import connect
-    from dispatcher.service.feed import Snapshots, Snapshotter, ensure_snapshot
+    from dispatcher.service.feed import Snapshots, ensure_snapshot
 
     snapshots = Snapshots(settings.feed_dir)
-    client = connect(qs)
-    ensure_snapshot(snapshots, index_dir, client, qs.keys)
-    return Snapshotter(snapshots, snapshots.open_latest(), client, qs.keys, every_s=settings.snapshot_every_s,
-                       queue=qs)
+    ensure_snapshot(snapshots, index_dir, connect(qs), qs.keys)
+    return snapshots
+
+
+def _snapshot_loop(snapshots: Any, qs: Any, settings: Any, stop: Any) -> None:
+    """The supervisor's background thread: a :class:`Snapshotter` following the feed into its own copy of the
+    latest snapshot (never resolved from, so not warmed up), publishing every ``settings.snapshot_every_s``."""
+    from dispatcher.connections import connect
+    from dispatcher.service.feed import Snapshotter
+
+    Snapshotter(snapshots, snapshots.open_latest(warm_up=False), connect(qs), qs.keys,
+                every_s=settings.snapshot_every_s, queue=qs).run(stop)
 
 
 def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, group: str, min_idle_ms: int,
