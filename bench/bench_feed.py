@@ -125,19 +125,29 @@ def _phase(server: RedisServer, agencies: Any, camera_ids: np.ndarray, now: date
     if requests:
         threads.append(threading.Thread(target=lambda: counts.__setitem__("requests",
                                                                           _paced(requests, SECONDS, send_requests))))
+    t0 = time.time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    time.sleep(2.0)  # let the backlog drain before reading the figures
+    # the backlog drained before the figures are read (and before the next phase starts)
+    start_from = out_from.decode() if isinstance(out_from, bytes) else out_from
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        _, outs = read_outcomes(r, start_from, count=10 ** 7, operators=True)
+        if len(outs) >= counts.get("requests", 0):
+            break
+        time.sleep(0.5)
+    time.sleep(0.5)
     lags: dict[str, list[float]] = {}
     for _, fields in r.xrange(K.feed_lag, min=f"({lag_from.decode() if isinstance(lag_from, bytes) else lag_from}"):
         worker = fields[b"w"].decode()
         if worker != "snapshotter":
             lags.setdefault(worker, []).extend(float(x) for x in fields[b"ms"].decode().split(","))
-    _, outs = read_outcomes(r, out_from.decode() if isinstance(out_from, bytes) else out_from, count=10 ** 7,
-                            operators=True)
+    _, outs = read_outcomes(r, start_from, count=10 ** 7, operators=True)
     latency = [(o["done"] - float(o["trace"])) * 1000 for o in outs if o.get("trace") and o.get("done")]
+    last = max((o["done"] for o in outs if o.get("done")), default=t0)
+    figures["requests_per_s_achieved"] = round(len(outs) / max(last - t0, 1e-9), 1) if outs else 0.0
     figures.update(sent=counts, change_to_visible_ms={w: _pct(v) for w, v in sorted(lags.items())},
                    change_to_visible_all_workers_ms=_pct([x for v in lags.values() for x in v]),
                    requests_done=len(outs), request_latency_ms=_pct(latency),
