@@ -329,3 +329,23 @@ def test_every_serve_worker_applies_the_feed_and_a_late_or_killed_worker_catches
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.communicate(timeout=60)
+
+
+def test_changes_command_publishes_a_file_whole_or_not_at_all(redis_server: RedisServer, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dispatcher.cli import main
+
+    r = redis_server.client()
+    good = [{"op": "remove", "camera_ids": [3, 4]}, {"op": "optout", "owner_ids": [9], "opted_out": True},
+            {"op": "add", "cameras": [_row(50, 2, LAT0, LNG0)]}]
+    path = tmp_path / "changes.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(c) for c in good) + b'\n{"op": "sharing", "camera_ids": [5]}\n')
+    bad = CliRunner().invoke(main, ["changes", "--redis-url", redis_server.url, "--file", str(path)])
+    assert isinstance(bad.exception, InvalidChange) and ":4:" in str(bad.exception) and "enabled" in str(bad.exception)
+    assert r.xlen(K.feed) == 0
+    path.write_bytes(b"\n".join(orjson.dumps(c) for c in good) + b"\n\n")
+    ok = CliRunner().invoke(main, ["changes", "--redis-url", redis_server.url, "--file", str(path)])
+    assert ok.exit_code == 0, ok.output
+    assert "published 3 changes" in ok.output
+    assert [orjson.loads(f[b"c"])["op"] for _, f in r.xrange(K.feed)] == ["remove", "optout", "add"]
