@@ -52,9 +52,11 @@ def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, s
 def changes(redis_url: str, changes_file: Path) -> None:
     """Publish camera registry changes to the feed every serve worker applies; all of them or, when one is
     malformed, none."""
+    import redis
+
     from dispatcher.connections import connect
     from dispatcher.dispatch.settings import QueueSettings
-    from dispatcher.errors import InvalidChange
+    from dispatcher.errors import InvalidChange, QueueUnavailable
     from dispatcher.service.feed import parse_change, publish_changes
 
     parsed = []
@@ -65,7 +67,10 @@ def changes(redis_url: str, changes_file: Path) -> None:
             except InvalidChange as exc:
                 raise InvalidChange(f"{changes_file}:{k}: {exc}") from None
     qs = QueueSettings.from_url(redis_url)
-    got = publish_changes(connect(qs), parsed, qs.keys)
+    try:
+        got = publish_changes(connect(qs), parsed, qs.keys)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # not retried: the append may have been made
+        raise QueueUnavailable(f"Redis at {redis_url}: {exc}; nothing is known to be published") from None
     out.print(f"published {len(got)} changes" + (f", positions {got[0]}..{got[-1]}" if got else ""))
 
 
