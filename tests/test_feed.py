@@ -127,6 +127,7 @@ HOSTILE: list[dict[bytes | str, bytes | str]] = [
     {"c": orjson.dumps({"op": "add", "cameras": [_row(77_777, 1, 95.0, LNG0)]})},   # latitude out of range
     {"c": b"[]"},
     {"x": b"no change field"},
+    {"c": b'{"op": "remove", "camera_ids": [' + b"1, " * 400_000 + b"1]}"},  # past the size limit
 ]
 
 
@@ -143,7 +144,7 @@ def test_changes_are_validated_applied_in_order_and_bad_entries_recorded_once(re
         assert isinstance(err.value, DispatchError) and isinstance(err.value, ValueError)
     assert r.xlen(K.feed) == 0
     fa, fb = FeedFollower(a, r, "a"), FeedFollower(b, r, "b")
-    for k in range(60):
+    for k in range(66):
         publish_changes(r, [reg.random_change() for _ in range(5)])
         if k % 6 == 0:
             r.xadd(K.feed, HOSTILE[k // 6])
@@ -151,8 +152,8 @@ def test_changes_are_validated_applied_in_order_and_bad_entries_recorded_once(re
             fa.catch_up()  # a follows half way, then the rest
     twice = reg.add()
     publish_changes(r, [twice, twice])  # the second add of the same camera is refused, not applied again
-    assert fa.catch_up() > 0 and fb.catch_up() == 300 + 10 + 2
-    assert fa.catch_up() == 0 and fb.rejected == len(HOSTILE) + 1 and fb.applied == 301
+    assert fa.catch_up() > 0 and fb.catch_up() == 330 + len(HOSTILE) + 2
+    assert fa.catch_up() == 0 and fb.rejected == len(HOSTILE) + 1 and fb.applied == 331
     assert a.version == b.version == fb.index.version > 0
     rejected = r.hgetall(K.feed_rejected)
     assert len(rejected) == len(HOSTILE) + 1 and any(b"already in the index" in v for v in rejected.values())

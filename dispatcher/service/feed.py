@@ -52,9 +52,11 @@ __all__ = ["Change", "FeedFollower", "Snapshots", "Snapshotter", "entry_id", "pa
 
 log = logging.getLogger(__name__)
 
-#: The most ids (or camera rows) one change may name, and the most bytes one entry may hold.
+#: The most ids one change may name, camera (or event) rows one add may hold, and bytes one entry may hold: a
+#: follower reads up to ``read_count`` entries at a time, so an entry's size bounds what one read can cost.
 MAX_IDS = 10_000
-MAX_ENTRY_BYTES = 4 << 20
+MAX_ROWS = 2_000
+MAX_ENTRY_BYTES = 1 << 20
 #: The ops, and the field each one's ids are in.
 _ID_FIELD = {"remove": "camera_ids", "sharing": "camera_ids", "optout": "owner_ids"}
 _FLAG_FIELD = {"sharing": "enabled", "optout": "opted_out"}
@@ -212,8 +214,8 @@ def _seconds(v: Any, what: str) -> int | None:
 
 
 def _rows_list(v: Any, what: str) -> list[Mapping[str, Any]]:
-    if not isinstance(v, list) or not 1 <= len(v) <= MAX_IDS or not all(isinstance(r, Mapping) for r in v):
-        raise InvalidChange(f"change: add.{what} must be a list of 1 to {MAX_IDS} objects")
+    if not isinstance(v, list) or not 1 <= len(v) <= MAX_ROWS or not all(isinstance(r, Mapping) for r in v):
+        raise InvalidChange(f"change: add.{what} must be a list of 1 to {MAX_ROWS} objects")
     return v
 
 
@@ -412,7 +414,7 @@ class FeedFollower:
     position the feed was trimmed past loads the latest snapshot first."""
 
     def __init__(self, index: CameraIndex, client: redis.Redis, name: str, keys: Keys | None = None, *,
-                 snapshots: Snapshots | None = None, queue: QueueSettings | None = None, read_count: int = 1000,
+                 snapshots: Snapshots | None = None, queue: QueueSettings | None = None, read_count: int = 200,
                  report: bool = True, clock: Callable[[], float] = time.time) -> None:
         self.index = index
         self.r = client
