@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -104,8 +104,9 @@ class Outcome:
     #: A refusal's rule codes (the policy's, or the error's class name).
     codes: tuple[str, ...] = ()
     #: A dispatch's index version (change feed position): the one its recipient set was resolved at, recorded
-    #: with the plan by the first attempt, so a retry names the same.
-    index_version: int | None = None
+    #: with the plan by the first attempt, so a retry names the same. Not part of an outcome's equality: two runs
+    #: with the same effect are equal whatever the index versions they ran at.
+    index_version: int | None = field(default=None, compare=False)
 
     @property
     def refused(self) -> bool:
