@@ -22,10 +22,12 @@ from dispatcher.errors import (
     DispatchError,
     EvidenceTampered,
     ExpiredLink,
+    FeedGap,
     IndexFormatError,
     InvalidAddress,
     InvalidArea,
     InvalidCell,
+    InvalidChange,
     InvalidChoice,
     InvalidClip,
     InvalidCoordinates,
@@ -63,6 +65,7 @@ from dispatcher.reports.releases import ReleaseStore
 from dispatcher.reports.request_map import RequestMap, build_request_map, request_map_html
 from dispatcher.reports.transparency import TransparencyReport, build_report
 from dispatcher.service.client import read_outcomes, request_dispatch, submit
+from dispatcher.service.feed import Change, FeedFollower, Snapshots, Snapshotter, parse_change, publish_changes
 from dispatcher.service.worker import ServiceSettings, Worker
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.pipeline import Dispatch, Malformed, Outcome, Pipeline, Submit
@@ -80,10 +83,12 @@ __all__ = [
     "DispatchError",
     "EvidenceTampered",
     "ExpiredLink",
+    "FeedGap",
     "IndexFormatError",
     "InvalidAddress",
     "InvalidArea",
     "InvalidCell",
+    "InvalidChange",
     "InvalidChoice",
     "InvalidClip",
     "InvalidCoordinates",
@@ -178,8 +183,14 @@ __all__ = [
     "SqliteAddressBook",
     "WebhookSender",
     # service
+    "Change",
+    "FeedFollower",
     "ServiceSettings",
+    "Snapshots",
+    "Snapshotter",
     "Worker",
+    "parse_change",
+    "publish_changes",
     "read_outcomes",
     "request_dispatch",
     "submit",

@@ -109,6 +109,15 @@ class AgencyFileMissing(DispatchError, FileNotFoundError):
     """No partner-agency file: the path given is None or names no file. Agencies are never made up by default."""
 
 
+class InvalidChange(DispatchError, ValueError):
+    """A camera registry change (for the change feed) that is malformed: an unknown operation, a missing or
+    mistyped field, too many ids, a camera row the data model refuses."""
+
+
+class FeedGap(DispatchError, LookupError):
+    """The change feed was trimmed past an index's position and no snapshot covers the gap."""
+
+
 class InvalidIndexSettings(DispatchError, ValueError):
     """Index settings out of range: H3 levels that are not strictly increasing resolutions 0..15."""
 

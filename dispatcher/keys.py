@@ -52,6 +52,33 @@ class Keys:
         """The operators' channel: each command's outcome with its figures (owners notified, times, worker)."""
         return self._key("ops", "outcomes")
 
+    # -- the camera registry change feed ---------------------------------------------------------------
+    @property
+    def feed(self) -> str:
+        """The change feed: camera registry changes (add, remove, sharing, opt-out), in order; every worker reads
+        all of it (no consumer group)."""
+        return self._key("feed")
+
+    @property
+    def feed_floor(self) -> str:
+        """The feed position below which entries may have been trimmed (the oldest published snapshot's)."""
+        return self._key("feed", "floor")
+
+    @property
+    def feed_rejected(self) -> str:
+        """Feed entries no index could apply: position -> the error (recorded once, never retried)."""
+        return self._key("feed", "rejected")
+
+    @property
+    def feed_applied(self) -> str:
+        """Each feed follower's position (worker name -> the last position it applied)."""
+        return self._key("feed", "applied")
+
+    @property
+    def feed_lag(self) -> str:
+        """Change-to-applied times (ms) each follower measured, a capped stream for operators and benchmarks."""
+        return self._key("feed", "lag")
+
     # -- dispatch: the notifications stream and the exactly-once bookkeeping -----------------------------
     @property
     def notifications(self) -> str:

@@ -207,6 +207,8 @@ def _bad_inputs(w: dict[str, Path]) -> dict[str, list[tuple[list[str], str]]]:
         "addresses load": [(["--redis-url", _NOWHERE, "--owners", str(w["tmp"] / "missing.parquet")], "does not exist"),
                            (["--redis-url", _NOWHERE, "--owners", str(w["data"] / "events.parquet")],
                             "no owner_id column")],
+        "changes": [(["--redis-url", _NOWHERE, "--file", str(w["file"])], "plain.txt:1: change: not JSON"),
+                    (["--redis-url", _NOWHERE, "--file", str(w["data"] / "changes.jsonl")], "refused")],
         # (the suite runs without GEODISPATCH_LINK_SECRET: a consumer refuses to sign links without it)
         "consume": [(["--redis-url", _NOWHERE, "--outbox", str(w["file"])], "is a file"),
                     (["--redis-url", _NOWHERE, "--outbox", str(w["tmp"] / "outbox")], "GEODISPATCH_LINK_SECRET"),
@@ -243,6 +245,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert runner.invoke(main, ["build", "--data", str(w["data"]), "--out", str(w["index"])]).exit_code == 0
     SqliteStore(w["store"]).close()
     w["file"].write_text("not a directory")
+    (w["data"] / "changes.jsonl").write_text('{"op": "remove", "camera_ids": [1]}\n')
     w["plain_dir"].mkdir()
     return w
 

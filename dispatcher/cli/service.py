@@ -19,8 +19,12 @@ from dispatcher.cli._app import agencies_options, load_agencies, main, out, read
               help="The request policy as JSON (limits by name, durations in seconds); default: the published one.")
 @click.option("--auto-approve/--review", default=False, help="Dispatch valid requests at once, or wait for review.")
 @click.option("--claim-idle-ms", default=30_000, help="Reclaim a dead worker's entries after this idle time.")
+@click.option("--feed-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Follow the camera change feed, with its snapshots in this directory (the first one is --index).")
+@click.option("--snapshot-every", default=60.0, help="Seconds between snapshots of the changes (0: none).")
 def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, synthetic_agencies: int | None,
-          policy_file: Path | None, auto_approve: bool, claim_idle_ms: int) -> None:
+          policy_file: Path | None, auto_approve: bool, claim_idle_ms: int, feed_dir: Path | None,
+          snapshot_every: float) -> None:
     """Serve requests from the Redis requests stream with a group of worker processes: validate, resolve,
     dispatch, acknowledge. SIGTERM or Ctrl-C stops them after the request in hand."""
     import tempfile
@@ -36,8 +40,38 @@ def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, s
             agencies = str(Path(tmp) / "agencies.parquet")
             registry.save_parquet(agencies)
         run_workers(str(index_dir), redis_url, workers, agencies, policy,
-                    ServiceSettings(claim_idle_ms=claim_idle_ms), out.print,
+                    ServiceSettings(claim_idle_ms=claim_idle_ms, feed_dir=None if feed_dir is None else str(feed_dir),
+                                    snapshot_every_s=snapshot_every), out.print,
                     logging.getLevelName(logging.getLogger().level))
+
+
+@main.command()
+@click.option("--redis-url", required=True, help="Redis holding the change feed.")
+@click.option("--file", "changes_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Changes as JSON lines: {\"op\": \"remove\", \"camera_ids\": [...]}, sharing, optout, add.")
+def changes(redis_url: str, changes_file: Path) -> None:
+    """Publish camera registry changes to the feed every serve worker applies; all of them or, when one is
+    malformed, none."""
+    import redis
+
+    from dispatcher.connections import connect
+    from dispatcher.dispatch.settings import QueueSettings
+    from dispatcher.errors import InvalidChange, QueueUnavailable
+    from dispatcher.service.feed import parse_change, publish_changes
+
+    parsed = []
+    for k, line in enumerate(changes_file.read_bytes().splitlines(), 1):
+        if line.strip():
+            try:
+                parsed.append(parse_change(line))
+            except InvalidChange as exc:
+                raise InvalidChange(f"{changes_file}:{k}: {exc}") from None
+    qs = QueueSettings.from_url(redis_url)
+    try:
+        got = publish_changes(connect(qs), parsed, qs.keys)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # not retried: the append may have been made
+        raise QueueUnavailable(f"Redis at {redis_url}: {exc}; nothing is known to be published") from None
+    out.print(f"published {len(got)} changes" + (f", positions {got[0]}..{got[-1]}" if got else ""))
 
 
 @main.command()

@@ -51,6 +51,8 @@ class DispatchReport:
     already_done: int = 0          # owners in batches an earlier attempt completed
     backpressure_wait_s: float = 0.0
     stream_ids: list[str] = field(default_factory=list)
+    #: The index version (change feed position) of the recipient set sent: the first attempt's, on a retry too.
+    index_version: int | None = None
 
 
 #: How often a batch is checked again when an owner's state changed between the gate's check and the append.
@@ -87,7 +89,7 @@ class Dispatcher:
                                            encode_recipients(rs)) for h, rs in jobs])
         jobs = [(h, self._settle(h.request_id, rs, plan, adopt_recorded))
                 for (h, rs), plan in zip(jobs, plans, strict=True)]
-        reports = [DispatchReport(h.request_id) for h, _ in jobs]
+        reports = [DispatchReport(h.request_id, index_version=rs.version) for h, rs in jobs]
         header_json = [orjson.dumps(h.to_dict()) for h, _ in jobs]
         for rep, plan, (_, rs) in zip(reports, plans, jobs, strict=True):
             rep.batches_total = -(-rs.n_owners // plan.batch_size)

@@ -114,9 +114,11 @@ def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo
 
 
 def encode_recipients(recipients: RecipientSet) -> bytes:
-    """A recipient set as bytes, to be kept with its dispatch plan (every retry sends exactly this set)."""
+    """A recipient set as bytes, to be kept with its dispatch plan (every retry sends exactly this set), with the
+    index version it was resolved at last (-1: none)."""
+    version = -1 if recipients.version is None else recipients.version
     parts = (np.array([recipients.n_owners, recipients.n_cameras], np.int64), recipients.owner_ids,
-             recipients.owner_offsets, recipients.camera_ids)
+             recipients.owner_offsets, recipients.camera_ids, np.array([version], np.int64))
     return zlib.compress(b"".join(np.ascontiguousarray(a, dtype="<i8").tobytes() for a in parts), 1)
 
 
@@ -124,9 +126,11 @@ def decode_recipients(blob: bytes) -> RecipientSet:
     try:
         a = np.frombuffer(zlib.decompress(blob), dtype="<i8")
         n, m = int(a[0]), int(a[1])
-        if a.shape[0] != 2 + n + (n + 1) + m:
+        size = 2 + n + (n + 1) + m
+        if a.shape[0] not in (size, size + 1):  # a plan recorded before versions has none
             raise ValueError(f"{a.shape[0]} numbers for {n} owners and {m} cameras")
     except (zlib.error, ValueError, IndexError) as exc:
         raise InvalidData(f"a recorded recipient set is unreadable: {exc}") from None
-    owners, offsets, cameras = a[2:2 + n], a[2 + n:3 + 2 * n], a[3 + 2 * n:]
-    return RecipientSet(owners.astype(np.int64), cameras.astype(np.int64), offsets.astype(np.int64))
+    owners, offsets, cameras = a[2:2 + n], a[2 + n:3 + 2 * n], a[3 + 2 * n:size]
+    version = int(a[size]) if a.shape[0] > size and a[size] >= 0 else None
+    return RecipientSet(owners.astype(np.int64), cameras.astype(np.int64), offsets.astype(np.int64), version)

@@ -16,20 +16,28 @@ Design (the README explains the figures behind it):
 
 :class:`CameraIndex` composes those modules: it holds the current :class:`~dispatcher.index.state.State`,
 publishes a new one in a single assignment, and serialises updates and merges behind one lock.
+
+Versions: :attr:`CameraIndex.version` is the change feed position (:mod:`dispatcher.service.feed`) of the last
+change applied, 0 for an index as built. Every :class:`RecipientSet` names the version it was resolved at. Resolves
+take no lock; each update is bracketed by a sequence counter (odd while an update runs), and a resolve that
+overlapped one runs again, so the version it names is the state it read, never half of a change.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dispatcher.errors import IndexFormatError
+from dispatcher.errors import IndexFormatError, InvalidData
 from dispatcher.geo import h3 as h3x
 from dispatcher.geo.area import Area
 from dispatcher.index import inspection, live
@@ -39,7 +47,7 @@ from dispatcher.index.geotables import TableSource, as_table
 from dispatcher.index.persist import open_state, save_state
 from dispatcher.index.recipients import RecipientSet
 from dispatcher.index.schema import camera_columns, window_us
-from dispatcher.index.state import State
+from dispatcher.index.state import Base, State
 from kernels import index_kernels as K
 
 __all__ = ["CameraIndex"]
@@ -58,6 +66,8 @@ class CameraIndex:
         self._lock = threading.RLock()
         self._journal: list[live.Update] | None = None  # updates made while a merge runs
         self._merge_thread: threading.Thread | None = None
+        self._version = 0
+        self._seq = 0  # odd while an update changes the state (see resolve)
 
     # ------------------------------------------------------------------------------------------ building
 
@@ -100,8 +110,65 @@ class CameraIndex:
         """
         parsed = Area.parse(area, max_vertices=self.config.max_vertices)
         t0, t1, tnow = window_us(start, end, now)
-        owners, cams, offsets = self._state.resolve(parsed.kernel_args(), t0, t1, tnow)
-        return RecipientSet(owners, cams, offsets)
+        args = parsed.kernel_args()
+        while True:
+            seq = self._seq
+            if seq & 1:  # an update is under way: its change is about to be complete
+                time.sleep(0)
+                continue
+            version = self._version
+            owners, cams, offsets = self._state.resolve(args, t0, t1, tnow)
+            if self._seq == seq:
+                return RecipientSet(owners, cams, offsets, version)
+
+    # ------------------------------------------------------------------------------------------ versions
+
+    @property
+    def version(self) -> int:
+        """The change feed position of the last change applied (0: none since the build or snapshot)."""
+        return self._version
+
+    @contextmanager
+    def changing(self, version: int) -> Iterator[None]:
+        """Apply the updates made inside as the change at feed position ``version`` (greater than the current
+        one): the version advances when the block ends, also when an update in it raised (the change is then
+        refused as a whole, and its position consumed). Resolves see the state before or after, never between."""
+        with self._lock:
+            if version <= self._version:
+                raise InvalidData(f"change at version {version}: the index is at {self._version} already")
+            with self._writing():
+                try:
+                    yield
+                finally:
+                    self._version = version
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._lock:
+            self._seq += 1
+            try:
+                yield
+            finally:
+                self._seq += 1
+
+    def snapshot(self, path: str | Path) -> int:
+        """Write the index as of now to directory ``path`` (as :meth:`save` does) while updates go on; returns the
+        version written. The flags are copied under the lock (a few bytes a camera), the merge and the write
+        run outside it."""
+        with self._lock:
+            st, version = self._state, self._version
+            frozen = State(Base(replace(st.base.cols, flags=st.base.cols.flags.copy()), st.base.tree),
+                           replace(st.delta, flags=st.delta.flags.copy()), st.optout.copy(), st.has_events)
+        save_state(live.merged(frozen, self.config), self.config, path)
+        return version
+
+    def adopt(self, other: CameraIndex) -> None:
+        """Take ``other``'s state, configuration and version (a snapshot loaded to catch up), in one step for the
+        resolves of this index."""
+        if self._merge_thread is not None:
+            self._merge_thread.join()
+        with self._writing():
+            self._state, self.config, self._version = other._state, other.config, other._version
 
     # ------------------------------------------------------------------------------------------ updates
 
@@ -111,7 +178,7 @@ class CameraIndex:
         Ids must be new."""
         cols = camera_columns(as_table(cameras, "cameras"))
         events = as_table(events, "events")
-        with self._lock:
+        with self._writing():
             self._state, update = live.added(self._state, cols, events)
             self._record(*update)
         self._maybe_merge()
@@ -119,14 +186,14 @@ class CameraIndex:
     def remove_cameras(self, camera_ids: Iterable[int]) -> None:
         """Remove cameras by id; unknown ids raise :class:`UnknownCamera` and nothing changes."""
         ids = np.asarray(list(camera_ids), dtype=np.int64)
-        with self._lock:
+        with self._writing():
             live.set_flag(self._state, live.locate(self._state, ids), K.DELETED, True)
             self._record("remove", ids, None)
 
     def set_sharing(self, camera_ids: Iterable[int], enabled: bool) -> None:
         """Turn sharing on or off for cameras by id."""
         ids = np.asarray(list(camera_ids), dtype=np.int64)
-        with self._lock:
+        with self._writing():
             live.set_flag(self._state, live.locate(self._state, ids), K.SHARING, enabled)
             self._record("sharing", ids, enabled)
 
@@ -139,7 +206,7 @@ class CameraIndex:
     def set_opted_out(self, owner_ids: Iterable[int], opted_out: bool = True) -> None:
         """Opt owners out of (or back into) every future request; takes effect at the next resolve."""
         ids = np.unique(np.asarray(list(owner_ids), dtype=np.int64))
-        with self._lock:
+        with self._writing():
             self._state = live.replay(self._state, "optout", ids, opted_out)
             self._record("optout", ids, opted_out)
 
@@ -173,11 +240,13 @@ class CameraIndex:
         return save_state(self._state, self.config, path, replace=replace)
 
     @classmethod
-    def open(cls, path: str | Path, *, warm_up: bool = True) -> CameraIndex:
+    def open(cls, path: str | Path, *, warm_up: bool = True, version: int = 0) -> CameraIndex:
         """Memory-map an index written by :meth:`save`. Worker processes opening the same directory share
-        its pages; live updates stay private to the process (copy-on-write)."""
+        its pages; live updates stay private to the process (copy-on-write). ``version``: the change feed
+        position the files include (a snapshot's)."""
         state, config = open_state(path)
         index = cls(state, config)
+        index._version = version
         if warm_up:
             index.warm_up()
         return index
@@ -257,7 +326,7 @@ class CameraIndex:
             self._journal = []
         try:
             new = live.merged(st, self.config)
-            with self._lock:
+            with self._writing():
                 # Replay what happened meanwhile onto the new state, then publish it in one assignment:
                 # resolves do not take the lock, so they must never see a half-replayed state.
                 for kind, a, b in self._journal or ():

@@ -25,15 +25,18 @@ class RecipientSet:
     read-only numpy arrays; the accessors return views, never copies.
     """
 
-    __slots__ = ("owner_ids", "camera_ids", "owner_offsets")
+    __slots__ = ("owner_ids", "camera_ids", "owner_offsets", "version")
 
-    def __init__(self, owner_ids: np.ndarray, camera_ids: np.ndarray, owner_offsets: np.ndarray) -> None:
+    def __init__(self, owner_ids: np.ndarray, camera_ids: np.ndarray, owner_offsets: np.ndarray,
+                 version: int | None = None) -> None:
         owner_ids.setflags(write=False)
         camera_ids.setflags(write=False)
         owner_offsets.setflags(write=False)
         self.owner_ids = owner_ids
         self.camera_ids = camera_ids
         self.owner_offsets = owner_offsets
+        #: The index version (change feed position) the resolve used; None when not from a resolve.
+        self.version = version
 
     def __repr__(self) -> str:
         return f"RecipientSet({self.n_owners} owners, {self.n_cameras} cameras)"
@@ -79,7 +82,7 @@ class RecipientSet:
         for lo in range(0, self.n_owners, size):
             hi = min(lo + size, self.n_owners)
             off = self.owner_offsets[lo:hi + 1]
-            yield RecipientSet(self.owner_ids[lo:hi], self.camera_ids[off[0]:off[-1]], off - off[0])
+            yield RecipientSet(self.owner_ids[lo:hi], self.camera_ids[off[0]:off[-1]], off - off[0], self.version)
 
     def to_arrow(self) -> pa.Table:
         """One row per owner: ``owner_id`` and ``camera_ids`` (a list), built without copying the ids."""

@@ -7,6 +7,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,10 +30,11 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
                   settings: Any, ready: Any = None, log_level: str = "WARNING") -> None:
     """One worker process: opens the memory-mapped index (shared with the other workers through the page
     cache), connects, and serves with ``settings.threads`` consumer threads until SIGTERM or SIGINT, finishing
-    the batch in hand first. SIGUSR1 prints every thread's stack to stderr."""
+    the batch in hand first. SIGUSR1 prints every thread's stack to stderr. With ``settings.feed_dir``, the index
+    is the latest snapshot there, brought up to date from the change feed before the worker says it is ready,
+    and kept so (before each batch, and by a follower thread while idle)."""
     import faulthandler
     import sys
-    import threading
 
     from dispatcher.connections import connect
     from dispatcher.dispatch.dispatcher import Dispatcher
@@ -51,12 +53,20 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    index = CameraIndex.open(index_dir)
+    from dispatcher.service.feed import FeedFollower, Snapshots
+
+    snapshots = Snapshots(settings.feed_dir) if settings.feed_dir else None
+    index = snapshots.open_latest() if snapshots is not None else CameraIndex.open(index_dir)
     registry = AgencyRegistry.load(agencies)
     qs = QueueSettings.from_url(redis_url)
     rules = Policy.from_dict(policy)
     if not wait_for_redis(qs, stop):
         return
+    feed = None
+    if snapshots is not None:
+        feed = FeedFollower(index, connect(qs), name, qs.keys, snapshots=snapshots, queue=qs)
+        feed.catch_up()
+        log.info("%s: index at feed position %d", name, index.version)
     # Each thread is a consumer of its own, with its own connections: while one waits on a Redis round trip,
     # another resolves (the index kernels release the GIL) or encodes.
     workers = []
@@ -64,8 +74,10 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
         pipeline = Pipeline(Workflow(RedisStore(connect(qs), qs.keys), registry, rules), index,
                             Dispatcher(RedisSink(qs), qs))
         workers.append(Worker(name if settings.threads == 1 else f"{name}-t{k}", connect(qs), pipeline, settings,
-                              qs.keys, queue=qs, agencies=[a.agency_id for a in registry]))
+                              qs.keys, queue=qs, agencies=[a.agency_id for a in registry], feed=feed))
     threads = [threading.Thread(target=w.run, args=(stop,), name=w.name) for w in workers]
+    if feed is not None:
+        threads.append(threading.Thread(target=feed.run, args=(stop,), name=f"{name}-feed"))
     for t in threads:
         t.start()
     if ready is not None:
@@ -112,10 +124,11 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
 
     # A misspelt setting, a directory that is not an index or a bad agencies file fails here, as one error,
     # not in every worker.
-    QueueSettings.from_url(redis_url)
+    qs = QueueSettings.from_url(redis_url)
     Policy.from_dict(policy)
     CameraIndex.open(index_dir, warm_up=False)
     AgencyRegistry.load(agencies)
+    snapshots = _first_snapshot(index_dir, qs, settings)
     ctx = mp.get_context("spawn")
     readies = [ctx.Event() for _ in range(workers)]
     procs = [ctx.Process(target=serve_process, name=f"geodispatch-worker-{k}",
@@ -134,6 +147,12 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     signal.signal(signal.SIGINT, forward)
     for p in procs:
         p.start()
+    done = threading.Event()
+    background = None
+    if snapshots is not None and settings.snapshot_every_s > 0:
+        background = threading.Thread(target=_snapshot_loop, args=(snapshots, qs, settings, done),
+                                      name="geodispatch-snapshots", daemon=True)
+        background.start()
     if stopping:  # arrived while a worker was starting: that one had no pid to signal yet
         forward(stopping[0], None)
     while not stopping and not all(e.is_set() for e in readies):
@@ -145,11 +164,37 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
         say(f"serving with {workers} workers; SIGTERM or Ctrl-C to stop")
     for p in procs:
         p.join()
+    done.set()
+    if background is not None:
+        background.join(timeout=60)
     # a worker stopped by SIGTERM before it could install its own handler exits with -SIGTERM: not a failure
     failed = [p.exitcode for p in procs if p.exitcode and not (stopping and p.exitcode == -signal.SIGTERM)]
     if failed:
         raise WorkerFailed(f"worker(s) exited with {failed}")
     say("all workers stopped")
+
+
+def _first_snapshot(index_dir: str, qs: Any, settings: Any) -> Any:
+    """With a feed directory: its :class:`Snapshots`, with a first snapshot when there is none (the index given,
+    at position 0); None without one."""
+    if not settings.feed_dir:
+        return None
+    from dispatcher.connections import connect
+    from dispatcher.service.feed import Snapshots, ensure_snapshot
+
+    snapshots = Snapshots(settings.feed_dir)
+    ensure_snapshot(snapshots, index_dir, connect(qs), qs.keys)
+    return snapshots
+
+
+def _snapshot_loop(snapshots: Any, qs: Any, settings: Any, stop: Any) -> None:
+    """The supervisor's background thread: a :class:`Snapshotter` following the feed into its own copy of the
+    latest snapshot (never resolved from, so not warmed up), publishing every ``settings.snapshot_every_s``."""
+    from dispatcher.connections import connect
+    from dispatcher.service.feed import Snapshotter
+
+    Snapshotter(snapshots, snapshots.open_latest(warm_up=False), connect(qs), qs.keys,
+                every_s=settings.snapshot_every_s, queue=qs).run(stop)
 
 
 def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, group: str, min_idle_ms: int,

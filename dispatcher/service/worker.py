@@ -29,6 +29,7 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.keys import Keys
 from dispatcher.service import commands
+from dispatcher.service.feed import FeedFollower
 from dispatcher.workflow.pipeline import Command, Outcome, Pipeline
 
 __all__ = ["ServiceSettings", "Worker", "WorkerStats"]
@@ -55,6 +56,11 @@ class ServiceSettings:
     threads: int = 4
     #: An entry delivered more often than this without being acknowledged is set aside on the dead-letter stream.
     max_deliveries: int = 5
+    #: The change feed's snapshot directory (:mod:`dispatcher.service.feed`): with one, every worker process loads
+    #: the latest snapshot, applies the feed before each batch and while idle, and ``serve`` publishes a new
+    #: snapshot every ``snapshot_every_s`` seconds when changes came (0: never). Without one, no feed is followed.
+    feed_dir: str | None = None
+    snapshot_every_s: float = 60.0
 
 
 @dataclass
@@ -86,8 +92,11 @@ class Worker:
 
     def __init__(self, name: str, client: redis.Redis, pipeline: Pipeline, settings: ServiceSettings | None = None,
                  keys: Keys | None = None, clock: Callable[[], datetime] | None = None,
-                 queue: QueueSettings | None = None, agencies: Sequence[str] = ()) -> None:
+                 queue: QueueSettings | None = None, agencies: Sequence[str] = (),
+                 feed: FeedFollower | None = None) -> None:
         self.name = name
+        #: The change feed, applied to the pipeline's index before each batch (shared by a process's threads).
+        self.feed = feed
         #: The time a command is judged at (validation, retention, caps); the wall clock unless a test says.
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.r = client
@@ -116,7 +125,10 @@ class Worker:
     def process(self, entries: list[Entry]) -> None:
         """Run a batch of stream entries through the pipeline, then publish the outcomes and acknowledge. A
         command that fails on its own (a bug it triggers, every time) goes to the dead-letter stream with its
-        error; the others of the batch complete. Transient Redis trouble is retried with the batch in hand."""
+        error; the others of the batch complete. Transient Redis trouble is retried with the batch in hand.
+        With a change feed, every change appended before the batch was read is applied first."""
+        if self.feed is not None:
+            self._retry("the change feed", self.feed.catch_up)
         cmds = [commands.decode(fields, self.streams[stream]) for stream, _, fields in entries]
         now = self.clock()
         results = self._isolated(cmds, now)
@@ -133,6 +145,7 @@ class Worker:
                     pipe.xadd(self.keys.operator_outcomes, {"o": orjson.dumps({
                         "request_id": res.request_id, "agency": agency, "outcome": res.status, "codes": res.codes,
                         "notified": res.notified, "now_us": int(now.timestamp() * 1e6), "done": done,
+                        "index_version": res.index_version,
                         "worker": self.name, "trace": cmd.trace})}, maxlen=self.settings.outcomes_maxlen,
                         approximate=True)
                 else:

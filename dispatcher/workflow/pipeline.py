@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -103,6 +103,10 @@ class Outcome:
     dispatched_now: bool = False
     #: A refusal's rule codes (the policy's, or the error's class name).
     codes: tuple[str, ...] = ()
+    #: A dispatch's index version (change feed position): the one its recipient set was resolved at, recorded
+    #: with the plan by the first attempt, so a retry names the same. Not part of an outcome's equality: two runs
+    #: with the same effect are equal whatever the index versions they ran at.
+    index_version: int | None = field(default=None, compare=False)
 
     @property
     def refused(self) -> bool:
@@ -144,8 +148,8 @@ class Pipeline:
         jobs, followers = self._decode(commands, now, out)
         jobs = self._judge(jobs, now, out)
         approved = self._record(jobs, now, out)
-        for job, notified in zip(approved, self._dispatch(approved, now), strict=True):
-            out[job.k] = Outcome(job.request_id, DISPATCHED, notified, dispatched_now=True)
+        for job, (notified, version) in zip(approved, self._dispatch(approved, now), strict=True):
+            out[job.k] = Outcome(job.request_id, DISPATCHED, notified, dispatched_now=True, index_version=version)
         for k, leader in followers.items():  # a request named twice in the batch: the others learn the leader's end
             while leader in followers:
                 leader = followers[leader]
@@ -244,10 +248,11 @@ class Pipeline:
                 out[job.k] = Outcome(job.request_id, job.stored.state)
         return approved
 
-    def _dispatch(self, jobs: list[_Job], now: datetime) -> list[int]:
-        """Resolve, dispatch and mark the approved requests; the owners each one's run notified. What a request
-        is sent to is decided once, by its first attempt: a retry (after a crash, at a later time, on another
-        worker or index) sends the recipient set that attempt recorded, and resolves nothing."""
+    def _dispatch(self, jobs: list[_Job], now: datetime) -> list[tuple[int, int | None]]:
+        """Resolve, dispatch and mark the approved requests; the owners each one's run notified, and the index
+        version its recipients were resolved at. What a request is sent to is decided once, by its first attempt:
+        a retry (after a crash, at a later time, on another worker or index) sends the recipient set that attempt
+        recorded, with its version, and resolves nothing."""
         if not jobs:
             return []
         recorded = self.dispatcher.recorded([j.request_id for j in jobs])
@@ -273,4 +278,4 @@ class Pipeline:
         for job, rep in zip(jobs, reports, strict=True):
             log.debug("%s: %d owners notified, %d suppressed", job.request_id, rep.recipients_notified,
                       rep.suppressed)
-        return [rep.recipients_notified for rep in reports]
+        return [(rep.recipients_notified, rep.index_version) for rep in reports]

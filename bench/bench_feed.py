@@ -1,0 +1,173 @@
+"""Change-to-visible through the camera change feed: how long a change takes from its append to being applied in
+every ``serve`` worker, p50/p99, at ``GEODISPATCH_BENCH_FEED_CHANGES`` changes/s (default 1,000) alone and beside
+``GEODISPATCH_BENCH_FEED_REQUESTS`` requests/s (default 1,000), with the same run's request figures without
+changes as the baseline. Real processes: a redis-server and ``geodispatch serve --workers 2 --feed-dir``. Off by
+default; run with
+
+    python -m pytest bench/bench_feed.py --benchmark-only -p no:cacheprovider -s
+
+``GEODISPATCH_BENCH_FEED_CAMERAS`` sets the index size (default 200,000), ``GEODISPATCH_BENCH_FEED_SECONDS`` each
+phase's length (default 10). A change is visible in a worker once applied there: each worker measures it against
+the entry's stream id (Redis's clock, the same machine's), in ``Keys.feed_lag``. Every request is a typical one
+(0.03-0.45 sq mi); its latency runs from its submission to its outcome on the operators' stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from bench.loadtest import LOAD_POLICY
+from dispatcher import synthetic
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.keys import Keys
+from dispatcher.service.client import read_outcomes, submit
+from dispatcher.service.feed import Change, publish_changes
+from dispatcher.service.servers import RedisServer
+from dispatcher.synthetic.agencies import generate_agencies
+from dispatcher.synthetic.requests import typical_requests
+from dispatcher.workflow.agencies import AgencyRegistry
+
+CAMERAS = int(os.environ.get("GEODISPATCH_BENCH_FEED_CAMERAS", "200000"))
+CHANGES = float(os.environ.get("GEODISPATCH_BENCH_FEED_CHANGES", "1000"))
+REQUESTS = float(os.environ.get("GEODISPATCH_BENCH_FEED_REQUESTS", "1000"))
+SECONDS = float(os.environ.get("GEODISPATCH_BENCH_FEED_SECONDS", "10"))
+K = Keys()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    work = tmp_path_factory.mktemp("feed-bench")
+    now = datetime.now(timezone.utc)
+    data = synthetic.generate(CAMERAS, seed=5, now=now, event_days=0)
+    CameraIndex.build(data.cameras, data.owners).save(work / "idx")
+    agencies = generate_agencies(50, seed=5)
+    AgencyRegistry(agencies).save_parquet(work / "agencies.parquet")
+    (work / "policy.json").write_text(json.dumps(LOAD_POLICY))
+    camera_ids = data.cameras.column("camera_id").to_numpy()
+    with RedisServer(work / "redis") as server:
+        proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "serve", "--index", str(work / "idx"),
+                                 "--redis-url", server.url, "--workers", "2", "--agencies",
+                                 str(work / "agencies.parquet"), "--policy", str(work / "policy.json"),
+                                 "--auto-approve", "--feed-dir", str(work / "feed"), "--snapshot-every", "5"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            yield server, agencies, camera_ids, now
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values)
+    return {"n": int(a.shape[0]), "p50": round(float(np.percentile(a, 50)), 2),
+            "p99": round(float(np.percentile(a, 99)), 2), "max": round(float(a.max()), 2)}
+
+
+def _paced(rate: float, seconds: float, send: Any) -> int:
+    """Call ``send(n)`` every 10 ms with the count due by then; the count sent."""
+    t0, sent = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        due = int(rate * elapsed) - sent
+        if due > 0:
+            send(due)
+            sent += due
+        time.sleep(0.01)
+    return sent
+
+
+def _phase(server: RedisServer, agencies: Any, camera_ids: np.ndarray, now: datetime, tag: str, changes: float,
+           requests: float) -> dict[str, Any]:
+    r = redis.Redis.from_url(server.url)
+    lag_from = r.xinfo_stream(K.feed_lag)["last-generated-id"] if r.exists(K.feed_lag) else "0-0"
+    out_from = r.xinfo_stream(K.operator_outcomes)["last-generated-id"] if r.exists(K.operator_outcomes) else "0-0"
+    rng = np.random.default_rng(zlib.crc32(tag.encode()))
+    reqs = typical_requests(agencies, int(requests * SECONDS) + 10, seed=zlib.crc32(tag.encode()) % 2 ** 31, now=now,
+                            prefix=f"bench-{tag}")
+    figures: dict[str, Any] = {"phase": tag, "changes_per_s": changes, "requests_per_s": requests}
+
+    def send_changes(n: int) -> None:  # sharing toggles of random cameras: the commonest change, cheap to make
+        ids = rng.choice(camera_ids, n)
+        publish_changes(r, [Change.sharing([int(i)], bool(rng.random() < 0.5)) for i in ids])
+
+    pending = iter(reqs)
+
+    def send_requests(n: int) -> None:
+        pipe = r.pipeline(transaction=False)
+        for _ in range(n):
+            req = next(pending, None)
+            if req is not None:
+                submit(pipe, req, trace=time.time())  # type: ignore[arg-type]
+        pipe.execute()
+
+    threads = []
+    counts: dict[str, int] = {}
+    if changes:
+        threads.append(threading.Thread(target=lambda: counts.__setitem__("changes",
+                                                                          _paced(changes, SECONDS, send_changes))))
+    if requests:
+        threads.append(threading.Thread(target=lambda: counts.__setitem__("requests",
+                                                                          _paced(requests, SECONDS, send_requests))))
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # the backlog drained before the figures are read (and before the next phase starts)
+    start_from = out_from.decode() if isinstance(out_from, bytes) else out_from
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        _, outs = read_outcomes(r, start_from, count=10 ** 7, operators=True)
+        if len(outs) >= counts.get("requests", 0):
+            break
+        time.sleep(0.5)
+    time.sleep(0.5)
+    lags: dict[str, list[float]] = {}
+    for _, fields in r.xrange(K.feed_lag, min=f"({lag_from.decode() if isinstance(lag_from, bytes) else lag_from}"):
+        worker = fields[b"w"].decode()
+        if worker != "snapshotter":
+            lags.setdefault(worker, []).extend(float(x) for x in fields[b"ms"].decode().split(","))
+    _, outs = read_outcomes(r, start_from, count=10 ** 7, operators=True)
+    latency = [(o["done"] - float(o["trace"])) * 1000 for o in outs if o.get("trace") and o.get("done")]
+    last = max((o["done"] for o in outs if o.get("done")), default=t0)
+    figures["requests_per_s_achieved"] = round(len(outs) / max(last - t0, 1e-9), 1) if outs else 0.0
+    figures.update(sent=counts, change_to_visible_ms={w: _pct(v) for w, v in sorted(lags.items())},
+                   change_to_visible_all_workers_ms=_pct([x for v in lags.values() for x in v]),
+                   requests_done=len(outs), request_latency_ms=_pct(latency),
+                   dispatched=sum(o["outcome"] == "dispatched" for o in outs))
+    return figures
+
+
+def test_change_to_visible_in_every_worker(benchmark: Any, world: Any) -> None:
+    server, agencies, camera_ids, now = world
+    r = redis.Redis.from_url(server.url)
+    deadline = time.monotonic() + 300
+    while len(r.hgetall(K.feed_applied)) < 2:  # both workers up
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.2)
+
+    def run() -> list[dict[str, Any]]:
+        return [_phase(server, agencies, camera_ids, now, "requests-alone", 0, REQUESTS),
+                _phase(server, agencies, camera_ids, now, "changes-alone", CHANGES, 0),
+                _phase(server, agencies, camera_ids, now, "changes-and-requests", CHANGES, REQUESTS)]
+    phases = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info["phases"] = phases
+    print(json.dumps({"cameras": CAMERAS, "seconds": SECONDS, "phases": phases}, indent=1))
+    assert all(p["change_to_visible_all_workers_ms"]["n"] > 0 for p in phases[1:])

@@ -1,0 +1,581 @@
+"""The camera registry change feed: changes on a Redis stream that every worker applies, in order, to its index.
+
+A change is one of: cameras added (with their motion events, when the index holds events), cameras removed,
+sharing turned on or off, owners opting out or back in. :func:`publish_changes` validates each one (hostile input:
+:class:`~dispatcher.errors.InvalidChange`, nothing published) and appends them to ``Keys.feed`` in one atomic step.
+
+Positions: an entry's stream id ``ms-seq`` read as the integer ``ms * 1_000_000 + seq`` is its *position*; an
+index's :attr:`~dispatcher.index.camera_index.CameraIndex.version` is the position of the last entry it applied, so
+versions only grow and name the feed entries an index includes.
+
+:class:`FeedFollower` reads the entries after its index's version and applies them (validated again on the way
+out). An entry that is malformed, or that the index refuses (an unknown camera, a camera added twice), is refused
+as a whole, recorded once in ``Keys.feed_rejected`` with its error, and passed: its position is consumed, the rest
+goes on, nobody retries it. Each follower records its position in ``Keys.feed_applied`` and how long each change
+took from the append to being applied in ``Keys.feed_lag``.
+
+:class:`Snapshots` holds indexes written in the background (a new directory, then an atomic switch of the
+``current`` link), each stamped with the position it includes; a follower that starts, or finds the feed trimmed
+past its position (``Keys.feed_floor``), loads the latest snapshot and replays the feed from there.
+:class:`Snapshotter` keeps snapshots coming and trims the feed only below the oldest snapshot kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import redis
+
+from dispatcher.connections import with_retries
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.errors import DispatchError, FeedGap, IndexFormatError, InvalidChange
+from dispatcher.index.camera_index import CameraIndex
+from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, camera_columns, event_columns, to_utc_us
+from dispatcher.keys import Keys
+
+__all__ = ["Change", "FeedFollower", "Snapshots", "Snapshotter", "entry_id", "parse_change", "position",
+           "publish_changes"]
+
+log = logging.getLogger(__name__)
+
+#: The most ids one change may name, camera (or event) rows one add may hold, and bytes one entry may hold: a
+#: follower reads up to ``read_count`` entries at a time, so an entry's size bounds what one read can cost.
+MAX_IDS = 10_000
+MAX_ROWS = 2_000
+MAX_ENTRY_BYTES = 1 << 20
+#: The ops, and the field each one's ids are in.
+_ID_FIELD = {"remove": "camera_ids", "sharing": "camera_ids", "optout": "owner_ids"}
+_FLAG_FIELD = {"sharing": "enabled", "optout": "opted_out"}
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def position(entry: str | bytes) -> int:
+    """A feed entry id's position (``ms * 1_000_000 + seq``)."""
+    ms, _, seq = (entry.decode() if isinstance(entry, bytes) else entry).partition("-")
+    return int(ms) * 1_000_000 + int(seq or 0)
+
+
+def entry_id(pos: int) -> str:
+    """The stream id of position ``pos`` (``0-0`` for 0: before every entry)."""
+    return f"{pos // 1_000_000}-{pos % 1_000_000}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One validated change. Build with :meth:`add`, :meth:`remove`, :meth:`sharing`, :meth:`opt_out`, or parse
+    what a writer sent with :func:`parse_change`."""
+
+    op: str
+    ids: np.ndarray | None = None        # camera ids (remove, sharing) or owner ids (optout)
+    flag: bool | None = None             # sharing's enabled, optout's opted_out
+    cameras: pa.Table | None = None      # add: rows of the cameras schema
+    events: pa.Table | None = None       # add: their motion events, or None
+
+    @classmethod
+    def add(cls, cameras: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]] | None = None) -> Change:
+        """Cameras as rows (``camera_id, owner_id, lat, lng, installed_at, removed_at, retention_days,
+        sharing_enabled``; times as ISO-8601 strings with a zone, or Unix seconds) and optionally their events
+        (``camera_id, ts``)."""
+        return parse_change({"op": "add", "cameras": list(cameras),
+                             **({} if events is None else {"events": list(events)})})
+
+    @classmethod
+    def remove(cls, camera_ids: Iterable[int]) -> Change:
+        return parse_change({"op": "remove", "camera_ids": _plain(camera_ids)})
+
+    @classmethod
+    def sharing(cls, camera_ids: Iterable[int], enabled: bool) -> Change:
+        return parse_change({"op": "sharing", "camera_ids": _plain(camera_ids), "enabled": enabled})
+
+    @classmethod
+    def opt_out(cls, owner_ids: Iterable[int], opted_out: bool = True) -> Change:
+        return parse_change({"op": "optout", "owner_ids": _plain(owner_ids), "opted_out": opted_out})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The change as its JSON form (what :func:`parse_change` reads)."""
+        if self.op == "add":
+            assert self.cameras is not None
+            d: dict[str, Any] = {"op": "add", "cameras": _rows(self.cameras)}
+            if self.events is not None:
+                d["events"] = _rows(self.events)
+            return d
+        assert self.ids is not None
+        d = {"op": self.op, _ID_FIELD[self.op]: self.ids.tolist()}
+        if self.op in _FLAG_FIELD:
+            d[_FLAG_FIELD[self.op]] = self.flag
+        return d
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def apply(self, index: CameraIndex) -> None:
+        """Apply to ``index``; what the index refuses raises (a :class:`DispatchError`) and changes nothing."""
+        if self.op == "add":
+            assert self.cameras is not None
+            index.add_cameras(self.cameras, self.events)
+        elif self.op == "remove":
+            index.remove_cameras(self.ids)  # type: ignore[arg-type]
+        elif self.op == "sharing":
+            index.set_sharing(self.ids, bool(self.flag))  # type: ignore[arg-type]
+        else:
+            index.set_opted_out(self.ids, bool(self.flag))  # type: ignore[arg-type]
+
+
+def _plain(ids: Iterable[Any]) -> list[Any]:
+    """Ids as Python ints where they are numpy integers (what an index hands out); anything else as it is, for
+    :func:`parse_change` to judge."""
+    return [int(x) if isinstance(x, np.integer) else x for x in ids]
+
+
+def parse_change(raw: Any) -> Change:
+    """A change from its JSON form (bytes, str or an already decoded mapping), validated field by field: the op,
+    its ids (integers, 1..``MAX_IDS`` of them, no duplicates), its flag (a boolean), an add's camera rows through
+    the data model's checks. Anything else raises :class:`InvalidChange` naming the problem."""
+    if isinstance(raw, (bytes, bytearray, memoryview, str)):
+        if len(raw) > MAX_ENTRY_BYTES:
+            raise InvalidChange(f"change: {len(raw)} bytes, more than the {MAX_ENTRY_BYTES} allowed")
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidChange(f"change: not JSON ({exc})") from None
+    if not isinstance(raw, Mapping):
+        raise InvalidChange(f"change: expected an object, got {type(raw).__name__}")
+    op = raw.get("op")
+    if op == "add":
+        _fields(raw, {"op", "cameras"}, {"events"})
+        cameras = _camera_table(raw["cameras"])
+        events = None if raw.get("events") is None else _event_table(raw["events"])
+        return Change("add", cameras=cameras, events=events)
+    if op not in _ID_FIELD:
+        raise InvalidChange(f"change: op {str(op)[:40]!r}; expected one of add, remove, sharing, optout")
+    ids_field = _ID_FIELD[op]
+    flag_field = _FLAG_FIELD.get(op)
+    _fields(raw, {"op", ids_field} | ({flag_field} if flag_field else set()), set())
+    ids = _ids(raw[ids_field], f"{op}.{ids_field}")
+    flag = None
+    if flag_field is not None:
+        flag = raw[flag_field]
+        if type(flag) is not bool:
+            raise InvalidChange(f"change: {op}.{flag_field} must be true or false, got {str(flag)[:40]!r}")
+    return Change(op, ids=ids, flag=flag)
+
+
+def _fields(raw: Mapping[str, Any], required: set[str], optional: set[str]) -> None:
+    missing = sorted(required - set(raw))
+    if missing:
+        raise InvalidChange(f"change {raw.get('op')!r}: missing field(s) {missing}")
+    extra = sorted(str(k)[:40] for k in set(raw) - required - optional)
+    if extra:
+        raise InvalidChange(f"change {raw.get('op')!r}: unknown field(s) {extra}")
+
+
+def _int(v: Any, what: str) -> int:
+    if type(v) is not int or not _INT64[0] <= v <= _INT64[1]:
+        raise InvalidChange(f"change: {what} must be 64-bit integers, got {str(v)[:40]!r}")
+    return v
+
+
+def _ids(v: Any, what: str) -> np.ndarray:
+    if not isinstance(v, list) or not 1 <= len(v) <= MAX_IDS:
+        n = len(v) if isinstance(v, list) else type(v).__name__
+        raise InvalidChange(f"change: {what} must be a list of 1 to {MAX_IDS} ids, got {n}")
+    ids = np.array([_int(x, what) for x in v], dtype=np.int64)
+    if np.unique(ids).shape[0] != ids.shape[0]:
+        raise InvalidChange(f"change: {what} names an id twice")
+    return ids
+
+
+def _seconds(v: Any, what: str) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            us = to_utc_us(v, what)
+        except DispatchError as exc:
+            raise InvalidChange(f"change: {exc}") from None
+        if us % 1_000_000:
+            raise InvalidChange(f"change: {what} {v!r} is not a whole second")
+        return us // 1_000_000
+    return _int(v, what)
+
+
+def _rows_list(v: Any, what: str) -> list[Mapping[str, Any]]:
+    if not isinstance(v, list) or not 1 <= len(v) <= MAX_ROWS or not all(isinstance(r, Mapping) for r in v):
+        raise InvalidChange(f"change: add.{what} must be a list of 1 to {MAX_ROWS} objects")
+    return v
+
+
+def _camera_table(v: Any) -> pa.Table:
+    rows = _rows_list(v, "cameras")
+    names = CAMERA_SCHEMA.names
+    cols: dict[str, list[Any]] = {n: [] for n in names}
+    for k, row in enumerate(rows):
+        if set(row) != set(names):
+            raise InvalidChange(f"change: add.cameras[{k}] has fields {sorted(map(str, row))[:12]}; "
+                                f"expected {names}")
+        cols["camera_id"].append(_int(row["camera_id"], "camera_id"))
+        cols["owner_id"].append(_int(row["owner_id"], "owner_id"))
+        for name in ("lat", "lng"):
+            x = row[name]
+            if type(x) not in (int, float) or not math.isfinite(x):
+                raise InvalidChange(f"change: add.cameras[{k}].{name} must be a finite number, got {str(x)[:40]!r}")
+            cols[name].append(float(x))
+        installed = _seconds(row["installed_at"], "installed_at")
+        if installed is None:
+            raise InvalidChange(f"change: add.cameras[{k}].installed_at is missing")
+        cols["installed_at"].append(installed)
+        cols["removed_at"].append(_seconds(row["removed_at"], "removed_at"))
+        days = _int(row["retention_days"], "retention_days")
+        if not 1 <= days <= 32_767:
+            raise InvalidChange(f"change: add.cameras[{k}].retention_days {days} is out of range 1..32767")
+        cols["retention_days"].append(days)
+        if type(row["sharing_enabled"]) is not bool:
+            raise InvalidChange(f"change: add.cameras[{k}].sharing_enabled must be true or false")
+        cols["sharing_enabled"].append(row["sharing_enabled"])
+    try:
+        table = pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in CAMERA_SCHEMA], schema=CAMERA_SCHEMA)
+        camera_columns(table)  # the data model's own checks: coordinates, ids unique, times in range
+    except DispatchError as exc:
+        raise InvalidChange(f"change: add: {exc}") from None
+    except (pa.ArrowException, OverflowError, ValueError) as exc:
+        raise InvalidChange(f"change: add.cameras: {exc}") from None
+    return table
+
+
+def _event_table(v: Any) -> pa.Table:
+    rows = _rows_list(v, "events")
+    cam, ts = [], []
+    for k, row in enumerate(rows):
+        if set(row) != {"camera_id", "ts"}:
+            raise InvalidChange(f"change: add.events[{k}] must have exactly camera_id and ts")
+        cam.append(_int(row["camera_id"], "events.camera_id"))
+        t = _seconds(row["ts"], "events.ts")
+        if t is None:
+            raise InvalidChange(f"change: add.events[{k}].ts is missing")
+        ts.append(t)
+    try:
+        table = pa.Table.from_arrays([pa.array(cam, pa.int64()), pa.array(ts, EVENT_SCHEMA.field("ts").type)],
+                                     schema=EVENT_SCHEMA)
+        event_columns(table)
+    except DispatchError as exc:
+        raise InvalidChange(f"change: add: {exc}") from None
+    except (pa.ArrowException, OverflowError, ValueError) as exc:
+        raise InvalidChange(f"change: add.events: {exc}") from None
+    return table
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    """A table's rows with times as ISO-8601 strings."""
+    out = []
+    for row in table.to_pylist():
+        out.append({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- publishing
+
+
+def publish_changes(client: redis.Redis, changes: Sequence[Change | Mapping[str, Any]], keys: Keys | None = None
+                    ) -> list[int]:
+    """Validate every change (a :class:`Change`, or its JSON form) and append them all to the feed in one atomic
+    step, in order; their positions. One invalid change raises :class:`InvalidChange` and nothing is published.
+    Not retried here: after a lost reply the caller cannot know whether the step took effect (publishing again
+    is harmless though: a camera added or removed twice is refused the second time, flags are idempotent)."""
+    keys = keys or Keys()
+    payloads = [(c if isinstance(c, Change) else parse_change(c)).encode() for c in changes]
+    for k, p in enumerate(payloads):
+        if len(p) > MAX_ENTRY_BYTES:
+            raise InvalidChange(f"change {k}: {len(p)} bytes encoded, more than the {MAX_ENTRY_BYTES} allowed")
+    if not payloads:
+        return []
+
+    pipe = client.pipeline(transaction=True)
+    for p in payloads:
+        pipe.xadd(keys.feed, {"c": p})
+    return [position(eid) for eid in pipe.execute()]
+
+
+# ---------------------------------------------------------------------------------------------- snapshots
+
+_LINK = "current"
+_STAMP = "feed.json"
+
+
+class Snapshots:
+    """Snapshot directories under ``directory``: ``snap-<position>/`` (an index written by
+    :meth:`CameraIndex.snapshot` and a ``feed.json`` stamp), and the ``current`` link naming the latest, replaced
+    atomically (``os.replace``) once a new one is complete. The newest ``keep`` are kept."""
+
+    def __init__(self, directory: str | Path, keep: int = 2) -> None:
+        if keep < 1:
+            raise InvalidChange(f"snapshots: keep must be at least 1, got {keep}")
+        self.dir = Path(directory)
+        self.keep = keep
+
+    def latest(self) -> tuple[Path, int] | None:
+        """The current snapshot's directory and position; None when there is none yet."""
+        link = self.dir / _LINK
+        try:
+            target = self.dir / os.readlink(link)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise IndexFormatError(f"{link}: not a snapshot link ({exc})") from None
+        return target, self._stamp(target)
+
+    def positions(self) -> list[int]:
+        """The positions of the complete snapshots held, ascending."""
+        return sorted(self._stamp(d) for d in self.dir.glob("snap-*") if (d / _STAMP).exists())
+
+    @staticmethod
+    def _stamp(d: Path) -> int:
+        try:
+            pos = json.loads((d / _STAMP).read_text())["position"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexFormatError(f"{d}: not a snapshot ({exc})") from None
+        if type(pos) is not int or pos < 0:
+            raise IndexFormatError(f"{d}: snapshot position {pos!r}")
+        return pos
+
+    def open_latest(self, *, warm_up: bool = True) -> CameraIndex:
+        """The latest snapshot, opened at its position. A snapshot removed while it was being opened (two newer
+        ones were published meanwhile) is given up for the next latest."""
+        for _ in range(5):
+            got = self.latest()
+            if got is None:
+                raise IndexFormatError(f"{self.dir}: no snapshot published yet")
+            try:
+                return CameraIndex.open(got[0], warm_up=warm_up, version=got[1])
+            except IndexFormatError:
+                if (self.dir / got[0].name).exists():
+                    raise
+        raise IndexFormatError(f"{self.dir}: snapshots kept being replaced while one was opened")
+
+    def publish(self, index: CameraIndex) -> int:
+        """Write ``index`` as a new snapshot and make it current; the position it includes. Older snapshots past
+        ``keep`` are removed. Returns the position of the oldest snapshot kept (the feed may be trimmed below)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".tmp-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+        version = index.snapshot(tmp)
+        (tmp / _STAMP).write_text(json.dumps({"position": version, "entry": entry_id(version),
+                                              "at": datetime.now(timezone.utc).isoformat()}))
+        final = self.dir / f"snap-{version:020d}"
+        if final.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, final)
+        link = self.dir / f".link-{os.getpid()}-{threading.get_ident()}"
+        link.unlink(missing_ok=True)
+        os.symlink(final.name, link)
+        os.replace(link, self.dir / _LINK)
+        log.info("snapshot at feed position %d published in %s", version, final)
+        kept = sorted(d for d in self.dir.glob("snap-*") if (d / _STAMP).exists())
+        for old in kept[:-self.keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return min(self._stamp(d) for d in kept[-self.keep:])
+
+
+# ---------------------------------------------------------------------------------------------- following
+
+# KEYS: floor, feed; ARGV: the oldest snapshot position kept, its next entry id. The floor only rises.
+_TRIM_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) <= cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('XTRIM', KEYS[2], 'MINID', ARGV[2])
+"""
+
+
+def trim_feed(client: redis.Redis, floor: int, keys: Keys | None = None) -> int:
+    """Drop the entries at or below ``floor`` (a published snapshot's position: every snapshot kept includes
+    them) and raise ``Keys.feed_floor`` to it, atomically; the entries dropped."""
+    keys = keys or Keys()
+    return int(client.eval(_TRIM_LUA, 2, keys.feed_floor, keys.feed, floor, entry_id(floor + 1)))
+
+
+class FeedFollower:
+    """Applies the feed to one index: :meth:`catch_up` between command batches (every thread of a process shares
+    one follower; one of them applies at a time), :meth:`run` while idle. With ``snapshots``, a follower whose
+    position the feed was trimmed past loads the latest snapshot first."""
+
+    def __init__(self, index: CameraIndex, client: redis.Redis, name: str, keys: Keys | None = None, *,
+                 snapshots: Snapshots | None = None, queue: QueueSettings | None = None, read_count: int = 200,
+                 report: bool = True, clock: Callable[[], float] = time.time) -> None:
+        self.index = index
+        self.r = client
+        self.name = name
+        self.keys = keys or Keys()
+        self.snapshots = snapshots
+        self.queue = queue or QueueSettings(url="redis://")
+        self.read_count = read_count
+        self.report = report
+        self.clock = clock
+        self.applied = 0
+        self.rejected = 0
+        self.reloads = 0
+        self._announced = False  # its position recorded in Keys.feed_applied at least once
+        self._lock = threading.Lock()
+
+    def catch_up(self) -> int:
+        """Apply every entry after the index's version; how many (rejected ones included)."""
+        with self._lock:
+            total = 0
+            while True:
+                def read() -> list[Any]:
+                    pipe = self.r.pipeline(transaction=False)
+                    pipe.get(self.keys.feed_floor)
+                    pipe.xread({self.keys.feed: entry_id(self.index.version)}, count=self.read_count)
+                    return list(pipe.execute())
+                floor_raw, got = with_retries(self.queue, "read the feed", read)
+                floor = int(floor_raw or 0)
+                if floor > self.index.version:
+                    self._reload(floor)
+                    continue
+                entries = _entries(got)
+                if not entries:
+                    if self.report and not self._announced:  # up to date from the start (a fresh snapshot)
+                        with_retries(self.queue, "report the feed position",
+                                     lambda: self.r.hset(self.keys.feed_applied, self.name, self.index.version))
+                        self._announced = True
+                    return total
+                self._apply(entries)
+                total += len(entries)
+                if len(entries) < self.read_count:
+                    return total
+
+    def wait(self, block_ms: int) -> int:
+        """Block up to ``block_ms`` for an entry after the index's version, then :meth:`catch_up`."""
+        def read() -> Any:
+            return self.r.xread({self.keys.feed: entry_id(self.index.version)}, count=1, block=block_ms)
+        if not _entries(with_retries(self.queue, "wait for the feed", read)):
+            return 0
+        return self.catch_up()
+
+    def run(self, stop: Any, block_ms: int = 100) -> None:
+        """Follow the feed until ``stop.is_set()``: a change is applied within about a round trip of its append
+        even while no command comes."""
+        while not stop.is_set():
+            try:
+                self.wait(block_ms)
+            except Exception:  # Redis away, or a bug: the position is kept, following resumes from it
+                log.exception("%s: following the change feed failed; retrying", self.name)
+                stop.wait(0.5)
+
+    def _reload(self, floor: int) -> None:
+        if self.snapshots is None:
+            raise FeedGap(f"{self.name}: the feed was trimmed to position {floor}, past this index's "
+                          f"{self.index.version}, and no snapshot directory is set")
+        fresh = self.snapshots.open_latest()
+        if fresh.version < floor:
+            raise FeedGap(f"{self.name}: the latest snapshot is at {fresh.version}, the feed trimmed to {floor}")
+        log.warning("%s: the feed was trimmed past position %d; loaded the snapshot at %d", self.name,
+                    self.index.version, fresh.version)
+        self.index.adopt(fresh)
+        self.reloads += 1
+
+    def _apply(self, entries: list[tuple[int, dict[bytes, bytes]]]) -> None:
+        rejected: list[tuple[int, str]] = []
+        for pos, fields in entries:
+            with self.index.changing(pos):
+                try:
+                    raw = fields.get(b"c")
+                    if raw is None:
+                        raise InvalidChange(f"feed entry {entry_id(pos)}: no 'c' field")
+                    parse_change(raw).apply(self.index)
+                except DispatchError as exc:  # refused as a whole: nothing of it applied
+                    rejected.append((pos, f"{type(exc).__name__}: {exc}"[:2000]))
+        self.applied += len(entries) - len(rejected)
+        self.rejected += len(rejected)
+        for pos, err in rejected:
+            log.warning("%s: feed entry %s refused: %s", self.name, entry_id(pos), err)
+        if not (self.report or rejected):
+            return
+        now_ms = self.clock() * 1000
+        lags = ",".join(f"{now_ms - pos // 1_000_000:.1f}" for pos, _ in entries)
+
+        def report() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            for pos, err in rejected:
+                pipe.hsetnx(self.keys.feed_rejected, entry_id(pos), err)
+            if self.report:
+                pipe.hset(self.keys.feed_applied, self.name, self.index.version)
+                pipe.xadd(self.keys.feed_lag, {"w": self.name, "ms": lags}, maxlen=100_000, approximate=True)
+            pipe.execute()
+        with_retries(self.queue, "report the feed position", report)
+        self._announced = self._announced or self.report
+
+
+def _entries(got: Any) -> list[tuple[int, dict[bytes, bytes]]]:
+    """(position, fields) of an XREAD reply's entries (RESP2 or RESP3)."""
+    streams = got.items() if isinstance(got, dict) else (got or [])
+    return [(position(eid), dict(fields or {})) for _, entries in streams for eid, fields in entries]
+
+
+class Snapshotter:
+    """Keeps snapshots coming: follows the feed into its own index and, every ``every_s`` seconds when the index
+    moved, publishes it as a snapshot and trims the feed below the oldest snapshot kept."""
+
+    def __init__(self, snapshots: Snapshots, index: CameraIndex, client: redis.Redis, keys: Keys | None = None, *,
+                 every_s: float = 60.0, queue: QueueSettings | None = None) -> None:
+        self.snapshots = snapshots
+        self.keys = keys or Keys()
+        self.client = client
+        self.every_s = every_s
+        self.follower = FeedFollower(index, client, "snapshotter", self.keys, snapshots=snapshots, queue=queue,
+                                     report=False)
+        latest = snapshots.latest()
+        self.published = -1 if latest is None else latest[1]
+
+    def step(self) -> bool:
+        """Catch up, then publish a snapshot when the index moved since the last; whether one was published."""
+        self.follower.catch_up()
+        if self.follower.index.version == self.published:
+            return False
+        oldest = self.snapshots.publish(self.follower.index)
+        self.published = self.follower.index.version
+        trim_feed(self.client, oldest, self.keys)
+        return True
+
+    def run(self, stop: Any) -> None:
+        """Until ``stop.is_set()``: follow the feed, and publish every ``every_s`` seconds."""
+        due = time.monotonic() + self.every_s
+        while not stop.is_set():
+            try:
+                self.follower.wait(100)
+                if time.monotonic() >= due:
+                    self.step()
+                    due = time.monotonic() + self.every_s
+            except Exception:  # a failed snapshot leaves the current one as it is; the next try comes
+                log.exception("snapshotter: publishing a snapshot failed; retrying")
+                stop.wait(1.0)
+
+
+def ensure_snapshot(snapshots: Snapshots, index_dir: str | Path, client: redis.Redis, keys: Keys | None = None
+                    ) -> int:
+    """A first snapshot when there is none: the index in ``index_dir`` at position 0 (it includes no change),
+    unless the feed was trimmed already (then it lacks changes: :class:`FeedGap`). The latest position."""
+    latest = snapshots.latest()
+    if latest is not None:
+        return latest[1]
+    keys = keys or Keys()
+    floor = int(client.get(keys.feed_floor) or 0)
+    if floor > 0:
+        raise FeedGap(f"{snapshots.dir}: no snapshot, and the feed was trimmed to position {floor}: the index in "
+                      f"{index_dir} lacks the changes trimmed")
+    snapshots.publish(CameraIndex.open(index_dir, warm_up=False))
+    return 0
