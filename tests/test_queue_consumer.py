@@ -129,6 +129,25 @@ def test_trim_keeps_pending_and_undelivered(redis_server, tmp_path):
     assert sink.backlog() == 16
 
 
+def test_a_consumer_that_trims_keeps_the_stream_to_what_is_unacknowledged(redis_server, tmp_path):
+    """With ``trim_every_s``, a consumer trims what every group has acknowledged as it goes: after all is sent
+    the stream is empty, while an audit group that read nothing keeps every entry until it has."""
+    s = settings_for(redis_server, batch_size=10)
+    sink = RedisSink(s)
+    c = Consumer(redis_server.client(), "c1", OutboxSender(tmp_path / "o"), links=LINKS, settings=s, trim_every_s=0.0)
+    c.ensure_group()
+    Dispatcher(sink, s).dispatch(header(), make_recipients(200), now=NOW)       # 20 entries
+    while c.run_once(count=5, block_ms=10):
+        pass
+    c.run_once(block_ms=10)  # the last batch's trim
+    assert c.sent == 200 and c.trimmed == 20 and sink.client.xlen(sink.keys.notifications) == 0
+    c.client.xgroup_create(sink.keys.notifications, "audit", id="0")
+    Dispatcher(sink, s).dispatch(header("r-2"), make_recipients(50), now=NOW)   # 5 more, unread by audit
+    while c.run_once(block_ms=10):
+        pass
+    assert c.sent == 250 and c.trimmed == 20 and sink.client.xlen(sink.keys.notifications) == 5
+
+
 def test_shutdown_drains_cleanly(redis_server, tmp_path):
     s = settings_for(redis_server)
     rs = make_recipients(600)

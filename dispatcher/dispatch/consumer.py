@@ -15,6 +15,7 @@ import html
 import logging
 import os
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import redis
 from dispatcher.connections import with_retries
 from dispatcher.dispatch.links import DECLINE, OPT_OUT, VIEW, LinkSigner
 from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.dispatch.wire import Notification, decode_batch
 from dispatcher.errors import QueueUnavailable
 from dispatcher.keys import Keys
@@ -129,8 +131,13 @@ class Consumer:
     """One consumer of a group. ``run_once`` reclaims stale entries, reads new ones, sends and acks."""
 
     def __init__(self, client: redis.Redis, name: str, sender: Sender, *, links: LinkSigner, group: str = "senders",
-                 settings: QueueSettings | None = None, min_idle_ms: int = 30_000, keys: Keys | None = None) -> None:
+                 settings: QueueSettings | None = None, min_idle_ms: int = 30_000, keys: Keys | None = None,
+                 trim_every_s: float | None = None) -> None:
         self.client, self.name, self.sender, self.group = client, name, sender, group
+        #: Trim what every group has acknowledged (:func:`trim_acknowledged`) at most this often; None: never.
+        self.trim_every_s = trim_every_s
+        self.trimmed = 0
+        self._trimmed_at = time.monotonic()
         self.links = links
         self.settings = settings or QueueSettings(url="redis://")
         self.keys = keys or self.settings.keys
@@ -215,6 +222,10 @@ class Consumer:
             for entry_id, fields in entries:
                 self._handle(entry_id, fields)
                 n += 1
+        if self.trim_every_s is not None and time.monotonic() - self._trimmed_at >= self.trim_every_s:
+            self._trimmed_at = time.monotonic()
+            self.trimmed += with_retries(self.settings, "trim", lambda: trim_acknowledged(
+                self.client, self.keys.notifications))
         return n
 
     def run(self, stop: threading.Event, count: int = 16, block_ms: int = 100) -> None:

@@ -198,10 +198,11 @@ def _snapshot_loop(snapshots: Any, qs: Any, settings: Any, stop: Any) -> None:
 
 
 def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, group: str, min_idle_ms: int,
-            say: Callable[[str], None], stop: Any = None) -> int:
+            say: Callable[[str], None], stop: Any = None, trim_every_s: float | None = None) -> int:
     """Run ``consumers`` consumer threads of ``group`` on the notifications stream until SIGTERM or SIGINT (or
     ``stop`` is set), each sending through ``sender`` (the outbox, or SMTP and push) with links signed by
-    ``links``; every batch in hand is finished and acknowledged first. Returns the notifications sent."""
+    ``links``; every batch in hand is finished and acknowledged first. The first consumer trims what every group
+    has acknowledged every ``trim_every_s`` seconds (None: never). Returns the notifications sent."""
     import threading
 
     from dispatcher.connections import connect
@@ -217,7 +218,8 @@ def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, g
     clients[0].ping()  # a Redis that is not there is said before any thread starts
     name = f"{os.uname().nodename}-{os.getpid()}"
     workers = [Consumer(client, f"{name}-{k}", sender, links=links, group=group, settings=settings,
-                        min_idle_ms=min_idle_ms) for k, client in enumerate(clients)]
+                        min_idle_ms=min_idle_ms, trim_every_s=trim_every_s if k == 0 else None)
+               for k, client in enumerate(clients)]
     workers[0].ensure_group()
     threads = [threading.Thread(target=c.run, args=(stop,), name=c.name) for c in workers]
     for t in threads:
