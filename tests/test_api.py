@@ -5,7 +5,6 @@ approve -> dispatch, body limits, typed errors and the OpenAPI schema."""
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from datetime import timedelta
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from openapi_spec_validator import validate
 
@@ -30,10 +28,10 @@ from dispatcher.service.servers import free_port
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy
 from tests import data
+from tests.api_server import agency_body, serving
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, request
 
 #: How long the server may take to start or stop.
-_SERVER_TIMEOUT_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +50,7 @@ def _registry() -> AgencyRegistry:
                            Agency("il-evanston", "Evanston Police Department", "IL", area, JOINED)])
 
 
-def body(**kw: object) -> dict:
-    """A valid request of the Chicago agency as an agency sends it: every field but the submission time, which
-    is the server's."""
-    r = request(**kw)
-    d = {f: getattr(r, f) for f in r.__dataclass_fields__ if f != "submitted_at"}
-    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in d.items()}
+body = agency_body
 
 
 @dataclass
@@ -93,20 +86,10 @@ def api(request: pytest.FixtureRequest, world, tmp_path) -> Iterator[Api]:
                            **where)  # type: ignore[arg-type]
     keys = [backend.credentials.create(role, name, NOW)[1]
             for role, name in [(AGENCY, "il-chicago"), (AGENCY, "il-evanston"), (REVIEWER, "rev-1")]]
-    server = uvicorn.Server(uvicorn.Config(create_app(backend), host="127.0.0.1", port=free_port(),
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + _SERVER_TIMEOUT_S
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
-        time.sleep(0.02)
     try:
-        yield Api(backend, f"http://127.0.0.1:{server.config.port}", *keys)
+        with serving(create_app(backend)) as url:
+            yield Api(backend, url, *keys)
     finally:
-        server.should_exit = True
-        thread.join(_SERVER_TIMEOUT_S)
-        assert not thread.is_alive(), "the API server did not stop"
         backend.close()
 
 

@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from aiosmtpd.controller import Controller
 from itsdangerous import URLSafeTimedSerializer
 from openapi_spec_validator import validate
@@ -63,12 +62,10 @@ from dispatcher.workflow.notices import OPTED_OUT
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.store import RedisStore
 from tests import data
+from tests.api_server import agency_body, serving
 from tests.browser import ARTIFACTS
 from tests.notifications import LINK_SECRET, LINKS
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, request
-
-_SERVER_TIMEOUT_S = 15.0
-
 
 # ---------------------------------------------------------------------------------------------- links
 
@@ -334,13 +331,6 @@ def _registry() -> AgencyRegistry:
     return AgencyRegistry([Agency("il-chicago", "Chicago Police Department", "IL", area, JOINED)])
 
 
-def _body(**kw: object) -> dict[str, Any]:
-    """A request as the agency sends it: every field but the submission time, which is the server's."""
-    r = request(**kw)
-    d = {f: getattr(r, f) for f in r.__dataclass_fields__ if f != "submitted_at"}
-    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in d.items()}
-
-
 @dataclass
 class Platform:
     """The API with the resident pages on the test Redis, the consumer mailing the test SMTP server."""
@@ -357,7 +347,7 @@ class Platform:
             return c.request(method, path, headers={"Authorization": f"Bearer {key}"}, **kw)
 
     def submit_and_approve(self, rid: str) -> int:
-        assert self.call("POST", "/v1/requests", self.agency, json=_body(request_id=rid)).status_code == 202
+        assert self.call("POST", "/v1/requests", self.agency, json=agency_body(request_id=rid)).status_code == 202
         r = self.call("POST", f"/v1/review/il-chicago:{rid}/approve", self.reviewer)
         assert r.status_code == 200, r.text
         while self.consumer.run_once(block_ms=10):
@@ -412,19 +402,10 @@ def platform(world: CameraIndex, redis_server: Any, smtp: tuple[Mailbox, int]) -
     sender = DeliverySender(book, SmtpSender(SmtpSettings("127.0.0.1", smtp_port, "none"), qs))
     consumer = Consumer(redis_server.client(), "c1", sender, links=links, settings=qs, min_idle_ms=0)
     consumer.ensure_group()
-    server = uvicorn.Server(uvicorn.Config(create_app(backend, residents=ResidentPages(links)), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + _SERVER_TIMEOUT_S
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
-        time.sleep(0.02)
     try:
-        yield Platform(backend, f"http://127.0.0.1:{port}", *keys, box, consumer)
+        with serving(create_app(backend, residents=ResidentPages(links)), port) as url:
+            yield Platform(backend, url, *keys, box, consumer)
     finally:
-        server.should_exit = True
-        thread.join(_SERVER_TIMEOUT_S)
         sender.close()
         backend.close()
 
@@ -742,37 +723,27 @@ def test_resident_pages_on_the_embedded_store(world: CameraIndex, tmp_path: Any)
                            store=tmp_path / "gd.sqlite")
     agency, reviewer = (backend.credentials.create(role, name, NOW)[1] for role, name in [(AGENCY, "il-chicago"),
                                                                                           (REVIEWER, "rev-1")])
-    server = uvicorn.Server(uvicorn.Config(create_app(backend, residents=ResidentPages(links)), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + _SERVER_TIMEOUT_S
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
-        time.sleep(0.02)
     try:
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=60) as c:
-            assert c.post("/v1/requests", json=_body(), headers={"Authorization": f"Bearer {agency}"}
-                          ).status_code == 202
-            assert c.post("/v1/review/il-chicago:r1/approve", headers={"Authorization": f"Bearer {reviewer}"}
-                          ).status_code == 200
-        sink = backend.pipeline.dispatcher.sink
-        owner = decode_batch(next(iter(sink.read_all()))[1])[1][0].owner_id
-        with httpx.Client(timeout=60) as c:
-            form = _forms(c.get(links.url("il-chicago:r1", owner, DECLINE)).text)[DECLINE]
-            assert c.post(f"{url}/r/act", data=form).status_code == 200
-            assert backend.workflow.store.choices("il-chicago:r1") == [(owner, "decline", [])]
-            assert c.post(f"{url}/r/act", data=form).status_code == 409  # a replay: answered already
-            again = c.get(links.url("il-chicago:r1", owner, VIEW)).text
-            assert "You answered this request: decline." in again and DECLINE not in _forms(again)
-        gate = backend.pipeline.gate
-        for action, verdict in ((OPT_OUT, OPTED_OUT), (OPT_IN, 0)):
-            assert _answer(url, links.url("il-chicago:r1", owner, OPT_OUT), action).status_code == 200
-            assert gate.check_many([("next", np.array([owner], np.int64))], NOW)[0][0] == verdict
+        with serving(create_app(backend, residents=ResidentPages(links)), port) as url:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                assert c.post("/v1/requests", json=agency_body(), headers={"Authorization": f"Bearer {agency}"}
+                              ).status_code == 202
+                assert c.post("/v1/review/il-chicago:r1/approve", headers={"Authorization": f"Bearer {reviewer}"}
+                              ).status_code == 200
+            sink = backend.pipeline.dispatcher.sink
+            owner = decode_batch(next(iter(sink.read_all()))[1])[1][0].owner_id
+            with httpx.Client(timeout=60) as c:
+                form = _forms(c.get(links.url("il-chicago:r1", owner, DECLINE)).text)[DECLINE]
+                assert c.post(f"{url}/r/act", data=form).status_code == 200
+                assert backend.workflow.store.choices("il-chicago:r1") == [(owner, "decline", [])]
+                assert c.post(f"{url}/r/act", data=form).status_code == 409  # a replay: answered already
+                again = c.get(links.url("il-chicago:r1", owner, VIEW)).text
+                assert "You answered this request: decline." in again and DECLINE not in _forms(again)
+            gate = backend.pipeline.gate
+            for action, verdict in ((OPT_OUT, OPTED_OUT), (OPT_IN, 0)):
+                assert _answer(url, links.url("il-chicago:r1", owner, OPT_OUT), action).status_code == 200
+                assert gate.check_many([("next", np.array([owner], np.int64))], NOW)[0][0] == verdict
     finally:
-        server.should_exit = True
-        thread.join(_SERVER_TIMEOUT_S)
         backend.close()
 
 

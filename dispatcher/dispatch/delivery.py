@@ -48,7 +48,7 @@ class _Passing(Exception):
 
 def _retried(settings: QueueSettings, what: str, fn: Callable[[], T]) -> T:
     return with_retries(settings, what, fn, transient=lambda exc: isinstance(exc, _Passing),
-                        service="the receiver", exhausted=DeliveryFailed)
+                        service="receiver", exhausted=DeliveryFailed)
 
 
 @dataclass(frozen=True)
