@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -86,3 +87,12 @@ def coerce(cls: type, values: Mapping[str, Any], source: str, error: type[Except
             want = type(default).__name__ if default is not None else "str"
             raise error(f"setting {key}={value!r} in {source} is not a valid {want}") from None
     return out
+
+
+def from_environment(cls: type, prefix: str, error: type[Exception], environ: Mapping[str, str] | None = None,
+                     ) -> dict[str, Any]:
+    """Keyword arguments for ``cls(**...)`` from the variables ``<prefix><FIELD>`` of ``environ`` (by default the
+    process's), parsed as :func:`coerce` parses text; a misspelled field raises ``error``."""
+    env = os.environ if environ is None else environ
+    return coerce(cls, {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)},
+                  "the environment", error, text=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import smtplib
 import ssl
 import threading
@@ -32,7 +31,7 @@ from dispatcher.dispatch.addresses import Address, AddressBook, _email
 from dispatcher.dispatch.consumer import Email
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import DeliveryFailed, InvalidAddress, InvalidQueueSettings
-from dispatcher.settings import coerce
+from dispatcher.settings import from_environment
 
 __all__ = ["DeliverySender", "SmtpSender", "SmtpSettings", "WebhookSender"]
 
@@ -84,10 +83,7 @@ class SmtpSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> SmtpSettings:
         """``GEODISPATCH_SMTP_<FIELD>``, then the ``overrides`` that are not None; a misspelled one raises."""
-        env = os.environ if environ is None else environ
-        prefix = "GEODISPATCH_SMTP_"
-        values = coerce(cls, {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)},
-                        "the environment", InvalidQueueSettings, text=True)
+        values = from_environment(cls, "GEODISPATCH_SMTP_", InvalidQueueSettings, environ)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

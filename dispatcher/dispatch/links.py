@@ -10,7 +10,6 @@ an agency. Forged, altered, expired or another action's tokens raise :class:`Inv
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from dispatcher.errors import ExpiredLink, InvalidLink, InvalidLinkSettings
-from dispatcher.settings import coerce
+from dispatcher.settings import from_environment
 
 __all__ = ["ACTIONS", "ONE_SHOT", "LinkClaim", "LinkSettings", "LinkSigner"]
 
@@ -58,10 +57,7 @@ class LinkSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> LinkSettings:
         """``GEODISPATCH_LINK_<FIELD>`` (``SECRET``, ``BASE_URL``, ``MAX_AGE_S``), then ``overrides`` that are
         not None; a misspelled variable raises."""
-        env = os.environ if environ is None else environ
-        prefix = "GEODISPATCH_LINK_"
-        values = coerce(cls, {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)},
-                        "the environment", InvalidLinkSettings, text=True)
+        values = from_environment(cls, "GEODISPATCH_LINK_", InvalidLinkSettings, environ)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from dispatcher.errors import InvalidQueueSettings
 from dispatcher.keys import Keys
-from dispatcher.settings import coerce
+from dispatcher.settings import coerce, from_environment
 
 __all__ = ["QueueSettings"]
 
@@ -78,9 +78,7 @@ class QueueSettings:
     def from_env(cls, environ: dict[str, str] | None = None) -> QueueSettings:
         """``GEODISPATCH_REDIS_URL`` plus ``GEODISPATCH_QUEUE_<FIELD>``; a misspelled field raises."""
         env = os.environ if environ is None else environ
-        prefix = "GEODISPATCH_QUEUE_"
-        values = coerce(cls, {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)},
-                        "the environment", InvalidQueueSettings, text=True)
+        values = from_environment(cls, "GEODISPATCH_QUEUE_", InvalidQueueSettings, env)
         url = env.get("GEODISPATCH_REDIS_URL") or values.pop("url", None) or None
         values.pop("url", None)
         return cls.from_url(url, **values) if url else cls(**values)
