@@ -141,6 +141,14 @@ class NotPermitted(DispatchError, PermissionError):
     """A credential whose role may not make this call (an agency's key on a reviewer's endpoint)."""
 
 
+class RateLimited(DispatchError, RuntimeError):
+    """A caller over its rate limit: ``retry_after_s`` is when its window has room again."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ApiKeyError(DispatchError, ValueError):
     """An API key operation refused: a principal that already has two active keys, an unknown key id, a malformed
     agency or reviewer name."""

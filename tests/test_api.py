@@ -13,15 +13,16 @@ from datetime import timedelta
 import httpx
 import numpy as np
 import pytest
+import shapely
 from click.testing import CliRunner
 from openapi_spec_validator import validate
 
 from bench.reference import Dataset, brute_force
-from dispatcher.api import REVIEWER, Backend, create_app, open_backend
+from dispatcher.api import REVIEWER, ApiSettings, Backend, create_app, open_backend
 from dispatcher.api.credentials import AGENCY
 from dispatcher.cli import main
 from dispatcher.dispatch.wire import decode_batch
-from dispatcher.errors import ApiKeyError
+from dispatcher.errors import ApiKeyError, InvalidApiSettings
 from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.servers import free_port
@@ -188,6 +189,14 @@ def test_reviewer_approves_and_the_request_is_dispatched(api: Api, world) -> Non
     assert api.call("POST", "/v1/requests", api.chicago, json=body()).status_code == 202
     queue = api.call("GET", "/v1/review/queue", api.reviewer).json()["requests"]
     assert [q["request_id"] for q in queue] == ["il-chicago:r1"] and queue[0]["agency_id"] == "il-chicago"
+    assert shapely.geometry.shape(queue[0]["area"]).equals(shapely.geometry.shape(request().area))
+    page = api.call("GET", queue[0]["map"], api.reviewer)  # the request's map for its review
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"] and "il-chicago:r1" in page.text
+    assert "<svg" in page.text and "https://" not in page.text  # self-contained: nothing from elsewhere
+    for key, status in ((api.chicago, 403), (None, 401)):
+        assert api.call("GET", queue[0]["map"], key).status_code == status
+    assert api.call("GET", "/v1/review/il-chicago:nosuch/map", api.reviewer).status_code == 404
     assert api.notified() == {}
     r = api.call("POST", "/v1/review/il-chicago:r1/approve", api.reviewer)
     assert r.status_code == 200, r.text
@@ -278,7 +287,7 @@ def test_openapi_schema_is_valid(api: Api) -> None:
     spec = api.call("GET", "/openapi.json").json()
     validate(spec)
     assert {"/v1/requests", "/v1/requests/{request_id}", "/v1/review/queue", "/v1/review/{request_id}/approve",
-            "/v1/review/{request_id}/reject"} <= set(spec["paths"])
+            "/v1/review/{request_id}/reject", "/v1/review/{request_id}/map"} <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
@@ -400,3 +409,31 @@ def test_the_review_queue_reads_an_index_of_submitted_requests(api: Api) -> None
         assert store.r.zrange(store.k.submitted, 0, -1) == [b"il-chicago:r1"]
     api.call("POST", "/v1/review/il-chicago:r1/approve", api.reviewer)
     assert api.call("GET", "/v1/review/queue", api.reviewer).json() == {"requests": []} and store.submitted_ids(5) == []
+
+
+def test_rate_limits_per_key_and_per_address(world, tmp_path) -> None:
+    """Each key has its own window, and calls without a valid key count against the caller's address: over a
+    limit, a 429 with Retry-After and the typed error, nothing done; another key, and keys once the address is
+    limited, go on. Bad limits are refused when the settings are made."""
+    index, _ = world
+    backend = open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
+                           store=tmp_path / "gd.sqlite")
+    chicago, evanston = (backend.credentials.create(AGENCY, name, NOW)[1] for name in ("il-chicago", "il-evanston"))
+    settings = ApiSettings(rate_limit="3/minute", address_rate_limit="2/minute")
+    try:
+        with serving(create_app(backend, settings)) as url:
+            api = Api(backend, url, chicago, evanston, "")
+            assert [api.call("GET", "/v1/requests", chicago).status_code for _ in range(3)] == [200] * 3
+            over = api.call("POST", "/v1/requests", chicago, json=body())
+            assert over.status_code == 429 and over.json()["error"]["type"] == "rate_limited"
+            assert 1 <= int(over.headers["retry-after"]) <= 60 and api.requests() == []  # refused: nothing stored
+            assert api.call("GET", "/v1/requests", evanston).status_code == 200  # its own window
+            assert [api.call("GET", "/v1/requests", "gdk_guess").status_code for _ in range(3)] == [401, 401, 429]
+            assert api.call("GET", "/v1/requests", evanston).status_code == 200  # a valid key is not the address's
+    finally:
+        backend.close()
+    for bad in ({"rate_limit": "lots"}, {"address_rate_limit": "0/never"}):
+        with pytest.raises(InvalidApiSettings, match="rate_limit"):
+            ApiSettings(**bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidApiSettings, match="rate_storage"):
+        create_app(backend, ApiSettings(rate_storage="nosuch://x"))

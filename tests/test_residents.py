@@ -29,7 +29,7 @@ from itsdangerous import URLSafeTimedSerializer
 from openapi_spec_validator import validate
 from pyproj import Transformer
 
-from dispatcher.api import REVIEWER, Backend, ResidentPages, create_app, open_backend
+from dispatcher.api import REVIEWER, ApiSettings, Backend, ResidentPages, create_app, open_backend
 from dispatcher.api.credentials import AGENCY
 from dispatcher.api.residents import CSP
 from dispatcher.dispatch.addresses import (
@@ -743,6 +743,23 @@ def test_resident_pages_on_the_embedded_store(world: CameraIndex, tmp_path: Any)
             for action, verdict in ((OPT_OUT, OPTED_OUT), (OPT_IN, 0)):
                 assert _answer(url, links.url("il-chicago:r1", owner, OPT_OUT), action).status_code == 200
                 assert gate.check_many([("next", np.array([owner], np.int64))], NOW)[0][0] == verdict
+    finally:
+        backend.close()
+
+
+def test_resident_pages_are_rate_limited_by_address(world: CameraIndex, tmp_path: Any) -> None:
+    """The pages count each client address's calls, good links or not: over the limit, a 429 page with
+    Retry-After, and nothing read or changed."""
+    links = LinkSigner(LinkSettings(LINK_SECRET, "http://127.0.0.1:1/r"))
+    backend = open_backend(world, _registry(), Policy(), clock=lambda: NOW, store=tmp_path / "gd.sqlite")
+    try:
+        app = create_app(backend, ApiSettings(address_rate_limit="2/minute"), residents=ResidentPages(links))
+        with serving(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+            token = links.url("il-chicago:r1", 1, VIEW).rsplit("/", 1)[1]
+            got = [c.get(f"/r/{token}") for _ in range(2)] + [c.get(f"/r/{token}"), c.post("/r/act", data={})]
+            assert [r.status_code for r in got] == [404, 404, 429, 429]
+            assert "Too many requests" in got[2].text and int(got[2].headers["retry-after"]) >= 1
+            assert got[2].headers["content-security-policy"] == got[0].headers["content-security-policy"]
     finally:
         backend.close()
 

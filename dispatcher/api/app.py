@@ -14,13 +14,19 @@ The module has no ``from __future__ import annotations``: FastAPI reads the hand
 and they name the dependencies made inside :func:`create_app`.
 """
 
+import math
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import limits
+import limits.errors
+import limits.storage
+import limits.strategies
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +36,16 @@ from dispatcher.api.backend import Backend
 from dispatcher.api.credentials import AGENCY, REVIEWER, Principal
 from dispatcher.api.residents import ResidentPages, residents_router
 from dispatcher.connections import is_transient
-from dispatcher.errors import InvalidApiSettings, InvalidTransition, NotAuthenticated, NotPermitted, UnknownRequest
+from dispatcher.errors import (
+    InvalidApiSettings,
+    InvalidTransition,
+    NotAuthenticated,
+    NotPermitted,
+    RateLimited,
+    UnknownRequest,
+)
+from dispatcher.reports.pages import page_csp
+from dispatcher.reports.request_map import build_request_map, request_map_html
 from dispatcher.service.commands import submitters_outcome
 from dispatcher.workflow.pipeline import Dispatch, Submit, scoped_id
 from dispatcher.workflow.review import APPROVED, SUBMITTED
@@ -55,12 +70,48 @@ class ApiSettings:
     body_limit: int = 256 * 1024
     #: At most this many requests in a list (the agency's own, the review queue).
     list_limit: int = 1000
+    #: Calls an authenticated key may make (a moving window, in the ``limits`` notation: "600/minute").
+    rate_limit: str = "600/minute"
+    #: Calls a client address may make without a valid key: a wrong or missing one, and the resident pages.
+    address_rate_limit: str = "120/minute"
+    #: Where the windows are counted: "memory://" (one process) or a Redis URL (every server process of the API).
+    rate_storage: str = "memory://"
 
     def __post_init__(self) -> None:
         if not isinstance(self.body_limit, int) or self.body_limit < 1024:
             raise InvalidApiSettings(f"body_limit must be at least 1024 bytes, got {self.body_limit!r}")
         if not isinstance(self.list_limit, int) or self.list_limit < 1:
             raise InvalidApiSettings(f"list_limit must be at least 1, got {self.list_limit!r}")
+        for name in ("rate_limit", "address_rate_limit"):
+            try:
+                limits.parse(getattr(self, name))
+            except (TypeError, ValueError):
+                raise InvalidApiSettings(f"{name} must read like '600/minute', got {getattr(self, name)!r}") from None
+
+
+class Throttle:
+    """The front door's rate limits (the ``limits`` library's moving windows): each key, once authenticated, and
+    each client address for what comes without a valid key. A refusal is a 429 with ``Retry-After``; what is
+    counted is the caller's own calls, nothing about any resident."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.per_key, self.per_address = limits.parse(settings.rate_limit), limits.parse(settings.address_rate_limit)
+        try:
+            self.limiter = limits.strategies.MovingWindowRateLimiter(limits.storage.storage_from_string(
+                settings.rate_storage))
+        except (ValueError, limits.errors.ConfigurationError) as exc:
+            raise InvalidApiSettings(f"rate_storage {settings.rate_storage!r}: {exc}") from None
+
+    def key(self, principal: Principal) -> None:
+        self._hit(self.per_key, "key", f"{principal.role}:{principal.name}")
+
+    def address(self, request: Request) -> None:
+        self._hit(self.per_address, "address", request.client.host if request.client else "-")
+
+    def _hit(self, item: limits.RateLimitItem, *ids: str) -> None:
+        if not self.limiter.hit(item, *ids):
+            wait = math.ceil(self.limiter.get_window_stats(item, *ids).reset_time - time.time())
+            raise RateLimited(f"more than {item} calls; try again later", max(1, wait))
 
 
 class ApiError(Exception):
@@ -127,6 +178,9 @@ class QueueEntry(BaseModel):
     start: str
     end: str
     area_sq_mi: float
+    #: The area as GeoJSON; ``map`` is the path of its map page (the area, the index cells, camera density).
+    area: dict[str, Any]
+    map: str
 
 
 class ReviewQueue(BaseModel):
@@ -222,10 +276,15 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     app.state.backend = backend
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gdk_...`.")
 
-    def principal(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    throttle = Throttle(s)
+
+    def principal(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+                  ) -> Principal:
         got = None if cred is None else backend.credentials.authenticate(cred.credentials)
         if got is None:
+            throttle.address(request)  # guessing keys costs the guesser's address its calls
             raise NotAuthenticated("missing or invalid API key")
+        throttle.key(got)
         return got
 
     # the role checks do no I/O: run on the event loop, not as another hop through the thread pool
@@ -255,6 +314,10 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     def _known(request: Request) -> bool:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and backend.credentials.authenticate(key.strip()) is not None
+
+    @app.exception_handler(RateLimited)
+    async def _limited(_: Request, exc: RateLimited) -> JSONResponse:
+        return _error(429, "rate_limited", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(NotPermitted)
     async def _forbidden(_: Request, exc: NotPermitted) -> JSONResponse:
@@ -330,10 +393,25 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
             store = backend.workflow.store
             ids = store.submitted_ids(s.list_limit)
             found = store.lookup(ids, [])[0]
-        fields = ("agency_id", "case_number", "incident_type", "submitted_at", "start", "end", "area_sq_mi")
-        queue = [{"request_id": r, **{k: got[1][k] for k in fields}}
+        fields = ("agency_id", "case_number", "incident_type", "submitted_at", "start", "end", "area_sq_mi", "area")
+        queue = [{"request_id": r, **{k: got[1][k] for k in fields}, "map": f"/v1/review/{r}/map"}
                  for r, got in zip(ids, found, strict=True) if got is not None and got[0] == SUBMITTED]
         return {"requests": queue}
+
+    @app.get("/v1/review/{request_id}/map", response_class=HTMLResponse, tags=["reviewers"],
+             responses=_errors(401, 403, 404, 503))
+    def review_map(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], _: Annotated[str, Depends(reviewer)]
+                   ) -> HTMLResponse:
+        """A request's map for its review: the area, the index cells it is resolved with, and camera density
+        (hexagons of at least 10 cameras, never a camera). One self-contained page, no script from elsewhere."""
+        with backend.lock:
+            try:
+                m = build_request_map(request_id, backend.workflow.store, backend.pipeline.index,
+                                      backend.workflow.registry)
+            except UnknownRequest:
+                raise _not_found() from None
+        return HTMLResponse(request_map_html(m), headers={"Content-Security-Policy": page_csp(),
+                                                          "Cache-Control": "no-store"})
 
     @app.post("/v1/review/{request_id}/approve", response_model=ReviewResult, tags=["reviewers"],
               responses=_errors(401, 403, 404, 409, 422, 503))
@@ -366,7 +444,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
 
     app.include_router(evidence_router(backend, agency, principal, s.list_limit))
     if residents is not None:
-        app.include_router(residents_router(backend, residents))
+        app.include_router(residents_router(backend, residents, throttle.address))
     app.add_middleware(_BodyLimit, limit=s.body_limit)
     return app
 

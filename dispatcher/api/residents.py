@@ -38,6 +38,7 @@ from dispatcher.errors import (
     InvalidClip,
     InvalidLink,
     QueueUnavailable,
+    RateLimited,
     ShareRefused,
     UnknownAgency,
     UnknownClip,
@@ -118,8 +119,10 @@ def _clip_label(clip: Clip) -> str:
     return f"camera {clip.camera_id}, {clip.start.isoformat()} to {clip.end.isoformat()}"
 
 
-def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
-    """The routes under ``/r``: ``GET /r/{token}`` (the page) and ``POST /r/act`` (its forms)."""
+def residents_router(backend: Backend, pages: ResidentPages,
+                     limit: Callable[[Request], None] = lambda _: None) -> APIRouter:
+    """The routes under ``/r``: ``GET /r/{token}`` (the page) and ``POST /r/act`` (its forms). ``limit`` counts
+    each call against its client's address (raising :class:`RateLimited` over the limit)."""
     router = APIRouter(prefix="/r", tags=["residents"])
     links = pages.links
     base = urlsplit(links.settings.base_url)
@@ -245,6 +248,8 @@ def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
     @router.get("/{token}", response_class=HTMLResponse, summary="A resident's page for one request")
     async def resident_page(token: str, request: Request) -> HTMLResponse:
         """The request's page for the resident the token names; changes nothing."""
+        if (limited := _limited(limit, request)) is not None:
+            return limited
         csrf = request.cookies.get(CSRF_COOKIE) or ""
         if not (16 <= len(csrf) <= 64 and csrf.isascii() and csrf.replace("-", "").replace("_", "").isalnum()):
             csrf = secrets.token_urlsafe(24)
@@ -253,6 +258,8 @@ def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
     @router.post("/act", response_class=HTMLResponse, summary="A resident's answer (a form of the page)")
     async def resident_act(request: Request) -> HTMLResponse:
         """Share picked clips, decline, opt out or opt back in: a form posted from the page."""
+        if (limited := _limited(limit, request)) is not None:
+            return limited
         sent_from = request.headers.get("origin")
         if sent_from is not None and sent_from != origin and sent_from != _own_origin(request):
             return _refusal_page(_Refusal(403, "This form was not sent from our page", "Open the link from your "
@@ -269,6 +276,17 @@ def residents_router(backend: Backend, pages: ResidentPages) -> APIRouter:
         return await _guarded(lambda: act(fields, request.cookies.get(CSRF_COOKIE)))
 
     return router
+
+
+def _limited(limit: Callable[[Request], None], request: Request) -> HTMLResponse | None:
+    """The page of a caller over its rate limit, or None."""
+    try:
+        limit(request)
+    except RateLimited as exc:
+        page = _refusal_page(_Refusal(429, "Too many requests", "Wait a moment, then open the link again."))
+        page.headers["Retry-After"] = str(exc.retry_after_s)
+        return page
+    return None
 
 
 def _own_origin(request: Request) -> str:

@@ -45,17 +45,24 @@ def _where(store: Path | None, redis_url: str | None, *, existing: bool = False)
 @click.option("--link-base-url", default=None, help="Public base URL of the resident pages (this server's /r); "
               "they are served when GEODISPATCH_LINK_SECRET is set.")
 @click.option("--link-max-age-s", default=None, type=int, help="How long a link stays valid [default: 14 days].")
+@click.option("--rate-limit", default="600/minute", show_default=True,
+              help="Calls an API key may make (counted on the Redis of --redis-url, else in this process).")
+@click.option("--address-rate-limit", default="120/minute", show_default=True,
+              help="Calls a client address may make without a valid key (wrong keys, the resident pages).")
 def api(index_dir: Path, store: Path | None, redis_url: str | None, agencies: str | None,
         synthetic_agencies: int | None, policy_file: Path | None, host: str, port: int, link_base_url: str | None,
-        link_max_age_s: int | None) -> None:
+        link_max_age_s: int | None, rate_limit: str, address_rate_limit: str) -> None:
     """Serve the HTTP API: agencies submit and follow their requests, reviewers approve or reject them, with
     keys made by ``api-key create``. SIGTERM or Ctrl-C stops it after the calls in hand."""
     import os
 
-    from dispatcher.api import ResidentPages, open_backend, serve
+    from dispatcher.api import ApiSettings, ResidentPages, open_backend, serve
     from dispatcher.dispatch.links import LinkSettings, LinkSigner
+    from dispatcher.dispatch.settings import QueueSettings
     from dispatcher.workflow.policy import Policy
 
+    settings = ApiSettings(rate_limit=rate_limit, address_rate_limit=address_rate_limit,
+                           rate_storage=QueueSettings.from_url(redis_url).url or "" if redis_url else "memory://")
     residents = None
     if os.environ.get("GEODISPATCH_LINK_SECRET"):
         residents = ResidentPages(LinkSigner(LinkSettings.from_env(base_url=link_base_url,
@@ -63,7 +70,7 @@ def api(index_dir: Path, store: Path | None, redis_url: str | None, agencies: st
     registry = load_agencies(agencies, synthetic_agencies)
     backend = open_backend(index_dir, registry, Policy.from_dict(read_policy(policy_file)),
                            **_where(store, redis_url))
-    serve(backend, host, port, residents=residents)
+    serve(backend, host, port, settings, residents=residents)
 
 
 @main.group("api-key")

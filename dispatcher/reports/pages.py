@@ -35,12 +35,18 @@ def json_for_script(obj: Any) -> str:
     return raw.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def page_csp(img_origins: tuple[str, ...] = ()) -> str:
+    """The Content-Security-Policy of every page: inline code and ``data:`` images (and ``img_origins``'), nothing
+    else; a server sending a page sends it as a header too."""
+    img = " ".join(("data:", *img_origins))
+    return (f"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src {img}; "
+            "base-uri 'none'; form-action 'none'")
+
+
 def page(title: str, body: str, *, style: str = "", script: str = "", img_origins: tuple[str, ...] = ()) -> str:
     """A whole HTML document. ``body``, ``style`` and ``script`` are markup built by the caller (text already
     escaped); ``img_origins`` lists origins images may come from besides ``data:`` (map tiles)."""
-    img = " ".join(("data:", *img_origins))
-    csp = (f"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src {img}; "
-           "base-uri 'none'; form-action 'none'")
+    csp = page_csp(img_origins)
     return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
