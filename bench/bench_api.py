@@ -45,7 +45,7 @@ def _body(rid: str) -> dict[str, Any]:
     return {"request_id": rid, "agency_id": "il-chicago", "case_number": "2026-001234", "incident_type": "burglary",
             "investigator_contact": "det.smith@chicagopolice.example", "message": "Burglary on the block.",
             "area": square(0.1), "start": (_NOW - timedelta(hours=5)).isoformat(),
-            "end": (_NOW - timedelta(hours=3)).isoformat(), "submitted_at": _NOW.isoformat()}
+            "end": (_NOW - timedelta(hours=3)).isoformat()}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str,
     with (tmp / "api.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "api", "--index", str(tmp / "index"),
                                  "--store", str(tmp / "served.sqlite"), "--agencies", str(tmp / "agencies.parquet"),
-                                 "--policy", str(tmp / "policy.json"), "--port", str(port)],
+                                 "--policy", str(tmp / "policy.json"), "--port", str(port),
+                                 "--rate-limit", "1000000/minute"],
                                 stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
