@@ -56,12 +56,13 @@ def _registry() -> AgencyRegistry:
 
 
 def _worker(server: RedisServer, index: CameraIndex, name: str, auto: bool = True, protocol: int = 3,
-            **kw) -> Worker:
+            agencies: tuple[str, ...] = (), **kw) -> Worker:
     store = RedisStore.from_url(server.url)
     wf = Workflow(store, _registry(), Policy(auto_approve=auto, owner_cap=1000, rate_limit=1000))
     qs = QueueSettings.from_url(server.url, batch_size=16)
     return Worker(name, redis.Redis.from_url(server.url, protocol=protocol),
-                  Pipeline(wf, index, Dispatcher(RedisSink(qs), qs)), ServiceSettings(**kw), clock=lambda: NOW)
+                  Pipeline(wf, index, Dispatcher(RedisSink(qs), qs)), ServiceSettings(**kw), clock=lambda: NOW,
+                  agencies=agencies)
 
 
 def _request(k: int, rng: np.random.Generator) -> dict:
@@ -384,3 +385,58 @@ def test_commands_every_group_acknowledged_leave_the_stream(redis_server: RedisS
     with redis_server.client() as r:
         assert r.xlen(Keys().requests) == 0 and r.xpending(Keys().requests, "workers")["pending"] == 0
         assert all((r.hgetall(Keys().request(f"req-{k}")) or {}).get(b"state") == b"dispatched" for k in range(10))
+
+
+def test_idle_intake_streams_are_read_by_sweeps_and_a_busy_one_on_every_read(redis_server: RedisServer,
+                                                                            world) -> None:
+    """Redis spends ~1.3 µs on each stream a read names, so a read naming every agency's intake stream cost the
+    service half its throughput. Reads name the platform's stream and the intake streams in use; a sweep every
+    ``sweep_ms`` names them all, so a command on an idle agency's stream is still handled (and its stream is then
+    read every time)."""
+    index, _ = world
+    agencies = ("il-chicago", *(f"idle-{k}" for k in range(40)))
+    w = _worker(redis_server, index, "w", agencies=agencies, block_ms=50, sweep_ms=200)
+    chicago = Keys().intake("il-chicago")
+
+    def streams_read(until) -> list[tuple[str, ...]]:  # type: ignore[no-untyped-def]
+        """The streams each of the worker's reads named, seen by MONITOR while it serves."""
+        seen: list[tuple[str, ...]] = []
+        started = threading.Event()
+
+        def monitor() -> None:
+            with redis_server.client() as r, r.monitor() as m:
+                started.set()
+                for cmd in m.listen():
+                    args = cmd["command"].split(" ")
+                    if args[0] == "XREADGROUP":
+                        names = args[args.index("STREAMS") + 1:]
+                        seen.append(tuple(names[:len(names) // 2]))
+                    elif args[:2] == ["ECHO", "monitor-end"]:
+                        return
+        watching = threading.Thread(target=monitor, daemon=True)
+        watching.start()
+        started.wait(10)
+        _serve([w], until)
+        with redis_server.client() as r:
+            r.echo("monitor-end")
+        watching.join(timeout=30)
+        assert not watching.is_alive()
+        return seen
+
+    t0 = time.monotonic()
+    idle = streams_read(lambda: time.monotonic() - t0 > 1.0)
+    sweeps = [s for s in idle if len(s) == 1 + len(agencies)]
+    assert 1 <= len(sweeps) <= 1.0 / 0.2 + 2, len(sweeps)
+    assert {s for s in idle if s not in sweeps} == {(Keys().requests,)}
+    assert len(idle) - len(sweeps) > len(sweeps)        # most reads name the platform's stream alone
+
+    rng = np.random.default_rng(37)
+    with redis_server.client() as r:
+        submit(r, {**_request(100, rng), "agency_id": "il-chicago"}, agency="il-chicago")
+    busy = streams_read(lambda: w.stats.handled == 1)
+    assert w.stats.dispatched == 1
+    t1 = time.monotonic()
+    after = streams_read(lambda: time.monotonic() - t1 > 0.5)
+    assert (Keys().requests, chicago) in after           # the stream in use is read every time now
+    assert all(len(s) in (2, 1 + len(agencies)) for s in after), after
+    assert busy
