@@ -34,7 +34,8 @@ def request_dispatch(client: redis.Redis, request_id: str, keys: Keys | None = N
 def read_outcomes(client: redis.Redis, after: str = "0-0", count: int = 10_000, block_ms: int | None = None,
                   keys: Keys | None = None, *, operators: bool = False,
                   agency: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """Outcomes published after entry id ``after``: ``(last id read, [outcome, ...])``. Each has ``request_id``,
+    """Outcomes published after entry id ``after``: ``(last id read, [outcome, ...])``; ``count`` counts entries
+    (a worker publishes a batch's outcomes in one). Each has ``request_id``,
     ``outcome`` (the request's status, or ``refused: ...``), ``codes`` (a refusal's rule codes) and the command's
     ``trace``: all a submitter may learn. With ``operators``, from the operators' channel, which adds
     ``notified`` (owners this run notified), ``now_us`` (the time the request was judged at), ``done`` (Unix
@@ -47,7 +48,10 @@ def read_outcomes(client: redis.Redis, after: str = "0-0", count: int = 10_000, 
     for _, entries in got or []:
         for eid, fields in entries:
             after = _s(eid)
-            out.append(orjson.loads(fields[b"o"]))
+            if commands.OUTCOMES in fields:  # a batch's outcomes, in order
+                out.extend(orjson.loads(fields[commands.OUTCOMES]))
+            else:  # one outcome an entry, as earlier workers wrote them
+                out.append(orjson.loads(fields[b"o"]))
     return after, out
 
 

@@ -19,10 +19,12 @@ import orjson
 
 from dispatcher.workflow.pipeline import Command, Dispatch, Malformed, Outcome, Submit
 
-__all__ = ["FIELD", "decode", "encode", "submitters_outcome"]
+__all__ = ["FIELD", "OUTCOMES", "decode", "encode", "submitters_outcome"]
 
 #: The stream entry's field that holds the command.
 FIELD = b"cmd"
+#: The outcome streams' entry field: a JSON list, the outcomes of one batch of commands in their order.
+OUTCOMES = b"os"
 
 
 def _default(o: Any) -> Any:
