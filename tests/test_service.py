@@ -387,6 +387,36 @@ def test_commands_every_group_acknowledged_leave_the_stream(redis_server: RedisS
         assert all((r.hgetall(Keys().request(f"req-{k}")) or {}).get(b"state") == b"dispatched" for k in range(10))
 
 
+def _reads_seen(server: RedisServer, w: Worker, until) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    """The arguments of each XREADGROUP the worker sent while it served (until ``until()``), seen by MONITOR."""
+    seen: list[list[str]] = []
+    started = threading.Event()
+
+    def monitor() -> None:
+        with server.client() as r, r.monitor() as m:
+            started.set()
+            for cmd in m.listen():
+                args = cmd["command"].split(" ")
+                if args[0] == "XREADGROUP":
+                    seen.append(args)
+                elif args[:2] == ["ECHO", "monitor-end"]:
+                    return
+    watching = threading.Thread(target=monitor, daemon=True)
+    watching.start()
+    started.wait(10)
+    _serve([w], until)
+    with server.client() as r:
+        r.echo("monitor-end")
+    watching.join(timeout=30)
+    assert not watching.is_alive()
+    return seen
+
+
+def _streams_named(read: list[str]) -> tuple[str, ...]:
+    names = read[read.index("STREAMS") + 1:]
+    return tuple(names[:len(names) // 2])
+
+
 def test_idle_intake_streams_are_read_by_sweeps_and_a_busy_one_on_every_read(redis_server: RedisServer,
                                                                             world) -> None:
     """Redis spends ~1.3 µs on each stream a read names, so a read naming every agency's intake stream cost the
@@ -398,33 +428,8 @@ def test_idle_intake_streams_are_read_by_sweeps_and_a_busy_one_on_every_read(red
     w = _worker(redis_server, index, "w", agencies=agencies, block_ms=50, sweep_ms=200)
     chicago = Keys().intake("il-chicago")
 
-    def streams_read(until) -> list[tuple[str, ...]]:  # type: ignore[no-untyped-def]
-        """The streams each of the worker's reads named, seen by MONITOR while it serves."""
-        seen: list[tuple[str, ...]] = []
-        started = threading.Event()
-
-        def monitor() -> None:
-            with redis_server.client() as r, r.monitor() as m:
-                started.set()
-                for cmd in m.listen():
-                    args = cmd["command"].split(" ")
-                    if args[0] == "XREADGROUP":
-                        names = args[args.index("STREAMS") + 1:]
-                        seen.append(tuple(names[:len(names) // 2]))
-                    elif args[:2] == ["ECHO", "monitor-end"]:
-                        return
-        watching = threading.Thread(target=monitor, daemon=True)
-        watching.start()
-        started.wait(10)
-        _serve([w], until)
-        with redis_server.client() as r:
-            r.echo("monitor-end")
-        watching.join(timeout=30)
-        assert not watching.is_alive()
-        return seen
-
     t0 = time.monotonic()
-    idle = streams_read(lambda: time.monotonic() - t0 > 1.0)
+    idle = [_streams_named(a) for a in _reads_seen(redis_server, w, lambda: time.monotonic() - t0 > 1.0)]
     sweeps = [s for s in idle if len(s) == 1 + len(agencies)]
     assert 1 <= len(sweeps) <= 1.0 / 0.2 + 2, len(sweeps)
     assert {s for s in idle if s not in sweeps} == {(Keys().requests,)}
@@ -433,10 +438,34 @@ def test_idle_intake_streams_are_read_by_sweeps_and_a_busy_one_on_every_read(red
     rng = np.random.default_rng(37)
     with redis_server.client() as r:
         submit(r, {**_request(100, rng), "agency_id": "il-chicago"}, agency="il-chicago")
-    busy = streams_read(lambda: w.stats.handled == 1)
+    assert _reads_seen(redis_server, w, lambda: w.stats.handled == 1)
     assert w.stats.dispatched == 1
     t1 = time.monotonic()
-    after = streams_read(lambda: time.monotonic() - t1 > 0.5)
+    after = [_streams_named(a) for a in _reads_seen(redis_server, w, lambda: time.monotonic() - t1 > 0.5)]
     assert (Keys().requests, chicago) in after           # the stream in use is read every time now
     assert all(len(s) in (2, 1 + len(agencies)) for s in after), after
-    assert busy
+
+
+def test_reads_grow_with_a_backlog_and_shrink_back_when_it_is_gone(redis_server: RedisServer, world) -> None:
+    """A full read doubles the next one's count (up to read_count_max): a backlog is taken in bigger batches,
+    which cost less a request; reads that come back nearly empty halve it back down to read_count."""
+    index, _ = world
+    w = _worker(redis_server, index, "w", block_ms=20, read_count=4, read_count_max=32)
+    batches: list[int] = []
+    process = w.process
+    w.process = lambda entries: (batches.append(len(entries)), process(entries))[1]  # type: ignore[method-assign]
+
+    def backlog(first: int, n: int) -> None:  # requests away from the cameras: what is measured is the reading
+        with redis_server.client() as r:
+            for k in range(first, first + n):
+                req = make_request(request_id=f"req-{k}", area=square(0.2, LNG0 + 0.1, LAT0))
+                submit(r, {f: getattr(req, f) for f in req.__dataclass_fields__})
+    backlog(0, 120)
+    _serve([w], lambda: w.stats.handled == 120)
+    assert batches == [4, 8, 16, 32, 32, 28], batches
+    t0 = time.monotonic()
+    _serve([w], lambda: time.monotonic() - t0 > 0.3)   # idle reads: 32 -> 16 -> 8 -> 4
+    backlog(120, 20)
+    _serve([w], lambda: w.stats.handled == 140)
+    assert batches[6:] == [4, 8, 8], batches
+    assert w.stats.dispatched == 140

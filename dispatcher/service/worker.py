@@ -46,7 +46,10 @@ class ServiceSettings:
     group: str = "workers"
     #: New entries read per call (handled together, each step one round trip for all), and how long a read
     #: blocks waiting for some (ms). Under light load a read returns one or two; under heavy load, up to this.
+    #: While reads come back full (a backlog), the count doubles, up to ``read_count_max``; it halves back when
+    #: they return less than a quarter of it: a batch of 64 costs the worker ~20% less CPU a request than 16.
     read_count: int = 16
+    read_count_max: int = 128
     block_ms: int = 500
     #: The agencies' intake streams are many (one each) and mostly idle, and a read names each stream it looks at:
     #: Redis spends ~1.3 µs a stream on every read, ~0.5 ms for 400. So a read names the platform's stream and the
@@ -117,12 +120,13 @@ class Worker:
         self.stats = WorkerStats()
         # The calls repeated with the same arguments all the time, over every stream: encoded once.
         streams, g = list(self.streams), self.settings.group
-        self._sweep = self._reading(streams, block_ms=None if len(streams) > 1 else self.settings.block_ms)
+        #: the entries a read asks for now (adapted to the backlog), and the reads, by (streams, count)
+        self._count = self.settings.read_count
+        self._reads: dict[tuple[tuple[str, ...], int], Prepacked] = {}
         self._claim = Prepacked(client, [("XAUTOCLAIM", stream, g, name, self.settings.claim_idle_ms, "0-0", "COUNT",
                                           self.settings.read_count) for stream in streams])
-        #: intake stream -> until when (monotonic) it is named in every read; and the reads of those, by the set
+        #: intake stream -> until when (monotonic) it is named in every read
         self._hot: dict[str, float] = {}
-        self._reads: dict[tuple[str, ...], Prepacked] = {}
         self._next_sweep = 0.0
         self._next_claim = 0.0
         self._touched: set[str] = set()
@@ -304,30 +308,38 @@ class Worker:
                 self._next_claim = time.monotonic() + s.claim_idle_ms / 4000
                 self._trim()
         entries = self._read_new()
-        for first in range(0, len(entries), s.read_count):  # up to read_count from each stream: cut to size
-            self.process(entries[first:first + s.read_count])
+        count = self._count
+        if len(entries) >= count:
+            self._count = min(2 * count, max(s.read_count_max, s.read_count))
+        elif 4 * len(entries) < count:
+            self._count = max(count // 2, s.read_count)
+        for first in range(0, len(entries), count):  # up to count from each stream: cut to size
+            self.process(entries[first:first + count])
         return self.stats.handled - before
 
-    def _reading(self, streams: Sequence[str], block_ms: int | None) -> Prepacked:
-        block = () if block_ms is None else ("BLOCK", block_ms)
-        return Prepacked(self.r, [("XREADGROUP", "GROUP", self.settings.group, self.name, "COUNT",
-                                   self.settings.read_count, *block, "STREAMS", *streams, *[">"] * len(streams))])
+    def _reading(self, streams: tuple[str, ...], block_ms: int | None) -> Prepacked:
+        key = (streams, self._count)
+        if key not in self._reads:
+            if len(self._reads) > 64:
+                self._reads.clear()
+            block = () if block_ms is None else ("BLOCK", block_ms)
+            self._reads[key] = Prepacked(self.r, [(
+                "XREADGROUP", "GROUP", self.settings.group, self.name, "COUNT", self._count, *block,
+                "STREAMS", *streams, *[">"] * len(streams))])
+        return self._reads[key]
 
     def _read_new(self) -> list[Entry]:
         """New entries: from every stream when a sweep is due (without blocking), else from the platform's stream
         and the hot intake streams (blocking until some come, or the next sweep)."""
         s, now = self.settings, time.monotonic()
-        read = self._sweep
-        if len(self.streams) > 1 and now >= self._next_sweep:
+        if len(self.streams) == 1:
+            read = self._reading(tuple(self.streams), s.block_ms)
+        elif now >= self._next_sweep:
             self._next_sweep = now + s.sweep_ms / 1000
-        elif len(self.streams) > 1:
+            read = self._reading(tuple(self.streams), None)
+        else:
             self._hot = {stream: until for stream, until in self._hot.items() if until > now}
-            hot = (self.keys.requests, *sorted(self._hot))
-            if hot not in self._reads:
-                if len(self._reads) > 64:
-                    self._reads.clear()
-                self._reads[hot] = self._reading(hot, min(s.block_ms, s.sweep_ms))
-            read = self._reads[hot]
+            read = self._reading((self.keys.requests, *sorted(self._hot)), min(s.block_ms, s.sweep_ms))
         fresh = self._retry("read", read.run)[0]  # RESP3: a map of streams; RESP2: [stream, entries] pairs
         entries = [(_s(stream), eid, _fields(flat))
                    for stream, got in (fresh.items() if isinstance(fresh, dict) else fresh or [])
