@@ -387,8 +387,9 @@ def test_commands_every_group_acknowledged_leave_the_stream(redis_server: RedisS
         assert all((r.hgetall(Keys().request(f"req-{k}")) or {}).get(b"state") == b"dispatched" for k in range(10))
 
 
-def _reads_seen(server: RedisServer, w: Worker, until) -> list[list[str]]:  # type: ignore[no-untyped-def]
-    """The arguments of each XREADGROUP the worker sent while it served (until ``until()``), seen by MONITOR."""
+def _reads_seen(server: RedisServer, w: Worker, until,  # type: ignore[no-untyped-def]
+                command: str = "XREADGROUP") -> list[list[str]]:
+    """The arguments of each ``command`` the worker sent while it served (until ``until()``), seen by MONITOR."""
     seen: list[list[str]] = []
     started = threading.Event()
 
@@ -397,7 +398,7 @@ def _reads_seen(server: RedisServer, w: Worker, until) -> list[list[str]]:  # ty
             started.set()
             for cmd in m.listen():
                 args = cmd["command"].split(" ")
-                if args[0] == "XREADGROUP":
+                if args[0] == command:
                     seen.append(args)
                 elif args[:2] == ["ECHO", "monitor-end"]:
                     return
@@ -469,3 +470,27 @@ def test_reads_grow_with_a_backlog_and_shrink_back_when_it_is_gone(redis_server:
     _serve([w], lambda: w.stats.handled == 140)
     assert batches[6:] == [4, 8, 8], batches
     assert w.stats.dispatched == 140
+
+
+def test_a_dead_consumers_entry_on_an_idle_intake_stream_is_claimed_by_a_full_pass(redis_server: RedisServer,
+                                                                                  world) -> None:
+    """Claim passes look, as reads do, at the streams in use, and every claim_idle_ms at all of them: an entry a
+    dead consumer left on a stream the others never read is still taken over, and far fewer XAUTOCLAIMs are sent
+    than one per stream per pass."""
+    index, _ = world
+    agencies = ("il-chicago", *(f"idle-{k}" for k in range(40)))
+    rng = np.random.default_rng(43)
+    w = _worker(redis_server, index, "w", agencies=agencies, block_ms=10, claim_idle_ms=400, sweep_ms=100_000)
+    chicago = Keys().intake("il-chicago")
+    with redis_server.client() as r:
+        submit(r, {**_request(200, rng), "agency_id": "il-chicago", "area": square(0.2, LNG0 + 0.1, LAT0)},
+               agency="il-chicago")
+        # a consumer that read it and died: the entry stays pending, idle, under its name
+        assert r.xreadgroup("workers", "dead", {chicago: ">"}, count=1)
+    t0 = time.monotonic()
+    claims = _reads_seen(redis_server, w, lambda: w.stats.handled == 1 and time.monotonic() - t0 > 2.0,
+                         command="XAUTOCLAIM")
+    assert w.stats.claimed == 1 and w.stats.dispatched == 1
+    per_stream = collections.Counter(a[1] for a in claims)
+    assert per_stream[Keys().requests] >= 8                       # a pass every 100 ms, for 2 s
+    assert per_stream[Keys().intake("idle-7")] <= per_stream[Keys().requests] / 2, per_stream  # one in four

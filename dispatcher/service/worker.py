@@ -118,13 +118,13 @@ class Worker:
         self.streams: dict[str, str | None] = {self.keys.requests: None,
                                                **{self.keys.intake(a): a for a in agencies}}
         self.stats = WorkerStats()
-        # The calls repeated with the same arguments all the time, over every stream: encoded once.
-        streams, g = list(self.streams), self.settings.group
-        #: the entries a read asks for now (adapted to the backlog), and the reads, by (streams, count)
+        # The calls repeated with the same arguments all the time (reads and claim passes over the same streams)
+        # are encoded once (Prepacked), by (streams, count) and by streams.
+        #: the entries a read asks for now (adapted to the backlog)
         self._count = self.settings.read_count
         self._reads: dict[tuple[tuple[str, ...], int], Prepacked] = {}
-        self._claim = Prepacked(client, [("XAUTOCLAIM", stream, g, name, self.settings.claim_idle_ms, "0-0", "COUNT",
-                                          self.settings.read_count) for stream in streams])
+        self._claims: dict[tuple[str, ...], Prepacked] = {}
+        self._next_full_claim = 0.0
         #: intake stream -> until when (monotonic) it is named in every read
         self._hot: dict[str, float] = {}
         self._next_sweep = 0.0
@@ -251,9 +251,14 @@ class Worker:
         more than ``max_deliveries`` times is run alone (it may be a command that kills its worker); past four
         times that, it is set aside on the dead-letter stream without running."""
         s, k = self.settings, self.keys
-
+        streams = self._claiming()
+        if streams not in self._claims:
+            if len(self._claims) > 64:
+                self._claims.clear()
+            self._claims[streams] = Prepacked(self.r, [("XAUTOCLAIM", stream, s.group, self.name, s.claim_idle_ms,
+                                                        "0-0", "COUNT", s.read_count) for stream in streams])
         claimed = [(stream, eid, _fields(flat))
-                   for stream, got in zip(self.streams, self._retry("claim", self._claim.run), strict=True)
+                   for stream, got in zip(streams, self._retry("claim", self._claims[streams].run), strict=True)
                    for eid, flat in got[1] if flat]  # None: deleted meanwhile
         if not claimed:
             return claimed
@@ -287,6 +292,16 @@ class Worker:
         for entry in alone:
             self.process([entry])
         return fresh
+
+    def _claiming(self) -> tuple[str, ...]:
+        """The streams a claim pass looks at: as reads do, the platform's and the hot intake streams, and every
+        ``claim_idle_ms`` all of them (a dead consumer's entries on an idle agency's stream wait at most twice the
+        idle time)."""
+        now = time.monotonic()
+        if now >= self._next_full_claim:
+            self._next_full_claim = now + self.settings.claim_idle_ms / 1000
+            return tuple(self.streams)
+        return (self.keys.requests, *sorted(s for s, until in self._hot.items() if until > now))
 
     def _trim(self) -> None:
         """Drop the commands every group has acknowledged: a submission names the agency's request, which the
