@@ -87,27 +87,17 @@ def test_resolve_latsorted_peer(benchmark, setup, label):
     benchmark(one)
 
 
+@pytest.mark.parametrize("engine", ["geodispatch", "latsorted peer"])
 @pytest.mark.parametrize("label", list(GEOJSON_SIZES))
-def test_resolve_from_geojson_geodispatch(benchmark, setup, given, label):
-    index = setup[0]
+def test_resolve_from_geojson(benchmark, setup, given, label, engine):
+    index, peer = setup[0], setup[1]
+    resolve = ((lambda d, s, e: index.resolve(d, s, e, now=given.now)) if engine == "geodispatch"
+               else (lambda d, s, e: peer.resolve(d, s, e, given.now)))
     requests = itertools.cycle(list(zip(given.geojson[label], given.windows)))
 
     def one():
         d, (start, end) = next(requests)
-        return index.resolve(d, start, end, now=given.now)
-
-    benchmark.group = f"resolve from GeoJSON {label}, {CAMERAS:,} cameras"
-    benchmark(one)
-
-
-@pytest.mark.parametrize("label", list(GEOJSON_SIZES))
-def test_resolve_from_geojson_latsorted_peer(benchmark, setup, given, label):
-    peer = setup[1]
-    requests = itertools.cycle(list(zip(given.geojson[label], given.windows)))
-
-    def one():
-        d, (start, end) = next(requests)
-        return peer.resolve(d, start, end, given.now)
+        return resolve(d, start, end)
 
     benchmark.group = f"resolve from GeoJSON {label}, {CAMERAS:,} cameras"
     benchmark(one)
