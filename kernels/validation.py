@@ -32,6 +32,10 @@ AREA_RING_RULE = 1
 #: Not certainly valid: GEOS decides (an invalid area, or a valid one too close to call).
 AREA_UNSURE = 2
 
+#: :func:`check_area` tests every pair of edges: an area with more (after repeated positions are dropped) goes
+#: to GEOS, whose sweep is faster there. Request areas have 8-14.
+MAX_EDGES = 128
+
 #: :func:`covers_area`: certainly covered, certainly not, or GEOS decides.
 COVERED = 0
 NOT_COVERED = 1
@@ -93,7 +97,7 @@ def _edges(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, ea: np.ndarray,
     return m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _apart(ax: float, ay: float, bx: float, by: float, cx: float, cy: float, dx: float, dy: float) -> bool:
     """Whether segments ab and cd certainly share no point: one lies strictly on one side of the other's line."""
     d1 = orient2d_filtered(ax, ay, bx, by, cx, cy)
@@ -105,44 +109,29 @@ def _apart(ax: float, ay: float, bx: float, by: float, cx: float, cy: float, dx:
     return (d3 > 0.0 and d4 > 0.0) or (d3 < 0.0 and d4 < 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _edges_simple(xs: np.ndarray, ys: np.ndarray, ea: np.ndarray, eb: np.ndarray, ring_of: np.ndarray,
                   first: np.ndarray, m: int) -> bool:
     """Whether the edges certainly meet only where consecutive edges of a ring share their vertex, at a corner
-    that is not straight: no crossing, no touch, no overlap, within a ring or between rings. A sweep over the
-    edges sorted by their least longitude tests only the pairs whose boxes meet."""
-    lo = np.empty(m)
-    for k in range(m):
-        lo[k] = min(xs[ea[k]], xs[eb[k]])
-    order = np.argsort(lo)
-    for ii in range(m):
-        i = order[ii]
+    that is not straight: no crossing, no touch, no overlap, within a ring or between rings. Every pair whose
+    boxes meet is tested (:data:`MAX_EDGES` edges at most: the caller hands larger areas to GEOS)."""
+    for i in range(m):
         ax, ay, bx, by = xs[ea[i]], ys[ea[i]], xs[eb[i]], ys[eb[i]]
-        hx = max(ax, bx)
-        ylo = min(ay, by)
-        yhi = max(ay, by)
-        for jj in range(ii + 1, m):
-            j = order[jj]
-            if lo[j] > hx:
-                break
+        xlo, xhi, ylo, yhi = min(ax, bx), max(ax, bx), min(ay, by), max(ay, by)
+        for j in range(i + 1, m):
             cx, cy, dx, dy = xs[ea[j]], ys[ea[j]], xs[eb[j]], ys[eb[j]]
-            if max(cy, dy) < ylo or min(cy, dy) > yhi:
+            if max(cx, dx) < xlo or min(cx, dx) > xhi or max(cy, dy) < ylo or min(cy, dy) > yhi:
                 continue
             r = ring_of[i]
-            if r == ring_of[j]:
-                e0 = first[r]
-                e1 = first[r + 1] - 1
-                s = min(i, j)
-                t = max(i, j)
-                if t == s + 1 or (s == e0 and t == e1):
-                    # consecutive: they share one vertex and meet only there unless the corner is straight
-                    if t == s + 1:
-                        px, py, qx, qy, ux, uy = xs[ea[s]], ys[ea[s]], xs[eb[s]], ys[eb[s]], xs[eb[t]], ys[eb[t]]
-                    else:
-                        px, py, qx, qy, ux, uy = xs[ea[t]], ys[ea[t]], xs[eb[t]], ys[eb[t]], xs[eb[s]], ys[eb[s]]
-                    if orient2d_filtered(px, py, qx, qy, ux, uy) == 0.0:
-                        return False
-                    continue
+            if r == ring_of[j] and (j == i + 1 or (i == first[r] and j == first[r + 1] - 1)):
+                # consecutive: they share one vertex and meet only there unless the corner is straight
+                if j == i + 1:
+                    straight = orient2d_filtered(ax, ay, bx, by, dx, dy) == 0.0
+                else:
+                    straight = orient2d_filtered(cx, cy, dx, dy, bx, by) == 0.0
+                if straight:
+                    return False
+                continue
             if not _apart(ax, ay, bx, by, cx, cy, dx, dy):
                 return False
     return True
@@ -159,7 +148,7 @@ def _shoelace(xs: np.ndarray, ys: np.ndarray, lo: int, hi: int) -> float:
     return s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _boxes_meet(a: np.ndarray, i: int, b: np.ndarray, j: int) -> bool:
     return not (a[i, 2] < b[j, 0] or a[i, 0] > b[j, 2] or a[i, 3] < b[j, 1] or a[i, 1] > b[j, 3])
 
@@ -189,7 +178,7 @@ def check_area(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: n
     eb = np.empty(n, np.int64)
     first = np.empty(n_rings + 1, np.int64)
     m = _edges(xs, ys, ring_ptr, ea, eb, first)
-    if m < 0:
+    if m < 0 or m > MAX_EDGES:
         return AREA_UNSURE
     ring_of = np.empty(m, np.int64)
     for r in range(n_rings):

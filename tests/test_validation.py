@@ -17,7 +17,16 @@ from dispatcher.errors import InvalidArea
 from dispatcher.geo.area import Area
 from dispatcher.synthetic.areas import SQ_MILE_KM2, sample_areas_at
 from dispatcher.workflow.policy import jurisdiction_covers
-from kernels.validation import AREA_RING_RULE, AREA_UNSURE, AREA_VALID, COVERED, NOT_COVERED, check_area, covers_area
+from kernels.validation import (
+    AREA_RING_RULE,
+    AREA_UNSURE,
+    AREA_VALID,
+    COVERED,
+    MAX_EDGES,
+    NOT_COVERED,
+    check_area,
+    covers_area,
+)
 from tests.polygons import areas, star
 
 X0, Y0 = -73.95, 40.75
@@ -239,3 +248,13 @@ def test_jurisdiction_covers_typical_requests_in_compiled_code():
             assert decided == (COVERED if want else NOT_COVERED)
         inside += want
     assert 10 < inside < 50
+
+
+def test_areas_past_the_pairwise_limit_go_to_geos():
+    t = np.linspace(0, 2 * np.pi, MAX_EDGES + 72, endpoint=False)
+    ring = np.column_stack([X0 + 0.01 * np.cos(t), Y0 + 0.01 * np.sin(t)]).tolist()
+    area = Area.parse({"type": "Polygon", "coordinates": [[*ring, ring[0]]]})
+    assert area.n_vertices == MAX_EDGES + 73 and area.geometry.is_valid
+    ring[5], ring[100] = ring[100], ring[5]  # two vertices swapped: the ring crosses itself
+    with pytest.raises(InvalidArea, match="invalid area: Self-intersection"):
+        Area.parse({"type": "Polygon", "coordinates": [[*ring, ring[0]]]})
