@@ -116,7 +116,7 @@ def _geos_verdict(raw: dict) -> tuple[shapely.Geometry | None, str | None]:
     return geom, None
 
 
-@settings(max_examples=250)
+@settings(max_examples=150)
 @given(hostile_areas())
 def test_parse_is_geos_on_hostile_areas(raw):
     want, why = _geos_verdict(raw)
@@ -132,7 +132,7 @@ def test_parse_is_geos_on_hostile_areas(raw):
     assert np.array_equal(np.column_stack([got.xs, got.ys]), shapely.get_coordinates(want))
 
 
-@settings(max_examples=250)
+@settings(max_examples=150)
 @given(hostile_areas())
 def test_compiled_check_certifies_only_what_geos_accepts(raw):
     """The kernel alone: AREA_VALID only for areas GEOS accepts; it may hand a valid area to GEOS (unsure), never
@@ -221,7 +221,7 @@ def jurisdictions(draw: st.DrawFn) -> shapely.Geometry:
     return shapely.Polygon(shapely.box(X0, Y0, X0 + 6 * STEP, Y0 + 6 * STEP).exterior, [hole.exterior])
 
 
-@settings(max_examples=200)
+@settings(max_examples=120)
 @given(jurisdictions(), hostile_areas())
 def test_jurisdiction_covers_is_shapely_covers(jurisdiction, raw):
     if not jurisdiction.is_valid:
