@@ -4,7 +4,9 @@ identical results asserted first. Off by default; run with
     python -m pytest bench/bench_index.py --benchmark-only -p no:cacheprovider
 
 ``GEODISPATCH_BENCH_CAMERAS`` sets the data size (default 1,000,000). The ratio to read is the peer's mean
-over ours, both measured in the same run.
+over ours, both measured in the same run. The ``from GeoJSON`` groups take the request's area as the GeoJSON dict a
+backend receives: ours parses and validates it and resolves, the peer converts it with shapely and resolves; the
+``parse`` group is that parse alone, ours beside shapely's construction and validity check.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import itertools
 import os
 
 import pytest
+import shapely
+import shapely.geometry
 
 from bench.reference import LatSortedResolver, Rings
-from bench.report import SIZES, make_workload
+from bench.report import GEOJSON_SIZES, SIZES, make_workload
+from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.synthetic.data import generate
 
@@ -23,12 +28,29 @@ CAMERAS = int(os.environ.get("GEODISPATCH_BENCH_CAMERAS", "1000000"))
 
 
 @pytest.fixture(scope="module")
-def setup():
-    data = generate(CAMERAS, seed=1)
+def data():
+    return generate(CAMERAS, seed=1)
+
+
+@pytest.fixture(scope="module")
+def setup(data):
     index = CameraIndex.build(data.cameras, data.owners)
     peer = LatSortedResolver(data.cameras, data.owners)
     work = make_workload(data, 200, {k: SIZES[k] for k in ("0.025 sq mi", "0.5 sq mi", "100 km²")}, seed=1)
     return index, peer, work
+
+
+@pytest.fixture(scope="module")
+def given(data, setup):
+    """Requests at the policy's sizes as GeoJSON dicts, both engines' answers asserted equal on them first."""
+    index, peer, _ = setup
+    raw = make_workload(data, 200, GEOJSON_SIZES, seed=2)
+    for label, dicts in raw.geojson.items():
+        for d, (start, end) in zip(dicts[:20], raw.windows):
+            owners, cams, _ = peer.resolve(d, start, end, raw.now)
+            ours = index.resolve(d, start, end, now=raw.now)
+            assert ours.owner_ids.tolist() == owners.tolist() and ours.camera_ids.tolist() == cams.tolist(), label
+    return raw
 
 
 def _cycle(work, label):
@@ -62,4 +84,37 @@ def test_resolve_latsorted_peer(benchmark, setup, label):
         return peer.resolve(area, start, end, work.now)
 
     benchmark.group = f"resolve {label}, {CAMERAS:,} cameras"
+    benchmark(one)
+
+
+@pytest.mark.parametrize("engine", ["geodispatch", "latsorted peer"])
+@pytest.mark.parametrize("label", list(GEOJSON_SIZES))
+def test_resolve_from_geojson(benchmark, setup, given, label, engine):
+    index, peer = setup[0], setup[1]
+    resolve = ((lambda d, s, e: index.resolve(d, s, e, now=given.now)) if engine == "geodispatch"
+               else (lambda d, s, e: peer.resolve(d, s, e, given.now)))
+    requests = itertools.cycle(list(zip(given.geojson[label], given.windows)))
+
+    def one():
+        d, (start, end) = next(requests)
+        return resolve(d, start, end)
+
+    benchmark.group = f"resolve from GeoJSON {label}, {CAMERAS:,} cameras"
+    benchmark(one)
+
+
+def test_parse_geodispatch(benchmark, given):
+    dicts = itertools.cycle([d for ds in given.geojson.values() for d in ds])
+    benchmark.group = "parse and validate a request polygon"
+    benchmark(lambda: Area.parse(next(dicts)))
+
+
+def test_parse_shapely_peer(benchmark, given):
+    dicts = itertools.cycle([d for ds in given.geojson.values() for d in ds])
+
+    def one():
+        g = shapely.geometry.shape(next(dicts))
+        return shapely.is_valid(g) and shapely.area(g) > 0
+
+    benchmark.group = "parse and validate a request polygon"
     benchmark(one)

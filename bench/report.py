@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import psutil
+import shapely
+import shapely.geometry
 
 from bench.peers import DuckDBPeer, PeerUnavailable, PostGISPeer, RedisGeoPeer
 from bench.reference import Dataset, LatSortedResolver, Rings, STRtreePeer, admit_vectorised
@@ -34,6 +36,9 @@ SIZES: dict[str, float] = {
     "city, 600 km²": 600.0,
 }
 PEERS = ("latsorted", "strtree", "duckdb", "postgis", "redis-geo")
+#: The policy's area sizes, for the figures from a GeoJSON dict (what a backend receives): parse, validate, resolve.
+GEOJSON_SIZES: dict[str, float] = {label: sq_mi * SQ_MILE_KM2 for label, sq_mi in
+                                   (("0.025 sq mi", 0.025), ("0.1 sq mi", 0.1), ("0.5 sq mi", 0.5))}
 
 Progress = Callable[[str, int, int], None]
 #: Untimed requests each engine resolves before its timed batch.
@@ -51,19 +56,22 @@ class Workload:
     areas: dict[str, list[Area]]
     windows: list[tuple[datetime, datetime]]
     now: datetime
+    #: The same areas as the GeoJSON dicts they were parsed from.
+    geojson: dict[str, list[dict[str, Any]]]
 
 
 def make_workload(data: SyntheticData, queries: int, sizes: dict[str, float], seed: int = 0) -> Workload:
     """``queries`` polygons per size centred on cameras, and as many windows of 15 min to 12 h in whole
     seconds, starting 1 hour to 25 days before ``data.now``."""
     rng = np.random.default_rng(seed)
-    areas = {label: [Area.parse(a) for a in sample_areas(data.cameras, queries, km2, seed=seed + i)]
-             for i, (label, km2) in enumerate(sizes.items())}
+    geojson = {label: sample_areas(data.cameras, queries, km2, seed=seed + i)
+               for i, (label, km2) in enumerate(sizes.items())}
+    areas = {label: [Area.parse(a) for a in raws] for label, raws in geojson.items()}
     windows = []
     for _ in range(queries):
         start = data.now - timedelta(seconds=int(rng.integers(3600, 25 * 86_400)))
         windows.append((start, start + timedelta(seconds=int(rng.integers(15 * 60, 12 * 3600 + 1)))))
-    return Workload(areas, windows, data.now)
+    return Workload(areas, windows, data.now, geojson)
 
 
 def _pct(samples: Sequence[float]) -> dict[str, float]:
@@ -85,12 +93,14 @@ Resolver = Callable[[Area, datetime, datetime, datetime], tuple[np.ndarray, ...]
 
 
 def _build_peer(name: str, data: SyntheticData, ds: Callable[[], Dataset], ev: Any, stack: ExitStack,
-                workdir: Path, server_bytes: dict[str, int]) -> Resolver:
+                workdir: Path, server_bytes: dict[str, int], from_geojson: dict[str, Resolver]) -> Resolver:
     """Build one peer (starting its server if it needs one) and return its resolve; raises PeerUnavailable or
     ServerUnavailable when it cannot run here. A peer living in a server process records the server's own
-    memory for its data in ``server_bytes`` (our process's RSS says nothing about it)."""
+    memory for its data in ``server_bytes`` (our process's RSS says nothing about it); a peer that can take
+    the GeoJSON dict itself puts that resolve in ``from_geojson``."""
     if name == "latsorted":
         peer = LatSortedResolver(data.cameras, data.owners, ev)
+        from_geojson[name] = peer.resolve  # converts the dict with shapely on every call
         rings: dict[Area, Rings] = {}  # each area converted once, as geodispatch parses each area once
 
         def resolve(a: Area, s: datetime, e: datetime, now: datetime) -> tuple[np.ndarray, ...]:
@@ -126,7 +136,7 @@ def _build_peer(name: str, data: SyntheticData, ds: Callable[[], Dataset], ev: A
     raise ValueError(f"unknown peer {name!r}; choose from {PEERS}")
 
 
-def _run_batches(engines: dict[str, Callable[..., tuple[np.ndarray, ...]]], requests: list[tuple[Area, datetime,
+def _run_batches(engines: dict[str, Callable[..., tuple[np.ndarray, ...]]], requests: list[tuple[Any, datetime,
                  datetime]], now: datetime, label: str, tick: Callable[[], None]) -> dict[str, Any]:
     """Each engine runs the whole batch in turn (so none pays for caches another evicted); answers asserted equal."""
     times: dict[str, list[float]] = {}
@@ -184,10 +194,15 @@ def _selectivity_windows(now: datetime, n: int, seed: int) -> dict[str, list[tup
 def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 0,
                  peers: Sequence[str] = PEERS, sizes: dict[str, float] | None = None, events: bool = False,
                  data: SyntheticData | None = None, progress: Progress = _noop,
-                 window_queries: int = 100) -> dict[str, Any]:
+                 window_queries: int = 100, geojson_queries: int | None = None) -> dict[str, Any]:
     """Generate (or take) a data set, build geodispatch and the peers, resolve the same requests with each,
     assert identical recipient sets, and return every figure as a JSON-ready dict. Peers that cannot run here
-    (not installed, or without a motion-event rule when ``events``) are listed under ``skipped`` with why."""
+    (not installed, or without a motion-event rule when ``events``) are listed under ``skipped`` with why.
+
+    ``from_geojson``: ``geojson_queries`` (default ``queries``) requests per size of :data:`GEOJSON_SIZES` given
+    as GeoJSON dicts, as a backend receives them: ours parses and validates each (:meth:`Area.parse`) and
+    resolves; the lat-sorted peer converts each with shapely and resolves. ``parse``: what parsing a typical
+    request polygon costs, ours beside shapely's construction and validity check (:func:`parse_report`)."""
     sizes = SIZES if sizes is None else sizes
     unknown = set(peers) - set(PEERS)
     if unknown:
@@ -197,7 +212,9 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
         data = generate(n_cameras, seed=seed, progress=progress, events_per_day=2.0 if events else 0.0)
     ev = data.events if events else None
     report: dict[str, Any] = {"cameras": data.n_cameras, "queries_per_size": queries, "seed": seed,
-                              "motion_events": events, "build": {}, "resolve": {}, "windows": {}, "skipped": {}}
+                              "motion_events": events, "build": {}, "resolve": {}, "windows": {}, "skipped": {},
+                              "from_geojson": {}}
+    geojson_queries = queries if geojson_queries is None else geojson_queries
 
     progress("build", 0, 1 + len(peers))
     CameraIndex.build(data.cameras.slice(0, 1000), data.owners, None)  # compile outside the timings
@@ -218,6 +235,7 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
 
     engines: dict[str, Callable[..., tuple[np.ndarray, ...]]] = {
         "geodispatch": lambda a, s, e, now: _triple(index.resolve(a, s, e, now=now))}
+    raw_engines: dict[str, Resolver] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="geodispatch-bench-") as tmp:
         for k, name in enumerate(peers, start=1):
             progress("build", k, 1 + len(peers))
@@ -225,7 +243,7 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
             t = time.perf_counter()
             server_bytes: dict[str, int] = {}
             try:
-                engines[name] = _build_peer(name, data, dataset, ev, stack, Path(tmp), server_bytes)
+                engines[name] = _build_peer(name, data, dataset, ev, stack, Path(tmp), server_bytes, raw_engines)
             except (PeerUnavailable, ServerUnavailable) as exc:
                 report["skipped"][name] = str(exc)
                 continue
@@ -240,7 +258,11 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
         work = make_workload(data, queries, sizes, seed)
         windows = _selectivity_windows(work.now, window_queries, seed) if window_queries else {}
         wl_area = make_workload(data, window_queries, {"0.5 sq mi": SIZES["0.5 sq mi"]}, seed + 7).areas["0.5 sq mi"]
-        total = (sum(len(v) for v in work.areas.values()) + sum(len(v) for v in windows.values())) * len(engines)
+        raw_engines = {"geodispatch": engines["geodispatch"], **raw_engines} if raw_engines else {}
+        raw = make_workload(data, geojson_queries, GEOJSON_SIZES, seed + 13) if raw_engines and geojson_queries \
+            else None
+        total = ((sum(len(v) for v in work.areas.values()) + sum(len(v) for v in windows.values())) * len(engines)
+                 + (sum(len(v) for v in raw.geojson.values()) * len(raw_engines) if raw else 0))
         done = [0]
 
         def tick() -> None:
@@ -253,7 +275,37 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
         for label, wins in windows.items():
             requests = [(a, s, e) for a, (s, e) in zip(wl_area, wins)]
             report["windows"][label] = _run_batches(engines, requests, work.now, label, tick)
+        if raw is not None:
+            for label, dicts in raw.geojson.items():
+                given = [(d, s, e) for d, (s, e) in zip(dicts, raw.windows)]
+                report["from_geojson"][label] = _run_batches(raw_engines, given, raw.now, label, tick)
+            report["parse"] = parse_report([d for dicts in raw.geojson.values() for d in dicts])
     return report
+
+
+def parse_report(dicts: Sequence[dict[str, Any]], repeats: int = 5) -> dict[str, Any]:
+    """µs of CPU (``time.process_time``, the best of ``repeats`` passes over ``dicts``) to parse and validate a
+    GeoJSON Polygon: :meth:`Area.parse` beside shapely's ``shape`` + ``is_valid`` + ``area`` (what validation
+    costs on GEOS), the same dicts in the same run."""
+    def best(f: Callable[[dict[str, Any]], Any]) -> float:
+        for d in dicts[:20]:
+            f(d)
+        times = []
+        for _ in range(repeats):
+            t = time.process_time()
+            for d in dicts:
+                f(d)
+            times.append((time.process_time() - t) / max(len(dicts), 1) * 1e6)
+        return min(times)
+
+    def geos(d: dict[str, Any]) -> Any:
+        g = shapely.geometry.shape(d)
+        return shapely.is_valid(g) and shapely.area(g) > 0
+
+    ours, theirs = best(Area.parse), best(geos)
+    vertices = [len(d["coordinates"][0]) - 1 for d in dicts]
+    return {"areas": len(dicts), "vertices": [min(vertices, default=0), max(vertices, default=0)],
+            "geodispatch_us": ours, "shapely_us": theirs, "ratio": theirs / ours if ours else 0.0}
 
 
 def _triple(rs: Any) -> tuple[np.ndarray, ...]:
@@ -288,6 +340,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _table("area", report["resolve"], peers)
     if report.get("windows"):
         lines += ["", "By time window (0.5 sq mi areas):", ""] + _table("window", report["windows"], peers)
+    if report.get("from_geojson"):
+        lines += ["", "From a GeoJSON dict (ours parses and validates it, then resolves; the peer converts it with "
+                  "shapely, then resolves):", ""]
+        lines += _table("area", report["from_geojson"], [p for p in peers if p in report["from_geojson"][
+            next(iter(report["from_geojson"]))]])
+    if report.get("parse"):
+        p = report["parse"]
+        lines += ["", f"Parsing a request polygon ({p['vertices'][0]}-{p['vertices'][1]} vertices, {p['areas']} of "
+                  f"them, CPU µs each): geodispatch {p['geodispatch_us']:.1f}, shapely shape + is_valid + area "
+                  f"{p['shapely_us']:.1f} ({p['ratio']:.2f}x)"]
     lines += ["", "| engine | build s | bytes/camera (arrays) | memory bytes/camera |", "|---|---|---|---|"]
     for name, b in report["build"].items():
         arrays = f"{b['bytes_per_camera']:.1f}" if "bytes_per_camera" in b else "-"

@@ -139,17 +139,27 @@ WORK_SIZE = 16
 _TINY = 2.0**-900
 
 
+@njit(cache=True, inline="always")
+def orient2d_filtered(ax: float, ay: float, bx: float, by: float, cx: float, cy: float) -> float:
+    """The orientation determinant of :func:`orient2d` when floating point certifies its sign, else 0.0
+    (collinear, or too close to call without exact arithmetic)."""
+    detleft = (ax - cx) * (by - cy)
+    detright = (ay - cy) * (bx - cx)
+    det = detleft - detright
+    detsum = abs(detleft) + abs(detright)
+    if detsum >= _TINY and abs(det) > _CCW_ERRBOUND_A * detsum:
+        return det
+    return 0.0
+
+
 @njit(cache=True, _nrt=False)
 def orient2d(ax: float, ay: float, bx: float, by: float, cx: float, cy: float, work: np.ndarray) -> float:
     """A value whose sign is exactly the orientation of ``c`` relative to the directed line ``a -> b``.
 
     Positive: ``c`` lies to the left (counter-clockwise turn); negative: right; zero: collinear.
     """
-    detleft = (ax - cx) * (by - cy)
-    detright = (ay - cy) * (bx - cx)
-    det = detleft - detright
-    detsum = abs(detleft) + abs(detright)
-    if detsum >= _TINY and abs(det) > _CCW_ERRBOUND_A * detsum:
+    det = orient2d_filtered(ax, ay, bx, by, cx, cy)
+    if det != 0.0:
         return det
     return _orient_exact(ax, ay, bx, by, cx, cy, work)
 

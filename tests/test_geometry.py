@@ -99,8 +99,7 @@ def test_bad_areas_raise_typed_errors(bad, message):
 
 @given(st.lists(st.one_of(areas(), st.sampled_from([bad for bad, _ in BAD_AREAS])), min_size=2, max_size=12))
 def test_parse_many_is_parse_of_each(many):
-    """The batched parse (rings checked together, one shapely call for all) gives each area exactly what parse
-    gives it alone, or the same error."""
+    """parse_many gives each area exactly what parse gives it alone, or the same error."""
     for raw, got in zip(many, Area.parse_many(many), strict=True):
         try:
             alone = Area.parse(raw)

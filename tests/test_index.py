@@ -361,7 +361,8 @@ def test_empty_region_and_whole_city(index_plain):
 
 def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
     """Worker processes starting together on an empty Numba cache compile, write the cache side by side and
-    all answer correctly; a later worker loads the kernels from that cache instead of compiling them."""
+    all answer correctly; a later worker loads the kernels (the query's, and the area validation's that opening
+    the index warms up) from that cache instead of compiling them."""
     cams, own, _ = world
     index = CameraIndex.build(cams, own)
     path = index.save(tmp_path / "idx")
@@ -372,8 +373,11 @@ def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
         "from dispatcher.index import CameraIndex; i = CameraIndex.open(sys.argv[1]);"
         f"r = i.resolve({SQUARE!r}, datetime.fromisoformat('{start.isoformat()}'), "
         f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
+        "from kernels import validation as V; vs = [V.check_area.stats, V.covers_area.stats];"
         "st = K.resolve.stats; print(json.dumps({'r': {int(k): v.tolist() for k, v in r.items()},"
-        "'hits': sum(st.cache_hits.values()), 'misses': sum(st.cache_misses.values())}))"
+        "'hits': sum(st.cache_hits.values()), 'misses': sum(st.cache_misses.values()),"
+        "'v_hits': sum(sum(v.cache_hits.values()) for v in vs),"
+        "'v_misses': sum(sum(v.cache_misses.values()) for v in vs)}))"
     )
     import os
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
@@ -385,6 +389,7 @@ def test_numba_disk_cache_with_concurrent_workers(world, tmp_path):
     warm = run_workers(code, 1, args=[str(path)], env=env)[0]
     assert {int(k): v for k, v in warm["r"].items()} == want
     assert warm["hits"] >= 1 and warm["misses"] == 0  # loaded from the cache, not compiled
+    assert warm["v_hits"] >= 2 and warm["v_misses"] == 0  # the validation kernels, warmed up at open, too
 
 
 def test_opt_out_marking_byte_map_and_search_agree():

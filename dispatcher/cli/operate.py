@@ -223,6 +223,14 @@ def _print_report(result: dict[str, Any]) -> None:
                              "(µs; ratio = peer / geodispatch)", result["resolve"], peers))
     if result.get("windows"):
         out.print(_latency_table("by time window, 0.5 sq mi areas", result["windows"], peers))
+    if result.get("from_geojson"):
+        given = result["from_geojson"]
+        out.print(_latency_table("from a GeoJSON dict: parse, validate, resolve", given,
+                                 [p for p in peers if p in next(iter(given.values()))]))
+    if result.get("parse"):
+        p = result["parse"]
+        out.print(f"parse a {p['vertices'][0]}-{p['vertices'][1]} vertex polygon: {p['geodispatch_us']:.1f} µs, "
+                  f"shapely {p['shapely_us']:.1f} µs ({p['ratio']:.2f}x)")
     build_table = Table(title="build")
     for col in ("engine", "seconds", "bytes/camera (arrays)", "memory bytes/camera"):
         build_table.add_column(col, justify="right")

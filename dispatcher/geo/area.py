@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
@@ -20,6 +20,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from dispatcher.errors import DispatchError, InvalidArea
+from kernels.validation import AREA_VALID, check_area
 
 #: Default cap on the total number of vertices of an area (all rings together).
 MAX_VERTICES = 10_000
@@ -27,11 +28,22 @@ MAX_VERTICES = 10_000
 MAX_GEOJSON_BYTES = 4 * 1024 * 1024
 
 
-def _ring_array(ring: Any, where: str) -> np.ndarray:
+def _ring_array(ring: Any, where_format: str, *at: int) -> np.ndarray:
+    """The ring's positions as an (n, 2) array; ``where_format.format(*at)`` names it in an error."""
     if not isinstance(ring, (list, tuple)) or len(ring) == 0:
+        where = where_format.format(*at)
         raise InvalidArea(f"{where}: a ring must be a non-empty array of positions")
+    first = ring[0]
+    if isinstance(first, (list, tuple)):
+        try:  # the common case in one call: positions of two numbers each
+            arr = np.array(ring, dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if arr.ndim == 2 and arr.shape[1] == 2:
+                return arr
+    where = where_format.format(*at)
     try:
-        first = ring[0]
         if not isinstance(first, (list, tuple)):
             raise TypeError
         if all(len(p) == 2 for p in ring):
@@ -62,7 +74,7 @@ def _polygons_from_geojson(obj: Any) -> list[list[np.ndarray]]:
     if kind == "Polygon":
         if not isinstance(coords, list) or not coords:
             raise InvalidArea("Polygon: 'coordinates' must be a non-empty array of rings")
-        return [[_ring_array(r, f"Polygon ring {i}") for i, r in enumerate(coords)]]
+        return [[_ring_array(r, "Polygon ring {}", i) for i, r in enumerate(coords)]]
     if kind == "MultiPolygon":
         if not isinstance(coords, list) or not coords:
             raise InvalidArea("MultiPolygon: 'coordinates' must be a non-empty array of polygons")
@@ -70,7 +82,7 @@ def _polygons_from_geojson(obj: Any) -> list[list[np.ndarray]]:
         for j, poly in enumerate(coords):
             if not isinstance(poly, list) or not poly:
                 raise InvalidArea(f"MultiPolygon polygon {j}: must be a non-empty array of rings")
-            out.append([_ring_array(r, f"MultiPolygon polygon {j} ring {i}") for i, r in enumerate(poly)])
+            out.append([_ring_array(r, "MultiPolygon polygon {} ring {}", j, i) for i, r in enumerate(poly)])
         return out
     raise InvalidArea(f"unsupported GeoJSON type {kind!r}: expected Polygon, MultiPolygon or a Feature of one")
 
@@ -89,14 +101,26 @@ def _polygons_from_shapely(geom: BaseGeometry) -> list[list[np.ndarray]]:
 
 @dataclass(frozen=True, eq=False)
 class Area:
-    """A validated area flattened for the kernels (see :mod:`kernels.geometry` for the layout)."""
+    """A validated area flattened for the kernels (see :mod:`kernels.geometry` for the layout).
+
+    :attr:`geometry`, its shapely (Multi)Polygon, is made when first asked for: the compiled checks
+    (:mod:`kernels.validation`) validate a typical area without it."""
 
     xs: np.ndarray
     ys: np.ndarray
     ring_ptr: np.ndarray
     poly_ptr: np.ndarray
     poly_bbox: np.ndarray
-    geometry: BaseGeometry
+    _geometry: BaseGeometry | None = field(default=None, repr=False)
+
+    @property
+    def geometry(self) -> BaseGeometry:
+        """The area as a shapely Polygon or MultiPolygon (the same coordinates)."""
+        geom = self._geometry
+        if geom is None:
+            geom = _geometry_of(self.xs, self.ys, self.ring_ptr, self.poly_ptr)
+            object.__setattr__(self, "_geometry", geom)  # a cache: every caller builds the same geometry
+        return geom
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -126,93 +150,57 @@ class Area:
 
     @classmethod
     def parse_many(cls, areas: Sequence[Any], *, max_vertices: int = MAX_VERTICES) -> list[Area | Exception]:
-        """Validate several areas at once: each result is the :class:`Area` :meth:`parse` returns, or the
-        exception it raises (:class:`InvalidArea`, or the ``TypeError``/``ValueError``/``RecursionError`` of an
-        unusable input). The rings' checks and the shapely geometries (construction, validity) run once for all
-        of them, not once an area."""
-        out: list[Area | Exception | None] = []
-        pending: list[tuple[int, list[list[np.ndarray]]]] = []
+        """Validate several areas: each result is the :class:`Area` :meth:`parse` returns, or the exception it
+        raises (:class:`InvalidArea`, or the ``TypeError``/``ValueError``/``RecursionError`` of an unusable
+        input)."""
+        out: list[Area | Exception] = []
         for raw in areas:
             try:
-                if isinstance(raw, Area):
-                    out.append(cls.parse(raw, max_vertices=max_vertices))
-                else:
-                    pending.append((len(out), _rings_of(raw, max_vertices)))
-                    out.append(None)
+                out.append(cls.parse(raw, max_vertices=max_vertices))
             except (DispatchError, TypeError, ValueError, RecursionError) as exc:
                 out.append(exc)
-        for (k, _), built in zip(pending, cls._build([polys for _, polys in pending])):
-            out[k] = built
-        return [a for a in out if a is not None]
+        return out
 
     @classmethod
     def _from_rings(cls, polys: list[list[np.ndarray]]) -> Area:
-        """One area from its polygons' rings (a list of polygons, each a list of rings, the shell first)."""
+        """One area from its polygons' rings (a list of polygons, each a list of rings, the shell first): checked
+        in compiled code, and by GEOS when that cannot certify it (then GEOS's answer and reason stand)."""
+        if len(polys) == 1 and len(polys[0]) == 1:  # the common case, with fewer small arrays made
+            coords = polys[0][0]
+            ptrs = np.array([0, coords.shape[0], 0, 1], dtype=np.int64)
+            ring_ptr, poly_ptr = ptrs[:2], ptrs[2:]
+        else:
+            coords = np.concatenate([r for rings in polys for r in rings])
+            ring_ptr = np.array([0, *accumulate(r.shape[0] for rings in polys for r in rings)], dtype=np.int64)
+            poly_ptr = np.array([0, *accumulate(len(rings) for rings in polys)], dtype=np.int64)
+        xs, ys = coords.T.copy()  # one copy: two contiguous rows
+        poly_bbox = np.empty((len(polys), 4))
+        if check_area(xs, ys, ring_ptr, poly_ptr, poly_bbox) == AREA_VALID:
+            return cls(xs, ys, ring_ptr, poly_ptr, poly_bbox)
+        # GEOS decides, and names what is wrong: the first ring rule broken, else the geometry's validity
         bboxes = [[_check_ring(r, f"polygon {j} ring {i}") for i, r in enumerate(rings)][0]
                   for j, rings in enumerate(polys)]
-        shapes = [shapely.Polygon(rings[0], rings[1:]) for rings in polys]
-        geom = shapes[0] if len(shapes) == 1 else shapely.MultiPolygon(shapes)
+        geom = _geometry_of(xs, ys, ring_ptr, poly_ptr)
         _check_geometry(geom, bool(shapely.is_valid(geom)), float(shapely.area(geom)))
-        return cls._of(polys, np.concatenate([r for rings in polys for r in rings]), bboxes, geom)
+        return cls(xs, ys, ring_ptr, poly_ptr, np.asarray(bboxes, dtype=np.float64).reshape(-1, 4), geom)
 
-    @classmethod
-    def _of(cls, polys: list[list[np.ndarray]], coords: np.ndarray, bboxes: Any, geom: BaseGeometry) -> Area:
-        return cls(
-            xs=np.ascontiguousarray(coords[:, 0]),
-            ys=np.ascontiguousarray(coords[:, 1]),
-            ring_ptr=np.array([0, *accumulate(r.shape[0] for rings in polys for r in rings)], dtype=np.int64),
-            poly_ptr=np.array([0, *accumulate(len(rings) for rings in polys)], dtype=np.int64),
-            poly_bbox=np.asarray(bboxes, dtype=np.float64).reshape(-1, 4),
-            geometry=geom,
-        )
 
-    @classmethod
-    def _build(cls, many: list[list[list[np.ndarray]]]) -> list[Area | Exception]:
-        """Areas from their rings, as :meth:`_from_rings` makes each: the rings checked together (those of an
-        area that may break a rule again one by one, for the message), the geometries made and validated by
-        one shapely call each."""
-        out: list[Area | Exception | None] = [None] * len(many)
-        if len(many) == 1:
-            try:
-                return [cls._from_rings(many[0])]
-            except InvalidArea as exc:
-                return [exc]
-        for k in _suspects(many) if many else []:
-            try:
-                for j, rs in enumerate(many[k]):
-                    for i, r in enumerate(rs):
-                        _check_ring(r, f"polygon {j} ring {i}")
-            except InvalidArea as exc:
-                out[k] = exc
-        ok = [k for k, o in enumerate(out) if o is None]
-        if ok:
-            rings = [r for k in ok for rs in many[k] for r in rs]
-            poly_sizes = [len(rs) for k in ok for rs in many[k]]
-            coords = np.concatenate(rings)
-            polygons = iter(shapely.polygons(
-                shapely.linearrings(coords, indices=np.repeat(np.arange(len(rings)), [r.shape[0] for r in rings])),
-                indices=np.repeat(np.arange(len(poly_sizes)), poly_sizes)))
-            geoms: list[BaseGeometry] = []
-            for k in ok:
-                n = len(many[k])
-                geoms.append(next(polygons) if n == 1 else shapely.MultiPolygon([next(polygons) for _ in range(n)]))
-            at = 0
-            for k, geom, valid, size in zip(ok, geoms, shapely.is_valid(geoms), shapely.area(geoms)):
-                n = sum(r.shape[0] for rs in many[k] for r in rs)
-                mine, at = coords[at:at + n], at + n
-                try:
-                    _check_geometry(geom, bool(valid), float(size))
-                except InvalidArea as exc:
-                    out[k] = exc
-                    continue
-                bboxes = [[*rs[0].min(axis=0), *rs[0].max(axis=0)] for rs in many[k]]
-                out[k] = cls._of(many[k], mine, bboxes, geom)
-        return [a for a in out if a is not None]
+def _geometry_of(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray) -> BaseGeometry:
+    """The shapely Polygon (one polygon) or MultiPolygon of the flat arrays."""
+    xy = np.column_stack((xs, ys))
+    shapes = []
+    for p in range(poly_ptr.shape[0] - 1):
+        rings = [xy[ring_ptr[r]:ring_ptr[r + 1]] for r in range(poly_ptr[p], poly_ptr[p + 1])]
+        shapes.append(shapely.Polygon(rings[0], rings[1:]))
+    return shapes[0] if len(shapes) == 1 else shapely.MultiPolygon(shapes)
 
 
 def _rings_of(area: Any, max_vertices: int) -> list[list[np.ndarray]]:
     polys = _polygons_from_shapely(area) if isinstance(area, BaseGeometry) else _polygons_from_geojson(area)
-    n = sum(r.shape[0] for rings in polys for r in rings)
+    n = 0
+    for rings in polys:
+        for r in rings:
+            n += r.shape[0]
     if n > max_vertices:
         raise InvalidArea(f"area has {n} vertices, more than the {max_vertices} allowed")
     return polys
@@ -223,23 +211,6 @@ def _check_geometry(geom: BaseGeometry, valid: bool, size: float) -> None:
         raise InvalidArea(f"invalid area: {shapely.is_valid_reason(geom)}")
     if not size > 0.0:
         raise InvalidArea("the area has zero size")
-
-
-def _suspects(many: list[list[list[np.ndarray]]]) -> list[int]:
-    """The areas of which some ring may break a rule of :func:`_check_ring`: its rules over every ring at once
-    (a filter: the areas it names are checked one by one, for the message)."""
-    rings = [r for polys in many for rs in polys for r in rs]
-    sizes = np.fromiter((r.shape[0] for r in rings), np.int64, len(rings))
-    flat = np.concatenate(rings)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    lo = np.minimum.reduceat(flat, starts, axis=0)
-    hi = np.maximum.reduceat(flat, starts, axis=0)
-    good = ((sizes >= 4) & np.logical_and.reduceat(np.isfinite(flat).all(axis=1), starts)
-            & (flat[starts] == flat[starts + sizes - 1]).all(axis=1)
-            & (lo[:, 0] >= -180) & (hi[:, 0] <= 180) & (lo[:, 1] >= -90) & (hi[:, 1] <= 90)
-            & (hi[:, 0] - lo[:, 0] <= 180))
-    first = np.cumsum([0, *(sum(len(rs) for rs in polys) for polys in many[:-1])])
-    return np.flatnonzero(~np.logical_and.reduceat(good, first)).tolist()
 
 
 def _check_ring(r: np.ndarray, where: str) -> tuple[float, float, float, float]:

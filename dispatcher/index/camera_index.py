@@ -49,6 +49,7 @@ from dispatcher.index.recipients import RecipientSet
 from dispatcher.index.schema import camera_columns, window_us
 from dispatcher.index.state import Base, State
 from kernels import index_kernels as K
+from kernels.validation import covers_area
 
 __all__ = ["CameraIndex"]
 
@@ -257,6 +258,7 @@ class CameraIndex:
         h3x.warm_up()
         area = Area.parse({"type": "Polygon", "coordinates": [[[0, 0], [1e-9, 0], [0, 1e-9], [0, 0]]]})
         self.resolve(area, "2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z", now="2020-01-02T00:00:00Z")
+        covers_area(*area.kernel_args(), *area.kernel_args())  # the policy's jurisdiction check
 
     # ------------------------------------------------------------------------------------------ facts
 

@@ -28,13 +28,14 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from dispatcher.errors import DispatchError, InvalidPolicy, RequestRejected
+from dispatcher.errors import DispatchError, InvalidArea, InvalidPolicy, RequestRejected
 from dispatcher.geo.area import Area
 from dispatcher.geo.geodesy import GEOD, SQ_M_PER_SQ_MI
 from dispatcher.index.schema import to_utc_us
 from dispatcher.settings import coerce
 from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
+from kernels.validation import COVER_UNSURE, COVERED, covers_area
 
 #: Segments per quarter circle in the buffers of the shape rules: chords within 8% of the radius.
 _QUAD_SEGS = 2
@@ -295,6 +296,37 @@ def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float
     return out
 
 
+#: Jurisdictions flattened for :func:`jurisdiction_covers`, by the id of their geometry (kept with it, so the id
+#: stays theirs), or None when the compiled path cannot take one; at most this many kept.
+_JURISDICTIONS: dict[int, tuple[BaseGeometry, Area | None]] = {}
+_MAX_JURISDICTIONS = 4096
+
+
+def _flat_jurisdiction(geom: BaseGeometry) -> Area | None:
+    kept = _JURISDICTIONS.get(id(geom))
+    if kept is not None and kept[0] is geom:
+        return kept[1]
+    try:
+        flat: Area | None = Area.parse(geom, max_vertices=2**31)
+    except InvalidArea:  # e.g. a jurisdiction over the antimeridian in one ring: shapely judges those
+        flat = None
+    if len(_JURISDICTIONS) >= _MAX_JURISDICTIONS:
+        _JURISDICTIONS.clear()
+    _JURISDICTIONS[id(geom)] = (geom, flat)
+    return flat
+
+
+def jurisdiction_covers(jurisdiction: BaseGeometry, area: Area) -> bool:
+    """shapely's ``jurisdiction.covers(area.geometry)``: in compiled code (:func:`kernels.validation.covers_area`)
+    when no edge of one comes near the other's, by shapely otherwise (the same answer either way)."""
+    flat = _flat_jurisdiction(jurisdiction)
+    if flat is not None:
+        got = covers_area(*flat.kernel_args(), *area.kernel_args())
+        if got != COVER_UNSURE:
+            return bool(got == COVERED)
+    return bool(jurisdiction.covers(area.geometry))
+
+
 def _text_problems(name: str, text: str, limit: int) -> list[str]:
     out = []
     if len(text) > limit:
@@ -435,7 +467,7 @@ def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, n
             v.append(("area_size", f"area of {sq_mi:.4f} sq mi is outside {p.min_area_sq_mi} .. "
                                    f"{p.max_area_sq_mi} sq mi"))
         v.extend(_shape_problems(prep.polys, prep.stats, p, prep.widths))
-        if agency is not None and not agency.jurisdiction.covers(area.geometry):
+        if agency is not None and not jurisdiction_covers(agency.jurisdiction, area):
             v.append(("outside_jurisdiction", f"area is not inside the jurisdiction of {agency.agency_id}"))
     if v:
         raise RequestRejected(v)
