@@ -85,6 +85,12 @@ BAD_AREAS = [
     ({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [1, 1], [0, 0]]]}, "outside lng"),
     ({"type": "Polygon", "coordinates": [[[179, 0], [-179, 0], [-179, 1], [179, 1], [179, 0]]]}, "antimeridian"),
     ({"type": "Polygon", "coordinates": [[["a", 0], [1, 0], [1, 1], [0, 0]]]}, "positions must be"),
+    # numbers given as text, or as flags, are not coordinates (NumPy would read "0.5" as 0.5)
+    ({"type": "Polygon", "coordinates": [[["0", "0"], ["1", "0"], ["1", "1"], ["0", "0"]]]}, "positions must be"),
+    ({"type": "Polygon", "coordinates": [[[0, 0], [1, "0.5"], [1, 1], [0, 0]]]}, "positions must be"),
+    ({"type": "Polygon", "coordinates": [[[0, 0, "x"], [1, 0], [1, 1], [0, 0]]]}, "positions must be"),
+    ({"type": "Polygon", "coordinates": [[[False, False], [True, False], [True, True], [False, False]]]},
+     "positions must be"),
     ([1, 2, 3], "expected a GeoJSON object"),
 ]
 

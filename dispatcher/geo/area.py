@@ -35,26 +35,25 @@ def _ring_array(ring: Any, where_format: str, *at: int) -> np.ndarray:
         raise InvalidArea(f"{where}: a ring must be a non-empty array of positions")
     first = ring[0]
     if isinstance(first, (list, tuple)):
-        try:  # the common case in one call: positions of two numbers each
-            arr = np.array(ring, dtype=np.float64)
+        try:  # the common case in one call: positions of two numbers each (numbers: not text, not flags)
+            arr = np.array(ring)
         except (TypeError, ValueError):
             pass
         else:
-            if arr.ndim == 2 and arr.shape[1] == 2:
-                return arr
+            if arr.ndim == 2 and arr.shape[1] == 2 and arr.dtype.kind in "fi":
+                return arr.astype(np.float64, copy=False)
     where = where_format.format(*at)
     try:
         if not isinstance(first, (list, tuple)):
             raise TypeError
-        if all(len(p) == 2 for p in ring):
-            arr = np.array(ring, dtype=np.float64)
-        else:
-            arr = np.array([p[:2] if len(p) >= 2 else [math.nan, math.nan] for p in ring], dtype=np.float64)
+        if any(type(x) not in (int, float) for p in ring if len(p) > 2 for x in p[2:]):
+            raise TypeError  # an altitude given as text, say
+        arr = np.array([p[:2] if len(p) >= 2 else [math.nan, math.nan] for p in ring])
     except (TypeError, ValueError):
         raise InvalidArea(f"{where}: positions must be arrays of two or three numbers") from None
-    if arr.ndim != 2 or arr.shape[1] != 2:
+    if arr.ndim != 2 or arr.shape[1] != 2 or arr.dtype.kind not in "fi":
         raise InvalidArea(f"{where}: positions must be arrays of two or three numbers")
-    return arr
+    return arr.astype(np.float64, copy=False)
 
 
 def _polygons_from_geojson(obj: Any) -> list[list[np.ndarray]]:
