@@ -193,8 +193,12 @@ def residents_router(backend: Backend, pages: ResidentPages,
             else:
                 parts.append("<p>None of your cameras has a clip inside the window.</p>")
             parts.append(form(claim, DECLINE, csrf, "Decline this request"))
-        parts.append(form(claim, OPT_OUT, csrf, "Opt out of all requests"))
-        parts.append(form(claim, OPT_IN, csrf, "Opt back in to requests"))
+        # the one of opt out and opt back in that applies: the resident's own state, for the token's resident only
+        if backend.workflow.is_opted_out(claim.owner_id):
+            parts.append('<p class="opted_out">You have opted out of all requests: you get no new ones.</p>')
+            parts.append(form(claim, OPT_IN, csrf, "Opt back in to requests"))
+        else:
+            parts.append(form(claim, OPT_OUT, csrf, "Opt out of all requests"))
         return head + "<main>\n" + "\n".join(parts) + "\n</main>"
 
     def show(token: str, csrf: str) -> HTMLResponse:
