@@ -23,7 +23,8 @@ and they name the dependencies made inside :func:`create_app`.
 
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -31,6 +32,7 @@ import limits
 import limits.aio.strategies
 import limits.errors
 import limits.storage
+import redis.asyncio
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -107,15 +109,26 @@ class Throttle:
     def __init__(self, settings: ApiSettings) -> None:
         self.per_key, self.per_address = limits.parse(settings.rate_limit), limits.parse(settings.address_rate_limit)
         where = settings.rate_storage
+        #: The Redis connections of the counts (none in memory), closed by :meth:`aclose` as the server stops.
+        self._pool: redis.asyncio.ConnectionPool | None = None
         try:
-            if where.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
-                storage = limits.storage.storage_from_string(
-                    "async+" + where, **({} if where.startswith("memory") else {"implementation": "redispy"}))
+            if where.startswith("memory://"):
+                storage = limits.storage.storage_from_string("async+" + where)
+            elif where.startswith(("redis://", "rediss://")):
+                self._pool = redis.asyncio.ConnectionPool.from_url(where)
+                # a pool of ours, to close; the options' annotation (float | str | bool) leaves out the pool that
+                # the storage documents and takes
+                pool: dict[str, Any] = {"connection_pool": self._pool}
+                storage = limits.storage.storage_from_string("async+" + where, implementation="redispy", **pool)
             else:
                 raise ValueError("not memory:// or a Redis URL")
             self.limiter = limits.aio.strategies.MovingWindowRateLimiter(storage)
         except (ValueError, limits.errors.ConfigurationError) as exc:
             raise InvalidApiSettings(f"rate_storage {where!r}: {exc}") from None
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
 
     async def key(self, principal: Principal) -> None:
         await self._hit(self.per_key, "key", f"{principal.role}:{principal.name}")
@@ -286,12 +299,18 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     """The ASGI app over ``backend`` (see :func:`dispatcher.api.backend.open_backend`), with the residents'
     pages under ``/r`` when ``residents`` is given."""
     s = settings or ApiSettings()
+    throttle = Throttle(s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await throttle.aclose()  # on the loop that opened them
+
     app = FastAPI(title="geodispatch", version="1", summary="Police video requests to camera owners, without "
-                  "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+                  "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     app.state.backend = backend
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gdk_...`.")
-
-    throttle = Throttle(s)
 
     async def principal(request: Request,
                         cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
