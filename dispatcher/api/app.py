@@ -314,7 +314,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
 
     async def principal(request: Request,
                         cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-        # on the event loop, as the handlers are (see _on_the_loop): one hash and one indexed lookup
+        # on the event loop, as the handlers are (the module's docstring says why): one hash, one lookup
         got = None if cred is None else backend.credentials.authenticate(cred.credentials)
         if got is None:
             await throttle.address(request)  # guessing keys costs the guesser's address its calls
