@@ -22,7 +22,7 @@ SERVER_TIMEOUT_S = 15.0
 def serving(app: Any, port: int | None = None) -> Iterator[str]:
     """Serve ``app`` until the block ends; yields its base URL. The server must start and stop in time."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning",
-                                           lifespan="off"))
+                                           lifespan="on"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + SERVER_TIMEOUT_S

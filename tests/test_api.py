@@ -437,3 +437,21 @@ def test_rate_limits_per_key_and_per_address(world, tmp_path) -> None:
             ApiSettings(**bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidApiSettings, match="rate_storage"):
         create_app(backend, ApiSettings(rate_storage="nosuch://x"))
+
+
+@pytest.mark.redis
+def test_rate_limits_on_redis_are_shared_by_every_server(world, redis_server) -> None:
+    """Two servers on one Redis count a key's calls in one window (``rate_storage`` the Redis URL, as
+    ``geodispatch api --redis-url`` sets it): three calls through either, then a 429 from both."""
+    index, _ = world
+    backend = open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
+                           redis_url=redis_server.url)
+    chicago = backend.credentials.create(AGENCY, "il-chicago", NOW)[1]
+    settings = ApiSettings(rate_limit="3/minute", rate_storage=redis_server.url)
+    try:
+        with serving(create_app(backend, settings)) as one, serving(create_app(backend, settings)) as two:
+            apis = [Api(backend, u, chicago, "", "") for u in (one, two)]
+            got = [apis[k % 2].call("GET", "/v1/requests", chicago).status_code for k in range(5)]
+            assert got == [200, 200, 200, 429, 429]
+    finally:
+        backend.close()

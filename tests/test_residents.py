@@ -439,7 +439,7 @@ def test_resident_pages_refuse_bad_tokens_and_change_nothing(platform: Platform)
     assert "samesite=strict" in cookie and "httponly" in cookie and "path=/r" in cookie
     assert "Chicago Police Department" in page.text and "Burglary on the block." in page.text
     forms = _forms(page.text)
-    assert set(forms) == {DECLINE, OPT_OUT, OPT_IN}  # no clips: nothing to share
+    assert set(forms) == {DECLINE, OPT_OUT}  # no clips: nothing to share; not opted out: no opt-in
     before = platform.state("r1")
     ours = {"csrf": forms[DECLINE]["csrf"]}
     other_secret = LinkSigner(LinkSettings("another-secret-of-at-least-32-characters!", LINKS.settings.base_url))
@@ -731,7 +731,7 @@ def test_resident_pages_on_the_embedded_store(world: CameraIndex, tmp_path: Any)
                 assert c.post("/v1/review/il-chicago:r1/approve", headers={"Authorization": f"Bearer {reviewer}"}
                               ).status_code == 200
             sink = backend.pipeline.dispatcher.sink
-            owner = decode_batch(next(iter(sink.read_all()))[1])[1][0].owner_id
+            owner, other = (n.owner_id for n in decode_batch(next(iter(sink.read_all()))[1])[1][:2])
             with httpx.Client(timeout=60) as c:
                 form = _forms(c.get(links.url("il-chicago:r1", owner, DECLINE)).text)[DECLINE]
                 assert c.post(f"{url}/r/act", data=form).status_code == 200
@@ -740,9 +740,16 @@ def test_resident_pages_on_the_embedded_store(world: CameraIndex, tmp_path: Any)
                 again = c.get(links.url("il-chicago:r1", owner, VIEW)).text
                 assert "You answered this request: decline." in again and DECLINE not in _forms(again)
             gate = backend.pipeline.gate
-            for action, verdict in ((OPT_OUT, OPTED_OUT), (OPT_IN, 0)):
+            # each page offers the one of opt out and opt back in that applies to its own resident, whatever
+            # another resident did
+            for action, verdict, offered in ((OPT_OUT, OPTED_OUT, OPT_IN), (OPT_IN, 0, OPT_OUT)):
                 assert _answer(url, links.url("il-chicago:r1", owner, OPT_OUT), action).status_code == 200
-                assert gate.check_many([("next", np.array([owner], np.int64))], NOW)[0][0] == verdict
+                assert gate.check_many([("next", np.array([owner, other], np.int64))], NOW)[0].tolist() == [
+                    verdict, 0]
+                with httpx.Client(timeout=60) as c:
+                    mine, theirs = (c.get(links.url("il-chicago:r1", o, VIEW)).text for o in (owner, other))
+                assert set(_forms(mine)) == {offered} and ("You have opted out" in mine) == (action == OPT_OUT)
+                assert set(_forms(theirs)) == {DECLINE, OPT_OUT} and "opted out" not in theirs
     finally:
         backend.close()
 

@@ -10,26 +10,34 @@ agency's ids are scoped to it, so another agency's request is not found, exactly
 Every error is JSON of one shape, ``{"error": {"type": ..., "message": ..., "field": ...}}``; every refusal
 changes nothing.
 
+The agencies' and reviewers' handlers (and the key check before them) run on the server's event loop, not in its
+thread pool: the calls of one process into the pipeline are serialised anyway (``Backend.lock``: its store and
+sink connections are shared), so a thread would only add two hand-offs between threads a call, which on a busy
+machine cost more than the HTTP itself (``bench/bench_api.py``). A call then holds the loop while it runs, as it
+held the lock; more throughput comes from more server processes. What may wait on the loop's I/O (reading a body,
+the rate limits' counts on Redis) is awaited.
+
 The module has no ``from __future__ import annotations``: FastAPI reads the handlers' annotations at run time,
 and they name the dependencies made inside :func:`create_app`.
 """
 
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import limits
+import limits.aio.strategies
 import limits.errors
 import limits.storage
-import limits.strategies
+import redis.asyncio
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.api.backend import Backend
@@ -90,27 +98,47 @@ class ApiSettings:
 
 
 class Throttle:
-    """The front door's rate limits (the ``limits`` library's moving windows): each key, once authenticated, and
-    each client address for what comes without a valid key. A refusal is a 429 with ``Retry-After``; what is
-    counted is the caller's own calls, nothing about any resident."""
+    """The front door's rate limits (the ``limits`` library's moving windows, its asyncio side): each key, once
+    authenticated, and each client address for what comes without a valid key. A refusal is a 429 with
+    ``Retry-After``; what is counted is the caller's own calls, nothing about any resident.
+
+    The windows are counted on the event loop: in memory (expired entries dropped by a task of the loop, not a
+    thread started every few milliseconds, as the threaded memory storage does) or on Redis through redis-py's
+    asyncio client, so a count never blocks the loop or costs a hop to a thread."""
 
     def __init__(self, settings: ApiSettings) -> None:
         self.per_key, self.per_address = limits.parse(settings.rate_limit), limits.parse(settings.address_rate_limit)
+        where = settings.rate_storage
+        #: The Redis connections of the counts (none in memory), closed by :meth:`aclose` as the server stops.
+        self._pool: redis.asyncio.ConnectionPool | None = None
         try:
-            self.limiter = limits.strategies.MovingWindowRateLimiter(limits.storage.storage_from_string(
-                settings.rate_storage))
+            if where.startswith("memory://"):
+                storage = limits.storage.storage_from_string("async+" + where)
+            elif where.startswith(("redis://", "rediss://")):
+                self._pool = redis.asyncio.ConnectionPool.from_url(where)
+                # a pool of ours, to close; the options' annotation (float | str | bool) leaves out the pool that
+                # the storage documents and takes
+                pool: dict[str, Any] = {"connection_pool": self._pool}
+                storage = limits.storage.storage_from_string("async+" + where, implementation="redispy", **pool)
+            else:
+                raise ValueError("not memory:// or a Redis URL")
+            self.limiter = limits.aio.strategies.MovingWindowRateLimiter(storage)
         except (ValueError, limits.errors.ConfigurationError) as exc:
-            raise InvalidApiSettings(f"rate_storage {settings.rate_storage!r}: {exc}") from None
+            raise InvalidApiSettings(f"rate_storage {where!r}: {exc}") from None
 
-    def key(self, principal: Principal) -> None:
-        self._hit(self.per_key, "key", f"{principal.role}:{principal.name}")
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
 
-    def address(self, request: Request) -> None:
-        self._hit(self.per_address, "address", request.client.host if request.client else "-")
+    async def key(self, principal: Principal) -> None:
+        await self._hit(self.per_key, "key", f"{principal.role}:{principal.name}")
 
-    def _hit(self, item: limits.RateLimitItem, *ids: str) -> None:
-        if not self.limiter.hit(item, *ids):
-            wait = math.ceil(self.limiter.get_window_stats(item, *ids).reset_time - time.time())
+    async def address(self, request: Request) -> None:
+        await self._hit(self.per_address, "address", request.client.host if request.client else "-")
+
+    async def _hit(self, item: limits.RateLimitItem, *ids: str) -> None:
+        if not await self.limiter.hit(item, *ids):
+            wait = math.ceil((await self.limiter.get_window_stats(item, *ids)).reset_time - time.time())
             raise RateLimited(f"more than {item} calls; try again later", max(1, wait))
 
 
@@ -271,23 +299,29 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     """The ASGI app over ``backend`` (see :func:`dispatcher.api.backend.open_backend`), with the residents'
     pages under ``/r`` when ``residents`` is given."""
     s = settings or ApiSettings()
+    throttle = Throttle(s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await throttle.aclose()  # on the loop that opened them
+
     app = FastAPI(title="geodispatch", version="1", summary="Police video requests to camera owners, without "
-                  "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+                  "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     app.state.backend = backend
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gdk_...`.")
 
-    throttle = Throttle(s)
-
-    def principal(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-                  ) -> Principal:
+    async def principal(request: Request,
+                        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+        # on the event loop, as the handlers are (the module's docstring says why): one hash, one lookup
         got = None if cred is None else backend.credentials.authenticate(cred.credentials)
         if got is None:
-            throttle.address(request)  # guessing keys costs the guesser's address its calls
+            await throttle.address(request)  # guessing keys costs the guesser's address its calls
             raise NotAuthenticated("missing or invalid API key")
-        throttle.key(got)
+        await throttle.key(got)
         return got
 
-    # the role checks do no I/O: run on the event loop, not as another hop through the thread pool
     async def agency(who: Annotated[Principal, Depends(principal)]) -> str:
         if who.role != AGENCY:
             raise NotPermitted("this endpoint is for agencies")
@@ -326,7 +360,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # a body that is not JSON is found before the key is checked: an unknown caller still learns only 401
-        if not await run_in_threadpool(_known, request):
+        if not _known(request):
             return _unauthorized("missing or invalid API key")
         errs = [_field_error(e) for e in exc.errors()]
         first = errs[0] if errs else {"field": "body", "message": "invalid", "type": ""}
@@ -350,7 +384,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
 
     @app.post("/v1/requests", status_code=202, response_model=SubmitResult, tags=["agencies"],
               responses=_errors(401, 403, 413, 422, 503))
-    def submit_request(body: Submission, me: Annotated[str, Depends(agency)]) -> Any:
+    async def submit_request(body: Submission, me: Annotated[str, Depends(agency)]) -> Any:
         """Submit a video request. 202 with its status (``submitted`` awaiting review, or further); 422 with the
         rule codes when the policy refuses it. Sending the same request again returns its status."""
         now = backend.clock()  # the pipeline takes it as the submission time of an authenticated sender
@@ -365,7 +399,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
 
     @app.get("/v1/requests/{request_id}", response_model=RequestStatus, tags=["agencies"],
              responses=_errors(401, 403, 404, 422, 503))
-    def get_request(request_id: Annotated[str, Path(pattern=_ID)], me: Annotated[str, Depends(agency)]) -> Any:
+    async def get_request(request_id: Annotated[str, Path(pattern=_ID)], me: Annotated[str, Depends(agency)]) -> Any:
         """The status of one of the agency's own requests; any other id is not found."""
         with backend.lock:
             got = backend.workflow.store.get_request(scoped_id(me, request_id))
@@ -374,7 +408,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
         return {"request_id": request_id, "status": got[0]}
 
     @app.get("/v1/requests", response_model=RequestList, tags=["agencies"], responses=_errors(401, 403, 503))
-    def list_requests(me: Annotated[str, Depends(agency)]) -> Any:
+    async def list_requests(me: Annotated[str, Depends(agency)]) -> Any:
         """The agency's own requests, newest first, with their status."""
         mine = f"{me}:"
         with backend.lock:
@@ -387,7 +421,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     # -- reviewers --------------------------------------------------------------------------------------
 
     @app.get("/v1/review/queue", response_model=ReviewQueue, tags=["reviewers"], responses=_errors(401, 403, 503))
-    def review_queue(_: Annotated[str, Depends(reviewer)]) -> Any:
+    async def review_queue(_: Annotated[str, Depends(reviewer)]) -> Any:
         """Requests awaiting review, oldest submission first (from the store's index of submitted requests)."""
         with backend.lock:
             store = backend.workflow.store
@@ -400,7 +434,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
 
     @app.get("/v1/review/{request_id}/map", response_class=HTMLResponse, tags=["reviewers"],
              responses=_errors(401, 403, 404, 503))
-    def review_map(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], _: Annotated[str, Depends(reviewer)]
+    async def review_map(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], _: Annotated[str, Depends(reviewer)]
                    ) -> HTMLResponse:
         """A request's map for its review: the area, the index cells it is resolved with, and camera density
         (hexagons of at least 10 cameras, never a camera). One self-contained page, no script from elsewhere."""
@@ -415,7 +449,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
 
     @app.post("/v1/review/{request_id}/approve", response_model=ReviewResult, tags=["reviewers"],
               responses=_errors(401, 403, 404, 409, 422, 503))
-    def approve(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], me: Annotated[str, Depends(reviewer)]
+    async def approve(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], me: Annotated[str, Depends(reviewer)]
                 ) -> Any:
         """Approve a submitted request and dispatch it. An approved request whose dispatch did not finish is
         dispatched again (harmless: what was sent is not sent twice)."""
@@ -431,7 +465,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
 
     @app.post("/v1/review/{request_id}/reject", response_model=RequestStatus, tags=["reviewers"],
               responses=_errors(401, 403, 404, 409, 422, 503))
-    def reject(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], body: Rejection,
+    async def reject(request_id: Annotated[str, Path(pattern=_SCOPED_ID)], body: Rejection,
                me: Annotated[str, Depends(reviewer)]) -> Any:
         """Reject a submitted request, with the reason (kept in the audit log)."""
         wf = backend.workflow

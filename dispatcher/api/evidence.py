@@ -117,7 +117,7 @@ def _tampered(exc: EvidenceTampered) -> ApiError:
 
 
 def evidence_router(backend: Backend, agency: Callable[..., Coroutine[Any, Any, str]],
-                    principal: Callable[..., Principal], list_limit: int) -> APIRouter:
+                    principal: Callable[..., Coroutine[Any, Any, Principal]], list_limit: int) -> APIRouter:
     """The evidence routes over ``backend``, with the app's ``agency`` and ``principal`` dependencies."""
     router = APIRouter()
 
@@ -142,7 +142,8 @@ def evidence_router(backend: Backend, agency: Callable[..., Coroutine[Any, Any, 
 
     @router.get("/v1/requests/{request_id}/clips", response_model=SharedClips, tags=["agencies"],
                 responses=_errors(401, 403, 404, 422, 503))
-    def shared_clips(request_id: Annotated[str, Path(pattern=_ID)], me: Annotated[str, Depends(agency)]) -> Any:
+    async def shared_clips(request_id: Annotated[str, Path(pattern=_ID)], me: Annotated[str, Depends(agency)]
+                           ) -> Any:
         """The clips residents shared for one of the agency's requests, with their custody records."""
         with backend.lock:
             rid = own_request(me, request_id)
@@ -161,23 +162,24 @@ def evidence_router(backend: Backend, agency: Callable[..., Coroutine[Any, Any, 
 
     @router.get("/v1/requests/{request_id}/clips/{share_id}", response_class=Response, tags=["agencies"],
                 responses={**_BYTES, **_errors(401, 403, 404, 422, 500, 503)})
-    def download_clip(request_id: Annotated[str, Path(pattern=_ID)], share_id: Annotated[str, Path(pattern=_REF)],
-                      me: Annotated[str, Depends(agency)]) -> Response:
+    async def download_clip(request_id: Annotated[str, Path(pattern=_ID)],
+                            share_id: Annotated[str, Path(pattern=_REF)], me: Annotated[str, Depends(agency)]
+                            ) -> Response:
         """A shared clip's bytes, served only if they still have the SHA-256 recorded when they were stored."""
         rec, data = opened(me, request_id, share_id)
         return _bytes(data, rec.sha256, rec.media_type, rec.share_id)
 
     @router.get("/v1/requests/{request_id}/clips/{share_id}/custody", response_model=CustodyRecord,
                 tags=["agencies"], responses=_errors(401, 403, 404, 422, 500, 503))
-    def custody(request_id: Annotated[str, Path(pattern=_ID)], share_id: Annotated[str, Path(pattern=_REF)],
-                me: Annotated[str, Depends(agency)]) -> Any:
+    async def custody(request_id: Annotated[str, Path(pattern=_ID)], share_id: Annotated[str, Path(pattern=_REF)],
+                      me: Annotated[str, Depends(agency)]) -> Any:
         """The chain-of-custody record of a shared clip (its bytes checked too)."""
         return record(opened(me, request_id, share_id)[0], request_id)
 
     @router.get("/v1/posts", response_model=PublicPosts, tags=["agencies"], responses=_errors(401, 403, 422, 503))
-    def public_posts(start: Annotated[str, Query(description="ISO-8601 date-time with an offset.")],
-                     end: Annotated[str, Query(description="ISO-8601 date-time with an offset.")],
-                     me: Annotated[str, Depends(agency)]) -> Any:
+    async def public_posts(start: Annotated[str, Query(description="ISO-8601 date-time with an offset.")],
+                           end: Annotated[str, Query(description="ISO-8601 date-time with an offset.")],
+                           me: Annotated[str, Depends(agency)]) -> Any:
         """Residents' public posts inside the agency's jurisdiction (a post's cell centre in it) recorded during
         the window, oldest first."""
         t0, t1 = _moment(start, "start"), _moment(end, "end")
@@ -190,7 +192,8 @@ def evidence_router(backend: Backend, agency: Callable[..., Coroutine[Any, Any, 
 
     @router.get("/v1/posts/{post_id}/clip", response_class=Response, tags=["agencies"],
                 responses={**_BYTES, **_errors(401, 403, 404, 422, 500, 503)})
-    def post_clip(post_id: Annotated[str, Path(pattern=_REF)], me: Annotated[str, Depends(agency)]) -> Response:
+    async def post_clip(post_id: Annotated[str, Path(pattern=_REF)], me: Annotated[str, Depends(agency)]
+                        ) -> Response:
         """The clip of a public post in the agency's jurisdiction."""
         jur = backend.workflow.registry.get(me).jurisdiction
         with backend.lock:
@@ -206,7 +209,7 @@ def evidence_router(backend: Backend, agency: Callable[..., Coroutine[Any, Any, 
 
     @router.post("/v1/posts", status_code=201, response_model=PublicPost, tags=["residents"],
                  responses=_errors(401, 403, 404, 413, 422, 503))
-    def create_post(body: NewPost, owner: Annotated[int, Depends(resident)]) -> Any:
+    async def create_post(body: NewPost, owner: Annotated[int, Depends(resident)]) -> Any:
         """Post one of the resident's clips publicly, placed at the H3 cell of its camera at ``res`` (8 or
         coarser), never at the camera's point. Posting a clip again returns its post."""
         try:

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,6 @@ import orjson
 import shapely
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from starlette.concurrency import run_in_threadpool
 
 from dispatcher.api.backend import Backend
 from dispatcher.dispatch.links import DECLINE, ONE_SHOT, OPT_IN, OPT_OUT, SHARE, VIEW, LinkClaim, LinkSigner
@@ -120,7 +119,7 @@ def _clip_label(clip: Clip) -> str:
 
 
 def residents_router(backend: Backend, pages: ResidentPages,
-                     limit: Callable[[Request], None] = lambda _: None) -> APIRouter:
+                     limit: Callable[[Request], Awaitable[None]] | None = None) -> APIRouter:
     """The routes under ``/r``: ``GET /r/{token}`` (the page) and ``POST /r/act`` (its forms). ``limit`` counts
     each call against its client's address (raising :class:`RateLimited` over the limit)."""
     router = APIRouter(prefix="/r", tags=["residents"])
@@ -194,8 +193,12 @@ def residents_router(backend: Backend, pages: ResidentPages,
             else:
                 parts.append("<p>None of your cameras has a clip inside the window.</p>")
             parts.append(form(claim, DECLINE, csrf, "Decline this request"))
-        parts.append(form(claim, OPT_OUT, csrf, "Opt out of all requests"))
-        parts.append(form(claim, OPT_IN, csrf, "Opt back in to requests"))
+        # the one of opt out and opt back in that applies: the resident's own state, for the token's resident only
+        if backend.workflow.is_opted_out(claim.owner_id):
+            parts.append('<p class="opted_out">You have opted out of all requests: you get no new ones.</p>')
+            parts.append(form(claim, OPT_IN, csrf, "Opt back in to requests"))
+        else:
+            parts.append(form(claim, OPT_OUT, csrf, "Opt out of all requests"))
         return head + "<main>\n" + "\n".join(parts) + "\n</main>"
 
     def show(token: str, csrf: str) -> HTMLResponse:
@@ -248,17 +251,17 @@ def residents_router(backend: Backend, pages: ResidentPages,
     @router.get("/{token}", response_class=HTMLResponse, summary="A resident's page for one request")
     async def resident_page(token: str, request: Request) -> HTMLResponse:
         """The request's page for the resident the token names; changes nothing."""
-        if (limited := _limited(limit, request)) is not None:
+        if (limited := await _limited(limit, request)) is not None:
             return limited
         csrf = request.cookies.get(CSRF_COOKIE) or ""
         if not (16 <= len(csrf) <= 64 and csrf.isascii() and csrf.replace("-", "").replace("_", "").isalnum()):
             csrf = secrets.token_urlsafe(24)
-        return await _guarded(lambda: show(token, csrf))
+        return _guarded(lambda: show(token, csrf))
 
     @router.post("/act", response_class=HTMLResponse, summary="A resident's answer (a form of the page)")
     async def resident_act(request: Request) -> HTMLResponse:
         """Share picked clips, decline, opt out or opt back in: a form posted from the page."""
-        if (limited := _limited(limit, request)) is not None:
+        if (limited := await _limited(limit, request)) is not None:
             return limited
         sent_from = request.headers.get("origin")
         if sent_from is not None and sent_from != origin and sent_from != _own_origin(request):
@@ -273,15 +276,17 @@ def residents_router(backend: Backend, pages: ResidentPages,
             fields = parse_qs(raw.decode("ascii"), strict_parsing=False, max_num_fields=MAX_CLIPS + 8)
         except (UnicodeDecodeError, ValueError):
             return _refusal_page(_Refusal(400, "Not a form", "The form could not be read."))
-        return await _guarded(lambda: act(fields, request.cookies.get(CSRF_COOKIE)))
+        return _guarded(lambda: act(fields, request.cookies.get(CSRF_COOKIE)))
 
     return router
 
 
-def _limited(limit: Callable[[Request], None], request: Request) -> HTMLResponse | None:
+async def _limited(limit: Callable[[Request], Awaitable[None]] | None, request: Request) -> HTMLResponse | None:
     """The page of a caller over its rate limit, or None."""
+    if limit is None:
+        return None
     try:
-        limit(request)
+        await limit(request)
     except RateLimited as exc:
         page = _refusal_page(_Refusal(429, "Too many requests", "Wait a moment, then open the link again."))
         page.headers["Retry-After"] = str(exc.retry_after_s)
@@ -299,9 +304,11 @@ def _picked(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-async def _guarded(fn: Callable[[], HTMLResponse]) -> HTMLResponse:
+def _guarded(fn: Callable[[], HTMLResponse]) -> HTMLResponse:
+    """``fn``'s page, on the event loop as the API's handlers are (:mod:`dispatcher.api.app`), or the page of its
+    refusal."""
     try:
-        return await run_in_threadpool(fn)
+        return fn()
     except _Refusal as r:
         return _refusal_page(r)
     except QueueUnavailable:  # Redis unreachable through every retry

@@ -21,7 +21,7 @@ def serve(backend: Backend, host: str, port: int, settings: ApiSettings | None =
           log_level: str = "warning", residents: ResidentPages | None = None) -> None:
     """Serve ``backend`` on ``host:port`` until SIGTERM or SIGINT; closes the backend."""
     server = uvicorn.Server(uvicorn.Config(create_app(backend, settings, residents), host=host, port=port,
-                                           log_level=log_level, lifespan="off"))
+                                           log_level=log_level, lifespan="on"))
     # uvicorn stops on the signal, then sends it again to the handlers it found: let those be no-ops, so the stop
     # it already made is the end (and the backend is closed) rather than a second, abrupt one
     main = threading.current_thread() is threading.main_thread()

@@ -188,6 +188,11 @@ class Workflow:
         self.store.set_opted_out(owner_id, False, now)
         self.store.append_audit("-", "owner", "opt_in", now, {})
 
+    def is_opted_out(self, owner_id: int) -> bool:
+        """Whether the owner has opted out of every request (what :meth:`opt_out` and :meth:`opt_in` set, and the
+        gate checks at send time)."""
+        return self.store.is_opted_out(owner_id)
+
 
 class PrefetchedLog:
     """The policy's view of earlier requests (:class:`RequestLog`) for a batch judged together: what the store

@@ -96,6 +96,10 @@ class Store(Protocol):
     def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None: ...
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]: ...
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None: ...
+    def is_opted_out(self, owner_id: int) -> bool:
+        """Whether the owner is in the opt-out set the gate checks (read only: the owner's own state, for the
+        owner's page)."""
+        ...
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray: ...
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]: ...
@@ -220,6 +224,11 @@ class SqliteStore:
                 self._db.execute("INSERT OR REPLACE INTO opted_out VALUES (?,?)", (int(owner_id), _us(at)))
             else:
                 self._db.execute("DELETE FROM opted_out WHERE owner_id=?", (int(owner_id),))
+
+    def is_opted_out(self, owner_id: int) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM opted_out WHERE owner_id=?", (int(owner_id),)).fetchone()
+        return row is not None
 
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
@@ -453,6 +462,9 @@ class RedisStore:
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None:
         op = self.r.sadd if opted_out else self.r.srem
         self._call("opt-out", lambda: op(self.k.opted_out, int(owner_id)))
+
+    def is_opted_out(self, owner_id: int) -> bool:
+        return bool(self._call("opt-out", lambda: self.r.sismember(self.k.opted_out, int(owner_id))))
 
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
