@@ -1,5 +1,11 @@
 """One connection factory and one retry policy for every Redis client: the store, the sink, the service
-workers and the consumer all connect through :func:`connect` and retry through :func:`with_retries`."""
+workers and the consumer all connect through :func:`connect` and retry through :func:`with_retries`.
+
+With ``cluster=true`` in the queue settings, :func:`connect` gives redis-py's cluster client
+(:class:`redis.cluster.RedisCluster`), which routes each command to the master serving its key's slot and follows
+the cluster through a failover. A pipeline on it is split by node and is not atomic across slots: every atomic
+step of geodispatch (each Lua script, each MULTI/EXEC) names keys of one slot only (:mod:`dispatcher.keys`).
+Lua scripts go through :func:`script`, which works on both clients and in both kinds of pipeline."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from redis.backoff import FullJitterBackoff
+from redis.cluster import ClusterPipeline, RedisCluster
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
@@ -16,13 +24,15 @@ from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["Prepacked", "connect", "is_transient", "retry_policy", "with_retries"]
+__all__ = ["Prepacked", "connect", "is_cluster", "is_transient", "retry_policy", "script", "wait_replicated",
+           "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
-#: transition: each passes.
+#: transition (a slot moved to another master, the cluster down while it fails over): each passes.
 _TRANSIENT_REPLIES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
                       redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
-                      redis.exceptions.MasterDownError)
+                      redis.exceptions.MasterDownError, redis.exceptions.AskError,
+                      redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError)
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +40,53 @@ T = TypeVar("T")
 
 
 def connect(settings: QueueSettings) -> redis.Redis:
-    """A client for ``settings.url`` with the settings' connect and socket timeouts."""
+    """A client for ``settings.url`` with the settings' connect and socket timeouts: redis-py's cluster client
+    when ``settings.cluster`` (the URL names any one node; the client learns the others), else the plain one.
+    Both answer the same commands, so callers take either (typed as the plain one)."""
     if settings.url is None:
         raise InvalidQueueSettings("no Redis URL set: use the local sink")
+    if settings.cluster:
+        cluster: Any = RedisCluster.from_url(settings.url, socket_timeout=settings.socket_timeout,
+                                             socket_connect_timeout=settings.connect_timeout,
+                                             health_check_interval=30)
+        return cluster  # type: ignore[no-any-return]
     return redis.Redis.from_url(settings.url, socket_timeout=settings.socket_timeout,
                                 socket_connect_timeout=settings.connect_timeout, health_check_interval=30)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` (or pipeline) talks to a Redis Cluster."""
+    return isinstance(client, (RedisCluster, ClusterPipeline))
+
+
+class _Script(Script):
+    """A Lua script run by SHA where it can be. In a cluster pipeline redis-py refuses ``EVALSHA`` (it cannot
+    load a missing script on the right node), so there the script goes whole with ``EVAL``: Redis caches it by
+    its digest all the same, and the call is routed by its keys like any other."""
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if isinstance(client, ClusterPipeline):
+            keys, args = list(keys or ()), list(args or ())
+            return client.execute_command("EVAL", self.script, len(keys), *keys, *args)
+        return super().__call__(keys, args, client)
+
+
+def script(client: Any, source: str) -> Script:
+    """``source`` registered on ``client`` (plain or cluster): call it with ``keys``, ``args`` and optionally
+    ``client=`` a pipeline of either kind. Every key a script touches is in ``keys``, all in one slot."""
+    return _Script(client, source)
+
+
+def wait_replicated(client: Any, key: str, replicas: int, timeout_ms: int) -> int:
+    """``WAIT replicas timeout_ms`` on the master serving ``key`` (the one node the writes just made went to):
+    blocks until that many replicas acknowledged every write this client made there, or the timeout. Returns
+    the replicas that did. Replication is asynchronous: a master that dies before its replica received a write
+    takes that write with it, even one it acknowledged; after a WAIT that counted the replica, a failover to it
+    keeps the write."""
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)
+        return int(client.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
+    return int(client.execute_command("WAIT", replicas, timeout_ms))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -82,23 +134,48 @@ class Prepacked:
     far more CPU than Redis spends answering (a read of 401 streams: ~3 ms to encode, 0.1 ms in Redis), all of it
     under the worker process's GIL. :meth:`run` sends them in one write and returns the raw replies in order
     (RESP, without redis-py's reply callbacks); an error reply raises, and the connection is then dropped (the
-    replies after it are unread)."""
+    replies after it are unread).
+
+    On a cluster client every command must name keys of one slot; each run goes to the master serving that slot
+    now, and after an error the client's map of the cluster is read again (a failover moved the slot)."""
 
     def __init__(self, client: redis.Redis, commands: Sequence[Sequence[Any]]) -> None:
         self.client = client
         self.count = len(commands)
-        pool = client.connection_pool
+        self.slot: int | None = None
+        if isinstance(client, RedisCluster):
+            slots = {client.determine_slot(*c) for c in commands}
+            if len(slots) != 1:
+                raise InvalidQueueSettings(f"prepacked commands span {len(slots)} cluster slots, not one")
+            self.slot = slots.pop()
+        pool = self._pool()
         encoder = pool.connection_class(**pool.connection_kwargs)  # encodes as the pool's would; never connected
         self.packed = encoder.pack_commands([tuple(c) for c in commands])
 
+    def _pool(self) -> Any:
+        if self.slot is None:
+            return self.client.connection_pool
+        cluster: Any = self.client
+        node = cluster.nodes_manager.get_node_from_slot(self.slot)
+        return cluster.get_redis_connection(node).connection_pool
+
     def run(self) -> list[Any]:
-        pool = self.client.connection_pool
+        pool = self._pool()
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(self.packed)  # type: ignore[no-untyped-call]
+            conn.send_packed_command(self.packed)
             return [conn.read_response() for _ in range(self.count)]
         except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]
+            conn.disconnect()
+            if self.slot is not None:
+                self._remap()
             raise
         finally:
             pool.release(conn)
+
+    def _remap(self) -> None:
+        cluster: Any = self.client
+        try:
+            cluster.nodes_manager.initialize()
+        except redis.RedisError as exc:  # the cluster is failing over: the caller retries, and so will this
+            log.debug("cluster map not refreshed: %s", exc)

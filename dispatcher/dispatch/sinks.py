@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import redis
 
-from dispatcher.connections import connect, with_retries
+from dispatcher.connections import connect, script, with_retries
 from dispatcher.dispatch.gate import GateTerms
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.wire import PreparedBatch
@@ -144,8 +144,8 @@ class RedisSink:
             self.settings = settings or QueueSettings(url="redis://")
             self.client = client_or_settings
         self.keys = keys or self.settings.keys
-        self._append = self.client.register_script(_APPEND_LUA)
-        self._plan = self.client.register_script(_PLAN_LUA)
+        self._append = script(self.client, _APPEND_LUA)
+        self._plan = script(self.client, _PLAN_LUA)
 
     def recorded_plans(self, request_ids: list[str]) -> list[bytes | None]:
         def run() -> list[Any]:

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import orjson
 
-from dispatcher.connections import connect, with_retries
+from dispatcher.connections import connect, script, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import InvalidData, InvalidRequest
 from dispatcher.keys import Keys
@@ -364,10 +364,10 @@ class RedisStore:
         self.k = keys or Keys()
         #: The retry policy of every call (transient trouble: a dropped connection, a full or loading Redis).
         self.settings = settings or QueueSettings(url="redis://")
-        self._create = client.register_script(_CREATE)
-        self._cas = client.register_script(_CAS)
-        self._admit = client.register_script(_ADMIT)
-        self._check = client.register_script(_CHECK)
+        self._create = script(client, _CREATE)
+        self._cas = script(client, _CAS)
+        self._admit = script(client, _ADMIT)
+        self._check = script(client, _CHECK)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
