@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 from redis.backoff import FullJitterBackoff
@@ -24,7 +24,7 @@ from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["Prepacked", "connect", "is_cluster", "is_transient", "retry_policy", "script", "wait_replicated",
+__all__ = ["Prepacked", "connect", "is_cluster", "is_transient", "refresh_cluster_map", "retry_policy", "script",
            "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
@@ -66,8 +66,8 @@ class _Script(Script):
 
     def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
         if isinstance(client, ClusterPipeline):
-            keys, args = list(keys or ()), list(args or ())
-            return client.execute_command("EVAL", self.script, len(keys), *keys, *args)
+            keys, args, pipe = list(keys or ()), list(args or ()), cast(Any, client)
+            return pipe.execute_command("EVAL", self.script, len(keys), *keys, *args)
         return super().__call__(keys, args, client)
 
 
@@ -75,18 +75,6 @@ def script(client: Any, source: str) -> Script:
     """``source`` registered on ``client`` (plain or cluster): call it with ``keys``, ``args`` and optionally
     ``client=`` a pipeline of either kind. Every key a script touches is in ``keys``, all in one slot."""
     return _Script(client, source)
-
-
-def wait_replicated(client: Any, key: str, replicas: int, timeout_ms: int) -> int:
-    """``WAIT replicas timeout_ms`` on the master serving ``key`` (the one node the writes just made went to):
-    blocks until that many replicas acknowledged every write this client made there, or the timeout. Returns
-    the replicas that did. Replication is asynchronous: a master that dies before its replica received a write
-    takes that write with it, even one it acknowledged; after a WAIT that counted the replica, a failover to it
-    keeps the write."""
-    if isinstance(client, RedisCluster):
-        node = client.get_node_from_key(key)
-        return int(client.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
-    return int(client.execute_command("WAIT", replicas, timeout_ms))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -174,8 +162,15 @@ class Prepacked:
             pool.release(conn)
 
     def _remap(self) -> None:
-        cluster: Any = self.client
-        try:
-            cluster.nodes_manager.initialize()
-        except redis.RedisError as exc:  # the cluster is failing over: the caller retries, and so will this
-            log.debug("cluster map not refreshed: %s", exc)
+        refresh_cluster_map(self.client)
+
+
+def refresh_cluster_map(client: Any) -> None:
+    """A cluster client reads again which master serves which slot (after an error that may be a failover);
+    nothing for a plain client, or while the cluster cannot say (the caller's retry comes back here)."""
+    if not isinstance(client, RedisCluster):
+        return
+    try:
+        client.nodes_manager.initialize()
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        log.debug("cluster map not refreshed: %s", exc)

@@ -46,6 +46,12 @@ class QueueSettings:
     #: dispatch plans and done marks, the consumers' sent marks (aggregate counts are kept). Footage is kept
     #: 180 days at most, so no request can be older.
     retention_days: int = 180
+    #: Replicas that must confirm each dispatch step before its batches count as done (``WAIT``; 0: none). Redis
+    #: replicates asynchronously: without it, a master that dies can take with it batches it acknowledged, whose
+    #: commands were then acknowledged too; with it, what a step appended is on a replica before anything
+    #: depends on it. ``wait_timeout_ms`` bounds each WAIT; a step not confirmed in time is retried.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 2000
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "pipeline_batches"):
@@ -56,6 +62,9 @@ class QueueSettings:
                 raise InvalidQueueSettings(f"{name} must be positive, got {getattr(self, name)}")
         if self.retention_days < 1:
             raise InvalidQueueSettings(f"retention_days must be positive, got {self.retention_days}")
+        if self.wait_replicas < 0 or self.wait_timeout_ms < 1:
+            raise InvalidQueueSettings(f"wait_replicas must not be negative and wait_timeout_ms must be positive, got "
+                                       f"{self.wait_replicas} and {self.wait_timeout_ms}")
         if self.shards < 1:
             raise InvalidQueueSettings(f"shards must be positive, got {self.shards}")
         if self.retries < 0 or self.max_backlog < 0 or self.backpressure_timeout < 0:
