@@ -1,5 +1,10 @@
-"""Geodispatch on a real Redis Cluster: 3 masters and 3 replicas on loopback ports, started once for this file's
-tests (``redis-server --cluster-enabled yes``, joined by ``redis-cli --cluster create``)."""
+"""Geodispatch on a real Redis Cluster: 3 masters and 3 replicas on loopback ports, started once for the session's
+tests that need it (``redis-server --cluster-enabled yes`` with AOF, joined by ``redis-cli --cluster create``).
+
+The same service as on one server, with the work in 1 or 3 shards: every atomic step in one slot, the shards on
+distinct masters, opt-outs seen by every shard's gate, and through a master's failover (SIGKILL, its replica takes
+over) every request dispatched exactly once: the notifications read back from every shard's stream and compared,
+owner by owner and camera by camera, with an independent resolve."""
 
 from __future__ import annotations
 
@@ -7,21 +12,26 @@ import collections
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from bench.reference import Dataset, brute_force
 from dispatcher.connections import connect
+from dispatcher.dispatch.consumer import Consumer, OutboxSender
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import decode_batch
+from dispatcher.errors import InvalidQueueSettings
 from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.keys import Keys
 from dispatcher.service.client import read_outcomes, submit
 from dispatcher.service.servers import RedisClusterServers
 from dispatcher.service.worker import ServiceSettings, Worker
@@ -31,6 +41,7 @@ from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
 from tests import data
+from tests.notifications import LINKS, header, make_recipients
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, square
 from tests.video_requests import request as make_request
 
@@ -68,6 +79,10 @@ def _worker(qs: QueueSettings, index: CameraIndex, name: str) -> Worker:
                   queue=qs)
 
 
+def _qs(cluster: RedisClusterServers, shards: int, **kw: Any) -> QueueSettings:
+    return QueueSettings.from_url(f"{cluster.url}&shards={shards}", **kw)
+
+
 def _serve(workers: list[Worker], until: Any, timeout: float = 120) -> None:
     stop = threading.Event()
     threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
@@ -90,9 +105,10 @@ def _dispatched(client: Any, qs: QueueSettings) -> set[str]:
 
 
 def _check_exact(client: Any, qs: QueueSettings, ds: Dataset, opted: list[int],
-                 reqs: list[dict[str, Any]]) -> int:
+                 reqs: list[dict[str, Any]], judged: dict[str, Any] | None = None) -> int:
     """Every notification stream read back and compared, owner by owner and camera by camera, with the
-    independent resolve; the gate's counters equal the streams. Returns the notifications."""
+    independent resolve (at the time each request was judged: ``judged``, else the tests' NOW); the gate's
+    counters equal the streams. Returns the notifications."""
     seen: collections.Counter[tuple[str, int]] = collections.Counter()
     cams: dict[tuple[str, int], list[int]] = {}
     for stream in qs.keys.notification_streams:
@@ -106,7 +122,7 @@ def _check_exact(client: Any, qs: QueueSettings, ds: Dataset, opted: list[int],
     lost = duplicated = wrong = 0
     for req in reqs:
         rid = req["request_id"]
-        want = brute_force(ds, req["area"], req["start"], req["end"], NOW)
+        want = brute_force(ds, req["area"], req["start"], req["end"], (judged or {}).get(rid, NOW))
         sent = {o for (q, o) in seen if q == rid}
         lost += len(set(want) - out - sent)
         wrong += len(sent - set(want)) + len(sent & out) + sum(cams[(rid, o)] != want[o] for o in sent & set(want))
@@ -140,12 +156,15 @@ def test_the_cluster_is_three_masters_with_a_replica_each(redis_cluster: RedisCl
     assert client.get(qs.keys.requests) == b"y"
 
 
-def test_workers_serve_requests_exactly_on_the_cluster(redis_cluster: RedisClusterServers,
+@pytest.mark.parametrize("shards", [1, 3])
+def test_workers_serve_requests_exactly_on_the_cluster(redis_cluster: RedisClusterServers, shards: int,
                                                        world: tuple[CameraIndex, Dataset, list[int]]) -> None:
     """Two workers on the cluster client (the store's, the sink's and the gate's scripts, the MULTI/EXEC of
-    outcomes and acks, the pre-encoded reads) serve requests exactly: the streams equal the oracle."""
+    outcomes and acks, the pre-encoded reads) serve requests exactly: the streams equal the oracle, and opt-outs
+    (written to each owner's shard) hold in every shard's gate. With 3 shards, each shard's notifications stream
+    is on a master of its own and holds about a third of the owners."""
     index, ds, opted = world
-    qs = QueueSettings.from_url(redis_cluster.url, batch_size=64)
+    qs = _qs(redis_cluster, shards, batch_size=64)
     client = connect(qs)
     store = RedisStore(client, qs.keys, qs)
     for o in opted:
@@ -155,4 +174,50 @@ def test_workers_serve_requests_exactly_on_the_cluster(redis_cluster: RedisClust
         submit(client, req, keys=qs.keys, trace=k)
     workers = [_worker(qs, index, f"w{k}") for k in range(2)]
     _serve(workers, lambda: _dispatched(client, qs) >= {r["request_id"] for r in reqs})
-    assert _check_exact(client, qs, ds, opted, reqs) > 0
+    total = _check_exact(client, qs, ds, opted, reqs)
+    assert total > 0
+    masters = {redis_cluster.master_of(stream).port for stream in qs.keys.notification_streams}
+    assert len(masters) == shards
+    for stream in qs.keys.notification_streams:
+        owners = sum(len(decode_batch(f[b"data"])[1]) for _, f in client.xrange(stream))
+        assert owners > total / shards / 2, (stream, owners, total)
+
+
+def test_shard_names() -> None:
+    """One shard is the names of before; several fall in distinct thirds of the slots, and every key of a
+    request's shard, or of an owner's, shares its slot. A shard count that is not a positive integer is refused."""
+    one = QueueSettings.from_url("redis://h:1/0").keys
+    assert one.shard(0) is one and one.for_request("r") is one and one.notifications == "geodispatch:{gd}:notifications"
+    keys = QueueSettings.from_url("redis://h:1/0?cluster=true&shards=3").keys
+    slots = [key_slot(k.notifications.encode()) for k in keys.all_shards]
+    assert [s * 3 // 16384 for s in slots] == [0, 1, 2]
+    rid = "il-chicago:case-7"
+    home = keys.for_request(rid)
+    assert len({key_slot(x.encode()) for x in (home.request(rid), home.plan(rid), home.audit, home.requests,
+                                                home.outcomes, home.submitted)}) == 1
+    assert keys.owner_shards(np.array([0, 1, 2, 3, 5])).tolist() == [0, 1, 2, 0, 2]
+    for bad in ("0", "-1", "x", "1.5"):
+        with pytest.raises(InvalidQueueSettings, match="shards"):
+            QueueSettings.from_url(f"redis://h:1/0?shards={bad}")
+    with pytest.raises(ValueError):
+        Keys(shards=0)
+
+
+def test_consumers_send_every_shards_notifications_once(redis_cluster: RedisClusterServers, tmp_path: Path) -> None:
+    """Notifications dispatched over 3 shards, read by two consumers that each read every shard's stream: every
+    (request, owner) in an outbox once; an unreadable entry on one shard's stream is set aside in that shard."""
+    qs = _qs(redis_cluster, 3, batch_size=50)
+    client = connect(qs)
+    sink = RedisSink(qs)
+    rs = make_recipients(400, seed=3)
+    Dispatcher(sink, qs).dispatch(header("req-c"), rs)
+    client.xadd(qs.keys.shard(1).notifications, {"request": "bad", "batch": 0, "data": b"{not a batch"})
+    sender = OutboxSender(tmp_path / "out")
+    consumers = [Consumer(connect(qs), f"c{k}", sender, links=LINKS, settings=qs) for k in range(2)]
+    consumers[0].ensure_group()
+    while sum(c.run_once(block_ms=30) for c in consumers):
+        pass
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"req-c%3A{o}.html" for o in rs.owner_ids.tolist())
+    assert sum(c.sent for c in consumers) == rs.n_owners
+    assert client.xlen(qs.keys.shard(1).notification_dead_letters) == 1

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -193,6 +194,24 @@ class RedisClusterServers:
             except redis.RedisError:
                 continue
         raise ServerUnavailable(f"no running node knows who serves slot {slot}")
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Until every master's replicas hold everything it was sent (their offsets equal to the master's)."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            while True:
+                with node.client() as c:
+                    info: dict[str, Any] = c.info("replication")
+                if info.get("role") != "master":
+                    break
+                offsets = [v["offset"] for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+                if offsets and all(int(o) >= int(info["master_repl_offset"]) for o in offsets):
+                    break
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable(f"the replicas of {node.port} did not catch up in {timeout:.0f} s")
+                time.sleep(0.02)
 
     def kill_master_of(self, key: str, timeout: float = 30.0) -> RedisServer:
         """SIGKILL the master serving ``key``, then wait until its replica took over and the cluster is ok again
