@@ -11,17 +11,20 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
-from bench.reference import Dataset, brute_force
+from bench.reference import brute_force
 from dispatcher.connections import connect
 from dispatcher.dispatch.consumer import Consumer, OutboxSender
 from dispatcher.dispatch.dispatcher import Dispatcher
@@ -29,58 +32,46 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import decode_batch
 from dispatcher.errors import InvalidQueueSettings
-from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.keys import Keys
 from dispatcher.service.client import read_outcomes, submit
 from dispatcher.service.servers import RedisClusterServers
 from dispatcher.service.worker import ServiceSettings, Worker
-from dispatcher.workflow.agencies import Agency, AgencyRegistry
+from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.pipeline import Pipeline
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore
-from tests import data
+from tests import test_faults
 from tests.notifications import LINKS, header, make_recipients
-from tests.video_requests import JOINED, LAT0, LNG0, NOW, square
-from tests.video_requests import request as make_request
+from tests.test_faults import Service, World
+from tests.test_faults import _requests as _fault_requests
+
+#: The fault tests' served data set: a saved index of 20,000 cameras, the agency, the policy and the opt-outs.
+world = test_faults.world
 
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(scope="module")
-def world() -> tuple[CameraIndex, Dataset, list[int]]:
-    cams = data.cameras(20_000, seed=61, cx=LNG0, cy=LAT0, spread=0.01)
-    own = data.owners(cams, seed=61, share_out=0.0)
-    owners = own.column("owner_id").to_numpy()
-    opted = sorted(np.random.default_rng(61).choice(owners, len(owners) // 20, replace=False).tolist())
-    return CameraIndex.build(cams, own), Dataset.from_tables(cams, own), opted
-
-
-def _requests(n: int, seed: int) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        dx, dy = rng.uniform(-0.01, 0.01, 2)
-        start = NOW - timedelta(days=int(rng.integers(1, 20)), hours=int(rng.integers(0, 20)))
-        r = make_request(request_id=f"req-{k}", area=square(float(rng.uniform(0.03, 0.45)), LNG0 + dx, LAT0 + dy),
-                         start=start, end=start + timedelta(hours=2))
-        out.append({f: getattr(r, f) for f in r.__dataclass_fields__})
-    return out
-
-
-def _worker(qs: QueueSettings, index: CameraIndex, name: str) -> Worker:
-    registry = AgencyRegistry([Agency("il-chicago", "Chicago Police Department", "IL",
-                                      geodesic_circle(LNG0, LAT0, 20_000), JOINED)])
-    wf = Workflow(RedisStore(connect(qs), qs.keys, qs), registry,
-                  Policy(auto_approve=True, owner_cap=100_000, rate_limit=100_000))
+def _worker(qs: QueueSettings, world: World, index: CameraIndex, name: str) -> Worker:
+    """A worker thread as ``serve`` makes them, on the fault tests' data set, agencies and policy."""
+    policy = Policy.from_dict({**orjson.loads(world.policy.read_bytes()), "auto_approve": True})
+    wf = Workflow(RedisStore(connect(qs), qs.keys, qs), AgencyRegistry.load(world.agencies), policy)
     return Worker(name, connect(qs), Pipeline(wf, index, Dispatcher(RedisSink(qs), qs)),
-                  ServiceSettings(read_count=8, block_ms=100, claim_idle_ms=1000), qs.keys, clock=lambda: NOW,
-                  queue=qs)
+                  ServiceSettings(read_count=8, block_ms=100, claim_idle_ms=1000), qs.keys, queue=qs)
 
 
 def _qs(cluster: RedisClusterServers, shards: int, **kw: Any) -> QueueSettings:
     return QueueSettings.from_url(f"{cluster.url}&shards={shards}", **kw)
+
+
+def _submit(client: Any, qs: QueueSettings, world: World, reqs: list[dict[str, Any]]) -> None:
+    """The world's opt-outs (each in its owner's shard), then the requests (each on its shard's stream)."""
+    store = RedisStore(client, qs.keys, qs)
+    for o in world.opted_out:
+        store.set_opted_out(o, True, datetime.now(timezone.utc))
+    for k, req in enumerate(reqs):
+        submit(client, req, keys=qs.keys, trace=k)
 
 
 def _serve(workers: list[Worker], until: Any, timeout: float = 120) -> None:
@@ -100,15 +91,24 @@ def _serve(workers: list[Worker], until: Any, timeout: float = 120) -> None:
 
 
 def _dispatched(client: Any, qs: QueueSettings) -> set[str]:
+    return set(_judged(client, qs))
+
+
+def _judged(client: Any, qs: QueueSettings) -> dict[str, datetime]:
+    """Each dispatched request's time of judgement, from the first operators' outcome that says so."""
     _, got = read_outcomes(client, count=1_000_000, keys=qs.keys, operators=True)
-    return {str(o["request_id"]) for o in got if o["outcome"] == "dispatched"}
+    out: dict[str, datetime] = {}
+    for o in got:
+        if o["outcome"] == "dispatched":
+            out.setdefault(str(o["request_id"]), datetime.fromtimestamp(o["now_us"] / 1e6, tz=timezone.utc))
+    return out
 
 
-def _check_exact(client: Any, qs: QueueSettings, ds: Dataset, opted: list[int],
-                 reqs: list[dict[str, Any]], judged: dict[str, Any] | None = None) -> int:
+def _check_exact(client: Any, qs: QueueSettings, world: World, reqs: list[dict[str, Any]]) -> int:
     """Every notification stream read back and compared, owner by owner and camera by camera, with the
-    independent resolve (at the time each request was judged: ``judged``, else the tests' NOW); the gate's
-    counters equal the streams. Returns the notifications."""
+    independent resolve at the time each request was judged; the gate's counters equal the streams, nothing is
+    dead-lettered. Returns the notifications."""
+    judged = _judged(client, qs)
     seen: collections.Counter[tuple[str, int]] = collections.Counter()
     cams: dict[tuple[str, int], list[int]] = {}
     for stream in qs.keys.notification_streams:
@@ -118,11 +118,11 @@ def _check_exact(client: Any, qs: QueueSettings, ds: Dataset, opted: list[int],
                 seen[(n.header["request_id"], n.owner_id)] += 1
                 cams[(n.header["request_id"], n.owner_id)] = list(n.camera_ids)
     store = RedisStore(client, qs.keys, qs)
-    out = set(opted)
+    out = set(world.opted_out)
     lost = duplicated = wrong = 0
     for req in reqs:
         rid = req["request_id"]
-        want = brute_force(ds, req["area"], req["start"], req["end"], (judged or {}).get(rid, NOW))
+        want = brute_force(world.ds, req["area"], req["start"], req["end"], judged[rid])
         sent = {o for (q, o) in seen if q == rid}
         lost += len(set(want) - out - sent)
         wrong += len(sent - set(want)) + len(sent & out) + sum(cams[(rid, o)] != want[o] for o in sent & set(want))
@@ -130,7 +130,8 @@ def _check_exact(client: Any, qs: QueueSettings, ds: Dataset, opted: list[int],
         assert store.notified_count(rid) == len(sent), rid
         assert store.counters(rid).get("opted_out", 0) == len(set(want) & out), rid
         assert store.get_request(rid)[0] == "dispatched"  # type: ignore[index]
-    assert (lost, duplicated, wrong) == (0, 0, 0)
+    dead = sum(client.xlen(k.dead_letters) for k in qs.keys.all_shards)
+    assert (lost, duplicated, wrong, dead) == (0, 0, 0, 0)
     return sum(seen.values())
 
 
@@ -158,23 +159,18 @@ def test_the_cluster_is_three_masters_with_a_replica_each(redis_cluster: RedisCl
 
 @pytest.mark.parametrize("shards", [1, 3])
 def test_workers_serve_requests_exactly_on_the_cluster(redis_cluster: RedisClusterServers, shards: int,
-                                                       world: tuple[CameraIndex, Dataset, list[int]]) -> None:
+                                                       world: World) -> None:
     """Two workers on the cluster client (the store's, the sink's and the gate's scripts, the MULTI/EXEC of
     outcomes and acks, the pre-encoded reads) serve requests exactly: the streams equal the oracle, and opt-outs
     (written to each owner's shard) hold in every shard's gate. With 3 shards, each shard's notifications stream
     is on a master of its own and holds about a third of the owners."""
-    index, ds, opted = world
     qs = _qs(redis_cluster, shards, batch_size=64)
     client = connect(qs)
-    store = RedisStore(client, qs.keys, qs)
-    for o in opted:
-        store.set_opted_out(o, True, NOW)
-    reqs = _requests(12, seed=1)
-    for k, req in enumerate(reqs):
-        submit(client, req, keys=qs.keys, trace=k)
-    workers = [_worker(qs, index, f"w{k}") for k in range(2)]
+    _submit(client, qs, world, reqs := _fault_requests(12, seed=1))
+    index = CameraIndex.open(world.index_dir)
+    workers = [_worker(qs, world, index, f"w{k}") for k in range(2)]
     _serve(workers, lambda: _dispatched(client, qs) >= {r["request_id"] for r in reqs})
-    total = _check_exact(client, qs, ds, opted, reqs)
+    total = _check_exact(client, qs, world, reqs)
     assert total > 0
     masters = {redis_cluster.master_of(stream).port for stream in qs.keys.notification_streams}
     assert len(masters) == shards
@@ -221,3 +217,53 @@ def test_consumers_send_every_shards_notifications_once(redis_cluster: RedisClus
         f"req-c%3A{o}.html" for o in rs.owner_ids.tolist())
     assert sum(c.sent for c in consumers) == rs.n_owners
     assert client.xlen(qs.keys.shard(1).notification_dead_letters) == 1
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where ``Service`` points ``serve``: the cluster's URL with the queue settings of the test."""
+
+    url: str
+
+
+def test_a_master_killed_mid_load_loses_and_duplicates_nothing(redis_cluster: RedisClusterServers,
+                                                                world: World) -> None:
+    """``geodispatch serve`` on the cluster with 3 shards and ``wait_replicas=1`` (WAIT after each dispatch
+    step): while its workers dispatch a load of requests, the master of one shard is SIGKILLed; its replica takes
+    over, and the old master comes back as the new one's replica (until then no step of that shard can be
+    confirmed, and none counts as done). Every request reaches ``dispatched``; every shard's stream, read back,
+    equals the independent resolve owner by owner and camera by camera: nothing lost, nothing twice, nothing
+    dead-lettered, the gate's counters equal to the streams."""
+    settings = "&shards=3&wait_replicas=1&wait_timeout_ms=500"
+    qs = QueueSettings.from_url(redis_cluster.url + settings)
+    client = connect(qs)
+    _submit(client, qs, world, reqs := _fault_requests(120, seed=7))
+    redis_cluster.wait_replicated()  # the submissions are on the replicas: what follows is the service's to keep
+    ids = {r["request_id"] for r in reqs}
+    svc = Service(_At(redis_cluster.url + settings), world).start()  # type: ignore[arg-type]
+    try:
+        _until(lambda: len(_dispatched(client, qs)) >= 10, svc)
+        victim = redis_cluster.master_of(qs.keys.shard(1).notifications)
+        redis_cluster.kill_master_of(qs.keys.shard(1).notifications)
+        at_kill = len(_dispatched(client, qs))
+        redis_cluster.revive()  # rejoins as the replica of the one that took over
+        assert redis_cluster.master_of(qs.keys.shard(1).notifications) is not victim
+        _until(lambda: _dispatched(client, qs) >= ids, svc)
+    finally:
+        svc.stop()
+    assert at_kill < len(reqs), "the load was over before the failover: nothing was tested"
+    assert _check_exact(client, qs, world, reqs) > 0
+
+
+def _until(done: Any, svc: Service, timeout: float = 180) -> None:
+    """Poll ``done()`` through the failover (a read may fail while the cluster elects a master)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if done():
+                return
+        except (redis.RedisError, RedisClusterException):
+            pass
+        assert svc.proc is not None and svc.proc.poll() is None, "serve exited"
+        time.sleep(0.1)
+    raise AssertionError(f"not done in {timeout} s")
