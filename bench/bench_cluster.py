@@ -5,12 +5,12 @@ each request costs: in each master, in all of Redis, and in the worker processes
 
 ``GEODISPATCH_BENCH_CLUSTER_CAMERAS`` sets the index size (default 200,000), ``GEODISPATCH_BENCH_CLUSTER_REQUESTS``
 the requests of each phase (default 3,000), ``GEODISPATCH_BENCH_CLUSTER_WORKERS`` the ``serve --workers``
-(default 2). Each phase queues its requests first (typical ones, 0.03-0.45 sq mi, in the shards' streams), then
-starts ``serve`` and measures from the first outcome to the last: the rate a backlog drains at. CPU is read from
-``/proc`` for every redis-server and every serve process over the same interval. On a machine of 2 cores the
-absolute rate cannot grow with shards (workers and masters share the cores); what shows the scaling is where the
-Redis CPU goes: with one shard one master does all of it, and its share is the bound a cluster of more cores
-lifts.
+(default 2). The same run measures one plain redis-server as the baseline. Each phase queues its requests first
+(typical ones, 0.03-0.45 sq mi, in the shards' streams), then starts ``serve`` and measures from the first outcome
+to the last: the rate a backlog drains at. CPU is read from ``/proc`` for every redis-server and every serve
+process over the same interval. On a machine of 2 cores the absolute rate cannot grow with shards (workers and
+masters share the cores); what shows the scaling is where the Redis CPU goes: with one shard one master does all
+of it, and its share is the bound a cluster of more cores lifts.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dispatcher.connections import connect
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.client import read_outcomes, submit
-from dispatcher.service.servers import RedisClusterServers
+from dispatcher.service.servers import RedisClusterServers, RedisServer
 from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.synthetic.requests import typical_requests
 from dispatcher.workflow.agencies import AgencyRegistry
@@ -56,9 +56,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     agencies = generate_agencies(50, seed=9)
     AgencyRegistry(agencies).save_parquet(work / "agencies.parquet")
     (work / "policy.json").write_text(json.dumps(LOAD_POLICY))
-    # 3 masters, no replicas: what is measured is how the masters share the work (AOF as in production)
-    with RedisClusterServers(work / "cluster", replicas=0, appendfsync="everysec") as cluster:
-        yield cluster, work, agencies, now
+    # 3 masters, no replicas: what is measured is how the masters share the work (AOF as in production); and one
+    # plain redis-server, the same run's baseline
+    with RedisClusterServers(work / "cluster", replicas=0, appendfsync="everysec") as cluster, \
+            RedisServer(work / "single", appendfsync="everysec") as single:
+        yield cluster, single, work, agencies, now
 
 
 def _cpu_s(pid: int) -> float:
@@ -84,9 +86,15 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _phase(cluster: RedisClusterServers, work: Path, agencies: Any, now: datetime, shards: int) -> dict[str, Any]:
-    cluster.flush()
-    url = f"{cluster.url}&shards={shards}"
+def _phase(at: RedisClusterServers | RedisServer, work: Path, agencies: Any, now: datetime,
+           shards: int) -> dict[str, Any]:
+    if isinstance(at, RedisClusterServers):
+        at.flush()
+        url, servers = f"{at.url}&shards={shards}", [n for n in at.nodes if n.proc is not None]
+    else:
+        with at.client() as c:
+            c.flushall()
+        url, servers = at.url, [at]
     qs = QueueSettings.from_url(url)
     client = connect(qs)
     reqs = typical_requests(agencies, REQUESTS, seed=shards, now=now, prefix=f"s{shards}")
@@ -99,13 +107,12 @@ def _phase(cluster: RedisClusterServers, work: Path, agencies: Any, now: datetim
                              "--redis-url", url, "--workers", str(WORKERS), "--agencies",
                              str(work / "agencies.parquet"), "--policy", str(work / "policy.json"), "--auto-approve"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    masters = [n for n in cluster.nodes if n.proc is not None]
 
-    def done() -> int:
-        return len(read_outcomes(client, count=10 ** 7, keys=qs.keys, operators=True)[1])
+    def done() -> int:  # cheap to ask (XLEN), so that asking costs Redis next to nothing
+        return sum(int(client.xlen(k.operator_outcomes)) for k in qs.keys.all_shards)
 
     def cpu() -> tuple[list[float], float]:
-        return ([_cpu_s(n.proc.pid) for n in masters if n.proc is not None],
+        return ([_cpu_s(n.proc.pid) for n in servers if n.proc is not None],
                 sum(_cpu_s(p) for p in _tree(proc.pid)))
     try:
         deadline = time.monotonic() + 600
@@ -124,7 +131,8 @@ def _phase(cluster: RedisClusterServers, work: Path, agencies: Any, now: datetim
     handled = len(outs) - 1  # requests completed between the two readings (the first was done at t0)
     per_master = [round((b - a) / handled * 1e6, 1) for a, b in zip(redis0, redis1, strict=True)]
     notified = [sum(1 for _ in client.xrange(s)) for s in qs.keys.notification_streams]
-    return {"shards": shards, "requests": len(outs), "dispatched": sum(o["outcome"] == "dispatched" for o in outs),
+    return {"redis": "cluster of 3 masters" if len(servers) > 1 else "one redis-server", "shards": shards,
+            "requests": len(outs), "dispatched": sum(o["outcome"] == "dispatched" for o in outs),
             "seconds": round(t1 - t0, 2), "requests_per_s": round(handled / (t1 - t0), 1),
             "redis_cpu_us_per_request_by_master": per_master,
             "redis_cpu_us_per_request": round(sum(per_master), 1),
@@ -134,11 +142,14 @@ def _phase(cluster: RedisClusterServers, work: Path, agencies: Any, now: datetim
 
 
 def test_throughput_by_shards(benchmark: Any, world: Any) -> None:
-    cluster, work, agencies, now = world
+    cluster, single, work, agencies, now = world
 
     def run() -> list[dict[str, Any]]:
-        return [_phase(cluster, work, agencies, now, shards) for shards in (1, 2, 3)]
+        return [_phase(single, work, agencies, now, 1)] + [_phase(cluster, work, agencies, now, shards)
+                                                          for shards in (1, 2, 3)]
     phases = benchmark.pedantic(run, rounds=1, iterations=1)
+    for p in phases[1:]:
+        p["requests_per_s_ratio_to_one_server"] = round(p["requests_per_s"] / phases[0]["requests_per_s"], 2)
     benchmark.extra_info["phases"] = phases
     print(json.dumps({"cameras": CAMERAS, "requests": REQUESTS, "workers": WORKERS, "cpus": os.cpu_count(),
                       "load_average": os.getloadavg(), "phases": phases}, indent=1))
