@@ -24,8 +24,8 @@ from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["Prepacked", "connect", "is_cluster", "is_transient", "refresh_cluster_map", "retry_policy", "script",
-           "with_retries"]
+__all__ = ["Prepacked", "SlotPipeline", "connect", "is_cluster", "is_transient", "pipeline", "refresh_cluster_map",
+           "retry_policy", "script", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
 #: transition (a slot moved to another master, the cluster down while it fails over): each passes.
@@ -65,10 +65,75 @@ class _Script(Script):
     its digest all the same, and the call is routed by its keys like any other."""
 
     def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if isinstance(client, SlotPipeline):
+            return client.run_script(self, list(keys or ()), list(args or ()))
         if isinstance(client, ClusterPipeline):
             keys, args, pipe = list(keys or ()), list(args or ()), cast(Any, client)
             return pipe.execute_command("EVAL", self.script, len(keys), *keys, *args)
         return super().__call__(keys, args, client)
+
+
+class SlotPipeline:
+    """A non-transactional pipeline on a cluster client made of one plain pipeline per master: each command goes
+    to the master of its first key's slot (a script's, of its first key), and :meth:`execute` returns the replies
+    in the order the commands were queued. redis-py's own cluster pipeline asks a node (``COMMAND GETKEYS``, a
+    round trip carrying every argument) where each script call goes; here the slot is computed from the key, the
+    scripts run by SHA, and with ``wait`` each master's pipeline ends with ``WAIT`` on the connection that wrote
+    (:meth:`execute` then also raises :class:`QueueUnavailable` when a master's replicas did not all confirm).
+    After an error the client's map of the cluster is read again (a failover moved a slot) and the error raised,
+    for the caller's retry to run the whole pipeline again."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster: Any = cluster
+        self._queued: list[tuple[Any, str, tuple[Any, ...], dict[str, Any]]] = []  # (node, method, args, kwargs)
+
+    def _node(self, key: Any) -> Any:
+        return self.cluster.get_node_from_key(key)
+
+    def __getattr__(self, method: str) -> Callable[..., SlotPipeline]:
+        def queue(*args: Any, **kwargs: Any) -> SlotPipeline:
+            self._queued.append((self._node(args[0]), method, args, kwargs))
+            return self
+        return queue
+
+    def run_script(self, s: Script, keys: list[Any], args: list[Any]) -> SlotPipeline:
+        self._queued.append((self._node(keys[0]), "__script__", (s, keys, args), {}))
+        return self
+
+    def execute(self, wait: tuple[int, int] | None = None) -> list[Any]:
+        by_node: dict[Any, list[int]] = {}
+        for pos, (node, *_) in enumerate(self._queued):
+            by_node.setdefault(node, []).append(pos)
+        out: list[Any] = [None] * len(self._queued)
+        try:
+            for node, positions in by_node.items():
+                pipe: Any = self.cluster.get_redis_connection(node).pipeline(transaction=False)
+                for pos in positions:
+                    _, method, args, kwargs = self._queued[pos]
+                    if method == "__script__":
+                        Script.__call__(args[0], args[1], args[2], client=pipe)
+                    else:
+                        getattr(pipe, method)(*args, **kwargs)
+                if wait is not None:
+                    pipe.execute_command("WAIT", *wait)
+                got = pipe.execute()
+                if wait is not None:
+                    *got, acked = got
+                    if int(acked) < wait[0]:
+                        raise QueueUnavailable(f"{acked} of {wait[0]} replicas of {node.name} confirmed the writes "
+                                               f"in {wait[1]} ms")
+                for pos, reply in zip(positions, got, strict=True):
+                    out[pos] = reply
+        except redis.RedisError:
+            refresh_cluster_map(self.cluster)
+            raise
+        return out
+
+
+def pipeline(client: Any) -> Any:
+    """A non-transactional pipeline on ``client``: a :class:`SlotPipeline` on a cluster client, redis-py's own
+    on a plain one. Each command is routed by its first key; what a call needs atomically is one script."""
+    return SlotPipeline(client) if isinstance(client, RedisCluster) else client.pipeline(transaction=False)
 
 
 def script(client: Any, source: str) -> Script:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import redis
 
-from dispatcher.connections import connect, is_cluster, refresh_cluster_map, script, with_retries
+from dispatcher.connections import SlotPipeline, connect, pipeline, script, with_retries
 from dispatcher.dispatch.gate import GateTerms
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.wire import PreparedBatch
@@ -169,10 +169,10 @@ class RedisSink:
 
     def recorded_plans(self, request_ids: list[str]) -> list[bytes | None]:
         def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = pipeline(self.client)
             for rid in request_ids:
                 pipe.hget(self.keys.for_request(rid).plan(rid), "recipients")
-            return pipe.execute()
+            return list(pipe.execute())
         return [bytes(x) if x else None for x in with_retries(self.settings, "plans", run)] if request_ids else []
 
     def register_plans(self, plans: list[Plan]) -> list[PlanState]:
@@ -181,7 +181,7 @@ class RedisSink:
         k = self.keys
 
         def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = pipeline(self.client)
             for rid, size, n, digest, blob in plans:
                 home = k.for_request(rid)
                 self._plan(keys=[home.plan(rid), home.done(rid)],
@@ -189,7 +189,7 @@ class RedisSink:
                 for g in range(k.shards):
                     if k.shard(g) is not home:
                         pipe.hkeys(k.shard(g).done(rid))
-            return pipe.execute()
+            return list(pipe.execute())
 
         got = iter(with_retries(self.settings, "plan", run))
         out = []
@@ -219,46 +219,23 @@ class RedisSink:
                          client=pipe)
 
         def run() -> list[Any]:
+            pipe = pipeline(self.client)
+            for rid, b in calls:
+                queue(pipe, rid, b)
             if not self.settings.wait_replicas:
-                pipe = self.client.pipeline(transaction=False)
-                for rid, b in calls:
-                    queue(pipe, rid, b)
                 return list(pipe.execute())
-            return self._append_replicated(calls, queue)
+            wait = (self.settings.wait_replicas, self.settings.wait_timeout_ms)
+            if isinstance(pipe, SlotPipeline):
+                return pipe.execute(wait=wait)
+            pipe.execute_command("WAIT", *wait)  # the same connection as the writes: WAIT counts those
+            *got, acked = pipe.execute()
+            if int(acked) < wait[0]:
+                raise QueueUnavailable(f"{acked} of {wait[0]} replicas confirmed the dispatch step in {wait[1]} ms")
+            return list(got)
 
         # Safe to resend the whole pipeline: the script skips batches already done.
         flat = iter(with_retries(self.settings, "append", run))
         return [[int(next(flat)) for _ in batches] for _, batches in work]
-
-    def _append_replicated(self, calls: list[tuple[str, PreparedBatch]],
-                           queue: Any) -> list[Any]:
-        """The append scripts, one pipeline per master they go to, each ending with ``WAIT wait_replicas``
-        on the same connection (WAIT counts the replicas that hold what that connection wrote); a master whose
-        replicas did not all confirm in ``wait_timeout_ms`` raises :class:`QueueUnavailable` (transient: the step
-        is run again, and skips what is done)."""
-        groups: dict[Any, list[int]] = {}
-        for pos, (_, b) in enumerate(calls):
-            node = (self.client.get_node_from_key(self.keys.shard(b.shard).notifications)  # type: ignore[attr-defined]
-                    if is_cluster(self.client) else None)
-            groups.setdefault(node, []).append(pos)
-        out: list[Any] = [None] * len(calls)
-        try:
-            for node, positions in groups.items():
-                conn: Any = self.client if node is None else self.client.get_redis_connection(node)  # type: ignore[attr-defined]
-                pipe = conn.pipeline(transaction=False)
-                for pos in positions:
-                    queue(pipe, *calls[pos])
-                pipe.execute_command("WAIT", self.settings.wait_replicas, self.settings.wait_timeout_ms)
-                *got, acked = pipe.execute()
-                if int(acked) < self.settings.wait_replicas:
-                    raise QueueUnavailable(f"{acked} of {self.settings.wait_replicas} replicas confirmed the "
-                                           f"dispatch step in {self.settings.wait_timeout_ms} ms")
-                for pos, result in zip(positions, got, strict=True):
-                    out[pos] = result
-        except redis.RedisError:
-            refresh_cluster_map(self.client)  # a failover may have moved the slot: route the retry anew
-            raise
-        return out
 
     def _groups(self, stream: str) -> list[dict[str, Any]] | None:
         """The stream's consumer groups; None when the stream does not exist yet."""

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import orjson
 
-from dispatcher.connections import connect, script, with_retries
+from dispatcher.connections import connect, pipeline, script, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import InvalidData, InvalidRequest
 from dispatcher.keys import Keys
@@ -353,7 +353,7 @@ def pipelined(client: Any, settings: QueueSettings, what: str, build: Callable[[
     """One pipelined round trip of the commands ``build`` queues (a MULTI/EXEC with ``transaction``), built anew
     for each attempt of the retry policy (every step queued must be safe to run again)."""
     def run() -> list[Any]:
-        pipe = client.pipeline(transaction=transaction)
+        pipe = client.pipeline(transaction=True) if transaction else pipeline(client)
         build(pipe)
         return list(pipe.execute())
     return with_retries(settings, what, run)
