@@ -124,15 +124,14 @@ class Worker:
             for stream, agency in [(k.requests, None), *((k.intake(a), a) for a in agencies)]:
                 self.streams[stream], self.shard_keys[stream] = agency, k
         self.stats = WorkerStats()
-        # The calls repeated with the same arguments all the time, over every stream: encoded once, a read or a
-        # claim naming streams of one shard (of one slot) only.
-        g = self.settings.group
-        #: the entries a read asks for now (adapted to the backlog), and the reads, by (streams, count)
+        # The calls repeated with the same arguments all the time (reads and claim passes over the same streams)
+        # are encoded once (Prepacked), by (streams, count) and by streams; each names streams of one shard (of
+        # one slot) only.
+        #: the entries a read asks for now (adapted to the backlog)
         self._count = self.settings.read_count
         self._reads: dict[tuple[tuple[str, ...], int], Prepacked] = {}
-        self._claims = [(streams, Prepacked(client, [("XAUTOCLAIM", stream, g, name, self.settings.claim_idle_ms,
-                                                      "0-0", "COUNT", self.settings.read_count) for stream in streams]))
-                        for streams in (self._of_shard(n) for n in self.shards)]
+        self._claims: dict[tuple[str, ...], Prepacked] = {}
+        self._next_full_claim = 0.0
         #: intake stream -> until when (monotonic) it is named in every read
         self._hot: dict[str, float] = {}
         self._next_sweep = 0.0
@@ -263,10 +262,21 @@ class Worker:
         times that, it is set aside on the dead-letter stream without running."""
         s = self.settings
 
-        claimed = [(stream, eid, _fields(flat))
-                   for streams, claim in self._claims
-                   for stream, got in zip(streams, self._retry("claim", claim.run), strict=True)
-                   for eid, flat in got[1] if flat]  # None: deleted meanwhile
+        looking = self._claiming()
+        claimed: list[Entry] = []
+        for n in self.shards:  # a pass per shard: one slot each
+            streams = tuple(st for st in looking if self.shard_keys[st] is self.keys.shard(n))
+            if not streams:
+                continue
+            if streams not in self._claims:
+                if len(self._claims) > 64:
+                    self._claims.clear()
+                self._claims[streams] = Prepacked(self.r, [("XAUTOCLAIM", stream, s.group, self.name,
+                                                            s.claim_idle_ms, "0-0", "COUNT", s.read_count)
+                                                           for stream in streams])
+            claimed += [(stream, eid, _fields(flat))
+                        for stream, got in zip(streams, self._retry("claim", self._claims[streams].run), strict=True)
+                        for eid, flat in got[1] if flat]  # None: deleted meanwhile
         if not claimed:
             return claimed
 
@@ -340,6 +350,17 @@ class Worker:
                 "XREADGROUP", "GROUP", self.settings.group, self.name, "COUNT", self._count, *block,
                 "STREAMS", *streams, *[">"] * len(streams))])
         return self._reads[key]
+
+    def _claiming(self) -> tuple[str, ...]:
+        """The streams a claim pass looks at: as reads do, the platform's and the hot intake streams, and every
+        ``claim_idle_ms`` all of them (a dead consumer's entries on an idle agency's stream wait at most twice the
+        idle time)."""
+        now = time.monotonic()
+        if now >= self._next_full_claim:
+            self._next_full_claim = now + self.settings.claim_idle_ms / 1000
+            return tuple(self.streams)
+        return (*(self.keys.shard(n).requests for n in self.shards),
+                *sorted(s for s, until in self._hot.items() if until > now))
 
     def _of_shard(self, shard: int) -> list[str]:
         """The streams of ``shard`` this worker reads (the platform's first)."""
