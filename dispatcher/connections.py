@@ -24,7 +24,7 @@ from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["Prepacked", "SlotPipeline", "connect", "is_cluster", "is_transient", "pipeline", "refresh_cluster_map",
+__all__ = ["Prepacked", "SlotPipeline", "connect", "is_transient", "pipeline", "refresh_cluster_map",
            "retry_policy", "script", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
@@ -52,11 +52,6 @@ def connect(settings: QueueSettings) -> redis.Redis:
         return cluster  # type: ignore[no-any-return]
     return redis.Redis.from_url(settings.url, socket_timeout=settings.socket_timeout,
                                 socket_connect_timeout=settings.connect_timeout, health_check_interval=30)
-
-
-def is_cluster(client: Any) -> bool:
-    """Whether ``client`` (or pipeline) talks to a Redis Cluster."""
-    return isinstance(client, (RedisCluster, ClusterPipeline))
 
 
 class _Script(Script):
