@@ -388,6 +388,10 @@ class RedisStore:
         """The key names of the request's shard."""
         return self.k.for_request(request_id)
 
+    def _owner(self, owner_id: int) -> Keys:
+        """The key names of the owner's shard (the owner's gate records)."""
+        return self.k.shard(self.k.owner_shard(owner_id))
+
     def has_request(self, request_id: str) -> bool:
         return bool(self._call("has_request", lambda: self.r.exists(self._req(request_id).request(request_id))))
 
@@ -496,11 +500,12 @@ class RedisStore:
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None:
         """In the owner's shard, which every gate step for that owner reads."""
         op = self.r.sadd if opted_out else self.r.srem
-        key = self.k.shard(self.k.owner_shard(owner_id)).opted_out
+        key = self._owner(owner_id).opted_out
         self._call("opt-out", lambda: op(key, int(owner_id)))
 
     def is_opted_out(self, owner_id: int) -> bool:
-        return bool(self._call("opt-out", lambda: self.r.sismember(self.k.opted_out, int(owner_id))))
+        key = self._owner(owner_id).opted_out
+        return bool(self._call("opt-out", lambda: self.r.sismember(key, int(owner_id))))
 
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
@@ -556,7 +561,7 @@ class RedisStore:
         return out
 
     def was_notified(self, request_id: str, owner_id: int) -> bool:
-        key = self.k.shard(self.k.owner_shard(owner_id)).notified(request_id)
+        key = self._owner(owner_id).notified(request_id)
         return bool(self._call("was_notified", lambda: self.r.sismember(key, int(owner_id))))
 
     def notified_count(self, request_id: str) -> int:
