@@ -1,14 +1,22 @@
 """One connection factory and one retry policy for every Redis client: the store, the sink, the service
-workers and the consumer all connect through :func:`connect` and retry through :func:`with_retries`."""
+workers and the consumer all connect through :func:`connect` and retry through :func:`with_retries`.
+
+With ``cluster=true`` in the queue settings, :func:`connect` gives redis-py's cluster client
+(:class:`redis.cluster.RedisCluster`), which routes each command to the master serving its key's slot and follows
+the cluster through a failover. A pipeline on it is split by node and is not atomic across slots: every atomic
+step of geodispatch (each Lua script, each MULTI/EXEC) names keys of one slot only (:mod:`dispatcher.keys`).
+Lua scripts go through :func:`script`, which works on both clients and in both kinds of pipeline."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 from redis.backoff import FullJitterBackoff
+from redis.cluster import ClusterPipeline, RedisCluster
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
@@ -16,13 +24,15 @@ from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["Prepacked", "connect", "is_transient", "retry_policy", "with_retries"]
+__all__ = ["Prepacked", "SlotPipeline", "connect", "is_transient", "pipeline", "refresh_cluster_map",
+           "retry_policy", "script", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
-#: transition: each passes.
+#: transition (a slot moved to another master, the cluster down while it fails over): each passes.
 _TRANSIENT_REPLIES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
                       redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
-                      redis.exceptions.MasterDownError)
+                      redis.exceptions.MasterDownError, redis.exceptions.AskError,
+                      redis.exceptions.ClusterError, redis.exceptions.SlotNotCoveredError)
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +40,101 @@ T = TypeVar("T")
 
 
 def connect(settings: QueueSettings) -> redis.Redis:
-    """A client for ``settings.url`` with the settings' connect and socket timeouts."""
+    """A client for ``settings.url`` with the settings' connect and socket timeouts: redis-py's cluster client
+    when ``settings.cluster`` (the URL names any one node; the client learns the others), else the plain one.
+    Both answer the same commands, so callers take either (typed as the plain one)."""
     if settings.url is None:
         raise InvalidQueueSettings("no Redis URL set: use the local sink")
+    if settings.cluster:
+        cluster: Any = RedisCluster.from_url(settings.url, socket_timeout=settings.socket_timeout,
+                                             socket_connect_timeout=settings.connect_timeout,
+                                             health_check_interval=30)
+        return cluster  # type: ignore[no-any-return]
     return redis.Redis.from_url(settings.url, socket_timeout=settings.socket_timeout,
                                 socket_connect_timeout=settings.connect_timeout, health_check_interval=30)
+
+
+class _Script(Script):
+    """A Lua script run by SHA where it can be. In a cluster pipeline redis-py refuses ``EVALSHA`` (it cannot
+    load a missing script on the right node), so there the script goes whole with ``EVAL``: Redis caches it by
+    its digest all the same, and the call is routed by its keys like any other."""
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if isinstance(client, SlotPipeline):
+            return client.run_script(self, list(keys or ()), list(args or ()))
+        if isinstance(client, ClusterPipeline):
+            keys, args, pipe = list(keys or ()), list(args or ()), cast(Any, client)
+            return pipe.execute_command("EVAL", self.script, len(keys), *keys, *args)
+        return super().__call__(keys, args, client)
+
+
+class SlotPipeline:
+    """A non-transactional pipeline on a cluster client made of one plain pipeline per master: each command goes
+    to the master of its first key's slot (a script's, of its first key), and :meth:`execute` returns the replies
+    in the order the commands were queued. redis-py's own cluster pipeline asks a node (``COMMAND GETKEYS``, a
+    round trip carrying every argument) where each script call goes; here the slot is computed from the key, the
+    scripts run by SHA, and with ``wait`` each master's pipeline ends with ``WAIT`` on the connection that wrote
+    (:meth:`execute` then also raises :class:`QueueUnavailable` when a master's replicas did not all confirm).
+    After an error the client's map of the cluster is read again (a failover moved a slot) and the error raised,
+    for the caller's retry to run the whole pipeline again."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster: Any = cluster
+        self._queued: list[tuple[Any, str, tuple[Any, ...], dict[str, Any]]] = []  # (node, method, args, kwargs)
+
+    def _node(self, key: Any) -> Any:
+        return self.cluster.get_node_from_key(key)
+
+    def __getattr__(self, method: str) -> Callable[..., SlotPipeline]:
+        def queue(*args: Any, **kwargs: Any) -> SlotPipeline:
+            self._queued.append((self._node(args[0]), method, args, kwargs))
+            return self
+        return queue
+
+    def run_script(self, s: Script, keys: list[Any], args: list[Any]) -> SlotPipeline:
+        self._queued.append((self._node(keys[0]), "__script__", (s, keys, args), {}))
+        return self
+
+    def execute(self, wait: tuple[int, int] | None = None) -> list[Any]:
+        by_node: dict[Any, list[int]] = {}
+        for pos, (node, *_) in enumerate(self._queued):
+            by_node.setdefault(node, []).append(pos)
+        out: list[Any] = [None] * len(self._queued)
+        try:
+            for node, positions in by_node.items():
+                pipe: Any = self.cluster.get_redis_connection(node).pipeline(transaction=False)
+                for pos in positions:
+                    _, method, args, kwargs = self._queued[pos]
+                    if method == "__script__":
+                        Script.__call__(args[0], args[1], args[2], client=pipe)
+                    else:
+                        getattr(pipe, method)(*args, **kwargs)
+                if wait is not None:
+                    pipe.execute_command("WAIT", *wait)
+                got = pipe.execute()
+                if wait is not None:
+                    *got, acked = got
+                    if int(acked) < wait[0]:
+                        raise QueueUnavailable(f"{acked} of {wait[0]} replicas of {node.name} confirmed the writes "
+                                               f"in {wait[1]} ms")
+                for pos, reply in zip(positions, got, strict=True):
+                    out[pos] = reply
+        except redis.RedisError:
+            refresh_cluster_map(self.cluster)
+            raise
+        return out
+
+
+def pipeline(client: Any) -> Any:
+    """A non-transactional pipeline on ``client``: a :class:`SlotPipeline` on a cluster client, redis-py's own
+    on a plain one. Each command is routed by its first key; what a call needs atomically is one script."""
+    return SlotPipeline(client) if isinstance(client, RedisCluster) else client.pipeline(transaction=False)
+
+
+def script(client: Any, source: str) -> Script:
+    """``source`` registered on ``client`` (plain or cluster): call it with ``keys``, ``args`` and optionally
+    ``client=`` a pipeline of either kind. Every key a script touches is in ``keys``, all in one slot."""
+    return _Script(client, source)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -82,23 +182,55 @@ class Prepacked:
     far more CPU than Redis spends answering (a read of 401 streams: ~3 ms to encode, 0.1 ms in Redis), all of it
     under the worker process's GIL. :meth:`run` sends them in one write and returns the raw replies in order
     (RESP, without redis-py's reply callbacks); an error reply raises, and the connection is then dropped (the
-    replies after it are unread)."""
+    replies after it are unread).
+
+    On a cluster client every command must name keys of one slot; each run goes to the master serving that slot
+    now, and after an error the client's map of the cluster is read again (a failover moved the slot)."""
 
     def __init__(self, client: redis.Redis, commands: Sequence[Sequence[Any]]) -> None:
         self.client = client
         self.count = len(commands)
-        pool = client.connection_pool
+        self.slot: int | None = None
+        if isinstance(client, RedisCluster):
+            slots = {client.determine_slot(*c) for c in commands}
+            if len(slots) != 1:
+                raise InvalidQueueSettings(f"prepacked commands span {len(slots)} cluster slots, not one")
+            self.slot = slots.pop()
+        pool = self._pool()
         encoder = pool.connection_class(**pool.connection_kwargs)  # encodes as the pool's would; never connected
         self.packed = encoder.pack_commands([tuple(c) for c in commands])
 
+    def _pool(self) -> Any:
+        if self.slot is None:
+            return self.client.connection_pool
+        cluster: Any = self.client
+        node = cluster.nodes_manager.get_node_from_slot(self.slot)
+        return cluster.get_redis_connection(node).connection_pool
+
     def run(self) -> list[Any]:
-        pool = self.client.connection_pool
+        pool = self._pool()
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(self.packed)  # type: ignore[no-untyped-call]
+            conn.send_packed_command(self.packed)
             return [conn.read_response() for _ in range(self.count)]
         except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]
+            conn.disconnect()
+            if self.slot is not None:
+                self._remap()
             raise
         finally:
             pool.release(conn)
+
+    def _remap(self) -> None:
+        refresh_cluster_map(self.client)
+
+
+def refresh_cluster_map(client: Any) -> None:
+    """A cluster client reads again which master serves which slot (after an error that may be a failover);
+    nothing for a plain client, or while the cluster cannot say (the caller's retry comes back here)."""
+    if not isinstance(client, RedisCluster):
+        return
+    try:
+        client.nodes_manager.initialize()
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        log.debug("cluster map not refreshed: %s", exc)

@@ -1,22 +1,77 @@
 """Every Redis key name geodispatch uses, in one place.
 
-All keys share one prefix and one hash tag (``geodispatch:{gd}:...`` by default), so every multi-key script
-touches a single Redis Cluster slot. Lua scripts never build key names: callers pass every key in ``KEYS``.
+Keys share one prefix and a hash tag (``geodispatch:{gd}:...`` by default), and every multi-key script or
+MULTI/EXEC names keys of one tag only, so each atomic step touches a single Redis Cluster slot. Lua scripts never
+build key names: callers pass every key in ``KEYS``.
+
+With ``shards`` above 1 the work is spread over that many hash tags, each in a slot of its own (:meth:`Keys.shard`
+gives the key names of one shard: the same names under that shard's tag): a request's commands, state and plan
+live in the shard of its id (:meth:`Keys.request_shard`), an owner's gate records (opt-out, cap, notified) in
+the shard of the owner (:meth:`Keys.owner_shards`), a batch's done mark and the notifications stream it goes to
+in the shard of its owners. What is read whole (the change feed, the API keys, the address book, evidence) keeps
+the base tag. With one shard every name is the base tag's, as before shards existed.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 __all__ = ["Keys"]
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names under ``prefix`` and ``{hash_tag}``."""
+    """Key names under ``prefix`` and ``{hash_tag}``, in ``shards`` shards."""
 
     prefix: str = "geodispatch"
     hash_tag: str = "gd"
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, int) or self.shards < 1:
+            raise ValueError(f"shards must be a positive integer, got {self.shards!r}")
+
+    # -- shards ------------------------------------------------------------------------------------------
+    @cached_property
+    def _shard_keys(self) -> tuple[Keys, ...]:
+        if self.shards == 1:
+            return (self,)
+        return tuple(Keys(self.prefix, _shard_tag(self.hash_tag, s, self.shards)) for s in range(self.shards))
+
+    def shard(self, shard: int) -> Keys:
+        """The key names of shard ``shard`` (0 <= shard < shards): a one-shard :class:`Keys` under its own hash tag,
+        whose slot lies in the ``shard``-th of ``shards`` equal ranges of the 16,384 slots, so that the shards fall
+        on distinct masters of a cluster whose slots are split evenly (as ``redis-cli --cluster create`` does)."""
+        return self._shard_keys[shard]
+
+    @property
+    def all_shards(self) -> tuple[Keys, ...]:
+        return self._shard_keys
+
+    def request_shard(self, request_id: str) -> int:
+        """The shard of a request's commands and state: a CRC-32 of its id, modulo the shards."""
+        return 0 if self.shards == 1 else zlib.crc32(request_id.encode()) % self.shards
+
+    def for_request(self, request_id: str) -> Keys:
+        """The key names of the request's shard."""
+        return self._shard_keys[self.request_shard(request_id)]
+
+    def owner_shards(self, owner_ids: np.ndarray) -> np.ndarray:
+        """The gate shard of each owner (int64 ids): the id modulo the shards."""
+        return np.asarray(owner_ids, dtype=np.int64) % self.shards
+
+    def owner_shard(self, owner_id: int) -> int:
+        return int(owner_id) % self.shards
+
+    @property
+    def notification_streams(self) -> list[str]:
+        """Every shard's notifications stream (what the senders read)."""
+        return [k.notifications for k in self._shard_keys]
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, f"{{{self.hash_tag}}}", *parts))
@@ -182,3 +237,12 @@ class Keys:
     def addresses(self) -> str:
         """Owner id -> the resident's e-mail address and push URL: read by the senders only."""
         return self._key("addresses")
+
+
+def _shard_tag(base: str, shard: int, shards: int) -> str:
+    """The first tag ``<base>-<shard>-<i>`` whose slot is in the ``shard``-th of ``shards`` equal slot ranges."""
+    lo, hi = shard * REDIS_CLUSTER_HASH_SLOTS // shards, (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+    i = 0
+    while not lo <= key_slot(f"{base}-{shard}-{i}".encode()) < hi:
+        i += 1
+    return f"{base}-{shard}-{i}"

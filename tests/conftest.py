@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from dispatcher.service.servers import RedisServer
+from dispatcher.service.servers import RedisClusterServers, RedisServer
 
 # CI runs the same examples every time (derandomize); locally HYPOTHESIS_PROFILE=dev explores more.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=60,
@@ -31,6 +31,22 @@ def redis_server(_redis_session: RedisServer) -> RedisServer:
     with _redis_session.client() as c:
         c.flushall()
     return _redis_session
+
+@pytest.fixture(scope="session")
+def _cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are not installed (.ci/run installs them)")
+    with RedisClusterServers(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(_cluster_session: RedisClusterServers) -> RedisClusterServers:
+    """The session's real Redis Cluster (3 masters, a replica each), every master emptied and every node back
+    up (a test may have killed one) before the test."""
+    _cluster_session.revive()
+    _cluster_session.flush()
+    return _cluster_session
 
 # headless Chromium for the page tests
 from tests.browser import browser, visit  # noqa: E402, F401

@@ -7,6 +7,9 @@ per (request, owner), recorded in Redis right after each send and honoured by th
 redelivery send nothing twice; only a crash between one send and its mark can repeat that one message. A
 crashed consumer's pending entries are reclaimed with XAUTOCLAIM by any other consumer once they have been idle
 for ``min_idle_ms``.
+
+With several shards, a consumer reads every shard's notifications stream in turn (a read names one slot); a
+batch's sent marks and its ack go together in its shard.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 import time
 import unicodedata
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -147,19 +151,21 @@ class Consumer:
         self.dead_lettered = 0
 
     def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.keys.notifications, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.keys.notification_streams:
+            try:
+                self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
-    def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], k: Keys) -> None:
+        """One entry of shard ``k``'s stream."""
         try:
             _, notes = decode_batch(fields[b"data"])
         except (KeyError, TypeError, ValueError, IndexError) as exc:  # orjson's decode error is a ValueError
-            self._set_aside(entry_id, fields, f"{type(exc).__name__}: {exc}")
+            self._set_aside(entry_id, fields, f"{type(exc).__name__}: {exc}", k)
             return
-        sent_key = self.keys.sent(self.group, notes[0].header["request_id"]) if notes else ""
+        sent_key = k.sent(self.group, notes[0].header["request_id"]) if notes else ""
         emails = [render(n, self.links) for n in notes]
         already = with_retries(self.settings, "idempotency check", lambda: self.client.hmget(
             sent_key, [e.idempotency_key for e in emails])) if emails else []
@@ -178,7 +184,7 @@ class Consumer:
             if done:
                 pipe.hset(sent_key, mapping=dict.fromkeys(done, 1))
                 pipe.expire(sent_key, self.settings.retention_s)
-            pipe.xack(self.keys.notifications, self.group, entry_id)
+            pipe.xack(k.notifications, self.group, entry_id)
             pipe.execute()
         with_retries(self.settings, "ack", ack)
 
@@ -190,42 +196,49 @@ class Consumer:
             pipe.execute()
         with_retries(self.settings, "sent mark", mark)
 
-    def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
+    def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], error: str, k: Keys) -> None:
         """A notification entry no consumer can read: to the senders' dead-letter stream with its error, and
         acknowledged, so the entries after it go on."""
         def move() -> None:
             pipe = self.client.pipeline(transaction=True)
             entry: dict[Any, Any] = {**fields, "id": entry_id, "group": self.group, "error": error[:2000]}
-            pipe.xadd(self.keys.notification_dead_letters, entry)
-            pipe.xack(self.keys.notifications, self.group, entry_id)
+            pipe.xadd(k.notification_dead_letters, entry)
+            pipe.xack(k.notifications, self.group, entry_id)
             pipe.execute()
         with_retries(self.settings, "dead letter", move)
         self.dead_lettered += 1
         log.error("%s: notification entry %r is unreadable (%s); moved to %s", self.name, entry_id, error,
-                  self.keys.notification_dead_letters)
+                  k.notification_dead_letters)
 
     def reclaim(self, count: int = 16) -> int:
         """Take over entries another consumer left pending for longer than ``min_idle_ms``, and handle them."""
-        got: Any = with_retries(self.settings, "xautoclaim", lambda: self.client.xautoclaim(
-            self.keys.notifications, self.group, self.name, self.min_idle_ms, start_id="0-0", count=count))
-        claimed = got[1]
-        for entry_id, fields in claimed:
-            if fields:                      # None when the entry was trimmed meanwhile
-                self._handle(entry_id, fields)
-        return len(claimed)
+        n = 0
+        for k in self.keys.all_shards:
+            got: Any = with_retries(self.settings, "xautoclaim", partial(
+                self.client.xautoclaim, k.notifications, self.group, self.name, self.min_idle_ms, start_id="0-0",
+                count=count))
+            n += len(got[1])
+            for entry_id, fields in got[1]:
+                if fields:                      # None when the entry was trimmed meanwhile
+                    self._handle(entry_id, fields, k)
+        return n
 
     def run_once(self, count: int = 16, block_ms: int = 100) -> int:
+        """Reclaim, then read each shard's stream (blocking up to ``block_ms`` in all) and handle what came."""
         n = self.reclaim(count)
-        got: Any = with_retries(self.settings, "xreadgroup", lambda: self.client.xreadgroup(
-            self.group, self.name, {self.keys.notifications: ">"}, count=count, block=block_ms))
-        for _stream, entries in got or []:
-            for entry_id, fields in entries:
-                self._handle(entry_id, fields)
-                n += 1
+        shards = self.keys.all_shards
+        for k in shards:
+            got: Any = with_retries(self.settings, "xreadgroup", partial(
+                self.client.xreadgroup, self.group, self.name, {k.notifications: ">"}, count=count,
+                block=max(1, block_ms // len(shards))))
+            for _stream, entries in got or []:
+                for entry_id, fields in entries:
+                    self._handle(entry_id, fields, k)
+                    n += 1
         if self.trim_every_s is not None and time.monotonic() - self._trimmed_at >= self.trim_every_s:
             self._trimmed_at = time.monotonic()
-            self.trimmed += with_retries(self.settings, "trim", lambda: trim_acknowledged(
-                self.client, self.keys.notifications))
+            self.trimmed += sum(with_retries(self.settings, "trim", partial(trim_acknowledged, self.client, stream))
+                                for stream in self.keys.notification_streams)
         return n
 
     def run(self, stop: threading.Event, count: int = 16, block_ms: int = 100) -> None:

@@ -7,7 +7,8 @@ different recipient set (:class:`DispatchConflict`). Each batch is appended by o
 request's *done* marks, appends the batch and marks it: a retry, a racing worker or a worker restarted after
 SIGKILL skips every batch already appended and appends the rest. The gate (opt-outs, per-owner cap) is asked at
 send time, batch by batch; it is idempotent per (request, owner), so a batch retried after a crash admits the
-same owners.
+same owners. With a sink of several gate shards, each batch goes out as one part per shard (its owners there),
+each part with its own done mark in its shard.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class DispatchReport:
     index_version: int | None = None
 
 
+#: One part of a batch to send: (job, batch number, owners lo, hi, gate shard).
+Unit = tuple[int, int, int, int, int]
+
 #: How often a batch is checked again when an owner's state changed between the gate's check and the append.
 MAX_STALE_ROUNDS = 20
 
@@ -94,16 +98,20 @@ class Dispatcher:
         for rep, plan, (_, rs) in zip(reports, plans, jobs, strict=True):
             rep.batches_total = -(-rs.n_owners // plan.batch_size)
         step = self.settings.pipeline_batches
+        shards = self.sink.shards
         for first in range(0, max((r.batches_total for r in reports), default=0), step):
-            # (job, batch number, owners lo, hi) still to send this round; the rest were done by an earlier attempt
-            units: list[tuple[int, int, int, int]] = []
+            # (job, batch number, owners lo, hi, gate shard) still to send this round; the rest were done by an
+            # earlier attempt. Every shard has a part of every batch (with none of its owners, a done mark alone).
+            units: list[Unit] = []
             for j, (plan, (_, rs), rep) in enumerate(zip(plans, jobs, reports, strict=True)):
                 for b in range(first, min(first + step, rep.batches_total)):
                     lo, hi = b * plan.batch_size, min((b + 1) * plan.batch_size, rs.n_owners)
-                    if b in plan.done:
-                        rep.already_done += hi - lo
-                    else:
-                        units.append((j, b, lo, hi))
+                    per_shard = np.bincount(self.sink.owner_shards(rs.owner_ids[lo:hi]), minlength=shards)
+                    for g in range(shards):
+                        if (b, g) in plan.done:
+                            rep.already_done += int(per_shard[g])
+                        else:
+                            units.append((j, b, lo, hi, g))
             # Wait for room first, then ask the gate: opt-outs and caps are checked at send time.
             if units:
                 reports[units[0][0]].backpressure_wait_s += self.sink.wait_for_room(jobs[units[0][0]][0].request_id)
@@ -135,22 +143,36 @@ class Dispatcher:
                  request_id, plan.n_owners, offered.n_owners)
         return decode_recipients(plan.recorded)
 
-    def _send(self, units: list[tuple[int, int, int, int]], jobs: list[tuple[NotificationHeader, RecipientSet]],
+    def _send(self, units: list[Unit], jobs: list[tuple[NotificationHeader, RecipientSet]],
               header_json: list[bytes], reports: list[DispatchReport], gate: RecipientGate, now: datetime, *,
-              check: bool) -> list[tuple[int, int, int, int]]:
+              check: bool) -> list[Unit]:
         """Encode and append ``units``, with ``check`` after asking the gate (one more round trip), else taking
         every owner as admissible. Returns the units to send again: some owner was not admissible at the append
         (without ``check``: refused by the gate; with it: changed state since the check)."""
-        asks = [(jobs[j][0].request_id, jobs[j][1].owner_ids[lo:hi]) for j, _, lo, hi in units]
+        one = self.sink.shards == 1
+        # each unit's owners: those of its batch in its gate shard (all of them with one shard)
+        where: list[np.ndarray | None] = [None if one else self.sink.owner_shards(jobs[j][1].owner_ids[lo:hi]) == g
+                                          for j, _, lo, hi, g in units]
+        asks = []
+        for (j, _, lo, hi, _), sel in zip(units, where, strict=True):
+            owners = jobs[j][1].owner_ids[lo:hi]
+            asks.append((jobs[j][0].request_id, owners if sel is None else owners[sel]))
         terms = gate.terms(now)
         if check or terms is None:
             verdicts = gate.check_many(asks, now)
         else:
             verdicts = [np.zeros(owners.shape[0], np.int8) for _, owners in asks]
-        work: dict[int, list[tuple[tuple[int, int, int, int], PreparedBatch]]] = {}
-        for unit, codes in zip(units, verdicts, strict=True):
-            j, b, lo, hi = unit
-            batch = encode_gated(header_json[j], b, jobs[j][1], lo, hi, codes == ADMIT)
+        work: dict[int, list[tuple[Unit, PreparedBatch]]] = {}
+        for unit, codes, sel in zip(units, verdicts, where, strict=True):
+            j, b, lo, hi, g = unit
+            if sel is None:
+                mask = codes == ADMIT
+            else:
+                mask = np.zeros(hi - lo, np.bool_)
+                mask[sel] = codes == ADMIT
+            batch = encode_gated(header_json[j], b, jobs[j][1], lo, hi, mask)
+            batch.shard = g
+            batch.n_owners = int(codes.shape[0])
             batch.suppressed = {name: int((codes == code).sum()) for code, name in REASONS.items()}
             work.setdefault(j, []).append((unit, batch))
         order = list(work)

@@ -23,9 +23,15 @@ class QueueSettings:
     :func:`dispatcher.connections.with_retries` with ``retries``, ``backoff_base`` and ``backoff_max``."""
 
     url: str | None = None
+    #: The URL names one node of a Redis Cluster (``redis://host:port/0?cluster=true``): connect with the cluster
+    #: client, which finds the others and follows failovers.
+    cluster: bool = False
     local_path: str = "geodispatch-outbox.sqlite"
     hash_tag: str = "gd"
     prefix: str = "geodispatch"
+    #: How many hash tags the work is spread over (:class:`dispatcher.keys.Keys`): on a Redis Cluster, as many as
+    #: masters, so that each master serves a share; 1 on a single server.
+    shards: int = 1
     batch_size: int = 500
     pipeline_batches: int = 64
     socket_timeout: float = 5.0
@@ -40,6 +46,12 @@ class QueueSettings:
     #: dispatch plans and done marks, the consumers' sent marks (aggregate counts are kept). Footage is kept
     #: 180 days at most, so no request can be older.
     retention_days: int = 180
+    #: Replicas that must confirm each dispatch step before its batches count as done (``WAIT``; 0: none). Redis
+    #: replicates asynchronously: without it, a master that dies can take with it batches it acknowledged, whose
+    #: commands were then acknowledged too; with it, what a step appended is on a replica before anything
+    #: depends on it. ``wait_timeout_ms`` bounds each WAIT; a step not confirmed in time is retried.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 2000
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "pipeline_batches"):
@@ -50,6 +62,11 @@ class QueueSettings:
                 raise InvalidQueueSettings(f"{name} must be positive, got {getattr(self, name)}")
         if self.retention_days < 1:
             raise InvalidQueueSettings(f"retention_days must be positive, got {self.retention_days}")
+        if self.wait_replicas < 0 or self.wait_timeout_ms < 1:
+            raise InvalidQueueSettings(f"wait_replicas must not be negative and wait_timeout_ms must be positive, got "
+                                       f"{self.wait_replicas} and {self.wait_timeout_ms}")
+        if self.shards < 1:
+            raise InvalidQueueSettings(f"shards must be positive, got {self.shards}")
         if self.retries < 0 or self.max_backlog < 0 or self.backpressure_timeout < 0:
             raise InvalidQueueSettings("retries, max_backlog and backpressure_timeout must not be negative")
         if not self.hash_tag or any(c in self.hash_tag for c in "{}"):
@@ -61,7 +78,7 @@ class QueueSettings:
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.prefix, self.hash_tag)
+        return Keys(self.prefix, self.hash_tag, self.shards)
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> QueueSettings:

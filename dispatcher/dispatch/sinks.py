@@ -3,6 +3,12 @@
 Both keep the exactly-once effect the same way: the first dispatch of a request records its *plan* (batch
 size, owner count, digest of the recipients), and each batch is appended and marked done in one atomic step
 (a Lua script on Redis, a transaction on SQLite), so a retry skips what was done.
+
+On Redis with several shards (:class:`dispatcher.keys.Keys`), the plan lives in the request's shard and each
+batch goes out as one part per gate shard: the part's owners are recorded as notified, its entry appended to that
+shard's notifications stream and its done mark set, in one script in that shard's slot. With ``wait_replicas``,
+the dispatch step ends with ``WAIT`` on every master it wrote to: a batch counts as done (and the command that
+sent it can be acknowledged) only once a replica holds it, so a failover to that replica loses none of it.
 """
 
 from __future__ import annotations
@@ -14,16 +20,18 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import redis
 
-from dispatcher.connections import connect, with_retries
+from dispatcher.connections import SlotPipeline, connect, pipeline, script, with_retries
 from dispatcher.dispatch.gate import GateTerms
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.wire import PreparedBatch
-from dispatcher.errors import InvalidQueueSettings, QueueFull
+from dispatcher.errors import InvalidQueueSettings, QueueFull, QueueUnavailable
 from dispatcher.keys import Keys
 from dispatcher.workflow.notices import ADMIT, GATE_LUA, SQLITE_SCHEMA, sqlite_record, sqlite_verdicts
 from dispatcher.workflow.store import RedisStore, SqliteStore
@@ -39,11 +47,12 @@ Plan = tuple[str, int, int, str, bytes]
 
 @dataclass(frozen=True)
 class PlanState:
-    """What a sink holds of a request's plan: the batch size to use, the batches already done, and, when the
-    recorded recipient set is not the one offered, the recorded one (encoded), with its owner count and digest."""
+    """What a sink holds of a request's plan: the batch size to use, the parts of batches already done (batch
+    number, gate shard), and, when the recorded recipient set is not the one offered, the recorded one (encoded),
+    with its owner count and digest."""
 
     batch_size: int
-    done: set[int]
+    done: set[tuple[int, int]]
     n_owners: int
     digest: str
     recorded: bytes | None = None
@@ -54,7 +63,14 @@ APPENDED, ALREADY_DONE, STALE = 1, 0, -1
 
 
 class Sink(Protocol):
-    """Where batches go. ``append`` is atomic and idempotent per (request, batch number)."""
+    """Where batches go. ``append`` is atomic and idempotent per (request, batch number, gate shard)."""
+
+    #: Gate shards: each batch goes out as one part per shard, each part with its own done mark.
+    shards: int
+
+    def owner_shards(self, owner_ids: np.ndarray) -> np.ndarray:
+        """The gate shard of each owner."""
+        ...
 
     def recorded_plans(self, request_ids: list[str]) -> list[bytes | None]:
         """The recipient set (encoded) each request's first dispatch recorded; None where there is none yet."""
@@ -144,28 +160,48 @@ class RedisSink:
             self.settings = settings or QueueSettings(url="redis://")
             self.client = client_or_settings
         self.keys = keys or self.settings.keys
-        self._append = self.client.register_script(_APPEND_LUA)
-        self._plan = self.client.register_script(_PLAN_LUA)
+        self.shards = self.keys.shards
+        self._append = script(self.client, _APPEND_LUA)
+        self._plan = script(self.client, _PLAN_LUA)
+
+    def owner_shards(self, owner_ids: np.ndarray) -> np.ndarray:
+        return self.keys.owner_shards(owner_ids)
 
     def recorded_plans(self, request_ids: list[str]) -> list[bytes | None]:
         def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = pipeline(self.client)
             for rid in request_ids:
-                pipe.hget(self.keys.plan(rid), "recipients")
-            return pipe.execute()
+                pipe.hget(self.keys.for_request(rid).plan(rid), "recipients")
+            return list(pipe.execute())
         return [bytes(x) if x else None for x in with_retries(self.settings, "plans", run)] if request_ids else []
 
     def register_plans(self, plans: list[Plan]) -> list[PlanState]:
-        def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for rid, size, n, digest, blob in plans:
-                self._plan(keys=[self.keys.plan(rid), self.keys.done(rid)],
-                           args=[size, n, digest, blob, self.settings.retention_s], client=pipe)
-            return pipe.execute()
+        """Each plan recorded (or read) in its request's shard by one script, which also answers the done marks
+        kept there; the other gate shards' done marks read in the same round trip."""
+        k = self.keys
 
-        return [PlanState(int(got[0]), {int(x) for x in got[4:]}, int(got[1]), _s(got[2]),
-                          bytes(got[3]) if got[3] else None)
-                for got in with_retries(self.settings, "plan", run)]
+        def run() -> list[Any]:
+            pipe = pipeline(self.client)
+            for rid, size, n, digest, blob in plans:
+                home = k.for_request(rid)
+                self._plan(keys=[home.plan(rid), home.done(rid)],
+                           args=[size, n, digest, blob, self.settings.retention_s], client=pipe)
+                for g in range(k.shards):
+                    if k.shard(g) is not home:
+                        pipe.hkeys(k.shard(g).done(rid))
+            return list(pipe.execute())
+
+        got = iter(with_retries(self.settings, "plan", run))
+        out = []
+        for rid, *_ in plans:
+            home = k.request_shard(rid)
+            plan = next(got)
+            done = {(int(x), home) for x in plan[4:]}
+            for g in range(k.shards):
+                if g != home:
+                    done.update((int(x), g) for x in next(got))
+            out.append(PlanState(int(plan[0]), done, int(plan[1]), _s(plan[2]), bytes(plan[3]) if plan[3] else None))
+        return out
 
     def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
                     ) -> list[list[int]]:
@@ -173,36 +209,53 @@ class RedisSink:
             raise InvalidQueueSettings("the gate's store must be a RedisStore on this sink's Redis and keys: an "
                                        "owner is counted as notified in the same step as their batch is appended")
 
+        calls = [(rid, b) for rid, batches in work for b in batches]
+
+        def queue(pipe: Any, rid: str, b: PreparedBatch) -> None:
+            k = self.keys.shard(b.shard)
+            self._append(keys=[k.notifications, k.done(rid), k.notified(rid), k.opted_out, k.counters(rid),
+                               *(k.owner_notices(o) for o in (b.admitted.tolist() if terms else ()))],
+                         args=[b.batch_no, rid, b.payload or b"", *_gate_args(b, terms, self.settings.retention_s)],
+                         client=pipe)
+
         def run() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for rid, batches in work:
-                for b in batches:
-                    k = self.keys
-                    self._append(keys=[k.notifications, k.done(rid), k.notified(rid), k.opted_out, k.counters(rid),
-                                       *(k.owner_notices(o) for o in (b.admitted.tolist() if terms else ()))],
-                                 args=[b.batch_no, rid, b.payload or b"",
-                                       *_gate_args(b, terms, self.settings.retention_s)], client=pipe)
-            return pipe.execute()
+            pipe = pipeline(self.client)
+            for rid, b in calls:
+                queue(pipe, rid, b)
+            if not self.settings.wait_replicas:
+                return list(pipe.execute())
+            wait = (self.settings.wait_replicas, self.settings.wait_timeout_ms)
+            if isinstance(pipe, SlotPipeline):
+                return pipe.execute(wait=wait)
+            pipe.execute_command("WAIT", *wait)  # the same connection as the writes: WAIT counts those
+            *got, acked = pipe.execute()
+            if int(acked) < wait[0]:
+                raise QueueUnavailable(f"{acked} of {wait[0]} replicas confirmed the dispatch step in {wait[1]} ms")
+            return list(got)
 
         # Safe to resend the whole pipeline: the script skips batches already done.
         flat = iter(with_retries(self.settings, "append", run))
         return [[int(next(flat)) for _ in batches] for _, batches in work]
 
-    def _groups(self) -> list[dict[str, Any]] | None:
+    def _groups(self, stream: str) -> list[dict[str, Any]] | None:
         """The stream's consumer groups; None when the stream does not exist yet."""
         try:
-            return list(self.client.xinfo_groups(self.keys.notifications))
+            return list(self.client.xinfo_groups(stream))
         except redis.ResponseError:
             return None
 
     def backlog(self) -> int:
-        """Entries not yet acknowledged by every consumer group (the stream length when there is no group)."""
+        """Entries not yet acknowledged by every consumer group (the stream length when there is no group): the
+        largest over the shards' notifications streams."""
+        return max(self._backlog(stream) for stream in self.keys.notification_streams)
+
+    def _backlog(self, stream: str) -> int:
         def run() -> int:
-            groups = self._groups()
+            groups = self._groups(stream)
             if groups is None:
                 return 0
             if not groups:
-                return int(self.client.xlen(self.keys.notifications))
+                return int(self.client.xlen(stream))
             worst = 0
             last = None
             for g in groups:
@@ -211,14 +264,13 @@ class RedisSink:
                     # After a restart Redis 7.0 forgets how far a group has read (lag None) and can then report a
                     # wrong lag: a group whose last delivered entry is the stream's last has none, else count
                     # the entries after it (up to the limit, which is all a full-queue check needs).
-                    last = last or self.client.xinfo_stream(self.keys.notifications)["last-generated-id"]
+                    last = last or self.client.xinfo_stream(stream)["last-generated-id"]
                     delivered = g.get("last-delivered-id")
                     if delivered == last:
                         lag = 0
                     elif lag is None:
                         cap = (self.settings.max_backlog or 100_000) + 1
-                        after: Any = self.client.xrange(self.keys.notifications, min=b"(" + _b(delivered or b"0-0"),
-                                                        count=cap)
+                        after: Any = self.client.xrange(stream, min=b"(" + _b(delivered or b"0-0"), count=cap)
                         lag = len(after or [])
                 worst = max(worst, int(lag) + int(g.get("pending", 0)))
             return worst
@@ -242,12 +294,17 @@ class RedisSink:
         return time.monotonic() - t0
 
     def trim_acknowledged(self) -> int:
-        """Trim entries every group has acknowledged (never one still pending or undelivered)."""
-        return with_retries(self.settings, "trim", lambda: trim_acknowledged(self.client, self.keys.notifications))
+        """Trim entries every group has acknowledged (never one still pending or undelivered), in every shard."""
+        return sum(with_retries(self.settings, "trim", partial(trim_acknowledged, self.client, stream))
+                   for stream in self.keys.notification_streams)
 
     def read_all(self) -> list[tuple[str, bytes]]:
-        entries: Any = self.client.xrange(self.keys.notifications)
-        return [(bytes(f[b"request"]).decode(), bytes(f[b"data"])) for _id, f in entries]
+        """Every entry of every shard's stream (shard by shard, each in order)."""
+        out = []
+        for stream in self.keys.notification_streams:
+            entries: Any = self.client.xrange(stream)
+            out += [(bytes(f[b"request"]).decode(), bytes(f[b"data"])) for _id, f in entries]
+        return out
 
 
 def trim_acknowledged(client: Any, stream: str) -> int:
@@ -286,6 +343,12 @@ class LocalSink:
     (request, batch) primary key making a re-append a no-op: the same exactly-once guarantee, no server. With an
     owners' gate, the sink and the gate's :class:`SqliteStore` are one file, so that the gate's records are
     written in the same transaction as the batch."""
+
+    #: One file: no gate shards.
+    shards = 1
+
+    def owner_shards(self, owner_ids: np.ndarray) -> np.ndarray:
+        return np.zeros(np.shape(owner_ids), np.int64)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -336,7 +399,7 @@ class LocalSink:
                       (request_id, batch_size, n_owners, digest, blob, int(time.time() * 1e6)))
             size, n, dig, recorded = c.execute("SELECT batch_size, n_owners, digest, recipients FROM plans "
                                                "WHERE request_id = ?", (request_id,)).fetchone()
-            done = {r[0] for r in c.execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,))}
+            done = {(r[0], 0) for r in c.execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,))}
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")

@@ -84,6 +84,9 @@ class PreparedBatch:
     admitted: np.ndarray       # the owners the entry names
     #: Owners the gate refused, by reason (recorded with the batch).
     suppressed: dict[str, int] = field(default_factory=dict)
+    #: The gate shard of its owners (:meth:`dispatcher.keys.Keys.owner_shards`): with several, a batch of the plan
+    #: goes out as one entry per shard, each with its own done mark, in that shard's slot.
+    shard: int = 0
 
     @property
     def n_admitted(self) -> int:

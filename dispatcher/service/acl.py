@@ -21,11 +21,11 @@ __all__ = ["agency_rules", "set_agency", "set_submitter", "submitter_rules"]
 
 
 def submitter_rules(keys: Keys | None = None) -> list[str]:
-    """``ACL SETUSER`` rules: XADD to the requests stream (write-only), XREAD of the submitters' outcomes
-    (read-only), nothing else."""
+    """``ACL SETUSER`` rules: XADD to the requests streams (write-only), XREAD of the submitters' outcomes
+    (read-only), of every shard, nothing else."""
     k = keys or Keys()
-    return ["resetkeys", "resetchannels", "nocommands", "+xadd", "+xread", "+ping", f"%W~{k.requests}",
-            f"%R~{k.outcomes}"]
+    return ["resetkeys", "resetchannels", "nocommands", "+xadd", "+xread", "+ping",
+            *(f"%W~{s.requests}" for s in k.all_shards), *(f"%R~{s.outcomes}" for s in k.all_shards)]
 
 
 def set_submitter(client: Any, user: str, password: str, keys: Keys | None = None) -> None:
@@ -36,8 +36,9 @@ def set_submitter(client: Any, user: str, password: str, keys: Keys | None = Non
 def agency_rules(agency_id: str, keys: Keys | None = None) -> list[str]:
     """``ACL SETUSER`` rules for one agency: XADD to its intake stream, XREAD of its outcomes, nothing else."""
     k = keys or Keys()
-    return ["resetkeys", "resetchannels", "nocommands", "+xadd", "+xread", "+ping", f"%W~{k.intake(agency_id)}",
-            f"%R~{k.agency_outcomes(agency_id)}"]
+    return ["resetkeys", "resetchannels", "nocommands", "+xadd", "+xread", "+ping",
+            *(f"%W~{s.intake(agency_id)}" for s in k.all_shards),
+            *(f"%R~{s.agency_outcomes(agency_id)}" for s in k.all_shards)]
 
 
 def set_agency(client: Any, user: str, password: str, agency_id: str, keys: Keys | None = None) -> None:

@@ -1,9 +1,10 @@
 """Throwaway ``redis-server`` processes on loopback, for the load test (``geodispatch loadtest``), the
-benchmark's Redis peer and the tests.
+benchmark's Redis peer and the tests: one server (:class:`RedisServer`), or a Redis Cluster of several
+(:class:`RedisClusterServers`: masters and their replicas, made into a cluster with ``redis-cli --cluster create``).
 
 Each runs from a private directory on a free port and is stopped on exit. It needs the ``redis-server``
-binary (Debian package ``redis-server``); when it is missing, or the server does not come up,
-:class:`ServerUnavailable` says why.
+binary (Debian package ``redis-server``; ``redis-cli``, for a cluster, comes with it); when one is missing, or a
+server does not come up, :class:`ServerUnavailable` says why.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from dispatcher.errors import DispatchError
 
-__all__ = ["RedisServer", "ServerUnavailable", "free_port"]
+__all__ = ["RedisClusterServers", "RedisServer", "ServerUnavailable", "free_port"]
 
 #: How long a server may take to answer its first PING.
 _START_TIMEOUT_S = 10.0
@@ -39,7 +42,7 @@ class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; ``restart`` keeps the port and, with AOF on, the data."""
 
     def __init__(self, workdir: Path, *, appendonly: bool = True, appendfsync: str = "always",
-                 port: int | None = None) -> None:
+                 port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServerUnavailable("redis-server is not installed (apt-get install -y redis-server)")
@@ -50,6 +53,8 @@ class RedisServer:
         #: "always" for the tests (a restart loses nothing acknowledged); "everysec", Redis's default, for load.
         self.appendfsync = appendfsync
         self.port = port or free_port()
+        #: More ``redis-server`` options (a cluster node's), after ours.
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +67,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
-                "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log")]
+                "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"),
+                *self.extra_args]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
@@ -96,3 +102,164 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10_000 < 65_536:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10_000))
+                except OSError:
+                    continue
+            return port
+    raise ServerUnavailable("no free port pair (port, port + 10000) for a cluster node")
+
+
+class RedisClusterServers:
+    """A Redis Cluster on 127.0.0.1: ``masters`` masters and ``replicas`` replicas of each, every node a
+    :class:`RedisServer` with ``--cluster-enabled yes`` and AOF in a directory of its own, joined by
+    ``redis-cli --cluster create`` (the slots split evenly over the masters, in port order) and ready when every
+    node's ``CLUSTER INFO`` says ``cluster_state:ok``. ``node_timeout_ms`` is how long a master may be unreachable
+    before its replica is promoted (short here, so that a failover test takes seconds)."""
+
+    def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1, appendfsync: str = "always",
+                 node_timeout_ms: int = 1000) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise ServerUnavailable("redis-cli is not installed (apt-get install -y redis-server)")
+        if masters < 3:
+            raise ServerUnavailable(f"a Redis Cluster needs at least 3 masters, got {masters}")
+        self.cli = cli
+        self.workdir = Path(workdir)
+        self.masters, self.replicas = masters, replicas
+        self.nodes = [RedisServer(self.workdir / f"node{k}", appendfsync=appendfsync, port=_cluster_port(),
+                                  extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                              "--cluster-node-timeout", str(node_timeout_ms),
+                                              "--cluster-replica-validity-factor", "0"])
+                      for k in range(masters * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        """The URL a cluster client starts from (any node: it learns the others), with ``cluster=true``."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=true"
+
+    def start(self) -> RedisClusterServers:
+        try:
+            for node in self.nodes:
+                node.start()
+            created = subprocess.run([self.cli, "--cluster", "create",
+                                      *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                                      "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                                     capture_output=True, text=True, timeout=60, check=False)
+            if created.returncode != 0:
+                raise ServerUnavailable(f"redis-cli --cluster create failed: {created.stdout[-2000:]}"
+                                        f"{created.stderr[-2000:]}")
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ok(self, timeout: float = 30.0, nodes: Sequence[RedisServer] | None = None) -> None:
+        """Until every running node (or those of ``nodes``) says ``cluster_state:ok`` and knows every slot."""
+        deadline = time.monotonic() + timeout
+        for node in nodes or [n for n in self.nodes if n.proc is not None]:
+            while True:
+                try:
+                    with node.client() as c:
+                        info = c.execute_command("CLUSTER", "INFO")
+                        text = info.decode() if isinstance(info, bytes) else str(info)
+                        if "cluster_state:ok" in text and "cluster_slots_ok:16384" in text:
+                            break
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable(f"cluster node {node.port} not ok after {timeout:.0f} s")
+                time.sleep(0.05)
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node serving ``key``'s slot now (asked of a running node)."""
+        slot = _key_slot(key)
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                with node.client() as c:
+                    for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                        if int(start) <= slot <= int(end):
+                            return next(n for n in self.nodes if n.port == int(master[1]))
+            except redis.RedisError:
+                continue
+        raise ServerUnavailable(f"no running node knows who serves slot {slot}")
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Until every master's replicas hold everything it was sent (their offsets equal to the master's)."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            while True:
+                with node.client() as c:
+                    info: dict[str, Any] = c.info("replication")
+                if info.get("role") != "master":
+                    break
+                offsets = [v["offset"] for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+                if offsets and all(int(o) >= int(info["master_repl_offset"]) for o in offsets):
+                    break
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable(f"the replicas of {node.port} did not catch up in {timeout:.0f} s")
+                time.sleep(0.02)
+
+    def kill_master_of(self, key: str, timeout: float = 30.0) -> RedisServer:
+        """SIGKILL the master serving ``key``, then wait until its replica took over and the cluster is ok again
+        (the slot served by another node). Returns the killed node (``revive`` starts it again)."""
+        dead = self.master_of(key)
+        dead.stop(kill=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.master_of(key) is not dead:
+                    break
+            except ServerUnavailable:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(f"no replica took over from {dead.port} in {timeout:.0f} s")
+            time.sleep(0.05)
+        self.wait_ok(timeout=timeout)
+        return dead
+
+    def revive(self, timeout: float = 30.0) -> None:
+        """Start again every node that was stopped (it rejoins from its own files, as a replica if another took
+        over), and wait until the cluster is ok on every node."""
+        revived = [n for n in self.nodes if n.proc is None]
+        for node in revived:
+            node.start()
+        if revived:
+            self.wait_ok(timeout=timeout)
+
+    def flush(self) -> None:
+        """Empty every master (replicas follow)."""
+        for node in self.nodes:
+            with node.client() as c:
+                role = c.execute_command("ROLE")
+                if role[0] in (b"master", "master"):
+                    c.flushall()
+                    c.execute_command("WAIT", self.replicas, 5000)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(kill=True)
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _key_slot(key: str) -> int:
+    from redis.crc import key_slot
+    return int(key_slot(key.encode()))

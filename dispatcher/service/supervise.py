@@ -41,7 +41,7 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
     from dispatcher.dispatch.settings import QueueSettings
     from dispatcher.dispatch.sinks import RedisSink
     from dispatcher.index.camera_index import CameraIndex
-    from dispatcher.service.worker import Worker
+    from dispatcher.service.worker import Worker, shards_of_thread
     from dispatcher.workflow.agencies import AgencyRegistry
     from dispatcher.workflow.pipeline import Pipeline
     from dispatcher.workflow.policy import Policy
@@ -74,7 +74,8 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
         pipeline = Pipeline(Workflow(RedisStore(connect(qs), qs.keys), registry, rules), index,
                             Dispatcher(RedisSink(qs), qs))
         workers.append(Worker(name if settings.threads == 1 else f"{name}-t{k}", connect(qs), pipeline, settings,
-                              qs.keys, queue=qs, agencies=[a.agency_id for a in registry], feed=feed))
+                              qs.keys, queue=qs, agencies=[a.agency_id for a in registry], feed=feed,
+                              shards=shards_of_thread(k, settings.threads, qs.keys.shards)))
     threads = [threading.Thread(target=w.run, args=(stop,), name=w.name) for w in workers]
     if feed is not None:
         threads.append(threading.Thread(target=feed.run, args=(stop,), name=f"{name}-feed"))

@@ -32,7 +32,7 @@ from dispatcher.service import commands
 from dispatcher.service.feed import FeedFollower
 from dispatcher.workflow.pipeline import Command, Outcome, Pipeline
 
-__all__ = ["ServiceSettings", "Worker", "WorkerStats"]
+__all__ = ["ServiceSettings", "Worker", "WorkerStats", "shards_of_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Worker:
     def __init__(self, name: str, client: redis.Redis, pipeline: Pipeline, settings: ServiceSettings | None = None,
                  keys: Keys | None = None, clock: Callable[[], datetime] | None = None,
                  queue: QueueSettings | None = None, agencies: Sequence[str] = (),
-                 feed: FeedFollower | None = None) -> None:
+                 feed: FeedFollower | None = None, shards: Sequence[int] | None = None) -> None:
         self.name = name
         #: The change feed, applied to the pipeline's index before each batch (shared by a process's threads).
         self.feed = feed
@@ -114,12 +114,19 @@ class Worker:
         self.keys = keys or Keys()
         #: The retry policy of every Redis call.
         self.queue = queue or QueueSettings(url="redis://")
+        #: The shards whose streams this worker reads (every one unless told: :func:`shards_of_thread`).
+        self.shards = list(range(self.keys.shards)) if shards is None else list(shards)
         #: stream -> the agency it belongs to (None: the platform's own)
-        self.streams: dict[str, str | None] = {self.keys.requests: None,
-                                               **{self.keys.intake(a): a for a in agencies}}
+        self.streams: dict[str, str | None] = {}
+        #: stream -> the key names of its shard (where its outcomes and dead letters go, in its slot)
+        self.shard_keys: dict[str, Keys] = {}
+        for k in (self.keys.shard(n) for n in self.shards):
+            for stream, agency in [(k.requests, None), *((k.intake(a), a) for a in agencies)]:
+                self.streams[stream], self.shard_keys[stream] = agency, k
         self.stats = WorkerStats()
         # The calls repeated with the same arguments all the time (reads and claim passes over the same streams)
-        # are encoded once (Prepacked), by (streams, count) and by streams.
+        # are encoded once (Prepacked), by (streams, count) and by streams; each names streams of one shard (of
+        # one slot) only.
         #: the entries a read asks for now (adapted to the backlog)
         self._count = self.settings.read_count
         self._reads: dict[tuple[tuple[str, ...], int], Prepacked] = {}
@@ -148,40 +155,43 @@ class Worker:
         done = time.time()
 
         # One entry per outcome stream and one XACK per commands stream for the whole batch: a command each would
-        # be ~3 commands a request, a tenth of what a request costs the worker to send and parse.
+        # be ~3 commands a request, a tenth of what a request costs the worker to send and parse. With shards, one
+        # MULTI/EXEC per shard: a shard's outcomes, dead letters and acks, in its slot.
         submitters: dict[str, list[dict[str, Any]]] = {}
-        operators: list[dict[str, Any]] = []
-        dead: list[dict[Any, Any]] = []
+        operators: dict[str, list[dict[str, Any]]] = {}
+        dead: list[tuple[str, dict[Any, Any]]] = []
         acks: dict[str, list[Any]] = {}
         for (stream, eid, fields), cmd, res in zip(entries, cmds, results, strict=True):
-            agency = self.streams[stream]
+            agency, k = self.streams[stream], self.shard_keys[stream]
             if isinstance(res, Outcome):
-                to = self.keys.outcomes if agency is None else self.keys.agency_outcomes(agency)
+                to = k.outcomes if agency is None else k.agency_outcomes(agency)
                 submitters.setdefault(to, []).append(commands.submitters_outcome(res, cmd.trace, agency))
-                operators.append({
+                operators.setdefault(k.operator_outcomes, []).append({
                     "request_id": res.request_id, "agency": agency, "outcome": res.status, "codes": res.codes,
                     "notified": res.notified, "now_us": int(now.timestamp() * 1e6), "done": done,
                     "index_version": res.index_version, "worker": self.name, "trace": cmd.trace})
             else:
-                dead.append({**fields, "stream": stream, "id": eid, "error": res[:2000]})
+                dead.append((k.dead_letters, {**fields, "stream": stream, "id": eid, "error": res[:2000]}))
             acks.setdefault(stream, []).append(eid)
 
         def publish() -> None:
-            pipe = self.r.pipeline(transaction=True)
+            pipes: dict[str, Any] = {}
+
+            def pipe_of(key: str) -> Any:  # the MULTI/EXEC of the key's shard
+                tag = key.split("{", 1)[1].split("}", 1)[0]
+                return pipes.get(tag) or pipes.setdefault(tag, self.r.pipeline(transaction=True))
             cap = {"maxlen": self.settings.outcomes_maxlen, "approximate": True}
-            for to, outs in submitters.items():
-                pipe.xadd(to, {commands.OUTCOMES: orjson.dumps(outs)}, **cap)  # type: ignore[arg-type]
-            if operators:
-                pipe.xadd(self.keys.operator_outcomes, {commands.OUTCOMES: orjson.dumps(operators)},
-                          **cap)  # type: ignore[arg-type]
-            for entry in dead:
-                pipe.xadd(self.keys.dead_letters, entry)
+            for to, outs in (*submitters.items(), *operators.items()):
+                pipe_of(to).xadd(to, {commands.OUTCOMES: orjson.dumps(outs)}, **cap)
+            for to, entry in dead:
+                pipe_of(to).xadd(to, entry)
             for stream, ids in acks.items():
-                pipe.xack(stream, self.settings.group, *ids)
-            pipe.execute()
+                pipe_of(stream).xack(stream, self.settings.group, *ids)
+            for pipe in pipes.values():
+                pipe.execute()
         self._retry("publish", publish)
         self._touched.update(stream for stream, _, _ in entries)
-        for (_, eid, _), res in zip(entries, results, strict=True):
+        for (stream, eid, _), res in zip(entries, results, strict=True):
             if isinstance(res, Outcome):
                 self.stats.count(res)
                 log.debug("%s: %s -> %s", self.name, _s(eid), res.status)
@@ -189,7 +199,7 @@ class Worker:
                 self.stats.handled += 1
                 self.stats.dead_lettered += 1
                 log.error("%s: entry %s fails on its own (%s); moved to %s", self.name, _s(eid), res,
-                          self.keys.dead_letters)
+                          self.shard_keys[stream].dead_letters)
 
     def _isolated(self, cmds: list[Command], now: datetime) -> list[Outcome | str]:
         """The pipeline's outcomes; when the batch fails (not Redis trouble: a bug some command triggers), it is
@@ -250,16 +260,23 @@ class Worker:
         """Entries another consumer held longer than ``claim_idle_ms``, claimed for this one. An entry delivered
         more than ``max_deliveries`` times is run alone (it may be a command that kills its worker); past four
         times that, it is set aside on the dead-letter stream without running."""
-        s, k = self.settings, self.keys
-        streams = self._claiming()
-        if streams not in self._claims:
-            if len(self._claims) > 64:
-                self._claims.clear()
-            self._claims[streams] = Prepacked(self.r, [("XAUTOCLAIM", stream, s.group, self.name, s.claim_idle_ms,
-                                                        "0-0", "COUNT", s.read_count) for stream in streams])
-        claimed = [(stream, eid, _fields(flat))
-                   for stream, got in zip(streams, self._retry("claim", self._claims[streams].run), strict=True)
-                   for eid, flat in got[1] if flat]  # None: deleted meanwhile
+        s = self.settings
+
+        looking = self._claiming()
+        claimed: list[Entry] = []
+        for n in self.shards:  # a pass per shard: one slot each
+            streams = tuple(st for st in looking if self.shard_keys[st] is self.keys.shard(n))
+            if not streams:
+                continue
+            if streams not in self._claims:
+                if len(self._claims) > 64:
+                    self._claims.clear()
+                self._claims[streams] = Prepacked(self.r, [("XAUTOCLAIM", stream, s.group, self.name,
+                                                            s.claim_idle_ms, "0-0", "COUNT", s.read_count)
+                                                           for stream in streams])
+            claimed += [(stream, eid, _fields(flat))
+                        for stream, got in zip(streams, self._retry("claim", self._claims[streams].run), strict=True)
+                        for eid, flat in got[1] if flat]  # None: deleted meanwhile
         if not claimed:
             return claimed
 
@@ -279,29 +296,20 @@ class Worker:
                 (alone if n > s.max_deliveries else fresh).append(entry)
         if dead:
             def set_aside() -> None:
-                pipe = self.r.pipeline(transaction=True)
-                for (stream, eid, fields), n in dead:
-                    pipe.xadd(k.dead_letters, {**fields, "stream": stream, "id": eid, "deliveries": n,
-                                               "error": "delivered again and again without an outcome"})
+                for (stream, eid, fields), n in dead:  # each in its shard's slot: dead letter and ack together
+                    pipe = self.r.pipeline(transaction=True)
+                    pipe.xadd(self.shard_keys[stream].dead_letters, {
+                        **fields, "stream": stream, "id": eid, "deliveries": n,
+                        "error": "delivered again and again without an outcome"})
                     pipe.xack(stream, s.group, eid)
-                pipe.execute()
+                    pipe.execute()
             self._retry("dead letters", set_aside)
             self.stats.dead_lettered += len(dead)
             log.error("%s: %d entries were delivered more than %d times without an outcome; moved to %s",
-                      self.name, len(dead), 4 * s.max_deliveries, k.dead_letters)
+                      self.name, len(dead), 4 * s.max_deliveries, self.shard_keys[dead[0][0][0]].dead_letters)
         for entry in alone:
             self.process([entry])
         return fresh
-
-    def _claiming(self) -> tuple[str, ...]:
-        """The streams a claim pass looks at: as reads do, the platform's and the hot intake streams, and every
-        ``claim_idle_ms`` all of them (a dead consumer's entries on an idle agency's stream wait at most twice the
-        idle time)."""
-        now = time.monotonic()
-        if now >= self._next_full_claim:
-            self._next_full_claim = now + self.settings.claim_idle_ms / 1000
-            return tuple(self.streams)
-        return (self.keys.requests, *sorted(s for s, until in self._hot.items() if until > now))
 
     def _trim(self) -> None:
         """Drop the commands every group has acknowledged: a submission names the agency's request, which the
@@ -343,23 +351,46 @@ class Worker:
                 "STREAMS", *streams, *[">"] * len(streams))])
         return self._reads[key]
 
+    def _claiming(self) -> tuple[str, ...]:
+        """The streams a claim pass looks at: as reads do, the platform's and the hot intake streams, and every
+        ``claim_idle_ms`` all of them (a dead consumer's entries on an idle agency's stream wait at most twice the
+        idle time)."""
+        now = time.monotonic()
+        if now >= self._next_full_claim:
+            self._next_full_claim = now + self.settings.claim_idle_ms / 1000
+            return tuple(self.streams)
+        return (*(self.keys.shard(n).requests for n in self.shards),
+                *sorted(s for s, until in self._hot.items() if until > now))
+
+    def _of_shard(self, shard: int) -> list[str]:
+        """The streams of ``shard`` this worker reads (the platform's first)."""
+        return [st for st in self.streams if self.shard_keys[st] is self.keys.shard(shard)]
+
     def _read_new(self) -> list[Entry]:
         """New entries: from every stream when a sweep is due (without blocking), else from the platform's stream
-        and the hot intake streams (blocking until some come, or the next sweep)."""
+        and the hot intake streams (blocking until some come, or the next sweep). One read per shard (a read names
+        streams of one slot), each blocking for its share of the time."""
         s, now = self.settings, time.monotonic()
-        if len(self.streams) == 1:
-            read = self._reading(tuple(self.streams), s.block_ms)
-        elif now >= self._next_sweep:
+        sweep = len(self.streams) > len(self.shards) and now >= self._next_sweep
+        if sweep:
             self._next_sweep = now + s.sweep_ms / 1000
-            read = self._reading(tuple(self.streams), None)
-        else:
-            self._hot = {stream: until for stream, until in self._hot.items() if until > now}
-            read = self._reading((self.keys.requests, *sorted(self._hot)), min(s.block_ms, s.sweep_ms))
-        fresh = self._retry("read", read.run)[0]  # RESP3: a map of streams; RESP2: [stream, entries] pairs
-        entries = [(_s(stream), eid, _fields(flat))
-                   for stream, got in (fresh.items() if isinstance(fresh, dict) else fresh or [])
-                   for eid, flat in got]
-        for stream in {stream for stream, _, _ in entries} - {self.keys.requests}:
+        self._hot = {stream: until for stream, until in self._hot.items() if until > now}
+        block = max(1, s.block_ms // len(self.shards))
+        entries: list[Entry] = []
+        for n in self.shards:
+            mine = self._of_shard(n)
+            if len(mine) == 1:
+                read = self._reading(tuple(mine), block)
+            elif sweep:
+                read = self._reading(tuple(mine), None)
+            else:
+                hot = sorted(st for st in self._hot if self.shard_keys[st] is self.keys.shard(n))
+                read = self._reading((mine[0], *hot), min(block, s.sweep_ms))
+            fresh = self._retry("read", read.run)[0]  # RESP3: a map of streams; RESP2: [stream, entries] pairs
+            entries += [(_s(stream), eid, _fields(flat))
+                        for stream, got in (fresh.items() if isinstance(fresh, dict) else fresh or [])
+                        for eid, flat in got]
+        for stream in {stream for stream, _, _ in entries if self.streams[stream] is not None}:
             self._hot[stream] = now + s.hot_s
         return entries
 
@@ -376,6 +407,14 @@ class Worker:
                     log.exception("%s: a step failed; its entries stay pending and will be retried", self.name)
                 time.sleep(0.5)
         return self.stats
+
+
+def shards_of_thread(thread: int, threads: int, shards: int) -> list[int]:
+    """The shards consumer thread ``thread`` of ``threads`` (in one process) reads: one each, round robin, when
+    there are at least as many threads as shards (every shard read by some thread), else every ``threads``-th."""
+    if threads >= shards:
+        return [thread % shards]
+    return list(range(thread, shards, threads))
 
 
 def _nogroup(exc: BaseException) -> bool:

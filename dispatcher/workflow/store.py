@@ -1,8 +1,11 @@
 """Workflow state that survives a restart. :class:`SqliteStore` is the embedded default; :class:`RedisStore`
 shares state between workers. Both implement :class:`Store`, and the same tests run against both.
 
-Redis key names come from :class:`dispatcher.keys.Keys`, under one hash tag so they share a cluster slot;
-multi-key steps are Lua scripts (one atomic step each).
+Redis key names come from :class:`dispatcher.keys.Keys`; multi-key steps are Lua scripts (one atomic step each)
+whose keys share one hash tag, so each runs in one cluster slot. With several shards a request's state (its
+record, audit entries, the review queue's and the agency's indexes of it, choices) lives in the request's shard,
+and an owner's gate records (opt-out, notices for the cap, notified marks) in the owner's: each gate step is split
+by owner shard and what reads a whole (counters, the review queue, the audit log) reads every shard.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import orjson
 
-from dispatcher.connections import connect, with_retries
+from dispatcher.connections import connect, pipeline, script, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import InvalidData, InvalidRequest
 from dispatcher.keys import Keys
@@ -350,7 +353,7 @@ def pipelined(client: Any, settings: QueueSettings, what: str, build: Callable[[
     """One pipelined round trip of the commands ``build`` queues (a MULTI/EXEC with ``transaction``), built anew
     for each attempt of the retry policy (every step queued must be safe to run again)."""
     def run() -> list[Any]:
-        pipe = client.pipeline(transaction=transaction)
+        pipe = client.pipeline(transaction=True) if transaction else pipeline(client)
         build(pipe)
         return list(pipe.execute())
     return with_retries(settings, what, run)
@@ -364,10 +367,10 @@ class RedisStore:
         self.k = keys or Keys()
         #: The retry policy of every call (transient trouble: a dropped connection, a full or loading Redis).
         self.settings = settings or QueueSettings(url="redis://")
-        self._create = client.register_script(_CREATE)
-        self._cas = client.register_script(_CAS)
-        self._admit = client.register_script(_ADMIT)
-        self._check = client.register_script(_CHECK)
+        self._create = script(client, _CREATE)
+        self._cas = script(client, _CAS)
+        self._admit = script(client, _ADMIT)
+        self._check = script(client, _CHECK)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -381,11 +384,19 @@ class RedisStore:
     def _batch(self, what: str, build: Callable[[Any], None]) -> list[Any]:
         return pipelined(self.r, self.settings, what, build)
 
+    def _req(self, request_id: str) -> Keys:
+        """The key names of the request's shard."""
+        return self.k.for_request(request_id)
+
+    def _owner(self, owner_id: int) -> Keys:
+        """The key names of the owner's shard (the owner's gate records)."""
+        return self.k.shard(self.k.owner_shard(owner_id))
+
     def has_request(self, request_id: str) -> bool:
-        return bool(self._call("has_request", lambda: self.r.exists(self.k.request(request_id))))
+        return bool(self._call("has_request", lambda: self.r.exists(self._req(request_id).request(request_id))))
 
     def count_agency_requests(self, agency_id: str, since: datetime) -> int:
-        return int(self._call("count", lambda: self.r.zcount(self.k.agency_requests(agency_id), _us(since), "+inf")))
+        return self.lookup([], [(agency_id, since)])[1][0]
 
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
                        payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None:
@@ -396,8 +407,8 @@ class RedisStore:
         """Each request with its audit entries in one script call (atomic per request), all in one round trip."""
         def build(pipe: Any) -> None:
             for rid, agency_id, submitted_at, state, payload, entries in items:
-                self._create(keys=[self.k.request(rid), self.k.request_ids, self.k.agency_requests(agency_id),
-                                   self.k.audit, self.k.submitted],
+                k = self._req(rid)
+                self._create(keys=[k.request(rid), k.request_ids, k.agency_requests(agency_id), k.audit, k.submitted],
                              args=[rid, _us(submitted_at), state, orjson.dumps(payload),
                                    *(self._audit_json(rid, e) for e in entries)], client=pipe)
         return [bool(x) for x in self._batch("record", build)]
@@ -405,31 +416,49 @@ class RedisStore:
     def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
                ) -> tuple[list[tuple[str, dict[str, Any]] | None], list[int]]:
         """Several requests' (state, payload) and several agencies' request counts since a time, in one round
-        trip: what a worker needs to judge a batch of submissions."""
+        trip: what a worker needs to judge a batch of submissions. An agency's count is the sum over the shards
+        (its requests are in each one's shard)."""
+        shards = self.k.all_shards
+
         def build(pipe: Any) -> None:
             for rid in request_ids:
-                pipe.hmget(self.k.request(rid), ["state", "payload"])
+                pipe.hmget(self._req(rid).request(rid), ["state", "payload"])
             for agency_id, since in windows:
-                pipe.zcount(self.k.agency_requests(agency_id), _us(since), "+inf")
+                for k in shards:
+                    pipe.zcount(k.agency_requests(agency_id), _us(since), "+inf")
         got = self._batch("lookup", build)
         reqs = [None if g[0] is None else (g[0].decode(), orjson.loads(g[1])) for g in got[:len(request_ids)]]
-        return reqs, [int(x) for x in got[len(request_ids):]]
+        counts = [int(x) for x in got[len(request_ids):]]
+        n = len(shards)
+        return reqs, [sum(counts[w * n:(w + 1) * n]) for w in range(len(windows))]
 
     def get_request(self, request_id: str) -> tuple[str, dict[str, Any]] | None:
-        got = self._call("get_request", lambda: self.r.hmget(self.k.request(request_id), ["state", "payload"]))
+        got = self._call("get_request", lambda: self.r.hmget(self._req(request_id).request(request_id),
+                                                              ["state", "payload"]))
         return None if got[0] is None else (got[0].decode(), orjson.loads(got[1]))
 
+    def _every_shard(self, what: str, read: Callable[[Any, Keys], None]) -> list[Any]:
+        """``read(pipe, shard keys)`` for every shard, in one round trip: each shard's reply, in shard order."""
+        def build(pipe: Any) -> None:
+            for k in self.k.all_shards:
+                read(pipe, k)
+        return self._batch(what, build)
+
     def request_ids(self) -> list[str]:
-        return sorted(x.decode() for x in self._call("request_ids", lambda: self.r.smembers(self.k.request_ids)))
+        got = self._every_shard("request_ids", lambda pipe, k: pipe.smembers(k.request_ids))
+        return sorted(x.decode() for members in got for x in members)
 
     def submitted_ids(self, limit: int) -> list[str]:
-        got = self._call("submitted_ids", lambda: self.r.zrange(self.k.submitted, 0, limit - 1))
-        return [x.decode() for x in got]
+        got = self._every_shard("submitted_ids", lambda pipe, k: pipe.zrange(k.submitted, 0, limit - 1,
+                                                                               withscores=True))
+        merged = got[0] if len(got) == 1 else sorted((m for part in got for m in part), key=lambda m: m[1])
+        return [x.decode() for x, _ in merged][:limit]
 
     def agency_request_ids(self, agency_id: str, limit: int) -> list[str]:
-        got = self._call("agency_request_ids", lambda: self.r.zrevrange(self.k.agency_requests(agency_id), 0,
-                                                                         limit - 1))
-        return [x.decode() for x in got]
+        got = self._every_shard("agency_request_ids", lambda pipe, k: pipe.zrevrange(
+            k.agency_requests(agency_id), 0, limit - 1, withscores=True))
+        merged = got[0] if len(got) == 1 else sorted((m for part in got for m in part), key=lambda m: -m[1])
+        return [x.decode() for x, _ in merged][:limit]
 
     def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool:
         return self.transition_many([(request_id, old, new, entry)])[0]
@@ -437,7 +466,8 @@ class RedisStore:
     def transition_many(self, items: Sequence[tuple[str, str, str, AuditEntry]]) -> list[bool]:
         def build(pipe: Any) -> None:
             for rid, old, new, entry in items:
-                self._cas(keys=[self.k.request(rid), self.k.audit, self.k.submitted],
+                k = self._req(rid)
+                self._cas(keys=[k.request(rid), k.audit, k.submitted],
                           args=[old, new, self._audit_json(rid, entry), rid], client=pipe)
         return [bool(x) for x in self._batch("transition", build)]
 
@@ -448,23 +478,34 @@ class RedisStore:
 
     def append_audit(self, request_id: str, actor: str, action: str, at: datetime, detail: dict[str, Any]) -> None:
         entry = self._audit_json(request_id, AuditEntry(actor, action, at, detail))
-        self._call("audit", lambda: self.r.rpush(self.k.audit, entry))
+        self._call("audit", lambda: self.r.rpush(self._req(request_id).audit, entry))
 
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """The audit log in order (each shard's log in its order; several shards' merged by time)."""
+        if request_id is not None:
+            k = self._req(request_id)
+            parts = [self._call("audit", lambda: self.r.lrange(k.audit, 0, -1))]
+        else:
+            parts = self._every_shard("audit", lambda pipe, k: pipe.lrange(k.audit, 0, -1))
+        entries = [orjson.loads(raw) for part in parts for raw in part]
+        if len(parts) > 1:
+            entries.sort(key=lambda e: e["at_us"])  # stable: a shard's entries keep their order
         out = []
-        for seq, raw in enumerate(self._call("audit", lambda: self.r.lrange(self.k.audit, 0, -1)), start=1):
-            e = orjson.loads(raw)
+        for seq, e in enumerate(entries, start=1):
             if request_id is None or e["request_id"] == request_id:
                 out.append({"seq": seq, "request_id": e["request_id"], "actor": e["actor"], "action": e["action"],
                             "at": _dt(e["at_us"]), "detail": e["detail"]})
         return out
 
     def set_opted_out(self, owner_id: int, opted_out: bool, at: datetime) -> None:
+        """In the owner's shard, which every gate step for that owner reads."""
         op = self.r.sadd if opted_out else self.r.srem
-        self._call("opt-out", lambda: op(self.k.opted_out, int(owner_id)))
+        key = self._owner(owner_id).opted_out
+        self._call("opt-out", lambda: op(key, int(owner_id)))
 
     def is_opted_out(self, owner_id: int) -> bool:
-        return bool(self._call("opt-out", lambda: self.r.sismember(self.k.opted_out, int(owner_id))))
+        key = self._owner(owner_id).opted_out
+        return bool(self._call("opt-out", lambda: self.r.sismember(key, int(owner_id))))
 
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
@@ -472,34 +513,56 @@ class RedisStore:
 
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]:
-        """Every (request, owners) of ``items`` through the admission script, in one round trip."""
-        def build(pipe: Any) -> None:
-            for rid, owners in items:
-                if owners.shape[0]:
-                    ids = owners.tolist()
-                    self._admit(keys=[self.k.notified(rid), self.k.opted_out, self.k.counters(rid),
-                                      *(self.k.owner_notices(o) for o in ids)],
-                                args=[rid, _us(now), cap, _us(since), self.settings.retention_s, *ids], client=pipe)
-        got = iter(self._batch("admit", build))
-        return [np.array(next(got), dtype=np.int8) == ADMIT if owners.shape[0] else np.zeros(0, np.bool_)
-                for _, owners in items]
+        """Every (request, owners) of ``items`` through the admission script, one call per owner shard (each in
+        that shard's slot), all in one round trip."""
+        def build(pipe: Any, k: Keys, rid: str, ids: list[int]) -> None:
+            self._admit(keys=[k.notified(rid), k.opted_out, k.counters(rid), *(k.owner_notices(o) for o in ids)],
+                        args=[rid, _us(now), cap, _us(since), self.settings.retention_s, *ids], client=pipe)
+        return [v == ADMIT for v in self._by_owner_shard("admit", items, build)]
 
     def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
-        def build(pipe: Any) -> None:
-            for rid, owners in items:
-                if owners.shape[0]:
-                    ids = owners.tolist()
-                    self._check(keys=[self.k.notified(rid), self.k.opted_out, *(self.k.owner_notices(o) for o in ids)],
-                                args=[cap, _us(since), *ids], client=pipe)
-        got = iter(self._batch("check", build))
-        return [np.array(next(got), dtype=np.int8) if owners.shape[0] else np.zeros(0, np.int8) for _, owners in items]
+        def build(pipe: Any, k: Keys, rid: str, ids: list[int]) -> None:
+            self._check(keys=[k.notified(rid), k.opted_out, *(k.owner_notices(o) for o in ids)],
+                        args=[cap, _us(since), *ids], client=pipe)
+        return self._by_owner_shard("check", items, build)
+
+    def _by_owner_shard(self, what: str, items: Sequence[tuple[str, np.ndarray]],
+                        build: Callable[[Any, Keys, str, list[int]], None]) -> list[np.ndarray]:
+        """The verdict of each owner of each (request, owners), from one gate script call per request and owner
+        shard (``build(pipe, shard keys, request, owner ids)``), in one round trip."""
+        parts: list[tuple[int, np.ndarray]] = []  # (item, positions of its owners) per call, in call order
+
+        def queue(pipe: Any) -> None:
+            parts.clear()
+            for j, (rid, owners) in enumerate(items):
+                if not owners.shape[0]:
+                    continue
+                if self.k.shards == 1:
+                    parts.append((j, np.arange(owners.shape[0])))
+                    build(pipe, self.k, rid, owners.tolist())
+                    continue
+                shard = self.k.owner_shards(owners)
+                for g in np.unique(shard).tolist():
+                    where = np.flatnonzero(shard == g)
+                    parts.append((j, where))
+                    build(pipe, self.k.shard(g), rid, owners[where].tolist())
+        got = self._batch(what, queue)
+        out = [np.zeros(owners.shape[0], np.int8) for _, owners in items]
+        for (j, where), verdicts in zip(parts, got, strict=True):
+            out[j][where] = np.asarray(verdicts, dtype=np.int8)
+        return out
 
     def counters(self, request_id: str) -> dict[str, int]:
-        got = self._call("counters", lambda: self.r.hgetall(self.k.counters(request_id)))
-        return {k.decode(): int(v) for k, v in got.items()}
+        """The request's counters, summed over the owner shards that keep them."""
+        out: dict[str, int] = {}
+        for part in self._every_shard("counters", lambda pipe, k: pipe.hgetall(k.counters(request_id))):
+            for name, n in part.items():
+                out[name.decode()] = out.get(name.decode(), 0) + int(n)
+        return out
 
     def was_notified(self, request_id: str, owner_id: int) -> bool:
-        return bool(self._call("was_notified", lambda: self.r.sismember(self.k.notified(request_id), int(owner_id))))
+        key = self._owner(owner_id).notified(request_id)
+        return bool(self._call("was_notified", lambda: self.r.sismember(key, int(owner_id))))
 
     def notified_count(self, request_id: str) -> int:
         return self.counters(request_id).get("notified", 0)
@@ -507,7 +570,7 @@ class RedisStore:
     def set_choice(self, request_id: str, owner_id: int, choice: str, clips: list[str], at: datetime) -> None:
         """The owner's latest choice as ``[choice, clips, at_us]``, then the owner's pseudonym if given one (kept
         through the change: WATCH, read, MULTI/EXEC)."""
-        key, field = self.k.choices(request_id), str(int(owner_id))
+        key, field = self._req(request_id).choices(request_id), str(int(owner_id))
 
         def change(pipe: Any) -> None:
             old = pipe.hget(key, field)
@@ -518,14 +581,14 @@ class RedisStore:
         self._call("choice", lambda: self.r.transaction(change, key))
 
     def choices(self, request_id: str) -> list[tuple[int, str, list[str]]]:
-        got = self._call("choices", lambda: self.r.hgetall(self.k.choices(request_id)))
+        got = self._call("choices", lambda: self.r.hgetall(self._req(request_id).choices(request_id)))
         rows = [(int(k), *orjson.loads(v)[:2]) for k, v in got.items()]
         return [(o, c, cl) for o, c, cl in sorted(rows)]
 
     def pseudonyms(self, request_id: str, owner_ids: Sequence[int], name: Namer) -> dict[int, str]:
         """As :meth:`SqliteStore.pseudonyms`; a new pseudonym is appended to the owner's choice entry in one
         WATCH/MULTI/EXEC step, taken again from the start if another writer changed the choices meanwhile."""
-        key = self.k.choices(request_id)
+        key = self._req(request_id).choices(request_id)
         want = sorted({int(o) for o in owner_ids})
         if not want:
             return {}
