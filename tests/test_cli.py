@@ -61,8 +61,10 @@ def _assert_fits(text: str, columns: int) -> None:
 def test_generate_build_resolve_round_trip(tmp_path: Path):
     runner = CliRunner()
     data, index = tmp_path / "data", tmp_path / "index"
-    r = runner.invoke(main, ["generate", "--cameras", "5000", "--out", str(data)])
+    r = runner.invoke(main, ["generate", "--cameras", "5000", "--out", str(data), "--now", "2026-11-01T00:00:00Z"])
     assert r.exit_code == 0, r.output
+    assert "as of 2026-11-01T00:00:00Z" in r.output
+    assert json.loads((data / "meta.json").read_text())["now"] == "2026-11-01T00:00:00Z"
     r = runner.invoke(main, ["build", "--data", str(data), "--out", str(index)])
     assert r.exit_code == 0, r.output
     area = {"type": "Polygon", "coordinates": [[[-130, 20], [-60, 20], [-60, 55], [-130, 55], [-130, 20]]]}
@@ -214,7 +216,9 @@ def _bad_inputs(w: dict[str, Path]) -> dict[str, list[tuple[list[str], str]]]:
                     (["--redis-url", _NOWHERE, "--outbox", str(w["tmp"] / "outbox")], "GEODISPATCH_LINK_SECRET"),
                     (["--redis-url", _NOWHERE], "--outbox DIR or --smtp-host HOST")],
         "demo": [(["--outbox", str(w["nodir"] / "o.sqlite")], "does not exist")],
-        "generate": [(["--out", str(w["file"]), "--cameras", "10"], "is a file")],
+        "generate": [(["--out", str(w["file"]), "--cameras", "10"], "is a file"),
+                     (["--out", str(w["tmp"] / "g"), "--cameras", "10", "--now", "2026-11-01T00:00:00"], "is naive"),
+                     (["--out", str(w["tmp"] / "g"), "--cameras", "10", "--now", "soon"], "not an ISO-8601")],
         "loadtest": [(["--work-dir", str(w["file"])], "is a file"), (["--scenarios", "steady,nope"], "nope")],
         "map agencies": [(["--agencies", str(w["tmp"] / "missing.parquet")], "does not exist")],
         "map request": [(["nope", "--store", str(w["store"]), "--index", str(w["index"])],
@@ -241,7 +245,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w = {"tmp": tmp, "data": tmp / "data", "index": tmp / "index", "store": tmp / "store.sqlite",
          "file": tmp / "plain.txt", "plain_dir": tmp / "plain", "nodir": tmp / "nodir"}
     runner = CliRunner()
-    assert runner.invoke(main, ["generate", "--cameras", "1000", "--out", str(w["data"])]).exit_code == 0
+    assert runner.invoke(main, ["generate", "--cameras", "1000", "--out", str(w["data"]),
+                                "--now", "2026-11-01T00:00:00Z"]).exit_code == 0
     assert runner.invoke(main, ["build", "--data", str(w["data"]), "--out", str(w["index"])]).exit_code == 0
     SqliteStore(w["store"]).close()
     w["file"].write_text("not a directory")
