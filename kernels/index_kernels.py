@@ -38,24 +38,6 @@ DAY_US = np.int64(86_400_000_000)
 
 
 @njit(cache=True)
-def run_starts(keys: np.ndarray) -> np.ndarray:
-    """Start offsets of the runs of equal values in sorted ``keys``, plus ``len(keys)`` at the end."""
-    n = keys.shape[0]
-    count = 1 if n else 0
-    for i in range(1, n):
-        if keys[i] != keys[i - 1]:
-            count += 1
-    out = np.empty(count + 1, dtype=np.int64)
-    k = 0
-    for i in range(n):
-        if i == 0 or keys[i] != keys[i - 1]:
-            out[k] = i
-            k += 1
-    out[count] = n
-    return out
-
-
-@njit(cache=True)
 def _grow_rows(a: np.ndarray, m: int) -> np.ndarray:
     out = np.zeros((2 * a.shape[0],) + a.shape[1:], dtype=a.dtype)
     out[:m] = a[:m]
@@ -306,10 +288,15 @@ def _box_misses(nodes: np.ndarray, i: np.int64, qx0: float, qy0: float, qx1: flo
 @njit(cache=True, inline="always")
 def _walk_start(poly_bbox: np.ndarray, nodes: np.ndarray, n_top: int):  # type: ignore[no-untyped-def]
     """The area's box and the walk's first stack: the top-level nodes whose boxes meet the area's."""
-    qx0 = poly_bbox[:, 0].min()
-    qy0 = poly_bbox[:, 1].min()
-    qx1 = poly_bbox[:, 2].max()
-    qy1 = poly_bbox[:, 3].max()
+    qx0 = np.inf
+    qy0 = np.inf
+    qx1 = -np.inf
+    qy1 = -np.inf
+    for p in range(poly_bbox.shape[0]):  # a loop: column slices' min() and max() cost a small query 0.2 µs
+        qx0 = min(qx0, poly_bbox[p, 0])
+        qy0 = min(qy0, poly_bbox[p, 1])
+        qx1 = max(qx1, poly_bbox[p, 2])
+        qy1 = max(qy1, poly_bbox[p, 3])
     stack = np.empty(64, dtype=np.int64)
     sp = 0
     for top in range(n_top - 1, -1, -1):
@@ -395,15 +382,17 @@ def resolve_points(
             continue
         if cls == BOX_IN or is_leaf:
             for i in range(nd.p0, nd.p1):
-                if not admissible(i, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now):
-                    continue
                 if cls != BOX_IN:
+                    # the area's box first: it reads only the point's place, where the rules read five columns
                     x = xy[i, 0]
                     y = xy[i, 1]
                     if x < qx0 or x > qx1 or y < qy0 or y > qy1:
                         continue
-                    if not covers_point(x, y, xs, ys, ring_ptr, poly_ptr, poly_bbox, work):
-                        continue
+                if not admissible(i, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now):
+                    continue
+                if cls != BOX_IN and not covers_point(xy[i, 0], xy[i, 1], xs, ys, ring_ptr, poly_ptr, poly_bbox,
+                                                      work):
+                    continue
                 out, n = _push(out, n, i)
             continue
         stack, sp = _push_children(stack, sp, nodes, node, qx0, qy0, qx1, qy1)
@@ -447,29 +436,69 @@ def radix_argsort(keys: np.ndarray) -> np.ndarray:
     return order
 
 
+#: Up to this many (owner, camera) pairs are put in order by insertion sort: below it a radix pass (clearing and
+#: summing 257 or more counts) costs more than the few comparisons a small area's handful of cameras need.
+SMALL_GROUP = 48
+
+
+@njit(cache=True, inline="always")
+def _pair_less(o1: np.int64, c1: np.int64, o2: np.int64, c2: np.int64) -> bool:
+    return o1 < o2 or (o1 == o2 and c1 < c2)
+
+
 @njit(cache=True)
-def group_by_owner(owner: np.ndarray, camera: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sort (owner, camera) pairs; return distinct owners, cameras in owner order and CSR offsets."""
-    m = owner.shape[0]
-    order = radix_argsort(owner)
-    own = np.empty(m, dtype=np.int64)
-    cam = np.empty(m, dtype=np.int64)
-    for k in range(m):
-        own[k] = owner[order[k]]
-        cam[k] = camera[order[k]]
-    starts = run_starts(own)
-    n_own = starts.shape[0] - 1
-    owners = np.empty(n_own, dtype=np.int64)
-    for j in range(n_own):
-        owners[j] = own[starts[j]]
-        for k in range(starts[j] + 1, starts[j + 1]):  # insertion sort: an owner has a handful of cameras
+def group_by_owner(own: np.ndarray, cam: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Sort (owner, camera) pairs by owner, then camera; return them packed in one array,
+    ``[owners (distinct, ascending) | cameras in that order | CSR offsets]`` (``n_own + m + n_own + 1`` values:
+    a single array crosses back to Python for less than three), with ``n_own`` and ``m``. ``own`` and ``cam``
+    are int64 arrays of the caller's, put in order in place. Camera ids are unique, so the order is fully
+    determined."""
+    m = own.shape[0]
+    if m <= SMALL_GROUP:
+        for k in range(1, m):
+            o = own[k]
             c = cam[k]
             q = k - 1
-            while q >= starts[j] and cam[q] > c:
+            while q >= 0 and _pair_less(o, c, own[q], cam[q]):
+                own[q + 1] = own[q]
+                cam[q + 1] = cam[q]
+                q -= 1
+            own[q + 1] = o
+            cam[q + 1] = c
+    else:
+        order = radix_argsort(own)
+        own = own[order]
+        cam = cam[order]
+    n_own = 1 if m else 0
+    for k in range(1, m):
+        if own[k] != own[k - 1]:
+            n_own += 1
+    out = np.empty(n_own + m + n_own + 1, dtype=np.int64)
+    j = -1
+    for k in range(m):
+        if k == 0 or own[k] != own[k - 1]:
+            j += 1
+            out[j] = own[k]
+            out[n_own + m + j] = k
+        elif m > SMALL_GROUP:  # insertion sort within the owner: an owner has a handful of cameras
+            c = cam[k]
+            q = k - 1
+            while q >= 0 and own[q] == own[k] and cam[q] > c:
                 cam[q + 1] = cam[q]
                 q -= 1
             cam[q + 1] = c
-    return owners, cam, starts
+    out[n_own:n_own + m] = cam
+    out[n_own + m + n_own] = m
+    return out, n_own, m
+
+
+@njit(cache=True, inline="always")
+def _ids_at(own: np.ndarray, cam: np.ndarray, at: int, pos: np.ndarray, owner: np.ndarray,
+            camera: np.ndarray) -> None:
+    """The owner and camera ids of the points at ``pos``, written from ``at`` on."""
+    for k in range(pos.shape[0]):
+        own[at + k] = owner[pos[k]]
+        cam[at + k] = camera[pos[k]]
 
 
 @njit(cache=True, nogil=True)
@@ -478,7 +507,8 @@ def resolve(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: ignore
             dxy, dinstalled, dremoved, dretention, dflags, downer, dev_ptr, dev_ts, dcamera,
             t0, t1, now):
     """A whole query in one compiled call (so it pays Numba's dispatch once): walk the base hierarchy, scan
-    the live delta, gather ids and group cameras by owner. Returns ``(owners, cameras, offsets)``."""
+    the live delta, gather ids and group cameras by owner. Returns ``(owners, cameras, offsets)`` packed in one
+    array, and the numbers of owners and cameras, as :func:`group_by_owner` does."""
     pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,
                          xy, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now)
     if dxy.shape[0]:  # the delta is one leaf with an unbounded box: every camera's location is tested
@@ -495,10 +525,19 @@ def resolve(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: ignore
     m = pos.shape[0] + dpos.shape[0]
     own = np.empty(m, dtype=np.int64)
     cam = np.empty(m, dtype=np.int64)
-    for k in range(pos.shape[0]):
-        own[k] = owner[pos[k]]
-        cam[k] = camera[pos[k]]
-    for k in range(dpos.shape[0]):
-        own[pos.shape[0] + k] = downer[dpos[k]]
-        cam[pos.shape[0] + k] = dcamera[dpos[k]]
+    _ids_at(own, cam, 0, pos, owner, camera)
+    _ids_at(own, cam, pos.shape[0], dpos, downer, dcamera)
+    return group_by_owner(own, cam)
+
+
+@njit(cache=True, nogil=True)
+def resolve_base(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: ignore[no-untyped-def]
+                 xy, installed, removed, retention, flags, owner, ev_ptr, ev_ts, camera, t0, t1, now):
+    """:func:`resolve` of a state whose delta is empty, without the delta's nine arrays: each array argument
+    costs a call about 50 ns to take from Python, which a small query notices."""
+    pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,
+                         xy, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now)
+    own = np.empty(pos.shape[0], dtype=np.int64)
+    cam = np.empty(pos.shape[0], dtype=np.int64)
+    _ids_at(own, cam, 0, pos, owner, camera)
     return group_by_owner(own, cam)

