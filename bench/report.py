@@ -40,6 +40,22 @@ PEERS = ("latsorted", "strtree", "duckdb", "postgis", "redis-geo")
 GEOJSON_SIZES: dict[str, float] = {label: sq_mi * SQ_MILE_KM2 for label, sq_mi in
                                    (("0.025 sq mi", 0.025), ("0.1 sq mi", 0.1), ("0.5 sq mi", 0.5))}
 
+#: Sizes between the request policy's bounds that :func:`policy_sizes` adds to them, in square miles.
+_POLICY_STEPS_SQ_MI = (0.1, 0.25)
+
+
+def policy_sizes(policy: Any = None) -> dict[str, float]:
+    """Area sizes a request may have under ``policy`` (default: the default policy), in km² by label: its
+    smallest and largest area and the steps of :data:`_POLICY_STEPS_SQ_MI` between them. The demo measures
+    these, never an area the policy would refuse."""
+    from dispatcher.workflow.policy import Policy
+
+    p = policy if policy is not None else Policy()
+    lo, hi = p.min_area_sq_mi, p.max_area_sq_mi
+    sq_mi = sorted({lo, hi, *(x for x in _POLICY_STEPS_SQ_MI if lo < x < hi)})
+    return {f"{x:g} sq mi": x * SQ_MILE_KM2 for x in sq_mi}
+
+
 Progress = Callable[[str, int, int], None]
 #: Untimed requests each engine resolves before its timed batch.
 _WARM_UP = 30
