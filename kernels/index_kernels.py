@@ -218,6 +218,22 @@ def gather_cameras(order, lng, lat, installed, removed, retention, sharing, owne
         o_camera[i] = row.camera
 
 
+@njit(cache=True, parallel=True)
+def epoch_seconds(raw: np.ndarray, epoch: int, null_value: int, out: np.ndarray) -> int:
+    """``raw - epoch`` (Unix seconds to seconds since ``epoch``) into the int32 ``out``, in one parallel pass;
+    returns how many values do not fit, where a value equal to ``null_value`` after the shift (a null filled in)
+    always fits. ``out`` holds nothing meaningful where one does not."""
+    lo = np.int64(np.iinfo(np.int32).min + 1)
+    hi = np.int64(np.iinfo(np.int32).max - 1)
+    bad = 0
+    for i in prange(raw.shape[0]):
+        v = np.int64(raw[i]) - epoch
+        if (v < lo or v > hi) and v != null_value:
+            bad += 1
+        out[i] = np.int32(v)
+    return bad
+
+
 @njit(cache=True)
 def events_csr(pos: np.ndarray, ts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Group event times by point position (counting sort), each group sorted ascending."""

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from dispatcher.errors import InvalidData, InvalidTimeWindow
 from dispatcher.index.geotables import geometry_column, point_coordinates
+from kernels import index_kernels as K
 from kernels.h3core import invalid_latlng_array
 
 #: Unix seconds of the storage epoch, 2000-01-01T00:00:00Z.
@@ -136,12 +137,12 @@ def _ts_to_epoch_s(col: pa.ChunkedArray, null_value: int, what: str, name: str,
                    ids: np.ndarray) -> np.ndarray:
     """Seconds since :data:`EPOCH` as int32; nulls become ``null_value``; out-of-range values raise."""
     raw = col.cast(pa.int64()).fill_null(null_value + EPOCH_UNIX_S).to_numpy()
-    out = raw - EPOCH_UNIX_S
-    bad = ((out < _T_MIN) | (out > _T_MAX)) & (out != null_value)
-    if bad.any():
-        rows = np.flatnonzero(bad)
+    out = np.empty(raw.shape[0], dtype=np.int32)
+    if K.epoch_seconds(raw, EPOCH_UNIX_S, null_value, out):  # one pass; the rows are found only to be named
+        shifted = raw - EPOCH_UNIX_S
+        rows = np.flatnonzero(((shifted < _T_MIN) | (shifted > _T_MAX)) & (shifted != null_value))
         raise InvalidData(f"{what}: {name} outside 1931-12-14..2068-01-18 for id(s) {_shown(ids[rows])}")
-    return np.asarray(out, dtype=np.int32)
+    return out
 
 
 @dataclass(frozen=True)
@@ -249,18 +250,13 @@ def check_known_owners(owner_id: np.ndarray, camera_id: np.ndarray, known: np.nd
     """Raise :class:`InvalidData` naming cameras whose owner is not in ``known``."""
     if owner_id.shape[0] == 0:
         return
-    lo = int(known.min()) if known.shape[0] else 0
-    hi = int(known.max()) if known.shape[0] else -1
-    if known.shape[0] and lo >= 0 and hi < 8 * (known.shape[0] + owner_id.shape[0]) + 1024:
-        present = np.zeros(hi + 1, dtype=np.bool_)  # dense ids: a byte map beats sorting
-        present[known] = True
-        inrange = (owner_id >= 0) & (owner_id <= hi)
-        ok = np.zeros(owner_id.shape[0], dtype=np.bool_)
-        ok[inrange] = present[owner_id[inrange]]
-    else:
-        ok = np.isin(owner_id, known)
-    if not ok.all():
-        rows = np.flatnonzero(~ok)
+    known = np.ascontiguousarray(known, dtype=np.int64)
+    if known.shape[0] > 1 and not bool(np.all(known[1:] >= known[:-1])):
+        known = np.sort(known)
+    # the opt-out marking's membership pass (a byte map over dense ids, else a binary search), in parallel
+    hit = np.zeros(owner_id.shape[0], dtype=np.uint8)
+    if K.mark_owners(hit, owner_id, known, np.uint8(1), True) != owner_id.shape[0]:
+        rows = np.flatnonzero(hit == 0)
         pairs = ", ".join(f"camera {camera_id[r]} -> owner {owner_id[r]}" for r in rows[:_SHOWN])
         raise InvalidData(f"cameras: {len(rows)} camera(s) name an unknown owner: {pairs}")
 
