@@ -336,6 +336,18 @@ def mark_owners(flags: np.ndarray, owner: np.ndarray, owners_sorted: np.ndarray,
     return count
 
 
+@njit(cache=True)
+def _with_room(a: np.ndarray, n: int, need: int) -> np.ndarray:
+    """``a`` when it holds ``need`` values, else a copy of its first ``n`` in an array of at least ``need``. The
+    walk calls it only when a node's values would not fit, then writes them in place: an array handed back on
+    every push cost its reference counting each time (0.7 µs of a small area's 1.6 µs walk)."""
+    if need <= a.shape[0]:
+        return a
+    bigger = np.empty(max(need, 2 * a.shape[0]), dtype=a.dtype)
+    bigger[:n] = a[:n]
+    return bigger
+
+
 @njit(cache=True, inline="always")
 def _push(out: np.ndarray, n: int, value: np.int64) -> tuple[np.ndarray, int]:
     if n == out.shape[0]:
@@ -365,23 +377,26 @@ def _walk_start(poly_bbox: np.ndarray, nodes: np.ndarray, n_top: int):  # type: 
         qy0 = min(qy0, poly_bbox[p, 1])
         qx1 = max(qx1, poly_bbox[p, 2])
         qy1 = max(qy1, poly_bbox[p, 3])
-    stack = np.empty(64, dtype=np.int64)
+    stack = np.empty(n_top + 64, dtype=np.int64)
     sp = 0
     for top in range(n_top - 1, -1, -1):
         if not _box_misses(nodes, top, qx0, qy0, qx1, qy1):
-            stack, sp = _push(stack, sp, top)
+            stack[sp] = top
+            sp += 1
     return qx0, qy0, qx1, qy1, stack, sp
 
 
 @njit(cache=True, inline="always")
 def _push_children(stack: np.ndarray, sp: int, nodes: np.ndarray, node: np.int64, qx0: float, qy0: float,
-                   qx1: float, qy1: float) -> tuple[np.ndarray, int]:
-    """Push the children of ``node`` whose boxes meet the area's, so that the first child is visited first."""
+                   qx1: float, qy1: float) -> int:
+    """Push the children of ``node`` whose boxes meet the area's, so that the first child is visited first; the
+    stack has room for all of them (:func:`_with_room`). Returns the new stack size."""
     nd = nodes[node]
     for c in range(nd.k1 - 1, nd.k0 - 1, -1):
         if not _box_misses(nodes, c, qx0, qy0, qx1, qy1):
-            stack, sp = _push(stack, sp, c)
-    return stack, sp
+            stack[sp] = c
+            sp += 1
+    return sp
 
 
 @njit(cache=True, inline="always")
@@ -421,7 +436,9 @@ def visit_nodes(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: 
         cls_of, m = _push(cls_of, m, cls)
         if cls == BOX_IN:
             continue
-        stack, sp = _push_children(stack, sp, nodes, node, qx0, qy0, qx1, qy1)
+        if sp + nodes[node].k1 - nodes[node].k0 > stack.shape[0]:
+            stack = _with_room(stack, sp, sp + nodes[node].k1 - nodes[node].k0)
+        sp = _push_children(stack, sp, nodes, node, qx0, qy0, qx1, qy1)
     return seen[:n], cls_of[:m]
 
 
@@ -449,6 +466,8 @@ def resolve_points(
         if cls == BOX_OUT:
             continue
         if cls == BOX_IN or is_leaf:
+            if n + nd.p1 - nd.p0 > out.shape[0]:
+                out = _with_room(out, n, n + nd.p1 - nd.p0)
             for i in range(nd.p0, nd.p1):
                 if cls != BOX_IN:
                     # the area's box first: it reads only the point's place, where the rules read five columns
@@ -461,9 +480,12 @@ def resolve_points(
                 if cls != BOX_IN and not covers_point(xy[i, 0], xy[i, 1], xs, ys, ring_ptr, poly_ptr, poly_bbox,
                                                       work):
                     continue
-                out, n = _push(out, n, i)
+                out[n] = i
+                n += 1
             continue
-        stack, sp = _push_children(stack, sp, nodes, node, qx0, qy0, qx1, qy1)
+        if sp + nd.k1 - nd.k0 > stack.shape[0]:
+            stack = _with_room(stack, sp, sp + nd.k1 - nd.k0)
+        sp = _push_children(stack, sp, nodes, node, qx0, qy0, qx1, qy1)
     return out[:n]
 
 
