@@ -25,7 +25,7 @@ from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.servers import RedisServer, ServerUnavailable
 from dispatcher.synthetic.areas import SQ_MILE_KM2, sample_areas
-from dispatcher.synthetic.data import SyntheticData, generate
+from dispatcher.synthetic.data import REFERENCE_NOW, SyntheticData, generate
 
 #: Area sizes measured, by label, in km².
 SIZES: dict[str, float] = {
@@ -225,7 +225,8 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
         raise ValueError(f"unknown peer(s) {sorted(unknown)}; choose from {PEERS}")
     if data is None:
         # motion events only when asked for: at 100M cameras they are 600M rows (9.6 GB) nobody would read
-        data = generate(n_cameras, seed=seed, progress=progress, events_per_day=2.0 if events else 0.0)
+        data = generate(n_cameras, seed=seed, now=REFERENCE_NOW, progress=progress,  # the same data on any day
+                        events_per_day=2.0 if events else 0.0)
     ev = data.events if events else None
     report: dict[str, Any] = {"cameras": data.n_cameras, "queries_per_size": queries, "seed": seed,
                               "motion_events": events, "build": {}, "resolve": {}, "windows": {}, "skipped": {},
