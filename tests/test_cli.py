@@ -155,13 +155,16 @@ def test_bench_rejects_unknown_sections(tmp_path: Path):
 
 def test_every_option_reads_the_environment_variable_named_after_its_flag(tmp_path: Path):
     runner = CliRunner()
-    runner.invoke(main, ["generate", "--cameras", "2000", "--out", str(tmp_path / "d")])
+    r = runner.invoke(main, ["generate", "--cameras", "2000", "--out", str(tmp_path / "d")],
+                      env={"GEODISPATCH_GENERATE_NOW": "2026-11-01T00:00:00Z"})  # its motion events: Oct 29-31
+    assert r.exit_code == 0 and "as of 2026-11-01T00:00:00Z" in r.output, r.output
     r = runner.invoke(main, ["build"], env={"GEODISPATCH_BUILD_DATA": str(tmp_path / "d"),
                                             "GEODISPATCH_BUILD_OUT": str(tmp_path / "i")})
     assert r.exit_code == 0, r.output
     area = '{"type": "Polygon", "coordinates": [[[-130, 20], [-60, 20], [-60, 55], [-130, 55], [-130, 20]]]}'
     r = runner.invoke(main, ["resolve", "--area", area, "--start", "2026-10-31T00:00:00Z", "--end",
-                             "2026-10-31T01:00:00Z"], env={"GEODISPATCH_RESOLVE_INDEX": str(tmp_path / "i")})
+                             "2026-10-31T01:00:00Z"], env={"GEODISPATCH_RESOLVE_INDEX": str(tmp_path / "i"),
+                                                           "GEODISPATCH_RESOLVE_NOW": "2026-11-01T00:00:00Z"})
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["owners"] > 0
     help_text = runner.invoke(main, ["resolve", "--help"], terminal_width=200).output
