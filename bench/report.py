@@ -25,7 +25,7 @@ from dispatcher.geo.area import Area
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.servers import RedisServer, ServerUnavailable
 from dispatcher.synthetic.areas import SQ_MILE_KM2, sample_areas
-from dispatcher.synthetic.data import SyntheticData, generate
+from dispatcher.synthetic.data import REFERENCE_NOW, SyntheticData, generate
 
 #: Area sizes measured, by label, in km².
 SIZES: dict[str, float] = {
@@ -39,6 +39,22 @@ PEERS = ("latsorted", "strtree", "duckdb", "postgis", "redis-geo")
 #: The policy's area sizes, for the figures from a GeoJSON dict (what a backend receives): parse, validate, resolve.
 GEOJSON_SIZES: dict[str, float] = {label: sq_mi * SQ_MILE_KM2 for label, sq_mi in
                                    (("0.025 sq mi", 0.025), ("0.1 sq mi", 0.1), ("0.5 sq mi", 0.5))}
+
+#: Sizes between the request policy's bounds that :func:`policy_sizes` adds to them, in square miles.
+_POLICY_STEPS_SQ_MI = (0.1, 0.25)
+
+
+def policy_sizes(policy: Any = None) -> dict[str, float]:
+    """Area sizes a request may have under ``policy`` (default: the default policy), in km² by label: its
+    smallest and largest area and the steps of :data:`_POLICY_STEPS_SQ_MI` between them. The demo measures
+    these, never an area the policy would refuse."""
+    from dispatcher.workflow.policy import Policy
+
+    p = policy if policy is not None else Policy()
+    lo, hi = p.min_area_sq_mi, p.max_area_sq_mi
+    sq_mi = sorted({lo, hi, *(x for x in _POLICY_STEPS_SQ_MI if lo < x < hi)})
+    return {f"{x:g} sq mi": x * SQ_MILE_KM2 for x in sq_mi}
+
 
 Progress = Callable[[str, int, int], None]
 #: Untimed requests each engine resolves before its timed batch.
@@ -209,7 +225,8 @@ def index_report(n_cameras: int = 1_000_000, queries: int = 300, *, seed: int = 
         raise ValueError(f"unknown peer(s) {sorted(unknown)}; choose from {PEERS}")
     if data is None:
         # motion events only when asked for: at 100M cameras they are 600M rows (9.6 GB) nobody would read
-        data = generate(n_cameras, seed=seed, progress=progress, events_per_day=2.0 if events else 0.0)
+        data = generate(n_cameras, seed=seed, now=REFERENCE_NOW, progress=progress,  # the same data on any day
+                        events_per_day=2.0 if events else 0.0)
     ev = data.events if events else None
     report: dict[str, Any] = {"cameras": data.n_cameras, "queries_per_size": queries, "seed": seed,
                               "motion_events": events, "build": {}, "resolve": {}, "windows": {}, "skipped": {},

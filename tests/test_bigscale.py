@@ -11,14 +11,14 @@ import pytest
 from bench.reference import LatSortedResolver
 from bench.report import SIZES, make_workload
 from dispatcher.index.camera_index import CameraIndex
-from dispatcher.synthetic.data import generate
+from dispatcher.synthetic.data import REFERENCE_NOW, generate
 
 CAMERAS = int(os.environ.get("GEODISPATCH_BIGSCALE_CAMERAS", "10000000"))
 
 
 @pytest.mark.bigscale
 def test_national_index_equals_the_lat_sorted_peer_and_survives_save_open(tmp_path):
-    data = generate(CAMERAS, seed=11)
+    data = generate(CAMERAS, seed=11, now=REFERENCE_NOW)
     index = CameraIndex.build(data.cameras, data.owners, data.events)
     assert index.bytes_per_camera() <= 40.5
     peer = LatSortedResolver(data.cameras, data.owners, data.events)

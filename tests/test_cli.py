@@ -25,7 +25,7 @@ def test_demo_piped_reports_identical_results_with_progress_lines_and_80_columns
     assert p.returncode == 0, p.stderr
     report = json.loads(out.read_text())
     assert report["cameras"] == 20000
-    assert set(report["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²"}
+    assert list(report["resolve"]) == ["0.025 sq mi", "0.1 sq mi", "0.25 sq mi", "0.5 sq mi"]  # the policy's sizes
     for row in report["resolve"].values():
         assert row["geodispatch"]["p50_us"] > 0 and row["latsorted"]["p50_us"] > 0
     assert "resolve latency" in p.stdout
@@ -61,8 +61,10 @@ def _assert_fits(text: str, columns: int) -> None:
 def test_generate_build_resolve_round_trip(tmp_path: Path):
     runner = CliRunner()
     data, index = tmp_path / "data", tmp_path / "index"
-    r = runner.invoke(main, ["generate", "--cameras", "5000", "--out", str(data)])
+    r = runner.invoke(main, ["generate", "--cameras", "5000", "--out", str(data), "--now", "2026-11-01T00:00:00Z"])
     assert r.exit_code == 0, r.output
+    assert "as of 2026-11-01T00:00:00Z" in r.output
+    assert json.loads((data / "meta.json").read_text())["now"] == "2026-11-01T00:00:00Z"
     r = runner.invoke(main, ["build", "--data", str(data), "--out", str(index)])
     assert r.exit_code == 0, r.output
     area = {"type": "Polygon", "coordinates": [[[-130, 20], [-60, 20], [-60, 55], [-130, 55], [-130, 20]]]}
@@ -153,13 +155,16 @@ def test_bench_rejects_unknown_sections(tmp_path: Path):
 
 def test_every_option_reads_the_environment_variable_named_after_its_flag(tmp_path: Path):
     runner = CliRunner()
-    runner.invoke(main, ["generate", "--cameras", "2000", "--out", str(tmp_path / "d")])
+    r = runner.invoke(main, ["generate", "--cameras", "2000", "--out", str(tmp_path / "d")],
+                      env={"GEODISPATCH_GENERATE_NOW": "2026-11-01T00:00:00Z"})  # its motion events: Oct 29-31
+    assert r.exit_code == 0 and "as of 2026-11-01T00:00:00Z" in r.output, r.output
     r = runner.invoke(main, ["build"], env={"GEODISPATCH_BUILD_DATA": str(tmp_path / "d"),
                                             "GEODISPATCH_BUILD_OUT": str(tmp_path / "i")})
     assert r.exit_code == 0, r.output
     area = '{"type": "Polygon", "coordinates": [[[-130, 20], [-60, 20], [-60, 55], [-130, 55], [-130, 20]]]}'
     r = runner.invoke(main, ["resolve", "--area", area, "--start", "2026-10-31T00:00:00Z", "--end",
-                             "2026-10-31T01:00:00Z"], env={"GEODISPATCH_RESOLVE_INDEX": str(tmp_path / "i")})
+                             "2026-10-31T01:00:00Z"], env={"GEODISPATCH_RESOLVE_INDEX": str(tmp_path / "i"),
+                                                           "GEODISPATCH_RESOLVE_NOW": "2026-11-01T00:00:00Z"})
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["owners"] > 0
     help_text = runner.invoke(main, ["resolve", "--help"], terminal_width=200).output
@@ -213,8 +218,11 @@ def _bad_inputs(w: dict[str, Path]) -> dict[str, list[tuple[list[str], str]]]:
         "consume": [(["--redis-url", _NOWHERE, "--outbox", str(w["file"])], "is a file"),
                     (["--redis-url", _NOWHERE, "--outbox", str(w["tmp"] / "outbox")], "GEODISPATCH_LINK_SECRET"),
                     (["--redis-url", _NOWHERE], "--outbox DIR or --smtp-host HOST")],
-        "demo": [(["--outbox", str(w["nodir"] / "o.sqlite")], "does not exist")],
-        "generate": [(["--out", str(w["file"]), "--cameras", "10"], "is a file")],
+        "demo": [(["--outbox", str(w["nodir"] / "o.sqlite")], "does not exist"),
+                 (["--cameras", "10", "--now", "2026-11-01 noon"], "not an ISO-8601")],
+        "generate": [(["--out", str(w["file"]), "--cameras", "10"], "is a file"),
+                     (["--out", str(w["tmp"] / "g"), "--cameras", "10", "--now", "2026-11-01T00:00:00"], "is naive"),
+                     (["--out", str(w["tmp"] / "g"), "--cameras", "10", "--now", "soon"], "not an ISO-8601")],
         "loadtest": [(["--work-dir", str(w["file"])], "is a file"), (["--scenarios", "steady,nope"], "nope")],
         "map agencies": [(["--agencies", str(w["tmp"] / "missing.parquet")], "does not exist")],
         "map request": [(["nope", "--store", str(w["store"]), "--index", str(w["index"])],
@@ -241,7 +249,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w = {"tmp": tmp, "data": tmp / "data", "index": tmp / "index", "store": tmp / "store.sqlite",
          "file": tmp / "plain.txt", "plain_dir": tmp / "plain", "nodir": tmp / "nodir"}
     runner = CliRunner()
-    assert runner.invoke(main, ["generate", "--cameras", "1000", "--out", str(w["data"])]).exit_code == 0
+    assert runner.invoke(main, ["generate", "--cameras", "1000", "--out", str(w["data"]),
+                                "--now", "2026-11-01T00:00:00Z"]).exit_code == 0
     assert runner.invoke(main, ["build", "--data", str(w["data"]), "--out", str(w["index"])]).exit_code == 0
     SqliteStore(w["store"]).close()
     w["file"].write_text("not a directory")

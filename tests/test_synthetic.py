@@ -20,7 +20,7 @@ from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI, geodesic_area_sq_mi
 from dispatcher.index.schema import CAMERA_SCHEMA, EVENT_SCHEMA, OWNER_SCHEMA, camera_columns, event_columns
 from dispatcher.synthetic.agencies import CIRCLE_VERTICES, generate_agencies, generated_registry
 from dispatcher.synthetic.areas import SQ_MILE_KM2, sample_areas
-from dispatcher.synthetic.data import DEFAULT_NOW, SyntheticData, generate, read_parquet, write_parquet
+from dispatcher.synthetic.data import REFERENCE_NOW, SyntheticData, generate, read_parquet, today, write_parquet
 from dispatcher.workflow.agencies import AgencyRegistry
 
 N = 20_000
@@ -29,7 +29,7 @@ DAY = 86_400
 
 @pytest.fixture(scope="module")
 def data() -> SyntheticData:
-    return generate(N, seed=7)
+    return generate(N, seed=7, now=REFERENCE_NOW)
 
 
 def _secs(col: pa.ChunkedArray) -> np.ndarray:
@@ -40,12 +40,12 @@ def _secs(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def test_deterministic_bit_for_bit(data: SyntheticData) -> None:
-    again = generate(N, seed=7)
+    again = generate(N, seed=7, now="2026-11-01T00:00:00Z")  # the same present, as text
     assert again.cameras.equals(data.cameras)
     assert again.owners.equals(data.owners)
     assert again.events.equals(data.events)
-    assert again.now == data.now == DEFAULT_NOW
-    other = generate(N, seed=8)
+    assert again.now == data.now == REFERENCE_NOW
+    other = generate(N, seed=8, now=REFERENCE_NOW)
     assert not np.array_equal(other.cameras.column("lat").to_numpy(), data.cameras.column("lat").to_numpy())
 
 
@@ -86,7 +86,7 @@ def test_owners_one_to_four_cameras_at_one_home(data: SyntheticData) -> None:
 
 
 def test_times(data: SyntheticData) -> None:
-    now = int(DEFAULT_NOW.timestamp())
+    now = int(REFERENCE_NOW.timestamp())
     inst = _secs(data.cameras.column("installed_at"))
     removed_col = data.cameras.column("removed_at")
     assert int(datetime(2014, 1, 1, tzinfo=timezone.utc).timestamp()) <= inst.min() and inst.max() < now
@@ -145,7 +145,7 @@ def test_spatial_clustering(data: SyntheticData) -> None:
 
 
 def test_events_in_window_and_span_and_sorted(data: SyntheticData) -> None:
-    now = int(DEFAULT_NOW.timestamp())
+    now = int(REFERENCE_NOW.timestamp())
     w0 = now - 3 * DAY
     cam, ts = event_columns(data.events)
     t = _secs(data.events.column("ts"))
@@ -180,8 +180,14 @@ def test_event_parameters_and_edge_cases() -> None:
     empty = generate(0)
     assert empty.cameras.num_rows == empty.owners.num_rows == empty.events.num_rows == 0
     camera_columns(empty.cameras, empty.owners)
-    with pytest.raises(InvalidTimeWindow):
-        generate(10, now=datetime(2026, 1, 1))  # naive
+    with pytest.raises(InvalidTimeWindow, match="naive"):
+        generate(10, now=datetime(2026, 1, 1))
+    with pytest.raises(InvalidTimeWindow, match="naive"):
+        generate(10, now="2026-01-01T00:00:00")
+    with pytest.raises(InvalidTimeWindow, match="not an ISO-8601"):
+        generate(10, now="yesterday")
+    with pytest.raises(InvalidTimeWindow, match="2001..2067"):
+        generate(10, now="1999-01-01T00:00:00Z")
     with pytest.raises(InvalidData):
         generate(-1)
     with pytest.raises(InvalidTimeWindow):
@@ -288,10 +294,18 @@ def test_sample_areas_near_antimeridian() -> None:
         assert ring[:, 0].max() <= 180.0 and shape(poly).is_valid
 
 
-def test_now_default_is_fixed() -> None:
-    assert DEFAULT_NOW == datetime(2026, 11, 1, tzinfo=timezone.utc)
-    assert generate(10).now == DEFAULT_NOW
-    assert generate(10, now=DEFAULT_NOW + timedelta(hours=1)).now == DEFAULT_NOW + timedelta(hours=1)
+def test_now_defaults_to_the_start_of_the_current_utc_day() -> None:
+    before = today()
+    got = generate(10).now
+    after = today()
+    assert got in (before, after)  # (the day may turn between the two)
+    assert got.tzinfo is timezone.utc and (got.hour, got.minute, got.second, got.microsecond) == (0, 0, 0, 0)
+    assert datetime.now(timezone.utc) - got < timedelta(days=1, minutes=1)
+    # the day of the clock given, in UTC whatever its zone
+    east = timezone(timedelta(hours=5))
+    assert today(datetime(2026, 3, 2, 3, 0, tzinfo=east)) == datetime(2026, 3, 1, tzinfo=timezone.utc)
+    assert today(datetime(2026, 3, 1, 23, 59, 59, tzinfo=timezone.utc)) == datetime(2026, 3, 1, tzinfo=timezone.utc)
+    assert generate(10, now=REFERENCE_NOW + timedelta(hours=1)).now == REFERENCE_NOW + timedelta(hours=1)
 
 
 def test_sample_areas_have_the_size_the_policy_measures(data: SyntheticData) -> None:
@@ -318,3 +332,32 @@ def test_agencies_are_generated_only_when_asked(tmp_path: Path) -> None:
     assert len(circle.exterior.coords) == CIRCLE_VERTICES + 1 and circle.exterior.is_ccw
     with pytest.raises(InvalidData, match="n must be in 1.."):
         generate_agencies(0)
+
+
+def test_data_of_today_reaches_the_same_owners_judged_by_the_wall_clock() -> None:
+    """Data anchored to today (the default) and resolved by the wall clock, as `serve` and `api` judge requests,
+    reaches the same owners as with the data's own ``now``, for typical windows (15 min to 12 h, ending 5 min to
+    20 days before it). Data anchored 40 days back, as a fixed date falls behind, loses every camera whose
+    footage has expired since: the default is what keeps the two equal."""
+    from dispatcher.index.camera_index import CameraIndex
+
+    rng = np.random.default_rng(5)
+    fresh = generate(4_000, seed=3, events_per_day=0.0)
+    stale = generate(4_000, seed=3, now=fresh.now - timedelta(days=40), events_per_day=0.0)
+    found = {"fresh": [0, 0], "stale": [0, 0]}
+    for name, d in (("fresh", fresh), ("stale", stale)):
+        index = CameraIndex.build(d.cameras, d.owners)
+        for k, area in enumerate(sample_areas(d.cameras, 80, 0.5 * SQ_MILE_KM2, seed=11)):
+            duration = timedelta(seconds=int(rng.integers(15 * 60, 12 * 3600)))
+            end = d.now - timedelta(seconds=int(rng.integers(300, 20 * DAY)))
+            by_data = index.resolve(area, end - duration, end, now=d.now)
+            by_clock = index.resolve(area, end - duration, end)  # now: the current time
+            found[name][0] += by_data.n_owners
+            found[name][1] += by_clock.n_owners
+            if name == "fresh":
+                assert np.array_equal(by_clock.owner_ids, by_data.owner_ids), k
+                assert np.array_equal(by_clock.camera_ids, by_data.camera_ids), k
+            else:
+                assert set(by_clock.owner_ids.tolist()) <= set(by_data.owner_ids.tolist()), k
+    assert found["fresh"][0] == found["fresh"][1] > 40
+    assert found["stale"][1] < 0.8 * found["stale"][0]  # 30-day footage (55% of cameras) expired

@@ -17,17 +17,23 @@ from dispatcher.cli._app import OutputFile, main, out, progress_bar
 @click.option("--seed", default=0)
 @click.option("--event-days", default=3.0, help="Days of motion events before now.")
 @click.option("--events-per-day", default=2.0, help="Mean motion events per camera and day.")
-def generate(cameras: int, out_dir: Path, seed: int, event_days: float, events_per_day: float) -> None:
+@click.option("--now", default=None,
+              help="The data's present (ISO-8601 with a zone, e.g. 2026-11-01T00:00:00Z): no installation, removal "
+                   "or event is later. Default: the start of the current UTC day, so that `serve` and `api`, "
+                   "judging by the wall clock, find the data as it was made.")
+def generate(cameras: int, out_dir: Path, seed: int, event_days: float, events_per_day: float,
+             now: str | None) -> None:
     """Write a synthetic national data set (cameras, owners, motion events) as Parquet."""
     from dispatcher.synthetic.data import generate as make
     from dispatcher.synthetic.data import write_parquet
 
     t = time.perf_counter()
     with progress_bar() as report:
-        data = make(cameras, seed=seed, event_days=event_days, events_per_day=events_per_day, progress=report)
+        data = make(cameras, seed=seed, now=now, event_days=event_days, events_per_day=events_per_day,
+                    progress=report)
     paths = write_parquet(data, out_dir)
     out.print(f"{data.n_cameras:,} cameras, {data.owners.num_rows:,} owners, {data.events.num_rows:,} events "
-              f"in {time.perf_counter() - t:.1f} s -> {out_dir}")
+              f"as of {data.now.isoformat().replace('+00:00', 'Z')} in {time.perf_counter() - t:.1f} s -> {out_dir}")
     for name, p in paths.items():
         out.print(f"  {name}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
 

@@ -19,25 +19,28 @@ from dispatcher.cli._app import OutputFile, main, out, progress_bar, stacked, wo
 @click.option("--requests", default=300, help="Sample requests per area size.")
 @click.option("--seed", default=0)
 @click.option("--events/--no-events", default=False, help="Also require a motion event inside the window.")
+@click.option("--now", default=None,
+              help="The synthetic data's present (ISO-8601 with a zone); default: the start of the current UTC day.")
 @click.option("--json-out", type=OutputFile(), default=None)
 @click.option("--outbox", type=OutputFile(), default=None,
               help="SQLite file the demo dispatches to (default: a temporary one).")
-def demo(cameras: int, requests: int, seed: int, events: bool, json_out: Path | None, outbox: Path | None) -> None:
-    """Generate a national data set, build the index, resolve sample requests and print latencies beside the
-    latitude-sorted peer measured in the same run, then dispatch 50 requests' recipients to the embedded
-    notification sink, twice (the second run must send nothing). No server needed."""
+def demo(cameras: int, requests: int, seed: int, events: bool, now: str | None, json_out: Path | None,
+         outbox: Path | None) -> None:
+    """Generate a national data set, build the index, resolve sample requests of the sizes the request policy
+    allows (0.025 to 0.5 sq mi) and print latencies beside the latitude-sorted peer measured in the same run, then
+    dispatch 50 requests' recipients to the embedded notification sink, twice (the second run must send
+    nothing). No server needed."""
     import tempfile
 
-    from bench.report import SIZES, index_report, pipeline_report
+    from bench.report import index_report, pipeline_report, policy_sizes
     from dispatcher.dispatch.sinks import LocalSink
     from dispatcher.index.camera_index import CameraIndex
     from dispatcher.synthetic.data import generate
 
     with progress_bar() as report:
-        data = generate(cameras, seed=seed, progress=report, events_per_day=2.0 if events else 0.0)
+        data = generate(cameras, seed=seed, now=now, progress=report, events_per_day=2.0 if events else 0.0)
         result = index_report(cameras, requests, seed=seed, peers=("latsorted",), events=events, progress=report,
-                              sizes={k: SIZES[k] for k in ("0.025 sq mi", "0.5 sq mi", "10 km²")},
-                              window_queries=0, data=data)
+                              sizes=policy_sizes(), window_queries=0, data=data)
     _print_report(result)
     with progress_bar() as report:
         index = CameraIndex.build(data.cameras, data.owners, data.events if events else None, progress=report)

@@ -18,7 +18,6 @@ from dispatcher.index.geotables import TableSource, as_table
 from dispatcher.index.schema import CameraColumns, camera_columns, check_unique, event_columns, opted_out_owners
 from dispatcher.index.state import Base, State
 from dispatcher.index.tree import build_tree, sort_order
-from kernels import index_kernels as K
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +96,10 @@ def build_base(cols: CameraColumns, ev_row: np.ndarray, ev_ts: np.ndarray, has_e
     stages["h3"] = time.perf_counter() - t
     tick()
     t = time.perf_counter()
-    order = sort_order(cells, config.finest_res)
+    order, sorted_cells = sort_order(cells, config.finest_res)
     stages["sort"] = time.perf_counter() - t
     tick()
     t = time.perf_counter()
-    sorted_cells = K.gather(cells, order)
     base_cols = columns_from(cols, order, ev_row, ev_ts, has_events, optout)
     stages["gather"] = time.perf_counter() - t
     tick()

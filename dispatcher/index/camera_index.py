@@ -109,18 +109,17 @@ class CameraIndex:
         time), sharing is on, its owner has not opted out and, when motion events are loaded, it recorded an
         event in the retained part of the window.
         """
-        parsed = Area.parse(area, max_vertices=self.config.max_vertices)
+        args = Area.parse(area, max_vertices=self.config.max_vertices).kernel_args()
         t0, t1, tnow = window_us(start, end, now)
-        args = parsed.kernel_args()
         while True:
             seq = self._seq
             if seq & 1:  # an update is under way: its change is about to be complete
                 time.sleep(0)
                 continue
             version = self._version
-            owners, cams, offsets = self._state.resolve(args, t0, t1, tnow)
+            packed, n_owners, n_cameras = self._state.resolve(args, t0, t1, tnow)
             if self._seq == seq:
-                return RecipientSet(owners, cams, offsets, version)
+                return RecipientSet.unpack(packed, n_owners, n_cameras, version)
 
     # ------------------------------------------------------------------------------------------ versions
 
@@ -257,7 +256,8 @@ class CameraIndex:
         so no query or update pays for it."""
         h3x.warm_up()
         area = Area.parse({"type": "Polygon", "coordinates": [[[0, 0], [1e-9, 0], [0, 1e-9], [0, 0]]]})
-        self.resolve(area, "2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z", now="2020-01-02T00:00:00Z")
+        window = window_us("2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z", "2020-01-02T00:00:00Z")
+        self._state.warm_up(area.kernel_args(), *window)
         covers_area(*area.kernel_args(), *area.kernel_args())  # the policy's jurisdiction check
 
     # ------------------------------------------------------------------------------------------ facts

@@ -87,8 +87,8 @@ def columns_from(cols: CameraColumns, order: np.ndarray | None, ev_row: np.ndarr
         ev_ptr=EMPTY_I64, ev_ts=EMPTY_I32)
     c = np.ascontiguousarray
     K.gather_cameras(order, c(cols.lng), c(cols.lat), c(cols.installed), c(cols.removed), c(cols.retention_days),
-                     c(cols.sharing), c(cols.owner_id), c(cols.camera_id), out.xy, out.installed, out.removed,
-                     out.retention, out.flags, out.owner, out.camera)
+                     c(cols.sharing), c(cols.owner_id), c(cols.camera_id), np.empty(n, K.ROW_DTYPE), out.xy,
+                     out.installed, out.removed, out.retention, out.flags, out.owner, out.camera)
     if optout.shape[0]:
         K.mark_owners(out.flags, out.owner, optout, K.OPTED_OUT, True)
     if has_events:

@@ -42,6 +42,18 @@ class RecipientSet:
         return f"RecipientSet({self.n_owners} owners, {self.n_cameras} cameras)"
 
     @classmethod
+    def unpack(cls, packed: np.ndarray, n: int, m: int, version: int | None = None) -> RecipientSet:
+        """The set of ``n`` owners and ``m`` cameras a resolve kernel packed as ``[owners | cameras | offsets]``
+        (``n + m + n + 1`` values): views of the one array, made read-only once."""
+        packed.setflags(write=False)
+        rs = cls.__new__(cls)
+        rs.owner_ids = packed[:n]
+        rs.camera_ids = packed[n:n + m]
+        rs.owner_offsets = packed[n + m:]
+        rs.version = version
+        return rs
+
+    @classmethod
     def empty(cls) -> RecipientSet:
         return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.zeros(1, np.int64))
 

@@ -40,24 +40,37 @@ class State:
     has_events: bool
     #: The kernel arguments after the area's and before the window's, built once per state.
     args: tuple[Any, ...] = field(init=False, repr=False)
+    #: The resolve kernel for this state: without the delta's arrays while it holds no camera.
+    kernel: Any = field(init=False, repr=False)
 
     #: The compiled resolve for these argument types, called without Numba's per-call type dispatch.
     _entry: Any = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
-        self.args = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera,
-                     *self.delta.kernel_args(), self.delta.camera)
+        base = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera)
+        self.args = base if self.delta.n == 0 else (*base, *self.delta.kernel_args(), self.delta.camera)
+        self.kernel = K.resolve_base if self.delta.n == 0 else K.resolve
 
-    def resolve(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> tuple[np.ndarray, ...]:
-        """The resolve kernel on this state. The first call goes through Numba's dispatcher (compiling or loading
-        from the cache), later ones straight to the compiled entry point of the signature it chose: the area's
-        arrays and the window's integers always have the same types, and this state's arrays never change type,
-        so typing the arguments again on every call would only add to a small query's latency."""
+    def warm_up(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> None:
+        """Compile (or load from the cache) both resolve kernels for this state's arrays: the one it uses, and
+        the one a state with cameras in its delta uses, so that the first live addition does not pay for it."""
+        self.resolve(area_args, t0, t1, tnow)
+        base = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera)
+        K.resolve(*area_args, *base, *self.delta.kernel_args(), self.delta.camera, t0, t1, tnow)
+
+    def resolve(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> tuple[np.ndarray, int, int]:
+        """The resolve kernel on this state: owners, cameras and offsets packed in one array, and the numbers of
+        owners and cameras (:func:`kernels.index_kernels.group_by_owner`). The first call goes through Numba's
+        dispatcher (compiling or loading from the cache), later ones straight to the compiled entry point of the
+        signature it chose: the area's arrays and the window's integers always have the same types, and this
+        state's arrays never change type, so typing the arguments again on every call would only add to a small
+        query's latency."""
         entry = self._entry
         if entry is not None:
-            got: tuple[np.ndarray, ...] = entry(*area_args, *self.args, t0, t1, tnow)
+            got: tuple[np.ndarray, int, int] = entry(*area_args, *self.args, t0, t1, tnow)
             return got
-        out: tuple[np.ndarray, ...] = K.resolve(*area_args, *self.args, t0, t1, tnow)
-        sig = tuple(K.resolve.typeof_pyval(a) for a in (*area_args, *self.args, t0, t1, tnow))
-        self._entry = K.resolve.overloads[sig].entry_point
+        kernel = self.kernel
+        out: tuple[np.ndarray, int, int] = kernel(*area_args, *self.args, t0, t1, tnow)
+        sig = tuple(kernel.typeof_pyval(a) for a in (*area_args, *self.args, t0, t1, tnow))
+        self._entry = kernel.overloads[sig].entry_point
         return out

