@@ -200,7 +200,10 @@ def test_the_check_catches_a_release_with_too_little_noise() -> None:
     d, d2 = sample(chicago_world(False), 400, loud), sample(chicago_world(True), 400, loud)
     found = violations(d[("il-chicago", "dispatched")], d2[("il-chicago", "dispatched")],
                        SETTINGS.epsilon_of("requests"))
-    assert len(found) >= 3
+    # Three requests, or four: with so little noise the release is 3 or 4 nine times in ten, so "at most 3" and
+    # "at least 4" break the bound by far, every run; events further out (<= 2, >= 5) only in some runs.
+    events = {(name, t) for name, t, _, _ in found}
+    assert {("<=", 3.0), (">=", 4.0)} <= events, found
 
 
 @pytest.fixture(scope="module")
