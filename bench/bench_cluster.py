@@ -28,16 +28,12 @@ from typing import Any
 
 import pytest
 
-from bench.loadtest import LOAD_POLICY
-from dispatcher import synthetic
+from bench.loadtest import serve_inputs
 from dispatcher.connections import connect
 from dispatcher.dispatch.settings import QueueSettings
-from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.client import read_outcomes, submit
 from dispatcher.service.servers import RedisClusterServers, RedisServer
-from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.synthetic.requests import typical_requests
-from dispatcher.workflow.agencies import AgencyRegistry
 
 CAMERAS = int(os.environ.get("GEODISPATCH_BENCH_CLUSTER_CAMERAS", "200000"))
 REQUESTS = int(os.environ.get("GEODISPATCH_BENCH_CLUSTER_REQUESTS", "3000"))
@@ -51,11 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         pytest.skip("redis-server and redis-cli are not installed")
     work = tmp_path_factory.mktemp("cluster-bench")
     now = datetime.now(timezone.utc)
-    data = synthetic.generate(CAMERAS, seed=9, now=now, event_days=0)
-    CameraIndex.build(data.cameras, data.owners).save(work / "idx")
-    agencies = generate_agencies(50, seed=9)
-    AgencyRegistry(agencies).save_parquet(work / "agencies.parquet")
-    (work / "policy.json").write_text(json.dumps(LOAD_POLICY))
+    _, agencies = serve_inputs(work, CAMERAS, 9, now)
     # 3 masters, no replicas: what is measured is how the masters share the work (AOF as in production); and one
     # plain redis-server, the same run's baseline
     with RedisClusterServers(work / "cluster", replicas=0, appendfsync="everysec") as cluster, \

@@ -30,16 +30,12 @@ import numpy as np
 import pytest
 import redis
 
-from bench.loadtest import LOAD_POLICY
-from dispatcher import synthetic
-from dispatcher.index.camera_index import CameraIndex
+from bench.loadtest import serve_inputs
 from dispatcher.keys import Keys
 from dispatcher.service.client import read_outcomes, submit
 from dispatcher.service.feed import Change, publish_changes
 from dispatcher.service.servers import RedisServer
-from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.synthetic.requests import typical_requests
-from dispatcher.workflow.agencies import AgencyRegistry
 
 CAMERAS = int(os.environ.get("GEODISPATCH_BENCH_FEED_CAMERAS", "200000"))
 CHANGES = float(os.environ.get("GEODISPATCH_BENCH_FEED_CHANGES", "1000"))
@@ -54,11 +50,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         pytest.skip("redis-server is not installed")
     work = tmp_path_factory.mktemp("feed-bench")
     now = datetime.now(timezone.utc)
-    data = synthetic.generate(CAMERAS, seed=5, now=now, event_days=0)
-    CameraIndex.build(data.cameras, data.owners).save(work / "idx")
-    agencies = generate_agencies(50, seed=5)
-    AgencyRegistry(agencies).save_parquet(work / "agencies.parquet")
-    (work / "policy.json").write_text(json.dumps(LOAD_POLICY))
+    data, agencies = serve_inputs(work, CAMERAS, 5, now)
     camera_ids = data.cameras.column("camera_id").to_numpy()
     with RedisServer(work / "redis") as server:
         proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "serve", "--index", str(work / "idx"),

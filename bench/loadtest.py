@@ -45,6 +45,7 @@ appeared in Redis.
 from __future__ import annotations
 
 import collections
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -154,6 +155,19 @@ class World:
     agencies_path: Path
     build_s: float
     index_bytes: int
+
+
+def serve_inputs(work: Path, cameras: int, seed: int, now: datetime, n_agencies: int = 50
+                 ) -> tuple[synthetic.SyntheticData, list[Agency]]:
+    """What ``geodispatch serve`` is started on in a benchmark, written to ``work``: the index of ``cameras``
+    synthetic cameras (``idx``), ``n_agencies`` agencies (``agencies.parquet``) and :data:`LOAD_POLICY`
+    (``policy.json``); returns the data and the agencies."""
+    data = synthetic.generate(cameras, seed=seed, now=now, event_days=0)
+    CameraIndex.build(data.cameras, data.owners).save(work / "idx")
+    agencies = generate_agencies(n_agencies, seed=seed)
+    AgencyRegistry(agencies).save_parquet(work / "agencies.parquet")
+    (work / "policy.json").write_text(json.dumps(LOAD_POLICY))
+    return data, agencies
 
 
 def build_world(s: LoadSettings, work: Path, progress: Progress) -> World:
