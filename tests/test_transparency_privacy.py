@@ -131,7 +131,7 @@ def violations(a: np.ndarray, b: np.ndarray, epsilon: float) -> list[tuple[str, 
 
 @pytest.fixture(scope="module")
 def chicago_samples() -> tuple[dict, dict]:
-    n = 2000
+    n = 1200
     return sample(chicago_world(False), n), sample(chicago_world(True), n)
 
 
@@ -216,7 +216,7 @@ def test_one_resident_over_the_month_is_covered(resident_stores) -> None:
     threshold event on the released notifications and shares within OpenDP's bound for that change, which is
     under the month's resident epsilon."""
     without, with_ = resident_stores
-    n = 1000
+    n = 600
     d, d2 = sample(without, n), sample(with_, n)
     eps_residents = SETTINGS.epsilon_of("residents")
     # the L1 change of the measurement: 30 notifications shared and 60 not
