@@ -30,7 +30,7 @@ def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
     out = tmp_path / "lt"
     proc = subprocess.run(
         [sys.executable, "-c", "from dispatcher.cli import run; run()", "loadtest", "--cameras", "300000",
-         "--rate", "150", "--duration", "3", "--workers", "2", "--clientkill-seconds", "1.5", "--oom-seconds", "1.5",
+         "--rate", "150", "--duration", "4", "--workers", "2", "--clientkill-seconds", "1.5", "--oom-seconds", "1.5",
          "--work-dir", str(tmp_path / "work"), "--json-out", f"{out}.json", "--markdown-out", f"{out}.md",
          "--plot-out", f"{out}.png"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}, capture_output=True, text=True,
