@@ -157,36 +157,38 @@ class Worker:
         # One entry per outcome stream and one XACK per commands stream for the whole batch: a command each would
         # be ~3 commands a request, a tenth of what a request costs the worker to send and parse. With shards, one
         # MULTI/EXEC per shard: a shard's outcomes, dead letters and acks, in its slot.
-        submitters: dict[str, list[dict[str, Any]]] = {}
-        operators: dict[str, list[dict[str, Any]]] = {}
-        dead: list[tuple[str, dict[Any, Any]]] = []
-        acks: dict[str, list[Any]] = {}
+        # Every key below is (its shard's hash tag, the key): the tag picks the shard's MULTI/EXEC.
+        submitters: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        operators: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        dead: list[tuple[tuple[str, str], dict[Any, Any]]] = []
+        acks: dict[tuple[str, str], list[Any]] = {}
         for (stream, eid, fields), cmd, res in zip(entries, cmds, results, strict=True):
             agency, k = self.streams[stream], self.shard_keys[stream]
             if isinstance(res, Outcome):
                 to = k.outcomes if agency is None else k.agency_outcomes(agency)
-                submitters.setdefault(to, []).append(commands.submitters_outcome(res, cmd.trace, agency))
-                operators.setdefault(k.operator_outcomes, []).append({
+                submitters.setdefault((k.hash_tag, to), []).append(
+                    commands.submitters_outcome(res, cmd.trace, agency))
+                operators.setdefault((k.hash_tag, k.operator_outcomes), []).append({
                     "request_id": res.request_id, "agency": agency, "outcome": res.status, "codes": res.codes,
                     "notified": res.notified, "now_us": int(now.timestamp() * 1e6), "done": done,
                     "index_version": res.index_version, "worker": self.name, "trace": cmd.trace})
             else:
-                dead.append((k.dead_letters, {**fields, "stream": stream, "id": eid, "error": res[:2000]}))
-            acks.setdefault(stream, []).append(eid)
+                dead.append(((k.hash_tag, k.dead_letters), {**fields, "stream": stream, "id": eid,
+                                                             "error": res[:2000]}))
+            acks.setdefault((k.hash_tag, stream), []).append(eid)
 
         def publish() -> None:
             pipes: dict[str, Any] = {}
 
-            def pipe_of(key: str) -> Any:  # the MULTI/EXEC of the key's shard
-                tag = key.split("{", 1)[1].split("}", 1)[0]
+            def pipe_of(tag: str) -> Any:  # the MULTI/EXEC of a shard
                 return pipes.get(tag) or pipes.setdefault(tag, self.r.pipeline(transaction=True))
             cap = {"maxlen": self.settings.outcomes_maxlen, "approximate": True}
-            for to, outs in (*submitters.items(), *operators.items()):
-                pipe_of(to).xadd(to, {commands.OUTCOMES: orjson.dumps(outs)}, **cap)
-            for to, entry in dead:
-                pipe_of(to).xadd(to, entry)
-            for stream, ids in acks.items():
-                pipe_of(stream).xack(stream, self.settings.group, *ids)
+            for (tag, to), outs in (*submitters.items(), *operators.items()):
+                pipe_of(tag).xadd(to, {commands.OUTCOMES: orjson.dumps(outs)}, **cap)
+            for (tag, to), entry in dead:
+                pipe_of(tag).xadd(to, entry)
+            for (tag, stream), ids in acks.items():
+                pipe_of(tag).xack(stream, self.settings.group, *ids)
             for pipe in pipes.values():
                 pipe.execute()
         self._retry("publish", publish)
