@@ -1,5 +1,5 @@
 """Constant tables of the H3 kernels: the published face geometry, and everything else derived at import from
-h3-py (see :mod:`kernels.h3core` for how each table is found). Plain numpy, run once per process (~0.1 s);
+h3-py (see :mod:`kernels.h3core` for how each table is found). Plain numpy, run once per process (~0.2 s);
 the kernels read these arrays as compile-time constants.
 """
 
@@ -295,12 +295,17 @@ def _derive_base_cell_tables() -> dict[str, np.ndarray]:
     #    the position nearest that face's centre.
     home_face = np.zeros(NUM_BASE_CELLS, dtype=np.int64)
     home_ijk = np.zeros((NUM_BASE_CELLS, 3), dtype=np.int64)
-    for b in range(NUM_BASE_CELLS):
-        cands = sorted((int(s[1:].sum()), tuple(int(x) for x in s)) for s in slots
-                       if fijk_bc[tuple(s)] == b and fijk_rot[tuple(s)] == 0
-                       and (not is_pent[b] or tuple(s[1:]) == (2, 0, 0)))
-        f, i, j, k = cands[0][1]
-        home_face[b], home_ijk[b] = f, (i, j, k)
+    slot_rot = fijk_rot[tuple(slots.T)]
+    at_i_vertex = (slots[:, 1] == 2) & (slots[:, 2] == 0) & (slots[:, 3] == 0)
+    usable = (slot_rot == 0) & (~is_pent[slot_bc] | at_i_vertex)
+    # Per base cell, the usable slot with the smallest i+j+k, ties broken by (face, i, j, k): ``slots`` is in
+    # that order already (argwhere), so a stable sort on (base cell, i+j+k) leaves each cell's choice first.
+    order = np.flatnonzero(usable)
+    order = order[np.lexsort((slots[order, 1:].sum(axis=1), slot_bc[order]))]
+    first = order[np.r_[True, slot_bc[order][1:] != slot_bc[order][:-1]]]
+    if not np.array_equal(slot_bc[first], np.arange(NUM_BASE_CELLS)):
+        raise RuntimeError("a base cell has no home face")
+    home_face[:], home_ijk[:] = slots[first, 0], slots[first, 1:]
 
     # 4. Base-cell neighbours by direction (h3-py's directed edges carry the direction) and the rotation
     #    into the neighbour's frame: for a hexagon, the rotation of the neighbour's position on the home
@@ -414,11 +419,10 @@ def _derive_face_candidates(step_deg: float = 1.0) -> np.ndarray:
     dots = p0 @ _FACE_CENTER.T
     keep = dots >= dots.max(axis=1, keepdims=True) - 2 * chord[:, None]
     width = int(keep.sum(axis=1).max())
-    out = np.full((nlat * nlng, width), -1, dtype=np.int8)
-    for b in range(nlat * nlng):
-        faces = np.flatnonzero(keep[b])
-        out[b, :faces.size] = faces
-    return out.reshape(nlat, nlng, width)
+    # Each row's kept faces in ascending order, then the left-out ones as a sentinel that sorts last: one sort
+    # for all 64,800 bins (a loop over them was most of every process's import time).
+    faces = np.sort(np.where(keep, np.arange(_NUM_FACES), _NUM_FACES), axis=1)[:, :width]
+    return np.where(faces == _NUM_FACES, -1, faces).astype(np.int8).reshape(nlat, nlng, width)
 
 
 #: Candidate nearest faces per 1-degree latitude/longitude bin (see :func:`_derive_face_candidates`).
