@@ -152,9 +152,12 @@ def _rows(rows: np.ndarray, table: pa.Table, id_column: str, notes: list[str] | 
 
 
 def _refuse_wkb(g: GeoColumn, table: pa.Table, id_column: str, what: str, allowed: tuple[int, ...],
-                expected: str) -> None:
-    """Raise naming the rows of WKB column ``g`` that are not WKB, or not of the ``allowed`` shapely types."""
-    values = g.storage.to_numpy(zero_copy_only=False)
+                expected: str) -> np.ndarray:
+    """The shapely geometries of WKB column ``g``; raises naming the rows that are not WKB, or not of the
+    ``allowed`` shapely types."""
+    # A Python list, not to_numpy: Arrow's conversion to an object array imports pandas (about a second of every
+    # worker's start).
+    values = g.storage.to_pylist()
     geoms = shapely.from_wkb(values, on_invalid="ignore")
     garbled = np.array([v is not None for v in values], bool) & shapely.is_missing(geoms)
     type_ids = shapely.get_type_id(geoms)
@@ -164,6 +167,7 @@ def _refuse_wkb(g: GeoColumn, table: pa.Table, id_column: str, what: str, allowe
         notes = ["not WKB" if garbled[r] else f"a {geoms[r].geom_type}" for r in rows[:_SHOWN]]
         raise InvalidData(f"{what}: geometry column {g.name!r} has {rows.shape[0]} row(s) that are not "
                           f"{expected}: {_rows(rows, table, id_column, notes)}")
+    return np.asarray(geoms)
 
 
 def point_coordinates(g: GeoColumn, table: pa.Table, id_column: str, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -234,12 +238,10 @@ def shapes(g: GeoColumn, table: pa.Table, id_column: str, what: str) -> np.ndarr
                               "(Multi)Polygons as WKB or as GeoArrow polygons")
         storage = _storage(ga.as_wkb(table.column(g.name)))
         g = GeoColumn(g.name, "wkb", storage, g.crs, g.source)
-    null = np.asarray(storage.is_null().to_numpy(zero_copy_only=False), bool)
-    if null.any():
-        rows = np.flatnonzero(null)
+    if storage.null_count:
+        rows = np.flatnonzero(np.array(storage.is_null().to_pylist(), bool))
         raise InvalidData(f"{what}: geometry column {g.name!r} has null geometries: {_rows(rows, table, id_column)}")
-    _refuse_wkb(g, table, id_column, what, (_POLYGON, _MULTIPOLYGON), "(Multi)Polygons")
-    return np.asarray(shapely.from_wkb(storage.to_numpy(zero_copy_only=False)))
+    return _refuse_wkb(g, table, id_column, what, (_POLYGON, _MULTIPOLYGON), "(Multi)Polygons")
 
 
 def _geopandas() -> ModuleType:

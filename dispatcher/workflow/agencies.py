@@ -8,7 +8,7 @@ tests, benchmarks and the demo come from :mod:`dispatcher.synthetic.agencies`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,8 +120,13 @@ class AgencyRegistry:
         else:
             props = conform(table.drop_columns([g.name]), _PROPERTIES, what)
         geoms = shapes(g, table, "agency_id", what)
-        return cls([Agency(agency_id=r["agency_id"], name=r["name"], state=r["state"], joined_at=r["joined_at"],
-                           suspended=r["suspended"], jurisdiction=geom) for r, geom in zip(props.to_pylist(), geoms)])
+        # The times as seconds since the epoch: Arrow's conversion of zoned timestamps imports pandas (half a
+        # second of every worker's start).
+        joined = props.column("joined_at").cast(pa.int64()).to_pylist()
+        return cls([Agency(agency_id=r["agency_id"], name=r["name"], state=r["state"],
+                           joined_at=datetime.fromtimestamp(t, timezone.utc), suspended=r["suspended"],
+                           jurisdiction=geom)
+                    for r, t, geom in zip(props.drop_columns(["joined_at"]).to_pylist(), joined, geoms)])
 
     def to_geodataframe(self) -> GeoDataFrame:
         """One row per agency: its columns and its jurisdiction as the ``geometry``, in OGC:CRS84 (needs geopandas,
@@ -148,7 +153,9 @@ class AgencyRegistry:
     @classmethod
     def load_parquet(cls, path: str | Path) -> AgencyRegistry:
         """From Parquet as :meth:`save_parquet` writes it, or GeoParquet (:meth:`save_geoparquet`, a GIS)."""
-        return cls.from_arrow(pq.read_table(str(path)))
+        # One file: ParquetFile reads it without pyarrow.dataset, whose import pulls in pandas (about 1 s of every
+        # worker's start).
+        return cls.from_arrow(pq.ParquetFile(str(path)).read())
 
     @classmethod
     def load(cls, path: str | Path) -> AgencyRegistry:
