@@ -61,9 +61,10 @@ class OwnerGate:
 
     An owner is admitted when not opted out and under ``policy.owner_cap`` notifications in the rolling
     ``policy.owner_cap_period``, counted by UTC day (:mod:`dispatcher.workflow.notices`: from 00:00 UTC of the
-    day the period starts in, so never more than the cap in any rolling period, and up to a day stricter). Admitted owners are recorded as notified for the request, idempotently (the
-    same owner for the same request is counted once and admitted again); suppressed ones are counted per
-    reason (``opted_out``, ``capped``) in the store. The dispatcher checks (:meth:`check_many`) and the sink
+    day the period starts in, so never more than the cap in any rolling period, and up to a day stricter).
+    Admitted owners are recorded as notified for the request, idempotently (the same owner for the same request
+    is counted once and admitted again); suppressed ones are counted per reason (``opted_out``, ``capped``) in
+    the store. The dispatcher checks (:meth:`check_many`) and the sink
     records with each batch's append (:meth:`terms`); :meth:`admit` checks and records at once.
     """
 
