@@ -1,7 +1,9 @@
 """Redis time of the owners' gate per owner: typical requests (57 owners each, the mean at 10M cameras) dispatched
 16 at a time, as a worker does, through the owners' gate and, in the same run on the same redis-server, with no
 gate (the batch's append alone); the gate's cost per owner is the difference of the append script's
-``INFO commandstats`` time (EVALSHA, nested commands included) over the owners sent. Run with
+``INFO commandstats`` time (EVALSHA, nested commands included) over the owners sent, and of the redis-server
+process's CPU time (steadier on a loaded machine, where a command's wall time includes the waits for a core). Run
+with
 
     python -m bench.gate_cost [requests]
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.gate import AdmitAll, OwnerGate
@@ -49,17 +52,21 @@ def _jobs(n: int, seed: int, tag: str) -> list[tuple[NotificationHeader, Recipie
 def _run(srv: RedisServer, qs: QueueSettings, jobs: list[Any], gate: Any) -> dict[str, float]:
     d = Dispatcher(RedisSink(qs), qs)
     d.dispatch_many(jobs[:PER_STEP], gate, NOW)  # scripts loaded, connections open
+    assert srv.proc is not None
+    server = psutil.Process(srv.proc.pid)
     with srv.client() as c:
         c.config_resetstat()
+        before = sum(server.cpu_times()[:2])
         cpu, t = time.process_time(), time.perf_counter()
         for lo in range(PER_STEP, len(jobs), PER_STEP):
             d.dispatch_many(jobs[lo:lo + PER_STEP], gate, NOW + timedelta(seconds=lo))
         cpu, t = time.process_time() - cpu, time.perf_counter() - t
+        server_cpu = sum(server.cpu_times()[:2]) - before
         stats = c.info("commandstats")
     owners = sum(rs.n_owners for _, rs in jobs[PER_STEP:])
     script = stats.get("cmdstat_evalsha", {"usec": 0, "calls": 0})
     return {"owners": owners, "script_us": script["usec"] / owners, "calls": script["calls"],
-            "cpu_us": cpu / owners * 1e6, "wall_s": t}
+            "cpu_us": cpu / owners * 1e6, "redis_cpu_us": server_cpu / owners * 1e6, "wall_s": t}
 
 
 def main(n: int) -> None:
@@ -69,9 +76,13 @@ def main(n: int) -> None:
         got = {"gate": _run(srv, qs, _jobs(n, 1, "g"), OwnerGate(store, Policy())),
                "none": _run(srv, qs, _jobs(n, 2, "n"), AdmitAll())}
         for name, r in got.items():
-            print(f"{name:5} {r['owners']:7.0f} owners: append script {r['script_us']:5.2f} µs/owner "
-                  f"({r['calls']:.0f} calls), worker CPU {r['cpu_us']:5.1f} µs/owner, {r['wall_s']:.2f} s")
-        print(f"the gate: {got['gate']['script_us'] - got['none']['script_us']:.2f} µs of Redis time per owner")
+            print(f"{name:5} {r['owners']:7.0f} owners: scripts {r['script_us']:5.2f} µs/owner ({r['calls']:.0f} "
+                  f"calls), redis-server CPU {r['redis_cpu_us']:5.2f} µs/owner, worker CPU {r['cpu_us']:5.1f} "
+                  f"µs/owner, {r['wall_s']:.2f} s")
+        g, z = got["gate"], got["none"]
+        print(f"the gate per owner: {g['script_us'] - z['script_us']:.2f} µs of script time, "
+              f"{g['redis_cpu_us'] - z['redis_cpu_us']:.2f} µs of redis-server CPU, "
+              f"{g['cpu_us'] - z['cpu_us']:.2f} µs of worker CPU")
 
 
 if __name__ == "__main__":
