@@ -183,9 +183,10 @@ class Keys:
         """The owners the gate admitted for a request."""
         return self._key("notified", request_id)
 
-    def owner_notices(self, owner_id: int | str) -> str:
-        """One owner's notifications by time (for the per-owner cap)."""
-        return self._key("owner", str(owner_id))
+    def notices(self, day: int) -> str:
+        """The owners' notices on one UTC day (numbered from 1970-01-01): a hash of owner -> count, for the
+        per-owner cap, kept while the cap's window can reach that day."""
+        return self._key("notices", str(int(day)))
 
     def counters(self, request_id: str) -> str:
         return self._key("counters", request_id)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +122,13 @@ def test_rolling_day_cap_counts_suppressed(store: Store) -> None:
     assert not gate.admit("c", o, T + timedelta(hours=2))[0]
     assert not gate.admit("c", o, T + timedelta(hours=3))[0]
     assert store.counters("c") == {"capped": 2}  # never notified
-    assert gate.admit("d", o, T + timedelta(hours=24, seconds=1))[0]  # "a" has rolled out of the day
-    assert gate.admit("a", o, T + timedelta(hours=24, seconds=2))[0]  # idempotent, never capped
+    # counted by UTC day: at 12:00:01 the next day the window reaches back to 00:00 of the day of "a" and "b"
+    assert not gate.admit("d", o, T + timedelta(hours=24, seconds=1))[0]
+    day_after_next = datetime(2026, 11, 3, tzinfo=timezone.utc)
+    assert T.date() == date(2026, 11, 1) and not gate.admit("d", o, day_after_next - timedelta(microseconds=1))[0]
+    assert gate.admit("d", o, day_after_next)[0]  # their day is out of the window
+    assert store.counters("d") == {"capped": 2, "notified": 1}
+    assert gate.admit("a", o, day_after_next + timedelta(seconds=2))[0]  # idempotent, never capped
     with pytest.raises(InvalidTransition):
         gate.admit("e", o, datetime(2026, 1, 1))
 

@@ -60,9 +60,11 @@ class OwnerGate:
     """Checked by the dispatcher at send time: which owners may be notified now.
 
     An owner is admitted when not opted out and under ``policy.owner_cap`` notifications in the rolling
-    ``policy.owner_cap_period``. Admitted owners are recorded as notified for the request, idempotently (the
-    same owner for the same request is counted once and admitted again); suppressed ones are counted per
-    reason (``opted_out``, ``capped``) in the store. The dispatcher checks (:meth:`check_many`) and the sink
+    ``policy.owner_cap_period``, counted by UTC day (:mod:`dispatcher.workflow.notices`: from 00:00 UTC of the
+    day the period starts in, so never more than the cap in any rolling period, and up to a day stricter).
+    Admitted owners are recorded as notified for the request, idempotently (the same owner for the same request
+    is counted once and admitted again); suppressed ones are counted per reason (``opted_out``, ``capped``) in
+    the store. The dispatcher checks (:meth:`check_many`) and the sink
     records with each batch's append (:meth:`terms`); :meth:`admit` checks and records at once.
     """
 
@@ -79,7 +81,7 @@ class OwnerGate:
 
     def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
         t = self.terms(now)
-        return self.store.check_many(_checked(items), t.cap, t.since)
+        return self.store.check_many(_checked(items), t.now, t.cap, t.since)
 
     def terms(self, now: datetime) -> GateTerms:
         now = aware_now(now)

@@ -33,7 +33,7 @@ from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.wire import PreparedBatch
 from dispatcher.errors import InvalidQueueSettings, QueueFull, QueueUnavailable
 from dispatcher.keys import Keys
-from dispatcher.workflow.notices import ADMIT, GATE_LUA, SQLITE_SCHEMA, sqlite_record, sqlite_verdicts
+from dispatcher.workflow.notices import ADMIT, GATE_LUA, CapDays, sqlite_record, sqlite_setup, sqlite_verdicts
 from dispatcher.workflow.store import RedisStore, SqliteStore
 
 __all__ = ["ALREADY_DONE", "APPENDED", "STALE", "LocalSink", "Plan", "PlanState", "RedisSink", "Sink"]
@@ -97,27 +97,28 @@ class Sink(Protocol):
         ...
 
 
-# KEYS: stream, done, notified, optout, counters, then the notices key of each admitted owner
-# ARGV: batch, request, payload, gated, now_us, cap, since_us, opted_out count, capped count, ttl_s,
+# KEYS: stream, done, notified, optout, counters, then the day counters of the cap's window (today's last)
+# ARGV: batch, request, payload, gated, cap, keep_s (today's counter), opted_out count, capped count, ttl_s,
 #       admitted owners...
 _APPEND_LUA = GATE_LUA + """
 if redis.call('HGET', KEYS[2], ARGV[1]) then return 0 end
 if ARGV[4] == '1' then
-  for i = 11, #ARGV do
-    if verdict(KEYS[3], KEYS[4], KEYS[i - 5], ARGV[i], ARGV[7], ARGV[6]) ~= 0 then return -1 end
-  end
-  local new = 0
-  for i = 11, #ARGV do new = new + record(KEYS[3], KEYS[i - 5], ARGV[i], ARGV[5], ARGV[7], ARGV[2]) end
-  if tonumber(ARGV[8]) > 0 then redis.call('HINCRBY', KEYS[5], 'opted_out', ARGV[8]) end
-  if tonumber(ARGV[9]) > 0 then redis.call('HINCRBY', KEYS[5], 'capped', ARGV[9]) end
-  keep_records(KEYS[3], KEYS[5], new, ARGV[10])
+  local days = {}
+  for i = 6, #KEYS do days[#days + 1] = KEYS[i] end
+  local owners = owners_from(10)
+  local v, seen, today = verdicts(KEYS[3], KEYS[4], days, owners, ARGV[5])
+  for i = 1, #v do if v[i] ~= 0 then return -1 end end
+  local new = record(KEYS[3], KEYS[#KEYS], owners, v, seen, today, ARGV[6])
+  if tonumber(ARGV[7]) > 0 then redis.call('HINCRBY', KEYS[5], 'opted_out', ARGV[7]) end
+  if tonumber(ARGV[8]) > 0 then redis.call('HINCRBY', KEYS[5], 'capped', ARGV[8]) end
+  keep_records(KEYS[3], KEYS[5], new, ARGV[9])
 end
 local id = '-'
 if ARGV[3] ~= '' then
   id = redis.call('XADD', KEYS[1], '*', 'request', ARGV[2], 'batch', ARGV[1], 'data', ARGV[3])
 end
 redis.call('HSET', KEYS[2], ARGV[1], id)
-redis.call('EXPIRE', KEYS[2], ARGV[10])
+redis.call('EXPIRE', KEYS[2], ARGV[9])
 return 1
 """
 
@@ -137,11 +138,11 @@ return cur
 """
 
 
-def _gate_args(b: PreparedBatch, terms: GateTerms | None, ttl_s: int) -> list[Any]:
-    if terms is None:
-        return ["0", 0, 0, 0, 0, 0, ttl_s]
-    return ["1", _us(terms.now), terms.cap, _us(terms.since), b.suppressed.get("opted_out", 0),
-            b.suppressed.get("capped", 0), ttl_s, *b.admitted.tolist()]
+def _gate_args(b: PreparedBatch, terms: GateTerms | None, days: CapDays | None, ttl_s: int) -> list[Any]:
+    if terms is None or days is None:
+        return ["0", 0, 0, 0, 0, ttl_s]
+    return ["1", terms.cap, days.keep_s, b.suppressed.get("opted_out", 0), b.suppressed.get("capped", 0), ttl_s,
+            *b.admitted.tolist()]
 
 
 def _us(t: datetime) -> int:
@@ -210,13 +211,15 @@ class RedisSink:
                                        "owner is counted as notified in the same step as their batch is appended")
 
         calls = [(rid, b) for rid, batches in work for b in batches]
+        days = None if terms is None else CapDays.of(_us(terms.since), _us(terms.now))
+        day_keys = [[] if days is None else days.redis_keys(k) for k in self.keys.all_shards]
 
         def queue(pipe: Any, rid: str, b: PreparedBatch) -> None:
             k = self.keys.shard(b.shard)
             self._append(keys=[k.notifications, k.done(rid), k.notified(rid), k.opted_out, k.counters(rid),
-                               *(k.owner_notices(o) for o in (b.admitted.tolist() if terms else ()))],
-                         args=[b.batch_no, rid, b.payload or b"", *_gate_args(b, terms, self.settings.retention_s)],
-                         client=pipe)
+                               *day_keys[b.shard]],
+                         args=[b.batch_no, rid, b.payload or b"",
+                               *_gate_args(b, terms, days, self.settings.retention_s)], client=pipe)
 
         def run() -> list[Any]:
             pipe = pipeline(self.client)
@@ -364,7 +367,7 @@ class LocalSink:
                   " seq INTEGER, PRIMARY KEY (request_id, batch_no))")
         c.execute("CREATE TABLE IF NOT EXISTS notifications (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
                   " request_id TEXT NOT NULL, batch_no INTEGER NOT NULL, payload BLOB NOT NULL)")
-        c.executescript(SQLITE_SCHEMA)
+        sqlite_setup(c)
 
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -416,6 +419,7 @@ class LocalSink:
 
     def _append_one(self, request_id: str, batches: list[PreparedBatch], terms: GateTerms | None) -> list[int]:
         c = self._conn()
+        days = CapDays.of(_us(terms.since), _us(terms.now)) if terms is not None else CapDays(0, 0, 0)
         out = []
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -426,10 +430,10 @@ class LocalSink:
                     continue
                 if terms is not None:
                     admitted = b.admitted.tolist()
-                    if (sqlite_verdicts(c, request_id, admitted, terms.cap, _us(terms.since)) != ADMIT).any():
+                    if (sqlite_verdicts(c, request_id, admitted, terms.cap, days) != ADMIT).any():
                         out.append(STALE)
                         continue
-                    sqlite_record(c, request_id, admitted, _us(terms.now), b.suppressed)
+                    sqlite_record(c, request_id, admitted, _us(terms.now), days, b.suppressed)
                 seq = None
                 if b.payload is not None:
                     seq = c.execute("INSERT INTO notifications (request_id, batch_no, payload) VALUES (?, ?, ?)",

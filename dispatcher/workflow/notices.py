@@ -2,84 +2,221 @@
 the same atomic step as the batch they concern, so that an owner counts as notified exactly when their batch is
 on the stream).
 
-An owner may be notified of a request unless they opted out or already had ``cap`` notifications since ``since``
-(the rolling per-owner cap); an owner already notified of the same request is admitted again and not counted
-twice. The records: the owners notified per request, each owner's notices by time (for the cap), and per request
-the owners suppressed, by reason. The same rules are written once for each engine: SQL here for SQLite, and one
-Lua fragment for Redis that every script using them includes.
+An owner may be notified of a request unless they opted out or reached the per-owner cap; an owner already
+notified of the same request is admitted again and not counted twice. The records: the owners notified per
+request, a counter of notices per owner and UTC day (for the cap), and per request the owners suppressed, by
+reason. The same rules are written once for each engine: SQL here for SQLite, and one Lua fragment for Redis that
+every script using them includes.
+
+**The cap, counted by day.** The policy's promise is at most ``cap`` notifications per owner in any rolling
+``period`` (the window ``(now - period, now]``). The gate does not keep each notice's time, only how many an owner
+had on each UTC day, and admits an owner when fewer than ``cap`` notices fall on the days from the one holding
+``now - period`` to today: it counts from 00:00 UTC of the day ``now - period`` falls in, which is up to one day
+(less a microsecond) more than the rolling period and never less. So the promise holds (any ``cap + 1`` notices
+within one period would have had the first ``cap`` counted when the last was admitted), and the gate is stricter
+by exactly that: a refused owner may wait up to ``period`` plus one day after the first notice counted, instead
+of ``period``. The policy refuses a period that is not a whole number of days (1 to 31): the buckets are UTC days.
+
+**Opt-outs, where they are cheapest.** A batch's owners are looked up together (one ``SMISMEMBER`` of the
+request's notified set, one of the opt-out set, one ``HMGET`` per day bucket; one query each on SQLite) in the
+same step as the batch's append, so an owner who opted out after the plan, or after the dispatcher's check, is
+never sent to: the step refuses the batch (stale) and the dispatcher asks again.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ADMIT", "CAPPED", "GATE_LUA", "OPTED_OUT", "REASONS", "SQLITE_SCHEMA", "sqlite_record",
-           "sqlite_verdicts"]
+from dispatcher.keys import Keys
+
+__all__ = ["ADMIT", "CAPPED", "DAY_US", "GATE_LUA", "OPTED_OUT", "REASONS", "SQLITE_SCHEMA", "CapDays",
+           "sqlite_record", "sqlite_setup", "sqlite_verdicts"]
 
 #: A verdict per owner: may be notified now, or why not.
 ADMIT, OPTED_OUT, CAPPED = 0, 1, 2
 #: The counter each refusal is counted under.
 REASONS = {OPTED_OUT: "opted_out", CAPPED: "capped"}
+#: One UTC day, the cap's bucket.
+DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class CapDays:
+    """The UTC days (numbered from 1970-01-01) whose counters the cap sums at ``now``, for a window starting at
+    ``since``: from the day holding ``since`` to today; and how long today's counter must be kept (until the last
+    ``now`` whose window can reach it, ``since`` being ``now - period``)."""
+
+    first: int
+    today: int
+    keep_s: int
+
+    @classmethod
+    def of(cls, since_us: int, now_us: int) -> CapDays:
+        first, today = since_us // DAY_US, now_us // DAY_US
+        # today's counter is counted while day(now' - period) <= today, i.e. until (today + 1) days + period
+        keep_us = (today + 1) * DAY_US + (now_us - since_us) - now_us
+        return cls(int(first), int(today), int(-(-keep_us // 1_000_000)))
+
+    @property
+    def days(self) -> range:
+        return range(self.first, self.today + 1)
+
+    def redis_keys(self, k: Keys) -> list[str]:
+        """The day counters' keys in ``k``'s shard, today's last (as the scripts expect)."""
+        return [k.notices(d) for d in self.days]
+
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS opted_out (owner_id INTEGER PRIMARY KEY, at_us INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS notified (request_id TEXT NOT NULL, owner_id INTEGER NOT NULL, at_us INTEGER NOT NULL,
     PRIMARY KEY (request_id, owner_id));
-CREATE INDEX IF NOT EXISTS notified_owner ON notified (owner_id, at_us);
 CREATE TABLE IF NOT EXISTS counters (request_id TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (request_id, name));
+CREATE TABLE IF NOT EXISTS owner_days (owner_id INTEGER NOT NULL, day INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (owner_id, day)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS owner_days_day ON owner_days (day);
 """
+#: A file of before the day counters: its notices, counted by day from who was notified when (deterministic, so
+#: two processes opening it at once write the same rows).
+_BACKFILL = f"""INSERT OR IGNORE INTO owner_days
+    SELECT owner_id, at_us / {DAY_US}, COUNT(*) FROM notified GROUP BY owner_id, at_us / {DAY_US}"""
+
+#: Owners per ``IN (...)`` query: well under SQLite's limit of bound parameters.
+_CHUNK = 500
+
+
+def sqlite_setup(db: sqlite3.Connection, schema: str = "") -> None:
+    """Create the gate's tables (after ``schema``, the caller's own) and count the notices of a file of before."""
+    fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'owner_days'").fetchone() is None
+    db.executescript(schema + SQLITE_SCHEMA)
+    if fresh:
+        db.execute(_BACKFILL)
+
+
+def _chunks(owners: Sequence[int]) -> Iterator[Sequence[int]]:
+    for lo in range(0, len(owners), _CHUNK):
+        yield owners[lo:lo + _CHUNK]
+
+
+def _of(db: sqlite3.Connection, sql: str, head: Sequence[object], owners: Sequence[int],
+        tail: Sequence[object] = ()) -> list[tuple[int, int]]:
+    """Rows of ``sql`` (``{}`` standing for the owners' placeholders), for every chunk of ``owners``."""
+    out = []
+    for part in _chunks(owners):
+        out += db.execute(sql.format(",".join("?" * len(part))), (*head, *part, *tail)).fetchall()
+    return out
+
+
+def _seen(db: sqlite3.Connection, request_id: str, owners: Sequence[int]) -> set[int]:
+    """Those of ``owners`` already notified of the request."""
+    return {r[0] for r in _of(db, "SELECT owner_id, 1 FROM notified WHERE request_id=? AND owner_id IN ({})",
+                              (request_id,), owners)}
 
 
 def sqlite_verdicts(db: sqlite3.Connection, request_id: str, owners: Sequence[int], cap: int,
-                    since_us: int) -> np.ndarray:
-    """The verdict of each owner (int8), read in the caller's transaction."""
+                    days: CapDays) -> np.ndarray:
+    """The verdict of each owner (int8), read in the caller's transaction: a query each for the owners notified
+    of the request, opted out and their notices on the cap's days."""
     out = np.zeros(len(owners), np.int8)
+    if not owners:
+        return out
+    seen = _seen(db, request_id, owners)
+    opted = {r[0] for r in _of(db, "SELECT owner_id, 1 FROM opted_out WHERE owner_id IN ({})", (), owners)}
+    counts = dict(_of(db, "SELECT owner_id, SUM(n) FROM owner_days WHERE owner_id IN ({}) AND day BETWEEN ? AND ? "
+                          "GROUP BY owner_id", (), owners, (days.first, days.today)))
     for k, o in enumerate(owners):
-        if db.execute("SELECT 1 FROM notified WHERE request_id=? AND owner_id=?", (request_id, o)).fetchone():
+        if o in seen:
             continue
-        if db.execute("SELECT 1 FROM opted_out WHERE owner_id=?", (o,)).fetchone():
+        if o in opted:
             out[k] = OPTED_OUT
-        elif db.execute("SELECT COUNT(*) FROM notified WHERE owner_id=? AND at_us>?",
-                        (o, since_us)).fetchone()[0] >= cap:
+        elif counts.get(o, 0) >= cap:
             out[k] = CAPPED
     return out
 
 
-def sqlite_record(db: sqlite3.Connection, request_id: str, admitted: Sequence[int], now_us: int,
+def sqlite_record(db: sqlite3.Connection, request_id: str, admitted: Sequence[int], now_us: int, days: CapDays,
                   suppressed: dict[str, int]) -> None:
-    """Record ``admitted`` as notified (once per request), count the new ones in the request's aggregate and
-    count ``suppressed``, in the caller's transaction."""
-    before = db.total_changes
-    db.executemany("INSERT OR IGNORE INTO notified VALUES (?,?,?)", [(request_id, o, now_us) for o in admitted])
-    for name, n in {"notified": db.total_changes - before, **suppressed}.items():
+    """Record ``admitted`` as notified (once per request) and count the new ones on today's counter and in the
+    request's aggregate, count ``suppressed``, and drop the day counters the cap no longer reaches, in the caller's
+    transaction."""
+    seen = _seen(db, request_id, admitted)
+    new = list(dict.fromkeys(o for o in admitted if o not in seen))
+    db.executemany("INSERT INTO notified VALUES (?,?,?)", [(request_id, o, now_us) for o in new])
+    db.executemany("INSERT INTO owner_days VALUES (?,?,1) ON CONFLICT(owner_id, day) DO UPDATE SET n = n + 1",
+                   [(o, days.today) for o in new])
+    db.execute("DELETE FROM owner_days WHERE day < ?", (days.first,))
+    for name, n in {"notified": len(new), **suppressed}.items():
         if n:
             db.execute("INSERT INTO counters VALUES (?,?,?) ON CONFLICT(request_id, name) "
                        "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
 
 
-#: ``verdict(notified, optout, notices, owner, since_us, cap)`` and ``record(notified, notices, owner, now_us,
-#: since_us, request)``: the keys are the request's notified set, the opted-out set and the owner's notices (a
-#: sorted set of request ids by time). ``record`` returns 1 for an owner new to the request, and keeps of the
-#: owner's notices only those the cap can still count (the older ones name the owner for nothing), expiring with
-#: the last of them. ``keep_records(notified, counters, done, new, ttl_s)`` counts the new owners in the request's
-#: aggregate and lets the records that name owners expire after the retention.
+#: ``owners_from(i)``: ARGV from ``i`` on, as a table. ``verdicts(notified, optout, days, owners, cap)``: the
+#: verdict of each owner, whether each was notified of the request already, and each one's notices today; the keys
+#: are the request's notified set, the opted-out set and the day counters (hashes of owner -> notices, one per UTC
+#: day of the cap's window in ``days``, today's last). ``record(notified, today, owners, v, seen, counts, keep_s)``
+#: records the admitted owners new to the request (notified set, today's counter, which expires once no window
+#: reaches it) and returns how many. ``keep_records(notified, counters, new, ttl_s)`` counts the new owners in the
+#: request's aggregate and lets the records that name owners expire after the retention. Variadic calls go in
+#: chunks: Redis's Lua unpacks a few thousand values at most.
 GATE_LUA = """
-local function verdict(notified, optout, notices, o, since, cap)
-  if redis.call('SISMEMBER', notified, o) == 1 then return 0 end
-  if redis.call('SISMEMBER', optout, o) == 1 then return 1 end
-  if redis.call('ZCOUNT', notices, '(' .. since, '+inf') >= tonumber(cap) then return 2 end
-  return 0
+local function owners_from(i)
+  local out = {}
+  for j = i, #ARGV do out[#out + 1] = ARGV[j] end
+  return out
 end
-local function record(notified, notices, o, now, since, rid)
-  if redis.call('SADD', notified, o) == 0 then return 0 end
-  redis.call('ZADD', notices, now, rid)
-  redis.call('ZREMRANGEBYSCORE', notices, '-inf', since)
-  redis.call('PEXPIRE', notices, math.floor((tonumber(now) - tonumber(since)) / 1000) + 1000)
-  return 1
+local function many(cmd, key, items)
+  local out = {}
+  for lo = 1, #items, 1000 do
+    local got = redis.call(cmd, key, unpack(items, lo, math.min(lo + 999, #items)))
+    if type(got) == 'table' then for i = 1, #got do out[#out + 1] = got[i] end end
+  end
+  return out
+end
+local function verdicts(notified, optout, days, owners, cap)
+  cap = tonumber(cap)
+  local v, total, today = {}, {}, {}
+  if #owners == 0 then return v, {}, today end
+  local seen = many('SMISMEMBER', notified, owners)
+  local out = many('SMISMEMBER', optout, owners)
+  for i = 1, #owners do total[i] = 0; today[i] = 0 end
+  for d = 1, #days do
+    local got = many('HMGET', days[d], owners)
+    for i = 1, #owners do
+      local n = tonumber(got[i]) or 0
+      total[i] = total[i] + n
+      if d == #days then today[i] = n end
+    end
+  end
+  for i = 1, #owners do
+    if seen[i] == 1 then v[i] = 0
+    elseif out[i] == 1 then v[i] = 1
+    elseif total[i] >= cap then v[i] = 2
+    else v[i] = 0 end
+  end
+  return v, seen, today
+end
+local function record(notified, today, owners, v, seen, counts, keep)
+  local new, pairs, fresh = {}, {}, {}
+  for i = 1, #owners do
+    local o = owners[i]
+    if v[i] == 0 and seen[i] == 0 and not fresh[o] then
+      fresh[o] = true
+      new[#new + 1] = o
+      pairs[#pairs + 1] = o
+      pairs[#pairs + 1] = counts[i] + 1
+    end
+  end
+  if #new > 0 then
+    many('SADD', notified, new)
+    many('HSET', today, pairs)
+    redis.call('EXPIRE', today, keep)
+  end
+  return #new
 end
 local function keep_records(notified, counters, new, ttl)
   if new > 0 then redis.call('HINCRBY', counters, 'notified', new) end

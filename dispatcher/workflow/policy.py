@@ -42,6 +42,8 @@ _QUAD_SEGS = 2
 #: The narrow-strip rule measures reach at no more than this many points.
 _STRIP_POINTS = 4096
 
+#: The longest owner_cap_period: the gate sums a day counter per day of it.
+MAX_CAP_DAYS = 31
 CASE_NUMBER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-/.]{2,31}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(\.[A-Za-z0-9\-]{1,63})+")
 PHONE_RE = re.compile(r"\+?[0-9 ().\-]{7,24}")
@@ -77,7 +79,9 @@ class Policy:
     rate_limit: int = 25
     rate_period: timedelta = timedelta(days=1)
     auto_approve: bool = False
-    #: At most this many notifications per owner in any rolling ``owner_cap_period``.
+    #: At most this many notifications per owner in any rolling ``owner_cap_period``: a whole number of days (1
+    #: to 31), since the gate counts notices per UTC day, from 00:00 UTC of the day the period starts in (up to a
+    #: day stricter than the rolling period, never looser: :mod:`dispatcher.workflow.notices`).
     owner_cap: int = 3
     owner_cap_period: timedelta = timedelta(days=1)
 
@@ -92,6 +96,11 @@ class Policy:
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise InvalidPolicy(f"{name} must be a positive integer, got {v!r}")
+        period = self.owner_cap_period
+        if not (isinstance(period, timedelta) and period % timedelta(days=1) == timedelta(0)
+                and timedelta(days=1) <= period <= timedelta(days=MAX_CAP_DAYS)):
+            raise InvalidPolicy(f"owner_cap_period must be a whole number of days from 1 to {MAX_CAP_DAYS} (the "
+                                f"owners' gate counts notifications per UTC day), got {period!r}")
         if not (math.isfinite(self.min_width_m) and self.min_width_m > 0):
             raise InvalidPolicy(f"min_width_m must be a positive number of metres, got {self.min_width_m!r}")
         if not 0 <= self.min_strip_ratio <= 1:

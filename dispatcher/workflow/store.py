@@ -4,8 +4,9 @@ shares state between workers. Both implement :class:`Store`, and the same tests 
 Redis key names come from :class:`dispatcher.keys.Keys`; multi-key steps are Lua scripts (one atomic step each)
 whose keys share one hash tag, so each runs in one cluster slot. With several shards a request's state (its
 record, audit entries, the review queue's and the agency's indexes of it, choices) lives in the request's shard,
-and an owner's gate records (opt-out, notices for the cap, notified marks) in the owner's: each gate step is split
-by owner shard and what reads a whole (counters, the review queue, the audit log) reads every shard.
+and an owner's gate records (opt-out, notified marks, the cap's day counters of the shard's owners) in the
+owner's: each gate step is split by owner shard and what reads a whole (counters, the review queue, the audit log)
+reads every shard.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from dispatcher.connections import connect, pipeline, script, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import InvalidData, InvalidRequest
 from dispatcher.keys import Keys
-from dispatcher.workflow.notices import ADMIT, GATE_LUA, REASONS, SQLITE_SCHEMA, sqlite_record, sqlite_verdicts
+from dispatcher.workflow.notices import (
+    ADMIT,
+    DAY_US,
+    GATE_LUA,
+    REASONS,
+    CapDays,
+    sqlite_record,
+    sqlite_setup,
+    sqlite_verdicts,
+)
 
 T = TypeVar("T")
 
@@ -106,7 +116,8 @@ class Store(Protocol):
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray: ...
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]: ...
-    def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
+    def check_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
+                   since: datetime) -> list[np.ndarray]:
         """The gate's verdict (``notices.ADMIT``, ``OPTED_OUT``, ``CAPPED``) for each owner, changing nothing."""
         ...
     def counters(self, request_id: str) -> dict[str, int]: ...
@@ -126,7 +137,7 @@ class SqliteStore:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL" if str(path) != ":memory:" else "PRAGMA journal_mode=MEMORY")
-        self._db.executescript(_SCHEMA + SQLITE_SCHEMA)
+        sqlite_setup(self._db, _SCHEMA)
         if "pseudonym" not in {row[1] for row in self._db.execute("PRAGMA table_info(choices)")}:
             self._db.execute(_PSEUDONYM_COLUMN)
         self._db.execute(_PSEUDONYM_INDEX)
@@ -236,28 +247,32 @@ class SqliteStore:
 
     def admit(self, request_id: str, owner_ids: np.ndarray, now: datetime, cap: int, since: datetime) -> np.ndarray:
         """In one transaction: per owner, already notified for this request -> True (not counted again);
-        opted out -> False (counted ``opted_out``); ``cap`` notifications since ``since`` -> False (``capped``);
-        otherwise recorded as notified -> True."""
+        opted out -> False (counted ``opted_out``); ``cap`` notifications on the UTC days from the one holding
+        ``since`` to today -> False (``capped``); otherwise recorded as notified -> True."""
         owners = owner_ids.tolist()
+        days = CapDays.of(_us(since), _us(now))
         with self._lock, self._transaction():
-            codes = sqlite_verdicts(self._db, request_id, owners, cap, _us(since))
+            codes = sqlite_verdicts(self._db, request_id, owners, cap, days)
             sqlite_record(self._db, request_id, [o for o, c in zip(owners, codes, strict=True) if c == ADMIT],
-                          _us(now), {name: int((codes == code).sum()) for code, name in REASONS.items()})
+                          _us(now), days, {name: int((codes == code).sum()) for code, name in REASONS.items()})
         return np.asarray(codes == ADMIT)
 
     def expire_records(self, now: datetime, retention: timedelta) -> int:
-        """Delete the records that name residents older than ``retention``: who was notified (and their notices
-        for the cap) and their choices; the aggregate counts stay. Returns the rows deleted. (Redis expires its
-        records by itself.)"""
+        """Delete the records that name residents older than ``retention``: who was notified, their choices and
+        the cap's day counters of before (which the gate also drops as soon as its window has passed them, at its
+        next record); the aggregate counts stay. Returns the rows deleted. (Redis expires its records by itself.)"""
         cutoff = _us(now - retention)
         with self._lock, self._transaction():
             gone = self._db.execute("DELETE FROM notified WHERE at_us < ?", (cutoff,)).rowcount
             gone += self._db.execute("DELETE FROM choices WHERE at_us < ?", (cutoff,)).rowcount
+            gone += self._db.execute("DELETE FROM owner_days WHERE day < ?", (cutoff // DAY_US,)).rowcount
         return int(gone)
 
-    def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
+    def check_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
+                   since: datetime) -> list[np.ndarray]:
+        days = CapDays.of(_us(since), _us(now))
         with self._lock:
-            return [sqlite_verdicts(self._db, rid, owners.tolist(), cap, _us(since)) for rid, owners in items]
+            return [sqlite_verdicts(self._db, rid, owners.tolist(), cap, days) for rid, owners in items]
 
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]:
@@ -324,27 +339,27 @@ redis.call('RPUSH', KEYS[2], ARGV[3])
 if ARGV[1] == 'submitted' then redis.call('ZREM', KEYS[3], ARGV[4]) end
 return 1
 """
-# KEYS: notified, optout, counters, then each owner's notices key; ARGV: rid, now_us, cap, since_us, ttl_s, owners...
+# KEYS: notified, optout, counters, then the day counters of the cap's window (today's last);
+# ARGV: cap, keep_s (today's counter), ttl_s, owners...
 _ADMIT = GATE_LUA + """
-local out = {}
+local days = {}
+for i = 4, #KEYS do days[#days + 1] = KEYS[i] end
+local owners = owners_from(4)
+local v, seen, today = verdicts(KEYS[1], KEYS[2], days, owners, ARGV[1])
+local new = record(KEYS[1], KEYS[#KEYS], owners, v, seen, today, ARGV[2])
 local counts = {0, 0}
-local new = 0
-for i = 6, #ARGV do
-  local v = verdict(KEYS[1], KEYS[2], KEYS[i - 2], ARGV[i], ARGV[4], ARGV[3])
-  if v == 0 then new = new + record(KEYS[1], KEYS[i - 2], ARGV[i], ARGV[2], ARGV[4], ARGV[1])
-  else counts[v] = counts[v] + 1 end
-  out[#out + 1] = v
-end
+for i = 1, #v do if v[i] > 0 then counts[v[i]] = counts[v[i]] + 1 end end
 if counts[1] > 0 then redis.call('HINCRBY', KEYS[3], 'opted_out', counts[1]) end
 if counts[2] > 0 then redis.call('HINCRBY', KEYS[3], 'capped', counts[2]) end
-keep_records(KEYS[1], KEYS[3], new, ARGV[5])
-return out
+keep_records(KEYS[1], KEYS[3], new, ARGV[3])
+return v
 """
-# KEYS: notified, optout, then each owner's notices key; ARGV: cap, since_us, owners...
+# KEYS: notified, optout, then the day counters of the cap's window; ARGV: cap, owners...
 _CHECK = "#!lua flags=no-writes\n" + GATE_LUA + """
-local out = {}
-for i = 3, #ARGV do out[#out + 1] = verdict(KEYS[1], KEYS[2], KEYS[i], ARGV[i], ARGV[2], ARGV[1]) end
-return out
+local days = {}
+for i = 3, #KEYS do days[#days + 1] = KEYS[i] end
+local v = verdicts(KEYS[1], KEYS[2], days, owners_from(2), ARGV[1])
+return v
 """
 
 
@@ -515,15 +530,19 @@ class RedisStore:
                    since: datetime) -> list[np.ndarray]:
         """Every (request, owners) of ``items`` through the admission script, one call per owner shard (each in
         that shard's slot), all in one round trip."""
+        days = CapDays.of(_us(since), _us(now))
+
         def build(pipe: Any, k: Keys, rid: str, ids: list[int]) -> None:
-            self._admit(keys=[k.notified(rid), k.opted_out, k.counters(rid), *(k.owner_notices(o) for o in ids)],
-                        args=[rid, _us(now), cap, _us(since), self.settings.retention_s, *ids], client=pipe)
+            self._admit(keys=[k.notified(rid), k.opted_out, k.counters(rid), *days.redis_keys(k)],
+                        args=[cap, days.keep_s, self.settings.retention_s, *ids], client=pipe)
         return [v == ADMIT for v in self._by_owner_shard("admit", items, build)]
 
-    def check_many(self, items: Sequence[tuple[str, np.ndarray]], cap: int, since: datetime) -> list[np.ndarray]:
+    def check_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
+                   since: datetime) -> list[np.ndarray]:
+        days = CapDays.of(_us(since), _us(now))
+
         def build(pipe: Any, k: Keys, rid: str, ids: list[int]) -> None:
-            self._check(keys=[k.notified(rid), k.opted_out, *(k.owner_notices(o) for o in ids)],
-                        args=[cap, _us(since), *ids], client=pipe)
+            self._check(keys=[k.notified(rid), k.opted_out, *days.redis_keys(k)], args=[cap, *ids], client=pipe)
         return self._by_owner_shard("check", items, build)
 
     def _by_owner_shard(self, what: str, items: Sequence[tuple[str, np.ndarray]],
