@@ -109,10 +109,10 @@ def test_lint():
 
 
 def test_bench_report_with_every_peer(tmp_path: Path):
-    """The operators' bench command at 300,000 cameras, every peer loaded with the
+    """The operators' bench command at 100,000 cameras, every peer loaded with the
     same data and every answer asserted identical to ours, a few requests per area size."""
     js, md, png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
-    r = CliRunner().invoke(main, ["bench", "--cameras", "300000", "--queries", "4", "--window-queries", "3",
+    r = CliRunner().invoke(main, ["bench", "--cameras", "100000", "--queries", "4", "--window-queries", "3",
                                   "--sections", "index", "--json-out", str(js), "--markdown-out", str(md),
                                   "--plot-out", str(png)], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
@@ -129,7 +129,7 @@ def test_bench_report_with_every_peer(tmp_path: Path):
     assert all(set(row) >= {"geodispatch", "duckdb", "postgis", "redis-geo"} for row in idx["resolve"].values())
     assert "| 0.5 sq mi |" in md.read_text() and "| 12 h, last 2 days |" in md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert idx["cameras"] == 300_000
+    assert idx["cameras"] == 100_000
 
 
 def test_bench_h3_section(tmp_path: Path):
