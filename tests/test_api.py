@@ -4,11 +4,12 @@ approve -> dispatch, body limits, typed errors and the OpenAPI schema."""
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import numpy as np
@@ -455,3 +456,53 @@ def test_rate_limits_on_redis_are_shared_by_every_server(world, redis_server) ->
             assert got == [200, 200, 200, 429, 429]
     finally:
         backend.close()
+
+
+def test_an_agencys_count_is_two_index_lookups_and_the_count_of_its_requests(tmp_path) -> None:
+    """The policy's rate limit reads the embedded store's count of an agency's requests since a time at every
+    submission: numbered in submission order, it is the total less the first one's place, equal to a count of
+    the requests recorded (some out of order, some at the same time, repeats refused) at every time asked, and
+    answered from indexes (no scan). A store written before the numbers were kept is numbered when opened."""
+    from dispatcher.workflow.store import SqliteStore
+
+    rng = np.random.default_rng(11)
+    store = SqliteStore(tmp_path / "s.sqlite")
+    base = NOW - timedelta(days=2)
+    kept: list[tuple[str, int]] = []  # (agency, second) of each request recorded: the independent count's data
+    for k in range(240):
+        agency = ("a", "b", "c")[int(rng.integers(0, 3))]
+        # mostly in order, with ties, and one in five from earlier than the last (another process's clock)
+        t = k * 60 + int(rng.integers(0, 2)) * 30 - (int(rng.integers(1, 3000)) if rng.random() < 0.2 else 0)
+        rid = f"{agency}:r{int(rng.integers(0, 200))}"  # some ids repeat: refused, not counted
+        if store.create_many([(rid, agency, base + timedelta(seconds=t), "submitted", {}, ())])[0]:
+            kept.append((agency, t))
+        if k % 20 == 19:
+            for since in [*rng.integers(-3000, k * 60 + 100, size=8).tolist(), -10**6, 10**6]:
+                for agency in ("a", "b", "c", "nobody"):
+                    want = sum(1 for a, t0 in kept if a == agency and t0 >= since)
+                    assert store.count_agency_requests(agency, base + timedelta(seconds=since)) == want, (k, since)
+    assert len(kept) < 240  # repeats were refused
+    plan = " ".join(str(r) for r in store._db.execute("EXPLAIN QUERY PLAN SELECT agency_seq FROM requests WHERE "
+                                                       "agency_id='a' AND submitted_us>=0 ORDER BY submitted_us, "
+                                                       "agency_seq LIMIT 1"))
+    assert "requests_agency_seq" in plan and "TEMP B-TREE" not in plan, plan
+    store.close()
+
+    old = tmp_path / "old.sqlite"  # as the store wrote it before: no numbers, no totals
+    db = sqlite3.connect(old)
+    db.executescript("CREATE TABLE requests (request_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL, submitted_us "
+                     "INTEGER NOT NULL, state TEXT NOT NULL, payload BLOB NOT NULL);"
+                     "CREATE INDEX requests_agency ON requests (agency_id, submitted_us);")
+    rows = [(f"r{k}", "ab"[k % 2], int(x), "submitted", b"{}") for k, x in enumerate(rng.integers(0, 50, 40))]
+    db.executemany("INSERT INTO requests VALUES (?,?,?,?,?)", rows)
+    db.commit()
+    db.close()
+    store = SqliteStore(old)
+    try:
+        for since in range(-1, 52, 3):
+            for agency in "ab":
+                want = sum(1 for _, a, us, _, _ in rows if a == agency and us >= since)
+                got = store.count_agency_requests(agency, datetime.fromtimestamp(since / 1e6, timezone.utc))
+                assert got == want, (agency, since)
+    finally:
+        store.close()
