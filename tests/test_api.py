@@ -506,3 +506,52 @@ def test_an_agencys_count_is_two_index_lookups_and_the_count_of_its_requests(tmp
                 assert got == want, (agency, since)
     finally:
         store.close()
+
+
+def test_moving_windows_in_memory_admit_what_a_count_of_the_window_admits() -> None:
+    """The in-process rate limit against an independent count: a call is admitted when fewer than the limit's
+    calls were admitted in the window before it (the ``limits`` library's moving window), and a refusal says when
+    the window admits one again; ids are counted apart, and an id whose window emptied is dropped."""
+    import limits
+
+    from dispatcher.api.app import MovingWindows
+
+    rng = np.random.default_rng(5)
+    item = limits.parse("5/minute")
+    windows = MovingWindows()
+    windows.SWEEP = 50
+    admitted: dict[str, list[float]] = {"a": [], "b": []}
+    now = 1_000.0
+    for _ in range(1_500):
+        now += float(rng.exponential(8.0))
+        who = "ab"[int(rng.integers(0, 2))]
+        inside = [t for t in admitted[who] if t >= now - 60]
+        wait = windows.hit(item, who, now)
+        if len(inside) < 5:
+            assert wait is None
+            admitted[who].append(now)
+        else:
+            assert wait is not None and wait == pytest.approx(min(inside) + 60 - now)
+            assert 0 <= wait <= 60
+    assert 0 < len(admitted["a"]) < 1_000 and len(admitted["b"]) > 0
+    windows.hit(item, "c", now)
+    for _ in range(60):  # every id idle for longer than the window, then a sweep: only the id just seen is kept
+        windows.hit(item, "d", now + 61)
+    assert len(windows) == 1
+
+
+def test_an_unknown_caller_is_401_and_counted_even_with_a_bad_path_or_body(world, tmp_path) -> None:
+    """A call without a valid key counts against its address whatever else is wrong with it (an id out of its
+    pattern, a body that is not JSON, found before the key is read): 401, then 429 over the limit."""
+    index, _ = world
+    backend = open_backend(index, _registry(), Policy(), clock=lambda: NOW, store=tmp_path / "gd.sqlite")
+    try:
+        with serving(create_app(backend, ApiSettings(address_rate_limit="3/minute"))) as url:
+            api = Api(backend, url, "", "", "")
+            got = [api.call("GET", "/v1/requests/not%20an%20id", "gdk_guess").status_code,
+                   api.call("POST", "/v1/requests", "gdk_guess", content=b"{").status_code,
+                   api.call("GET", "/v1/requests/r1", "gdk_guess").status_code,
+                   api.call("GET", "/v1/requests/not%20an%20id", "gdk_guess").status_code]
+            assert got == [401, 401, 401, 429]
+    finally:
+        backend.close()

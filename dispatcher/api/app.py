@@ -114,6 +114,10 @@ class MovingWindows:
         self._times: dict[str, tuple[float, deque[float]]] = {}
         self._calls = 0
 
+    def __len__(self) -> int:
+        """The ids counted (whose window may hold calls)."""
+        return len(self._times)
+
     def hit(self, item: limits.RateLimitItem, key: str, now: float) -> float | None:
         """Count a call of ``key`` at ``now`` (seconds) against ``item``: None when admitted, else the seconds
         until the window admits one (nothing counted)."""
