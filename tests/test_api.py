@@ -555,3 +555,34 @@ def test_an_unknown_caller_is_401_and_counted_even_with_a_bad_path_or_body(world
             assert got == [401, 401, 401, 429]
     finally:
         backend.close()
+
+
+def test_concurrent_submissions_run_as_one_batch_with_the_outcomes_of_one_at_a_time(world, tmp_path) -> None:
+    """Submissions queued in one turn of the loop run as one pipeline call, and each gets what it would have got
+    alone: the same outcomes as the same commands run one at a time on another store (a refusal, a repeat of an id
+    in the batch, another agency's), the same requests stored."""
+    import asyncio
+
+    from dispatcher.api.app import Batches
+    from dispatcher.workflow.pipeline import Submit
+
+    index, _ = world
+    sent = [Submit(body(request_id=f"r{k}"), agency="il-chicago") for k in range(6)]
+    sent += [Submit(body(request_id="r1"), agency="il-chicago"),                 # a repeat in the batch
+             Submit(body(request_id="bad", incident_type="protest"), agency="il-chicago"),  # refused by the policy
+             Submit(body(request_id="r1", agency_id="il-evanston"), agency="il-evanston")]  # its own r1
+    stores = [open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
+                           store=tmp_path / f"{name}.sqlite") for name in ("batched", "alone")]
+    try:
+        batches = Batches(stores[0])
+
+        async def together() -> list[object]:
+            return list(await asyncio.gather(*(batches.run(c) for c in sent)))
+        got = asyncio.run(together())
+        alone = [stores[1].pipeline.run([c], NOW)[0] for c in sent]
+        assert (batches.runs, batches.commands) == (1, len(sent))
+        assert got == alone and [o.status for o in alone].count("submitted") == len(sent) - 1  # type: ignore[attr-defined]
+        assert stores[0].workflow.store.request_ids() == stores[1].workflow.store.request_ids()
+    finally:
+        for b in stores:
+            b.close()

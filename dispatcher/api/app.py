@@ -21,6 +21,7 @@ The module has no ``from __future__ import annotations``: FastAPI reads the hand
 and they name the dependencies made inside :func:`create_app`.
 """
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -58,10 +59,10 @@ from dispatcher.errors import (
 from dispatcher.reports.pages import page_csp
 from dispatcher.reports.request_map import build_request_map, request_map_html
 from dispatcher.service.commands import submitters_outcome
-from dispatcher.workflow.pipeline import Dispatch, Submit, scoped_id
+from dispatcher.workflow.pipeline import Dispatch, Outcome, Submit, scoped_id
 from dispatcher.workflow.review import APPROVED, SUBMITTED
 
-__all__ = ["ApiSettings", "MovingWindows", "create_app"]
+__all__ = ["ApiSettings", "Batches", "MovingWindows", "create_app"]
 
 #: Request ids as the library takes them (an agency's own, or the platform's ``<agency>:<id>``).
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -182,6 +183,52 @@ class Throttle:
         elif not await self.limiter.hit(item, *ids):
             wait = math.ceil((await self.limiter.get_window_stats(item, *ids)).reset_time - time.time())
             raise RateLimited(f"more than {item} calls; try again later", max(1, wait))
+
+
+class Batches:
+    """The submissions of one server process run through the pipeline together: those that arrive while a call
+    holds the loop are read in the loop's next turn, each handler queues its command here, and the first one
+    schedules a single :meth:`Pipeline.run` for all of them (at most :attr:`MAX` at once), after every handler
+    made ready in that turn has queued its own. One call, one clock and one round trip to the store per step for
+    the batch, as a stream worker runs its batches; a handler alone waits for no one (its batch runs in the same
+    turn of the loop). A failure of the run (a store unreachable: worth a retry, harmless to repeat) is every
+    command's of the batch."""
+
+    MAX = 64
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._pending: list[tuple[Submit, asyncio.Future[Outcome]]] = []
+        #: Pipeline calls made, and commands run by them (their ratio is the mean batch).
+        self.runs = 0
+        self.commands = 0
+
+    async def run(self, command: Submit) -> Outcome:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Outcome] = loop.create_future()
+        self._pending.append((command, done))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return await done
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending[:self.MAX], self._pending[self.MAX:]
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        now = self.backend.clock()  # the pipeline takes it as the submission time of an authenticated sender
+        try:
+            with self.backend.lock:
+                outcomes = self.backend.pipeline.run([c for c, _ in batch], now)
+        except Exception as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        self.runs += 1
+        self.commands += len(batch)
+        for (_, done), outcome in zip(batch, outcomes, strict=True):
+            if not done.done():  # not a handler cancelled meanwhile
+                done.set_result(outcome)
 
 
 class ApiError(Exception):
@@ -375,6 +422,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     pages under ``/r`` when ``residents`` is given."""
     s = settings or ApiSettings()
     throttle = Throttle(s)
+    batches = Batches(backend)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -385,6 +433,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
                   "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
     app.state.backend = backend
+    app.state.batches = batches
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gdk_...`.")
 
     async def authenticated(request: Request) -> Principal:
@@ -497,10 +546,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
         """Submit a video request. 202 with its status (``submitted`` awaiting review, or further); 422 with the
         rule codes when the policy refuses it. Sending the same request again returns its status."""
         me = await agency_of(request)
-        sent = _submission(await request.body())
-        now = backend.clock()  # the pipeline takes it as the submission time of an authenticated sender
-        with backend.lock:
-            outcome = backend.pipeline.run([Submit(sent, agency=me)], now)[0]
+        outcome = await batches.run(Submit(_submission(await request.body()), agency=me))
         seen = submitters_outcome(outcome, None, me)
         result = {"request_id": seen["request_id"], "status": seen["outcome"], "codes": list(seen["codes"])}
         if outcome.refused:
