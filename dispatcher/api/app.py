@@ -14,8 +14,9 @@ The agencies' and reviewers' handlers (and the key check before them) run on the
 thread pool: the calls of one process into the pipeline are serialised anyway (``Backend.lock``: its store and
 sink connections are shared), so a thread would only add two hand-offs between threads a call, which on a busy
 machine cost more than the HTTP itself (``bench/bench_api.py``). A call then holds the loop while it runs, as it
-held the lock; more throughput comes from more server processes. What may wait on the loop's I/O (reading a body,
-the rate limits' counts on Redis) is awaited.
+held the lock; the submissions that arrive meanwhile run together as one pipeline call (:class:`Batches`), and
+more throughput comes from more server processes. What may wait on the loop's I/O (reading a body, the rate
+limits' counts on Redis) is awaited.
 
 The module has no ``from __future__ import annotations``: FastAPI reads the handlers' annotations at run time,
 and they name the dependencies made inside :func:`create_app`.
