@@ -290,6 +290,16 @@ def test_openapi_schema_is_valid(api: Api) -> None:
     assert {"/v1/requests", "/v1/requests/{request_id}", "/v1/review/queue", "/v1/review/{request_id}/approve",
             "/v1/review/{request_id}/reject", "/v1/review/{request_id}/map"} <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    # submit and status validate and encode themselves: their body, answers and security are declared by hand
+    submit, status = spec["paths"]["/v1/requests"]["post"], spec["paths"]["/v1/requests/{request_id}"]["get"]
+    ref = submit["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/Submission" and submit["requestBody"]["required"]
+    assert set(spec["components"]["schemas"]["Submission"]["required"]) == set(body())
+    assert spec["components"]["schemas"]["Submission"]["additionalProperties"] is False
+    for op, model, code in ((submit, "SubmitResult", "202"), (status, "RequestStatus", "200")):
+        assert op["security"] == [{"HTTPBearer": []}]
+        assert op["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/" + model)
+        assert {"401", "403", "422", "503"} <= set(op["responses"])
 
 
 def test_api_key_commands(tmp_path) -> None:
