@@ -11,6 +11,11 @@ and p99 (``extra_info``, and printed). The client is one keep-alive ``http.clien
 in one write, Nagle off), not httpx, whose own cost is several times the server's; the floor is that client
 asking the server for a path it does not have (a 404: the client, the server's HTTP parsing and routing, no key
 and no store), measured in the same rounds.
+
+With ``GEODISPATCH_BENCH_API_BASE`` naming another checkout of geodispatch (a worktree of the base commit), a
+second server runs from that checkout, on its own embedded file, and its submissions and floor are measured in
+the same interleaved rounds (``http_base``, ``floor_base``): before and after, on the same machine at the same
+moment.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +37,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dispatcher.api import AGENCY, Backend, open_backend, open_credentials
+from dispatcher.api import AGENCY, Backend, open_backend
+from dispatcher.api.credentials import SqliteCredentials
 from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.service.servers import free_port
@@ -42,6 +49,8 @@ from tests import data
 from tests.video_requests import JOINED, LAT0, LNG0, square
 
 ROUNDS = int(os.environ.get("GEODISPATCH_BENCH_API_ROUNDS", "1000"))
+#: Another checkout whose server is measured beside this one's, or None.
+BASE = os.environ.get("GEODISPATCH_BENCH_API_BASE") or None
 WARMUP = 50
 #: The served process judges requests by the wall clock: both sides submit at this time.
 _NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -69,10 +78,38 @@ def wait_for_http(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s
             time.sleep(0.2)
 
 
+@dataclass
+class Server:
+    """A ``geodispatch api`` process: its port, an agency's key, its pid (for its CPU time)."""
+
+    port: int
+    key: str
+    pid: int
+
+
+def _start(tmp: Path, name: str, tree: Path | None, procs: list[subprocess.Popen[bytes]]) -> Server:
+    """``geodispatch api`` from this checkout (``tree`` None) or from ``tree``, on the embedded file ``name``."""
+    creds = SqliteCredentials(tmp / f"{name}.sqlite")
+    _, key = creds.create(AGENCY, "il-chicago", _NOW)
+    creds.close()
+    env = dict(os.environ) if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+    port = free_port()
+    with (tmp / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "api", "--index", str(tmp / "index"),
+                                 "--store", str(tmp / f"{name}.sqlite"), "--agencies", str(tmp / "agencies.parquet"),
+                                 "--policy", str(tmp / "policy.json"), "--port", str(port),
+                                 "--rate-limit", "1000000/minute"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tree)
+    procs.append(proc)
+    wait_for_http(port, proc, tmp / f"{name}.log")
+    return Server(port, key, proc.pid)
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Backend, int, str, int]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Backend, dict[str, Server]]]:
     """The in-process backend, and ``geodispatch api`` in a process of its own (as deployed: the client does not
-    share its interpreter), each on its own embedded file, over the same index."""
+    share its interpreter), each on its own embedded file, over the same index; with :data:`BASE`, the base
+    checkout's server too."""
     tmp = tmp_path_factory.mktemp("api-bench")
     cams = data.cameras(5_000, seed=3, cx=LNG0, cy=LAT0, spread=0.01)
     index = CameraIndex.build(cams, data.owners(cams, seed=3))
@@ -82,21 +119,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Backend, 
     registry.save_parquet(tmp / "agencies.parquet")
     (tmp / "policy.json").write_text(json.dumps({"rate_limit": 10**9}))
     backend = open_backend(index, registry, Policy(rate_limit=10**9), clock=lambda: _NOW, store=tmp / "inproc.sqlite")
-    creds = open_credentials(store=tmp / "served.sqlite")
-    _, key = creds.create(AGENCY, "il-chicago", _NOW)
-    port = free_port()
-    with (tmp / "api.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dispatcher.cli", "api", "--index", str(tmp / "index"),
-                                 "--store", str(tmp / "served.sqlite"), "--agencies", str(tmp / "agencies.parquet"),
-                                 "--policy", str(tmp / "policy.json"), "--port", str(port),
-                                 "--rate-limit", "1000000/minute"],
-                                stdout=log, stderr=subprocess.STDOUT)
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        wait_for_http(port, proc, tmp / "api.log")
-        yield backend, port, key, proc.pid
+        servers = {"": _start(tmp, "served", None, procs)}
+        if BASE is not None:
+            servers["_base"] = _start(tmp, "base", Path(BASE).resolve(), procs)
+        yield backend, servers
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
         backend.close()
 
 
@@ -112,48 +145,65 @@ def _ms(values: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}
 
 
-def test_http_cost_of_a_submission(benchmark: Any, served: tuple[Backend, int, str, int]) -> None:
-    backend, port, key, proc_pid = served
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+def test_http_cost_of_a_submission(benchmark: Any, served: tuple[Backend, dict[str, Server]]) -> None:
+    backend, servers = served
+    conns = {tag: http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30) for tag, srv in servers.items()}
     ids = (f"r-{k}" for k in itertools.count())
 
     def in_process() -> None:
         out = backend.pipeline.run([Submit(_body(next(ids)), agency="il-chicago")], _NOW)[0]
         assert out.status == "submitted", out
 
-    def over_http() -> None:
-        conn.request("POST", "/v1/requests", body=json.dumps(_body(next(ids))).encode(), headers=headers)
-        r = conn.getresponse()
-        assert r.status == 202, r.read()
-        r.read()
+    def over_http(tag: str) -> Callable[[], None]:
+        conn = conns[tag]
+        headers = {"Authorization": f"Bearer {servers[tag].key}", "Content-Type": "application/json"}
 
-    def floor() -> None:
-        conn.request("GET", "/v1/nothing-here")
-        r = conn.getresponse()
-        r.read()
-        assert r.status == 404
+        def call() -> None:
+            conn.request("POST", "/v1/requests", body=json.dumps(_body(next(ids))).encode(), headers=headers)
+            r = conn.getresponse()
+            assert r.status == 202, r.read()
+            r.read()
+        return call
+
+    def floor(tag: str) -> Callable[[], None]:
+        conn = conns[tag]
+
+        def call() -> None:
+            conn.request("GET", "/v1/nothing-here")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 404
+        return call
+
+    sides: dict[str, Callable[[], None]] = {"in_process": in_process}
+    pids: dict[str, int] = {}
+    for tag, srv in servers.items():
+        sides[f"http{tag}"], sides[f"floor{tag}"] = over_http(tag), floor(tag)
+        pids[f"http{tag}"] = pids[f"floor{tag}"] = srv.pid
+
+    def cpu(name: str) -> float:
+        return time.thread_time() if name == "in_process" else _cpu_s(pids[name])
 
     def run() -> dict[str, Any]:
-        sides = {"in_process": in_process, "http": over_http, "floor": floor}
         times: dict[str, list[float]] = {name: [] for name in sides}
-        cpu = dict.fromkeys(sides, 0.0)  # the in-process thread's CPU time, the server process's
+        used = dict.fromkeys(sides, 0.0)  # the in-process thread's CPU time, the server process's
         for k in range(WARMUP + ROUNDS):
             order = list(sides.items())
             if k % 2:
                 order.reverse()
             for name, fn in order:
-                c0, t0 = (time.thread_time() if name == "in_process" else _cpu_s(proc_pid)), time.perf_counter()
+                c0, t0 = cpu(name), time.perf_counter()
                 fn()
                 t1 = time.perf_counter()
-                c1 = time.thread_time() if name == "in_process" else _cpu_s(proc_pid)
+                c1 = cpu(name)
                 if k >= WARMUP:
                     times[name].append(t1 - t0)
-                    cpu[name] += c1 - c0
+                    used[name] += c1 - c0
         figures: dict[str, Any] = {name: _ms(v) for name, v in times.items()}
-        figures["http_cost"] = {p: round(figures["http"][p] - figures["in_process"][p], 3)
-                                for p in ("p50_ms", "p99_ms")}
-        figures["cpu_ms_per_call"] = {name: round(c / ROUNDS * 1e3, 3) for name, c in cpu.items()}
+        for tag in servers:
+            figures[f"http_cost{tag}"] = {p: round(figures[f"http{tag}"][p] - figures["in_process"][p], 3)
+                                          for p in ("p50_ms", "p99_ms")}
+        figures["cpu_ms_per_call"] = {name: round(c / ROUNDS * 1e3, 3) for name, c in used.items()}
         figures["rounds"] = ROUNDS
         figures["load_average"] = [round(x, 2) for x in os.getloadavg()]
         return figures
@@ -161,7 +211,8 @@ def test_http_cost_of_a_submission(benchmark: Any, served: tuple[Backend, int, s
     try:
         figures = benchmark.pedantic(run, rounds=1, iterations=1)
     finally:
-        conn.close()
+        for conn in conns.values():
+            conn.close()
     benchmark.extra_info.update(figures)
     print("\nsubmit, ms (p50 / p99):",
           *(f"{name} {f['p50_ms']:.3f} / {f['p99_ms']:.3f}" for name, f in figures.items()

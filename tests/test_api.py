@@ -4,11 +4,12 @@ approve -> dispatch, body limits, typed errors and the OpenAPI schema."""
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import numpy as np
@@ -289,6 +290,16 @@ def test_openapi_schema_is_valid(api: Api) -> None:
     assert {"/v1/requests", "/v1/requests/{request_id}", "/v1/review/queue", "/v1/review/{request_id}/approve",
             "/v1/review/{request_id}/reject", "/v1/review/{request_id}/map"} <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    # submit and status validate and encode themselves: their body, answers and security are declared by hand
+    submit, status = spec["paths"]["/v1/requests"]["post"], spec["paths"]["/v1/requests/{request_id}"]["get"]
+    ref = submit["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/Submission" and submit["requestBody"]["required"]
+    assert set(spec["components"]["schemas"]["Submission"]["required"]) == set(body())
+    assert spec["components"]["schemas"]["Submission"]["additionalProperties"] is False
+    for op, model, code in ((submit, "SubmitResult", "202"), (status, "RequestStatus", "200")):
+        assert op["security"] == [{"HTTPBearer": []}]
+        assert op["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/" + model)
+        assert {"401", "403", "422", "503"} <= set(op["responses"])
 
 
 def test_api_key_commands(tmp_path) -> None:
@@ -455,3 +466,133 @@ def test_rate_limits_on_redis_are_shared_by_every_server(world, redis_server) ->
             assert got == [200, 200, 200, 429, 429]
     finally:
         backend.close()
+
+
+def test_an_agencys_count_is_two_index_lookups_and_the_count_of_its_requests(tmp_path) -> None:
+    """The policy's rate limit reads the embedded store's count of an agency's requests since a time at every
+    submission: numbered in submission order, it is the total less the first one's place, equal to a count of
+    the requests recorded (some out of order, some at the same time, repeats refused) at every time asked, and
+    answered from indexes (no scan). A store written before the numbers were kept is numbered when opened."""
+    from dispatcher.workflow.store import SqliteStore
+
+    rng = np.random.default_rng(11)
+    store = SqliteStore(tmp_path / "s.sqlite")
+    base = NOW - timedelta(days=2)
+    kept: list[tuple[str, int]] = []  # (agency, second) of each request recorded: the independent count's data
+    for k in range(240):
+        agency = ("a", "b", "c")[int(rng.integers(0, 3))]
+        # mostly in order, with ties, and one in five from earlier than the last (another process's clock)
+        t = k * 60 + int(rng.integers(0, 2)) * 30 - (int(rng.integers(1, 3000)) if rng.random() < 0.2 else 0)
+        rid = f"{agency}:r{int(rng.integers(0, 200))}"  # some ids repeat: refused, not counted
+        if store.create_many([(rid, agency, base + timedelta(seconds=t), "submitted", {}, ())])[0]:
+            kept.append((agency, t))
+        if k % 20 == 19:
+            for since in [*rng.integers(-3000, k * 60 + 100, size=8).tolist(), -10**6, 10**6]:
+                for agency in ("a", "b", "c", "nobody"):
+                    want = sum(1 for a, t0 in kept if a == agency and t0 >= since)
+                    assert store.count_agency_requests(agency, base + timedelta(seconds=since)) == want, (k, since)
+    assert len(kept) < 240  # repeats were refused
+    plan = " ".join(str(r) for r in store._db.execute("EXPLAIN QUERY PLAN SELECT agency_seq FROM requests WHERE "
+                                                       "agency_id='a' AND submitted_us>=0 ORDER BY submitted_us, "
+                                                       "agency_seq LIMIT 1"))
+    assert "requests_agency_seq" in plan and "TEMP B-TREE" not in plan, plan
+    store.close()
+
+    old = tmp_path / "old.sqlite"  # as the store wrote it before: no numbers, no totals
+    db = sqlite3.connect(old)
+    db.executescript("CREATE TABLE requests (request_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL, submitted_us "
+                     "INTEGER NOT NULL, state TEXT NOT NULL, payload BLOB NOT NULL);"
+                     "CREATE INDEX requests_agency ON requests (agency_id, submitted_us);")
+    rows = [(f"r{k}", "ab"[k % 2], int(x), "submitted", b"{}") for k, x in enumerate(rng.integers(0, 50, 40))]
+    db.executemany("INSERT INTO requests VALUES (?,?,?,?,?)", rows)
+    db.commit()
+    db.close()
+    store = SqliteStore(old)
+    try:
+        for since in range(-1, 52, 3):
+            for agency in "ab":
+                want = sum(1 for _, a, us, _, _ in rows if a == agency and us >= since)
+                got = store.count_agency_requests(agency, datetime.fromtimestamp(since / 1e6, timezone.utc))
+                assert got == want, (agency, since)
+    finally:
+        store.close()
+
+
+def test_moving_windows_in_memory_admit_what_a_count_of_the_window_admits() -> None:
+    """The in-process rate limit against an independent count: a call is admitted when fewer than the limit's
+    calls were admitted in the window before it (the ``limits`` library's moving window), and a refusal says when
+    the window admits one again; ids are counted apart, and an id whose window emptied is dropped."""
+    import limits
+
+    from dispatcher.api.app import MovingWindows
+
+    rng = np.random.default_rng(5)
+    item = limits.parse("5/minute")
+    windows = MovingWindows()
+    windows.SWEEP = 50
+    admitted: dict[str, list[float]] = {"a": [], "b": []}
+    now = 1_000.0
+    for _ in range(1_500):
+        now += float(rng.exponential(8.0))
+        who = "ab"[int(rng.integers(0, 2))]
+        inside = [t for t in admitted[who] if t >= now - 60]
+        wait = windows.hit(item, who, now)
+        if len(inside) < 5:
+            assert wait is None
+            admitted[who].append(now)
+        else:
+            assert wait is not None and wait == pytest.approx(min(inside) + 60 - now)
+            assert 0 <= wait <= 60
+    assert 0 < len(admitted["a"]) < 1_000 and len(admitted["b"]) > 0
+    windows.hit(item, "c", now)
+    for _ in range(60):  # every id idle for longer than the window, then a sweep: only the id just seen is kept
+        windows.hit(item, "d", now + 61)
+    assert len(windows) == 1
+
+
+def test_an_unknown_caller_is_401_and_counted_even_with_a_bad_path_or_body(world, tmp_path) -> None:
+    """A call without a valid key counts against its address whatever else is wrong with it (an id out of its
+    pattern, a body that is not JSON, found before the key is read): 401, then 429 over the limit."""
+    index, _ = world
+    backend = open_backend(index, _registry(), Policy(), clock=lambda: NOW, store=tmp_path / "gd.sqlite")
+    try:
+        with serving(create_app(backend, ApiSettings(address_rate_limit="3/minute"))) as url:
+            api = Api(backend, url, "", "", "")
+            got = [api.call("GET", "/v1/requests/not%20an%20id", "gdk_guess").status_code,
+                   api.call("POST", "/v1/requests", "gdk_guess", content=b"{").status_code,
+                   api.call("GET", "/v1/requests/r1", "gdk_guess").status_code,
+                   api.call("GET", "/v1/requests/not%20an%20id", "gdk_guess").status_code]
+            assert got == [401, 401, 401, 429]
+    finally:
+        backend.close()
+
+
+def test_concurrent_submissions_run_as_one_batch_with_the_outcomes_of_one_at_a_time(world, tmp_path) -> None:
+    """Submissions queued in one turn of the loop run as one pipeline call, and each gets what it would have got
+    alone: the same outcomes as the same commands run one at a time on another store (a refusal, a repeat of an id
+    in the batch, another agency's), the same requests stored."""
+    import asyncio
+
+    from dispatcher.api.app import Batches
+    from dispatcher.workflow.pipeline import Submit
+
+    index, _ = world
+    sent = [Submit(body(request_id=f"r{k}"), agency="il-chicago") for k in range(6)]
+    sent += [Submit(body(request_id="r1"), agency="il-chicago"),                 # a repeat in the batch
+             Submit(body(request_id="bad", incident_type="protest"), agency="il-chicago"),  # refused by the policy
+             Submit(body(request_id="r1", agency_id="il-evanston"), agency="il-evanston")]  # its own r1
+    stores = [open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
+                           store=tmp_path / f"{name}.sqlite") for name in ("batched", "alone")]
+    try:
+        batches = Batches(stores[0])
+
+        async def together() -> list[object]:
+            return list(await asyncio.gather(*(batches.run(c) for c in sent)))
+        got = asyncio.run(together())
+        alone = [stores[1].pipeline.run([c], NOW)[0] for c in sent]
+        assert (batches.runs, batches.commands) == (1, len(sent))
+        assert got == alone and [o.status for o in alone].count("submitted") == len(sent) - 1  # type: ignore[attr-defined]
+        assert stores[0].workflow.store.request_ids() == stores[1].workflow.store.request_ids()
+    finally:
+        for b in stores:
+            b.close()

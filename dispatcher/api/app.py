@@ -14,15 +14,18 @@ The agencies' and reviewers' handlers (and the key check before them) run on the
 thread pool: the calls of one process into the pipeline are serialised anyway (``Backend.lock``: its store and
 sink connections are shared), so a thread would only add two hand-offs between threads a call, which on a busy
 machine cost more than the HTTP itself (``bench/bench_api.py``). A call then holds the loop while it runs, as it
-held the lock; more throughput comes from more server processes. What may wait on the loop's I/O (reading a body,
-the rate limits' counts on Redis) is awaited.
+held the lock; the submissions that arrive meanwhile run together as one pipeline call (:class:`Batches`), and
+more throughput comes from more server processes. What may wait on the loop's I/O (reading a body, the rate
+limits' counts on Redis) is awaited.
 
 The module has no ``from __future__ import annotations``: FastAPI reads the handlers' annotations at run time,
 and they name the dependencies made inside :func:`create_app`.
 """
 
+import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,10 +35,12 @@ import limits
 import limits.aio.strategies
 import limits.errors
 import limits.storage
+import orjson
+import pydantic
 import redis.asyncio
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -55,10 +60,10 @@ from dispatcher.errors import (
 from dispatcher.reports.pages import page_csp
 from dispatcher.reports.request_map import build_request_map, request_map_html
 from dispatcher.service.commands import submitters_outcome
-from dispatcher.workflow.pipeline import Dispatch, Submit, scoped_id
+from dispatcher.workflow.pipeline import Dispatch, Outcome, Submit, scoped_id
 from dispatcher.workflow.review import APPROVED, SUBMITTED
 
-__all__ = ["ApiSettings", "create_app"]
+__all__ = ["ApiSettings", "Batches", "MovingWindows", "create_app"]
 
 #: Request ids as the library takes them (an agency's own, or the platform's ``<agency>:<id>``).
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -97,31 +102,66 @@ class ApiSettings:
                 raise InvalidApiSettings(f"{name} must read like '600/minute', got {getattr(self, name)!r}") from None
 
 
-class Throttle:
-    """The front door's rate limits (the ``limits`` library's moving windows, its asyncio side): each key, once
-    authenticated, and each client address for what comes without a valid key. A refusal is a 429 with
-    ``Retry-After``; what is counted is the caller's own calls, nothing about any resident.
+class MovingWindows:
+    """Moving windows counted in this process, on the event loop: for each id, the times of its calls admitted
+    in the last window, oldest first. A call is refused when the window holds ``item.amount`` calls already, the
+    ``limits`` library's moving window exactly, without its asyncio memory storage's cost: that storage starts a
+    task at every call, and the task hands each id's expiry to a thread (a hop to the thread pool and back a call:
+    a tenth of the server's CPU at a submission, ``bench/bench_api.py`` under py-spy). Nothing here awaits, so
+    the loop needs no lock; an id whose window has emptied is dropped every :attr:`SWEEP` calls."""
 
-    The windows are counted on the event loop: in memory (expired entries dropped by a task of the loop, not a
-    thread started every few milliseconds, as the threaded memory storage does) or on Redis through redis-py's
-    asyncio client, so a count never blocks the loop or costs a hop to a thread."""
+    SWEEP = 4096
+
+    def __init__(self) -> None:
+        self._times: dict[str, tuple[float, deque[float]]] = {}
+        self._calls = 0
+
+    def __len__(self) -> int:
+        """The ids counted (whose window may hold calls)."""
+        return len(self._times)
+
+    def hit(self, item: limits.RateLimitItem, key: str, now: float) -> float | None:
+        """Count a call of ``key`` at ``now`` (seconds) against ``item``: None when admitted, else the seconds
+        until the window admits one (nothing counted)."""
+        self._calls += 1
+        if self._calls % self.SWEEP == 0:
+            self._times = {k: (w, t) for k, (w, t) in self._times.items() if t and t[-1] >= now - w}
+        window = float(item.get_expiry())
+        times = self._times.setdefault(key, (window, deque()))[1]
+        while times and times[0] < now - window:
+            times.popleft()
+        if len(times) >= item.amount:
+            return times[0] + window - now
+        times.append(now)
+        return None
+
+
+class Throttle:
+    """The front door's rate limits (moving windows): each key, once authenticated, and each client address for
+    what comes without a valid key. A refusal is a 429 with ``Retry-After``; what is counted is the caller's own
+    calls, nothing about any resident.
+
+    The windows are counted on the event loop: in memory (:class:`MovingWindows`) or on Redis by the ``limits``
+    library's asyncio side through redis-py's asyncio client, so a count never blocks the loop or costs a hop to a
+    thread."""
 
     def __init__(self, settings: ApiSettings) -> None:
         self.per_key, self.per_address = limits.parse(settings.rate_limit), limits.parse(settings.address_rate_limit)
         where = settings.rate_storage
         #: The Redis connections of the counts (none in memory), closed by :meth:`aclose` as the server stops.
         self._pool: redis.asyncio.ConnectionPool | None = None
+        self._memory: MovingWindows | None = None
         try:
             if where.startswith("memory://"):
-                storage = limits.storage.storage_from_string("async+" + where)
-            elif where.startswith(("redis://", "rediss://")):
-                self._pool = redis.asyncio.ConnectionPool.from_url(where)
-                # a pool of ours, to close; the options' annotation (float | str | bool) leaves out the pool that
-                # the storage documents and takes
-                pool: dict[str, Any] = {"connection_pool": self._pool}
-                storage = limits.storage.storage_from_string("async+" + where, implementation="redispy", **pool)
-            else:
+                self._memory = MovingWindows()
+                return
+            if not where.startswith(("redis://", "rediss://")):
                 raise ValueError("not memory:// or a Redis URL")
+            self._pool = redis.asyncio.ConnectionPool.from_url(where)
+            # a pool of ours, to close; the options' annotation (float | str | bool) leaves out the pool that the
+            # storage documents and takes
+            pool: dict[str, Any] = {"connection_pool": self._pool}
+            storage = limits.storage.storage_from_string("async+" + where, implementation="redispy", **pool)
             self.limiter = limits.aio.strategies.MovingWindowRateLimiter(storage)
         except (ValueError, limits.errors.ConfigurationError) as exc:
             raise InvalidApiSettings(f"rate_storage {where!r}: {exc}") from None
@@ -137,9 +177,59 @@ class Throttle:
         await self._hit(self.per_address, "address", request.client.host if request.client else "-")
 
     async def _hit(self, item: limits.RateLimitItem, *ids: str) -> None:
-        if not await self.limiter.hit(item, *ids):
+        if self._memory is not None:
+            wait = self._memory.hit(item, item.key_for(*ids), time.time())
+            if wait is not None:
+                raise RateLimited(f"more than {item} calls; try again later", max(1, math.ceil(wait)))
+        elif not await self.limiter.hit(item, *ids):
             wait = math.ceil((await self.limiter.get_window_stats(item, *ids)).reset_time - time.time())
             raise RateLimited(f"more than {item} calls; try again later", max(1, wait))
+
+
+class Batches:
+    """The submissions of one server process run through the pipeline together: those that arrive while a call
+    holds the loop are read in the loop's next turn, each handler queues its command here, and the first one
+    schedules a single :meth:`Pipeline.run` for all of them (at most :attr:`MAX` at once), after every handler
+    made ready in that turn has queued its own. One call, one clock and one round trip to the store per step for
+    the batch, as a stream worker runs its batches; a handler alone waits for no one (its batch runs in the same
+    turn of the loop). A failure of the run (a store unreachable: worth a retry, harmless to repeat) is every
+    command's of the batch."""
+
+    MAX = 64
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._pending: list[tuple[Submit, asyncio.Future[Outcome]]] = []
+        #: Pipeline calls made, and commands run by them (their ratio is the mean batch).
+        self.runs = 0
+        self.commands = 0
+
+    async def run(self, command: Submit) -> Outcome:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Outcome] = loop.create_future()
+        self._pending.append((command, done))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return await done
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending[:self.MAX], self._pending[self.MAX:]
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        now = self.backend.clock()  # the pipeline takes it as the submission time of an authenticated sender
+        try:
+            with self.backend.lock:
+                outcomes = self.backend.pipeline.run([c for c, _ in batch], now)
+        except Exception as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        self.runs += 1
+        self.commands += len(batch)
+        for (_, done), outcome in zip(batch, outcomes, strict=True):
+            if not done.done():  # not a handler cancelled meanwhile
+                done.set_result(outcome)
 
 
 class ApiError(Exception):
@@ -233,6 +323,39 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody} for c in codes}
 
 
+#: An endpoint that checks the key itself (not by a dependency) declares the bearer scheme in its schema.
+_SECURED: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The schema of a body that the handler validates itself: the model's, published with the app's others
+    (``components``, added by :func:`_with_bodies`)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {**_SECURED, "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+class InvalidBody(Exception):
+    """A body that is not JSON or not of the model's types: the errors as pydantic gives them, located in the
+    body as FastAPI locates them (``("body", field, ...)``), for the one 422 of every endpoint."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("invalid body")
+        self.errors = errors
+
+
+def _submission(raw: bytes) -> dict[str, Any]:
+    """A submission's body as the pipeline takes it, its JSON types checked by :class:`Submission` (the pipeline
+    and the policy judge the values)."""
+    try:
+        return Submission.model_validate_json(raw).model_dump()
+    except pydantic.ValidationError as exc:
+        raise InvalidBody([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
+
+
 # ---------------------------------------------------------------------------------------------- body limit
 
 
@@ -300,6 +423,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     pages under ``/r`` when ``residents`` is given."""
     s = settings or ApiSettings()
     throttle = Throttle(s)
+    batches = Batches(backend)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -310,17 +434,33 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
                   "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
     app.state.backend = backend
+    app.state.batches = batches
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer gdk_...`.")
 
-    async def principal(request: Request,
-                        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    async def authenticated(request: Request) -> Principal:
+        """The caller's principal, from its ``Authorization: Bearer`` key (as :class:`HTTPBearer` reads it), its
+        key's calls counted; a missing or invalid key counts against the address and is refused."""
         # on the event loop, as the handlers are (the module's docstring says why): one hash, one lookup
-        got = None if cred is None else backend.credentials.authenticate(cred.credentials)
+        scheme, _, key = (request.headers.get("authorization") or "").partition(" ")
+        key = key.strip()
+        got = backend.credentials.authenticate(key) if key and scheme.lower() == "bearer" else None
         if got is None:
             await throttle.address(request)  # guessing keys costs the guesser's address its calls
             raise NotAuthenticated("missing or invalid API key")
         await throttle.key(got)
         return got
+
+    async def principal(request: Request,
+                        _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+        # the bearer scheme declared (the OpenAPI schema's security), read by authenticated()
+        return await authenticated(request)
+
+    async def agency_of(request: Request) -> str:
+        """The hot endpoints' check, without FastAPI's dependency solving: the key, then its role."""
+        who = await authenticated(request)
+        if who.role != AGENCY:
+            raise NotPermitted("this endpoint is for agencies")
+        return who.name
 
     async def agency(who: Annotated[Principal, Depends(principal)]) -> str:
         if who.role != AGENCY:
@@ -357,16 +497,28 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     async def _forbidden(_: Request, exc: NotPermitted) -> JSONResponse:
         return _error(403, "forbidden", str(exc), "Authorization")
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # a body that is not JSON is found before the key is checked: an unknown caller still learns only 401
+    async def _invalid_input(request: Request, errors: list[Any]) -> JSONResponse:
+        # a body that is not JSON, or a path parameter out of its pattern, is found before the key is checked: an
+        # unknown caller still learns only 401, and it counts against the address as any call without a key
         if not _known(request):
+            try:
+                await throttle.address(request)
+            except RateLimited as exc:
+                return await _limited(request, exc)
             return _unauthorized("missing or invalid API key")
-        errs = [_field_error(e) for e in exc.errors()]
+        errs = [_field_error(e) for e in errors]
         first = errs[0] if errs else {"field": "body", "message": "invalid", "type": ""}
         kind = "invalid_json" if first["type"] == "json_invalid" else "invalid_input"
         return _error(422, kind, f"{first['field']}: {first['message']}", first["field"],
                       {"errors": errs[:20]})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _invalid_input(request, list(exc.errors()))
+
+    @app.exception_handler(InvalidBody)
+    async def _invalid_body(request: Request, exc: InvalidBody) -> JSONResponse:
+        return await _invalid_input(request, exc.errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -382,30 +534,38 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
 
     # -- agencies ---------------------------------------------------------------------------------------
 
-    @app.post("/v1/requests", status_code=202, response_model=SubmitResult, tags=["agencies"],
-              responses=_errors(401, 403, 413, 422, 503))
-    async def submit_request(body: Submission, me: Annotated[str, Depends(agency)]) -> Any:
+    # The two calls an evidence system makes most, submit and status, are plain handlers of the Request: the key
+    # checked, the body validated against the same model (pydantic's own JSON parser, one pass) and the answer
+    # encoded by orjson, without FastAPI's dependency solving, body decoding and response model, which cost as
+    # much as the rest of the HTTP layer. Their schema stays whole: the body, the answers and the security are
+    # declared below, from the same models.
+
+    @app.post("/v1/requests", status_code=202, tags=["agencies"], openapi_extra=_body_schema(Submission),
+              responses={202: {"model": SubmitResult, "description": "The request's status."},
+                         **_errors(401, 403, 413, 422, 503)})
+    async def submit_request(request: Request) -> Response:
         """Submit a video request. 202 with its status (``submitted`` awaiting review, or further); 422 with the
         rule codes when the policy refuses it. Sending the same request again returns its status."""
-        now = backend.clock()  # the pipeline takes it as the submission time of an authenticated sender
-        with backend.lock:
-            outcome = backend.pipeline.run([Submit(body.model_dump(), agency=me)], now)[0]
+        me = await agency_of(request)
+        outcome = await batches.run(Submit(_submission(await request.body()), agency=me))
         seen = submitters_outcome(outcome, None, me)
         result = {"request_id": seen["request_id"], "status": seen["outcome"], "codes": list(seen["codes"])}
         if outcome.refused:
             raise ApiError(422, "request_refused", "the request was refused: " + ", ".join(result["codes"]),
                            "body", result)
-        return result
+        return _json(result, 202)
 
-    @app.get("/v1/requests/{request_id}", response_model=RequestStatus, tags=["agencies"],
-             responses=_errors(401, 403, 404, 422, 503))
-    async def get_request(request_id: Annotated[str, Path(pattern=_ID)], me: Annotated[str, Depends(agency)]) -> Any:
+    @app.get("/v1/requests/{request_id}", tags=["agencies"], openapi_extra=_SECURED,
+             responses={200: {"model": RequestStatus, "description": "The request's status."},
+                        **_errors(401, 403, 404, 422, 503)})
+    async def get_request(request: Request, request_id: Annotated[str, Path(pattern=_ID)]) -> Response:
         """The status of one of the agency's own requests; any other id is not found."""
+        me = await agency_of(request)
         with backend.lock:
             got = backend.workflow.store.get_request(scoped_id(me, request_id))
         if got is None:
             raise _not_found()
-        return {"request_id": request_id, "status": got[0]}
+        return _json({"request_id": request_id, "status": got[0]})
 
     @app.get("/v1/requests", response_model=RequestList, tags=["agencies"], responses=_errors(401, 403, 503))
     async def list_requests(me: Annotated[str, Depends(agency)]) -> Any:
@@ -480,7 +640,23 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     if residents is not None:
         app.include_router(residents_router(backend, residents, throttle.address))
     app.add_middleware(_BodyLimit, limit=s.body_limit)
+    _with_bodies(app, Submission)
     return app
+
+
+def _with_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
+    """The app's schema with the models of the bodies its handlers validate themselves (:func:`_body_schema`)
+    among its components, as FastAPI publishes those of the bodies it validates."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = plain().setdefault("components", {}).setdefault("schemas", {})
+            for m in models:
+                schemas[m.__name__] = m.model_json_schema(ref_template="#/components/schemas/{model}")
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _field_error(e: Any) -> dict[str, str]:

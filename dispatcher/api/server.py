@@ -1,5 +1,9 @@
 """Serving the API with uvicorn: one process, a graceful stop on SIGTERM or SIGINT (the calls in hand finish),
-then the backend's files and connections closed, and exit status 0."""
+then the backend's files and connections closed, and exit status 0.
+
+uvicorn runs on uvloop's event loop and parses HTTP with httptools (both dependencies, named here rather than
+left to uvicorn's choice of what is installed): against asyncio's loop and h11, they halve the server's CPU for
+the HTTP of a call (``bench/bench_api.py``'s floor, a 404: 1.0 ms against 2.2 ms on a loaded 2-core machine)."""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ def serve(backend: Backend, host: str, port: int, settings: ApiSettings | None =
           log_level: str = "warning", residents: ResidentPages | None = None) -> None:
     """Serve ``backend`` on ``host:port`` until SIGTERM or SIGINT; closes the backend."""
     server = uvicorn.Server(uvicorn.Config(create_app(backend, settings, residents), host=host, port=port,
-                                           log_level=log_level, lifespan="on"))
+                                           log_level=log_level, lifespan="on", loop="uvloop",
+                                           http="httptools"))
     # uvicorn stops on the signal, then sends it again to the handlers it found: let those be no-ops, so the stop
     # it already made is the end (and the backend is closed) rather than a second, abrupt one
     main = threading.current_thread() is threading.main_thread()

@@ -42,8 +42,9 @@ T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL,
-    submitted_us INTEGER NOT NULL, state TEXT NOT NULL, payload BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS requests_agency ON requests (agency_id, submitted_us);
+    submitted_us INTEGER NOT NULL, state TEXT NOT NULL, payload BLOB NOT NULL, agency_seq INTEGER);
+CREATE TABLE IF NOT EXISTS agency_counts (agency_id TEXT PRIMARY KEY, n INTEGER NOT NULL,
+    last_us INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS requests_state ON requests (state, submitted_us);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,
     actor TEXT NOT NULL, action TEXT NOT NULL, at_us INTEGER NOT NULL, detail BLOB NOT NULL);
@@ -53,6 +54,32 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TABLE IF NOT EXISTS choices (request_id TEXT NOT NULL, owner_id INTEGER NOT NULL, choice TEXT NOT NULL,
     clips BLOB NOT NULL, at_us INTEGER NOT NULL, pseudonym TEXT, PRIMARY KEY (request_id, owner_id));
+"""
+#: An agency's requests counted in two index lookups (``SqliteStore.count_agency_requests``): each request's
+#: place among its agency's in submission order (1, 2, ...; by time, then insertion), and each agency's total.
+_SEQ_COLUMN = "ALTER TABLE requests ADD COLUMN agency_seq INTEGER"
+#: (The index it replaces, on (agency_id, submitted_us), is dropped: this one answers what that one did.)
+_SEQ_INDEX = """
+CREATE INDEX IF NOT EXISTS requests_agency_seq ON requests (agency_id, submitted_us, agency_seq);
+DROP INDEX IF EXISTS requests_agency;
+"""
+#: Every request of the agency numbered again in submission order, and its total with them: for stores written
+#: before the numbers were kept, and after a request recorded with an earlier time than one already there (another
+#: process's clock, a platform writer's own time).
+_RENUMBER = """
+UPDATE requests SET agency_seq = o.k FROM (SELECT rowid AS id, ROW_NUMBER() OVER (ORDER BY submitted_us, rowid) AS k
+    FROM requests WHERE agency_id = ?1) AS o WHERE requests.rowid = o.id
+"""
+_RECOUNT = """
+INSERT OR REPLACE INTO agency_counts SELECT agency_id, COUNT(*), MAX(submitted_us) FROM requests
+    WHERE agency_id = ?1 GROUP BY agency_id
+"""
+#: The agency's requests at or after a time, in one statement (one snapshot of the file): its total less the place
+#: of the first of them; no row when there is none.
+_COUNT_SINCE = """
+SELECT c.n - f.agency_seq + 1 FROM agency_counts AS c, (SELECT agency_seq FROM requests
+    WHERE agency_id = ?1 AND submitted_us >= ?2 ORDER BY submitted_us, agency_seq LIMIT 1) AS f
+    WHERE c.agency_id = ?1
 """
 #: Added to stores written before pseudonyms were kept with the shares.
 _PSEUDONYM_COLUMN = "ALTER TABLE choices ADD COLUMN pseudonym TEXT"
@@ -141,6 +168,12 @@ class SqliteStore:
         if "pseudonym" not in {row[1] for row in self._db.execute("PRAGMA table_info(choices)")}:
             self._db.execute(_PSEUDONYM_COLUMN)
         self._db.execute(_PSEUDONYM_INDEX)
+        if "agency_seq" not in {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}:
+            with self._transaction():
+                self._db.execute(_SEQ_COLUMN)
+                for (agency_id,) in self._db.execute("SELECT DISTINCT agency_id FROM requests").fetchall():
+                    self._renumber(agency_id)
+        self._db.executescript(_SEQ_INDEX)
         #: The file, for a sink that must record the gate's decisions in the same database (":memory:" has none).
         self.path = str(path)
 
@@ -151,9 +184,15 @@ class SqliteStore:
         return self._db.execute("SELECT 1 FROM requests WHERE request_id=?", (request_id,)).fetchone() is not None
 
     def count_agency_requests(self, agency_id: str, since: datetime) -> int:
-        row = self._db.execute("SELECT COUNT(*) FROM requests WHERE agency_id=? AND submitted_us>=?",
-                               (agency_id, _us(since))).fetchone()
-        return int(row[0])
+        """The agency's requests submitted at ``since`` or later: its total less the place of the first of them,
+        two index lookups however many there are (the requests are numbered in submission order)."""
+        row = self._db.execute(_COUNT_SINCE, (agency_id, _us(since))).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _renumber(self, agency_id: str) -> None:
+        """Inside a transaction: the agency's requests numbered again in submission order, and counted."""
+        self._db.execute(_RENUMBER, (agency_id,))
+        self._db.execute(_RECOUNT, (agency_id,))
 
     def create_request(self, request_id: str, agency_id: str, submitted_at: datetime, state: str,
                        payload: dict[str, Any], entries: Sequence[AuditEntry] = ()) -> None:
@@ -163,13 +202,20 @@ class SqliteStore:
     def create_many(self, items: Sequence[NewRequest]) -> list[bool]:
         out = []
         for rid, agency_id, submitted_at, state, payload, entries in items:
+            us = _us(submitted_at)
             with self._lock, self._transaction():
+                n, last = self._db.execute("SELECT n, last_us FROM agency_counts WHERE agency_id=?",
+                                           (agency_id,)).fetchone() or (0, us)
                 try:
-                    self._db.execute("INSERT INTO requests VALUES (?,?,?,?,?)",
-                                     (rid, agency_id, _us(submitted_at), state, orjson.dumps(payload)))
+                    self._db.execute("INSERT INTO requests VALUES (?,?,?,?,?,?)",
+                                     (rid, agency_id, us, state, orjson.dumps(payload), n + 1))
                 except sqlite3.IntegrityError:
                     out.append(False)
                     continue
+                if us < last:  # recorded out of order: its place is not the last; number them again
+                    self._renumber(agency_id)
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO agency_counts VALUES (?,?,?)", (agency_id, n + 1, us))
                 for e in entries:
                     self._insert_audit(rid, e)
                 out.append(True)
