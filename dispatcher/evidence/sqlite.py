@@ -3,10 +3,10 @@ Records are deleted when due by :meth:`SqliteEvidence.expire_records` (the rules
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import orjson
 from dispatcher.errors import InvalidData, ShareRefused, UnknownClip
 from dispatcher.evidence.model import Clip, Post, from_us, span_us, us, utc
 from dispatcher.evidence.store import CameraDirectory, EvidenceRules, ShareRow
-from dispatcher.workflow.store import Store
+from dispatcher.workflow.store import Store, immediate
 
 __all__ = ["SqliteEvidence"]
 
@@ -89,15 +89,8 @@ class SqliteEvidence(EvidenceRules):
         """Shares made and posts posted at or before this are past their period (read as gone until deleted)."""
         return self._now_us() - span_us(self.retention)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[None]:
+        return immediate(self._db)
 
     def close(self) -> None:
         self._db.close()
