@@ -369,7 +369,7 @@ def test_an_agencys_redis_user_cannot_reach_the_evidence_keys(redis_server, inde
         ev.post(owner, clip.clip_id, NOW)
         k = ev.k
         keys = [k.clip(clip.clip_id), k.owner_clips(owner), k.shares(RID), k.posts, k.post_cells(POST_RES),
-                k.evidence_secret]
+                k.posts_due, k.evidence_secret]
         assert all(admin.exists(x) for x in keys if x != k.shares(RID))
     agency = redis.Redis(host="127.0.0.1", port=redis_server.port, username="user-chicago",
                          password="pw-chicago-0123456789")

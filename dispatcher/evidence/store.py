@@ -36,8 +36,9 @@ What is kept, and for how long (:attr:`EvidenceRules.retention`, 180 days by def
 
 On Redis every record carries its own expiry (the clip's hash and its owner's list by ``PEXPIRE``, extended by a
 share or a post, shortened again by a withdrawal; custody records and posts by their due time, read past it as
-gone and removed). On SQLite :meth:`~dispatcher.evidence.sqlite.SqliteEvidence.expire_records` deletes what is
-due, shares, posts and the clips nothing holds any more, in one transaction.
+gone and removed). On SQLite, reads judge shares and posts by their period too, and
+:meth:`~dispatcher.evidence.sqlite.SqliteEvidence.expire_records` deletes what is due, shares, posts and the clips
+nothing holds any more, in one transaction.
 """
 
 from __future__ import annotations
