@@ -70,7 +70,7 @@ from dispatcher.service.worker import ServiceSettings, Worker
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.pipeline import Dispatch, Malformed, Outcome, Pipeline, Submit
 from dispatcher.workflow.policy import Policy, validate
-from dispatcher.workflow.privacy import AgencyView, OperatorView, SharedClips, Views
+from dispatcher.workflow.privacy import AgencyView, OperatorView, SharedClips, Views, agency_names
 from dispatcher.workflow.requests import INCIDENT_TYPES, StoredRequest, ValidRequest, VideoRequest
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
@@ -145,6 +145,7 @@ __all__ = [
     "VideoRequest",
     "Views",
     "Workflow",
+    "agency_names",
     "validate",
     # evidence
     "Clip",

@@ -229,6 +229,12 @@ class Keys:
         return self._key("posts", "cells", str(res))
 
     @property
+    def posts_due(self) -> str:
+        """Public posts by the time their period ends (µs): members ``<res>:<the post's member in its cells set>``,
+        so that a sweep removes an expired post's record and index entry together."""
+        return self._key("posts", "due")
+
+    @property
     def evidence_secret(self) -> str:
         """The server secret of the sharers' per-request references and the share ids (made once)."""
         return self._key("evidence", "secret")

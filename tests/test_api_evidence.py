@@ -38,7 +38,9 @@ def _share(api: Api, owner: int, camera: int, payload: bytes) -> str:  # noqa: F
     ev = api.backend.evidence
     assert ev is not None
     clip = ev.add_clip(owner, camera, *IN, payload, "video/mp4")
-    return ev.share("il-chicago:r1", owner, [clip.clip_id], NOW)[0].share_id
+    sid = ev.share("il-chicago:r1", owner, [clip.clip_id], NOW)[0].share_id
+    api.backend.workflow.share("il-chicago:r1", owner, [clip.clip_id], NOW)  # the answer, as the page records it
+    return sid
 
 
 def test_the_agency_lists_and_downloads_shared_clips_with_their_sha256(api: Api, world) -> None:  # noqa: F811
@@ -143,3 +145,18 @@ def test_residents_post_publicly_and_agencies_find_posts_by_window(api: Api, wor
     assert clip.status_code == 200 and clip.content == b"a public clip"
     assert clip.headers["x-content-sha256"] == hashlib.sha256(b"a public clip").hexdigest() == post["sha256"]
     assert api.call("GET", f"/v1/posts/{'0' * 24}/clip", api.chicago).status_code == 404
+
+    # the resident withdraws a post: gone from the agencies' search and its clip link at once
+    key_b = api.backend.credentials.create(RESIDENT, str(b), NOW)[1]
+    path = f"/v1/posts/{post['post_id']}"
+    for key, status in [(key_b, 404), (api.chicago, 403), (None, 401)]:  # another resident's post: as a missing one
+        assert api.call("DELETE", path, key).status_code == status
+    assert api.call("DELETE", f"/v1/posts/{'0' * 24}", key_a).status_code == 404
+    assert api.call("DELETE", "/v1/posts/not-a-post", key_a).status_code == 422
+    assert len(posts(V.start - timedelta(days=11), V.end).json()["posts"]) == 2  # nothing changed
+    r = api.call("DELETE", path, key_a)
+    assert r.status_code == 204 and r.content == b""
+    assert [p["post_id"] for p in posts(V.start - timedelta(days=11), V.end).json()["posts"]] == [coarse["post_id"]]
+    assert api.call("GET", f"{path}/clip", api.chicago).status_code == 404
+    assert api.call("DELETE", path, key_a).status_code == 404  # once
+    assert "delete" in api.call("GET", "/openapi.json").json()["paths"]["/v1/posts/{post_id}"]

@@ -7,7 +7,7 @@ shapely."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 
@@ -29,12 +29,13 @@ from dispatcher.errors import (
     UnknownClip,
     UnknownRequest,
 )
-from dispatcher.evidence import COARSEST_POST_RES, POST_RES, EvidenceStore, SharedClip, jurisdiction_ranges
+from dispatcher.evidence import COARSEST_POST_RES, POST_RES, EvidenceStore, Share, SharedClip, jurisdiction_ranges
 from dispatcher.evidence.redis import RedisEvidence
 from dispatcher.evidence.sqlite import SqliteEvidence
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.workflow.pipeline import Dispatch, Submit
 from dispatcher.workflow.policy import Policy
+from dispatcher.workflow.privacy import PSEUDONYM_RE, Views, clip_ref
 from tests import data
 from tests.test_api import _registry, body
 from tests.video_requests import LAT0, LNG0, NOW, request
@@ -99,6 +100,13 @@ def _add(w: World, owner: int, start: datetime = IN[0], end: datetime = IN[1], p
     return w.ev.add_clip(owner, w.camera_of[owner], start, end, payload or f"clip of {owner} {start}".encode(), MP4)
 
 
+def _share(w: World, rid: str, owner: int, clip_ids: list[str], now: datetime = NOW) -> list[Share]:
+    """A share as the resident's page makes it: the custody records, then the answer (which keeps the pseudonym)."""
+    got = w.ev.share(rid, owner, clip_ids, now)
+    w.backend.workflow.share(rid, owner, clip_ids, now)
+    return got
+
+
 def test_clips_are_stored_with_their_sha256_and_listed_by_owner_and_window(world: World) -> None:
     a, b = world.recipients[:2]
     early = _add(world, a, NOW - timedelta(days=2), NOW - timedelta(days=2) + timedelta(hours=1))
@@ -152,7 +160,7 @@ def test_share_gives_custody_records_and_the_checked_bytes(world: World) -> None
     a, b = world.recipients[:2]
     c1, c2 = _add(world, a, payload=b"one"), _add(world, a, IN[0] + timedelta(minutes=5), IN[1] + timedelta(minutes=5),
                                                   payload=b"two")
-    shares = world.ev.share(RID, a, [c1.clip_id, c2.clip_id], NOW)
+    shares = _share(world, RID, a, [c1.clip_id, c2.clip_id])
     assert [s.clip_id for s in shares] == [c1.clip_id, c2.clip_id] and {s.request_id for s in shares} == {RID}
     got = sorted(world.ev.shared_for(RID), key=lambda g: g.start)  # by time shared, then share id
     assert [g.share_id for g in got] == [s.share_id for s in shares]
@@ -164,11 +172,11 @@ def test_share_gives_custody_records_and_the_checked_bytes(world: World) -> None
 
     # again, later, with one more: the first two keep their records, nothing is duplicated
     c3 = _add(world, a, payload=b"three")
-    again = world.ev.share(RID, a, [c2.clip_id, c3.clip_id, c2.clip_id], NOW + timedelta(hours=1))
+    again = _share(world, RID, a, [c2.clip_id, c3.clip_id, c2.clip_id], NOW + timedelta(hours=1))
     assert again[0] == shares[1] and again[1].shared_at == NOW + timedelta(hours=1) and len(again) == 2
     assert len(world.ev.shared_for(RID)) == 3
 
-    other = world.ev.share(RID, b, [_add(world, b).clip_id], NOW)[0]
+    other = _share(world, RID, b, [_add(world, b).clip_id])[0]
     theirs = next(r for r in world.ev.shared_for(RID) if r.share_id == other.share_id)
     assert theirs.shared_by != got[0].shared_by  # another resident, another reference
 
@@ -202,13 +210,13 @@ def test_share_refusals_change_nothing(world: World) -> None:
     assert issubclass(ShareRefused, PermissionError)
     # the boundary itself is inside
     edge = _add(world, a, V.start, V.end)
-    assert len(world.ev.share(RID, a, [edge.clip_id], NOW)) == 1
+    assert len(_share(world, RID, a, [edge.clip_id])) == 1
 
 
 def test_tampered_bytes_are_never_served(world: World) -> None:
     a = world.recipients[0]
     clip = _add(world, a, payload=b"original footage")
-    share = world.ev.share(RID, a, [clip.clip_id], NOW)[0]
+    share = _share(world, RID, a, [clip.clip_id])[0]
     world.tamper(clip.clip_id, b"Original footage")  # same size, other bytes
     with pytest.raises(EvidenceTampered, match="SHA-256"):
         world.ev.open_shared(RID, share.share_id)
@@ -222,8 +230,8 @@ def test_tampered_bytes_are_never_served(world: World) -> None:
 
 def test_the_agencys_records_name_no_owner_camera_or_place(world: World) -> None:
     a, b = world.recipients[:2]
-    for o in (a, b):
-        world.ev.share(RID, o, [_add(world, o).clip_id], NOW)
+    clip_of = {o: _add(world, o).clip_id for o in (a, b)}
+    share_of = {o: _share(world, RID, o, [clip_of[o]])[0].share_id for o in (a, b)}
     records = [r.to_json() for r in world.ev.shared_for(RID)]
     assert {f.name for f in fields(SharedClip)} == {"share_id", "request_id", "sha256", "size", "media_type",
                                                     "start", "end", "shared_at", "shared_by"}
@@ -232,16 +240,30 @@ def test_the_agencys_records_name_no_owner_camera_or_place(world: World) -> None
     secrets_of = {str(v) for o in (a, b) for v in (o, world.camera_of[o])}
     for r in records:
         assert not secrets_of & {str(v) for v in r.values()}
-        assert not any(s in r["shared_by"] or s in r["share_id"] for s in secrets_of if len(s) > 3)
-    # the reference is per request: the same resident sharing for another request is not linkable by it
+        assert not any(s in r["share_id"] for s in secrets_of if len(s) > 3)
+    # who shared it is the agency view's pseudonym of that resident in the request (one name, not two references)
+    store, wf = world.backend.workflow.store, world.backend.workflow
+    views = Views(store, b"another secret, 16+ bytes")
+
+    def view_names(rid: str) -> dict[str, str]:
+        """clip reference -> the pseudonym the agency's view gives its sharer"""
+        return {c: s.pseudonym for s in views.agency_view(wf, rid).shared for c in s.clips}
+    names = view_names(RID)
+    by_share = {r["share_id"]: r["shared_by"] for r in records}
+    for o in (a, b):
+        assert by_share[share_of[o]] == names[clip_ref(b"another secret, 16+ bytes", RID, clip_of[o])]
+    assert len(set(by_share.values())) == 2 and all(PSEUDONYM_RE.fullmatch(n) for n in by_share.values())
+    # per request: the same resident sharing for another request gets that request's name, given apart
     world.backend.workflow.approve("il-chicago:r2", "rev", NOW)
     assert world.backend.pipeline.run([Dispatch("il-chicago:r2")], NOW)[0].status == "dispatched"
-    world.ev.share("il-chicago:r2", a, [_add(world, a).clip_id], NOW)
+    c2 = _add(world, a).clip_id
+    _share(world, "il-chicago:r2", a, [c2])
     (other,) = world.ev.shared_for("il-chicago:r2")
-    assert other.shared_by not in {r["shared_by"] for r in records}
+    assert other.shared_by == view_names("il-chicago:r2")[clip_ref(b"another secret, 16+ bytes", "il-chicago:r2", c2)]
+    assert store.pseudonyms("il-chicago:r2", [a], lambda *_: {}) == {a: other.shared_by}  # kept with the answer
     # the record type itself refuses an identifying value
     r0 = world.ev.shared_for(RID)[0]
-    for bad in (str(a), f"owner-{a}", "0" * 23 + "G"):
+    for bad in (str(a), f"owner-{a}", "0" * 23 + "G", "a" * 24, f"Neighbor {a}x"):
         with pytest.raises(InvalidData):
             SharedClip(r0.share_id, RID, r0.sha256, r0.size, r0.media_type, r0.start, r0.end, r0.shared_at, bad)
 
@@ -319,7 +341,7 @@ def test_the_store_lives_in_the_workflow_file(world: World) -> None:
     """Evidence written by one process is there for the next: the same file or Redis, the same secret."""
     a = world.recipients[0]
     clip = _add(world, a)
-    share = world.ev.share(RID, a, [clip.clip_id], NOW)[0]
+    share = _share(world, RID, a, [clip.clip_id])[0]
     ev = world.ev
     again = (SqliteEvidence(world.path, ev.cameras, ev.requests)
              if isinstance(ev, SqliteEvidence) else RedisEvidence(ev.r, ev.cameras, ev.requests, ev.k, ev.settings))
@@ -347,7 +369,7 @@ def test_an_agencys_redis_user_cannot_reach_the_evidence_keys(redis_server, inde
         ev.post(owner, clip.clip_id, NOW)
         k = ev.k
         keys = [k.clip(clip.clip_id), k.owner_clips(owner), k.shares(RID), k.posts, k.post_cells(POST_RES),
-                k.evidence_secret]
+                k.posts_due, k.evidence_secret]
         assert all(admin.exists(x) for x in keys if x != k.shares(RID))
     agency = redis.Redis(host="127.0.0.1", port=redis_server.port, username="user-chicago",
                          password="pw-chicago-0123456789")
@@ -359,3 +381,162 @@ def test_an_agencys_redis_user_cannot_reach_the_evidence_keys(redis_server, inde
             RedisEvidence(agency, index, RedisStore(agency)).clips_of(owner, V.start, V.end)
     finally:
         agency.close()
+
+
+# -- retention ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Timed:
+    """An evidence store on the world's storage with a short retention and a clock the test moves. Moving it moves
+    Redis too: every evidence key's time left is shortened by as much (a key left none is gone), as the same time
+    passing would; on SQLite, ``expire_records`` runs at the new time."""
+
+    world: World
+    ev: SqliteEvidence | RedisEvidence
+    now: list[datetime]
+
+    def advance(self, by: timedelta) -> None:
+        self.now[0] += by
+        if isinstance(self.ev, SqliteEvidence):
+            self.ev.expire_records(self.now[0])
+            return
+        r, ms = self.ev.r, int(by / timedelta(milliseconds=1))
+        prefix = self.ev.k.clip("x")[: -len("clip:x")]
+        for key in list(r.scan_iter(match=prefix + "*")):
+            left = r.pttl(key)
+            if left > 0:
+                r.delete(key) if left <= ms else r.pexpire(key, left - ms)
+
+    def ttl_s(self, key: str) -> float:
+        assert isinstance(self.ev, RedisEvidence)
+        return float(self.ev.r.pttl(key)) / 1000
+
+
+def _timed(w: World, retention: timedelta, now: datetime) -> Timed:
+    clock = [now]
+    ev = w.ev
+    timed = (SqliteEvidence(w.path, ev.cameras, ev.requests, retention=retention, clock=lambda: clock[0])
+             if isinstance(ev, SqliteEvidence) else
+             RedisEvidence(ev.r, ev.cameras, ev.requests, ev.k, ev.settings, retention=retention,
+                           clock=lambda: clock[0]))
+    return Timed(w, timed, clock)
+
+
+DAY = timedelta(days=1)
+M = timedelta(seconds=30)  # a margin: far more than a test's own steps take on a loaded machine
+
+
+def _unsplit(t: Timed, rids: Sequence[str]) -> None:
+    """Every custody record shown serves its bytes (a share never outlives them)."""
+    for rid in rids:
+        for rec in t.ev.shared_for(rid):
+            assert hashlib.sha256(t.ev.open_shared(rid, rec.share_id)[1]).hexdigest() == rec.sha256
+
+
+def test_an_unshared_clip_goes_retention_after_its_end(world: World) -> None:
+    a = world.recipients[0]
+    t = _timed(world, 10 * DAY, IN[1] + DAY)
+    first = t.ev.add_clip(a, world.camera_of[a], *IN, b"first", MP4)
+    later = t.ev.add_clip(a, world.camera_of[a], IN[0] + 3 * DAY, IN[1] + 3 * DAY, b"later", MP4)
+    if isinstance(t.ev, RedisEvidence):  # the expiry is set at ingest, from the recorded end
+        assert 9 * DAY.total_seconds() - 5 < t.ttl_s(t.ev.k.clip(first.clip_id)) <= 9 * DAY.total_seconds()
+        assert 12 * DAY.total_seconds() - 5 < t.ttl_s(t.ev.k.owner_clips(a)) <= 12 * DAY.total_seconds()
+    everything = (IN[0] - DAY, IN[1] + 5 * DAY)
+    t.advance(9 * DAY - M)
+    assert t.ev.clips_of(a, *everything) == [first, later]
+    t.advance(2 * M)
+    assert t.ev.clips_of(a, *everything) == [later]
+    assert t.ev.clips_of(a, *everything) == [later]  # the owner's list forgot it too
+    with pytest.raises(InvalidClip, match="retention"):  # recorded longer ago than the retention: not kept
+        t.ev.add_clip(a, world.camera_of[a], IN[0] - 20 * DAY, IN[1] - 20 * DAY, b"old", MP4)
+    t.advance(3 * DAY)
+    assert t.ev.clips_of(a, *everything) == []
+    if isinstance(t.ev, RedisEvidence):
+        assert not t.ev.r.exists(t.ev.k.clip(first.clip_id), t.ev.k.clip(later.clip_id), t.ev.k.owner_clips(a))
+    else:
+        assert t.ev._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0] == 0
+
+
+def test_a_share_and_its_bytes_go_together_and_a_second_share_keeps_the_clip(world: World) -> None:
+    a = world.recipients[0]
+    r2 = "il-chicago:r2"
+    world.backend.workflow.approve(r2, "rev", NOW)
+    assert world.backend.pipeline.run([Dispatch(r2)], NOW)[0].status == "dispatched"
+    t0 = IN[1] + 2 * M
+    t = _timed(world, 10 * DAY, t0)
+    clip = t.ev.add_clip(a, world.camera_of[a], *IN, b"evidence", MP4)
+
+    def share(rid: str) -> Share:
+        (s,) = t.ev.share(rid, a, [clip.clip_id], t.now[0])
+        world.backend.workflow.share(rid, a, [clip.clip_id], t.now[0])
+        return s
+    first = share(RID)
+    t.advance(3 * DAY)
+    second = share(r2)
+    if isinstance(t.ev, RedisEvidence):  # the bytes are held exactly as long as the last share
+        assert 10 * DAY.total_seconds() - 5 < t.ttl_s(t.ev.k.clip(clip.clip_id)) <= 10 * DAY.total_seconds()
+    t.advance(7 * DAY - M)  # the first share's last moments, beyond the clip's own period
+    assert [s.share_id for s in t.ev.shared_for(RID)] == [first.share_id]
+    _unsplit(t, [RID, r2])
+    t.advance(2 * M)  # the first share is gone; the second keeps the clip
+    assert t.ev.shared_for(RID) == []
+    with pytest.raises(UnknownClip):
+        t.ev.open_shared(RID, first.share_id)
+    assert t.ev.open_shared(r2, second.share_id)[1] == b"evidence"
+    assert t.ev.clips_of(a, *IN) == [clip]
+    _unsplit(t, [RID, r2])
+    again = share(RID)  # re-made while the clip is stored: the same share, a new record
+    assert again.share_id == first.share_id and again.shared_at == t.now[0] > first.shared_at
+    assert [s.shared_at for s in t.ev.shared_for(RID)] == [t.now[0]]
+    t.advance(10 * DAY + M)
+    assert t.ev.shared_for(RID) == t.ev.shared_for(r2) == [] and t.ev.clips_of(a, *IN) == []
+    for rid, sid in ((RID, first.share_id), (r2, second.share_id)):
+        with pytest.raises(UnknownClip):
+            t.ev.open_shared(rid, sid)
+    if isinstance(t.ev, RedisEvidence):
+        assert not t.ev.r.exists(t.ev.k.clip(clip.clip_id), t.ev.k.shares(RID), t.ev.k.shares(r2))
+    else:
+        db = t.ev._db
+        assert db.execute("SELECT (SELECT COUNT(*) FROM clips) + (SELECT COUNT(*) FROM shares)").fetchone()[0] == 0
+    with pytest.raises(ShareRefused):  # gone: nothing to share any more
+        t.ev.share(RID, a, [clip.clip_id], t.now[0])
+
+
+def test_posts_expire_and_a_withdrawn_post_leaves_the_index_at_once(world: World) -> None:
+    a, b = world.recipients[:2]
+    jur = _registry().get("il-chicago").jurisdiction
+    t0 = IN[1] + 2 * M
+    t = _timed(world, 10 * DAY, t0)
+    c1 = t.ev.add_clip(a, world.camera_of[a], *IN, b"one", MP4)
+    c2 = t.ev.add_clip(a, world.camera_of[a], IN[0] + M, IN[1] + M, b"two", MP4)
+    t.advance(2 * DAY)
+    p1, p2 = t.ev.post(a, c1.clip_id, t.now[0]), t.ev.post(a, c2.clip_id, t.now[0], res=6)
+    assert [p.post_id for p in t.ev.posts_in(jur, V.start, V.end)] == [p1.post_id, p2.post_id]
+
+    def indexed() -> set[str]:
+        """Post ids in the cell index (the Redis sorted sets; SQLite's index is the posts table's)"""
+        if isinstance(t.ev, SqliteEvidence):
+            return {r[0] for r in t.ev._db.execute("SELECT post_id FROM posts")}
+        k = t.ev.k
+        return {m.decode().rsplit(":", 1)[1] for res in range(COARSEST_POST_RES, POST_RES + 1)
+                for key in (k.post_cells(res), k.posts_due) for m in t.ev.r.zrange(key, 0, -1)} | \
+            {f.decode() for f in t.ev.r.hkeys(k.posts)}
+    assert indexed() == {p1.post_id, p2.post_id}
+    for who, post_id in ((b, p1.post_id), (a, "0" * 24), (a, 5)):
+        with pytest.raises(UnknownClip):  # another resident's post, or none: refused alike, nothing changed
+            t.ev.withdraw(who, post_id)  # type: ignore[arg-type]
+    assert indexed() == {p1.post_id, p2.post_id}
+    t.ev.withdraw(a, p1.post_id)
+    assert indexed() == {p2.post_id}
+    assert [p.post_id for p in t.ev.posts_in(jur, V.start, V.end)] == [p2.post_id]
+    with pytest.raises(UnknownClip):
+        t.ev.open_post(p1.post_id)
+    # the withdrawn post's clip falls back to its own period; the posted one is held by its post
+    t.advance(8 * DAY)
+    assert t.ev.clips_of(a, *IN) == [c2]
+    assert [p.post_id for p in t.ev.posts_in(jur, V.start, V.end)] == [p2.post_id]
+    t.advance(2 * DAY + M)  # the post's period ends
+    assert t.ev.posts_in(jur, V.start, V.end) == [] and indexed() == set()
+    with pytest.raises(UnknownClip):
+        t.ev.open_post(p2.post_id)
+    assert t.ev.clips_of(a, *IN) == []

@@ -625,7 +625,8 @@ def test_residents_answer_in_chromium_and_the_agency_sees_no_difference(platform
         for k, dumped in kept:
             r.restore(k, 0, dumped)
     platform.backend.evidence = RedisEvidence(redis_server.client(), world, platform.backend.workflow.store, keys,
-                                              QueueSettings(url=redis_server.url))  # a fresh process's, as it were
+                                              QueueSettings(url=redis_server.url),
+                                              clock=platform.backend.clock)  # a fresh process's, as it were
     api_keys = [platform.backend.credentials.create(role, name, NOW)[1] for role, name in [(AGENCY, "il-chicago"),
                                                                                            (REVIEWER, "rev-1")]]
     for o in (decliner, leaver):

@@ -83,12 +83,12 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
         qs = QueueSettings.from_url(redis_url)
         wf = Workflow(RedisStore(connect(qs), qs.keys, qs), registry, policy)
         pipeline = Pipeline(wf, idx, Dispatcher(RedisSink(qs), qs))
-        evidence = RedisEvidence(connect(qs), idx, wf.store, qs.keys, qs)
+        evidence = RedisEvidence(connect(qs), idx, wf.store, qs.keys, qs, clock=clock or _utc_now)
         return Backend(pipeline, RedisCredentials(connect(qs), qs.keys, qs), clock or _utc_now, evidence=evidence)
     sink = LocalSink(str(store))
     db = SqliteStore(str(store))  # one file: the gate's records are written with each batch
     creds = SqliteCredentials(str(store))
     pipeline = Pipeline(Workflow(db, registry, policy), idx, Dispatcher(sink))
-    ev = SqliteEvidence(str(store), idx, db)
+    ev = SqliteEvidence(str(store), idx, db, clock=clock or _utc_now)
     return Backend(pipeline, creds, clock or _utc_now, closers=[sink.close, db.close, creds.close, ev.close],
                    evidence=ev)

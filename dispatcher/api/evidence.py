@@ -1,6 +1,6 @@
 """The evidence side of the HTTP API: an agency's shared clips (custody records and the bytes, their SHA-256
 checked before they are served), residents' public posts in the agency's jurisdiction, and a resident posting a
-clip publicly.
+clip publicly or withdrawing the post (authenticated by the resident's API key, as posting is).
 
 Scoping is the agency routes' (``app.py``): an agency names its own request ids, looked up as
 ``<agency>:<id>``, so another agency's request is "no such request", exactly as a missing one. What an agency
@@ -220,5 +220,18 @@ def evidence_router(backend: Backend, agency: Callable[..., Coroutine[Any, Any, 
         except (InvalidClip, InvalidResolution) as exc:
             raise ApiError(422, "invalid_input", str(exc), "res") from None
         return post.to_json()
+
+    @router.delete("/v1/posts/{post_id}", status_code=204, response_class=Response, tags=["residents"],
+                   responses=_errors(401, 403, 404, 422, 503))
+    async def withdraw_post(post_id: Annotated[str, Path(pattern=_REF)], owner: Annotated[int, Depends(resident)]
+                            ) -> Response:
+        """Withdraw one of the resident's public posts: it is gone from the posts agencies find, at once. Another
+        resident's post is "no such post", as a missing one."""
+        try:
+            with backend.lock:
+                store().withdraw(owner, post_id)
+        except UnknownClip:
+            raise ApiError(404, "not_found", "no such public post of yours", "post_id") from None
+        return Response(status_code=204)
 
     return router

@@ -2,9 +2,11 @@
 
 A resident's :class:`Clip` names its owner and camera; it never leaves the platform. What an agency sees of a
 shared clip is a :class:`SharedClip`, the chain-of-custody record: the share, the request, the clip's SHA-256,
-size, media type and recorded time, when it was shared, and "who shared it" as a reference that is stable
-within the request and means nothing outside it (an HMAC of (request, owner) under the server's secret). Its
-fields are checked against fixed patterns, so an owner id, camera id or place cannot be put into one. A
+size, media type and recorded time, when it was shared, and "who shared it" as the resident's pseudonym in the
+request ("Neighbor 4821"), the very name the agency's view of the request gives them
+(:func:`dispatcher.workflow.privacy.agency_names`): stable within the request, unlinked to the resident's name in
+any other. Its fields are checked against fixed patterns, so an owner id, camera id or place cannot be put into
+one. A
 :class:`Post` is a clip a resident made public, placed at a coarse H3 cell, never at the camera's point.
 """
 
@@ -14,10 +16,11 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dispatcher.errors import InvalidClip, InvalidData
+from dispatcher.workflow.privacy import PSEUDONYM_RE
 
 __all__ = ["Clip", "Post", "Share", "SharedClip", "opaque_id"]
 
@@ -41,6 +44,11 @@ def utc(t: datetime, what: str) -> datetime:
 
 def us(t: datetime) -> int:
     return int(round(t.timestamp() * 1_000_000))
+
+
+def span_us(d: timedelta) -> int:
+    """A duration in whole µs."""
+    return d // timedelta(microseconds=1)
 
 
 def from_us(v: int) -> datetime:
@@ -93,13 +101,14 @@ class SharedClip:
     start: datetime
     end: datetime
     shared_at: datetime
-    #: Who shared it: the same reference for every clip one resident shared in this request, another in the next.
+    #: Who shared it: the resident's pseudonym in this request (the agency's view's), another in the next.
     shared_by: str
 
     def __post_init__(self) -> None:
-        if not (type(self.share_id) is str and HEX24.fullmatch(self.share_id)
-                and type(self.shared_by) is str and HEX24.fullmatch(self.shared_by)):
-            raise InvalidData("share_id and shared_by must be opaque references")
+        if not (type(self.share_id) is str and HEX24.fullmatch(self.share_id)):
+            raise InvalidData("share_id must be an opaque reference")
+        if not (type(self.shared_by) is str and PSEUDONYM_RE.fullmatch(self.shared_by)):
+            raise InvalidData(f"shared_by must be a pseudonym, got {str(self.shared_by)[:40]!r}")
         if type(self.sha256) is not str or not SHA256_RE.fullmatch(self.sha256):
             raise InvalidData(f"not a SHA-256: {self.sha256!r}")
         if type(self.size) is not int or self.size < 1 or not MEDIA_TYPE_RE.fullmatch(self.media_type):

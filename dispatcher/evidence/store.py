@@ -13,14 +13,40 @@ raised before anything is written:
   record of whom the dispatch notified), every clip is the owner's and was recorded inside the request's window.
   Sharing a clip again for the same request gives the same share (its id is an HMAC of (request, clip));
 - serving (:meth:`open_shared`): the bytes must still have the SHA-256 recorded at ingest.
+
+Who shared a clip is named in its custody record as the agency's view of the request names them: the resident's
+pseudonym in that request (:func:`~dispatcher.workflow.privacy.agency_names`, kept with their answer in the
+workflow store), so the agency meets one "Neighbor 4821" per resident and request, and nothing links it to the
+same resident's name in another request. A share whose resident's answer is not recorded (yet, or any more) is
+not shown.
+
+What is kept, and for how long (:attr:`EvidenceRules.retention`, 180 days by default: the queue's
+``retention_days`` on Redis, the longest footage retention). Every period is counted on the store's clock:
+
+- a clip is kept until ``retention`` after its recorded end (a clip recorded longer ago than that is refused at
+  ingest), and longer only while a share or a post holds it;
+- a share (the custody record, and the clip's bytes it serves) is kept until ``retention`` after it was made: the
+  agency's custody period, counted from the moment the evidence was handed over, as long as any footage is kept.
+  The bytes are held at least as long as every share of them, so a custody record is never left without its
+  bytes; a clip shared for two requests stays while either share lasts. A share re-made after its period ended,
+  of a clip still stored, is a new record under the same share id;
+- a public post is kept until ``retention`` after it was posted, or until its resident withdraws it
+  (:meth:`withdraw`); the post and its entry in the cell index go together, in one step, so the index never
+  returns a withdrawn or expired post. A withdrawn post's clip falls back to its own period.
+
+On Redis every record carries its own expiry (the clip's hash and its owner's list by ``PEXPIRE``, extended by a
+share or a post, shortened again by a withdrawal; custody records and posts by their due time, read past it as
+gone and removed). On SQLite, reads judge shares and posts by their period too, and
+:meth:`~dispatcher.evidence.sqlite.SqliteEvidence.expire_records` deletes what is due, shares, posts and the clips
+nothing holds any more, in one transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 import numpy as np
@@ -29,13 +55,20 @@ from shapely.geometry.base import BaseGeometry
 from dispatcher.errors import EvidenceTampered, InvalidClip, InvalidData, ShareRefused, UnknownClip, UnknownRequest
 from dispatcher.evidence.model import MEDIA_TYPE_RE, Clip, Post, Share, SharedClip, from_us, opaque_id, us, utc
 from dispatcher.evidence.places import POST_RES, POST_RESOLUTIONS, check_post_res, jurisdiction_ranges, post_cell
+from dispatcher.workflow.privacy import agency_names
 from dispatcher.workflow.review import APPROVED, DISPATCHED, MAX_CLIPS
 from dispatcher.workflow.store import Store
 
 __all__ = ["CameraDirectory", "EvidenceRules", "EvidenceStore"]
 
-#: (share id, clip id, sharer reference, shared at µs) as a backend stores a share.
-ShareRow = tuple[str, str, str, int]
+#: (share id, clip id, owner id, shared at µs) as a backend stores a share (the owner never leaves the platform).
+ShareRow = tuple[str, str, int, int]
+#: The default retention: the queue's ``retention_days`` default, the longest footage retention.
+RETENTION = timedelta(days=180)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class CameraDirectory(Protocol):
@@ -59,6 +92,7 @@ class EvidenceStore(Protocol):
     def posts_in(self, jurisdiction: BaseGeometry, start: datetime, end: datetime, limit: int = 1000
                  ) -> list[Post]: ...
     def open_post(self, post_id: str) -> tuple[Post, bytes]: ...
+    def withdraw(self, owner_id: int, post_id: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -83,11 +117,20 @@ class EvidenceRules:
     max_clip_bytes: int = 64 * 1024 * 1024
     #: Longest recorded time of one clip.
     max_clip_seconds: int = 24 * 3600
+    #: How long a clip is kept after its recorded end, a share after it was made, a post after it was posted.
+    retention: timedelta = RETENTION
 
     def __init__(self, cameras: CameraDirectory, requests: Store, *, secret: bytes | None = None,
-                 max_clip_bytes: int | None = None) -> None:
+                 max_clip_bytes: int | None = None, retention: timedelta | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.cameras = cameras
         self.requests = requests
+        if retention is not None:
+            if not isinstance(retention, timedelta) or retention <= timedelta(0):
+                raise InvalidData(f"retention must be a positive timedelta, got {retention!r}")
+            self.retention = retention
+        #: What "now" is when a record's period is judged (the API's clock; the wall clock by default).
+        self.clock = clock or _utc_now
         self._given_secret = secret
         self._secret_bytes: bytes | None = None
         if secret is not None and len(secret) < 16:
@@ -116,18 +159,31 @@ class EvidenceRules:
         raise NotImplementedError
 
     def _put_shares(self, request_id: str, rows: Sequence[ShareRow]) -> None:
-        """Each share that is not recorded yet (by share id), all in one atomic step."""
+        """Each share that is not recorded yet (by share id), or whose period ended (re-made: the new row), with
+        its clip held at least until the new row's period ends; all in one atomic step, and nothing written if a
+        clip is no longer stored (:class:`ShareRefused`)."""
         raise NotImplementedError
 
     def _shares(self, request_id: str) -> list[ShareRow]:
+        """The request's shares still kept."""
         raise NotImplementedError
 
     def _put_post(self, post: Post, clip_id: str) -> Post:
-        """The post recorded, or the one recorded before under its id."""
+        """The post recorded with its index entry and its clip held until the post's period ends, or the post kept
+        under its id before; :class:`UnknownClip` if the clip is no longer stored."""
         raise NotImplementedError
 
     def _post(self, post_id: str) -> tuple[Post, str] | None:
+        """A post still kept, and its clip id."""
         raise NotImplementedError
+
+    def _drop_post(self, post: Post, clip_id: str) -> None:
+        """The post and its index entry deleted in one step; its clip kept no longer than its other holds say."""
+        raise NotImplementedError
+
+    def _expire_posts(self) -> None:
+        """Remove the posts past their period now, before a query (a backend that deletes them otherwise: nothing
+        to do; every read judges a post by its period anyway)."""
 
     def _posts_in_ranges(self, res: int, lo: np.ndarray, hi: np.ndarray, start_from_us: int, start_to_us: int
                          ) -> list[Post]:
@@ -136,6 +192,13 @@ class EvidenceRules:
         raise NotImplementedError
 
     # -- the rules ---------------------------------------------------------------------------------------
+    def _due_us(self, t: datetime) -> int:
+        """When a record dated ``t`` (a clip's end, a share's or post's time) is due to go, in µs."""
+        return us(t + self.retention)
+
+    def _now_us(self) -> int:
+        return us(utc(self.clock(), "the store's clock"))
+
     @property
     def _secret(self) -> bytes:
         if self._secret_bytes is None:
@@ -156,6 +219,9 @@ class EvidenceRules:
             raise InvalidClip(f"a clip must hold 1 to {self.max_clip_bytes} bytes, this one has {len(data)}")
         if type(media_type) is not str or not MEDIA_TYPE_RE.fullmatch(media_type):
             raise InvalidClip(f"media_type must be video/... or image/..., got {str(media_type)[:80]!r}")
+        if self._due_us(e) <= self._now_us():
+            raise InvalidClip(f"a clip recorded until {e.isoformat()} is past the retention of {self.retention} "
+                              "and is not kept")
         if self.cameras.camera(camera)[0] != owner:  # an unknown or removed camera raises UnknownCamera
             raise InvalidClip(f"camera {camera} is not one of owner {owner}'s cameras")
         clip = Clip(secrets.token_hex(12), camera, owner, s, e, hashlib.sha256(data).hexdigest(), len(data),
@@ -193,17 +259,22 @@ class EvidenceRules:
             if clip.start < w0 or clip.end > w1:
                 raise ShareRefused(f"clip {cid} was recorded {clip.start.isoformat()}..{clip.end.isoformat()}, not "
                                    f"inside the request's window {w0.isoformat()}..{w1.isoformat()}")
-        sharer = opaque_id(self._secret, "sharer", request_id, str(owner))
-        rows = [(opaque_id(self._secret, "share", request_id, cid), cid, sharer, us(at)) for cid in wanted]
+        if self._due_us(at) <= self._now_us():
+            raise ShareRefused(f"a share made at {at.isoformat()} is past its custody period of {self.retention}")
+        rows = [(opaque_id(self._secret, "share", request_id, cid), cid, owner, us(at)) for cid in wanted]
         self._put_shares(request_id, rows)
         kept = {r[0]: r for r in self._shares(request_id)}  # a clip shared before keeps its first record
-        return [Share(sid, request_id, kept[sid][1], from_us(kept[sid][3])) for sid, *_ in rows]
+        return [Share(sid, request_id, kept[sid][1], from_us(kept[sid][3])) for sid, *_ in rows if sid in kept]
 
     def _custody(self, request_id: str, rows: Sequence[ShareRow]) -> list[SharedClip]:
+        """The custody records of ``rows`` whose clip is stored and whose resident's answer is recorded, each
+        naming its resident by their pseudonym in the request."""
         clips = self._clips([r[1] for r in rows])
-        return [SharedClip(sid, request_id, c.sha256, c.size, c.media_type, c.start, c.end,
-                           from_us(at), sharer)
-                for (sid, _, sharer, at), c in zip(rows, clips, strict=True) if c is not None]
+        answered = {o for o, _, _ in self.requests.choices(request_id)} if rows else set()
+        live = [(r, c) for r, c in zip(rows, clips, strict=True) if c is not None and r[2] in answered]
+        names = agency_names(self.requests, self._secret, request_id, {r[2] for r, _ in live}) if live else {}
+        return [SharedClip(sid, request_id, c.sha256, c.size, c.media_type, c.start, c.end, from_us(at),
+                           names[owner]) for (sid, _, owner, at), c in live]
 
     def shared_for(self, request_id: str) -> list[SharedClip]:
         """The custody records of the clips shared for the request, by time shared."""
@@ -239,6 +310,8 @@ class EvidenceRules:
         clip = self._clips([clip_id])[0] if type(clip_id) is str else None
         if clip is None or clip.owner_id != owner:
             raise UnknownClip(f"clip {str(clip_id)[:64]!r} is not one of owner {owner}'s clips")
+        if self._due_us(at) <= self._now_us():
+            raise InvalidClip(f"a post made at {at.isoformat()} is past the retention of {self.retention}")
         _, lng, lat = self.cameras.camera(clip.camera_id)
         p = Post(opaque_id(self._secret, "post", clip.clip_id), post_cell(lng, lat, res), res, clip.start, clip.end,
                  at, clip.sha256, clip.size, clip.media_type)
@@ -249,6 +322,7 @@ class EvidenceRules:
         ``[start, end]``, by recorded start, at most ``limit``: read through the cell index, range by range."""
         s, e = _window(start, end)
         first = us(s) - self.max_clip_seconds * 1_000_000  # a clip is at most that long
+        self._expire_posts()
         out: list[Post] = []
         for res in POST_RESOLUTIONS:
             lo, hi = jurisdiction_ranges(jurisdiction, res)
@@ -263,3 +337,14 @@ class EvidenceRules:
             raise UnknownClip(f"no public post {str(post_id)[:64]!r}")
         p, clip_id = got
         return p, self._checked(clip_id, p.sha256, p.size)
+
+    def withdraw(self, owner_id: int, post_id: str) -> None:
+        """The owner withdraws their public post: the post and its entry in the cell index are deleted in one step
+        (never found again, by id or by place), and its clip is kept no longer than its own period and its
+        shares say. Another owner's post, or none, is :class:`UnknownClip`, alike."""
+        owner = _int_id(owner_id, "owner_id")
+        got = self._post(post_id) if type(post_id) is str else None
+        clip = self._clips([got[1]])[0] if got is not None else None
+        if got is None or clip is None or clip.owner_id != owner:
+            raise UnknownClip(f"no public post {str(post_id)[:64]!r} of owner {owner}")
+        self._drop_post(got[0], got[1])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from dispatcher.errors import InvalidData, UnknownRequest
@@ -52,6 +52,16 @@ def pseudonyms(secret: bytes, request_id: str, owner_ids: list[int], taken: Coll
         used.add(n)
         out[o] = f"Neighbor {n}"
     return out
+
+
+def agency_names(store: Store, secret: bytes, request_id: str, owner_ids: Iterable[int]) -> dict[int, str]:
+    """The name each owner has in the request as its agency sees it, everywhere: the pseudonym kept with the
+    owner's answer in ``store``, given now (by :func:`pseudonyms`) to those without one. The agency's view of the
+    request and the custody records of the clips shared for it (:mod:`dispatcher.evidence`) both name residents
+    through this function, so a resident is one "Neighbor NNNN" to the agency in a request, and another, unlinked,
+    in the next. Every owner must have answered the request (:class:`InvalidData` otherwise)."""
+    return store.pseudonyms(request_id, sorted({int(o) for o in owner_ids}),
+                            lambda owners, taken: pseudonyms(secret, request_id, owners, taken))
 
 
 def clip_ref(secret: bytes, request_id: str, clip_id: str) -> str:
@@ -120,8 +130,7 @@ class Views:
             raise UnknownRequest(f"no request {request_id!r}")
         state, payload = got
         shares = [(o, clips) for o, choice, clips in self.store.choices(request_id) if choice == SHARE]
-        names = self.store.pseudonyms(request_id, [o for o, _ in shares],
-                                      lambda owners, taken: pseudonyms(self._secret, request_id, owners, taken))
+        names = agency_names(self.store, self._secret, request_id, [o for o, _ in shares])
         shared = tuple(sorted((SharedClips(names[o], tuple(clip_ref(self._secret, request_id, c) for c in clips))
                                for o, clips in shares), key=lambda s: s.pseudonym))
         return AgencyView(request_id, str(payload["case_number"]), state, shared)

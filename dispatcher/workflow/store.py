@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -87,6 +87,18 @@ _PSEUDONYM_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS choices_pseudonym ON choic
 
 #: ``name(nameless owners, names already taken in the request)`` -> a new pseudonym for each of those owners.
 Namer = Callable[[list[int], set[str]], dict[int, str]]
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` .. ``COMMIT`` on ``db`` (autocommit mode), rolled back if the block raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _us(t: datetime) -> int:
@@ -226,15 +238,8 @@ class SqliteStore:
         return ([self.get_request(r) for r in request_ids],
                 [self.count_agency_requests(a, since) for a, since in windows])
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[None]:
+        return immediate(self._db)
 
     def _insert_audit(self, request_id: str, e: AuditEntry) -> None:
         self._db.execute("INSERT INTO audit (request_id, actor, action, at_us, detail) VALUES (?,?,?,?,?)",
