@@ -596,3 +596,47 @@ def test_concurrent_submissions_run_as_one_batch_with_the_outcomes_of_one_at_a_t
     finally:
         for b in stores:
             b.close()
+
+
+def test_the_embedded_api_deletes_the_records_past_their_retention(world, tmp_path) -> None:
+    """Redis lets the records that name residents expire by themselves; on the embedded file the API deletes
+    them, at start and every ``expire_every_s``: a dispatched request's recipients are gone once the server's
+    clock is past the retention, and its aggregate counts stay."""
+    index, ds = world
+    clock = [NOW]
+    backend = open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: clock[0],
+                           store=tmp_path / "geodispatch.sqlite")
+    keys = [backend.credentials.create(role, name, NOW)[1] for role, name in [(AGENCY, "il-chicago"),
+                                                                             (REVIEWER, "rev-1")]]
+    api = Api(backend, "", keys[0], "", keys[1])
+    store = backend.workflow.store
+
+    def was_notified() -> bool:
+        with backend.lock:
+            return any(store.was_notified("il-chicago:r1", o) for o in expected)
+
+    v = request()
+    expected = set(brute_force(ds, v.area, v.start, v.end, NOW))
+    try:
+        with serving(create_app(backend, ApiSettings(expire_every_s=0.05))) as url:
+            api.url = url
+            assert api.call("POST", "/v1/requests", api.chicago, json=body()).status_code == 202
+            assert api.call("POST", "/v1/review/il-chicago:r1/approve", api.reviewer).json()["notified"] == \
+                len(expected) > 0
+            time.sleep(0.3)  # rounds of expiry at the clock of today: nothing is due
+            assert was_notified() and api.notified() == {"il-chicago:r1": expected}
+            # past the retention of the store's records (stamped at the clock: NOW) and of the batch (stamped by
+            # the sink at the wall clock)
+            clock[0] = datetime.now(timezone.utc) + timedelta(days=181)
+            deadline = time.monotonic() + 10
+            while (was_notified() or api.notified()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not was_notified() and api.notified() == {}  # the recipients and their batch are gone
+            status = api.call("GET", "/v1/requests/r1", api.chicago).json()
+            assert status["status"] == "dispatched"  # the request itself and its counts are kept
+    finally:
+        backend.close()
+    with pytest.raises(InvalidApiSettings, match="expire_every_s"):
+        ApiSettings(expire_every_s=0)
+    with pytest.raises(InvalidApiSettings, match="expire_every_s"):
+        ApiSettings(expire_every_s=float("nan"))

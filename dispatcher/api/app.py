@@ -23,12 +23,14 @@ and they name the dependencies made inside :func:`create_app`.
 """
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 import limits
@@ -65,6 +67,8 @@ from dispatcher.workflow.review import APPROVED, SUBMITTED
 
 __all__ = ["ApiSettings", "Batches", "MovingWindows", "create_app"]
 
+log = logging.getLogger(__name__)
+
 #: Request ids as the library takes them (an agency's own, or the platform's ``<agency>:<id>``).
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
 _SCOPED_ID = r"^[A-Za-z0-9_-]{1,64}(:[A-Za-z0-9_-]{1,64})?$"
@@ -89,12 +93,17 @@ class ApiSettings:
     address_rate_limit: str = "120/minute"
     #: Where the windows are counted: "memory://" (one process) or a Redis URL (every server process of the API).
     rate_storage: str = "memory://"
+    #: On the embedded store, how often the records past their retention are deleted (at start, then this often).
+    expire_every_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.body_limit, int) or self.body_limit < 1024:
             raise InvalidApiSettings(f"body_limit must be at least 1024 bytes, got {self.body_limit!r}")
         if not isinstance(self.list_limit, int) or self.list_limit < 1:
             raise InvalidApiSettings(f"list_limit must be at least 1, got {self.list_limit!r}")
+        if type(self.expire_every_s) not in (int, float) or not 0 < self.expire_every_s < float("inf"):
+            raise InvalidApiSettings(f"expire_every_s must be a positive number of seconds, got "
+                                     f"{self.expire_every_s!r}")
         for name in ("rate_limit", "address_rate_limit"):
             try:
                 limits.parse(getattr(self, name))
@@ -425,9 +434,23 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     throttle = Throttle(s)
     batches = Batches(backend)
 
+    async def expire_due(expire: Callable[[datetime], int]) -> None:
+        while True:
+            try:
+                with backend.lock:
+                    n = expire(backend.clock())
+                if n:
+                    log.info("deleted %d records past their retention", n)
+            except Exception:  # the next round tries again; the API goes on serving
+                log.exception("deleting the records past their retention failed")
+            await asyncio.sleep(s.expire_every_s)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        expiry = None if backend.expire is None else asyncio.create_task(expire_due(backend.expire))
         yield
+        if expiry is not None:
+            expiry.cancel()
         await throttle.aclose()  # on the loop that opened them
 
     app = FastAPI(title="geodispatch", version="1", summary="Police video requests to camera owners, without "

@@ -47,6 +47,9 @@ class Backend:
     closers: list[Callable[[], None]] = field(default_factory=list)
     #: Residents' clips, their shares (the chain of custody) and public posts; None: the evidence routes answer 404.
     evidence: EvidenceStore | None = None
+    #: Deletes the records due at the time given and says how many (the embedded store, which the API runs
+    #: every ``ApiSettings.expire_every_s``); None where the records expire by themselves (Redis).
+    expire: Callable[[datetime], int] | None = None
 
     @property
     def workflow(self) -> Workflow:
@@ -90,5 +93,11 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
     creds = SqliteCredentials(str(store))
     pipeline = Pipeline(Workflow(db, registry, policy), idx, Dispatcher(sink))
     ev = SqliteEvidence(str(store), idx, db, clock=clock or _utc_now)
+
+    def expire(now: datetime) -> int:
+        """What Redis would have let expire by ``now``: the records that name residents, then the evidence."""
+        return db.expire_records(now, ev.retention) + sink.expire_records(now, ev.retention) + \
+            ev.expire_records(now)
+
     return Backend(pipeline, creds, clock or _utc_now, closers=[sink.close, db.close, creds.close, ev.close],
-                   evidence=ev)
+                   evidence=ev, expire=expire)
