@@ -59,10 +59,13 @@ _SHORT_ARC = 0.02
 #: ... longer ones are cut in pieces of at most this, 8 nodes each.
 _PIECE = 0.5
 _MAX_NEWTON = 40
+_TINY = 2.0**-500
 #: Edges spanning more longitude (degrees), or more arc on the auxiliary sphere (radians), go to pyproj: near
 #: antipodal ends, where the inverse problem needs more care than request areas warrant.
 _MAX_LON12 = 175.0
 _MAX_ARC = math.radians(170.0)
+#: Edges with both ends nearer the equator than this share of their longitude span go to pyproj too.
+_NEAR_EQUATOR = 1e-7
 
 
 @njit(cache=True, inline="always")
@@ -204,31 +207,49 @@ def edge(lon1: float, lat1: float, lon2: float, lat2: float, out: np.ndarray) ->
         out[0] = A * lam
         out[1] = 0.0
         return True
+    if max(-sbet1, abs(sbet2)) < _NEAR_EQUATOR * lam:
+        return False  # nearly along the equator: α1 is within rounding of 90°, so not settled by Newton on it
     # start: the great circle on the auxiliary sphere, its longitude scaled to the mean latitude's
     dnm = math.sqrt(1.0 + _EP2 * ((sbet1 + sbet2) / 2.0) ** 2)
     omg = lam / ((1.0 - F) * dnm)
-    alp = math.atan2(cbet2 * math.sin(omg), cbet1 * sbet2 - sbet1 * cbet2 * math.cos(omg))
-    lo, hi = 0.0, math.pi
+    # α1 as (sin, cos), so that an azimuth near 90° keeps its cosine's precision; bracketed in (0, π)
+    salp = cbet2 * math.sin(omg)
+    calp = cbet1 * sbet2 - sbet1 * cbet2 * math.cos(omg)
+    n = math.hypot(salp, calp)
+    salp /= n
+    calp /= n
+    slo, clo, shi, chi = _TINY, 1.0, _TINY, -1.0
     tol = 4.0 * 2.0**-52 * max(1.0, lam)
     for _ in range(_MAX_NEWTON):
-        v = _lambda12(sbet1, cbet1, sbet2, cbet2, math.sin(alp), math.cos(alp), lam, out) - lam
-        if not math.isfinite(v):  # past what reaches β2 heading north: bisect back
-            hi = alp
-            alp = (lo + hi) / 2.0
-            continue
-        if abs(v) <= tol:
+        v = _lambda12(sbet1, cbet1, sbet2, cbet2, salp, calp, lam, out) - lam
+        if math.isfinite(v) and abs(v) <= tol:
             if out[3] > _MAX_ARC:
                 return False
             out[0] = out[1]
             out[1] = sign * out[2]
             return True
-        if v > 0.0:
-            hi = min(hi, alp)
+        if not math.isfinite(v) or v > 0.0:  # past β2 heading north, or east of it: an upper bound
+            shi, chi = salp, calp
         else:
-            lo = max(lo, alp)
+            slo, clo = salp, calp
         d = out[0]
-        nxt = alp - v / d if d > 0.0 else math.nan  # NaN or out of the bracket: bisect
-        alp = nxt if lo < nxt < hi else (lo + hi) / 2.0
+        dalp = -v / d if math.isfinite(v) and d > 0.0 else 0.0
+        sdalp = math.sin(dalp)
+        cdalp = math.cos(dalp)
+        snxt = salp * cdalp + calp * sdalp
+        cnxt = calp * cdalp - salp * sdalp
+        # inside the bracket (sin of the angle from lo to it, and from it to hi, positive) and moved: take it
+        if dalp != 0.0 and clo * snxt - slo * cnxt > 0.0 and cnxt * shi - snxt * chi > 0.0 and \
+                (snxt != salp or cnxt != calp):
+            salp, calp = snxt, cnxt
+        else:  # bisect
+            salp = slo + shi
+            calp = clo + chi
+        n = math.hypot(salp, calp)
+        salp /= n
+        calp /= n
+        if (salp == slo and calp == clo) or (salp == shi and calp == chi):
+            return False  # the bracket is down to adjacent floats and λ12 still off: pyproj decides
     return False
 
 
