@@ -41,15 +41,16 @@ def _oracle(rings: list[np.ndarray]) -> tuple[float, float]:
 @st.composite
 def star_rings(draw: st.DrawFn, lat_lo: float = -89.0, lat_hi: float = 89.0, r_lo: float = 1e-3,
                r_hi: float = 20.0) -> np.ndarray:
-    """A star-shaped ring around a random centre: ``r_lo``..``r_hi`` degrees of latitude across, 3-24 vertices,
-    its longitudes scaled by the centre's latitude (capped, so that the ring spans at most 170°)."""
+    """A star-shaped ring around a random centre: ``r_lo``..``r_hi`` degrees of latitude across, 3-24 vertices at
+    random angles and reaches (from a drawn seed: quick to draw), its longitudes scaled by the centre's latitude
+    (capped, so that the ring spans at most 170°)."""
     lat0 = draw(st.floats(lat_lo, lat_hi))
     lng0 = draw(st.floats(-180.0, 180.0))
     radius = draw(st.floats(r_lo, r_hi))
     n = draw(st.integers(3, 24))
-    angles = np.sort(np.array(draw(st.lists(st.floats(0.0, 2 * math.pi, exclude_max=True), min_size=n,
-                                            max_size=n, unique=True))))
-    reach = np.array(draw(st.lists(st.floats(0.4, 1.0), min_size=n, max_size=n)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32)))
+    angles = np.sort(rng.uniform(0.0, 2 * math.pi, n))
+    reach = rng.uniform(0.4, 1.0, n)
     lat = np.clip(lat0 + radius * reach * np.sin(angles), -89.999, 89.999)
     stretch = min(1.0 / max(math.cos(math.radians(lat0)), 1e-3), 85.0 / radius)
     lng = lng0 + radius * stretch * reach * np.cos(angles)
@@ -61,7 +62,7 @@ def _close(got: float, want: float, ring: np.ndarray) -> bool:
     return abs(got - want) <= max(REL * abs(want), ABS_M2_PER_EDGE * (ring.shape[0] - 1))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(star_rings())
 def test_ring_area_and_perimeter_are_pyprojs(ring):
     out = np.empty((1, 2))
@@ -76,7 +77,7 @@ def test_ring_area_and_perimeter_are_pyprojs(ring):
     assert _close(got_area, want_area, ring) and got_perimeter == pytest.approx(want_perimeter, rel=REL)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(star_rings(lat_lo=-85.0, lat_hi=85.0, r_lo=1e-3, r_hi=0.05))
 def test_request_sized_rings_are_decided_in_compiled_code(ring):
     assume((np.abs(ring[:, 1]) < 1e-5).sum() < 2)  # not along the equator
@@ -87,7 +88,7 @@ def test_request_sized_rings_are_decided_in_compiled_code(ring):
     assert out[0, 1] == pytest.approx(want_perimeter, rel=REL)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(star_rings(lat_lo=88.0, lat_hi=89.9, r_lo=1e-3, r_hi=0.09))
 def test_near_the_pole(ring):
     out = np.empty((1, 2))
