@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pyproj import Geod
 
 from dispatcher.geo.area import Area
-from dispatcher.geo.geodesy import area_perimeter, geodesic_area_sq_mi, SQ_M_PER_SQ_MI
+from dispatcher.geo.geodesy import SQ_M_PER_SQ_MI, area_perimeter, geodesic_area_sq_mi
 from kernels.geodesic import edge, polygon_area_perimeter
 
 GEOD = Geod(ellps="WGS84")
