@@ -3,7 +3,7 @@ broken rule at once.
 
 Defaults come from the published program figures: a window of 15 minutes to 12 hours, wholly in the past and
 no older than the longest retention (180 days); an area of 0.025 to 0.5 square miles measured on the WGS84
-ellipsoid (pyproj's ``Geod``), inside the agency's jurisdiction; a well-formed case number; a bounded,
+ellipsoid (GeographicLib's figures, compiled: :mod:`dispatcher.geo.geodesy`), inside the agency's jurisdiction; a well-formed case number; a bounded,
 plain-text message; a per-agency rate limit.
 
 An area must also be shaped like a neighbourhood, so that it cannot be drawn around one home: few pieces, each
