@@ -3,8 +3,8 @@ broken rule at once.
 
 Defaults come from the published program figures: a window of 15 minutes to 12 hours, wholly in the past and
 no older than the longest retention (180 days); an area of 0.025 to 0.5 square miles measured on the WGS84
-ellipsoid (GeographicLib's figures, compiled: :mod:`dispatcher.geo.geodesy`), inside the agency's jurisdiction; a well-formed case number; a bounded,
-plain-text message; a per-agency rate limit.
+ellipsoid (GeographicLib's figures, compiled: :mod:`dispatcher.geo.geodesy`), inside the agency's jurisdiction;
+a well-formed case number; a bounded, plain-text message; a per-agency rate limit.
 
 An area must also be shaped like a neighbourhood, so that it cannot be drawn around one home: few pieces, each
 at least the minimum area and at least ``min_width_m`` wide, no narrow strip that does not widen like a corner,
