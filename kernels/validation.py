@@ -216,6 +216,18 @@ def check_area(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: n
 
 
 @njit(cache=True)
+def parse_area(xy: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, out: np.ndarray) -> int:
+    """:func:`check_area` of the positions ``xy`` (n, 2), in one call: the longitudes go to ``out[:n]``, the
+    latitudes to ``out[n:2n]`` and the polygons' bounds to ``out[2n:]`` (n_polys rows of 4), the layout an area
+    keeps (:mod:`kernels.geometry`). ``out`` holds ``2n + 4 n_polys`` floats."""
+    n = xy.shape[0]
+    for i in range(n):
+        out[i] = xy[i, 0]
+        out[n + i] = xy[i, 1]
+    return check_area(out[:n], out[n:2 * n], ring_ptr, poly_ptr, out[2 * n:].reshape((poly_ptr.shape[0] - 1, 4)))
+
+
+@njit(cache=True)
 def covers_area(jx: np.ndarray, jy: np.ndarray, j_ring_ptr: np.ndarray, j_poly_ptr: np.ndarray,
                 j_poly_bbox: np.ndarray, xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray,
                 poly_bbox: np.ndarray) -> int:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import orjson
 import pytest
 import shapely
+import shapely.geometry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -203,6 +205,32 @@ def test_geometry_made_once_and_equal_to_the_given_rings():
     ring = [[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]
     a = Area.parse({"type": "Polygon", "coordinates": [ring]})
     assert a.geometry is a.geometry and a.geometry.equals_exact(shapely.Polygon(ring), 0.0)
+
+
+def test_every_spelling_of_a_typical_polygon_gives_the_same_area():
+    """A request's polygon as floats (the one-call path), as integers, tuples, with altitudes, as text, as a
+    shapely geometry: the same arrays; with a position of the wrong kind or count, the same refusal as before."""
+    raw = sample_areas_at(np.array([41.88]), np.array([-87.63]), np.array([0.2 * SQ_MILE_KM2]), seed=9)[0]
+    ring = raw["coordinates"][0]
+    want = Area.parse(shapely.geometry.shape(raw))
+    spellings = [raw, orjson.dumps(raw), {"type": "Polygon", "coordinates": [[tuple(p) for p in ring]]},
+                 {"type": "Polygon", "coordinates": [[[*p, 12.5] for p in ring]]},
+                 {"type": "Feature", "geometry": raw, "properties": {}}]
+    for spelling in spellings:
+        got = Area.parse(spelling)
+        for a, b in zip(got.kernel_args(), want.kernel_args(), strict=True):
+            assert np.array_equal(a, b)
+    whole = Area.parse({"type": "Polygon", "coordinates": [[[-88, 41], [-87, 41], [-87, 42], [-88, 41]]]})
+    assert whole.xs.dtype == np.float64 and whole.xs.tolist() == [-88.0, -87.0, -87.0, -88.0]
+    for bad in ([ring[0][0], "41.9"], {"lng": 1, "lat": 2}, [[1.0, 2.0], [3.0, 4.0]]):
+        with pytest.raises(InvalidArea, match="positions must be arrays of two or three numbers"):
+            Area.parse({"type": "Polygon", "coordinates": [[bad, *ring[1:-1], bad]]})
+    with pytest.raises(InvalidArea, match="has NaN or infinite coordinates"):  # one number: no position
+        Area.parse({"type": "Polygon", "coordinates": [[ring[0][:1], *ring[1:]]]})
+    with pytest.raises(InvalidArea, match="is not closed"):
+        Area.parse({"type": "Polygon", "coordinates": [ring[:-1]]})
+    with pytest.raises(InvalidArea, match="more than the 5 allowed"):
+        Area.parse(raw, max_vertices=5)
 
 
 @st.composite

@@ -20,12 +20,14 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from dispatcher.errors import DispatchError, InvalidArea
-from kernels.validation import AREA_VALID, check_area
+from kernels.validation import AREA_VALID, parse_area
 
 #: Default cap on the total number of vertices of an area (all rings together).
 MAX_VERTICES = 10_000
 #: Largest GeoJSON text we parse.
 MAX_GEOJSON_BYTES = 4 * 1024 * 1024
+
+_F8 = np.dtype(np.float64)
 
 
 def _ring_array(ring: Any, where_format: str, *at: int) -> np.ndarray:
@@ -141,7 +143,11 @@ class Area:
     @classmethod
     def parse(cls, area: Any, *, max_vertices: int = MAX_VERTICES) -> Area:
         """Validate ``area`` (an :class:`Area`, a GeoJSON dict or text, or a shapely geometry)."""
-        if isinstance(area, Area):
+        if type(area) is dict:
+            fast = cls._from_polygon_dict(area, max_vertices)
+            if fast is not None:
+                return fast
+        elif isinstance(area, Area):
             if area.n_vertices > max_vertices:
                 raise InvalidArea(f"area has {area.n_vertices} vertices, more than the {max_vertices} allowed")
             return area
@@ -161,24 +167,58 @@ class Area:
         return out
 
     @classmethod
+    def _from_polygon_dict(cls, area: dict[str, Any], max_vertices: int) -> Area | None:
+        """A request's usual area, a GeoJSON Polygon of one ring of [lng, lat] floats, in the fewest steps: one
+        conversion of the ring and one compiled call (:func:`kernels.validation.parse_area`). None for anything
+        else, or an area the compiled checks do not certify: :meth:`_from_rings` then decides and names what is
+        wrong, as for every other input."""
+        coords = area.get("coordinates")
+        if area.get("type") != "Polygon" or type(coords) is not list or len(coords) != 1:
+            return None
+        ring = coords[0]
+        if type(ring) is not list or not 0 < len(ring) <= max_vertices:
+            return None
+        try:
+            xy = np.array(ring)  # positions of anything but two floats give another shape or dtype
+        except (TypeError, ValueError, RecursionError):
+            return None
+        if xy.dtype != _F8 or xy.ndim != 2 or xy.shape[1] != 2:
+            return None
+        ptrs = np.array((0, xy.shape[0], 0, 1), dtype=np.int64)
+        return cls._certified(xy, ptrs[:2], ptrs[2:])
+
+    @classmethod
+    def _certified(cls, xy: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray) -> Area | None:
+        """The area of the positions ``xy`` (n, 2: float64, C order) when the compiled checks certify it, else
+        None."""
+        n = xy.shape[0]
+        out = np.empty(2 * n + 4 * (poly_ptr.shape[0] - 1))
+        if parse_area(xy, ring_ptr, poly_ptr, out) != AREA_VALID:
+            return None
+        area = object.__new__(cls)  # frozen: its fields set once, here, without a dataclass __init__'s per-field calls
+        area.__dict__.update(xs=out[:n], ys=out[n:2 * n], ring_ptr=ring_ptr, poly_ptr=poly_ptr,
+                             poly_bbox=out[2 * n:].reshape(-1, 4), _geometry=None)
+        return area
+
+    @classmethod
     def _from_rings(cls, polys: list[list[np.ndarray]]) -> Area:
         """One area from its polygons' rings (a list of polygons, each a list of rings, the shell first): checked
         in compiled code, and by GEOS when that cannot certify it (then GEOS's answer and reason stand)."""
         if len(polys) == 1 and len(polys[0]) == 1:  # the common case, with fewer small arrays made
-            coords = polys[0][0]
+            coords = np.ascontiguousarray(polys[0][0], dtype=np.float64)
             ptrs = np.array([0, coords.shape[0], 0, 1], dtype=np.int64)
             ring_ptr, poly_ptr = ptrs[:2], ptrs[2:]
         else:
             coords = np.concatenate([r for rings in polys for r in rings])
             ring_ptr = np.array([0, *accumulate(r.shape[0] for rings in polys for r in rings)], dtype=np.int64)
             poly_ptr = np.array([0, *accumulate(len(rings) for rings in polys)], dtype=np.int64)
-        xs, ys = coords.T.copy()  # one copy: two contiguous rows
-        poly_bbox = np.empty((len(polys), 4))
-        if check_area(xs, ys, ring_ptr, poly_ptr, poly_bbox) == AREA_VALID:
-            return cls(xs, ys, ring_ptr, poly_ptr, poly_bbox)
+        certified = cls._certified(coords, ring_ptr, poly_ptr)
+        if certified is not None:
+            return certified
         # GEOS decides, and names what is wrong: the first ring rule broken, else the geometry's validity
         bboxes = [[_check_ring(r, f"polygon {j} ring {i}") for i, r in enumerate(rings)][0]
                   for j, rings in enumerate(polys)]
+        xs, ys = coords.T.copy()
         geom = _geometry_of(xs, ys, ring_ptr, poly_ptr)
         _check_geometry(geom, bool(shapely.is_valid(geom)), float(shapely.area(geom)))
         return cls(xs, ys, ring_ptr, poly_ptr, np.asarray(bboxes, dtype=np.float64).reshape(-1, 4), geom)

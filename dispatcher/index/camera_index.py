@@ -40,6 +40,7 @@ import numpy as np
 from dispatcher.errors import IndexFormatError, InvalidData
 from dispatcher.geo import h3 as h3x
 from dispatcher.geo.area import Area
+from dispatcher.geo.geodesy import geodesic_area_sq_mi
 from dispatcher.index import inspection, live
 from dispatcher.index.build import BuildStats, build_state
 from dispatcher.index.config import IndexConfig
@@ -259,6 +260,7 @@ class CameraIndex:
         window = window_us("2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z", "2020-01-02T00:00:00Z")
         self._state.warm_up(area.kernel_args(), *window)
         covers_area(*area.kernel_args(), *area.kernel_args())  # the policy's jurisdiction check
+        geodesic_area_sq_mi(area)  # ... and its areas
 
     # ------------------------------------------------------------------------------------------ facts
 

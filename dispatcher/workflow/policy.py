@@ -3,8 +3,8 @@ broken rule at once.
 
 Defaults come from the published program figures: a window of 15 minutes to 12 hours, wholly in the past and
 no older than the longest retention (180 days); an area of 0.025 to 0.5 square miles measured on the WGS84
-ellipsoid (pyproj's ``Geod``), inside the agency's jurisdiction; a well-formed case number; a bounded,
-plain-text message; a per-agency rate limit.
+ellipsoid (GeographicLib's figures, compiled: :mod:`dispatcher.geo.geodesy`), inside the agency's jurisdiction;
+a well-formed case number; a bounded, plain-text message; a per-agency rate limit.
 
 An area must also be shaped like a neighbourhood, so that it cannot be drawn around one home: few pieces, each
 at least the minimum area and at least ``min_width_m`` wide, no narrow strip that does not widen like a corner,
@@ -30,7 +30,7 @@ from shapely.geometry.base import BaseGeometry
 
 from dispatcher.errors import DispatchError, InvalidArea, InvalidPolicy, RequestRejected
 from dispatcher.geo.area import Area
-from dispatcher.geo.geodesy import GEOD, SQ_M_PER_SQ_MI
+from dispatcher.geo.geodesy import GEOD, SQ_M_PER_SQ_MI, area_perimeter, polygon_area_perimeter_m
 from dispatcher.index.schema import to_utc_us
 from dispatcher.settings import coerce
 from dispatcher.workflow.agencies import AgencyRegistry
@@ -127,35 +127,20 @@ class RequestLog(Protocol):
 def area_shape_problems(area: Area, policy: Policy | None = None) -> list[tuple[str, str]]:
     """The shape rules ``area`` breaks, as (code, message): each rule at most once, naming its worst polygon."""
     polys = _pieces(area.geometry)
-    return _shape_problems(polys, [_geodesic_area_perimeter(q) for q in polys], policy or Policy())
+    return _shape_problems(polys, [polygon_area_perimeter_m(q) for q in polys], policy or Policy())
 
 
 def _polygons(geom: BaseGeometry) -> list[shapely.Polygon]:
     return list(getattr(geom, "geoms", [geom]))
 
 
-def _geodesic_area_perimeter(polygon: shapely.Polygon) -> tuple[float, float]:
-    """(m², m) on the ellipsoid: the area with holes subtracted, and the perimeter of the outline."""
-    return _geodesic_rings([r.xy for r in (polygon.exterior, *polygon.interiors)])
-
-
-def _geodesic_rings(rings: Sequence[tuple[Any, Any]]) -> tuple[float, float]:
-    """:func:`_geodesic_area_perimeter` of a polygon given as its rings' (lngs, lats), the shell first."""
-    area, perimeter = GEOD.polygon_area_perimeter(*rings[0])
-    area = abs(area)
-    for hole in rings[1:]:
-        area -= abs(GEOD.polygon_area_perimeter(*hole)[0])
-    return area, perimeter
-
-
 def _area_stats(area: Area, polys: list[shapely.Polygon]) -> list[tuple[float, float]]:
     """The geodesic (m², m) of ``polys``, the pieces of ``area`` (:func:`_pieces`): from the area's own rings
     when the pieces are its polygons (the same figures, without shapely's coordinates in between)."""
-    if _crosses(_polygons(area.geometry)):  # joined at the antimeridian: other polygons than the rings'
-        return [_geodesic_area_perimeter(q) for q in polys]
-    xs, ys, rp, pp = area.xs, area.ys, area.ring_ptr, area.poly_ptr
-    return [_geodesic_rings([(xs[rp[i]:rp[i + 1]], ys[rp[i]:rp[i + 1]]) for i in range(pp[j], pp[j + 1])])
-            for j in range(len(pp) - 1)]
+    lo, _, hi, _ = area.bbox
+    if area.poly_ptr.shape[0] > 2 and hi - lo > 180:  # joined at the antimeridian: other polygons than the rings'
+        return [polygon_area_perimeter_m(q) for q in polys]
+    return [(a, p) for a, p in area_perimeter(area.xs, area.ys, area.ring_ptr, area.poly_ptr).tolist()]
 
 
 def _pieces(geom: BaseGeometry) -> list[shapely.Polygon]:
@@ -297,7 +282,7 @@ def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float
                                            f"(a piece is a polygon, or a lobe of one joined to the rest only by "
                                            f"necks narrower than {p.min_width_m:g} m)"))
     if len(polys) > 1:
-        hull, _ = _geodesic_area_perimeter(shapely.convex_hull(shapely.MultiPolygon(polys)))
+        hull, _ = polygon_area_perimeter_m(shapely.convex_hull(shapely.MultiPolygon(polys)))
         if hull > p.max_area_sq_mi * SQ_M_PER_SQ_MI:
             out.append(("area_footprint", f"the area's {len(polys)} polygons span {hull / SQ_M_PER_SQ_MI:.4f} sq mi "
                                           f"(their convex hull), more than the {p.max_area_sq_mi} sq mi an area "
