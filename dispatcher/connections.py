@@ -68,6 +68,11 @@ class _Script(Script):
     its digest all the same, and the call is routed by its keys like any other."""
 
     def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if type(client) is _LeanPipeline:  # the common case, queued as it is (no redis-py command layers)
+            keys = tuple(keys or ())
+            client.scripts.add(self)
+            client.command_stack.append((("EVALSHA", self.sha, len(keys), *keys, *(args or ())), {}))
+            return client
         if isinstance(client, SlotPipeline):
             return client.run_script(self, list(keys or ()), list(args or ()))
         if isinstance(client, ClusterPipeline):
