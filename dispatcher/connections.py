@@ -9,6 +9,7 @@ Lua scripts go through :func:`script`, which works on both clients and in both k
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -304,6 +305,15 @@ def retry_policy(settings: QueueSettings) -> Retry:
                  supported_errors=(redis.ConnectionError, redis.TimeoutError, redis.ResponseError))
 
 
+@functools.lru_cache(maxsize=64)
+def _policy(settings: QueueSettings) -> Retry:
+    """:func:`retry_policy` retrying every exception (which to retry is ``transient``'s to say), made once per
+    settings: it holds no state of a call (full-jitter backoff has none), and every Redis call goes through it."""
+    policy = retry_policy(settings)
+    policy.update_supported_errors([Exception])
+    return policy
+
+
 def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T], *,
                  transient: Callable[[BaseException], bool] = is_transient, service: str = "Redis",
                  exhausted: type[QueueUnavailable] = QueueUnavailable) -> T:
@@ -316,8 +326,7 @@ def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T], *,
         if failures <= settings.retries:
             log.warning("%s error during %s (attempt %d): %s; retrying", service, what, failures, exc)
 
-    policy = retry_policy(settings)
-    policy.update_supported_errors([Exception])  # which to retry is ``transient``'s to say
+    policy = _policy(settings)
     try:
         return policy.call_with_retry(fn, failed, is_retryable=transient, with_failure_count=True)
     except Exception as exc:

@@ -142,6 +142,8 @@ class Worker:
         self._next_claim = 0.0
         self._touched: set[str] = set()
         self._stop: Any = None
+        #: the unbounded wait of :meth:`_retry` (no state of a call: made once)
+        self._wait = Retry(ConstantBackoff(min(self.queue.backoff_max, 0.5)), -1, supported_errors=(Exception,))
         self._retry("create group", self._ensure_groups)
 
     # ------------------------------------------------------------------------------------------ one batch
@@ -243,8 +245,7 @@ class Worker:
         def worth_waiting(exc: Exception) -> bool:
             return is_transient(exc) and not (self._stop is not None and self._stop.is_set())
 
-        wait = Retry(ConstantBackoff(min(self.queue.backoff_max, 0.5)), -1, supported_errors=(Exception,))
-        return wait.call_with_retry(attempt, waiting, is_retryable=worth_waiting, with_failure_count=True)
+        return self._wait.call_with_retry(attempt, waiting, is_retryable=worth_waiting, with_failure_count=True)
 
     # ------------------------------------------------------------------------------------------- the loop
 
