@@ -9,23 +9,32 @@ Lua scripts go through :func:`script`, which works on both clients and in both k
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 from redis.backoff import FullJitterBackoff
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
 from redis.retry import Retry
+from redis.utils import HIREDIS_AVAILABLE
 
 from dispatcher.errors import InvalidQueueSettings, QueueUnavailable
+
+if HIREDIS_AVAILABLE:
+    import hiredis
 
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["Prepacked", "SlotPipeline", "connect", "is_transient", "pipeline", "refresh_cluster_map",
-           "retry_policy", "script", "with_retries"]
+__all__ = ["Prepacked", "SlotPipeline", "connect", "held_connection", "is_transient", "pipeline", "refresh_cluster_map",
+           "retry_policy", "script", "transaction", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
 #: transition (a slot moved to another master, the cluster down while it fails over): each passes.
@@ -60,6 +69,11 @@ class _Script(Script):
     its digest all the same, and the call is routed by its keys like any other."""
 
     def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if type(client) is _LeanPipeline:  # the common case, queued as it is (no redis-py command layers)
+            keys = tuple(keys or ())
+            client.scripts.add(self)
+            client.command_stack.append((("EVALSHA", self.sha, len(keys), *keys, *(args or ())), {}))
+            return client
         if isinstance(client, SlotPipeline):
             return client.run_script(self, list(keys or ()), list(args or ()))
         if isinstance(client, ClusterPipeline):
@@ -102,7 +116,7 @@ class SlotPipeline:
         out: list[Any] = [None] * len(self._queued)
         try:
             for node, positions in by_node.items():
-                pipe: Any = self.cluster.get_redis_connection(node).pipeline(transaction=False)
+                pipe: Any = _LeanPipeline.on(self.cluster.get_redis_connection(node))
                 for pos in positions:
                     _, method, args, kwargs = self._queued[pos]
                     if method == "__script__":
@@ -125,10 +139,148 @@ class SlotPipeline:
         return out
 
 
+#: connection pool -> the SHAs of the scripts known to be loaded on its server
+_loaded: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_loaded_lock = threading.Lock()
+
+
+class _LeanPipeline(Pipeline):
+    """redis-py's pipeline (plain or MULTI/EXEC) on a plain client, run lean: the commands queued the same way,
+    then packed, sent in one write and their replies read and converted (redis-py's reply callbacks) without the
+    rest of redis-py's execute, which costs a worker several times what Redis spends answering: its own retries
+    (ours are :func:`with_retries`'), instrumentation, a ``SCRIPT EXISTS`` round trip before every execute that
+    holds a script. Here the scripts loaded on a server are remembered per connection pool; a pipeline that meets
+    ``NOSCRIPT`` (the server restarted empty, or its scripts were flushed) loads its scripts and runs once more,
+    which is harmless: every pipeline geodispatch queues a script in is safe to run again (:func:`with_retries`
+    runs it again after a dropped connection too), each script skipping what is done. An error reply raises
+    (with ``raise_on_error``) once every reply is read; a connection that failed is dropped. No ``WATCH``."""
+
+    #: MULTI/EXEC around the commands (redis-py's ``transaction`` attribute, which its typing takes for a method)
+    atomic = False
+
+    @classmethod
+    def on(cls, client: Any, transaction: bool = False) -> _LeanPipeline:
+        pipe = cls(client.connection_pool, client.response_callbacks, transaction, None)
+        pipe.atomic = transaction
+        return pipe
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack, scripts = self.command_stack, set(self.scripts)
+        if not stack:
+            return []
+        try:
+            got = self._run(stack, scripts)
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in got):
+                with _loaded_lock:
+                    _loaded.pop(self.connection_pool, None)
+                got = self._run(stack, scripts)
+        finally:
+            self.reset()
+        if raise_on_error:
+            for r in got:
+                if isinstance(r, redis.ResponseError):
+                    raise r
+        return got
+
+    def _run(self, stack: list[Any], scripts: set[Any]) -> list[Any]:
+        """Every reply of ``stack`` in order (an error reply as its exception)."""
+        conn = held_connection(self.connection_pool)
+        try:
+            if scripts:
+                self._load(conn, scripts)
+            cmds = [args for args, _ in stack]
+            conn.send_packed_command(_packed(conn, [("MULTI",), *cmds, ("EXEC",)] if self.atomic else cmds))
+            if not self.atomic:
+                return [self._reply(conn, args, options) for args, options in stack]
+            queued = [self._reply(conn, ("MULTI",), {})] + [self._reply(conn, ("_",), {}) for _ in stack]
+            try:
+                done = conn.read_response()
+            except redis.exceptions.ExecAbortError as exc:  # a command refused as queued: nothing ran
+                return [next((e for e in queued if isinstance(e, Exception)), exc)] * len(stack)
+            if not isinstance(done, list) or len(done) != len(stack):
+                raise redis.ResponseError(f"EXEC answered {done!r} for {len(stack)} commands")
+            return [r if isinstance(r, Exception) else self._convert(args, options, r)
+                    for r, (args, options) in zip(done, stack, strict=True)]
+        except BaseException:
+            conn.disconnect()
+            raise
+
+    def _reply(self, conn: Any, args: Sequence[Any], options: dict[str, Any]) -> Any:
+        try:
+            r = conn.read_response(disable_decoding=True) if NEVER_DECODE in options else conn.read_response()
+        except redis.ResponseError as exc:
+            return options[EMPTY_RESPONSE] if EMPTY_RESPONSE in options else exc
+        return self._convert(args, options, r)
+
+    def _convert(self, args: Sequence[Any], options: dict[str, Any], r: Any) -> Any:
+        callbacks: Any = self.response_callbacks
+        callback = callbacks.get(args[0])
+        if callback is None:
+            return r
+        return callback(r, **{k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS})
+
+    def _load(self, conn: Any, scripts: set[Any]) -> None:
+        """The scripts not known to be on the server: asked about (``SCRIPT EXISTS``), loaded where missing."""
+        with _loaded_lock:
+            known = _loaded.setdefault(self.connection_pool, set())
+        missing = [s for s in scripts if s.sha not in known]
+        if not missing:
+            return
+        conn.send_command("SCRIPT", "EXISTS", *(s.sha for s in missing))
+        for s, there in zip(missing, conn.read_response(), strict=True):
+            if not there:
+                conn.send_command("SCRIPT", "LOAD", s.script)
+                conn.read_response()
+        known.update(s.sha for s in missing)
+
+
+_held = threading.local()
+
+
+def held_connection(pool: Any) -> Any:
+    """The connection of ``pool`` the calling thread holds for its lean calls (:class:`_LeanPipeline`,
+    :class:`Prepacked`): taken from the pool once and kept, not taken and given back for each call (redis-py's
+    pool spends more CPU on that, its bookkeeping and the check that the connection is clean, than a worker's
+    smaller calls cost in Redis). A caller reads every reply it asked for, or drops the connection
+    (``disconnect``: the next call connects again), so it is clean each time. A new process takes its own."""
+    conns: weakref.WeakKeyDictionary[Any, tuple[Any, int]] | None = getattr(_held, "conns", None)
+    if conns is None:
+        conns = _held.conns = weakref.WeakKeyDictionary()
+    got = conns.get(pool)
+    if got is None or got[1] != os.getpid():
+        got = conns[pool] = (pool.get_connection(), os.getpid())
+    return got[0]
+
+
+_NOT_FOR_CALLBACKS = frozenset({"keys", NEVER_DECODE, EMPTY_RESPONSE})
+
+
+def _packed(conn: Any, commands: list[Any]) -> Any:
+    """The commands in the wire format, by hiredis in one piece when it can (every argument a str, bytes, int or
+    float: ours are), else by the connection's encoder; a command name of several words (``XGROUP CREATE``) is
+    sent as its words, as redis-py does."""
+    if HIREDIS_AVAILABLE:
+        try:
+            return [b"".join(hiredis.pack_command(tuple(c[0].split()) + tuple(c[1:]) if " " in c[0] else tuple(c))
+                             for c in commands)]
+        except TypeError:
+            pass
+    return conn.pack_commands(commands)
+
+
 def pipeline(client: Any) -> Any:
-    """A non-transactional pipeline on ``client``: a :class:`SlotPipeline` on a cluster client, redis-py's own
-    on a plain one. Each command is routed by its first key; what a call needs atomically is one script."""
-    return SlotPipeline(client) if isinstance(client, RedisCluster) else client.pipeline(transaction=False)
+    """A non-transactional pipeline on ``client``: a :class:`SlotPipeline` on a cluster client, a lean one of
+    redis-py's on a plain one (:class:`_LeanPipeline`). Each command is routed by its first key; what a call
+    needs atomically is one script."""
+    return SlotPipeline(client) if isinstance(client, RedisCluster) else _LeanPipeline.on(client)
+
+
+def transaction(client: Any) -> Any:
+    """A MULTI/EXEC pipeline on ``client`` (its commands in one slot on a cluster): redis-py's cluster pipeline
+    on a cluster client, a lean one of redis-py's on a plain one (:class:`_LeanPipeline`)."""
+    if isinstance(client, RedisCluster):
+        return cast(Any, client).pipeline(transaction=True)
+    return _LeanPipeline.on(client, True)
 
 
 def script(client: Any, source: str) -> Script:
@@ -153,6 +305,15 @@ def retry_policy(settings: QueueSettings) -> Retry:
                  supported_errors=(redis.ConnectionError, redis.TimeoutError, redis.ResponseError))
 
 
+@functools.lru_cache(maxsize=64)
+def _policy(settings: QueueSettings) -> Retry:
+    """:func:`retry_policy` retrying every exception (which to retry is ``transient``'s to say), made once per
+    settings: it holds no state of a call (full-jitter backoff has none), and every Redis call goes through it."""
+    policy = retry_policy(settings)
+    policy.update_supported_errors([Exception])
+    return policy
+
+
 def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T], *,
                  transient: Callable[[BaseException], bool] = is_transient, service: str = "Redis",
                  exhausted: type[QueueUnavailable] = QueueUnavailable) -> T:
@@ -165,8 +326,7 @@ def with_retries(settings: QueueSettings, what: str, fn: Callable[[], T], *,
         if failures <= settings.retries:
             log.warning("%s error during %s (attempt %d): %s; retrying", service, what, failures, exc)
 
-    policy = retry_policy(settings)
-    policy.update_supported_errors([Exception])  # which to retry is ``transient``'s to say
+    policy = _policy(settings)
     try:
         return policy.call_with_retry(fn, failed, is_retryable=transient, with_failure_count=True)
     except Exception as exc:
@@ -208,8 +368,7 @@ class Prepacked:
         return cluster.get_redis_connection(node).connection_pool
 
     def run(self) -> list[Any]:
-        pool = self._pool()
-        conn = pool.get_connection()
+        conn = held_connection(self._pool())
         try:
             conn.send_packed_command(self.packed)
             return [conn.read_response() for _ in range(self.count)]
@@ -218,8 +377,6 @@ class Prepacked:
             if self.slot is not None:
                 self._remap()
             raise
-        finally:
-            pool.release(conn)
 
     def _remap(self) -> None:
         refresh_cluster_map(self.client)

@@ -73,8 +73,12 @@ class Keys:
         """Every shard's notifications stream (what the senders read)."""
         return [k.notifications for k in self._shard_keys]
 
+    @cached_property
+    def _base(self) -> str:
+        return f"{self.prefix}:{{{self.hash_tag}}}"
+
     def _key(self, *parts: str) -> str:
-        return ":".join((self.prefix, f"{{{self.hash_tag}}}", *parts))
+        return ":".join((self._base, *parts))
 
     # -- service: the commands stream and what the workers publish ---------------------------------------
     @property

@@ -106,7 +106,8 @@ class Dispatcher:
             for j, (plan, (_, rs), rep) in enumerate(zip(plans, jobs, reports, strict=True)):
                 for b in range(first, min(first + step, rep.batches_total)):
                     lo, hi = b * plan.batch_size, min((b + 1) * plan.batch_size, rs.n_owners)
-                    per_shard = np.bincount(self.sink.owner_shards(rs.owner_ids[lo:hi]), minlength=shards)
+                    per_shard = ((hi - lo,) if shards == 1 else
+                                 np.bincount(self.sink.owner_shards(rs.owner_ids[lo:hi]), minlength=shards))
                     for g in range(shards):
                         if (b, g) in plan.done:
                             rep.already_done += int(per_shard[g])
@@ -158,22 +159,23 @@ class Dispatcher:
             owners = jobs[j][1].owner_ids[lo:hi]
             asks.append((jobs[j][0].request_id, owners if sel is None else owners[sel]))
         terms = gate.terms(now)
-        if check or terms is None:
-            verdicts = gate.check_many(asks, now)
-        else:
-            verdicts = [np.zeros(owners.shape[0], np.int8) for _, owners in asks]
+        # optimistic (every owner taken as admissible): no verdicts to ask for or count
+        verdicts: list[np.ndarray | None] = (list(gate.check_many(asks, now)) if check or terms is None
+                                             else [None] * len(asks))
         work: dict[int, list[tuple[Unit, PreparedBatch]]] = {}
-        for unit, codes, sel in zip(units, verdicts, where, strict=True):
+        for unit, codes, sel, (_, owners) in zip(units, verdicts, where, asks, strict=True):
             j, b, lo, hi, g = unit
+            admit = np.ones(owners.shape[0], np.bool_) if codes is None else codes == ADMIT
             if sel is None:
-                mask = codes == ADMIT
+                mask = admit
             else:
                 mask = np.zeros(hi - lo, np.bool_)
-                mask[sel] = codes == ADMIT
+                mask[sel] = admit
             batch = encode_gated(header_json[j], b, jobs[j][1], lo, hi, mask)
             batch.shard = g
-            batch.n_owners = int(codes.shape[0])
-            batch.suppressed = {name: int((codes == code).sum()) for code, name in REASONS.items()}
+            batch.n_owners = int(owners.shape[0])
+            batch.suppressed = {name: 0 if codes is None else int((codes == code).sum())
+                                for code, name in REASONS.items()}
             work.setdefault(j, []).append((unit, batch))
         order = list(work)
         results = self.sink.append_many([(jobs[j][0].request_id, [b for _, b in work[j]]) for j in order], terms)

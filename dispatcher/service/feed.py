@@ -39,8 +39,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import redis
+from redis.cluster import RedisCluster
 
-from dispatcher.connections import with_retries
+from dispatcher.connections import pipeline, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import DispatchError, FeedGap, IndexFormatError, InvalidChange
 from dispatcher.index.camera_index import CameraIndex
@@ -436,8 +437,9 @@ class FeedFollower:
         with self._lock:
             total = 0
             while True:
-                def read() -> list[Any]:
-                    pipe = self.r.pipeline(transaction=False)
+                def read() -> list[Any]:  # before every batch: the lean pipeline on a plain client
+                    pipe = (self.r.pipeline(transaction=False) if isinstance(self.r, RedisCluster)
+                            else pipeline(self.r))
                     pipe.get(self.keys.feed_floor)
                     pipe.xread({self.keys.feed: entry_id(self.index.version)}, count=self.read_count)
                     return list(pipe.execute())

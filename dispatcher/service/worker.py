@@ -24,7 +24,7 @@ import redis
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
-from dispatcher.connections import Prepacked, is_transient, with_retries
+from dispatcher.connections import Prepacked, is_transient, transaction, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.keys import Keys
@@ -120,9 +120,13 @@ class Worker:
         self.streams: dict[str, str | None] = {}
         #: stream -> the key names of its shard (where its outcomes and dead letters go, in its slot)
         self.shard_keys: dict[str, Keys] = {}
-        for k in (self.keys.shard(n) for n in self.shards):
+        #: shard -> the streams of it this worker reads (the platform's first)
+        self._shard_streams: dict[int, list[str]] = {}
+        for n in self.shards:
+            k = self.keys.shard(n)
             for stream, agency in [(k.requests, None), *((k.intake(a), a) for a in agencies)]:
                 self.streams[stream], self.shard_keys[stream] = agency, k
+                self._shard_streams.setdefault(n, []).append(stream)
         self.stats = WorkerStats()
         # The calls repeated with the same arguments all the time (reads and claim passes over the same streams)
         # are encoded once (Prepacked), by (streams, count) and by streams; each names streams of one shard (of
@@ -138,6 +142,8 @@ class Worker:
         self._next_claim = 0.0
         self._touched: set[str] = set()
         self._stop: Any = None
+        #: the unbounded wait of :meth:`_retry` (no state of a call: made once)
+        self._wait = Retry(ConstantBackoff(min(self.queue.backoff_max, 0.5)), -1, supported_errors=(Exception,))
         self._retry("create group", self._ensure_groups)
 
     # ------------------------------------------------------------------------------------------ one batch
@@ -181,7 +187,7 @@ class Worker:
             pipes: dict[str, Any] = {}
 
             def pipe_of(tag: str) -> Any:  # the MULTI/EXEC of a shard
-                return pipes.get(tag) or pipes.setdefault(tag, self.r.pipeline(transaction=True))
+                return pipes.get(tag) or pipes.setdefault(tag, transaction(self.r))
             cap = {"maxlen": self.settings.outcomes_maxlen, "approximate": True}
             for (tag, to), outs in (*submitters.items(), *operators.items()):
                 pipe_of(tag).xadd(to, {commands.OUTCOMES: orjson.dumps(outs)}, **cap)
@@ -239,8 +245,7 @@ class Worker:
         def worth_waiting(exc: Exception) -> bool:
             return is_transient(exc) and not (self._stop is not None and self._stop.is_set())
 
-        wait = Retry(ConstantBackoff(min(self.queue.backoff_max, 0.5)), -1, supported_errors=(Exception,))
-        return wait.call_with_retry(attempt, waiting, is_retryable=worth_waiting, with_failure_count=True)
+        return self._wait.call_with_retry(attempt, waiting, is_retryable=worth_waiting, with_failure_count=True)
 
     # ------------------------------------------------------------------------------------------- the loop
 
@@ -366,7 +371,7 @@ class Worker:
 
     def _of_shard(self, shard: int) -> list[str]:
         """The streams of ``shard`` this worker reads (the platform's first)."""
-        return [st for st in self.streams if self.shard_keys[st] is self.keys.shard(shard)]
+        return self._shard_streams[shard]
 
     def _read_new(self) -> list[Entry]:
         """New entries: from every stream when a sweep is due (without blocking), else from the platform's stream

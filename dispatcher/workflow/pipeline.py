@@ -127,6 +127,8 @@ class _Job:
     new: VideoRequest | None        # a submission not yet judged
     stored: StoredRequest | None = None
     valid: ValidRequest | None = None
+    #: recorded by this run (so no dispatch of it can have started before)
+    created: bool = False
 
 
 class Pipeline:
@@ -238,7 +240,7 @@ class Pipeline:
             if state is None:  # another worker recorded it a moment ago: continue from its state
                 job.stored = self.workflow.get(job.request_id)
             else:
-                job.stored = StoredRequest(state, job.valid)  # type: ignore[arg-type]
+                job.stored, job.created = StoredRequest(state, job.valid), True  # type: ignore[arg-type]
         approved = []
         for job in jobs:
             assert job.stored is not None
@@ -255,7 +257,12 @@ class Pipeline:
         recorded, with its version, and resolves nothing."""
         if not jobs:
             return []
-        recorded = self.dispatcher.recorded([j.request_id for j in jobs])
+        # A request this run recorded has no plan yet (none could start before it existed): only the others' are
+        # asked for (a round trip saved in the common case). Should another worker start one meanwhile, the plans'
+        # registration hands this one the recorded set all the same (adopt_recorded).
+        older = [j.request_id for j in jobs if not j.created]
+        plans = iter(self.dispatcher.recorded(older) if older else [])
+        recorded = [None if j.created else next(plans) for j in jobs]
         work = []
         for job, frozen in zip(jobs, recorded, strict=True):
             v = job.stored.request  # type: ignore[union-attr]

@@ -52,7 +52,7 @@ class VideoRequest(_Case):
     submitted_at: datetime
 
     def __post_init__(self) -> None:
-        for name in (f.name for f in fields(_Case)):
+        for name in _CASE_FIELDS:
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise InvalidRequest(f"{name} must be a string, got {type(v).__name__}")
@@ -76,10 +76,10 @@ class VideoRequest(_Case):
         """From a decoded JSON object; unknown or missing keys raise :class:`InvalidRequest`."""
         if not isinstance(d, dict):
             raise InvalidRequest(f"a request must be an object, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in set(d) - names)
-        missing = sorted(names - set(d))
-        if unknown or missing:
+        names = _REQUEST_FIELDS if cls is VideoRequest else frozenset(f.name for f in fields(cls))
+        if d.keys() != names:
+            unknown = sorted(str(k) for k in set(d) - names)
+            missing = sorted(names - set(d))
             raise InvalidRequest(f"request: unknown field(s) {unknown}, missing field(s) {missing}")
         sub = d["submitted_at"]
         if isinstance(sub, str):
@@ -88,6 +88,11 @@ class VideoRequest(_Case):
             except ValueError:
                 raise InvalidRequest(f"submitted_at: {sub[:80]!r} is not an ISO-8601 date-time") from None
         return cls(**{**d, "submitted_at": sub})
+
+
+#: The fields of a case and of a request as submitted (looked up once: every submission is checked against them).
+_CASE_FIELDS = tuple(f.name for f in fields(_Case))
+_REQUEST_FIELDS = frozenset(f.name for f in fields(VideoRequest))
 
 
 @dataclass(frozen=True)
