@@ -19,7 +19,9 @@ costs nothing: a node's box covers exactly its descendants, wherever they lie.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from kernels.geometry import BOX_IN, BOX_MIXED, BOX_OUT, WORK_SIZE, classify_box, covers_point
 from kernels.h3core import cell_to_parent
@@ -687,3 +689,37 @@ def resolve_base(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: i
     cam = np.empty(pos.shape[0], dtype=np.int64)
     _ids_at(own, cam, 0, pos, owner, camera)
     return group_by_owner(own, cam)
+
+
+@intrinsic
+def _pointer(typingctx, address):  # type: ignore[no-untyped-def]
+    """The memory at ``address`` (an int64) as a void pointer, for :func:`numba.carray`."""
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(types.int64), codegen
+
+
+#: The arrays of a base that :func:`resolve_table` takes as one table of (address, length) pairs, in this order,
+#: with the dtype each must have (C-contiguous; ``xy`` has two columns).
+TABLE_DTYPES = (("nodes", NODE_DTYPE), ("xy", np.dtype(np.float64)), ("installed", np.dtype(np.int32)),
+                ("removed", np.dtype(np.int32)), ("retention", np.dtype(np.uint16)), ("flags", np.dtype(np.uint8)),
+                ("ev_ptr", np.dtype(np.int64)), ("ev_ts", np.dtype(np.int32)))
+
+
+@njit(cache=True, nogil=True)
+def resolve_table(xs, ys, ring_ptr, poly_ptr, poly_bbox, table, n_top, owner, camera,  # type: ignore[no-untyped-def]
+                  t0, t1, now):
+    """:func:`resolve_base` with the base's arrays of :data:`TABLE_DTYPES` given as one int64 array of their
+    addresses and lengths (``table[2k]``, ``table[2k + 1]``): taking an array from Python costs a call about
+    100 ns, eight of them most of a small area's kernel time. The caller keeps the arrays alive and checked
+    (:class:`dispatcher.index.state.State`)."""
+    nodes = carray(_pointer(table[0]), (table[1],), NODE_DTYPE)
+    xy = carray(_pointer(table[2]), (table[3], 2), np.float64)
+    installed = carray(_pointer(table[4]), (table[5],), np.int32)
+    removed = carray(_pointer(table[6]), (table[7],), np.int32)
+    retention = carray(_pointer(table[8]), (table[9],), np.uint16)
+    flags = carray(_pointer(table[10]), (table[11],), np.uint8)
+    ev_ptr = carray(_pointer(table[12]), (table[13],), np.int64)
+    ev_ts = carray(_pointer(table[14]), (table[15],), np.int32)
+    return resolve_base(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top, xy, installed, removed, retention,
+                        flags, owner, ev_ptr, ev_ts, camera, t0, t1, now)

@@ -299,7 +299,7 @@ def test_save_open_roundtrip_and_worker_processes(world, tmp_path):
         "i = CameraIndex.open(sys.argv[1]);"
         f"r = i.resolve({area!r}, datetime.fromisoformat('{start.isoformat()}'), "
         f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
-        "from kernels import index_kernels as K; st = [K.resolve.stats, K.resolve_base.stats];"
+        "from kernels import index_kernels as K; st = [K.resolve.stats, K.resolve_table.stats];"
         "print(json.dumps({'r': {int(k): v.tolist() for k, v in r.items()},"
         "'hits': sum(sum(s.cache_hits.values()) for s in st),"
         "'misses': sum(sum(s.cache_misses.values()) for s in st)}))"
