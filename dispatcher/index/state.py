@@ -66,7 +66,8 @@ class State:
             a = arrays[name]
             if a.dtype != dtype or not a.flags.c_contiguous or a.shape[1:] != ((2,) if name == "xy" else ()):
                 return None
-            if name not in ("nodes", "ev_ptr", "ev_ts") and a.shape[0] != n or name == "ev_ptr" and a.shape[0] not in (0, n + 1):
+            per_camera = name not in ("nodes", "ev_ptr", "ev_ts")
+            if per_camera and a.shape[0] != n or name == "ev_ptr" and a.shape[0] not in (0, n + 1):
                 return None
             table += [a.ctypes.data, a.shape[0]]
         return np.array(table, dtype=np.int64)
