@@ -19,7 +19,9 @@ costs nothing: a node's box covers exactly its descendants, wherever they lie.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from kernels.geometry import BOX_IN, BOX_MIXED, BOX_OUT, WORK_SIZE, classify_box, covers_point
 from kernels.h3core import cell_to_parent
@@ -120,31 +122,49 @@ def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: 
 
 
 @njit(cache=True, parallel=True)
-def pack_cell_rows(cells: np.ndarray, res: int, row_bits: int) -> np.ndarray:
-    """One uint64 per point: its cell's base-cell and digit bits (at ``res``) above its row number, so that
-    sorting these sorts points by cell, stably."""
+def pack_cell_rows(cells: np.ndarray, res: int, row_bits: int) -> None:
+    """Replace each point's cell (at ``res``) by one uint64 holding its base-cell and digit bits above its row
+    number, so that sorting these sorts points by cell, stably (in place: the cells are not needed again)."""
     shift = np.uint64(3 * (15 - res))
     key_mask = (np.uint64(1) << np.uint64(7 + 3 * res)) - np.uint64(1)
-    out = np.empty(cells.shape[0], dtype=np.uint64)
     for i in prange(cells.shape[0]):
-        out[i] = (((cells[i] >> shift) & key_mask) << np.uint64(row_bits)) | np.uint64(i)
-    return out
+        cells[i] = (((cells[i] >> shift) & key_mask) << np.uint64(row_bits)) | np.uint64(i)
 
 
 @njit(cache=True, parallel=True)
-def unpack_rows(packed: np.ndarray, row_bits: int, res: int, high: np.uint64) -> tuple[np.ndarray, np.ndarray]:
-    """The rows and the cells of sorted :func:`pack_cell_rows` keys, in one sequential pass: a cell at ``res`` is
-    its ``high`` bits (mode and resolution, the same for every cell at ``res``), the key's base-cell and digit
-    bits, and the digits below ``res``, which H3 sets to 7 (all ones). No gather of the cells by row."""
+def unpack_cells(packed: np.ndarray, row_bits: int, res: int, high: np.uint64) -> np.ndarray:
+    """Turn sorted :func:`pack_cell_rows` keys back into cells, in place, and return where each row went
+    (``inverse[row] = position``), in one pass: a cell at ``res`` is its ``high`` bits (mode and resolution, the
+    same for every cell at ``res``), the key's base-cell and digit bits, and the digits below ``res``, which H3
+    sets to 7 (all ones). No gather of the cells by row."""
     mask = (np.uint64(1) << np.uint64(row_bits)) - np.uint64(1)
     shift = np.uint64(3 * (15 - res))
     low = (np.uint64(1) << shift) - np.uint64(1)
-    rows = np.empty(packed.shape[0], dtype=np.int64)
-    cells = np.empty(packed.shape[0], dtype=np.uint64)
+    inverse = np.empty(packed.shape[0], dtype=np.int64)
     for i in prange(packed.shape[0]):
-        rows[i] = np.int64(packed[i] & mask)
-        cells[i] = high | ((packed[i] >> np.uint64(row_bits)) << shift) | low
-    return rows, cells
+        key = packed[i]
+        inverse[np.int64(key & mask)] = i
+        packed[i] = high | ((key >> np.uint64(row_bits)) << shift) | low
+    return inverse
+
+
+@njit(cache=True, inline="always")
+def _chunk(t: int, chunks: int, n: int) -> tuple[int, int]:
+    """Items ``[lo, hi)`` of chunk ``t`` of ``chunks`` (near-equal, consecutive) over ``n`` items."""
+    step = (n + chunks - 1) // chunks
+    return min(n, t * step), min(n, (t + 1) * step)
+
+
+@njit(cache=True, inline="always")
+def _chunk_offsets(counts: np.ndarray) -> None:
+    """Per-chunk counts of each bucket (``counts[t, b]``) to where chunk ``t`` writes its first value of bucket
+    ``b``: buckets in order, and within one the chunks in order, so a scatter by these offsets is stable."""
+    total = 0
+    for b in range(counts.shape[1]):
+        for t in range(counts.shape[0]):
+            v = counts[t, b]
+            counts[t, b] = total
+            total += v
 
 
 @njit(cache=True)
@@ -185,37 +205,75 @@ def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
     return out
 
 
-#: One camera's input columns side by side (48 bytes): :func:`gather_cameras` reads a row in one or two cache lines.
-ROW_DTYPE = np.dtype([("lng", np.float64), ("lat", np.float64), ("owner", np.int64), ("camera", np.int64),
-                      ("installed", np.int32), ("removed", np.int32), ("retention", np.uint16),
-                      ("sharing", np.bool_)], align=True)
+#: :func:`permute_cameras` moves cameras in buckets of 2**PERMUTE_BITS consecutive positions: what a bucket
+#: permutes (about 35 bytes a camera) stays in the second-level cache, and the buckets are few enough for the
+#: first pass to write to all of them at once without thrashing it.
+PERMUTE_BITS = 14
+
+
+@njit(cache=True, inline="always")
+def _permute_within(col: np.ndarray, tmp: np.ndarray, slot: np.ndarray, lo: int, hi: int) -> None:
+    """Move ``col[lo + k]`` to ``col[lo + slot[lo + k]]`` for every ``k < hi - lo`` (a permutation of the span)."""
+    m = hi - lo
+    tmp[:m] = col[lo:hi]
+    for k in range(m):
+        col[lo + np.int64(slot[lo + k])] = tmp[k]
 
 
 @njit(cache=True, parallel=True)
-def gather_cameras(order, lng, lat, installed, removed, retention, sharing, owner, camera,  # type: ignore[no-untyped-def]
-                   rows, xy, o_installed, o_removed, o_retention, o_flags, o_owner, o_camera):
-    """Every camera column permuted by ``order``. The columns are first laid side by side in ``rows``
-    (:data:`ROW_DTYPE`, one sequential pass), so that the permuting pass reads one row, a line or two of memory,
-    where reading eight columns at a random row would miss the cache eight times."""
-    for r in prange(order.shape[0]):
-        rows[r].lng = lng[r]
-        rows[r].lat = lat[r]
-        rows[r].owner = owner[r]
-        rows[r].camera = camera[r]
-        rows[r].installed = installed[r]
-        rows[r].removed = removed[r]
-        rows[r].retention = retention[r]
-        rows[r].sharing = sharing[r]
-    for i in prange(order.shape[0]):
-        row = rows[order[i]]
-        xy[i, 0] = row.lng
-        xy[i, 1] = row.lat
-        o_installed[i] = row.installed
-        o_removed[i] = row.removed
-        o_retention[i] = row.retention
-        o_flags[i] = SHARING if row.sharing else np.uint8(0)
-        o_owner[i] = row.owner
-        o_camera[i] = row.camera
+def permute_cameras(inverse, chunks, lng, lat, installed, removed, retention, sharing, owner, camera,  # type: ignore[no-untyped-def]
+                    xy, o_installed, o_removed, o_retention, o_flags, o_owner, o_camera):
+    """Every camera column permuted so that row ``r`` lands at position ``inverse[r]``, in two passes that each
+    touch memory in order or within one cache-sized bucket, where a gather by row would miss the cache (and the
+    TLB) for every camera, and with no memory but the outputs' and a two-byte slot a camera (fresh memory costs
+    its page faults): the first pass (``chunks`` consecutive chunks of rows in parallel, each writing its own part
+    of every bucket) writes each row into the outputs among the ``2**PERMUTE_BITS`` positions of its bucket, with
+    its place in that bucket; the second puts each bucket in order, in the cache."""
+    n = inverse.shape[0]
+    size = np.int64(1) << PERMUTE_BITS
+    buckets = (n + size - 1) >> PERMUTE_BITS
+    counts = np.zeros((chunks, buckets), dtype=np.int64)
+    for t in prange(chunks):
+        lo, hi = _chunk(t, chunks, n)
+        for r in range(lo, hi):
+            counts[t, inverse[r] >> PERMUTE_BITS] += 1
+    _chunk_offsets(counts)
+    slot = np.empty(n, dtype=np.uint16)
+    for t in prange(chunks):
+        lo, hi = _chunk(t, chunks, n)
+        c = counts[t]
+        for r in range(lo, hi):
+            d = inverse[r]
+            b = d >> PERMUTE_BITS
+            q = c[b]
+            c[b] = q + 1
+            xy[q, 0] = lng[r]
+            xy[q, 1] = lat[r]
+            o_installed[q] = installed[r]
+            o_removed[q] = removed[r]
+            o_retention[q] = retention[r]
+            o_flags[q] = SHARING if sharing[r] else np.uint8(0)
+            o_owner[q] = owner[r]
+            o_camera[q] = camera[r]
+            slot[q] = d & (size - 1)
+    for t in prange(chunks):  # bucket b now holds, unordered, exactly the rows bound for [b * size, (b + 1) * size)
+        b_lo, b_hi = _chunk(t, chunks, buckets)
+        t_xy = np.empty((size, 2), dtype=xy.dtype)
+        t_i4 = np.empty(size, dtype=o_installed.dtype)
+        t_u2 = np.empty(size, dtype=o_retention.dtype)
+        t_u1 = np.empty(size, dtype=o_flags.dtype)
+        t_own = np.empty(size, dtype=o_owner.dtype)
+        t_cam = np.empty(size, dtype=o_camera.dtype)
+        for b in range(b_lo, b_hi):
+            lo = b * size
+            hi = min(n, lo + size)
+            _permute_within(xy, t_xy, slot, lo, hi)
+            _permute_within(o_installed, t_i4, slot, lo, hi)
+            _permute_within(o_removed, t_i4, slot, lo, hi)
+            _permute_within(o_retention, t_u2, slot, lo, hi)
+            _permute_within(o_flags, t_u1, slot, lo, hi)
+            _permute_within(o_owner, t_own, slot, lo, hi)
+            _permute_within(o_camera, t_cam, slot, lo, hi)
 
 
 @njit(cache=True, parallel=True)
@@ -631,3 +689,37 @@ def resolve_base(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: i
     cam = np.empty(pos.shape[0], dtype=np.int64)
     _ids_at(own, cam, 0, pos, owner, camera)
     return group_by_owner(own, cam)
+
+
+@intrinsic
+def _pointer(typingctx, address):  # type: ignore[no-untyped-def]
+    """The memory at ``address`` (an int64) as a void pointer, for :func:`numba.carray`."""
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(types.int64), codegen
+
+
+#: The arrays of a base that :func:`resolve_table` takes as one table of (address, length) pairs, in this order,
+#: with the dtype each must have (C-contiguous; ``xy`` has two columns).
+TABLE_DTYPES = (("nodes", NODE_DTYPE), ("xy", np.dtype(np.float64)), ("installed", np.dtype(np.int32)),
+                ("removed", np.dtype(np.int32)), ("retention", np.dtype(np.uint16)), ("flags", np.dtype(np.uint8)),
+                ("ev_ptr", np.dtype(np.int64)), ("ev_ts", np.dtype(np.int32)))
+
+
+@njit(cache=True, nogil=True)
+def resolve_table(xs, ys, ring_ptr, poly_ptr, poly_bbox, table, n_top, owner, camera,  # type: ignore[no-untyped-def]
+                  t0, t1, now):
+    """:func:`resolve_base` with the base's arrays of :data:`TABLE_DTYPES` given as one int64 array of their
+    addresses and lengths (``table[2k]``, ``table[2k + 1]``): taking an array from Python costs a call about
+    100 ns, eight of them most of a small area's kernel time. The caller keeps the arrays alive and checked
+    (:class:`dispatcher.index.state.State`)."""
+    nodes = carray(_pointer(table[0]), (table[1],), NODE_DTYPE)
+    xy = carray(_pointer(table[2]), (table[3], 2), np.float64)
+    installed = carray(_pointer(table[4]), (table[5],), np.int32)
+    removed = carray(_pointer(table[6]), (table[7],), np.int32)
+    retention = carray(_pointer(table[8]), (table[9],), np.uint16)
+    flags = carray(_pointer(table[10]), (table[11],), np.uint8)
+    ev_ptr = carray(_pointer(table[12]), (table[13],), np.int64)
+    ev_ts = carray(_pointer(table[14]), (table[15],), np.int32)
+    return resolve_base(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top, xy, installed, removed, retention,
+                        flags, owner, ev_ptr, ev_ts, camera, t0, t1, now)

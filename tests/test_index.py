@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -17,8 +19,10 @@ from dispatcher.errors import (
     InvalidTimeWindow,
     UnknownCamera,
 )
+from dispatcher.geo import h3 as h3x
 from dispatcher.geo.area import Area
 from dispatcher.index import CAMERA_SCHEMA, CameraIndex, IndexConfig
+from dispatcher.index.schema import window_us
 from tests import data
 from tests.polygons import areas, boundary_points
 from tests.workers import run_workers
@@ -299,7 +303,7 @@ def test_save_open_roundtrip_and_worker_processes(world, tmp_path):
         "i = CameraIndex.open(sys.argv[1]);"
         f"r = i.resolve({area!r}, datetime.fromisoformat('{start.isoformat()}'), "
         f"datetime.fromisoformat('{end.isoformat()}'), now=datetime.fromisoformat('{NOW.isoformat()}'));"
-        "from kernels import index_kernels as K; st = [K.resolve.stats, K.resolve_base.stats];"
+        "from kernels import index_kernels as K; st = [K.resolve.stats, K.resolve_table.stats];"
         "print(json.dumps({'r': {int(k): v.tolist() for k, v in r.items()},"
         "'hits': sum(sum(s.cache_hits.values()) for s in st),"
         "'misses': sum(sum(s.cache_misses.values()) for s in st)}))"
@@ -398,3 +402,74 @@ def test_opt_out_marking_byte_map_and_search_agree():
     assert np.array_equal(by_map == OPTED_OUT, want) and np.array_equal(by_search, by_map)
     mark_owners(by_map, owner, opted[:10], OPTED_OUT, False)
     assert np.array_equal(by_map == OPTED_OUT, np.isin(owner, opted[10:]))
+
+
+def test_build_permutation_and_sort_match_numpy():
+    """The build's sort (packed keys, unpacked in place into cells and each row's position) and its two-pass
+    permutation in buckets of 2**PERMUTE_BITS positions agree with numpy's stable argsort and fancy indexing, over
+    several buckets, chunks that cut them, a last bucket part-filled and cells repeated."""
+    from dispatcher.index.columns import EMPTY_I32, EMPTY_I64, columns_from
+    from dispatcher.index.schema import CameraColumns
+    from dispatcher.index.tree import sort_positions
+    from kernels import index_kernels as K
+
+    rng = np.random.default_rng(3)
+    n = 3 * (1 << K.PERMUTE_BITS) + 123
+    lat, lng = rng.uniform(41.6, 42.0, n), rng.uniform(-88.0, -87.5, n)
+    cells = h3x.latlng_to_cell(lat, lng, 10)
+    cells[::7] = cells[0]  # ties: the sort must keep them in row order
+    order = np.argsort(cells, kind="stable")
+    inverse, sorted_cells = sort_positions(cells.copy(), 10)
+    assert np.array_equal(sorted_cells, cells[order]) and np.array_equal(order[inverse], np.arange(n))
+    cols = CameraColumns(camera_id=rng.permutation(n).astype(np.int64) + 10**6, owner_id=rng.integers(0, 99, n),
+                         lat=lat, lng=lng, installed=rng.integers(0, 10**8, n).astype(np.int32),
+                         removed=rng.integers(10**8, 10**9, n).astype(np.int32),
+                         retention_days=rng.integers(1, 365, n).astype(np.uint16), sharing=rng.random(n) < 0.5)
+    out = columns_from(cols, inverse, EMPTY_I64, EMPTY_I32, False, np.array([5, 7], np.int64))
+    assert np.array_equal(out.xy, np.column_stack([lng, lat])[order])
+    assert out.camera.dtype == np.int32 and np.array_equal(out.camera, cols.camera_id[order])
+    assert out.owner.dtype == np.int32 and np.array_equal(out.owner, cols.owner_id[order])
+    for name, src in (("installed", cols.installed), ("removed", cols.removed), ("retention", cols.retention_days)):
+        assert np.array_equal(getattr(out, name), src[order]), name
+    opted = np.isin(cols.owner_id[order], [5, 7])
+    assert np.array_equal(out.flags, np.where(cols.sharing[order], K.SHARING, 0) | np.where(opted, K.OPTED_OUT, 0))
+
+
+def test_table_kernel_and_array_kernel_agree(index_with_events):
+    """The resolve that takes the base's arrays as a table of addresses answers as the one taking them as arrays
+    (the live delta's kernel, with the delta empty); a base whose arrays are not laid out as the table reads them
+    (here a strided copy) gets the array kernel."""
+    from dispatcher.index.state import Base, State
+    from kernels import index_kernels as K
+
+    index, _ = index_with_events
+    st = index._state
+    assert st.kernel is K.resolve_table
+    cols = st.base.cols
+    strided = np.empty(2 * cols.n, np.int32)[::2]
+    strided[:] = cols.installed
+    other = State(Base(replace(cols, installed=strided), st.base.tree), st.delta, st.optout, st.has_events)
+    assert other.kernel is K.resolve_base and len(other.args) == 11
+    base = (*st.base.tree.kernel_args(), *cols.kernel_args(), cols.camera)
+    start, end = NOW - timedelta(days=3), NOW - timedelta(days=2)
+    for area in (SQUARE, {"type": "Polygon", "coordinates": [[[-73.99, 40.72], [-73.93, 40.73], [-73.96, 40.78],
+                                                              [-73.99, 40.72]]]}):
+        args = Area.parse(area).kernel_args()
+        t = window_us(start, end, NOW)
+        a = st.resolve(args, *t)
+        b = K.resolve(*args, *base, *st.delta.kernel_args(), st.delta.camera, *t)
+        assert a[1:] == b[1:] and np.array_equal(a[0], b[0]) and a[1] > 0
+
+
+@pytest.mark.parametrize("tz", [timezone.utc, timezone(timedelta(hours=-5))])
+def test_window_fast_path_equals_general(tz):
+    """Three UTC datetimes take a shorter path than other zones and strings; all give the same microseconds."""
+    start = datetime(2026, 10, 20, 3, 4, 5, 123456, tzinfo=tz)
+    end, now = start + timedelta(hours=3, microseconds=7), start + timedelta(hours=2)
+    got = window_us(start, end, now)
+    assert got == window_us(start.isoformat(), end.isoformat(), now.isoformat())
+    assert got == window_us(pd.Timestamp(start), pd.Timestamp(end), pd.Timestamp(now))  # a datetime subclass
+    with pytest.raises(InvalidTimeWindow):
+        window_us(end, start, now)
+    with pytest.raises(InvalidTimeWindow):
+        window_us(now + timedelta(seconds=1), now + timedelta(hours=1), now)

@@ -17,7 +17,7 @@ from dispatcher.index.config import IndexConfig
 from dispatcher.index.geotables import TableSource, as_table
 from dispatcher.index.schema import CameraColumns, camera_columns, check_unique, event_columns, opted_out_owners
 from dispatcher.index.state import Base, State
-from dispatcher.index.tree import build_tree, sort_order
+from dispatcher.index.tree import build_tree, sort_positions
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ def build_base(cols: CameraColumns, ev_row: np.ndarray, ev_ts: np.ndarray, has_e
     stages["h3"] = time.perf_counter() - t
     tick()
     t = time.perf_counter()
-    order, sorted_cells = sort_order(cells, config.finest_res)
+    inverse, sorted_cells = sort_positions(cells, config.finest_res)
     stages["sort"] = time.perf_counter() - t
     tick()
     t = time.perf_counter()
-    base_cols = columns_from(cols, order, ev_row, ev_ts, has_events, optout)
+    base_cols = columns_from(cols, inverse, ev_row, ev_ts, has_events, optout)
     stages["gather"] = time.perf_counter() - t
     tick()
     t = time.perf_counter()

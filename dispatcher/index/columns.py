@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from dispatcher.errors import InvalidData
@@ -73,28 +74,26 @@ class Columns:
         return sum(getattr(self, n).nbytes for n in self.NAMES)
 
 
-def columns_from(cols: CameraColumns, order: np.ndarray | None, ev_row: np.ndarray, ev_ts: np.ndarray,
+def columns_from(cols: CameraColumns, inverse: np.ndarray | None, ev_row: np.ndarray, ev_ts: np.ndarray,
                  has_events: bool, optout: np.ndarray) -> Columns:
-    """Columns of ``cols`` permuted by ``order`` (None: as they are), with events grouped per camera and the
-    cameras of the owners in ``optout`` (sorted) flagged as opted out."""
+    """Columns of ``cols`` permuted so that row ``r`` goes to position ``inverse[r]`` (None: as they are), with
+    events grouped per camera and the cameras of the owners in ``optout`` (sorted) flagged as opted out."""
     n = len(cols)
-    if order is None:
-        order = np.arange(n, dtype=np.int64)
+    if inverse is None:
+        inverse = np.arange(n, dtype=np.int64)
     out = Columns(
         xy=np.empty((n, 2), np.float64), installed=np.empty(n, np.int32), removed=np.empty(n, np.int32),
         retention=np.empty(n, np.uint16), flags=np.empty(n, np.uint8),
         owner=np.empty(n, _id_dtype(cols.owner_id)), camera=np.empty(n, _id_dtype(cols.camera_id)),
         ev_ptr=EMPTY_I64, ev_ts=EMPTY_I32)
     c = np.ascontiguousarray
-    K.gather_cameras(order, c(cols.lng), c(cols.lat), c(cols.installed), c(cols.removed), c(cols.retention_days),
-                     c(cols.sharing), c(cols.owner_id), c(cols.camera_id), np.empty(n, K.ROW_DTYPE), out.xy,
-                     out.installed, out.removed, out.retention, out.flags, out.owner, out.camera)
+    K.permute_cameras(inverse, max(1, numba.get_num_threads()), c(cols.lng), c(cols.lat), c(cols.installed),
+                      c(cols.removed), c(cols.retention_days), c(cols.sharing), c(cols.owner_id), c(cols.camera_id),
+                      out.xy, out.installed, out.removed, out.retention, out.flags, out.owner, out.camera)
     if optout.shape[0]:
         K.mark_owners(out.flags, out.owner, optout, K.OPTED_OUT, True)
     if has_events:
-        inverse = np.empty(order.shape[0], dtype=np.int64)
-        inverse[order] = np.arange(order.shape[0], dtype=np.int64)
-        out.ev_ptr, out.ev_ts = K.events_csr(inverse[ev_row], ev_ts, order.shape[0])
+        out.ev_ptr, out.ev_ts = K.events_csr(inverse[ev_row], ev_ts, n)
     return out
 
 

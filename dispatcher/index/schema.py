@@ -270,6 +270,14 @@ def event_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 _UNIX = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_UTC = timezone.utc
+
+
+def _us(d: timedelta) -> int:
+    """A difference in whole microseconds, exactly (its fields read faster than a division by one microsecond,
+    which a small query notices three times)."""
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def to_utc_us(value: Any, name: str) -> int:
@@ -288,15 +296,18 @@ def to_utc_us(value: Any, name: str) -> int:
                                     f"got {type(value).__name__}")
     if value.tzinfo is not timezone.utc and value.utcoffset() is None:
         raise InvalidTimeWindow(f"{name}: {value.isoformat()} is naive; give a time zone (UTC: +00:00 or Z)")
-    # exact: an aware difference is whole microseconds, the offsets applied (its fields read faster than a
-    # division by one microsecond, which a small query notices three times)
-    d: timedelta = value - _UNIX
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+    return _us(value - _UNIX)  # exact: an aware difference is whole microseconds, the offsets applied
 
 
 def window_us(start: Any, end: Any, now: Any) -> tuple[int, int, int]:
     """A request's window and ``now`` (default: the current time) as microseconds since :data:`EPOCH`:
     ``(start, min(end, now), now)``. A reversed window, or one starting after ``now``, raises."""
+    if (type(start) is datetime and type(end) is datetime and type(now) is datetime and start.tzinfo is _UTC
+            and end.tzinfo is _UTC and now.tzinfo is _UTC):
+        # the common case, three UTC datetimes, in a few operations: a small query's resolve notices each
+        s, e, n = _us(start - _EPOCH), _us(end - _EPOCH), _us(now - _EPOCH)
+        if s < e and s <= n:
+            return s, e if e < n else n, n
     s = to_utc_us(start, "start")
     e = to_utc_us(end, "end")
     n = to_utc_us(now, "now") if now is not None else to_utc_us(datetime.now(timezone.utc), "now")

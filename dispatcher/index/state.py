@@ -50,6 +50,27 @@ class State:
         base = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera)
         self.args = base if self.delta.n == 0 else (*base, *self.delta.kernel_args(), self.delta.camera)
         self.kernel = K.resolve_base if self.delta.n == 0 else K.resolve
+        table = self._table() if self.delta.n == 0 else None
+        if table is not None:  # eight arrays as one: what a small area's resolve costs is mostly taking arguments
+            self.args = (table, self.base.tree.n_top, self.base.cols.owner, self.base.cols.camera)
+            self.kernel = K.resolve_table
+
+    def _table(self) -> np.ndarray | None:
+        """The addresses and lengths of the base's arrays for :func:`kernels.index_kernels.resolve_table`, or None
+        when one of them is not laid out as it reads them (then the kernel that takes them as arrays runs). The
+        arrays stay referenced by this state, which never replaces them, so the addresses stay valid."""
+        arrays = {"nodes": self.base.tree.nodes, **{n: getattr(self.base.cols, n) for n, _ in K.TABLE_DTYPES[1:]}}
+        n = self.base.cols.n
+        table = []
+        for name, dtype in K.TABLE_DTYPES:
+            a = arrays[name]
+            if a.dtype != dtype or not a.flags.c_contiguous or a.shape[1:] != ((2,) if name == "xy" else ()):
+                return None
+            per_camera = name not in ("nodes", "ev_ptr", "ev_ts")
+            if per_camera and a.shape[0] != n or name == "ev_ptr" and a.shape[0] not in (0, n + 1):
+                return None
+            table += [a.ctypes.data, a.shape[0]]
+        return np.array(table, dtype=np.int64)
 
     def warm_up(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> None:
         """Compile (or load from the cache) both resolve kernels for this state's arrays: the one it uses, and

@@ -16,7 +16,7 @@ from dispatcher.errors import InvalidData
 from dispatcher.index.config import IndexConfig
 from kernels import index_kernels as K
 
-__all__ = ["Tree", "build_tree", "sort_order"]
+__all__ = ["Tree", "build_tree", "sort_positions"]
 
 
 @dataclass
@@ -55,17 +55,19 @@ def build_tree(cells_sorted: np.ndarray, xy: np.ndarray, config: IndexConfig) ->
     return Tree(node_cell=node_cell, nodes=nodes, n_top=int(n_top))
 
 
-def sort_order(cells: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:
-    """A stable order that sorts ``cells`` (all at ``res``, at least one), and the cells in that order. Packs (cell
-    digits, row) into one uint64 when it fits and sorts those with numpy's vectorised sort rather than a stable
-    argsort of the cells; the sorted cells then come out of the sorted keys, without a gather by row."""
+def sort_positions(cells: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``cells`` (all at ``res``, at least one) goes in a stable sort of them, and the cells in that
+    order. Packs (cell digits, row) into one uint64 when it fits and sorts those with numpy's vectorised sort
+    rather than a stable argsort of the cells; the sorted cells then come out of the sorted keys, without a
+    gather by row. ``cells`` is used as scratch (the sorted cells are written over it when they fit)."""
     n = cells.shape[0]
     row_bits = max(1, int(n - 1).bit_length())
     if 7 + 3 * res + row_bits > 64:
         order = np.argsort(cells, kind="stable")
-        return order, K.gather(cells, order)
-    packed = K.pack_cell_rows(cells, res, row_bits)
-    packed.sort()
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[order] = np.arange(n, dtype=np.int64)
+        return inverse, K.gather(cells, order)
     high = np.uint64(int(cells[0]) & ~((1 << 52) - 1))  # mode and resolution bits, above the base cell's
-    rows, sorted_cells = K.unpack_rows(packed, row_bits, res, high)
-    return rows, sorted_cells
+    K.pack_cell_rows(cells, res, row_bits)
+    cells.sort()
+    return K.unpack_cells(cells, row_bits, res, high), cells
