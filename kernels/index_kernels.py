@@ -40,9 +40,22 @@ DAY_US = np.int64(86_400_000_000)
 
 
 @njit(cache=True)
-def _grow_rows(a: np.ndarray, m: int) -> np.ndarray:
-    out = np.zeros((2 * a.shape[0],) + a.shape[1:], dtype=a.dtype)
-    out[:m] = a[:m]
+def _grow(a: np.ndarray, m: int) -> np.ndarray:
+    """``a`` in an array twice as long, its first ``m`` items copied (element by element: a slice assignment
+    brings in Numba's broadcasting checks, seconds of compilation for each type)."""
+    out = np.zeros(2 * a.shape[0], dtype=a.dtype)
+    for k in range(m):
+        out[k] = a[k]
+    return out
+
+
+@njit(cache=True)
+def _grow_pairs(a: np.ndarray, m: int) -> np.ndarray:
+    """:func:`_grow` of an ``(n, 2)`` array."""
+    out = np.zeros((2 * a.shape[0], 2), dtype=a.dtype)
+    for k in range(m):
+        out[k, 0] = a[k, 0]
+        out[k, 1] = a[k, 1]
     return out
 
 
@@ -78,10 +91,10 @@ def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: 
             while j < hi and cell_to_parent(cells[j], res) == p:
                 j += 1
             if m == node_cell.shape[0]:
-                node_cell = _grow_rows(node_cell, m)
-                pt = _grow_rows(pt, m)
-                kids = _grow_rows(kids, m)
-                depth = _grow_rows(depth, m)
+                node_cell = _grow(node_cell, m)
+                pt = _grow_pairs(pt, m)
+                kids = _grow_pairs(kids, m)
+                depth = _grow(depth, m)
             node_cell[m] = p
             pt[m, 0] = i
             pt[m, 1] = j
@@ -98,7 +111,8 @@ def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: 
     for k in range(m - 1, -1, -1):  # children have larger numbers: fill bottom-up
         if kids[k, 1] > kids[k, 0]:
             c0 = kids[k, 0]
-            box[k, :] = box[c0, :]
+            for j in range(4):
+                box[k, j] = box[c0, j]
             for c in range(c0 + 1, kids[k, 1]):
                 box[k, 0] = min(box[k, 0], box[c, 0])
                 box[k, 1] = min(box[k, 1], box[c, 1])
@@ -211,13 +225,29 @@ def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
 PERMUTE_BITS = 14
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _permute_within(col: np.ndarray, tmp: np.ndarray, slot: np.ndarray, lo: int, hi: int) -> None:
-    """Move ``col[lo + k]`` to ``col[lo + slot[lo + k]]`` for every ``k < hi - lo`` (a permutation of the span)."""
+    """Move ``col[lo + k]`` to ``col[lo + slot[lo + k]]`` for every ``k < hi - lo`` (a permutation of the span).
+    Element by element: a slice assignment would bring in Numba's broadcasting checks, whose compilation (once
+    per column type) was most of the build's compile time."""
     m = hi - lo
-    tmp[:m] = col[lo:hi]
+    for k in range(m):
+        tmp[k] = col[lo + k]
     for k in range(m):
         col[lo + np.int64(slot[lo + k])] = tmp[k]
+
+
+@njit(cache=True)
+def _permute_within_xy(xy: np.ndarray, tmp: np.ndarray, slot: np.ndarray, lo: int, hi: int) -> None:
+    """:func:`_permute_within` of the rows of the ``(n, 2)`` coordinates."""
+    m = hi - lo
+    for k in range(m):
+        tmp[k, 0] = xy[lo + k, 0]
+        tmp[k, 1] = xy[lo + k, 1]
+    for k in range(m):
+        d = lo + np.int64(slot[lo + k])
+        xy[d, 0] = tmp[k, 0]
+        xy[d, 1] = tmp[k, 1]
 
 
 @njit(cache=True, parallel=True)
@@ -267,7 +297,7 @@ def permute_cameras(inverse, chunks, lng, lat, installed, removed, retention, sh
         for b in range(b_lo, b_hi):
             lo = b * size
             hi = min(n, lo + size)
-            _permute_within(xy, t_xy, slot, lo, hi)
+            _permute_within_xy(xy, t_xy, slot, lo, hi)
             _permute_within(o_installed, t_i4, slot, lo, hi)
             _permute_within(o_removed, t_i4, slot, lo, hi)
             _permute_within(o_retention, t_u2, slot, lo, hi)
@@ -402,7 +432,8 @@ def _with_room(a: np.ndarray, n: int, need: int) -> np.ndarray:
     if need <= a.shape[0]:
         return a
     bigger = np.empty(max(need, 2 * a.shape[0]), dtype=a.dtype)
-    bigger[:n] = a[:n]
+    for k in range(n):  # not a slice assignment: its broadcasting checks take seconds to compile
+        bigger[k] = a[k]
     return bigger
 
 
@@ -410,7 +441,8 @@ def _with_room(a: np.ndarray, n: int, need: int) -> np.ndarray:
 def _push(out: np.ndarray, n: int, value: np.int64) -> tuple[np.ndarray, int]:
     if n == out.shape[0]:
         bigger = np.empty(max(16, 2 * n), dtype=np.int64)
-        bigger[:n] = out[:n]
+        for k in range(n):
+            bigger[k] = out[k]
         out = bigger
     out[n] = value
     return out, n + 1
@@ -635,7 +667,8 @@ def group_by_owner(own: np.ndarray, cam: np.ndarray) -> tuple[np.ndarray, int, i
                 cam[q + 1] = cam[q]
                 q -= 1
             cam[q + 1] = c
-    out[n_own:n_own + m] = cam
+    for k in range(m):
+        out[n_own + k] = cam[k]
     out[n_own + m + n_own] = m
     return out, n_own, m
 
