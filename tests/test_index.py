@@ -365,8 +365,8 @@ def test_empty_region_and_whole_city(index_plain):
 def test_numba_disk_cache_with_concurrent_workers(tmp_path):
     """Worker processes starting together on an empty Numba cache compile, write the cache side by side and
     all answer correctly; a later worker loads the kernels from that cache instead of compiling them. The race
-    is run on the area validation's kernels (parsing and coverage), the cheapest of ours to compile twice at once (the query's took
-    this test 50 s; test_h3 races the H3 kernels, and the worker processes of
+    is run on the area validation's kernels (parsing and coverage), the cheapest of ours to compile twice at
+    once (the query's took this test 50 s; test_h3 races the H3 kernels, and the worker processes of
     test_save_open_roundtrip_and_worker_processes check that the query's kernels come from the cache)."""
     code = (
         "import json; from dispatcher.geo.area import Area; from kernels import validation as V;"
