@@ -89,6 +89,14 @@ def _nodes(h: float) -> tuple[np.ndarray, np.ndarray, int]:
     return _X8, _W8, int(math.ceil(h / _PIECE))
 
 
+@njit(cache=True, inline="always")
+def _on_arc(salp0: float, sbet: float, calp_cbet: float) -> tuple[float, float, float, float]:
+    """A point's (sin, cos) of its arc length σ from the equator crossing, normalised, and the unnormalised
+    (sin, cos) of its longitude ω on the auxiliary sphere, from its reduced latitude and azimuth."""
+    norm = math.hypot(sbet, calp_cbet)
+    return sbet / norm, calp_cbet / norm, salp0 * sbet, calp_cbet
+
+
 @njit(cache=True, _nrt=False)
 def _lambda12(sbet1: float, cbet1: float, sbet2: float, cbet2: float, salp1: float, calp1: float,
               lam: float, out: np.ndarray) -> float:
@@ -97,12 +105,7 @@ def _lambda12(sbet1: float, cbet1: float, sbet2: float, cbet2: float, salp1: flo
     when the arc does not reach β2 heading north."""
     salp0 = salp1 * cbet1
     calp0 = math.hypot(calp1, salp1 * sbet1)
-    ssig1 = sbet1
-    somg1 = salp0 * sbet1
-    csig1 = comg1 = calp1 * cbet1
-    norm = math.hypot(ssig1, csig1)
-    ssig1 /= norm
-    csig1 /= norm
+    ssig1, csig1, somg1, comg1 = _on_arc(salp0, sbet1, calp1 * cbet1)
     salp2 = salp0 / cbet2 if cbet2 != cbet1 else salp1
     if cbet2 != cbet1 or -sbet1 != abs(sbet2):
         d = (calp1 * cbet1) ** 2 + (cbet2 - cbet1) * (cbet2 + cbet1) if cbet1 < -sbet1 else \
@@ -112,12 +115,7 @@ def _lambda12(sbet1: float, cbet1: float, sbet2: float, cbet2: float, salp1: flo
         calp2 = math.sqrt(d) / cbet2
     else:
         calp2 = abs(calp1)
-    ssig2 = sbet2
-    somg2 = salp0 * sbet2
-    csig2 = comg2 = calp2 * cbet2
-    norm = math.hypot(ssig2, csig2)
-    ssig2 /= norm
-    csig2 /= norm
+    ssig2, csig2, somg2, comg2 = _on_arc(salp0, sbet2, calp2 * cbet2)
     sig12 = math.atan2(max(0.0, csig1 * ssig2 - ssig1 * csig2), csig1 * csig2 + ssig1 * ssig2)
     omg12 = math.atan2(somg2 * comg1 - comg2 * somg1, comg2 * comg1 + somg2 * somg1)
     k2 = _EP2 * calp0 * calp0
