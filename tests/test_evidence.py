@@ -300,6 +300,24 @@ def test_posts_are_placed_at_a_coarse_cell_matching_h3_py(world: World, index: C
             world.ev.post(a, clip.clip_id, NOW, res=res)  # type: ignore[arg-type]
 
 
+def test_a_clip_shared_and_posted_links_the_two_by_its_footage_alone(world: World) -> None:
+    """A clip shared for a request and posted publicly (README, "A clip both shared and posted"): the agency's
+    custody record and the public post have in common only what the footage is (its bytes, and so its SHA-256,
+    size, media type and recorded time); the post names no request, share or pseudonym, and its id is apart from
+    the share's."""
+    a = world.recipients[0]
+    clip = _add(world, a, payload=b"the same footage")
+    (share,) = _share(world, RID, a, [clip.clip_id])
+    post = world.ev.post(a, clip.clip_id, NOW + timedelta(hours=1))  # posted later: its own moment
+    custody, public = world.ev.shared_for(RID)[0].to_json(), post.to_json()
+    assert {k for k, v in custody.items() if v in public.values()} == {
+        "sha256", "size", "media_type", "recorded_start", "recorded_end"}
+    assert not {custody["share_id"], custody["shared_by"], custody["request_id"], RID} & {str(v) for v in
+                                                                                         public.values()}
+    assert post.post_id != share.share_id
+    assert world.ev.open_shared(RID, share.share_id)[1] == world.ev.open_post(post.post_id)[1] == b"the same footage"
+
+
 def test_posts_in_a_jurisdiction_and_window_equal_the_h3_py_and_shapely_oracle(world: World,
                                                                                 index: CameraIndex) -> None:
     rng = np.random.default_rng(5)
