@@ -1,5 +1,5 @@
 """The privacy wall, by property tests over random workflows: the agency's view holds only pseudonyms and
-opaque clip references, it does not change when owners who did not share are notified, decline or opt out, and
+opaque share ids, it does not change when owners who did not share are notified, decline or opt out, and
 a resident's pseudonym once shown stays the same whoever shares later, on SQLite and on Redis."""
 
 from __future__ import annotations
