@@ -10,7 +10,7 @@ from dispatcher.dispatch.addresses import Address, AddressBook, RedisAddressBook
 from dispatcher.dispatch.consumer import Consumer, Email, OutboxSender, Sender
 from dispatcher.dispatch.delivery import DeliverySender, SmtpSender, SmtpSettings, WebhookSender
 from dispatcher.dispatch.dispatcher import Dispatcher, DispatchReport
-from dispatcher.dispatch.gate import AdmitAll, OwnerGate, RecipientGate
+from dispatcher.dispatch.gate import AdmitAll, GateMigration, OwnerGate, RecipientGate, migrate_legacy_notices
 from dispatcher.dispatch.links import LinkClaim, LinkSettings, LinkSigner
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink, Sink
@@ -164,6 +164,7 @@ __all__ = [
     "DispatchReport",
     "Dispatcher",
     "Email",
+    "GateMigration",
     "Keys",
     "LinkClaim",
     "LinkSettings",
@@ -183,6 +184,7 @@ __all__ = [
     "SmtpSettings",
     "SqliteAddressBook",
     "WebhookSender",
+    "migrate_legacy_notices",
     # service
     "Change",
     "FeedFollower",

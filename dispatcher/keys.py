@@ -192,6 +192,18 @@ class Keys:
         per-owner cap, kept while the cap's window can reach that day."""
         return self._key("notices", str(int(day)))
 
+    def legacy_owner_notices(self, owner_id: int | str) -> str:
+        """One owner's notices as the gate kept them before the day counters: a sorted set of request ids scored by
+        the time of the notice (µs), in the owner's shard. No longer written;
+        :func:`dispatcher.dispatch.gate.migrate_legacy_notices` counts what is left of them into the day counters,
+        once."""
+        return self._key("owner", str(owner_id))
+
+    @property
+    def legacy_owner_notices_pattern(self) -> str:
+        """The ``SCAN`` pattern of this shard's :meth:`legacy_owner_notices` keys."""
+        return "".join("\\" + c if c in "*?[]\\" else c for c in self._base) + ":owner:*"
+
     def counters(self, request_id: str) -> str:
         return self._key("counters", request_id)
 

@@ -28,6 +28,7 @@ from bench.reference import brute_force
 from dispatcher.connections import connect
 from dispatcher.dispatch.consumer import Consumer, OutboxSender
 from dispatcher.dispatch.dispatcher import Dispatcher
+from dispatcher.dispatch.gate import OwnerGate, migrate_legacy_notices
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import RedisSink
 from dispatcher.dispatch.wire import decode_batch
@@ -197,6 +198,28 @@ def test_shard_names() -> None:
             QueueSettings.from_url(f"redis://h:1/0?shards={bad}")
     with pytest.raises(ValueError):
         Keys(shards=0)
+
+
+def test_the_gate_migration_runs_on_the_cluster(redis_cluster: RedisClusterServers) -> None:
+    """The gate's sorted sets of before (one per owner, in the owner's shard) over 3 shards on 3 masters: the scan
+    finds each master's, each owner's script names its sorted set and its shard's day counters, one slot (the
+    cluster refuses a script across slots), and the notices migrated cap the owners in every shard's gate."""
+    qs = _qs(redis_cluster, 3)
+    client = connect(qs)
+    now = datetime.now(timezone.utc)
+    day = int(now.timestamp()) // 86_400
+    owners = list(range(100, 106))
+    for o in owners:
+        k = qs.keys.shard(qs.keys.owner_shard(o))
+        assert {key_slot(x.encode()) for x in (k.legacy_owner_notices(o), k.notices(day), k.notices(day - 1),
+                                               k.opted_out)} == {key_slot(k.notices(day).encode())}
+        client.zadd(k.legacy_owner_notices(o), {"old-a": int(now.timestamp() * 1e6) - 60_000_000,
+                                                "old-b": int(now.timestamp() * 1e6) - 120_000_000})
+    assert len({redis_cluster.master_of(k.notices(day)).port for k in qs.keys.all_shards}) == 3
+    got = migrate_legacy_notices(client, qs, Policy(owner_cap=2), now)
+    assert (got.owners, got.notices, got.skipped) == (6, 12, [])
+    gate = OwnerGate(RedisStore(client, qs.keys, qs), Policy(owner_cap=2))
+    assert gate.check_many([("new", np.array(owners, np.int64))], now)[0].tolist() == [2] * 6  # all capped
 
 
 def test_consumers_send_every_shards_notifications_once(redis_cluster: RedisClusterServers, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from dispatcher.evidence.sqlite import SqliteEvidence
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.workflow.pipeline import Dispatch, Submit
 from dispatcher.workflow.policy import Policy
-from dispatcher.workflow.privacy import PSEUDONYM_RE, Views, clip_ref
+from dispatcher.workflow.privacy import PSEUDONYM_RE, SharedClips
 from tests import data
 from tests.test_api import _registry, body
 from tests.video_requests import LAT0, LNG0, NOW, request
@@ -241,17 +241,20 @@ def test_the_agencys_records_name_no_owner_camera_or_place(world: World) -> None
     for r in records:
         assert not secrets_of & {str(v) for v in r.values()}
         assert not any(s in r["share_id"] for s in secrets_of if len(s) > 3)
-    # who shared it is the agency view's pseudonym of that resident in the request (one name, not two references)
+    # one reference for one shared clip: the agency's view lists each under its custody record's share id (the
+    # path of its bytes), and names its sharer as the record does
     store, wf = world.backend.workflow.store, world.backend.workflow
-    views = Views(store, b"another secret, 16+ bytes")
+    views = world.ev.views()
 
     def view_names(rid: str) -> dict[str, str]:
-        """clip reference -> the pseudonym the agency's view gives its sharer"""
-        return {c: s.pseudonym for s in views.agency_view(wf, rid).shared for c in s.clips}
+        """share id -> the pseudonym the agency's view gives its sharer"""
+        return {c: s.pseudonym for s in views.agency_view(wf, rid).shared for c in s.share_ids}
     names = view_names(RID)
     by_share = {r["share_id"]: r["shared_by"] for r in records}
-    for o in (a, b):
-        assert by_share[share_of[o]] == names[clip_ref(b"another secret, 16+ bytes", RID, clip_of[o])]
+    assert names == by_share and set(names) == set(share_of.values())
+    assert {f.name for f in fields(SharedClips)} == {"pseudonym", "share_ids"}
+    for sid in names:
+        assert world.ev.open_shared(RID, sid)[0].share_id == sid
     assert len(set(by_share.values())) == 2 and all(PSEUDONYM_RE.fullmatch(n) for n in by_share.values())
     # per request: the same resident sharing for another request gets that request's name, given apart
     world.backend.workflow.approve("il-chicago:r2", "rev", NOW)
@@ -259,7 +262,7 @@ def test_the_agencys_records_name_no_owner_camera_or_place(world: World) -> None
     c2 = _add(world, a).clip_id
     _share(world, "il-chicago:r2", a, [c2])
     (other,) = world.ev.shared_for("il-chicago:r2")
-    assert other.shared_by == view_names("il-chicago:r2")[clip_ref(b"another secret, 16+ bytes", "il-chicago:r2", c2)]
+    assert view_names("il-chicago:r2") == {other.share_id: other.shared_by}
     assert store.pseudonyms("il-chicago:r2", [a], lambda *_: {}) == {a: other.shared_by}  # kept with the answer
     # the record type itself refuses an identifying value
     r0 = world.ev.shared_for(RID)[0]
@@ -295,6 +298,24 @@ def test_posts_are_placed_at_a_coarse_cell_matching_h3_py(world: World, index: C
     for res in (POST_RES + 1, COARSEST_POST_RES - 1, 8.0, "8"):
         with pytest.raises(InvalidResolution):
             world.ev.post(a, clip.clip_id, NOW, res=res)  # type: ignore[arg-type]
+
+
+def test_a_clip_shared_and_posted_links_the_two_by_its_footage_alone(world: World) -> None:
+    """A clip shared for a request and posted publicly (README, "A clip both shared and posted"): the agency's
+    custody record and the public post have in common only what the footage is (its bytes, and so its SHA-256,
+    size, media type and recorded time); the post names no request, share or pseudonym, and its id is apart from
+    the share's."""
+    a = world.recipients[0]
+    clip = _add(world, a, payload=b"the same footage")
+    (share,) = _share(world, RID, a, [clip.clip_id])
+    post = world.ev.post(a, clip.clip_id, NOW + timedelta(hours=1))  # posted later: its own moment
+    custody, public = world.ev.shared_for(RID)[0].to_json(), post.to_json()
+    assert {k for k, v in custody.items() if v in public.values()} == {
+        "sha256", "size", "media_type", "recorded_start", "recorded_end"}
+    assert not {custody["share_id"], custody["shared_by"], custody["request_id"], RID} & {str(v) for v in
+                                                                                         public.values()}
+    assert post.post_id != share.share_id
+    assert world.ev.open_shared(RID, share.share_id)[1] == world.ev.open_post(post.post_id)[1] == b"the same footage"
 
 
 def test_posts_in_a_jurisdiction_and_window_equal_the_h3_py_and_shapely_oracle(world: World,

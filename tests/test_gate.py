@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from dispatcher.cli import main
 from dispatcher.dispatch.dispatcher import Dispatcher
-from dispatcher.dispatch.gate import OwnerGate
+from dispatcher.dispatch.gate import OwnerGate, migrate_legacy_notices
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink
 from dispatcher.dispatch.wire import decode_batch
@@ -246,3 +248,58 @@ def test_an_sqlite_file_of_before_the_day_counters_counts_its_notices(tmp_path: 
     again = SqliteStore(path)
     assert OwnerGate(again, Policy(owner_cap=2)).admit("c", np.array([7, 9], np.int64),
                                                        MIDNIGHT + timedelta(hours=2)).tolist() == [False, True]
+
+
+def _us(t: datetime) -> int:
+    return (t - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+
+
+@pytest.mark.redis
+def test_the_cap_holds_across_the_upgrade_from_the_sorted_sets(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The layout of before on a real redis-server (two gate shards): each owner's notices a sorted set of request
+    ids by time (µs), in the owner's shard, as the old gate wrote them. The day counters alone would let the owners
+    who reached the cap be notified again; migrated, the cap counts the notices its window reaches (from 00:00 UTC
+    of the day ``now - period`` falls in), through the real dispatch; run again, nothing is counted twice; and
+    ``geodispatch migrate-gate`` does the same."""
+    e = _engine("redis", tmp_path, request)
+    qs, keys = e.settings, e.settings.keys
+    r = request.getfixturevalue("redis_server").client()
+    policy = Policy(owner_cap=2)  # in any rolling day
+    now = MIDNIGHT + timedelta(hours=10)
+    before = {7: [now - timedelta(hours=3), now - timedelta(hours=1)],             # capped
+              8: [now - timedelta(hours=2)],                                        # one more
+              9: [now - timedelta(days=3)],                                         # long past: counts nothing
+              10: [MIDNIGHT - timedelta(hours=1), now - timedelta(minutes=30)]}     # yesterday's counts too
+
+    def legacy(owner: int, times: list[datetime], shard: int | None = None) -> str:
+        key = keys.shard(keys.owner_shard(owner) if shard is None else shard).legacy_owner_notices(owner)
+        r.zadd(key, {f"old-{k}": _us(t) for k, t in enumerate(times)})
+        r.pexpire(key, 86_400_000 + 1000)  # the old gate's: a period and a second after the last notice
+        return key
+
+    old_keys = [legacy(o, ts) for o, ts in before.items()]
+    elsewhere = legacy(11, [now], shard=1 - keys.owner_shard(11))  # a shard count changed since: left alone
+    gate = OwnerGate(e.store, policy)
+    ids = np.array(sorted(before), np.int64)
+    assert (gate.check_many([("new", ids)], now)[0] == 0).all()  # what the upgrade alone would do: admit all
+
+    got = migrate_legacy_notices(r, qs, policy, now)
+    assert (got.owners, got.notices, got.skipped) == (4, 5, [elsewhere])
+    assert not any(r.exists(k) for k in old_keys) and r.exists(elsewhere)
+    day = _us(now) // 86_400_000_000
+    today, yesterday = keys.shard(keys.owner_shard(7)).notices(day), keys.shard(keys.owner_shard(10)).notices(day - 1)
+    assert 38 * 3600 - 5 < r.ttl(today) <= 38 * 3600 and 14 * 3600 - 5 < r.ttl(yesterday) <= 14 * 3600
+    assert migrate_legacy_notices(r, qs, policy, now).notices == 0  # run again: nothing counted twice
+
+    Dispatcher(e.sink, qs).dispatch(header("new"), _recipients(sorted(before)), gate=gate, now=now)
+    Dispatcher(e.sink, qs).dispatch(header("new-2"), _recipients([8, 9]), gate=gate, now=now + timedelta(minutes=1))
+    assert _sent(e.sink) == Counter({("new", 8): 1, ("new", 9): 1, ("new-2", 9): 1})
+
+    # the command: the same, from the command line (on the URL's queue settings, at the wall clock's now)
+    wall = datetime.now(timezone.utc)
+    legacy(12, [wall - timedelta(minutes=5), wall - timedelta(minutes=4), wall - timedelta(days=5)])
+    ran = CliRunner().invoke(main, ["migrate-gate", "--redis-url", qs.url + "?shards=2"])
+    assert ran.exit_code == 0, ran.output
+    assert "1 owners' sorted sets counted into the day counters (2 notices" in " ".join(ran.output.split())
+    assert not r.exists(keys.shard(keys.owner_shard(12)).legacy_owner_notices(12))
+    assert int(r.hget(keys.shard(keys.owner_shard(12)).notices(_us(wall) // 86_400_000_000), "12")) == 2

@@ -91,8 +91,32 @@ BAD_AREAS = [
     ({"type": "Polygon", "coordinates": [[[0, 0, "x"], [1, 0], [1, 1], [0, 0]]]}, "positions must be"),
     ({"type": "Polygon", "coordinates": [[[False, False], [True, False], [True, True], [False, False]]]},
      "positions must be"),
+    # a flag beside numbers: NumPy would read [true, 41.8] as [1.0, 41.8], and each of these rings is valid so read
+    ({"type": "Polygon", "coordinates": [[[-87.64, 41.88], [True, 41.88], [-87.62, 41.89], [-87.64, 41.88]]]},
+     "Polygon ring 0 position 1: true is a flag"),
+    ({"type": "Polygon", "coordinates": [[[-87.64, 41.88], [-87.62, 41.88], [-87.62, False], [-87.64, 41.88]]]},
+     "Polygon ring 0 position 2: false is a flag"),
+    ({"type": "Polygon", "coordinates": [[[True, 0.5], [2.0, 0.5], [2.0, 1.5], [True, 0.5]]]},
+     "Polygon ring 0 position 0: true is a flag"),
+    ({"type": "Polygon", "coordinates": [[[True, 0], [2, 0], [2, 1], [True, 0]]]}, "position 0: true is a flag"),
+    ({"type": "Polygon", "coordinates": [[[0.5, 0.5], [2.0, 0.5], [2.0, np.True_], [0.5, 0.5]]]},
+     "position 2: true is a flag"),
+    ({"type": "MultiPolygon", "coordinates": [[[[True, 0.5], [2.0, 0.5], [2.0, 1.5], [True, 0.5]]]]},
+     "MultiPolygon polygon 0 ring 0 position 0: true is a flag"),
+    ('{"type": "Polygon", "coordinates": [[[-87.64, 41.88], [-87.62, 41.88], [-87.62, 41.89], [-87.64, 41.88]], '
+     '[[-87.635, 41.8805], [-87.63, 41.8805], [-87.63, true], [-87.635, 41.8805]]]}',
+     "Polygon ring 1 position 2: true is a flag"),
     ([1, 2, 3], "expected a GeoJSON object"),
 ]
+
+
+def test_coordinates_of_exactly_zero_and_one_are_numbers_not_flags():
+    """Bounds reaching [0, 1] make the fast path look at the positions' types: plain numbers there still parse,
+    the same area as shapely's."""
+    for ring in (SQUARE, [[float(x), float(y)] for x, y in SQUARE], [[-0.5, 0.0], [1.0, 0.0], [1.0, 1.0],
+                                                                    [-0.5, 0.0]]):
+        got = Area.parse({"type": "Polygon", "coordinates": [ring]})
+        assert got.geometry.equals(shapely.Polygon(ring))
 
 
 @pytest.mark.parametrize("bad, message", BAD_AREAS)

@@ -1,5 +1,5 @@
 """The privacy wall, by property tests over random workflows: the agency's view holds only pseudonyms and
-opaque clip references, it does not change when owners who did not share are notified, decline or opt out, and
+opaque share ids, it does not change when owners who did not share are notified, decline or opt out, and
 a resident's pseudonym once shown stays the same whoever shares later, on SQLite and on Redis."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.keys import Keys
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy
-from dispatcher.workflow.privacy import PSEUDONYM_RE, AgencyView, SharedClips, Views, clip_ref, pseudonyms
+from dispatcher.workflow.privacy import PSEUDONYM_RE, AgencyView, SharedClips, Views, pseudonyms, share_id
 from dispatcher.workflow.review import Workflow
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, request
@@ -84,7 +84,7 @@ def test_agency_view_holds_nothing_but_pseudonyms(make_store: Callable[[], Store
         assert PSEUDONYM_RE.fullmatch(s.pseudonym)
     # every leaf of the view is a str: no int can carry an id, a location or a count
     leaves = [view.request_id, view.case_number, view.status]
-    leaves += [x for s in view.shared for x in (s.pseudonym, *s.clips)]
+    leaves += [x for s in view.shared for x in (s.pseudonym, *s.share_ids)]
     assert all(type(x) is str for x in leaves)
     assert {f.name for f in dataclasses.fields(AgencyView)} == {"request_id", "case_number", "status", "shared"}
     op = views.operator_view("r1")
@@ -140,8 +140,8 @@ def _dispatched(make_store: Callable[[], Store], owners: list[int]) -> tuple[Wor
 
 def _shown(views: Views, wf: Workflow, clip_of: dict[int, str]) -> dict[int, str]:
     """Owner -> pseudonym in the agency's view, told apart by each owner's own clip."""
-    owner_of = {clip_ref(SECRET, "r1", c): o for o, c in clip_of.items()}
-    return {owner_of[s.clips[0]]: s.pseudonym for s in views.agency_view(wf, "r1").shared}
+    owner_of = {share_id(SECRET, "r1", c): o for o, c in clip_of.items()}
+    return {owner_of[s.share_ids[0]]: s.pseudonym for s in views.agency_view(wf, "r1").shared}
 
 
 @functools.lru_cache(maxsize=1)

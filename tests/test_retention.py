@@ -83,8 +83,10 @@ def test_sqlite_records_naming_residents_are_deleted_past_the_retention(tmp_path
     assert store.expire_records(NOW + timedelta(days=181), timedelta(days=180)) == 81
     assert not store.was_notified("req-1", int(rs.owner_ids[0])) and store.choices("req-1") == []
     assert store.notified_count("req-1") == 40  # the aggregate stays
-    # the sink keeps a plan from its first dispatch, by the wall clock
-    assert sink.expire_records(datetime.now(timezone.utc) + timedelta(days=179), timedelta(days=180)) == 0
+    # the sink keeps a plan from its first dispatch, by the pipeline's clock (the store's: NOW, a month before the
+    # wall clock), not the wall clock's
+    assert NOW < datetime.now(timezone.utc) - timedelta(days=2)
+    assert sink.expire_records(NOW + timedelta(days=179), timedelta(days=180)) == 0
     assert sink.read_all() != []
-    assert sink.expire_records(datetime.now(timezone.utc) + timedelta(days=181), timedelta(days=180)) == 1
+    assert sink.expire_records(NOW + timedelta(days=181), timedelta(days=180)) == 1
     assert sink.read_all() == [] and sink.recorded_plans(["req-1"]) == [None]

@@ -47,7 +47,8 @@ class CustodyRecord(BaseModel):
     """Chain of custody of one shared clip: the share, the clip's SHA-256, size, media type and recorded time,
     when and by whom it was shared (a reference stable within the request, meaningless outside it)."""
 
-    share_id: str
+    share_id: str = Field(description="The share's one reference: the path of its bytes and record, and the id the "
+                          "request's view lists it under.")
     request_id: str
     sha256: str
     size: int

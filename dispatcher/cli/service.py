@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dispatcher.cli._app import agencies_options, load_agencies, main, out, read_policy
+from dispatcher.cli._app import agencies_options, console, load_agencies, main, out, read_policy
 
 
 @main.command()
@@ -122,6 +122,35 @@ def consume(redis_url: str, outbox: Path | None, smtp_host: str | None, smtp_por
         run_consumers(redis_url, sender, links, consumers, group, claim_idle_ms, out.print, trim_every_s=trim_every_s)
     finally:
         sender.close()
+
+
+@main.command("migrate-gate")
+@click.option("--redis-url", required=True, help="Redis holding the gate's records (queue settings in the query).")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The request policy as JSON (its owner_cap_period says which notices still count); default: the "
+                   "published one.")
+def migrate_gate(redis_url: str, policy_file: Path | None) -> None:
+    """Count the owners' notices kept by the gate before the day counters (a sorted set per owner) into the day
+    counters, and delete the sorted sets, so the cap holds across the upgrade. Run it once the old workers are
+    stopped, before the new ones send; run again, it counts nothing twice."""
+    import redis
+
+    from dispatcher.connections import connect
+    from dispatcher.dispatch.gate import migrate_legacy_notices
+    from dispatcher.dispatch.settings import QueueSettings
+    from dispatcher.errors import QueueUnavailable
+    from dispatcher.workflow.policy import Policy
+
+    policy = Policy.from_dict(read_policy(policy_file), source=str(policy_file or "the published policy"))
+    qs = QueueSettings.from_url(redis_url)
+    try:
+        done = migrate_legacy_notices(connect(qs), qs, policy)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # each owner is whole: run it again
+        raise QueueUnavailable(f"Redis at {redis_url}: {exc}; run migrate-gate again to finish") from None
+    out.print(f"{done.owners} owners' sorted sets counted into the day counters ({done.notices} notices the cap "
+              f"still counts) and deleted")
+    for key in done.skipped:
+        console.print(f"left as it is (not in its owner's shard, or not an owner's): {key}")
 
 
 @main.group()

@@ -90,7 +90,7 @@ class Dispatcher:
         gate = gate or AdmitAll()
         now = now or datetime.now(timezone.utc)
         plans = self.sink.register_plans([(h.request_id, self.settings.batch_size, rs.n_owners, plan_digest(rs),
-                                           encode_recipients(rs)) for h, rs in jobs])
+                                           encode_recipients(rs)) for h, rs in jobs], now)
         jobs = [(h, self._settle(h.request_id, rs, plan, adopt_recorded))
                 for (h, rs), plan in zip(jobs, plans, strict=True)]
         reports = [DispatchReport(h.request_id, index_version=rs.version) for h, rs in jobs]

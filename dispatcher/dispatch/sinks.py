@@ -76,8 +76,9 @@ class Sink(Protocol):
         """The recipient set (encoded) each request's first dispatch recorded; None where there is none yet."""
         ...
 
-    def register_plans(self, plans: list[Plan]) -> list[PlanState]:
-        """Record each plan on a request's first dispatch; what is recorded for each."""
+    def register_plans(self, plans: list[Plan], now: datetime) -> list[PlanState]:
+        """Record each plan on a request's first dispatch, made at ``now`` (the pipeline's clock, which also
+        dates the gate's records); what is recorded for each."""
         ...
 
     def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
@@ -176,9 +177,10 @@ class RedisSink:
             return list(pipe.execute())
         return [bytes(x) if x else None for x in with_retries(self.settings, "plans", run)] if request_ids else []
 
-    def register_plans(self, plans: list[Plan]) -> list[PlanState]:
+    def register_plans(self, plans: list[Plan], now: datetime) -> list[PlanState]:
         """Each plan recorded (or read) in its request's shard by one script, which also answers the done marks
-        kept there; the other gate shards' done marks read in the same round trip."""
+        kept there; the other gate shards' done marks read in the same round trip. A plan lives ``retention_s``
+        from its first dispatch as its key's time to live, so ``now`` dates nothing here."""
         k = self.keys
 
         def run() -> list[Any]:
@@ -390,16 +392,18 @@ class LocalSink:
                 for rid in request_ids]
         return [bytes(r[0]) if r is not None and r[0] is not None else None for r in rows]
 
-    def register_plans(self, plans: list[Plan]) -> list[PlanState]:
-        return [self._register_plan(*p) for p in plans]
+    def register_plans(self, plans: list[Plan], now: datetime) -> list[PlanState]:
+        """Each plan recorded on its first dispatch, dated ``now`` (the pipeline's clock, as the store's records
+        are), from which :meth:`expire_records` counts its retention."""
+        return [self._register_plan(*p, _us(now)) for p in plans]
 
     def _register_plan(self, request_id: str, batch_size: int, n_owners: int, digest: str,
-                       blob: bytes) -> PlanState:
+                       blob: bytes, created_us: int) -> PlanState:
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
             c.execute("INSERT OR IGNORE INTO plans VALUES (?, ?, ?, ?, ?, ?)",
-                      (request_id, batch_size, n_owners, digest, blob, int(time.time() * 1e6)))
+                      (request_id, batch_size, n_owners, digest, blob, created_us))
             size, n, dig, recorded = c.execute("SELECT batch_size, n_owners, digest, recipients FROM plans "
                                                "WHERE request_id = ?", (request_id,)).fetchone()
             done = {(r[0], 0) for r in c.execute("SELECT batch_no FROM done WHERE request_id = ?", (request_id,))}

@@ -12,27 +12,18 @@ one. A
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from dispatcher.errors import InvalidClip, InvalidData
-from dispatcher.workflow.privacy import PSEUDONYM_RE
+from dispatcher.workflow.privacy import PSEUDONYM_RE, SHARE_ID_RE, opaque_id
 
 __all__ = ["Clip", "Post", "Share", "SharedClip", "opaque_id"]
 
-HEX24 = re.compile(r"[0-9a-f]{24}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MEDIA_TYPE_RE = re.compile(r"(video|image)/[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")
-
-
-def opaque_id(secret: bytes, *parts: str) -> str:
-    """24 hex digits of an HMAC-SHA256 of ``parts`` under ``secret``: the same parts give the same id, and the id
-    says nothing of them to anyone without the secret."""
-    return hmac.new(secret, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def utc(t: datetime, what: str) -> datetime:
@@ -93,6 +84,7 @@ class Share:
 class SharedClip:
     """The chain-of-custody record an agency sees. No field can hold an owner id, camera id or place."""
 
+    #: The share's one reference (:func:`~dispatcher.workflow.privacy.share_id`), as the agency's view lists it.
     share_id: str
     request_id: str
     sha256: str
@@ -105,7 +97,7 @@ class SharedClip:
     shared_by: str
 
     def __post_init__(self) -> None:
-        if not (type(self.share_id) is str and HEX24.fullmatch(self.share_id)):
+        if not (type(self.share_id) is str and SHARE_ID_RE.fullmatch(self.share_id)):
             raise InvalidData("share_id must be an opaque reference")
         if not (type(self.shared_by) is str and PSEUDONYM_RE.fullmatch(self.shared_by)):
             raise InvalidData(f"shared_by must be a pseudonym, got {str(self.shared_by)[:40]!r}")

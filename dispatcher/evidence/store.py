@@ -11,7 +11,9 @@ raised before anything is written:
   :attr:`EvidenceRules.max_clip_bytes`; their SHA-256 is computed here, once, and kept with them;
 - a share (:meth:`share`): the request is approved or dispatched, the owner was one of its recipients (the gate's
   record of whom the dispatch notified), every clip is the owner's and was recorded inside the request's window.
-  Sharing a clip again for the same request gives the same share (its id is an HMAC of (request, clip));
+  Sharing a clip again for the same request gives the same share (its id is an HMAC of (request, clip),
+  :func:`~dispatcher.workflow.privacy.share_id`: the one reference to it, in the custody record and in the agency's
+  view of the request, :meth:`EvidenceRules.views`);
 - serving (:meth:`open_shared`): the bytes must still have the SHA-256 recorded at ingest.
 
 Who shared a clip is named in its custody record as the agency's view of the request names them: the resident's
@@ -55,7 +57,7 @@ from shapely.geometry.base import BaseGeometry
 from dispatcher.errors import EvidenceTampered, InvalidClip, InvalidData, ShareRefused, UnknownClip, UnknownRequest
 from dispatcher.evidence.model import MEDIA_TYPE_RE, Clip, Post, Share, SharedClip, from_us, opaque_id, us, utc
 from dispatcher.evidence.places import POST_RES, POST_RESOLUTIONS, check_post_res, jurisdiction_ranges, post_cell
-from dispatcher.workflow.privacy import agency_names
+from dispatcher.workflow.privacy import Views, agency_names, share_id
 from dispatcher.workflow.review import APPROVED, DISPATCHED, MAX_CLIPS
 from dispatcher.workflow.store import Store
 
@@ -87,6 +89,7 @@ class EvidenceStore(Protocol):
     def clips_of(self, owner_id: int, start: datetime, end: datetime) -> list[Clip]: ...
     def share(self, request_id: str, owner_id: int, clip_ids: Sequence[str], now: datetime) -> list[Share]: ...
     def shared_for(self, request_id: str) -> list[SharedClip]: ...
+    def views(self) -> Views: ...
     def open_shared(self, request_id: str, share_id: str) -> tuple[SharedClip, bytes]: ...
     def post(self, owner_id: int, clip_id: str, now: datetime, res: int = POST_RES) -> Post: ...
     def posts_in(self, jurisdiction: BaseGeometry, start: datetime, end: datetime, limit: int = 1000
@@ -261,7 +264,7 @@ class EvidenceRules:
                                    f"inside the request's window {w0.isoformat()}..{w1.isoformat()}")
         if self._due_us(at) <= self._now_us():
             raise ShareRefused(f"a share made at {at.isoformat()} is past its custody period of {self.retention}")
-        rows = [(opaque_id(self._secret, "share", request_id, cid), cid, owner, us(at)) for cid in wanted]
+        rows = [(share_id(self._secret, request_id, cid), cid, owner, us(at)) for cid in wanted]
         self._put_shares(request_id, rows)
         kept = {r[0]: r for r in self._shares(request_id)}  # a clip shared before keeps its first record
         return [Share(sid, request_id, kept[sid][1], from_us(kept[sid][3])) for sid, *_ in rows if sid in kept]
@@ -275,6 +278,12 @@ class EvidenceRules:
         names = agency_names(self.requests, self._secret, request_id, {r[2] for r, _ in live}) if live else {}
         return [SharedClip(sid, request_id, c.sha256, c.size, c.media_type, c.start, c.end, from_us(at),
                            names[owner]) for (sid, _, owner, at), c in live]
+
+    def views(self) -> Views:
+        """The views of a request (:class:`~dispatcher.workflow.privacy.Views`) keyed by this store's secret, so that
+        the agency's view lists each shared clip under the share id of its custody record, and names its resident
+        as the record does."""
+        return Views(self.requests, self._secret)
 
     def shared_for(self, request_id: str) -> list[SharedClip]:
         """The custody records of the clips shared for the request, by time shared."""

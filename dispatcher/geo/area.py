@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,19 @@ MAX_VERTICES = 10_000
 MAX_GEOJSON_BYTES = 4 * 1024 * 1024
 
 _F8 = np.dtype(np.float64)
+#: The types of a coordinate the one-call conversion takes as they are; any other (a flag, which NumPy reads as
+#: 0 or 1 beside numbers, a NumPy scalar) goes the general way, which names a flag.
+_PLAIN_NUMBERS = frozenset((float, int))
+
+
+def _refuse_flags(ring: list[Any] | tuple[Any, ...], where: str) -> None:
+    """Raise :class:`InvalidArea` naming the first position of ``ring`` (of sequences) with a true/false among
+    its coordinates: NumPy turns a flag beside numbers into 0 or 1 (``[true, 41.8]`` becomes ``[1.0, 41.8]``)."""
+    for k, p in enumerate(ring):
+        for x in p:
+            if isinstance(x, (bool, np.bool_)):
+                raise InvalidArea(f"{where} position {k}: {str(x).lower()} is a flag, not a coordinate; positions "
+                                  "must be arrays of two or three numbers")
 
 
 def _ring_array(ring: Any, where_format: str, *at: int) -> np.ndarray:
@@ -43,6 +56,8 @@ def _ring_array(ring: Any, where_format: str, *at: int) -> np.ndarray:
             pass
         else:
             if arr.ndim == 2 and arr.shape[1] == 2 and arr.dtype.kind in "fi":
+                if not _PLAIN_NUMBERS.issuperset(map(type, chain.from_iterable(ring))):
+                    _refuse_flags(ring, where_format.format(*at))
                 return arr.astype(np.float64, copy=False)
     where = where_format.format(*at)
     try:
@@ -55,6 +70,7 @@ def _ring_array(ring: Any, where_format: str, *at: int) -> np.ndarray:
         raise InvalidArea(f"{where}: positions must be arrays of two or three numbers") from None
     if arr.ndim != 2 or arr.shape[1] != 2 or arr.dtype.kind not in "fi":
         raise InvalidArea(f"{where}: positions must be arrays of two or three numbers")
+    _refuse_flags(ring, where)
     return arr.astype(np.float64, copy=False)
 
 
@@ -185,7 +201,16 @@ class Area:
         if xy.dtype != _F8 or xy.ndim != 2 or xy.shape[1] != 2:
             return None
         ptrs = np.array((0, xy.shape[0], 0, 1), dtype=np.int64)
-        return cls._certified(xy, ptrs[:2], ptrs[2:])
+        got = cls._certified(xy, ptrs[:2], ptrs[2:])
+        if got is not None:
+            # NumPy reads a flag beside numbers as 0 or 1 ([true, 41.8] as [1.0, 41.8]): only bounds reaching
+            # [0, 1] can hold one, and only then are the positions' types looked at (a ring of plain numbers
+            # passes; any other goes the general way, which names the flag)
+            x0, y0, x1, y1 = got.poly_bbox.tolist()[0]
+            if ((x0 <= 1.0 and x1 >= 0.0) or (y0 <= 1.0 and y1 >= 0.0)) \
+                    and not _PLAIN_NUMBERS.issuperset(map(type, chain.from_iterable(ring))):
+                return None
+        return got
 
     @classmethod
     def _certified(cls, xy: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray) -> Area | None:

@@ -34,7 +34,7 @@ import numpy as np
 from dispatcher.keys import Keys
 
 __all__ = ["ADMIT", "CAPPED", "DAY_US", "GATE_LUA", "OPTED_OUT", "REASONS", "SQLITE_SCHEMA", "CapDays",
-           "sqlite_record", "sqlite_setup", "sqlite_verdicts"]
+           "keep_s", "sqlite_record", "sqlite_setup", "sqlite_verdicts"]
 
 #: A verdict per owner: may be notified now, or why not.
 ADMIT, OPTED_OUT, CAPPED = 0, 1, 2
@@ -42,6 +42,12 @@ ADMIT, OPTED_OUT, CAPPED = 0, 1, 2
 REASONS = {OPTED_OUT: "opted_out", CAPPED: "capped"}
 #: One UTC day, the cap's bucket.
 DAY_US = 86_400_000_000
+
+
+def keep_s(day: int, period_us: int, now_us: int) -> int:
+    """How long from ``now_us`` the counter of ``day`` must be kept, in whole seconds (rounded up; 0 or less: no
+    more): a day's counter is counted while day(now' - period) <= day, i.e. until (day + 1) days + period."""
+    return int(-(-((day + 1) * DAY_US + period_us - now_us) // 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,7 @@ class CapDays:
     @classmethod
     def of(cls, since_us: int, now_us: int) -> CapDays:
         first, today = since_us // DAY_US, now_us // DAY_US
-        # today's counter is counted while day(now' - period) <= today, i.e. until (today + 1) days + period
-        keep_us = (today + 1) * DAY_US + (now_us - since_us) - now_us
-        return cls(int(first), int(today), int(-(-keep_us // 1_000_000)))
+        return cls(int(first), int(today), keep_s(today, now_us - since_us, now_us))
 
     @property
     def days(self) -> range:

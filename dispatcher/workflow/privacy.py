@@ -1,7 +1,8 @@
 """The privacy wall: what an agency may see of a request, and what the platform's operators may see.
 
 :class:`AgencyView` can only hold a status string, the agency's own case fields, and per-owner shares, each as
-a per-request pseudonym ("Neighbor 4821") and opaque clip references. Its types validate every field against a
+a per-request pseudonym ("Neighbor 4821") and the share ids of the clips they shared, the very ids of the
+custody records (:func:`share_id`, one reference for one shared clip). Its types validate every field against a
 fixed pattern, so an owner id, camera id, location or count cannot be put into one: the wall holds by
 construction, not by care. :class:`OperatorView` has the aggregate counts.
 
@@ -22,11 +23,17 @@ from dispatcher.workflow.review import SHARE, STATES, Workflow
 from dispatcher.workflow.store import Store
 
 PSEUDONYM_RE = re.compile(r"Neighbor [1-9][0-9]{3}")
-CLIP_REF_RE = re.compile(r"[0-9a-f]{24}")
+SHARE_ID_RE = re.compile(r"[0-9a-f]{24}")
 
 
 def _mac(secret: bytes, *parts: str) -> bytes:
     return hmac.new(secret, "\x1f".join(parts).encode(), hashlib.sha256).digest()
+
+
+def opaque_id(secret: bytes, *parts: str) -> str:
+    """24 hex digits of an HMAC-SHA256 of ``parts`` under ``secret``: the same parts give the same id, and the id
+    says nothing of them to anyone without the secret."""
+    return _mac(secret, *parts).hex()[:24]
 
 
 def pseudonyms(secret: bytes, request_id: str, owner_ids: list[int], taken: Collection[str] = ()) -> dict[int, str]:
@@ -64,23 +71,27 @@ def agency_names(store: Store, secret: bytes, request_id: str, owner_ids: Iterab
                             lambda owners, taken: pseudonyms(secret, request_id, owners, taken))
 
 
-def clip_ref(secret: bytes, request_id: str, clip_id: str) -> str:
-    """An opaque reference to a shared clip, redeemable only through the platform."""
-    return _mac(secret, "clip", request_id, clip_id).hex()[:24]
+def share_id(secret: bytes, request_id: str, clip_id: str) -> str:
+    """The one reference to a clip shared for a request, redeemable only through the platform: the id of its
+    custody record in the evidence store and the id the agency's view lists (24 hex digits of an HMAC of the
+    request and the clip; it says nothing of either without the secret, and differs from request to request)."""
+    return opaque_id(secret, "share", request_id, clip_id)
 
 
 @dataclass(frozen=True, slots=True)
 class SharedClips:
-    """One resident's share as the agency sees it: the per-request pseudonym and opaque clip references."""
+    """One resident's share as the agency sees it: the per-request pseudonym and the share ids of the clips (those
+    of their custody records)."""
 
     pseudonym: str
-    clips: tuple[str, ...]
+    share_ids: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if type(self.pseudonym) is not str or not PSEUDONYM_RE.fullmatch(self.pseudonym):
             raise InvalidData(f"not a pseudonym: {self.pseudonym!r}")
-        if type(self.clips) is not tuple or not all(type(c) is str and CLIP_REF_RE.fullmatch(c) for c in self.clips):
-            raise InvalidData("clips must be opaque clip references")
+        if type(self.share_ids) is not tuple or not all(type(c) is str and SHARE_ID_RE.fullmatch(c)
+                                                        for c in self.share_ids):
+            raise InvalidData("share_ids must be opaque share ids")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +127,8 @@ class OperatorView:
 
 class Views:
     """The two views of a request, from the store: :meth:`agency_view` and :meth:`operator_view`. ``secret``
-    (at least 16 bytes) keys the pseudonyms and clip references."""
+    (at least 16 bytes) keys the pseudonyms and share ids: the evidence store's, for the share ids to be those of
+    its custody records (:meth:`dispatcher.evidence.store.EvidenceRules.views` gives these views)."""
 
     def __init__(self, store: Store, secret: bytes) -> None:
         if len(secret) < 16:
@@ -131,7 +143,7 @@ class Views:
         state, payload = got
         shares = [(o, clips) for o, choice, clips in self.store.choices(request_id) if choice == SHARE]
         names = agency_names(self.store, self._secret, request_id, [o for o, _ in shares])
-        shared = tuple(sorted((SharedClips(names[o], tuple(clip_ref(self._secret, request_id, c) for c in clips))
+        shared = tuple(sorted((SharedClips(names[o], tuple(share_id(self._secret, request_id, c) for c in clips))
                                for o, clips in shares), key=lambda s: s.pseudonym))
         return AgencyView(request_id, str(payload["case_number"]), state, shared)
 
