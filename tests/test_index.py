@@ -457,7 +457,7 @@ def test_table_kernel_and_array_kernel_agree(index_with_events):
         args = Area.parse(area).kernel_args()
         t = window_us(start, end, NOW)
         a = st.resolve(args, *t)
-        b = K.resolve(*args, *base, *st.delta.kernel_args(), st.delta.camera, *t)
+        b = K.resolve(*base, *st.delta.kernel_args(), st.delta.camera, *args, *t)
         assert a[1:] == b[1:] and np.array_equal(a[0], b[0]) and a[1] > 0
 
 
