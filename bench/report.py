@@ -175,15 +175,15 @@ def _run_batches(engines: dict[str, Callable[..., tuple[np.ndarray, ...]]], requ
                 a, start, end = requests[k % len(requests)]
                 resolve(a, start, end, now)
                 k += 1
-            got, took = [], []
+            answered, took = [], []
             for a, start, end in requests:
                 t = time.perf_counter()
-                got.append(resolve(a, start, end, now))
+                answered.append(resolve(a, start, end, now))
                 took.append(time.perf_counter() - t)
                 if r == 0:
                     tick()
             times[name].append(took)
-            answers[name] = got
+            answers[name] = answered
     medians = {name: np.median(np.asarray(rounds), axis=0) for name, rounds in times.items()}
     for name in engines:
         for q, (want, got) in enumerate(zip(answers["geodispatch"], answers[name])):
