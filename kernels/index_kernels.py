@@ -683,13 +683,13 @@ def _ids_at(own: np.ndarray, cam: np.ndarray, at: int, pos: np.ndarray, owner: n
 
 
 @njit(cache=True, nogil=True)
-def resolve(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: ignore[no-untyped-def]
-            xy, installed, removed, retention, flags, owner, ev_ptr, ev_ts, camera,
-            dxy, dinstalled, dremoved, dretention, dflags, downer, dev_ptr, dev_ts, dcamera,
-            t0, t1, now):
+def resolve(nodes, n_top, xy, installed, removed, retention, flags, owner, ev_ptr, ev_ts,  # type: ignore[no-untyped-def]
+            camera, dxy, dinstalled, dremoved, dretention, dflags, downer, dev_ptr, dev_ts, dcamera,
+            xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now):
     """A whole query in one compiled call (so it pays Numba's dispatch once): walk the base hierarchy, scan
     the live delta, gather ids and group cameras by owner. Returns ``(owners, cameras, offsets)`` packed in one
-    array, and the numbers of owners and cameras, as :func:`group_by_owner` does."""
+    array, and the numbers of owners and cameras, as :func:`group_by_owner` does. The state's arrays come first
+    and the request's after, so that the caller binds the state's once (``functools.partial``)."""
     pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,
                          xy, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now)
     if dxy.shape[0]:  # the delta is one leaf with an unbounded box: every camera's location is tested
@@ -712,8 +712,8 @@ def resolve(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: ignore
 
 
 @njit(cache=True, nogil=True)
-def resolve_base(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,  # type: ignore[no-untyped-def]
-                 xy, installed, removed, retention, flags, owner, ev_ptr, ev_ts, camera, t0, t1, now):
+def resolve_base(nodes, n_top, xy, installed, removed, retention, flags, owner, ev_ptr,  # type: ignore[no-untyped-def]
+                 ev_ts, camera, xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now):
     """:func:`resolve` of a state whose delta is empty, without the delta's nine arrays: each array argument
     costs a call about 50 ns to take from Python, which a small query notices."""
     pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top,
@@ -737,15 +737,36 @@ def _pointer(typingctx, address):  # type: ignore[no-untyped-def]
 TABLE_DTYPES = (("nodes", NODE_DTYPE), ("xy", np.dtype(np.float64)), ("installed", np.dtype(np.int32)),
                 ("removed", np.dtype(np.int32)), ("retention", np.dtype(np.uint16)), ("flags", np.dtype(np.uint8)),
                 ("ev_ptr", np.dtype(np.int64)), ("ev_ts", np.dtype(np.int32)))
+#: ... then the owner and camera id columns' (address, length) pairs (C-contiguous, int32 or int64 each), the
+#: number of top-level nodes, and the two id columns' widths in bytes (4 or 8): the table's positions of these.
+TABLE_OWNER = 2 * len(TABLE_DTYPES)
+TABLE_CAMERA = TABLE_OWNER + 2
+TABLE_N_TOP = TABLE_CAMERA + 2
+TABLE_WIDTHS = TABLE_N_TOP + 1
+TABLE_SIZE = TABLE_WIDTHS + 2
+
+
+@njit(cache=True, inline="always")
+def _ids_from(out: np.ndarray, pos: np.ndarray, address: np.int64, length: np.int64, width: np.int64) -> None:
+    """``out[j] = ids[pos[j]]``, widened to int64, for the id column of ``length`` values of ``width`` bytes at
+    ``address``."""
+    if width == 4:
+        ids32 = carray(_pointer(address), (length,), np.int32)
+        for j in range(pos.shape[0]):
+            out[j] = ids32[pos[j]]
+    else:
+        ids64 = carray(_pointer(address), (length,), np.int64)
+        for j in range(pos.shape[0]):
+            out[j] = ids64[pos[j]]
 
 
 @njit(cache=True, nogil=True)
-def resolve_table(xs, ys, ring_ptr, poly_ptr, poly_bbox, table, n_top, owner, camera,  # type: ignore[no-untyped-def]
-                  t0, t1, now):
-    """:func:`resolve_base` with the base's arrays of :data:`TABLE_DTYPES` given as one int64 array of their
-    addresses and lengths (``table[2k]``, ``table[2k + 1]``): taking an array from Python costs a call about
-    100 ns, eight of them most of a small area's kernel time. The caller keeps the arrays alive and checked
-    (:class:`dispatcher.index.state.State`)."""
+def resolve_table(table, xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now):  # type: ignore[no-untyped-def]
+    """:func:`resolve_base` with everything of the base in one int64 array of :data:`TABLE_SIZE` values (its
+    arrays as their addresses and lengths, ``table[2k]`` and ``table[2k + 1]``: :data:`TABLE_DTYPES` first, then
+    the ids; the number of top-level nodes and the ids' widths after): taking an array from Python costs a call
+    about 100 ns, so only the table and the request's area and window cross per call. The caller keeps the arrays
+    alive and checked (:class:`dispatcher.index.state.State`)."""
     nodes = carray(_pointer(table[0]), (table[1],), NODE_DTYPE)
     xy = carray(_pointer(table[2]), (table[3], 2), np.float64)
     installed = carray(_pointer(table[4]), (table[5],), np.int32)
@@ -754,5 +775,10 @@ def resolve_table(xs, ys, ring_ptr, poly_ptr, poly_bbox, table, n_top, owner, ca
     flags = carray(_pointer(table[10]), (table[11],), np.uint8)
     ev_ptr = carray(_pointer(table[12]), (table[13],), np.int64)
     ev_ts = carray(_pointer(table[14]), (table[15],), np.int32)
-    return resolve_base(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, n_top, xy, installed, removed, retention,
-                        flags, owner, ev_ptr, ev_ts, camera, t0, t1, now)
+    pos = resolve_points(xs, ys, ring_ptr, poly_ptr, poly_bbox, nodes, table[TABLE_N_TOP],
+                         xy, installed, removed, retention, flags, ev_ptr, ev_ts, t0, t1, now)
+    own = np.empty(pos.shape[0], dtype=np.int64)
+    cam = np.empty(pos.shape[0], dtype=np.int64)
+    _ids_from(own, pos, table[TABLE_OWNER], table[TABLE_OWNER + 1], table[TABLE_WIDTHS])
+    _ids_from(cam, pos, table[TABLE_CAMERA], table[TABLE_CAMERA + 1], table[TABLE_WIDTHS + 1])
+    return group_by_owner(own, cam)

@@ -457,7 +457,7 @@ def test_table_kernel_and_array_kernel_agree(index_with_events):
         args = Area.parse(area).kernel_args()
         t = window_us(start, end, NOW)
         a = st.resolve(args, *t)
-        b = K.resolve(*args, *base, *st.delta.kernel_args(), st.delta.camera, *t)
+        b = K.resolve(*base, *st.delta.kernel_args(), st.delta.camera, *args, *t)
         assert a[1:] == b[1:] and np.array_equal(a[0], b[0]) and a[1] > 0
 
 
@@ -473,3 +473,62 @@ def test_window_fast_path_equals_general(tz):
         window_us(end, start, now)
     with pytest.raises(InvalidTimeWindow):
         window_us(now + timedelta(seconds=1), now + timedelta(hours=1), now)
+
+
+@pytest.mark.parametrize("wide", ["owner", "camera"])
+def test_table_kernel_reads_ids_of_either_width(index_plain, wide):
+    """The table kernel reads the id columns from their addresses at the width each has (int32 when the ids fit,
+    else int64): ids beyond int32 in one column beside narrow ones in the other come out as they are."""
+    from dispatcher.index.state import Base, State
+    from kernels import index_kernels as K
+
+    index, _ = index_plain
+    st = index._state
+    cols = st.base.cols
+    assert cols.owner.dtype == cols.camera.dtype == np.int32
+    widened = getattr(cols, wide).astype(np.int64) * 3 + 2**40  # ascending as before, and distinct
+    other = State(Base(replace(cols, **{wide: widened}), st.base.tree), st.delta, st.optout, st.has_events)
+    assert other.kernel is K.resolve_table
+    big = {"type": "Polygon",
+           "coordinates": [[[-74.2, 40.5], [-73.7, 40.5], [-73.7, 41.0], [-74.2, 41.0], [-74.2, 40.5]]]}
+    rng = np.random.default_rng(3)
+    for area in (SQUARE, big):
+        args = Area.parse(area).kernel_args()
+        t = window_us(*data.window(rng, 30), NOW)
+        packed, n, m = st.resolve(args, *t)
+        owners, cameras = packed[:n].copy(), packed[n:n + m].copy()
+        if wide == "owner":
+            owners = owners * 3 + 2**40
+        else:
+            cameras = cameras * 3 + 2**40
+        got, gn, gm = other.resolve(args, *t)
+        assert (gn, gm) == (n, m) and m > 0
+        assert np.array_equal(got[:n], owners) and np.array_equal(got[n:n + m], cameras)
+        assert np.array_equal(got[n + m:], packed[n + m:])
+
+
+def test_threads_making_a_new_states_first_resolve_at_once_agree(index_plain):
+    """A new state (every update publishes one) binds its compiled entry point on its first resolve; threads making
+    that first resolve together, and many after it, each get the answer a lone resolve gets."""
+    import threading
+
+    index, _ = index_plain
+    rng = np.random.default_rng(5)
+    small = {"type": "Polygon", "coordinates": [[[-73.96, 40.74], [-73.94, 40.74], [-73.95, 40.76], [-73.96, 40.74]]]}
+    requests = [(small, *data.window(rng, 60)) for _ in range(8)]
+    fresh = CameraIndex(replace(index._state), index.config)  # the same arrays, its first call not yet made
+    barrier = threading.Barrier(4)
+    got: dict[int, list[dict[int, list[int]]]] = {}
+
+    def work(t: int) -> None:
+        barrier.wait()
+        got[t] = [as_dict(fresh.resolve(a, s, e, now=NOW)) for _ in range(5) for a, s, e in requests]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    want = [as_dict(index.resolve(a, s, e, now=NOW)) for _ in range(5) for a, s, e in requests]
+    assert sum(map(bool, want)) > 0
+    assert all(got[t] == want for t in range(4))

@@ -110,15 +110,18 @@ class CameraIndex:
         time), sharing is on, its owner has not opted out and, when motion events are loaded, it recorded an
         event in the retained part of the window.
         """
-        args = Area.parse(area, max_vertices=self.config.max_vertices).kernel_args()
+        limit = self.config.max_vertices
+        # An Area was validated when it was made: only the vertex limit is this index's to check.
+        a = area if type(area) is Area and area.xs.shape[0] <= limit else Area.parse(area, max_vertices=limit)
         t0, t1, tnow = window_us(start, end, now)
+        xs, ys, ring_ptr, poly_ptr, poly_bbox = a.xs, a.ys, a.ring_ptr, a.poly_ptr, a.poly_bbox
         while True:
             seq = self._seq
             if seq & 1:  # an update is under way: its change is about to be complete
                 time.sleep(0)
                 continue
             version = self._version
-            packed, n_owners, n_cameras = self._state.resolve(args, t0, t1, tnow)
+            packed, n_owners, n_cameras = self._state.call(xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, tnow)
             if self._seq == seq:
                 return RecipientSet.unpack(packed, n_owners, n_cameras, version)
 

@@ -7,7 +7,9 @@ the old state or the new one. Only flags change in place (see :mod:`dispatcher.i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,29 +40,31 @@ class State:
     delta: Columns
     optout: np.ndarray  # sorted int64 owner ids
     has_events: bool
-    #: The kernel arguments after the area's and before the window's, built once per state.
+    #: The kernel's arguments before the request's (the area's arrays and the window), built once per state.
     args: tuple[Any, ...] = field(init=False, repr=False)
     #: The resolve kernel for this state: without the delta's arrays while it holds no camera.
     kernel: Any = field(init=False, repr=False)
-
-    #: The compiled resolve for these argument types, called without Numba's per-call type dispatch.
-    _entry: Any = field(init=False, repr=False, default=None)
+    #: ``call(xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now)``: the resolve on this state (see :meth:`resolve`).
+    call: Callable[..., tuple[np.ndarray, int, int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         base = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera)
         self.args = base if self.delta.n == 0 else (*base, *self.delta.kernel_args(), self.delta.camera)
         self.kernel = K.resolve_base if self.delta.n == 0 else K.resolve
         table = self._table() if self.delta.n == 0 else None
-        if table is not None:  # eight arrays as one: what a small area's resolve costs is mostly taking arguments
-            self.args = (table, self.base.tree.n_top, self.base.cols.owner, self.base.cols.camera)
+        if table is not None:  # the base in one array: what a small area's resolve costs is mostly taking arguments
+            self.args = (table,)
             self.kernel = K.resolve_table
+        self.call = self._first_call
 
     def _table(self) -> np.ndarray | None:
-        """The addresses and lengths of the base's arrays for :func:`kernels.index_kernels.resolve_table`, or None
-        when one of them is not laid out as it reads them (then the kernel that takes them as arrays runs). The
-        arrays stay referenced by this state, which never replaces them, so the addresses stay valid."""
-        arrays = {"nodes": self.base.tree.nodes, **{n: getattr(self.base.cols, n) for n, _ in K.TABLE_DTYPES[1:]}}
-        n = self.base.cols.n
+        """The base for :func:`kernels.index_kernels.resolve_table`: its arrays' addresses and lengths, the number
+        of top-level nodes and the ids' widths; or None when an array is not laid out as the kernel reads it (then
+        the kernel that takes them as arrays runs). The arrays stay referenced by this state, which never replaces
+        them, so the addresses stay valid."""
+        cols = self.base.cols
+        arrays = {"nodes": self.base.tree.nodes, **{n: getattr(cols, n) for n, _ in K.TABLE_DTYPES[1:]}}
+        n = cols.n
         table = []
         for name, dtype in K.TABLE_DTYPES:
             a = arrays[name]
@@ -70,6 +74,12 @@ class State:
             if per_camera and a.shape[0] != n or name == "ev_ptr" and a.shape[0] not in (0, n + 1):
                 return None
             table += [a.ctypes.data, a.shape[0]]
+        ids = (cols.owner, cols.camera)
+        for a in ids:
+            if a.dtype not in (np.int32, np.int64) or not a.flags.c_contiguous or a.shape != (n,):
+                return None
+            table += [a.ctypes.data, a.shape[0]]
+        table += [self.base.tree.n_top, *(a.dtype.itemsize for a in ids)]
         return np.array(table, dtype=np.int64)
 
     def warm_up(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> None:
@@ -77,21 +87,21 @@ class State:
         the one a state with cameras in its delta uses, so that the first live addition does not pay for it."""
         self.resolve(area_args, t0, t1, tnow)
         base = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera)
-        K.resolve(*area_args, *base, *self.delta.kernel_args(), self.delta.camera, t0, t1, tnow)
+        K.resolve(*base, *self.delta.kernel_args(), self.delta.camera, *area_args, t0, t1, tnow)
 
     def resolve(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> tuple[np.ndarray, int, int]:
         """The resolve kernel on this state: owners, cameras and offsets packed in one array, and the numbers of
-        owners and cameras (:func:`kernels.index_kernels.group_by_owner`). The first call goes through Numba's
-        dispatcher (compiling or loading from the cache), later ones straight to the compiled entry point of the
-        signature it chose: the area's arrays and the window's integers always have the same types, and this
-        state's arrays never change type, so typing the arguments again on every call would only add to a small
-        query's latency."""
-        entry = self._entry
-        if entry is not None:
-            got: tuple[np.ndarray, int, int] = entry(*area_args, *self.args, t0, t1, tnow)
-            return got
+        owners and cameras (:func:`kernels.index_kernels.group_by_owner`)."""
+        return self.call(*area_args, t0, t1, tnow)
+
+    def _first_call(self, *request: Any) -> tuple[np.ndarray, int, int]:
+        """The first :attr:`call` goes through Numba's dispatcher (compiling or loading from the cache) and then
+        binds :attr:`call` to the compiled entry point of the signature it chose, with this state's arguments
+        bound in front (``functools.partial``): the area's arrays and the window's integers always have the same
+        types, and this state's arrays never change type, so typing the arguments again on every call would only
+        add to a small query's latency. Two threads making the first call at once bind the same entry point."""
         kernel = self.kernel
-        out: tuple[np.ndarray, int, int] = kernel(*area_args, *self.args, t0, t1, tnow)
-        sig = tuple(kernel.typeof_pyval(a) for a in (*area_args, *self.args, t0, t1, tnow))
-        self._entry = kernel.overloads[sig].entry_point
+        out: tuple[np.ndarray, int, int] = kernel(*self.args, *request)
+        sig = tuple(kernel.typeof_pyval(a) for a in (*self.args, *request))
+        self.call = partial(kernel.overloads[sig].entry_point, *self.args)
         return out
