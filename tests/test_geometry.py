@@ -150,6 +150,21 @@ def test_vertex_cap():
         Area.parse({"type": "Polygon", "coordinates": [ring]}, max_vertices=100)
 
 
+def test_an_area_is_made_only_by_parse():
+    """The index resolves an Area's arrays unchecked, so arrays that skipped the checks (float32 here, which the
+    compiled resolve would read as float64) cannot become an Area, nor a copy of one with a field replaced."""
+    import dataclasses
+
+    ring = np.array([[0.0, 0.0], [0.01, 0.0], [0.01, 0.01], [0.0, 0.0]])
+    with pytest.raises(InvalidArea, match="made by Area.parse"):
+        Area(ring[:, 0].astype(np.float32), ring[:, 1].astype(np.float32), np.array([0, 4]), np.array([0, 1]),
+             np.array([[0.0, 0.0, 0.01, 0.01]]))
+    good = Area.parse({"type": "Polygon", "coordinates": [ring.tolist()]})
+    with pytest.raises(InvalidArea, match="made by Area.parse"):
+        dataclasses.replace(good, xs=good.xs.astype(np.float32))
+    assert good.xs.dtype == good.ys.dtype == np.float64 and good.n_vertices == 4
+
+
 def test_multipolygon_split_at_antimeridian_is_accepted():
     west = [[179.5, 51], [180, 51], [180, 52], [179.5, 52], [179.5, 51]]
     east = [[-180, 51], [-179.5, 51], [-179.5, 52], [-180, 52], [-180, 51]]

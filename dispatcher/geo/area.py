@@ -130,6 +130,20 @@ class Area:
     poly_bbox: np.ndarray
     _geometry: BaseGeometry | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # The index resolves an Area's arrays as they are, unchecked (they were validated when it was made), so
+        # no Area is made from arrays that did not pass through the checks: only parse makes one.
+        raise InvalidArea("an Area is made by Area.parse, which validates it; not from arrays directly")
+
+    @classmethod
+    def _made(cls, xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray,
+              poly_bbox: np.ndarray, geometry: BaseGeometry | None) -> Area:
+        """The Area of arrays the checks passed (float64 and int64, C order): its fields set once, here."""
+        area = object.__new__(cls)
+        area.__dict__.update(xs=xs, ys=ys, ring_ptr=ring_ptr, poly_ptr=poly_ptr, poly_bbox=poly_bbox,
+                             _geometry=geometry)
+        return area
+
     @property
     def geometry(self) -> BaseGeometry:
         """The area as a shapely Polygon or MultiPolygon (the same coordinates)."""
@@ -220,10 +234,7 @@ class Area:
         out = np.empty(2 * n + 4 * (poly_ptr.shape[0] - 1))
         if parse_area(xy, ring_ptr, poly_ptr, out) != AREA_VALID:
             return None
-        area = object.__new__(cls)  # frozen: its fields set once, here, without a dataclass __init__'s per-field calls
-        area.__dict__.update(xs=out[:n], ys=out[n:2 * n], ring_ptr=ring_ptr, poly_ptr=poly_ptr,
-                             poly_bbox=out[2 * n:].reshape(-1, 4), _geometry=None)
-        return area
+        return cls._made(out[:n], out[n:2 * n], ring_ptr, poly_ptr, out[2 * n:].reshape(-1, 4), None)
 
     @classmethod
     def _from_rings(cls, polys: list[list[np.ndarray]]) -> Area:
@@ -246,7 +257,7 @@ class Area:
         xs, ys = coords.T.copy()
         geom = _geometry_of(xs, ys, ring_ptr, poly_ptr)
         _check_geometry(geom, bool(shapely.is_valid(geom)), float(shapely.area(geom)))
-        return cls(xs, ys, ring_ptr, poly_ptr, np.asarray(bboxes, dtype=np.float64).reshape(-1, 4), geom)
+        return cls._made(xs, ys, ring_ptr, poly_ptr, np.asarray(bboxes, dtype=np.float64).reshape(-1, 4), geom)
 
 
 def _geometry_of(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray) -> BaseGeometry:
