@@ -68,8 +68,7 @@ def replay(st: State, kind: str, a: Any, b: Any) -> State:
     if kind == "optout":
         for cols in (st.base.cols, st.delta):
             L.mark_owner_cameras(cols.flags, *owner_lookup(cols.owner), a, K.OPTED_OUT, b)
-        optout = np.union1d(st.optout, a) if b else np.setdiff1d(st.optout, a)
-        return replace(st, optout=optout.astype(np.int64))
+        return replace(st, optout=_sorted_with(st.optout, a, bool(b)))
     if kind == "remove":
         set_flag(st, locate(st, a, strict=False), K.DELETED, True)
     elif kind == "sharing":
@@ -161,6 +160,17 @@ def prepare(st: State) -> None:
     st.base.lookup()
     owner_lookup(st.base.cols.owner)
     owner_lookup(st.delta.owner)
+
+
+def _sorted_with(ids: np.ndarray, change: np.ndarray, present: bool) -> np.ndarray:
+    """Sorted distinct ``ids`` with the sorted distinct ``change`` in (``present``) or out: a search and a copy,
+    where a set union sorts or hashes the whole set (a million owners opted out: ~1 ms against tens)."""
+    at = np.searchsorted(ids, change)
+    found = (at < ids.shape[0]) & (ids[np.minimum(at, ids.shape[0] - 1)] == change) if ids.shape[0] else \
+        np.zeros(change.shape[0], bool)
+    if present:
+        return np.insert(ids, at[~found], change[~found]).astype(np.int64, copy=False)
+    return np.delete(ids, at[found]).astype(np.int64, copy=False)
 
 
 def _present(st: State, ids: np.ndarray) -> np.ndarray:
