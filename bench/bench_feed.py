@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import redis
 
@@ -59,7 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
                                  "--auto-approve", "--feed-dir", str(work / "feed"), "--snapshot-every", "5"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            yield server, agencies, camera_ids, now
+            yield server, agencies, camera_ids, now, proc
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
@@ -85,8 +86,20 @@ def _paced(rate: float, seconds: float, send: Any) -> int:
     return sent
 
 
-def _phase(server: RedisServer, agencies: Any, camera_ids: np.ndarray, now: datetime, tag: str, changes: float,
-           requests: float) -> dict[str, Any]:
+def _workers_cpu(proc: subprocess.Popen[bytes]) -> float:
+    """CPU seconds (user + system) the serve command's worker processes used so far."""
+    total = 0.0
+    for child in psutil.Process(proc.pid).children():
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _phase(server: RedisServer, agencies: Any, camera_ids: np.ndarray, now: datetime, proc: subprocess.Popen[bytes],
+           tag: str, changes: float, requests: float) -> dict[str, Any]:
     r = redis.Redis.from_url(server.url)
     lag_from = r.xinfo_stream(K.feed_lag)["last-generated-id"] if r.exists(K.feed_lag) else "0-0"
     out_from = r.xinfo_stream(K.operator_outcomes)["last-generated-id"] if r.exists(K.operator_outcomes) else "0-0"
@@ -95,9 +108,11 @@ def _phase(server: RedisServer, agencies: Any, camera_ids: np.ndarray, now: date
                             prefix=f"bench-{tag}")
     figures: dict[str, Any] = {"phase": tag, "changes_per_s": changes, "requests_per_s": requests}
 
+    last = [0]
+
     def send_changes(n: int) -> None:  # sharing toggles of random cameras: the commonest change, cheap to make
         ids = rng.choice(camera_ids, n)
-        publish_changes(r, [Change.sharing([int(i)], bool(rng.random() < 0.5)) for i in ids])
+        last[0] = publish_changes(r, [Change.sharing([int(i)], bool(rng.random() < 0.5)) for i in ids])[-1]
 
     pending = iter(reqs)
 
@@ -117,6 +132,7 @@ def _phase(server: RedisServer, agencies: Any, camera_ids: np.ndarray, now: date
     if requests:
         threads.append(threading.Thread(target=lambda: counts.__setitem__("requests",
                                                                           _paced(requests, SECONDS, send_requests))))
+    cpu0, load0 = _workers_cpu(proc), os.getloadavg()
     t0 = time.time()
     for t in threads:
         t.start()
@@ -130,7 +146,13 @@ def _phase(server: RedisServer, agencies: Any, camera_ids: np.ndarray, now: date
         if len(outs) >= counts.get("requests", 0):
             break
         time.sleep(0.5)
-    time.sleep(0.5)
+    while time.monotonic() < deadline:  # every worker applied the last change (its lag is recorded)
+        applied = [int(v) for v in r.hgetall(K.feed_applied).values()]
+        if len(applied) >= 2 and min(applied) >= last[0]:
+            break
+        time.sleep(0.1)
+    cpu = _workers_cpu(proc) - cpu0
+    time.sleep(0.2)
     lags: dict[str, list[float]] = {}
     for _, fields in r.xrange(K.feed_lag, min=f"({lag_from.decode() if isinstance(lag_from, bytes) else lag_from}"):
         worker = fields[b"w"].decode()
@@ -143,12 +165,18 @@ def _phase(server: RedisServer, agencies: Any, camera_ids: np.ndarray, now: date
     figures.update(sent=counts, change_to_visible_ms={w: _pct(v) for w, v in sorted(lags.items())},
                    change_to_visible_all_workers_ms=_pct([x for v in lags.values() for x in v]),
                    requests_done=len(outs), request_latency_ms=_pct(latency),
-                   dispatched=sum(o["outcome"] == "dispatched" for o in outs))
+                   dispatched=sum(o["outcome"] == "dispatched" for o in outs),
+                   load_average_before=[round(x, 2) for x in load0],
+                   load_average_after=[round(x, 2) for x in os.getloadavg()], workers_cpu_s=round(cpu, 2))
+    if counts.get("changes") and not counts.get("requests"):  # both workers apply each change
+        figures["workers_cpu_us_per_change_each"] = round(1e6 * cpu / (2 * counts["changes"]), 1)
+    if counts.get("requests"):
+        figures["workers_cpu_us_per_request"] = round(1e6 * cpu / counts["requests"], 1)
     return figures
 
 
 def test_change_to_visible_in_every_worker(benchmark: Any, world: Any) -> None:
-    server, agencies, camera_ids, now = world
+    server, agencies, camera_ids, now, proc = world
     r = redis.Redis.from_url(server.url)
     deadline = time.monotonic() + 300
     while len(r.hgetall(K.feed_applied)) < 2:  # both workers up
@@ -156,10 +184,10 @@ def test_change_to_visible_in_every_worker(benchmark: Any, world: Any) -> None:
         time.sleep(0.2)
 
     def run() -> list[dict[str, Any]]:
-        return [_phase(server, agencies, camera_ids, now, "requests-alone", 0, REQUESTS),
-                _phase(server, agencies, camera_ids, now, "changes-alone", CHANGES, 0),
-                _phase(server, agencies, camera_ids, now, "changes-and-requests", CHANGES, REQUESTS)]
+        return [_phase(server, agencies, camera_ids, now, proc, "requests-alone", 0, REQUESTS),
+                _phase(server, agencies, camera_ids, now, proc, "changes-alone", CHANGES, 0),
+                _phase(server, agencies, camera_ids, now, proc, "changes-and-requests", CHANGES, REQUESTS)]
     phases = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info["phases"] = phases
-    print(json.dumps({"cameras": CAMERAS, "seconds": SECONDS, "phases": phases}, indent=1))
+    print(json.dumps({"cameras": CAMERAS, "seconds": SECONDS, "cpus": os.cpu_count(), "phases": phases}, indent=1))
     assert all(p["change_to_visible_all_workers_ms"]["n"] > 0 for p in phases[1:])

@@ -167,6 +167,37 @@ def test_changes_are_validated_applied_in_order_and_bad_entries_recorded_once(re
     assert cams.cameras_of(owner).tolist().count(twice.to_dict()["cameras"][0]["camera_id"]) <= 1
 
 
+def test_a_batch_applies_as_its_changes_one_after_the_other_and_a_step_is_bounded(
+        redis_server: RedisServer) -> None:
+    reg = Registry.make(1_500)
+    r = redis_server.client()
+    one, batched = CameraIndex.build(reg.table(), reg.owner_table()), CameraIndex.build(reg.table(), reg.owner_table())
+    inside = reg.oracle(NOW)
+    owners = sorted(inside)
+    x, y = inside[owners[0]][0], inside[owners[1]][0]
+    twin = Change.add([reg.rows[y]])  # an id the index holds: refused
+    new = reg.add()
+    fresh = new.to_dict()["cameras"][0]["camera_id"]
+    del reg.rows[x]
+    reg.rows[fresh]["sharing_enabled"] = False
+    reg.opted_out.add(owners[3])
+    tricky = [Change.remove([x]), Change.sharing([x], True),  # refused: removed earlier in the same batch
+              new, Change.sharing([fresh], False),  # applied: added earlier in the same batch
+              Change.opt_out([owners[2]]), Change.opt_out([owners[2]], False), Change.opt_out([owners[3]]),
+              Change.sharing([y, x], False), twin]  # refused as a whole: y keeps sharing
+    publish_changes(r, tricky + [reg.random_change() for _ in range(300)])
+    f_one = FeedFollower(one, r, "one", read_count=1, report=False)  # a change a step: the sequential reference
+    f_batch = FeedFollower(batched, r, "batch", read_count=50, report=False)
+    assert f_batch.catch_up(limit=100) == 100 and f_batch.behind  # bounded: two reads, the rest left
+    assert f_batch.catch_up() == 209 and not f_batch.behind
+    assert f_one.catch_up() == 309
+    assert f_one.rejected == f_batch.rejected == 3 and one.version == batched.version
+    expected = reg.oracle(NOW)
+    assert _as_dict(one.resolve(AREA, START, END, now=NOW)) == expected
+    assert _as_dict(batched.resolve(AREA, START, END, now=NOW)) == expected
+    assert owners[2] in expected and owners[3] not in expected and y in expected[owners[1]]
+
+
 def test_the_plan_records_the_version_and_a_retry_names_it(redis_server: RedisServer) -> None:
     reg = Registry.make(800)
     r = redis_server.client()
@@ -356,3 +387,28 @@ def test_changes_command_publishes_a_file_whole_or_not_at_all(redis_server: Redi
     assert ok.exit_code == 0, ok.output
     assert "published 3 changes" in ok.output
     assert [orjson.loads(f[b"c"])["op"] for _, f in r.xrange(K.feed)] == ["remove", "optout", "add"]
+
+
+def test_serve_with_a_feed_waits_for_a_redis_started_late(served: tuple[Path, Registry]) -> None:
+    tmp, reg = served
+    late = RedisServer(tmp / "late-redis")  # its port chosen, nothing listening there yet
+    proc = _serve(late, tmp, tmp / "feed", workers=1, every=0)
+    try:
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""  # waiting, not failed
+        assert not (tmp / "feed" / "current").exists()  # no snapshot made before Redis said the feed's floor
+        with late:
+            r = late.client()
+            inside = reg.oracle(datetime.now(timezone.utc))
+            gone = inside[min(inside)][0]
+            del reg.rows[gone]
+            last = publish_changes(r, [Change.remove([gone])])[-1]
+            _wait(lambda: any(int(v) >= last for v in r.hgetall(K.feed_applied).values()), "the worker", proc)
+            Requests(r, late).one(reg, last, proc)  # exact, against the oracle, at the change's version or later
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0 and "serving with 1 workers" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)

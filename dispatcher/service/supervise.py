@@ -91,13 +91,18 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
 
 
 def wait_for_redis(settings: Any, stop: Any) -> bool:
-    """Block until Redis answers (logging once that it is awaited); False when ``stop`` was set first."""
+    """Block until Redis answers (logging once that it is awaited), pausing between tries as every Redis call
+    retries (full-jitter exponential backoff, ``settings.backoff_base`` doubling up to ``backoff_max``); False
+    when ``stop`` was set first."""
     import redis
+    from redis.backoff import FullJitterBackoff
 
     from dispatcher.connections import connect, is_transient
 
     client = connect(settings)
+    backoff = FullJitterBackoff(cap=settings.backoff_max, base=settings.backoff_base)
     warned = False
+    failures = 0
     while not stop.is_set():
         try:
             client.ping()
@@ -110,7 +115,8 @@ def wait_for_redis(settings: Any, stop: Any) -> bool:
             if not warned:
                 log.warning("waiting for Redis at %s (%s)", settings.url, exc)
                 warned = True
-            stop.wait(0.2)
+            failures += 1
+            stop.wait(backoff.compute(min(failures, 30)))
     return False
 
 
@@ -129,23 +135,31 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     Policy.from_dict(policy)
     CameraIndex.open(index_dir, warm_up=False)
     AgencyRegistry.load(agencies)
-    snapshots = _first_snapshot(index_dir, qs, settings)
     ctx = mp.get_context("spawn")
     readies = [ctx.Event() for _ in range(workers)]
     procs = [ctx.Process(target=serve_process, name=f"geodispatch-worker-{k}",
                          args=(f"{os.uname().nodename}-{os.getpid()}-{k}", index_dir, redis_url, agencies, policy,
                                settings, readies[k], log_level)) for k in range(workers)]
     stopping: list[int] = []
+    stopped = threading.Event()
 
     def forward(signum: int, _frame: Any) -> None:
         stopping.append(signum)
+        stopped.set()
         for p in procs:
             if p.pid is not None and p.exitcode is None:
                 os.kill(p.pid, signal.SIGTERM)
 
-    # The handler goes in before any worker starts: a SIGTERM during start-up stops them all too.
+    # The handler goes in before any worker starts (and before Redis is awaited for the first snapshot): a
+    # SIGTERM during start-up stops them all too.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # With a feed, the first snapshot needs Redis (has the feed been trimmed?): a Redis not up yet is waited for,
+    # as the workers wait for it, rather than failing the start.
+    if settings.feed_dir and not wait_for_redis(qs, stopped):
+        say("stopped before Redis answered")
+        return
+    snapshots = _first_snapshot(index_dir, qs, settings)
     for p in procs:
         p.start()
     done = threading.Event()
