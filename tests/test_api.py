@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 import numpy as np
@@ -640,3 +641,52 @@ def test_the_embedded_api_deletes_the_records_past_their_retention(world, tmp_pa
         ApiSettings(expire_every_s=0)
     with pytest.raises(InvalidApiSettings, match="expire_every_s"):
         ApiSettings(expire_every_s=float("nan"))
+
+
+def test_submit_and_status_answer_as_fastapis_routing_does(world, tmp_path, caplog) -> None:
+    """The app's front answers submit and status itself: every answer (status, headers, body) is the one the same
+    call gets through FastAPI's own middleware and routing (``routed``), refusals and reads alike; and a failure
+    the handlers do not expect is the catch-all's 500, raised on to the server, which logs it."""
+    import asyncio
+
+    index, _ = world
+    backend = open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
+                           store=tmp_path / "gd.sqlite")
+    chicago = backend.credentials.create(AGENCY, "il-chicago", NOW)[1]
+    reviewer = backend.credentials.create(REVIEWER, "rev-1", NOW)[1]
+    app = create_app(backend)
+    calls = [("GET", "/v1/requests/r1", chicago, {}), ("GET", "/v1/requests/r1", None, {}),
+             ("GET", "/v1/requests/r1", reviewer, {}), ("GET", "/v1/requests/r1", "gdk_guess", {}),
+             ("POST", "/v1/requests", chicago, {"content": b'{"request_id": '}),
+             ("POST", "/v1/requests", chicago, {"json": {**body(), "colour": "red"}}),
+             ("POST", "/v1/requests", chicago, {"json": body(incident_type="protest")}),
+             ("POST", "/v1/requests", reviewer, {"json": body()}), ("POST", "/v1/requests", None, {"json": body()})]
+
+    async def answers(asgi: Any) -> list[tuple[int, list[tuple[str, str]], bytes]]:
+        out = []
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://t") as c:
+            for method, path, key, kw in calls:
+                r = await c.request(method, path, headers={"Authorization": f"Bearer {key}"} if key else {}, **kw)
+                out.append((r.status_code, sorted(r.headers.items()), r.content))
+        return out
+    try:
+        front, routed = asyncio.run(answers(app)), asyncio.run(answers(app.routed))
+        assert [a[0] for a in front] == [404, 401, 403, 401, 422, 422, 422, 403, 401]
+        assert front == routed and backend.workflow.store.request_ids() == []
+        ok = [asyncio.run(_submit(asgi, chicago, rid)) for asgi, rid in ((app, "r1"), (app.routed, "r2"))]
+        assert ok[0] == ok[1].replace(b'"r2"', b'"r1"') and b'"submitted"' in ok[0]
+        backend.workflow.store.close()  # the store gone under the API: nothing the handlers expect
+        with serving(app) as url, caplog.at_level("ERROR"):
+            r = httpx.post(f"{url}/v1/requests", json=body(request_id="r3"),
+                           headers={"Authorization": f"Bearer {chicago}"})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
+        assert any(rec.exc_info for rec in caplog.records), "the failure was not logged"
+    finally:
+        backend.close()
+
+
+async def _submit(asgi: Any, key: str, rid: str) -> bytes:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://t") as c:
+        r = await c.post("/v1/requests", json=body(request_id=rid), headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 202, r.text
+        return r.content

@@ -25,6 +25,7 @@ and they name the dependencies made inside :func:`create_app`.
 import asyncio
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -360,21 +361,40 @@ def _submission(raw: bytes) -> dict[str, Any]:
     """A submission's body as the pipeline takes it, its JSON types checked by :class:`Submission` (the pipeline
     and the policy judge the values)."""
     try:
-        return Submission.model_validate_json(raw).model_dump()
+        # the model's fields as validated (str, and the area's fresh dict): what model_dump gives, without copying
+        return dict(Submission.model_validate_json(raw).__dict__)
     except pydantic.ValidationError as exc:
         raise InvalidBody([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
 
 
-# ---------------------------------------------------------------------------------------------- body limit
+# ---------------------------------------------------------------------------------------------- the front
 
 
-class _BodyLimit:
-    """Refuses (413) a body over ``limit`` bytes, by its Content-Length or while it arrives, before the app
-    sees any of it; the app then reads the body from memory."""
+#: An endpoint answered by :class:`_Front`: it takes the call's ``Request`` and the id of its path, if any.
+HotEndpoint = Callable[..., Awaitable[Response]]
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class _Front:
+    """The app's outermost layer, before FastAPI's own: refuses (413) a body over ``limit`` bytes, by its
+    Content-Length or while it arrives, before the app sees any of it (the app then reads the body from
+    memory); and routes the two calls an evidence system makes most, submit and status, to their handlers itself.
+
+    Those two go to the same handler functions that FastAPI declares (and publishes in the schema), called with
+    the call's ``Request``; what they raise is answered by the app's own exception handlers, looked up as
+    Starlette's exception middleware looks them up, so every answer, refusal and header is the one FastAPI's
+    routing would give. What it saves is the layers between (FastAPI's telemetry, server-error, exception,
+    exit-stack and routing middleware, the match against every route, the endpoint's wrapper). Anything else
+    (another method, a status id out of its pattern, a trailing slash) goes through FastAPI as before. An
+    exception without a handler of its own is answered by the app's catch-all (500, or 503 when the store is
+    unreachable) and raised on to the server, which logs it: what Starlette's server-error layer does."""
+
+    def __init__(self, app: ASGIApp, limit: int, submit: HotEndpoint, status: HotEndpoint,
+                 handlers: dict[Any, Callable[[Request, Any], Any]]) -> None:
         self.app = app
         self.limit = limit
+        self.submit, self.status = submit, status
+        #: The app's exception handlers (a dict FastAPI fills as they are declared), the catch-all among them.
+        self.handlers = handlers
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         await _error(413, "body_too_large", f"the body is larger than {self.limit} bytes", "body")(
@@ -416,7 +436,45 @@ class _BodyLimit:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path == _SUBMIT:
+            await self._answer(scope, replay, send, self.submit)
+        elif method == "GET" and path.startswith(_STATUS) and _ID_RE.fullmatch(path, len(_STATUS)):
+            await self._answer(scope, replay, send, self.status, path[len(_STATUS):])
+        else:
+            await self.app(scope, replay, send)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, endpoint: HotEndpoint,
+                      *args: str) -> None:
+        request = Request(scope, receive, send)
+        try:
+            response: Response = await endpoint(request, *args)
+        except Exception as exc:
+            kind = next((t for t in type(exc).__mro__ if t in self.handlers), None)
+            if kind is None:
+                raise
+            response = await self.handlers[kind](request, exc)  # the app's handlers are all async
+            if kind is Exception:  # unexpected: answered, then raised on for the server to log
+                await response(scope, receive, send)
+                raise
+        await response(scope, receive, send)
+
+
+class _App(FastAPI):
+    """FastAPI behind :class:`_Front`, which :func:`create_app` sets."""
+
+    front: _Front
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def routed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The call through FastAPI's own middleware and routing."""
+        await super().__call__(scope, receive, send)
+
+
+_SUBMIT, _STATUS = "/v1/requests", "/v1/requests/"
+_ID_RE = re.compile(_ID.strip("^$"))
 
 
 async def _no_receive() -> MutableMapping[str, Any]:
@@ -427,7 +485,7 @@ async def _no_receive() -> MutableMapping[str, Any]:
 
 
 def create_app(backend: Backend, settings: ApiSettings | None = None, residents: ResidentPages | None = None
-               ) -> FastAPI:
+               ) -> _App:
     """The ASGI app over ``backend`` (see :func:`dispatcher.api.backend.open_backend`), with the residents'
     pages under ``/r`` when ``residents`` is given."""
     s = settings or ApiSettings()
@@ -453,7 +511,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
             expiry.cancel()
         await throttle.aclose()  # on the loop that opened them
 
-    app = FastAPI(title="geodispatch", version="1", summary="Police video requests to camera owners, without "
+    app = _App(title="geodispatch", version="1", summary="Police video requests to camera owners, without "
                   "agencies learning who was asked.", openapi_url="/openapi.json", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
     app.state.backend = backend
@@ -662,7 +720,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     app.include_router(evidence_router(backend, agency, principal, s.list_limit))
     if residents is not None:
         app.include_router(residents_router(backend, residents, throttle.address))
-    app.add_middleware(_BodyLimit, limit=s.body_limit)
+    app.front = _Front(app.routed, s.body_limit, submit_request, get_request, app.exception_handlers)
     _with_bodies(app, Submission)
     return app
 
