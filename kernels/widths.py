@@ -96,6 +96,14 @@ def _point_segment(px: float, py: float, ax: float, ay: float, bx: float, by: fl
 
 
 @njit(cache=True, inline="always")
+def _boxes_apart(ax: float, ay: float, bx: float, by: float, cx: float, cy: float, dx: float, dy: float,
+                 gap: float) -> bool:
+    """Whether the boxes of segments ab and cd lie more than ``gap`` apart along an axis (then so do they)."""
+    return (max(ax, bx) + gap < min(cx, dx) or max(cx, dx) + gap < min(ax, bx)
+            or max(ay, by) + gap < min(cy, dy) or max(cy, dy) + gap < min(ay, by))
+
+
+@njit(cache=True, inline="always")
 def _segments(ax: float, ay: float, bx: float, by: float, cx: float, cy: float, dx: float, dy: float) -> float:
     """The distance between segments ab and cd (0 when they cross)."""
     d1 = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
@@ -207,6 +215,8 @@ def _certify_ring(x: np.ndarray, y: np.ndarray, n: int, r: float, ratio: float, 
             if j == i or j == k or (j + 1 if j + 1 < n else 0) == i:
                 continue
             m = j + 1 if j + 1 < n else 0
+            if _boxes_apart(w[i, 5], w[i, 6], w[i, 7], w[i, 8], x[j], y[j], x[m], y[m], clear):
+                continue
             if _segments(w[i, 5], w[i, 6], w[i, 7], w[i, 8], x[j], y[j], x[m], y[m]) < clear:
                 return 3
     for i in range(n):  # (C3)
@@ -219,6 +229,8 @@ def _certify_ring(x: np.ndarray, y: np.ndarray, n: int, r: float, ratio: float, 
                 if j == i or j == h:
                     continue
                 m = j + 1 if j + 1 < n else 0
+                if _boxes_apart(ax, ay, bx, by, x[j], y[j], x[m], y[m], clear):
+                    continue
                 if _segments(ax, ay, bx, by, x[j], y[j], x[m], y[m]) < clear:
                     return 4
     for i in range(n):  # (C4)

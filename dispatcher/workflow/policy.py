@@ -385,8 +385,10 @@ _E2 = GEOD.f * (2 - GEOD.f)
 
 def _split(area: Area) -> bool:
     """Whether ``area``'s polygons are the parts of one split at the antimeridian (:func:`_crosses`)."""
+    if area.poly_ptr.shape[0] <= 2:
+        return False
     lo, _, hi, _ = area.bbox
-    return bool(area.poly_ptr.shape[0] > 2 and hi - lo > 180)
+    return bool(hi - lo > 180)
 
 
 def _measure(areas: list[tuple[Area, list[shapely.Polygon] | None]], p: Policy, compiled: bool = True
