@@ -261,6 +261,16 @@ def _certify_ring(x: np.ndarray, y: np.ndarray, n: int, r: float, ratio: float, 
 
 
 @njit(cache=True)
+def tangent_scales(lat0: float, a: float, e2: float) -> tuple[float, float]:
+    """Metres per degree of longitude and of latitude in the plane tangent at latitude ``lat0`` (degrees): the
+    prime-vertical and meridional radii of curvature of the ellipsoid (``a``, ``e2``) there. The policy's frame
+    for lengths (:func:`dispatcher.workflow.policy._metres` and :func:`certify_widths` alike)."""
+    phi = lat0 * math.pi / 180.0
+    s = 1.0 - e2 * math.sin(phi) ** 2
+    return a / math.sqrt(s) * math.cos(phi) * math.pi / 180.0, a * (1.0 - e2) / s ** 1.5 * math.pi / 180.0
+
+
+@njit(cache=True)
 def certify_widths(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray, a: float, e2: float,
                    r: float, ratio: float, out: np.ndarray) -> None:
     """For each polygon of an area (the flat arrays of :mod:`kernels.geometry`, longitude/latitude), in ``out``:
@@ -287,10 +297,7 @@ def certify_widths(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_pt
             x0, x1 = min(x0, xs[i]), max(x1, xs[i])
             y0, y1 = min(y0, ys[i]), max(y1, ys[i])
         lng0, lat0 = (x0 + x1) / 2, (y0 + y1) / 2
-        phi = lat0 * math.pi / 180.0
-        s = 1.0 - e2 * math.sin(phi) ** 2
-        kx = a / math.sqrt(s) * math.cos(phi) * math.pi / 180.0
-        ky = a * (1.0 - e2) / s ** 1.5 * math.pi / 180.0
+        kx, ky = tangent_scales(lat0, a, e2)
         n = 0
         for i in range(lo, hi - 1):  # closed ring: the last position repeats the first
             if n > 0 and xs[i] == xs[i - 1] and ys[i] == ys[i - 1]:

@@ -36,12 +36,14 @@ from dispatcher.settings import coerce
 from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
 from kernels.validation import COVER_UNSURE, COVERED, covers_area
-from kernels.widths import CERTIFIED, certify_widths
+from kernels.widths import CERTIFIED, certify_widths, tangent_scales
 
 #: Segments per quarter circle in the buffers of the shape rules: chords within 8% of the radius.
 _QUAD_SEGS = 2
 #: The narrow-strip rule measures reach at no more than this many points.
 _STRIP_POINTS = 4096
+#: The ellipsoid's squared eccentricity, for the tangent planes lengths are measured in.
+_E2 = GEOD.f * (2 - GEOD.f)
 
 #: The longest owner_cap_period: the gate sums a day counter per day of it.
 MAX_CAP_DAYS = 31
@@ -174,14 +176,10 @@ def _metres(polys: list[shapely.Polygon]) -> list[shapely.Polygon]:
     if not polys:
         return []
     geoms = np.array(polys, dtype=object)
-    a, f = GEOD.a, GEOD.f
-    e2 = f * (2 - f)
     frames = []
     for x0, y0, x1, y1 in shapely.bounds(geoms).tolist():
         lng0, lat0 = (x0 + x1) / 2, (y0 + y1) / 2
-        s = 1 - e2 * math.sin(math.radians(lat0)) ** 2
-        frames.append((lng0, lat0, math.radians(a / math.sqrt(s) * math.cos(math.radians(lat0))),
-                       math.radians(a * (1 - e2) / s ** 1.5)))
+        frames.append((lng0, lat0, *tangent_scales(lat0, GEOD.a, _E2)))
     frame = np.array(frames)[shapely.get_coordinates(geoms, return_index=True)[1]]
     return list(shapely.transform(geoms, lambda xy: (xy - frame[:, :2]) * frame[:, 2:]))
 
@@ -379,8 +377,6 @@ class PreparedArea:
             object.__setattr__(self, "_polys", polys)  # a cache: the same polygons every time
         return polys
 
-
-_E2 = GEOD.f * (2 - GEOD.f)
 
 
 def _split(area: Area) -> bool:
