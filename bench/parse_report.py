@@ -1,8 +1,10 @@
 """What a request's area costs before the index sees it: ``Area.parse`` of typical request polygons, and the
 validation every request goes through (parse, geodesic area and perimeter, jurisdiction containment), beside
 the old path measured in the same run on the same areas (shapely's ``shape`` + GEOS ``is_valid``, pyproj's
-``Geod``, shapely's ``covers``), with identical verdicts and areas (1e-9) asserted first. The policy's shape
-rules (their widths still buffered by shapely) are timed too, ours only, to show what is left.
+``Geod``, shapely's ``covers``), with identical verdicts and areas (1e-9) asserted first; and the policy's shape
+rules on the parsed areas (``prepare_areas``: widths certified in compiled code, :mod:`kernels.widths`, beside
+every width buffered by shapely, ``compiled=False``), with the same verdicts asserted first and the share of
+areas the kernel certified.
 
 CPU time (``time.process_time``), best of ``repeat`` passes over every area, per area: the machine is shared,
 and a pass over hundreds of areas smooths the clock's granularity. Run as
@@ -27,7 +29,8 @@ from dispatcher.geo.geodesy import GEOD, area_perimeter
 from dispatcher.synthetic.agencies import generate_agencies
 from dispatcher.synthetic.data import REFERENCE_NOW
 from dispatcher.synthetic.requests import typical_requests
-from dispatcher.workflow.policy import jurisdiction_covers, prepare_areas
+from dispatcher.workflow.policy import Policy, PreparedArea, jurisdiction_covers, prepare_areas
+from kernels.widths import CERTIFIED, certify_widths
 
 
 class VerdictMismatch(AssertionError):
@@ -74,6 +77,29 @@ def check_same(areas: list[dict[str, Any]], jurisdictions: list[Any]) -> None:
             raise VerdictMismatch(f"area {k}: old path {old}, ours {ours}")
 
 
+def _verdicts(prep: PreparedArea, p: Policy) -> tuple[Any, ...]:
+    assert prep.widths is not None
+    lobes, shares, _ = prep.widths
+    return prep.count, tuple(prep.stats), tuple(lobes.tolist()), tuple((shares < p.min_strip_ratio).tolist())
+
+
+def check_same_widths(parsed: list[Area], p: Policy) -> float:
+    """Raise :class:`VerdictMismatch` unless the shape rules' widths give the same verdicts compiled and by
+    shapely; the share of areas the kernel certified."""
+    ours, old = prepare_areas(parsed, p), prepare_areas(parsed, p, compiled=False)
+    for k, (a, b) in enumerate(zip(ours, old, strict=True)):
+        if _verdicts(a, p) != _verdicts(b, p):
+            raise VerdictMismatch(f"area {k}: widths {a.widths} compiled, {b.widths} by shapely")
+    e2 = GEOD.f * (2 - GEOD.f)
+    sure = 0
+    for area in parsed:
+        codes = np.empty(area.poly_ptr.shape[0] - 1, np.int64)
+        certify_widths(area.xs, area.ys, area.ring_ptr, area.poly_ptr, GEOD.a, e2, p.min_width_m / 2,
+                       p.min_strip_ratio, codes)
+        sure += bool((codes == CERTIFIED).all())
+    return sure / len(parsed)
+
+
 def parse_report(n_requests: int = 1000, *, repeat: int = 7, seed: int = 0) -> dict[str, Any]:
     """Per-area CPU microseconds of each step, ours and the old path's, and their ratio (old / ours)."""
     areas, jurisdictions = typical_inputs(n_requests, seed)
@@ -103,16 +129,22 @@ def parse_report(n_requests: int = 1000, *, repeat: int = 7, seed: int = 0) -> d
     row("validation: parse + area + containment",
         lambda: [our_validation(a, j) for a, j in pairs],
         lambda: [old_validation(a, j) for a, j in pairs])
-    row("policy area rules, batch of 16 (prepare_areas: shapely widths)",
-        lambda: [prepare_areas(areas[k:k + 16]) for k in range(0, n, 16)], None)
+    policy = Policy()
+    certified = check_same_widths(parsed, policy)
+    for batch in (16, 1):
+        row(f"shape rules of parsed areas, batch of {batch} (prepare_areas | compiled=False)",
+            lambda b=batch: [prepare_areas(parsed[k:k + b], policy) for k in range(0, n, b)],  # type: ignore[misc]
+            lambda b=batch: [prepare_areas(parsed[k:k + b], policy, compiled=False) for k in range(0, n, b)])
     vertices = [p.n_vertices for p in parsed]
     return {"requests": n, "repeat": repeat, "vertices_min": min(vertices), "vertices_max": max(vertices),
-            "rows": rows}
+            "widths_certified": certified, "rows": rows}
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"### Request areas: {report['requests']} typical requests ({report['vertices_min']}-"
              f"{report['vertices_max']} positions), CPU per area, best of {report['repeat']}", "",
+             f"Shape rules: {report['widths_certified']:.1%} of the areas' widths certified in compiled code "
+             f"(the rest measured by shapely).", "",
              "| step (ours \\| old path) | ours µs | old path µs | old / ours |", "|---|---|---|---|"]
     for name, r in report["rows"].items():
         old = f"{r['old_us']:.1f}" if "old_us" in r else "-"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
@@ -36,11 +36,14 @@ from dispatcher.settings import coerce
 from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.requests import INCIDENT_TYPES, ValidRequest, VideoRequest
 from kernels.validation import COVER_UNSURE, COVERED, covers_area
+from kernels.widths import CERTIFIED, certify_widths, tangent_scales
 
 #: Segments per quarter circle in the buffers of the shape rules: chords within 8% of the radius.
 _QUAD_SEGS = 2
 #: The narrow-strip rule measures reach at no more than this many points.
 _STRIP_POINTS = 4096
+#: The ellipsoid's squared eccentricity, for the tangent planes lengths are measured in.
+_E2 = GEOD.f * (2 - GEOD.f)
 
 #: The longest owner_cap_period: the gate sums a day counter per day of it.
 MAX_CAP_DAYS = 31
@@ -124,21 +127,26 @@ class RequestLog(Protocol):
     def count_agency_requests(self, agency_id: str, since: datetime) -> int: ...
 
 
-def area_shape_problems(area: Area, policy: Policy | None = None) -> list[tuple[str, str]]:
-    """The shape rules ``area`` breaks, as (code, message): each rule at most once, naming its worst polygon."""
+def area_shape_problems(area: Area, policy: Policy | None = None, *, compiled: bool = True
+                        ) -> list[tuple[str, str]]:
+    """The shape rules ``area`` breaks, as (code, message): each rule at most once, naming its worst polygon.
+    ``compiled=False`` measures every width with GEOS (:func:`_widths`), the reference the compiled path
+    (:mod:`kernels.widths`) is tested against: the same rules broken, the same messages."""
+    p = policy or Policy()
     polys = _pieces(area.geometry)
-    return _shape_problems(polys, [polygon_area_perimeter_m(q) for q in polys], policy or Policy())
+    widths = _measure([(area, polys)], p, compiled)[0]
+    return _shape_problems(len(polys), [polygon_area_perimeter_m(q) for q in polys], p, widths, lambda: polys)
 
 
 def _polygons(geom: BaseGeometry) -> list[shapely.Polygon]:
     return list(getattr(geom, "geoms", [geom]))
 
 
-def _area_stats(area: Area, polys: list[shapely.Polygon]) -> list[tuple[float, float]]:
-    """The geodesic (m², m) of ``polys``, the pieces of ``area`` (:func:`_pieces`): from the area's own rings
-    when the pieces are its polygons (the same figures, without shapely's coordinates in between)."""
-    lo, _, hi, _ = area.bbox
-    if area.poly_ptr.shape[0] > 2 and hi - lo > 180:  # joined at the antimeridian: other polygons than the rings'
+def _area_stats(area: Area, polys: list[shapely.Polygon] | None) -> list[tuple[float, float]]:
+    """The geodesic (m², m) of the pieces of ``area`` (:func:`_pieces`; ``polys``, when joined at the
+    antimeridian): from the area's own rings when the pieces are its polygons (the same figures, without
+    shapely's coordinates in between)."""
+    if polys is not None and _split(area):  # joined at the antimeridian: other polygons than the rings'
         return [polygon_area_perimeter_m(q) for q in polys]
     return [(a, p) for a, p in area_perimeter(area.xs, area.ys, area.ring_ptr, area.poly_ptr).tolist()]
 
@@ -168,14 +176,10 @@ def _metres(polys: list[shapely.Polygon]) -> list[shapely.Polygon]:
     if not polys:
         return []
     geoms = np.array(polys, dtype=object)
-    a, f = GEOD.a, GEOD.f
-    e2 = f * (2 - f)
     frames = []
     for x0, y0, x1, y1 in shapely.bounds(geoms).tolist():
         lng0, lat0 = (x0 + x1) / 2, (y0 + y1) / 2
-        s = 1 - e2 * math.sin(math.radians(lat0)) ** 2
-        frames.append((lng0, lat0, math.radians(a / math.sqrt(s) * math.cos(math.radians(lat0))),
-                       math.radians(a * (1 - e2) / s ** 1.5)))
+        frames.append((lng0, lat0, *tangent_scales(lat0, GEOD.a, _E2)))
     frame = np.array(frames)[shapely.get_coordinates(geoms, return_index=True)[1]]
     return list(shapely.transform(geoms, lambda xy: (xy - frame[:, :2]) * frame[:, 2:]))
 
@@ -239,10 +243,12 @@ def _widths(ms: list[shapely.Polygon], p: Policy, groups: np.ndarray | None = No
     return lobes, worst, worst_reach
 
 
-def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float]], p: Policy,
-                    widths: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[tuple[str, str]]:
-    """The shape rules of ``polys`` (with their geodesic (m², m)) under ``p``; ``widths``: their
-    :func:`_widths`, when measured already.
+def _shape_problems(count: int, stats: list[tuple[float, float]], p: Policy,
+                    widths: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                    polys: Callable[[], list[shapely.Polygon]]) -> list[tuple[str, str]]:
+    """The shape rules of an area's ``count`` polygons (with their geodesic (m², m)) under ``p``; ``widths``:
+    theirs (:func:`_measure`), None with more than ``max_parts``; ``polys``: the polygons themselves, asked for
+    only when there are several (their convex hull).
 
     Polygons are numbered as in the area (after joining halves split at the antimeridian). With more polygons
     than ``max_parts`` their widths and strips are not examined: the area is refused already, and a sieve of
@@ -250,9 +256,9 @@ def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float
     """
     out: list[tuple[str, str]] = []
     small = [(a, j) for j, (a, _) in enumerate(stats) if a < p.min_area_sq_mi * SQ_M_PER_SQ_MI]
-    if small and len(polys) > 1:  # one polygon too small is the area-size rule's refusal
+    if small and count > 1:  # one polygon too small is the area-size rule's refusal
         a, j = min(small)
-        out.append(("area_part_too_small", f"{len(small)} of the area's {len(polys)} polygon(s) cover less than "
+        out.append(("area_part_too_small", f"{len(small)} of the area's {count} polygon(s) cover less than "
                                            f"the {p.min_area_sq_mi} sq mi each must cover on its own (polygon {j}: "
                                            f"{a / SQ_M_PER_SQ_MI:.6f} sq mi)"))
     loose = [(4 * math.pi * a / q ** 2, j) for j, (a, q) in enumerate(stats) if a > 0 and q > 0]
@@ -261,9 +267,9 @@ def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float
         c, j = min(flat)
         out.append(("area_not_compact", f"polygon {j} has an isoperimetric ratio 4πA/P² of {c:.3f}, below the "
                                         f"{p.min_compactness} floor (1 for a disc, 0.785 for a square)"))
-    pieces = len(polys)
-    if len(polys) <= p.max_parts:
-        lobes, shares, reaches = widths if widths is not None else _widths(_metres(polys), p)
+    pieces = count
+    if widths is not None:
+        lobes, shares, reaches = widths
         pieces = int(np.maximum(lobes, 1).sum())
         thin = np.flatnonzero(lobes == 0)
         if len(thin):
@@ -281,10 +287,10 @@ def _shape_problems(polys: list[shapely.Polygon], stats: list[tuple[float, float
         out.append(("area_too_many_parts", f"the area has {pieces} pieces, more than the {p.max_parts} allowed "
                                            f"(a piece is a polygon, or a lobe of one joined to the rest only by "
                                            f"necks narrower than {p.min_width_m:g} m)"))
-    if len(polys) > 1:
-        hull, _ = polygon_area_perimeter_m(shapely.convex_hull(shapely.MultiPolygon(polys)))
+    if count > 1:
+        hull, _ = polygon_area_perimeter_m(shapely.convex_hull(shapely.MultiPolygon(polys())))
         if hull > p.max_area_sq_mi * SQ_M_PER_SQ_MI:
-            out.append(("area_footprint", f"the area's {len(polys)} polygons span {hull / SQ_M_PER_SQ_MI:.4f} sq mi "
+            out.append(("area_footprint", f"the area's {count} polygons span {hull / SQ_M_PER_SQ_MI:.4f} sq mi "
                                           f"(their convex hull), more than the {p.max_area_sq_mi} sq mi an area "
                                           f"may cover"))
     return out
@@ -352,39 +358,95 @@ RULE_CODES = (
 @dataclass(frozen=True)
 class PreparedArea:
     """A request's area parsed and measured for the rules (:func:`prepare_areas`): the area or why it is not one,
-    its polygons with their geodesic (m², m), and their widths (None with more polygons than the rules examine)."""
+    how many polygons it has (after joining halves split at the antimeridian) with their geodesic (m², m), and
+    their widths (None with more polygons than the rules examine). :attr:`polys`, the polygons, are made when
+    first asked for: the compiled widths (:mod:`kernels.widths`) judge a typical area without them."""
 
     area: Area | None
     error: str | None
-    polys: list[shapely.Polygon]
+    count: int
     stats: list[tuple[float, float]]
     widths: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    _polys: list[shapely.Polygon] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def polys(self) -> list[shapely.Polygon]:
+        polys = self._polys
+        if polys is None:
+            polys = _pieces(self.area.geometry) if self.area is not None else []
+            object.__setattr__(self, "_polys", polys)  # a cache: the same polygons every time
+        return polys
 
 
-def prepare_areas(areas: Sequence[Any], policy: Policy | None = None) -> list[PreparedArea]:
-    """The areas of several requests made ready for :func:`validate`, their widths measured together (each
-    shapely call once for all of them: a batch pays the per-call cost once, not once a request)."""
+
+def _split(area: Area) -> bool:
+    """Whether ``area``'s polygons are the parts of one split at the antimeridian (:func:`_crosses`)."""
+    if area.poly_ptr.shape[0] <= 2:
+        return False
+    lo, _, hi, _ = area.bbox
+    return bool(hi - lo > 180)
+
+
+def _measure(areas: list[tuple[Area, list[shapely.Polygon] | None]], p: Policy, compiled: bool = True
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """The widths (:func:`_widths`) of each area's polygons, None with none or more than ``max_parts``; each
+    area given with its polygons (:func:`_pieces`), or None to take them from the area when needed.
+
+    An area whose polygons are its own (not joined at the antimeridian) and which :mod:`kernels.widths`
+    certifies polygon by polygon is measured there: one lobe each, no narrow strip (worst share inf, reach nan),
+    the verdicts GEOS's measure gives. Every other area goes through GEOS, all its polygons together (so that
+    its strip budget is the same), the areas' polygons in each shapely call together."""
+    r = p.min_width_m / 2
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * len(areas)
+    todo: list[tuple[int, list[shapely.Polygon]]] = []
+    for k, (area, polys) in enumerate(areas):
+        n = len(polys) if polys is not None else area.poly_ptr.shape[0] - 1
+        if not 0 < n <= p.max_parts:
+            continue
+        if compiled and not _split(area):
+            codes = np.empty(n, np.int64)
+            certify_widths(area.xs, area.ys, area.ring_ptr, area.poly_ptr, GEOD.a, _E2, r, p.min_strip_ratio,
+                           codes)
+            if (codes == CERTIFIED).all():
+                out[k] = (np.ones(n, np.int64), np.full(n, np.inf), np.full(n, np.nan))
+                continue
+        todo.append((k, polys if polys is not None else _pieces(area.geometry)))
+    if todo:
+        groups = np.repeat([k for k, _ in todo], [len(polys) for _, polys in todo])
+        lobes, shares, reaches = _widths(_metres([q for _, polys in todo for q in polys]), p, groups)
+        first = 0
+        for k, polys in todo:
+            n = len(polys)
+            out[k] = (lobes[first:first + n], shares[first:first + n], reaches[first:first + n])
+            first += n
+    return out
+
+
+def prepare_areas(areas: Sequence[Any], policy: Policy | None = None, *, compiled: bool = True
+                  ) -> list[PreparedArea]:
+    """The areas of several requests made ready for :func:`validate`, their widths measured together (in
+    compiled code where :mod:`kernels.widths` certifies them, else each shapely call once for all of them: a
+    batch pays the per-call cost once, not once a request). ``compiled=False``: every width by GEOS."""
     p = policy or Policy()
-    parsed: list[tuple[Area | None, str | None, list[shapely.Polygon]]] = []
-    for area in Area.parse_many(areas, max_vertices=p.max_vertices):
-        if isinstance(area, DispatchError):
-            parsed.append((None, str(area), []))
-        elif isinstance(area, Exception):
-            parsed.append((None, f"unusable area: {type(area).__name__}", []))
+    parsed: list[tuple[Area | None, str | None, list[shapely.Polygon] | None]] = []
+    for got in Area.parse_many(areas, max_vertices=p.max_vertices):
+        if isinstance(got, DispatchError):
+            parsed.append((None, str(got), []))
+        elif isinstance(got, Exception):
+            parsed.append((None, f"unusable area: {type(got).__name__}", []))
         else:
-            parsed.append((area, None, _pieces(area.geometry)))
-    measured = [k for k, (_, _, polys) in enumerate(parsed) if 0 < len(polys) <= p.max_parts]
-    ms = _metres([q for k in measured for q in parsed[k][2]])
-    groups = np.repeat(np.arange(len(measured)), [len(parsed[k][2]) for k in measured])
-    lobes, shares, reaches = _widths(ms, p, groups) if ms else (np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
-    widths: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    first = 0
-    for k in measured:
-        n = len(parsed[k][2])
-        widths[k] = (lobes[first:first + n], shares[first:first + n], reaches[first:first + n])
-        first += n
-    return [PreparedArea(area, error, polys, _area_stats(area, polys) if area is not None else [], widths.get(k))
-            for k, (area, error, polys) in enumerate(parsed)]
+            parsed.append((got, None, _pieces(got.geometry) if _split(got) else None))
+    valid = [(k, area, polys) for k, (area, _, polys) in enumerate(parsed) if area is not None]
+    measured = _measure([(area, polys) for _, area, polys in valid], p, compiled)
+    widths = {k: got for (k, _, _), got in zip(valid, measured, strict=True)}
+    out = []
+    for k, (area, error, polys) in enumerate(parsed):
+        if area is None:
+            out.append(PreparedArea(None, error, 0, [], None, []))
+            continue
+        count = len(polys) if polys is not None else area.poly_ptr.shape[0] - 1
+        out.append(PreparedArea(area, None, count, _area_stats(area, polys), widths[k], polys))
+    return out
 
 
 def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, now: datetime,
@@ -460,7 +522,7 @@ def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, n
         if not p.min_area_sq_mi <= sq_mi <= p.max_area_sq_mi:
             v.append(("area_size", f"area of {sq_mi:.4f} sq mi is outside {p.min_area_sq_mi} .. "
                                    f"{p.max_area_sq_mi} sq mi"))
-        v.extend(_shape_problems(prep.polys, prep.stats, p, prep.widths))
+        v.extend(_shape_problems(prep.count, prep.stats, p, prep.widths, lambda: prep.polys))
         if agency is not None and not jurisdiction_covers(agency.jurisdiction, area):
             v.append(("outside_jurisdiction", f"area is not inside the jurisdiction of {agency.agency_id}"))
     if v:
