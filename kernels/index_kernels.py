@@ -24,7 +24,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernels.geometry import BOX_IN, BOX_MIXED, BOX_OUT, WORK_SIZE, classify_box, covers_point
-from kernels.h3core import cell_to_parent
+from kernels.h3core import cell_to_parent, invalid_latlng
 
 SHARING = np.uint8(1)
 DELETED = np.uint8(2)
@@ -354,18 +354,40 @@ def permute_cameras(inverse, chunks, lng, lat, installed, removed, retention, sh
 
 
 @njit(cache=True, parallel=True)
-def epoch_seconds(raw: np.ndarray, epoch: int, null_value: int, out: np.ndarray) -> int:
-    """``raw - epoch`` (Unix seconds to seconds since ``epoch``) into the int32 ``out``, in one parallel pass;
-    returns how many values do not fit, where a value equal to ``null_value`` after the shift (a null filled in)
-    always fits. ``out`` holds nothing meaningful where one does not."""
+def epoch_seconds(raw: np.ndarray, valid: np.ndarray, scale: int, epoch: int, null_value: int,
+                  out: np.ndarray) -> int:
+    """Times in units of ``1 / scale`` s since the Unix epoch (``raw``, int64) as int32 seconds since ``epoch``
+    into ``out``, in one parallel pass; where ``valid`` (bool, or empty: every value) is False, ``null_value``.
+    Returns how many values are not whole seconds or do not fit, where a value equal to ``null_value`` after the
+    shift always fits. ``out`` holds nothing meaningful where one does not."""
     lo = np.int64(np.iinfo(np.int32).min + 1)
     hi = np.int64(np.iinfo(np.int32).max - 1)
+    every = valid.shape[0] == 0
     bad = 0
     for i in prange(raw.shape[0]):
-        v = np.int64(raw[i]) - epoch
-        if (v < lo or v > hi) and v != null_value:
+        if not every and not valid[i]:
+            out[i] = np.int32(null_value)
+            continue
+        r = np.int64(raw[i])
+        v = r // scale - epoch
+        if r % scale != 0 or ((v < lo or v > hi) and v != null_value):
             bad += 1
         out[i] = np.int32(v)
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def camera_checks(lat: np.ndarray, lng: np.ndarray, installed: np.ndarray, removed: np.ndarray,
+                  retention: np.ndarray, o_retention: np.ndarray) -> int:
+    """The data model's per-camera rules in one parallel pass over the columns: coordinates finite and in range,
+    not removed before installed, retention positive (copied into the uint16 ``o_retention``). Returns how many
+    cameras break one; which, and how, is for the caller to find (only then)."""
+    bad = 0
+    for i in prange(lat.shape[0]):
+        r = retention[i]
+        if invalid_latlng(lat[i], lng[i]) or removed[i] < installed[i] or r <= 0:
+            bad += 1
+        o_retention[i] = np.uint16(r)
     return bad
 
 
