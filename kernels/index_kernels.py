@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit, prange, types
 from numba.core import cgutils
+from numba.cpython.unsafe.numbers import leading_zeros
 from numba.extending import intrinsic
 
 from kernels.geometry import BOX_IN, BOX_MIXED, BOX_OUT, WORK_SIZE, classify_box, covers_point
@@ -65,19 +66,23 @@ def split_levels(cells: np.ndarray, levels: np.ndarray) -> np.ndarray:
     differs from the previous point's (0 for the first point; ``len(levels)`` when the two cells are the same), in
     one parallel pass. Two cells at one resolution share their ancestor at ``r`` exactly when they agree in every
     bit above the digits finer than ``r`` (mode, resolution, base cell, digits 1..r), and an ancestor that differs
-    at one level differs at every finer one, so a point starts a node at level ``d`` exactly when this is <= d."""
+    at one level differs at every finer one, so a point starts a node at level ``d`` exactly when this is <= d;
+    the level is read from a table by the highest bit in which the two cells differ."""
     n = cells.shape[0]
     nl = levels.shape[0]
+    by_bit = np.empty(65, dtype=np.uint8)  # by_bit[b]: the first level whose ancestors differ in bit b - 1
+    by_bit[0] = nl  # no bit differs
+    for b in range(64):
+        d = 0
+        while d < nl and b < 3 * (15 - levels[d]):
+            d += 1
+        by_bit[b + 1] = d
     out = np.empty(n, dtype=np.uint8)
     for i in prange(n):
         if i == 0:
             out[i] = 0
-            continue
-        x = cells[i] ^ cells[i - 1]
-        d = 0
-        while d < nl and (x >> np.uint64(3 * (15 - levels[d]))) == np.uint64(0):
-            d += 1
-        out[i] = d
+        else:
+            out[i] = by_bit[64 - leading_zeros(cells[i] ^ cells[i - 1])]
     return out
 
 
