@@ -21,10 +21,11 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit, prange, types
 from numba.core import cgutils
+from numba.cpython.unsafe.numbers import leading_zeros
 from numba.extending import intrinsic
 
 from kernels.geometry import BOX_IN, BOX_MIXED, BOX_OUT, WORK_SIZE, classify_box, covers_point
-from kernels.h3core import cell_to_parent
+from kernels.h3core import cell_to_parent, invalid_latlng
 
 SHARING = np.uint8(1)
 DELETED = np.uint8(2)
@@ -59,19 +60,87 @@ def _grow_pairs(a: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
+@njit(cache=True, parallel=True)
+def split_levels(cells: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """For each point of ``cells`` (ascending, all at ``levels[-1]``), the first level at which its cell's ancestor
+    differs from the previous point's (0 for the first point; ``len(levels)`` when the two cells are the same), in
+    one parallel pass. Two cells at one resolution share their ancestor at ``r`` exactly when they agree in every
+    bit above the digits finer than ``r`` (mode, resolution, base cell, digits 1..r), and an ancestor that differs
+    at one level differs at every finer one, so a point starts a node at level ``d`` exactly when this is <= d;
+    the level is read from a table by the highest bit in which the two cells differ."""
+    n = cells.shape[0]
+    nl = levels.shape[0]
+    by_bit = np.empty(65, dtype=np.uint8)  # by_bit[b]: the first level whose ancestors differ in bit b - 1
+    by_bit[0] = nl  # no bit differs
+    for b in range(64):
+        d = 0
+        while d < nl and b < 3 * (15 - levels[d]):
+            d += 1
+        by_bit[b + 1] = d
+    out = np.empty(n, dtype=np.uint8)
+    for i in prange(n):
+        if i == 0:
+            out[i] = 0
+        else:
+            out[i] = by_bit[64 - leading_zeros(cells[i] ^ cells[i - 1])]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _leaf_boxes(xy: np.ndarray, pt: np.ndarray, kids: np.ndarray, box: np.ndarray) -> None:
+    """The bounding box of each leaf's points (``box`` float64 ``x0 y0 x1 y1``), the leaves in parallel."""
+    for k in prange(box.shape[0]):
+        if kids[k, 1] > kids[k, 0]:
+            continue
+        x0 = np.inf
+        y0 = np.inf
+        x1 = -np.inf
+        y1 = -np.inf
+        for q in range(pt[k, 0], pt[k, 1]):
+            x0 = min(x0, xy[q, 0])
+            y0 = min(y0, xy[q, 1])
+            x1 = max(x1, xy[q, 0])
+            y1 = max(y1, xy[q, 1])
+        box[k, 0] = x0
+        box[k, 1] = y0
+        box[k, 2] = x1
+        box[k, 3] = y1
+
+
+@njit(cache=True, parallel=True)
+def _inner_boxes(kids: np.ndarray, box: np.ndarray, lo: int, hi: int) -> None:
+    """The boxes of the inner nodes among ``lo:hi`` (one level, whose children's boxes are done), in parallel."""
+    for k in prange(lo, hi):
+        c0 = kids[k, 0]
+        if kids[k, 1] <= c0:
+            continue
+        for j in range(4):
+            box[k, j] = box[c0, j]
+        for c in range(c0 + 1, kids[k, 1]):
+            box[k, 0] = min(box[k, 0], box[c, 0])
+            box[k, 1] = min(box[k, 1], box[c, 1])
+            box[k, 2] = max(box[k, 2], box[c, 2])
+            box[k, 3] = max(box[k, 3], box[c, 3])
+
+
 @njit(cache=True)
 def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: int):  # type: ignore[no-untyped-def]
     """The adaptive hierarchy over points sorted by their cell at ``levels[-1]``.
 
     Returns ``(node_cell, box, pt, kids, n_top)``; ``box`` is float64 here (the caller rounds it
-    outwards to float32). Nodes are numbered level by level, so every node's children are contiguous.
+    outwards to float32). Nodes are numbered level by level, so every node's children are contiguous. Where
+    nodes split comes from :func:`split_levels` (a parallel pass; the walk below then reads one byte a point and
+    computes a parent only per node), and the boxes are filled in parallel, leaves first, then each level's inner
+    nodes from the deepest up.
     """
     n = cells.shape[0]
+    split = split_levels(cells, levels)
     size = max(16, n // 8)
     node_cell = np.empty(size, dtype=np.uint64)
     pt = np.zeros((size, 2), dtype=np.int64)
     kids = np.zeros((size, 2), dtype=np.int64)
     depth = np.zeros(size, dtype=np.int64)
+    level_end = np.zeros(levels.shape[0] + 1, dtype=np.int64)  # nodes of level d: level_end[d]:level_end[d + 1]
     m = 0
     head = -1  # -1: the virtual root, whose children are the top level
     while head < m:
@@ -83,23 +152,24 @@ def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: 
                 head += 1
                 continue
             kids[head, 0] = m
-        res = levels[li + 1]
+        d = li + 1
+        res = levels[d]
         i = lo
         while i < hi:
-            p = cell_to_parent(cells[i], res)
             j = i + 1
-            while j < hi and cell_to_parent(cells[j], res) == p:
+            while j < hi and split[j] > d:
                 j += 1
             if m == node_cell.shape[0]:
                 node_cell = _grow(node_cell, m)
                 pt = _grow_pairs(pt, m)
                 kids = _grow_pairs(kids, m)
                 depth = _grow(depth, m)
-            node_cell[m] = p
+            node_cell[m] = cell_to_parent(cells[i], res)
             pt[m, 0] = i
             pt[m, 1] = j
-            depth[m] = li + 1
+            depth[m] = d
             m += 1
+            level_end[d + 1] = m
             i = j
         if head >= 0:
             kids[head, 1] = m
@@ -107,32 +177,14 @@ def build_tree(cells: np.ndarray, xy: np.ndarray, levels: np.ndarray, capacity: 
     n_top = 0
     while n_top < m and depth[n_top] == 0:
         n_top += 1
+    pt = pt[:m].copy()
+    kids = kids[:m].copy()
     box = np.empty((m, 4), dtype=np.float64)
-    for k in range(m - 1, -1, -1):  # children have larger numbers: fill bottom-up
-        if kids[k, 1] > kids[k, 0]:
-            c0 = kids[k, 0]
-            for j in range(4):
-                box[k, j] = box[c0, j]
-            for c in range(c0 + 1, kids[k, 1]):
-                box[k, 0] = min(box[k, 0], box[c, 0])
-                box[k, 1] = min(box[k, 1], box[c, 1])
-                box[k, 2] = max(box[k, 2], box[c, 2])
-                box[k, 3] = max(box[k, 3], box[c, 3])
-        else:
-            x0 = np.inf
-            y0 = np.inf
-            x1 = -np.inf
-            y1 = -np.inf
-            for q in range(pt[k, 0], pt[k, 1]):
-                x0 = min(x0, xy[q, 0])
-                y0 = min(y0, xy[q, 1])
-                x1 = max(x1, xy[q, 0])
-                y1 = max(y1, xy[q, 1])
-            box[k, 0] = x0
-            box[k, 1] = y0
-            box[k, 2] = x1
-            box[k, 3] = y1
-    return node_cell[:m].copy(), box, pt[:m].copy(), kids[:m].copy(), n_top
+    _leaf_boxes(xy, pt, kids, box)
+    for d in range(levels.shape[0] - 1, -1, -1):  # children have larger numbers: fill bottom-up, a level at once
+        if level_end[d + 1] > level_end[d]:  # levels below the deepest have no nodes (both ends 0 past it)
+            _inner_boxes(kids, box, level_end[d], level_end[d + 1])
+    return node_cell[:m].copy(), box, pt, kids, n_top
 
 
 @njit(cache=True, parallel=True)
@@ -181,13 +233,13 @@ def _chunk_offsets(counts: np.ndarray) -> None:
             total += v
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def node_records(box: np.ndarray, pt: np.ndarray, kids: np.ndarray, out: np.ndarray) -> None:
     """Fill :data:`NODE_DTYPE` records from :func:`build_tree`'s arrays, each float64 box rounded outwards to the
-    float32 box that contains it (minima down, maxima up)."""
+    float32 box that contains it (minima down, maxima up), the nodes in parallel."""
     down = np.float32(-np.inf)
     up = np.float32(np.inf)
-    for k in range(box.shape[0]):
+    for k in prange(box.shape[0]):
         x0 = np.float32(box[k, 0])
         if np.float64(x0) > box[k, 0]:
             x0 = np.nextafter(x0, down)
@@ -307,18 +359,40 @@ def permute_cameras(inverse, chunks, lng, lat, installed, removed, retention, sh
 
 
 @njit(cache=True, parallel=True)
-def epoch_seconds(raw: np.ndarray, epoch: int, null_value: int, out: np.ndarray) -> int:
-    """``raw - epoch`` (Unix seconds to seconds since ``epoch``) into the int32 ``out``, in one parallel pass;
-    returns how many values do not fit, where a value equal to ``null_value`` after the shift (a null filled in)
-    always fits. ``out`` holds nothing meaningful where one does not."""
+def epoch_seconds(raw: np.ndarray, valid: np.ndarray, scale: int, epoch: int, null_value: int,
+                  out: np.ndarray) -> int:
+    """Times in units of ``1 / scale`` s since the Unix epoch (``raw``, int64) as int32 seconds since ``epoch``
+    into ``out``, in one parallel pass; where ``valid`` (bool, or empty: every value) is False, ``null_value``.
+    Returns how many values are not whole seconds or do not fit, where a value equal to ``null_value`` after the
+    shift always fits. ``out`` holds nothing meaningful where one does not."""
     lo = np.int64(np.iinfo(np.int32).min + 1)
     hi = np.int64(np.iinfo(np.int32).max - 1)
+    every = valid.shape[0] == 0
     bad = 0
     for i in prange(raw.shape[0]):
-        v = np.int64(raw[i]) - epoch
-        if (v < lo or v > hi) and v != null_value:
+        if not every and not valid[i]:
+            out[i] = np.int32(null_value)
+            continue
+        r = np.int64(raw[i])
+        v = r // scale - epoch
+        if r % scale != 0 or ((v < lo or v > hi) and v != null_value):
             bad += 1
         out[i] = np.int32(v)
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def camera_checks(lat: np.ndarray, lng: np.ndarray, installed: np.ndarray, removed: np.ndarray,
+                  retention: np.ndarray, o_retention: np.ndarray) -> int:
+    """The data model's per-camera rules in one parallel pass over the columns: coordinates finite and in range,
+    not removed before installed, retention positive (copied into the uint16 ``o_retention``). Returns how many
+    cameras break one; which, and how, is for the caller to find (only then)."""
+    bad = 0
+    for i in prange(lat.shape[0]):
+        r = retention[i]
+        if invalid_latlng(lat[i], lng[i]) or removed[i] < installed[i] or r <= 0:
+            bad += 1
+        o_retention[i] = np.uint16(r)
     return bad
 
 

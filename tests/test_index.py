@@ -22,7 +22,7 @@ from dispatcher.errors import (
 from dispatcher.geo import h3 as h3x
 from dispatcher.geo.area import Area
 from dispatcher.index import CAMERA_SCHEMA, CameraIndex, IndexConfig
-from dispatcher.index.schema import window_us
+from dispatcher.index.schema import EVENT_SCHEMA, camera_columns, event_columns, window_us
 from tests import data
 from tests.polygons import areas, boundary_points
 from tests.workers import run_workers
@@ -206,6 +206,59 @@ def test_unknown_owner_and_unknown_event_camera_and_lossy_times():
         CameraIndex.build(lossy)
     with pytest.raises(InvalidData, match="missing column"):
         CameraIndex.build(cams.drop_columns(["lat"]))
+
+
+def _in_unit(table: pa.Table, unit: str, pieces: int) -> pa.Table:
+    """``table`` with its times in ``unit`` and its rows in ``pieces`` chunks, each a slice of a larger array."""
+    out = table
+    for name in ("installed_at", "removed_at"):
+        out = out.set_column(out.schema.get_field_index(name), name,
+                             out.column(name).cast(pa.timestamp(unit, tz="UTC")))
+    n = out.num_rows
+    cuts = np.linspace(0, n, pieces + 1).astype(int)
+    padded = pa.concat_tables([out.slice(0, 1), out, out.slice(0, 1)]).combine_chunks()  # slices keep an offset
+    return pa.concat_tables([padded.slice(1 + a, b - a) for a, b in zip(cuts[:-1], cuts[1:])])
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_columns_and_errors_the_same_in_every_time_unit_and_chunking(unit):
+    cams = data.cameras(60, seed=5)
+    removed = cams.column("removed_at")
+    assert 0 < removed.null_count < len(removed)  # both kinds of removal time go through the chunks
+    want = camera_columns(cams)
+    got = camera_columns(_in_unit(cams, unit, 4))
+    for name in ("camera_id", "owner_id", "lat", "lng", "installed", "removed", "retention_days", "sharing"):
+        a, b = getattr(want, name), getattr(got, name)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    events = pa.table({"camera_id": cams.column("camera_id").slice(0, 3),
+                       "ts": pa.array([NOW] * 3, pa.timestamp("s", tz="UTC")).cast(pa.timestamp(unit, tz="UTC"))})
+    assert event_columns(events)[1].tolist() == event_columns(events.cast(EVENT_SCHEMA))[1].tolist()
+
+    def message(table: pa.Table) -> str:
+        with pytest.raises(InvalidData) as err:
+            camera_columns(table)
+        return str(err.value)
+
+    # one broken rule: named as in seconds; two: the first of the rules' order, whichever the unit
+    lat = cams.column("lat").to_numpy().copy()
+    lat[7] = np.nan
+    bad_lat = cams.set_column(cams.schema.get_field_index("lat"), "lat", pa.array(lat))
+    early = cams.column("installed_at").cast(pa.int64()).to_numpy() - 86_400
+    bad_removed = cams.set_column(cams.schema.get_field_index("removed_at"), "removed_at",
+                                  pa.array(early, pa.int64()).cast(pa.timestamp("s", tz="UTC")))
+    both = bad_removed.set_column(bad_removed.schema.get_field_index("lat"), "lat", pa.array(lat))
+    for table, expected in ((bad_lat, "out-of-range lat/lng"), (bad_removed, "removed_at before installed_at"),
+                            (both, "out-of-range lat/lng")):
+        assert message(_in_unit(table, unit, 3)) == message(table)
+        assert expected in message(table)
+    if unit != "s":
+        fine = _in_unit(bad_lat, unit, 3)
+        at = fine.schema.get_field_index("installed_at")
+        lossy = fine.set_column(at, "installed_at", pa.compute.add(fine.column(at), pa.scalar(1, pa.duration(unit))))
+        assert "does not convert exactly" in message(lossy)  # the cast's rule comes before the coordinates'
+        ev_lossy = events.set_column(1, "ts", pa.compute.add(events.column("ts"), pa.scalar(1, pa.duration(unit))))
+        with pytest.raises(InvalidData, match="does not convert exactly"):
+            event_columns(ev_lossy)
 
 
 class Mirror:

@@ -66,10 +66,13 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     return pa.Table.from_arrays(list(cols.values()), schema=schema)
 
 
-def conform_columns(table: pa.Table, schema: pa.Schema, what: str) -> dict[str, pa.ChunkedArray]:
+def conform_columns(table: pa.Table, schema: pa.Schema, what: str,
+                    any_unit: bool = False) -> dict[str, pa.ChunkedArray]:
     """``table``'s columns cast to ``schema``, by name; unknown or missing columns, nulls where the schema
     has none, casts that change a value's kind (text to numbers, floats to integers, naive to aware times: see
-    :func:`_kind_refusal`) and lossy casts raise, naming the column."""
+    :func:`_kind_refusal`) and lossy casts raise, naming the column. With ``any_unit``, aware timestamps are
+    left in their own unit (:func:`epoch_seconds` converts them, and finds the values that are not whole
+    seconds, without an Arrow cast)."""
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise InvalidData(f"{what}: missing column(s) {missing}; expected {schema.names}")
@@ -81,11 +84,12 @@ def conform_columns(table: pa.Table, schema: pa.Schema, what: str) -> dict[str, 
         col = table.column(field.name)
         if not col.type.equals(field.type):
             _check_kind(col.type, field, what)
-            try:
-                col = col.cast(field.type, safe=True)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise InvalidData(f"{what}: column {field.name!r} of type {col.type} does not convert "
-                                  f"exactly to {field.type}: {exc}") from None
+            if not (any_unit and pa.types.is_timestamp(col.type) and pa.types.is_timestamp(field.type)):
+                try:
+                    col = col.cast(field.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise InvalidData(f"{what}: column {field.name!r} of type {col.type} does not convert "
+                                      f"exactly to {field.type}: {exc}") from None
         if not field.nullable and col.null_count:
             rows = np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))
             raise InvalidData(f"{what}: column {field.name!r} has {col.null_count} null(s), at row(s) {_shown(rows)}")
@@ -133,12 +137,39 @@ def _check_kind(src: pa.DataType, field: pa.Field, what: str) -> None:
         raise InvalidData(f"{what}: column {field.name!r} is {src}, expected {field.type}: {reason}")
 
 
+#: Units of an Arrow timestamp a second.
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_ALL_VALID = np.empty(0, np.bool_)
+
+
+def epoch_seconds(col: pa.ChunkedArray, null_value: int, out: np.ndarray) -> int:
+    """An aware timestamp column, in any unit, as int32 seconds since :data:`EPOCH` into ``out``, nulls as
+    ``null_value``, chunk by chunk from Arrow's buffers (no cast, no copy of the values); returns how many values
+    are not whole seconds or fall outside the int32 range (``out`` is then not meaningful there)."""
+    scale = _PER_SECOND[col.type.unit]
+    bad = 0
+    at = 0
+    for chunk in col.chunks:
+        m = len(chunk)
+        if m:
+            buf = chunk.buffers()[1]
+            if buf is None:  # no values at all: every one null
+                values = np.zeros(m, dtype=np.int64)
+            else:
+                values = np.frombuffer(buf, dtype=np.int64, count=chunk.offset + m)[chunk.offset:]
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else _ALL_VALID
+            bad += K.epoch_seconds(values, valid, scale, EPOCH_UNIX_S, null_value, out[at:at + m])
+        at += m
+    return bad
+
+
 def _ts_to_epoch_s(col: pa.ChunkedArray, null_value: int, what: str, name: str,
                    ids: np.ndarray) -> np.ndarray:
-    """Seconds since :data:`EPOCH` as int32; nulls become ``null_value``; out-of-range values raise."""
-    raw = col.cast(pa.int64()).fill_null(null_value + EPOCH_UNIX_S).to_numpy()
-    out = np.empty(raw.shape[0], dtype=np.int32)
-    if K.epoch_seconds(raw, EPOCH_UNIX_S, null_value, out):  # one pass; the rows are found only to be named
+    """Seconds since :data:`EPOCH` as int32 of a column in whole seconds; nulls become ``null_value``;
+    out-of-range values raise."""
+    out = np.empty(len(col), dtype=np.int32)
+    if epoch_seconds(col, null_value, out):  # one pass; the rows are found only to be named
+        raw = col.cast(pa.int64()).fill_null(null_value + EPOCH_UNIX_S).to_numpy()
         shifted = raw - EPOCH_UNIX_S
         rows = np.flatnonzero(((shifted < _T_MIN) | (shifted > _T_MAX)) & (shifted != null_value))
         raise InvalidData(f"{what}: {name} outside 1931-12-14..2068-01-18 for id(s) {_shown(ids[rows])}")
@@ -200,9 +231,48 @@ def located(table: pa.Table, what: str) -> pa.Table:
 
 def camera_columns(table: pa.Table, owners: pa.Table | None = None) -> CameraColumns:
     """Validate a cameras table (and its owners, when given) and return its columns as numpy arrays. The points
-    are ``lat`` and ``lng`` columns or one geometry column of WGS84 points (:func:`located`)."""
+    are ``lat`` and ``lng`` columns or one geometry column of WGS84 points (:func:`located`).
+
+    The rules are checked in a few compiled passes (:func:`_checked_columns`); only when one breaks are they
+    checked again one by one, in their order, to name the first broken one and its rows."""
+    plain = located(table, "cameras")
+    cols = _checked_columns(plain, owners)
+    return cols if cols is not None else _named_columns(plain, owners)
+
+
+def _checked_columns(table: pa.Table, owners: pa.Table | None) -> CameraColumns | None:
+    """:func:`camera_columns`, or None when a rule before the ids' uniqueness breaks: the times converted from
+    their own unit without a cast, and coordinates, removal after installation and positive retention checked in
+    one parallel pass."""
     what = "cameras"
-    c = conform_columns(located(table, what), CAMERA_SCHEMA, what)
+    try:
+        c = conform_columns(table, CAMERA_SCHEMA, what, any_unit=True)
+    except InvalidData:
+        return None  # the first error, named in the order of the rules
+    n = table.num_rows
+    installed = np.empty(n, dtype=np.int32)
+    removed = np.empty(n, dtype=np.int32)
+    if epoch_seconds(c["installed_at"], 0, installed) or epoch_seconds(c["removed_at"], int(NOT_REMOVED), removed):
+        return None
+    lat = c["lat"].to_numpy()
+    lng = c["lng"].to_numpy()
+    retention = np.empty(n, dtype=np.uint16)
+    if K.camera_checks(lat, lng, installed, removed, c["retention_days"].to_numpy(), retention):
+        return None
+    ids = c["camera_id"].to_numpy()
+    check_unique(ids, "cameras.camera_id")
+    owner_id = c["owner_id"].to_numpy()
+    if owners is not None:
+        check_known_owners(owner_id, ids, owner_table_ids(owners))
+    return CameraColumns(camera_id=ids, owner_id=owner_id, lat=lat, lng=lng, installed=installed, removed=removed,
+                         retention_days=retention,
+                         sharing=c["sharing_enabled"].to_numpy(zero_copy_only=False).astype(np.bool_, copy=False))
+
+
+def _named_columns(table: pa.Table, owners: pa.Table | None) -> CameraColumns:
+    """:func:`camera_columns` rule by rule, each broken one raising with the rows that break it."""
+    what = "cameras"
+    c = conform_columns(table, CAMERA_SCHEMA, what)
     ids = c["camera_id"].to_numpy()
     lat = c["lat"].to_numpy()
     lng = c["lng"].to_numpy()
@@ -263,10 +333,17 @@ def check_known_owners(owner_id: np.ndarray, camera_id: np.ndarray, known: np.nd
 
 def event_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Validated motion events as (camera_id int64, ts int32 seconds since EPOCH)."""
-    c = conform_columns(table, EVENT_SCHEMA, "events")
+    try:  # the times from their own unit, without a cast
+        c = conform_columns(table, EVENT_SCHEMA, "events", any_unit=True)
+        cam = c["camera_id"].to_numpy()
+        ts = np.empty(cam.shape[0], dtype=np.int32)
+        if not epoch_seconds(c["ts"], 0, ts):
+            return cam, ts
+    except InvalidData:
+        pass
+    c = conform_columns(table, EVENT_SCHEMA, "events")  # a rule broke: the first, named
     cam = c["camera_id"].to_numpy()
-    ts = _ts_to_epoch_s(c["ts"], 0, "events", "ts", cam)
-    return cam, ts
+    return cam, _ts_to_epoch_s(c["ts"], 0, "events", "ts", cam)
 
 
 _UNIX = datetime(1970, 1, 1, tzinfo=timezone.utc)
