@@ -133,7 +133,7 @@ def area_shape_problems(area: Area, policy: Policy | None = None, *, compiled: b
     ``compiled=False`` measures every width with GEOS (:func:`_widths`), the reference the compiled path
     (:mod:`kernels.widths`) is tested against: the same rules broken, the same messages."""
     p = policy or Policy()
-    polys = _pieces(area.geometry)
+    polys = _pieces(area)
     widths = _measure([(area, polys)], p, compiled)[0]
     return _shape_problems(len(polys), [polygon_area_perimeter_m(q) for q in polys], p, widths, lambda: polys)
 
@@ -151,22 +151,14 @@ def _area_stats(area: Area, polys: list[shapely.Polygon] | None) -> list[tuple[f
     return [(a, p) for a, p in area_perimeter(area.xs, area.ys, area.ring_ptr, area.poly_ptr).tolist()]
 
 
-def _pieces(geom: BaseGeometry) -> list[shapely.Polygon]:
+def _pieces(area: Area) -> list[shapely.Polygon]:
     """The area's polygons, with those split at the antimeridian (RFC 7946 3.1.9) joined again: a western part
     is moved 360° east, so that the halves of one neighbourhood are one polygon for the shape rules."""
-    polys = _polygons(geom)
-    if not _crosses(polys):
+    polys = _polygons(area.geometry)
+    if not _split(area):
         return polys
     moved = [shapely.transform(p, lambda xy: xy + (360.0, 0.0)) if p.bounds[2] <= 0 else p for p in polys]
     return _polygons(shapely.union_all(moved))
-
-
-def _crosses(polys: list[shapely.Polygon]) -> bool:
-    """Whether ``polys`` are the parts of an area split at the antimeridian (they span more than 180°)."""
-    if len(polys) < 2:
-        return False
-    lo, _, hi, _ = shapely.total_bounds(polys)
-    return bool(hi - lo > 180)
 
 
 def _metres(polys: list[shapely.Polygon]) -> list[shapely.Polygon]:
@@ -373,14 +365,13 @@ class PreparedArea:
     def polys(self) -> list[shapely.Polygon]:
         polys = self._polys
         if polys is None:
-            polys = _pieces(self.area.geometry) if self.area is not None else []
+            polys = _pieces(self.area) if self.area is not None else []
             object.__setattr__(self, "_polys", polys)  # a cache: the same polygons every time
         return polys
 
 
-
 def _split(area: Area) -> bool:
-    """Whether ``area``'s polygons are the parts of one split at the antimeridian (:func:`_crosses`)."""
+    """Whether ``area``'s polygons are the parts of one split at the antimeridian (they span more than 180°)."""
     if area.poly_ptr.shape[0] <= 2:
         return False
     lo, _, hi, _ = area.bbox
@@ -410,7 +401,7 @@ def _measure(areas: list[tuple[Area, list[shapely.Polygon] | None]], p: Policy, 
             if (codes == CERTIFIED).all():
                 out[k] = (np.ones(n, np.int64), np.full(n, np.inf), np.full(n, np.nan))
                 continue
-        todo.append((k, polys if polys is not None else _pieces(area.geometry)))
+        todo.append((k, polys if polys is not None else _pieces(area)))
     if todo:
         groups = np.repeat([k for k, _ in todo], [len(polys) for _, polys in todo])
         lobes, shares, reaches = _widths(_metres([q for _, polys in todo for q in polys]), p, groups)
@@ -435,7 +426,7 @@ def prepare_areas(areas: Sequence[Any], policy: Policy | None = None, *, compile
         elif isinstance(got, Exception):
             parsed.append((None, f"unusable area: {type(got).__name__}", []))
         else:
-            parsed.append((got, None, _pieces(got.geometry) if _split(got) else None))
+            parsed.append((got, None, _pieces(got) if _split(got) else None))
     valid = [(k, area, polys) for k, (area, _, polys) in enumerate(parsed) if area is not None]
     measured = _measure([(area, polys) for _, area, polys in valid], p, compiled)
     widths = {k: got for (k, _, _), got in zip(valid, measured, strict=True)}
