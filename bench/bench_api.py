@@ -63,11 +63,21 @@ def _body(rid: str) -> dict[str, Any]:
             "end": (_NOW - timedelta(hours=3)).isoformat()}
 
 
-def wait_for_http(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
-    """Until the server at ``port`` answers (its process still running), or fail with the end of its log."""
-    deadline = time.monotonic() + timeout_s
+def _cpu_s(pid: int) -> float:
+    """The CPU time a process has used (user and system, its ended threads included), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_http(port: int, proc: subprocess.Popen[bytes], log: Path, stall_s: float = 120) -> None:
+    """Until the server at ``port`` answers, however long it takes while it works: the wait ends in failure (the
+    end of its log) only when its process has ended, or has used no CPU for ``stall_s`` (stuck, not starting). A
+    fixed time could not tell a start on a cold Numba cache (every kernel compiled, minutes on a loaded machine)
+    from a hang."""
+    cpu, moved = _cpu_s(proc.pid), time.monotonic()
     while True:
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        assert proc.poll() is None, log.read_text()[-2000:]
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/openapi.json")
@@ -76,6 +86,11 @@ def wait_for_http(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s
             return
         except OSError:
             time.sleep(0.2)
+        now_cpu = _cpu_s(proc.pid)
+        if now_cpu != cpu:
+            cpu, moved = now_cpu, time.monotonic()
+        assert time.monotonic() - moved < stall_s, f"no CPU used for {stall_s} s, not answering: " + \
+            log.read_text()[-2000:]
 
 
 @dataclass
@@ -131,13 +146,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Backend, 
         for proc in procs:
             proc.wait(30)
         backend.close()
-
-
-def _cpu_s(pid: int) -> float:
-    """The CPU time a process has used (user and system, its ended threads included), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(values: list[float]) -> dict[str, float]:

@@ -98,7 +98,7 @@ def doors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Doors]:
                     [sys.executable, "-m", "dispatcher.cli", "serve", *common, "--workers", "2", "--auto-approve"],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             for k, port in enumerate(ports):
-                wait_for_http(port, procs[k], work / f"api-{k}.log", timeout_s=600)
+                wait_for_http(port, procs[k], work / f"api-{k}.log")
             yield _Doors(world, server.url, ports, keys)
         finally:
             _stop(procs)
