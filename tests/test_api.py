@@ -63,6 +63,8 @@ class Api:
     chicago: str
     evanston: str
     reviewer: str
+    #: The Redis the backend is on, or None for the embedded file.
+    url_of_redis: str | None = None
 
     def call(self, method: str, path: str, key: str | None = None, headers: dict[str, str] | None = None,
              **kw: object) -> httpx.Response:
@@ -91,7 +93,7 @@ def api(request: pytest.FixtureRequest, world, tmp_path) -> Iterator[Api]:
             for role, name in [(AGENCY, "il-chicago"), (AGENCY, "il-evanston"), (REVIEWER, "rev-1")]]
     try:
         with serving(create_app(backend)) as url:
-            yield Api(backend, url, *keys)
+            yield Api(backend, url, *keys, url_of_redis=where.get("redis_url"))  # type: ignore[arg-type]
     finally:
         backend.close()
 
@@ -184,6 +186,26 @@ def test_keys_rotate_and_revoke(api: Api) -> None:
     creds.create(AGENCY, "il-chicago", NOW)  # room again for a successor
     with pytest.raises(ApiKeyError, match="no API key"):
         creds.revoke("000000000000", NOW)
+
+
+def test_a_key_revoked_elsewhere_is_refused_at_the_next_call(api: Api, tmp_path) -> None:
+    """The server keeps the principals of keys it has seen; a revocation made on another connection to the store
+    (``api-key revoke`` in another process) must still be refused at the very next call."""
+    from dispatcher.api import open_credentials
+
+    for _ in range(2):  # seen, then answered from what the server kept
+        assert api.call("GET", "/v1/requests", api.chicago).status_code == 200
+    elsewhere = open_credentials(redis_url=api.url_of_redis) if api.url_of_redis else \
+        open_credentials(store=tmp_path / "geodispatch.sqlite")  # the api fixture's file, another connection
+    key_id = next(r.key_id for r in elsewhere.records() if r.name == "il-chicago")
+    elsewhere.revoke(key_id, NOW)
+    assert api.call("GET", "/v1/requests", api.chicago).status_code == 401
+    assert api.call("POST", "/v1/requests", api.chicago, json=body()).status_code == 401 and api.requests() == []
+    assert api.call("GET", "/v1/requests", api.evanston).status_code == 200  # the other keys still work
+    second_id, second = elsewhere.create(AGENCY, "il-chicago", NOW)  # and one made elsewhere works at once
+    assert api.call("POST", "/v1/requests", second, json=body()).status_code == 202
+    elsewhere.revoke(second_id, NOW)
+    assert api.call("GET", "/v1/requests", second).status_code == 401
 
 
 def test_reviewer_approves_and_the_request_is_dispatched(api: Api, world) -> None:
