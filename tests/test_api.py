@@ -189,8 +189,8 @@ def test_keys_rotate_and_revoke(api: Api) -> None:
 
 
 def test_a_key_revoked_elsewhere_is_refused_at_the_next_call(api: Api, tmp_path) -> None:
-    """The server keeps the principals of keys it has seen; a revocation made on another connection to the store
-    (``api-key revoke`` in another process) must still be refused at the very next call."""
+    """A revocation made on another connection to the store (``api-key revoke`` in another process) is refused at
+    the server's very next call, after the key was used twice: the guard any cache of key lookups must pass."""
     from dispatcher.api import open_credentials
 
     for _ in range(2):  # seen, then answered from what the server kept
