@@ -511,7 +511,10 @@ def test_table_kernel_and_array_kernel_agree(index_with_events):
         t = window_us(start, end, NOW)
         a = st.resolve(args, *t)
         b = K.resolve(*base, *st.delta.kernel_args(), st.delta.camera, *args, *t)
-        assert a[1:] == b[1:] and np.array_equal(a[0], b[0]) and a[1] > 0
+        c = other.resolve(args, *t)
+        assert a[1:] == b[1:] == c[1:] and np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0]) and a[1] > 0
+        # every kernel hands its answer back read-only: RecipientSet.unpack makes views of it as it is
+        assert not (a[0].flags.writeable or b[0].flags.writeable or c[0].flags.writeable)
 
 
 @pytest.mark.parametrize("tz", [timezone.utc, timezone(timedelta(hours=-5))])
