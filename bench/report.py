@@ -36,9 +36,11 @@ SIZES: dict[str, float] = {
     "city, 600 km²": 600.0,
 }
 PEERS = ("latsorted", "strtree", "duckdb", "postgis", "redis-geo")
-#: The policy's area sizes, for the figures from a GeoJSON dict (what a backend receives): parse, validate, resolve.
+#: The policy's area sizes (those :func:`policy_sizes` gives for the default policy), for the figures from a
+#: GeoJSON dict (what a backend receives): parse, validate, resolve.
 GEOJSON_SIZES: dict[str, float] = {label: sq_mi * SQ_MILE_KM2 for label, sq_mi in
-                                   (("0.025 sq mi", 0.025), ("0.1 sq mi", 0.1), ("0.5 sq mi", 0.5))}
+                                   (("0.025 sq mi", 0.025), ("0.1 sq mi", 0.1), ("0.25 sq mi", 0.25),
+                                    ("0.5 sq mi", 0.5))}
 
 #: Sizes between the request policy's bounds that :func:`policy_sizes` adds to them, in square miles.
 _POLICY_STEPS_SQ_MI = (0.1, 0.25)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit, prange, types
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
 from numba.cpython.unsafe.numbers import leading_zeros
 from numba.extending import intrinsic
 
 from kernels.geometry import BOX_IN, BOX_MIXED, BOX_OUT, WORK_SIZE, classify_box, covers_point
 from kernels.h3core import cell_to_parent, invalid_latlng
+from kernels.validation import AREA_VALID, parse_area
 
 SHARING = np.uint8(1)
 DELETED = np.uint8(2)
@@ -747,6 +749,25 @@ def group_by_owner(own: np.ndarray, cam: np.ndarray) -> tuple[np.ndarray, int, i
     return out, n_own, m
 
 
+@intrinsic
+def _read_only(typingctx, arr):  # type: ignore[no-untyped-def]
+    """``arr`` as a read-only array type (the same memory): Numba hands such an array to Python with its
+    writeable flag already off, where a ``setflags`` call on each result cost a small query about 0.1 µs."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return impl_ret_borrowed(context, builder, signature.return_type, args[0])
+    return arr.copy(readonly=True)(arr), codegen
+
+
+@njit(cache=True, inline="always")
+def _answer(own: np.ndarray, cam: np.ndarray):  # type: ignore[no-untyped-def]
+    """:func:`group_by_owner`, its packed array read-only (what every resolve kernel returns)."""
+    packed, n_own, m = group_by_owner(own, cam)
+    return _read_only(packed), n_own, m
+
+
 @njit(cache=True, inline="always")
 def _ids_at(own: np.ndarray, cam: np.ndarray, at: int, pos: np.ndarray, owner: np.ndarray,
             camera: np.ndarray) -> None:
@@ -782,7 +803,7 @@ def resolve(nodes, n_top, xy, installed, removed, retention, flags, owner, ev_pt
     cam = np.empty(m, dtype=np.int64)
     _ids_at(own, cam, 0, pos, owner, camera)
     _ids_at(own, cam, pos.shape[0], dpos, downer, dcamera)
-    return group_by_owner(own, cam)
+    return _answer(own, cam)
 
 
 @njit(cache=True, nogil=True)
@@ -795,7 +816,7 @@ def resolve_base(nodes, n_top, xy, installed, removed, retention, flags, owner, 
     own = np.empty(pos.shape[0], dtype=np.int64)
     cam = np.empty(pos.shape[0], dtype=np.int64)
     _ids_at(own, cam, 0, pos, owner, camera)
-    return group_by_owner(own, cam)
+    return _answer(own, cam)
 
 
 @intrinsic
@@ -834,13 +855,9 @@ def _ids_from(out: np.ndarray, pos: np.ndarray, address: np.int64, length: np.in
             out[j] = ids64[pos[j]]
 
 
-@njit(cache=True, nogil=True)
-def resolve_table(table, xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now):  # type: ignore[no-untyped-def]
-    """:func:`resolve_base` with everything of the base in one int64 array of :data:`TABLE_SIZE` values (its
-    arrays as their addresses and lengths, ``table[2k]`` and ``table[2k + 1]``: :data:`TABLE_DTYPES` first, then
-    the ids; the number of top-level nodes and the ids' widths after): taking an array from Python costs a call
-    about 100 ns, so only the table and the request's area and window cross per call. The caller keeps the arrays
-    alive and checked (:class:`dispatcher.index.state.State`)."""
+@njit(cache=True, inline="always")
+def _resolve_on_table(table, xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now):  # type: ignore[no-untyped-def]
+    """The body of :func:`resolve_table` (and of :func:`resolve_table_ring`, after its checks)."""
     nodes = carray(_pointer(table[0]), (table[1],), NODE_DTYPE)
     xy = carray(_pointer(table[2]), (table[3], 2), np.float64)
     installed = carray(_pointer(table[4]), (table[5],), np.int32)
@@ -855,4 +872,49 @@ def resolve_table(table, xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now):  #
     cam = np.empty(pos.shape[0], dtype=np.int64)
     _ids_from(own, pos, table[TABLE_OWNER], table[TABLE_OWNER + 1], table[TABLE_WIDTHS])
     _ids_from(cam, pos, table[TABLE_CAMERA], table[TABLE_CAMERA + 1], table[TABLE_WIDTHS + 1])
-    return group_by_owner(own, cam)
+    return _answer(own, cam)
+
+
+@njit(cache=True, nogil=True)
+def resolve_table(table, xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now):  # type: ignore[no-untyped-def]
+    """:func:`resolve_base` with everything of the base in one int64 array of :data:`TABLE_SIZE` values (its
+    arrays as their addresses and lengths, ``table[2k]`` and ``table[2k + 1]``: :data:`TABLE_DTYPES` first, then
+    the ids; the number of top-level nodes and the ids' widths after): taking an array from Python costs a call
+    about 100 ns, so only the table and the request's area and window cross per call. The caller keeps the arrays
+    alive and checked (:class:`dispatcher.index.state.State`)."""
+    return _resolve_on_table(table, xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now)
+
+
+#: :func:`resolve_table_ring` did not resolve: the ring is not one the compiled checks certify, or its bounds
+#: reach the unit square (where a flag read as 0 or 1 may hide among the positions); the caller parses it.
+RING_NOT_CERTIFIED = -1
+
+
+@njit(cache=True, nogil=True)
+def resolve_table_ring(table, xy, t0, t1, now):  # type: ignore[no-untyped-def]
+    """:func:`resolve_table` of the area of one ring, given as its positions ``xy`` ((n, 2) float64, C order, as
+    a GeoJSON Polygon's only ring reads), checked by :func:`kernels.validation.parse_area` in the same call: a
+    request's area from the dict a backend receives, in one compiled call instead of a parse (four small arrays
+    and the Area made in Python) and a resolve. Returns what :func:`resolve_table` returns when the checks certify
+    the area and its bounds do not reach ``[0, 1]`` in either coordinate (what :meth:`dispatcher.geo.area.Area.parse`
+    accepts without looking at the positions' types), else an empty array and :data:`RING_NOT_CERTIFIED`: the
+    caller then parses the area, which decides (and names what is wrong)."""
+    n = xy.shape[0]
+    ptrs = np.empty(4, dtype=np.int64)
+    ptrs[0] = 0
+    ptrs[1] = n
+    ptrs[2] = 0
+    ptrs[3] = 1
+    coords = np.empty(2 * n + 4)
+    ring_ptr = ptrs[:2]
+    poly_ptr = ptrs[2:]
+    if parse_area(xy, ring_ptr, poly_ptr, coords) != AREA_VALID:
+        return _read_only(np.empty(0, dtype=np.int64)), RING_NOT_CERTIFIED, 0
+    x0 = coords[2 * n]
+    y0 = coords[2 * n + 1]
+    x1 = coords[2 * n + 2]
+    y1 = coords[2 * n + 3]
+    if (x0 <= 1.0 and x1 >= 0.0) or (y0 <= 1.0 and y1 >= 0.0):
+        return _read_only(np.empty(0, dtype=np.int64)), RING_NOT_CERTIFIED, 0
+    return _resolve_on_table(table, coords[:n], coords[n:2 * n], ring_ptr, poly_ptr,
+                             coords[2 * n:].reshape((1, 4)), t0, t1, now)

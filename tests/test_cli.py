@@ -126,6 +126,8 @@ def test_bench_report_with_every_peer(tmp_path: Path):
     assert set(idx["build"]) == {"geodispatch", "latsorted", "strtree", "duckdb", "postgis", "redis-geo"}
     assert set(idx["resolve"]) == {"0.025 sq mi", "0.5 sq mi", "10 km²", "100 km²", "city, 600 km²"}
     assert set(idx["windows"]) == {"15 min, last 2 days", "12 h, last 2 days", "12 h, 150-175 days ago"}
+    from bench.report import policy_sizes
+    assert list(idx["from_geojson"]) == list(policy_sizes())  # from a GeoJSON dict: every size a request may have
     assert all(set(row) >= {"geodispatch", "duckdb", "postgis", "redis-geo"} for row in idx["resolve"].values())
     assert "| 0.5 sq mi |" in md.read_text() and "| 12 h, last 2 days |" in md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

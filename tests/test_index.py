@@ -511,7 +511,10 @@ def test_table_kernel_and_array_kernel_agree(index_with_events):
         t = window_us(start, end, NOW)
         a = st.resolve(args, *t)
         b = K.resolve(*base, *st.delta.kernel_args(), st.delta.camera, *args, *t)
-        assert a[1:] == b[1:] and np.array_equal(a[0], b[0]) and a[1] > 0
+        c = other.resolve(args, *t)
+        assert a[1:] == b[1:] == c[1:] and np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0]) and a[1] > 0
+        # every kernel hands its answer back read-only: RecipientSet.unpack makes views of it as it is
+        assert not (a[0].flags.writeable or b[0].flags.writeable or c[0].flags.writeable)
 
 
 @pytest.mark.parametrize("tz", [timezone.utc, timezone(timedelta(hours=-5))])
@@ -585,3 +588,64 @@ def test_threads_making_a_new_states_first_resolve_at_once_agree(index_plain):
     want = [as_dict(index.resolve(a, s, e, now=NOW)) for _ in range(5) for a, s, e in requests]
     assert sum(map(bool, want)) > 0
     assert all(got[t] == want for t in range(4))
+
+
+def _ring(cx: float, cy: float, r: float, n: int) -> list[list[float]]:
+    pts = [[cx + r * np.cos(2 * np.pi * k / n), cy + r * 0.8 * np.sin(2 * np.pi * k / n)] for k in range(n)]
+    return pts + [pts[0]]
+
+
+def test_resolve_from_a_polygon_dict_in_one_call_equals_the_parsed_path_and_the_oracle():
+    """A GeoJSON Polygon of one ring goes to the compiled resolve as its positions, checked there
+    (:func:`kernels.index_kernels.resolve_table_ring`); every other area, and a ring those checks do not certify,
+    is parsed first. Both answer as the oracle and as the parsed area; errors are Area.parse's, an area's before
+    a window's. Cameras sit on the rings' vertices, and near the unit square (where a flag among the positions
+    reads as 0 or 1, so that ring is parsed)."""
+    from kernels import index_kernels as K
+
+    rings = [_ring(-73.95, 40.75, 0.01, 9), _ring(-73.93, 40.76, 0.004, 300),  # 300 vertices: GEOS decides
+             _ring(0.5, 0.5, 0.2, 12), [[-73.96, 40.74], [-73.94, 40.74], [-73.95, 40.76], [-73.96, 40.74]]]
+    corners = np.array([p for r in rings for p in r[:-1]], dtype=np.float64)
+    cams = data.cameras(3000, seed=11, extra_points=corners, spread=0.02)
+    cams = pa.concat_tables([cams, data.cameras(500, seed=12, cx=0.5, cy=0.5, spread=0.2, first_id=10**6)])
+    own = data.owners(cams, seed=11)
+    index, ref = CameraIndex.build(cams, own), Dataset.from_tables(cams, own)
+    assert index._state.ring_call is not None
+    start, end = NOW - timedelta(days=5), NOW - timedelta(days=1)
+    xy = np.asarray(rings[0], dtype=np.float64)
+    t = window_us(start, end, NOW)
+    packed, n, m = index._state.ring_call(xy, *t)  # ... certified, so resolved in the one call
+    assert n != K.RING_NOT_CERTIFIED and m > 0
+    for ring in rings:
+        area = {"type": "Polygon", "coordinates": [ring]}
+        got = as_dict(index.resolve(area, start, end, now=NOW))
+        assert got == as_dict(index.resolve(Area.parse(area), start, end, now=NOW))
+        assert got == brute_force(ref, area, start, end, NOW) and got
+    packed, n, m = index._state.ring_call(np.asarray(rings[1], dtype=np.float64), *t)
+    assert n == K.RING_NOT_CERTIFIED
+    packed, n, m = index._state.ring_call(np.asarray(rings[2], dtype=np.float64), *t)
+    assert n == K.RING_NOT_CERTIFIED
+
+    flagged = {"type": "Polygon", "coordinates": [[[True, 0.0], [0.9, 0.0], [0.5, 0.8], [True, 0.0]]]}
+    bowtie = {"type": "Polygon", "coordinates": [[[-74, 40.7], [-73.9, 40.8], [-73.9, 40.7], [-74, 40.8],
+                                                  [-74, 40.7]]]}
+    for bad in (flagged, bowtie, {"type": "Polygon", "coordinates": [rings[0][:-1]]}):
+        with pytest.raises(DispatchError) as parsed:
+            Area.parse(bad)
+        with pytest.raises(type(parsed.value), match=str(parsed.value)[:40].replace("(", r"\(").replace("[", r"\[")):
+            index.resolve(bad, start, end, now=NOW)
+        with pytest.raises(type(parsed.value)):  # the area is named first, also with a bad window
+            index.resolve(bad, end, start, now=NOW)
+    with pytest.raises(InvalidTimeWindow):
+        index.resolve({"type": "Polygon", "coordinates": [rings[0]]}, end, start, now=NOW)
+    with pytest.raises(DispatchError):  # more vertices than the index allows: parsed, and refused
+        CameraIndex(index._state, replace(index.config, max_vertices=5)).resolve(
+            {"type": "Polygon", "coordinates": [rings[0]]}, start, end, now=NOW)
+
+    # with cameras in the live delta there is no table: the ring is parsed, and the delta's cameras count
+    added = data.cameras(50, seed=13, first_id=5 * 10**6)
+    index.add_cameras(added)
+    assert index._state.ring_call is None
+    area = {"type": "Polygon", "coordinates": [rings[0]]}
+    both = Dataset.from_tables(pa.concat_tables([cams, added]), own)
+    assert as_dict(index.resolve(area, start, end, now=NOW)) == brute_force(both, area, start, end, NOW)

@@ -208,18 +208,10 @@ class Area:
         conversion of the ring and one compiled call (:func:`kernels.validation.parse_area`). None for anything
         else, or an area the compiled checks do not certify: :meth:`_from_rings` then decides and names what is
         wrong, as for every other input."""
-        coords = area.get("coordinates")
-        if area.get("type") != "Polygon" or type(coords) is not list or len(coords) != 1:
+        xy = polygon_ring_xy(area, max_vertices)
+        if xy is None:
             return None
-        ring = coords[0]
-        if type(ring) is not list or not 0 < len(ring) <= max_vertices:
-            return None
-        try:
-            xy = np.array(ring)  # positions of anything but two floats give another shape or dtype
-        except (TypeError, ValueError, RecursionError):
-            return None
-        if xy.dtype != _F8 or xy.ndim != 2 or xy.shape[1] != 2:
-            return None
+        ring = area["coordinates"][0]
         ptrs = np.array((0, xy.shape[0], 0, 1), dtype=np.int64)
         got = cls._certified(xy, ptrs[:2], ptrs[2:])
         if got is not None:
@@ -264,6 +256,28 @@ class Area:
         geom = _geometry_of(xs, ys, ring_ptr, poly_ptr)
         _check_geometry(geom, bool(shapely.is_valid(geom)), float(shapely.area(geom)))
         return cls._made(xs, ys, ring_ptr, poly_ptr, np.asarray(bboxes, dtype=np.float64).reshape(-1, 4), geom)
+
+
+def polygon_ring_xy(area: dict[str, Any], max_vertices: int) -> np.ndarray | None:
+    """The positions of a request's usual area, a GeoJSON Polygon (a dict) of one ring of at most
+    ``max_vertices`` [lng, lat] floats, as an (n, 2) float64 array in C order, in one conversion; None for
+    anything else. Nothing is checked but the shape: :func:`kernels.validation.parse_area` checks the positions
+    (here, and in the compiled resolve :meth:`dispatcher.index.camera_index.CameraIndex.resolve` makes of a dict),
+    and a flag among them reads as 0 or 1, which only bounds reaching [0, 1] can hide: :meth:`Area.parse` then
+    looks at the positions' types, and the compiled resolve leaves such a ring to it."""
+    coords = area.get("coordinates")
+    if area.get("type") != "Polygon" or type(coords) is not list or len(coords) != 1:
+        return None
+    ring = coords[0]
+    if type(ring) is not list or not 0 < len(ring) <= max_vertices:
+        return None
+    try:
+        xy = np.array(ring)  # positions of anything but two floats give another shape or dtype
+    except (TypeError, ValueError, RecursionError):
+        return None
+    if xy.dtype != _F8 or xy.ndim != 2 or xy.shape[1] != 2:
+        return None
+    return xy
 
 
 def _geometry_of(xs: np.ndarray, ys: np.ndarray, ring_ptr: np.ndarray, poly_ptr: np.ndarray) -> BaseGeometry:

@@ -39,7 +39,7 @@ import numpy as np
 
 from dispatcher.errors import DispatchError, IndexFormatError, InvalidData
 from dispatcher.geo import h3 as h3x
-from dispatcher.geo.area import Area
+from dispatcher.geo.area import Area, polygon_ring_xy
 from dispatcher.geo.geodesy import geodesic_area_sq_mi
 from dispatcher.index import inspection, live
 from dispatcher.index.build import BuildStats, build_state
@@ -111,17 +111,36 @@ class CameraIndex:
         event in the retained part of the window.
         """
         limit = self.config.max_vertices
-        # An Area was validated when it was made: only the vertex limit is this index's to check.
-        a = area if type(area) is Area and area.xs.shape[0] <= limit else Area.parse(area, max_vertices=limit)
-        t0, t1, tnow = window_us(start, end, now)
-        xs, ys, ring_ptr, poly_ptr, poly_bbox = a.xs, a.ys, a.ring_ptr, a.poly_ptr, a.poly_bbox
+        # The usual GeoJSON Polygon of one ring goes to the compiled resolve as its positions: checked there as
+        # Area.parse checks them (parse_area), or, when those checks cannot certify it, parsed below.
+        xy = polygon_ring_xy(area, limit) if type(area) is dict else None
+        if xy is None:
+            # An Area was validated when it was made: only the vertex limit is this index's to check.
+            a = area if type(area) is Area and area.xs.shape[0] <= limit else Area.parse(area, max_vertices=limit)
+            t0, t1, tnow = window_us(start, end, now)
+        else:
+            a = None
+            try:
+                t0, t1, tnow = window_us(start, end, now)
+            except (DispatchError, TypeError, ValueError):
+                Area.parse(area, max_vertices=limit)  # a bad area is named before a bad window, as ever
+                raise
         while True:
             seq = self._seq
             if seq & 1:  # an update is under way: its change is about to be complete
                 time.sleep(0)
                 continue
             version = self._version
-            packed, n_owners, n_cameras = self._state.call(xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, tnow)
+            st = self._state
+            if a is None:
+                ring_call = st.ring_call
+                if ring_call is not None:
+                    packed, n_owners, n_cameras = ring_call(xy, t0, t1, tnow)
+                if ring_call is None or n_owners == K.RING_NOT_CERTIFIED:
+                    a = Area.parse(area, max_vertices=limit)  # decides, or names what is wrong
+                    continue
+            else:
+                packed, n_owners, n_cameras = st.call(a.xs, a.ys, a.ring_ptr, a.poly_ptr, a.poly_bbox, t0, t1, tnow)
             if self._seq == seq:
                 return RecipientSet.unpack(packed, n_owners, n_cameras, version)
 

@@ -44,8 +44,7 @@ class RecipientSet:
     @classmethod
     def unpack(cls, packed: np.ndarray, n: int, m: int, version: int | None = None) -> RecipientSet:
         """The set of ``n`` owners and ``m`` cameras a resolve kernel packed as ``[owners | cameras | offsets]``
-        (``n + m + n + 1`` values): views of the one array, made read-only once."""
-        packed.setflags(write=False)
+        (``n + m + n + 1`` values, read-only already: the kernels hand it back so): views of the one array."""
         rs = cls.__new__(cls)
         rs.owner_ids = packed[:n]
         rs.camera_ids = packed[n:n + m]

@@ -46,16 +46,21 @@ class State:
     kernel: Any = field(init=False, repr=False)
     #: ``call(xs, ys, ring_ptr, poly_ptr, poly_bbox, t0, t1, now)``: the resolve on this state (see :meth:`resolve`).
     call: Callable[..., tuple[np.ndarray, int, int]] = field(init=False, repr=False)
+    #: ``ring_call(xy, t0, t1, now)``: :func:`kernels.index_kernels.resolve_table_ring` on this state, the area's
+    #: one ring checked in the same call; None when the base is not one table (then areas are parsed first).
+    ring_call: Callable[..., tuple[np.ndarray, int, int]] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         base = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera)
         self.args = base if self.delta.n == 0 else (*base, *self.delta.kernel_args(), self.delta.camera)
         self.kernel = K.resolve_base if self.delta.n == 0 else K.resolve
         table = self._table() if self.delta.n == 0 else None
+        self.ring_call = None
         if table is not None:  # the base in one array: what a small area's resolve costs is mostly taking arguments
             self.args = (table,)
             self.kernel = K.resolve_table
-        self.call = self._first_call
+            self.ring_call = _first_call(self, "ring_call", K.resolve_table_ring, self.args)
+        self.call = _first_call(self, "call", self.kernel, self.args)
 
     def _table(self) -> np.ndarray | None:
         """The base for :func:`kernels.index_kernels.resolve_table`: its arrays' addresses and lengths, the number
@@ -83,9 +88,13 @@ class State:
         return np.array(table, dtype=np.int64)
 
     def warm_up(self, area_args: tuple[Any, ...], t0: int, t1: int, tnow: int) -> None:
-        """Compile (or load from the cache) both resolve kernels for this state's arrays: the one it uses, and
-        the one a state with cameras in its delta uses, so that the first live addition does not pay for it."""
+        """Compile (or load from the cache) the resolve kernels for this state's arrays: the one it uses (and the
+        one taking a ring, when it has it), and the one a state with cameras in its delta uses, so that the first
+        live addition does not pay for it."""
         self.resolve(area_args, t0, t1, tnow)
+        if self.ring_call is not None:
+            xs, ys = area_args[0], area_args[1]
+            self.ring_call(np.column_stack((xs, ys)), t0, t1, tnow)
         base = (*self.base.tree.kernel_args(), *self.base.cols.kernel_args(), self.base.cols.camera)
         K.resolve(*base, *self.delta.kernel_args(), self.delta.camera, *area_args, t0, t1, tnow)
 
@@ -94,14 +103,17 @@ class State:
         owners and cameras (:func:`kernels.index_kernels.group_by_owner`)."""
         return self.call(*area_args, t0, t1, tnow)
 
-    def _first_call(self, *request: Any) -> tuple[np.ndarray, int, int]:
-        """The first :attr:`call` goes through Numba's dispatcher (compiling or loading from the cache) and then
-        binds :attr:`call` to the compiled entry point of the signature it chose, with this state's arguments
-        bound in front (``functools.partial``): the area's arrays and the window's integers always have the same
-        types, and this state's arrays never change type, so typing the arguments again on every call would only
-        add to a small query's latency. Two threads making the first call at once bind the same entry point."""
-        kernel = self.kernel
-        out: tuple[np.ndarray, int, int] = kernel(*self.args, *request)
-        sig = tuple(kernel.typeof_pyval(a) for a in (*self.args, *request))
-        self.call = partial(kernel.overloads[sig].entry_point, *self.args)
+
+def _first_call(state: State, name: str, kernel: Any, bound: tuple[Any, ...]) -> Callable[..., Any]:
+    """What ``state.<name>`` is until its first call: that call goes through Numba's dispatcher (compiling or
+    loading from the cache) and then binds ``state.<name>`` to the compiled entry point of the signature it
+    chose, with ``bound`` (this state's arguments) in front (``functools.partial``): the request's arrays and the
+    window's integers always have the same types, and this state's arrays never change type, so typing the
+    arguments again on every call would only add to a small query's latency. Two threads making the first call at
+    once bind the same entry point."""
+    def first(*request: Any) -> Any:
+        out = kernel(*bound, *request)
+        sig = tuple(kernel.typeof_pyval(a) for a in (*bound, *request))
+        setattr(state, name, partial(kernel.overloads[sig].entry_point, *bound))
         return out
+    return first
