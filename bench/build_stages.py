@@ -5,6 +5,7 @@ Numba's cache, outside the timings). The load average is printed beside each rou
 seconds are the figures to compare, wall time follows the other jobs.
 
     python -m bench.build_stages --data data/ [--events] [--rounds 3] [--out /tmp/index] [--json out.json]
+        [--warm-up-rows 100000]
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
 from dispatcher.index.build import STAGES
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.index.geotables import as_table
@@ -27,8 +30,9 @@ def _clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def one_round(data: Path, out: Path, events: bool) -> dict[str, tuple[float, float]]:
-    """(wall, CPU) seconds of each stage of one build of ``data`` saved to ``out`` (replaced) and opened."""
+def one_round(data: Path, out: Path, events: bool, rows: int | None = None) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds of each stage of one build of ``data`` (its first ``rows`` cameras, and their events,
+    when given) saved to ``out`` (replaced) and opened."""
     laps: dict[str, tuple[float, float]] = {}
     marks = [_clock()]
 
@@ -40,6 +44,10 @@ def one_round(data: Path, out: Path, events: bool) -> dict[str, tuple[float, flo
     cams = as_table(data / "cameras.parquet", "cameras")
     owners = as_table(data / "owners.parquet", "owners")
     ev = as_table(data / "events.parquet", "events") if events else None
+    if rows is not None:
+        cams = cams.slice(0, rows)
+        if ev is not None:
+            ev = ev.filter(pc.is_in(ev.column("camera_id"), value_set=cams.column("camera_id")))
     lap("read")
     seen: list[int] = []
 
@@ -68,11 +76,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=None, help="Where to save (default: a temporary directory).")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--warm-up-rows", type=int, default=None,
+                   help="Warm up (compile or load the kernels) on this many cameras rather than on all of them.")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="geodispatch-build-")
     out = args.out or Path(tmp) / "index"
     try:
-        one_round(args.data, out, args.events)  # compile or load the kernels
+        one_round(args.data, out, args.events, args.warm_up_rows)  # compile or load the kernels
         rounds = []
         for k in range(args.rounds):
             load = os.getloadavg()[0]
