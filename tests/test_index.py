@@ -394,17 +394,32 @@ def test_saved_index_is_byte_identical_to_a_reference_build(tmp_path, first_id, 
     cams = data.cameras(n, seed=11, spread=0.02, first_id=first_id)
     own = data.owners(cams, seed=11, share_out=0.1)
     ev = data.events(cams, seed=11, days=3) if with_events else None
-    index = CameraIndex.build(cams, own, ev)
-    path = index.save(tmp_path / "idx")
+    want = _matches_reference(CameraIndex.build(cams, own, ev).save(tmp_path / "idx"), cams, own, ev)
+    leaves = want["tree_nodes"]["k0"] == want["tree_nodes"]["k1"]
+    assert int(leaves.sum()) < want["tree_nodes"].shape[0] and want["tree_nodes"]["p1"][leaves].max() > 0
+
+
+@pytest.mark.bigscale
+def test_saved_national_index_is_byte_identical_to_a_reference_build(tmp_path):
+    """The same at 1M cameras of the national generator, with motion events (about 30 s)."""
+    from dispatcher.synthetic.data import REFERENCE_NOW, generate
+
+    d = generate(1_000_000, seed=5, now=REFERENCE_NOW, event_days=2.0, events_per_day=1.0)
+    _matches_reference(CameraIndex.build(d.cameras, d.owners, d.events).save(tmp_path / "idx"), d.cameras, d.owners,
+                       d.events)
+
+
+def _matches_reference(path, cams, own, ev) -> dict[str, np.ndarray]:
+    """Assert that the index saved at ``path`` holds the reference build's files, byte for byte; its arrays."""
+    import json
+
     want, n_top = reference_index(Dataset.from_tables(cams, own, ev))
     got = _saved_bytes(path)
     assert sorted(got) == sorted(f"{name}.npy" for name in want)
     for name, a in want.items():
         assert got[f"{name}.npy"] == _npy(a), name
-    import json
     assert json.loads((path / "meta.json").read_text())["n_top"] == n_top
-    leaves = want["tree_nodes"]["k0"] == want["tree_nodes"]["k1"]
-    assert int(leaves.sum()) < want["tree_nodes"].shape[0] and want["tree_nodes"]["p1"][leaves].max() > 0
+    return want
 
 
 def test_saving_an_index_with_nothing_to_merge_keeps_its_base(world, tmp_path):
