@@ -261,6 +261,30 @@ def test_columns_and_errors_the_same_in_every_time_unit_and_chunking(unit):
             event_columns(ev_lossy)
 
 
+@pytest.mark.parametrize("scale", [1, 1_000, 1_000_000, 1_000_000_000, 60])
+def test_epoch_seconds_kernel_equals_numpy(scale):
+    """The time conversion (a division by each unit's constant) against numpy's floor division and remainder, on
+    times before and after 1970 and 2000, whole seconds and not, in range and not, nulls among them."""
+    from kernels import index_kernels as K
+
+    rng = np.random.default_rng(scale)
+    n = 20_000
+    seconds = rng.integers(-3 * 10**9, 4 * 10**9, n)
+    raw = seconds * scale + np.where(rng.random(n) < 0.1, rng.integers(1, max(2, scale), n), 0) \
+        if scale > 1 else seconds.copy()
+    raw[:4] = [0, -scale, scale * 946_684_800, -1]
+    valid = rng.random(n) < 0.8
+    epoch, null = 946_684_800, 2**31 - 1
+    out = np.empty(n, np.int32)
+    bad = K.epoch_seconds(raw, valid, scale, epoch, null, out)
+    q = np.floor_divide(raw, scale)
+    v = q - epoch
+    broken = valid & ((np.remainder(raw, scale) != 0) | (((v < -(2**31) + 1) | (v > 2**31 - 2)) & (v != null)))
+    assert bad == int(broken.sum()) and 0 < bad < n
+    keep = valid & ~broken
+    assert np.array_equal(out[keep], v[keep].astype(np.int32)) and np.all(out[~valid] == null)
+
+
 class Mirror:
     """The same cameras, owners and flags as the index, kept as plain tables for the oracle."""
 
