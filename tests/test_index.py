@@ -285,6 +285,31 @@ def test_epoch_seconds_kernel_equals_numpy(scale):
     assert np.array_equal(out[keep], v[keep].astype(np.int32)) and np.all(out[~valid] == null)
 
 
+def test_time_columns_convert_alike_whatever_their_chunks_share():
+    """A column's chunks converted in one call: slices one after another in one buffer (a Parquet read's layout:
+    one view), the same slices out of order, separate arrays, and a chunk of nulls with no values buffer, each as
+    Arrow's own cast gives them."""
+    from dispatcher.index.schema import EPOCH_UNIX_S, epoch_seconds
+
+    ts = pa.timestamp("ms", tz="UTC")
+    whole = pa.array(np.arange(40, dtype=np.int64) * 86_400_000 + 10**12, ts, mask=np.arange(40) % 7 == 3)
+    layouts = {
+        "consecutive slices": [whole.slice(k, 10) for k in range(0, 40, 10)],
+        "slices out of order": [whole.slice(20, 20), whole.slice(0, 20)],
+        "separate arrays": [pa.array(whole.slice(k, 10).to_pylist(), ts) for k in range(0, 40, 10)],
+        "a chunk of nulls": [whole.slice(0, 15), pa.nulls(5, ts), whole.slice(15, 25)],
+    }
+    for label, chunks in layouts.items():
+        col = pa.chunked_array(chunks, ts)
+        out = np.empty(len(col), np.int32)
+        assert epoch_seconds(col, -1, out) == 0, label
+        want = col.cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        want = np.where(col.is_null().to_numpy(zero_copy_only=False), -1, np.nan_to_num(want) - EPOCH_UNIX_S)
+        assert out.tolist() == want.astype(np.int64).tolist(), label
+    lossy = pa.chunked_array([whole.slice(0, 20), pa.array([10**12 + 1], ts), whole.slice(20, 20)])
+    assert epoch_seconds(lossy, -1, np.empty(len(lossy), np.int32)) == 1
+
+
 class Mirror:
     """The same cameras, owners and flags as the index, kept as plain tables for the oracle."""
 
