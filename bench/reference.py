@@ -479,3 +479,107 @@ class LatSortedResolver:
 
     def nbytes(self) -> int:
         return self.lat.nbytes + self.lng.nbytes + sum(a.nbytes for a in self._columns())
+
+
+#: The saved index's formats, as its documentation gives them (``dispatcher.index.columns``, ``kernels.index_kernels``
+#: and ``dispatcher.index.persist``), written out here again so that :func:`reference_index` shares no code with
+#: the build: times as int32 seconds since 2000-01-01Z, a camera never removed at the int32 maximum, retention as
+#: uint16 days, flag bits (sharing 1, owner opted out 4), ids as int32 when every one fits, and 32-byte nodes.
+EPOCH_2000_S = 946_684_800
+NOT_REMOVED_I32 = np.iinfo(np.int32).max
+FLAG_SHARING, FLAG_OPTED_OUT = 1, 4
+NODE_RECORD = np.dtype([("x0", np.float32), ("y0", np.float32), ("x1", np.float32), ("y1", np.float32),
+                        ("p0", np.int32), ("p1", np.int32), ("k0", np.int32), ("k1", np.int32)])
+
+
+def _narrow_ids(ids: np.ndarray) -> np.ndarray:
+    i32 = np.iinfo(np.int32)
+    fits = ids.shape[0] and int(ids.min()) >= i32.min and int(ids.max()) <= i32.max
+    return ids.astype(np.int32 if fits else np.int64)
+
+
+def _outward(v: np.ndarray, down: bool) -> np.ndarray:
+    """float64 values as the float32 that bound them: the nearest one, stepped down (or up) when it lies above
+    (or below) the value."""
+    f = v.astype(np.float32)
+    wrong = f.astype(np.float64) > v if down else f.astype(np.float64) < v
+    f[wrong] = np.nextafter(f[wrong], np.float32(-np.inf if down else np.inf))
+    return f
+
+
+def reference_index(data: Dataset, levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+                    capacity: int = 32) -> tuple[dict[str, np.ndarray], int]:
+    """The arrays a saved index holds for ``data`` (by file name without ``.npy``), and its number of top-level
+    nodes, computed plainly: each camera's cell by h3-py, a stable numpy argsort by cell, the columns gathered by
+    fancy indexing, and the tree level by level (the top level: the runs of equal ancestors at ``levels[0]``;
+    each node holding more than ``capacity`` cameras, above the last level, split into the runs of its cameras'
+    ancestors at the next level; nodes numbered level by level, each level in camera order) with each node's box
+    the float32 box around its cameras. Slow (h3-py per camera); for tests and checks."""
+    import h3.api.basic_int as h3
+
+    n = data.camera_id.shape[0]
+    cells = np.fromiter((h3.latlng_to_cell(la, ln, levels[-1]) for la, ln in zip(data.lat.tolist(), data.lng.tolist())),
+                        dtype=np.uint64, count=n)
+    order = np.argsort(cells, kind="stable")
+    cells = cells[order]
+    lng, lat = data.lng[order].astype(np.float64), data.lat[order].astype(np.float64)
+    removed = data.removed_s[order]
+    opted = np.isin(data.owner_id[order], np.fromiter(data.opted_out, np.int64, len(data.opted_out)))
+    arrays = {
+        "col_xy": np.column_stack([lng, lat]),
+        "col_installed": (data.installed_s[order] - EPOCH_2000_S).astype(np.int32),
+        "col_removed": np.where(removed == NOT_REMOVED_S, NOT_REMOVED_I32, removed - EPOCH_2000_S).astype(np.int32),
+        "col_retention": data.retention_days[order].astype(np.uint16),
+        "col_flags": (np.where(data.sharing[order], FLAG_SHARING, 0) | np.where(opted, FLAG_OPTED_OUT, 0)
+                      ).astype(np.uint8),
+        "col_owner": _narrow_ids(data.owner_id[order]),
+        "col_camera": _narrow_ids(data.camera_id[order]),
+        "col_ev_ptr": np.empty(0, np.int64),
+        "col_ev_ts": np.empty(0, np.int32),
+        "optout": np.sort(np.fromiter(data.opted_out, np.int64, len(data.opted_out))),
+    }
+    if data.ev_ptr is not None and data.ev_ts is not None:
+        counts = np.diff(data.ev_ptr)[order]
+        ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        take = np.repeat(data.ev_ptr[:-1][order] - ptr[:-1], counts) + np.arange(ptr[-1])
+        arrays["col_ev_ptr"] = ptr
+        arrays["col_ev_ts"] = (data.ev_ts[take] - EPOCH_2000_S).astype(np.int32)
+
+    node_cell: list[int] = []
+    spans: list[tuple[int, int]] = []
+    kids: list[list[int]] = []
+    to_split = [(0, n, -1)]  # (first camera, end, the node splitting: -1 for the top level's virtual parent)
+    n_top = 0
+    for d, res in enumerate(levels):
+        parent_of: dict[int, int] = {}
+        level: list[int] = []
+        for lo, hi, parent in to_split:
+            first_child = len(node_cell)
+            up = [parent_of.setdefault(c, h3.cell_to_parent(c, res)) for c in cells[lo:hi].tolist()]
+            start = lo
+            for i in range(lo + 1, hi + 1):
+                if i == hi or up[i - lo] != up[i - 1 - lo]:
+                    node_cell.append(up[start - lo])
+                    spans.append((start, i))
+                    kids.append([0, 0])
+                    level.append(len(node_cell) - 1)
+                    start = i
+            if parent >= 0:
+                kids[parent] = [first_child, len(node_cell)]
+        if d == 0:
+            n_top = len(node_cell)
+        if d + 1 == len(levels):
+            break
+        to_split = [(*spans[k], k) for k in level if spans[k][1] - spans[k][0] > capacity]
+    nodes = np.zeros(len(node_cell), dtype=NODE_RECORD)
+    p = np.array(spans, dtype=np.int64).reshape(-1, 2)
+    x = np.array([[lng[a:b].min(), lat[a:b].min(), lng[a:b].max(), lat[a:b].max()] for a, b in spans]).reshape(-1, 4)
+    nodes["x0"], nodes["y0"] = _outward(x[:, 0], True), _outward(x[:, 1], True)
+    nodes["x1"], nodes["y1"] = _outward(x[:, 2], False), _outward(x[:, 3], False)
+    nodes["p0"], nodes["p1"] = p[:, 0], p[:, 1]
+    k = np.array(kids, dtype=np.int64).reshape(-1, 2)
+    nodes["k0"], nodes["k1"] = k[:, 0], k[:, 1]
+    arrays["tree_node_cell"] = np.array(node_cell, dtype=np.uint64)
+    arrays["tree_nodes"] = nodes
+    return arrays, n_top

@@ -360,6 +360,22 @@ def permute_cameras(inverse, chunks, lng, lat, installed, removed, retention, sh
             _permute_within(o_camera, t_cam, slot, lo, hi)
 
 
+@njit(cache=True, inline="always")
+def _whole_units(r: np.int64, scale: int) -> np.int64:
+    """``r // scale`` (floor) for the timestamp units' scales, each a division by a constant (a multiplication and
+    shifts once compiled) rather than by a variable: an integer division by a variable, twice a value, was most of
+    the time conversion's cost (about 20 ns a value)."""
+    if scale == 1:
+        return r
+    if scale == 1_000:
+        return r // 1_000
+    if scale == 1_000_000:
+        return r // 1_000_000
+    if scale == 1_000_000_000:
+        return r // 1_000_000_000
+    return r // scale
+
+
 @njit(cache=True, parallel=True)
 def epoch_seconds(raw: np.ndarray, valid: np.ndarray, scale: int, epoch: int, null_value: int,
                   out: np.ndarray) -> int:
@@ -376,8 +392,9 @@ def epoch_seconds(raw: np.ndarray, valid: np.ndarray, scale: int, epoch: int, nu
             out[i] = np.int32(null_value)
             continue
         r = np.int64(raw[i])
-        v = r // scale - epoch
-        if r % scale != 0 or ((v < lo or v > hi) and v != null_value):
+        q = _whole_units(r, scale)
+        v = q - epoch
+        if q * scale != r or ((v < lo or v > hi) and v != null_value):
             bad += 1
         out[i] = np.int32(v)
     return bad

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.reference import Dataset, brute_force
+from bench.reference import Dataset, brute_force, reference_index
 from dispatcher.errors import (
     DispatchError,
     IndexFormatError,
@@ -261,6 +261,55 @@ def test_columns_and_errors_the_same_in_every_time_unit_and_chunking(unit):
             event_columns(ev_lossy)
 
 
+@pytest.mark.parametrize("scale", [1, 1_000, 1_000_000, 1_000_000_000, 60])
+def test_epoch_seconds_kernel_equals_numpy(scale):
+    """The time conversion (a division by each unit's constant) against numpy's floor division and remainder, on
+    times before and after 1970 and 2000, whole seconds and not, in range and not, nulls among them."""
+    from kernels import index_kernels as K
+
+    rng = np.random.default_rng(scale)
+    n = 20_000
+    seconds = rng.integers(-3 * 10**9, 4 * 10**9, n)
+    raw = seconds * scale + np.where(rng.random(n) < 0.1, rng.integers(1, max(2, scale), n), 0) \
+        if scale > 1 else seconds.copy()
+    raw[:4] = [0, -scale, scale * 946_684_800, -1]
+    valid = rng.random(n) < 0.8
+    epoch, null = 946_684_800, 2**31 - 1
+    out = np.empty(n, np.int32)
+    bad = K.epoch_seconds(raw, valid, scale, epoch, null, out)
+    q = np.floor_divide(raw, scale)
+    v = q - epoch
+    broken = valid & ((np.remainder(raw, scale) != 0) | (((v < -(2**31) + 1) | (v > 2**31 - 2)) & (v != null)))
+    assert bad == int(broken.sum()) and 0 < bad < n
+    keep = valid & ~broken
+    assert np.array_equal(out[keep], v[keep].astype(np.int32)) and np.all(out[~valid] == null)
+
+
+def test_time_columns_convert_alike_whatever_their_chunks_share():
+    """A column's chunks converted in one call: slices one after another in one buffer (a Parquet read's layout:
+    one view), the same slices out of order, separate arrays, and a chunk of nulls with no values buffer, each as
+    Arrow's own cast gives them."""
+    from dispatcher.index.schema import EPOCH_UNIX_S, epoch_seconds
+
+    ts = pa.timestamp("ms", tz="UTC")
+    whole = pa.array(np.arange(40, dtype=np.int64) * 86_400_000 + 10**12, ts, mask=np.arange(40) % 7 == 3)
+    layouts = {
+        "consecutive slices": [whole.slice(k, 10) for k in range(0, 40, 10)],
+        "slices out of order": [whole.slice(20, 20), whole.slice(0, 20)],
+        "separate arrays": [pa.array(whole.slice(k, 10).to_pylist(), ts) for k in range(0, 40, 10)],
+        "a chunk of nulls": [whole.slice(0, 15), pa.nulls(5, ts), whole.slice(15, 25)],
+    }
+    for label, chunks in layouts.items():
+        col = pa.chunked_array(chunks, ts)
+        out = np.empty(len(col), np.int32)
+        assert epoch_seconds(col, -1, out) == 0, label
+        want = col.cast(pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        want = np.where(col.is_null().to_numpy(zero_copy_only=False), -1, np.nan_to_num(want) - EPOCH_UNIX_S)
+        assert out.tolist() == want.astype(np.int64).tolist(), label
+    lossy = pa.chunked_array([whole.slice(0, 20), pa.array([10**12 + 1], ts), whole.slice(20, 20)])
+    assert epoch_seconds(lossy, -1, np.empty(len(lossy), np.int32)) == 1
+
+
 class Mirror:
     """The same cameras, owners and flags as the index, kept as plain tables for the oracle."""
 
@@ -370,6 +419,75 @@ def test_save_open_roundtrip_and_worker_processes(world, tmp_path):
         index.save(path)
     with pytest.raises(IndexFormatError, match="not an index directory"):
         CameraIndex.open(tmp_path / "nowhere")
+
+
+def _saved_bytes(path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in path.iterdir() if f.suffix == ".npy"}
+
+
+def _npy(a: np.ndarray) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("first_id", [1, 2**33], ids=["int32 ids", "int64 ids"])
+@pytest.mark.parametrize("with_events", [True, False], ids=["events", "no events"])
+def test_saved_index_is_byte_identical_to_a_reference_build(tmp_path, first_id, with_events):
+    """Every file a saved index holds equals, byte for byte, what the plain reference build (h3-py cells, numpy's
+    stable argsort and fancy indexing, the tree level by level in Python: bench.reference.reference_index) gives
+    for the same tables: over several of the permutation's buckets, dense places whose nodes split down to the
+    last level, opted-out owners, events or none, ids of either width."""
+    n = 40_000
+    cams = data.cameras(n, seed=11, spread=0.02, first_id=first_id)
+    own = data.owners(cams, seed=11, share_out=0.1)
+    ev = data.events(cams, seed=11, days=3) if with_events else None
+    want = _matches_reference(CameraIndex.build(cams, own, ev).save(tmp_path / "idx"), cams, own, ev)
+    leaves = want["tree_nodes"]["k0"] == want["tree_nodes"]["k1"]
+    assert int(leaves.sum()) < want["tree_nodes"].shape[0] and want["tree_nodes"]["p1"][leaves].max() > 0
+
+
+@pytest.mark.bigscale
+def test_saved_national_index_is_byte_identical_to_a_reference_build(tmp_path):
+    """The same at 1M cameras of the national generator, with motion events (about 30 s)."""
+    from dispatcher.synthetic.data import REFERENCE_NOW, generate
+
+    d = generate(1_000_000, seed=5, now=REFERENCE_NOW, event_days=2.0, events_per_day=1.0)
+    _matches_reference(CameraIndex.build(d.cameras, d.owners, d.events).save(tmp_path / "idx"), d.cameras, d.owners,
+                       d.events)
+
+
+def _matches_reference(path, cams, own, ev) -> dict[str, np.ndarray]:
+    """Assert that the index saved at ``path`` holds the reference build's files, byte for byte; its arrays."""
+    import json
+
+    want, n_top = reference_index(Dataset.from_tables(cams, own, ev))
+    got = _saved_bytes(path)
+    assert sorted(got) == sorted(f"{name}.npy" for name in want)
+    for name, a in want.items():
+        assert got[f"{name}.npy"] == _npy(a), name
+    assert json.loads((path / "meta.json").read_text())["n_top"] == n_top
+    return want
+
+
+def test_saving_an_index_with_nothing_to_merge_keeps_its_base(world, tmp_path):
+    """A save (or a snapshot) with no camera in the delta and none removed writes the base as it is: it used to
+    rebuild it first (a whole build, 3-4 s of CPU at 10M cameras), to the same arrays. With a camera removed the
+    save still merges, and the saved index no longer holds it."""
+    cams, own, ev = world
+    index = CameraIndex.build(cams, own, ev)
+    before = index._state
+    index.save(tmp_path / "a")
+    index.snapshot(tmp_path / "b")
+    assert index._state is before
+    assert _saved_bytes(tmp_path / "a") == _saved_bytes(tmp_path / "b")
+    gone = int(cams.column("camera_id")[5].as_py())
+    index.remove_cameras([gone])
+    index.save(tmp_path / "c")
+    assert index._state is not before
+    saved = np.load(tmp_path / "c" / "col_camera.npy")
+    assert saved.shape[0] == cams.num_rows - 1 and gone not in saved.tolist()
 
 
 def test_recipient_set_views_and_arrow(index_plain):

@@ -182,7 +182,7 @@ class CameraIndex:
             st, version = self._state, self._version
             frozen = State(Base(replace(st.base.cols, flags=st.base.cols.flags.copy()), st.base.tree),
                            replace(st.delta, flags=st.delta.flags.copy()), st.optout.copy(), st.has_events)
-        save_state(live.merged(frozen, self.config), self.config, path)
+        save_state(live.merged(frozen, self.config) if live.pending(frozen) else frozen, self.config, path)
         return version
 
     def adopt(self, other: CameraIndex) -> None:
@@ -388,6 +388,8 @@ class CameraIndex:
     def _merge(self) -> None:
         with self._lock:
             st = self._state
+            if not live.pending(st):  # nothing to fold: the base stays as it is
+                return
             self._journal = []
         try:
             new = live.merged(st, self.config)

@@ -144,23 +144,38 @@ _ALL_VALID = np.empty(0, np.bool_)
 
 def epoch_seconds(col: pa.ChunkedArray, null_value: int, out: np.ndarray) -> int:
     """An aware timestamp column, in any unit, as int32 seconds since :data:`EPOCH` into ``out``, nulls as
-    ``null_value``, chunk by chunk from Arrow's buffers (no cast, no copy of the values); returns how many values
-    are not whole seconds or fall outside the int32 range (``out`` is then not meaningful there)."""
+    ``null_value``, from Arrow's buffers (no cast) in one parallel pass over every chunk; returns how many values
+    are not whole seconds or fall outside the int32 range (``out`` is then not meaningful there). One compiled
+    call a column, not a chunk: a Parquet read gives a chunk per 131,072 rows (763 at 100M cameras), and on a
+    busy machine each parallel call waits milliseconds for its threads (at 100M, 5-8 s of the conversion)."""
     scale = _PER_SECOND[col.type.unit]
-    bad = 0
-    at = 0
+    if len(col) == 0:
+        return 0
+    valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else _ALL_VALID
+    return int(K.epoch_seconds(_int64_values(col), valid, scale, EPOCH_UNIX_S, null_value, out))
+
+
+def _int64_values(col: pa.ChunkedArray) -> np.ndarray:
+    """The 64-bit values of a chunked fixed-width column as one int64 array (nulls' slots hold anything): a view
+    of Arrow's buffer when the chunks lie one after another in one buffer, as a Parquet read's do, else the
+    chunks' views concatenated (a chunk without a values buffer, every value null, as zeros)."""
+    views = []
     for chunk in col.chunks:
+        buf = chunk.buffers()[1]
         m = len(chunk)
-        if m:
+        views.append(np.zeros(m, np.int64) if buf is None else
+                     np.frombuffer(buf, dtype=np.int64, count=chunk.offset + m)[chunk.offset:])
+    first = col.chunks[0].buffers()[1] if col.num_chunks else None
+    if first is not None and len(views) > 1:
+        at = col.chunks[0].offset
+        for chunk in col.chunks:
             buf = chunk.buffers()[1]
-            if buf is None:  # no values at all: every one null
-                values = np.zeros(m, dtype=np.int64)
-            else:
-                values = np.frombuffer(buf, dtype=np.int64, count=chunk.offset + m)[chunk.offset:]
-            valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else _ALL_VALID
-            bad += K.epoch_seconds(values, valid, scale, EPOCH_UNIX_S, null_value, out[at:at + m])
-        at += m
-    return bad
+            if buf is None or buf.address != first.address or chunk.offset != at:
+                break
+            at += len(chunk)
+        else:
+            return np.frombuffer(first, dtype=np.int64, count=at)[col.chunks[0].offset:]
+    return views[0] if len(views) == 1 else np.concatenate(views)
 
 
 def _ts_to_epoch_s(col: pa.ChunkedArray, null_value: int, what: str, name: str,
