@@ -6,6 +6,7 @@ checked against the brute-force shapely oracle (bench/reference.py) over a model
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -229,12 +230,12 @@ def test_a_read_of_the_feed_is_bounded_in_bytes_and_an_oversized_entry_never_lea
 
 
 class _Counting(redis.Connection):
-    """A connection that counts its writes: each is one round trip of a pipeline or command."""
+    """A connection that counts its writes, by thread: each is one round trip of a pipeline or command."""
 
-    writes = 0
+    writes: collections.Counter[int] = collections.Counter()
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).writes += 1
+        type(self).writes[threading.get_ident()] += 1
         super().send_packed_command(command, check_health)
 
 
@@ -249,19 +250,32 @@ def test_the_follower_thread_waits_for_applies_and_reports_a_change_in_one_round
     pool = redis.ConnectionPool(connection_class=_Counting, host="127.0.0.1", port=redis_server.port)
     follower = FeedFollower(index, redis.Redis(connection_pool=pool), "f")
     r = redis_server.client()
-    follower.catch_up()  # up to date (and its script loaded)
+    up = threading.Event()
     got: list[int] = []
-    waiting = threading.Thread(target=lambda: got.append(follower.wait(60_000)))
-    _Counting.writes = 0
+
+    def follow() -> None:
+        me = threading.get_ident()
+        follower.catch_up()  # up to date, its connection made and the script loaded
+        up.set()
+        before = _Counting.writes[me]
+        got.append(follower.wait(60_000))
+        got.append(_Counting.writes[me] - before)
+        got.append(int(r.hget(K.feed_applied, "f") or 0))
+        before = _Counting.writes[me]
+        got.append(follower.catch_up())
+        got.append(_Counting.writes[me] - before)
+    waiting = threading.Thread(target=follow)
     t0 = time.monotonic()
     waiting.start()
+    assert up.wait(60)
     time.sleep(0.2)
     pos = publish_changes(r, [reg.random_change()])[-1]
     waiting.join(timeout=60)
     assert time.monotonic() - t0 < 30, "the wait was not ended by the change"
-    assert got == [1] and index.version == pos and _Counting.writes == 1
-    assert r.hget(K.feed_applied, "f") != str(pos).encode()  # reported with the next round trip
-    assert follower.catch_up() == 0 and _Counting.writes == 2
+    applied, waited, reported_then, more, then = got
+    assert applied == 1 and index.version == pos and waited == 1
+    assert reported_then < pos  # the report goes with the next round trip
+    assert more == 0 and then == 1  # which is the next read
     assert r.hget(K.feed_applied, "f") == str(pos).encode() and r.xlen(K.feed_lag) == 1
     assert _as_dict(index.resolve(AREA, START, END, now=NOW)) == reg.oracle(NOW)
 

@@ -431,27 +431,33 @@ return redis.call('XTRIM', KEYS[2], 'MINID', ARGV[2])
 # bytes of one entry. The floor, whether entries were left (1) or the feed's end was reached (0), then the entries
 # after the position: up to the count, stopping before the entry that would pass the byte budget (never before the
 # first), an entry larger than its bound given as its id and size only (its one field ``oversized``), never its
-# content. One entry at a time: what the script holds is one entry however
-# large the entries a writer put there.
+# content. Entries are taken a few at a time (4, doubling up to 64 while they are small beside the budget, one
+# at a time after a large one): the script holds at most 64 entries at once, whatever a writer put there.
 _READ_LUA = """
 local out = {redis.call('GET', KEYS[1]) or '0', 0}
 local after, count, budget, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local used = 0
-for k = 1, count do
-  local e = redis.call('XRANGE', KEYS[2], '(' .. after, '+', 'COUNT', 1)[1]
-  if not e then return out end
-  local size = 0
-  for _, v in ipairs(e[2]) do size = size + #v end
-  if size > most then
-    e = {e[1], {'oversized', tostring(size)}}
-    size = 0
-  elseif used + size > budget and k > 1 then
-    out[2] = 1
-    return out
+local used, n, chunk = 0, 0, 4
+while n < count do
+  local want = math.min(chunk, count - n)
+  local got = redis.call('XRANGE', KEYS[2], '(' .. after, '+', 'COUNT', want)
+  local largest = 0
+  for _, e in ipairs(got) do
+    local size = 0
+    for _, v in ipairs(e[2]) do size = size + #v end
+    largest = math.max(largest, size)
+    if size > most then
+      e = {e[1], {'oversized', tostring(size)}}
+      size = 0
+    elseif used + size > budget and n > 0 then
+      out[2] = 1
+      return out
+    end
+    used, n = used + size, n + 1
+    out[#out + 1] = e
+    after = e[1]
   end
-  used = used + size
-  out[#out + 1] = e
-  after = e[1]
+  if #got < want then return out end
+  if largest * 64 <= budget then chunk = math.min(2 * chunk, 64) else chunk = 1 end
 end
 out[2] = 1
 return out
@@ -510,47 +516,57 @@ class FeedFollower:
         #: When (monotonic) the last read that found nothing more to apply was sent: a call that began before it
         #: has nothing to read (every entry appended before the call was applied).
         self._drained_at = -math.inf
-        #: What :meth:`wait` applied and has not reported yet: (refusals, lags), sent with the next read.
+        #: What was applied and not reported yet: (refusals, lags), sent with the next round trip.
         self._unreported: list[tuple[list[tuple[int, str]], str]] = []
+        #: Whether :meth:`run` is following (then it sends the reports).
+        self._following = False
         self._read = script(client, _READ_LUA)
         index.prepare_updates()
 
     def catch_up(self, limit: int | None = None) -> int:
         """Apply the entries after the index's version, all of them or, with ``limit``, about that many at most
         (whole reads: up to ``read_count`` more); how many (rejected ones included). Unless the limit stopped it
-        (then :attr:`behind`), every entry appended before the call is applied when it returns."""
+        (then :attr:`behind`), every entry appended before the call is applied when it returns. The lock is held
+        to apply, not during a read: a thread's round trip never holds up another thread's apply (a read that
+        comes back with entries another thread applied meanwhile skips them). While the follower thread runs, the
+        report goes with its next round trip; else before this returns."""
         called = time.monotonic()
-        with self._lock:
-            total = 0
-            self.behind = False
-            while True:
-                if self._drained_at > called:  # another thread read the feed to its end after this call began
-                    return total
+        total = 0
+        self.behind = False
+        while True:
+            with self._lock:
+                if self._drained_at > called:  # a read sent after this call began found nothing more
+                    break
                 if limit is not None and total >= limit:
                     self.behind = True
-                    return total
+                    break
                 sent, pending, self._unreported = time.monotonic(), self._unreported, []
                 after = self.index.version
 
-                def read(pending: list[Any] = pending, after: int = after) -> list[Any]:  # one command
-                    pipe = pipeline(self.r)
-                    self._queue_report(pipe, pending)
-                    self._queue_read(pipe, after)
-                    return list(pipe.execute()[-1])
-                n, more = self._take(with_retries(self.queue, "read the feed", read), sent, now=True)
-                total += n
-                if not more:
-                    return total
+            def read(pending: list[Any] = pending, after: int = after) -> list[Any]:  # one command
+                pipe = pipeline(self.r)
+                self._queue_report(pipe, pending)
+                self._queue_read(pipe, after)
+                return list(pipe.execute()[-1])
+            got = with_retries(self.queue, "read the feed", read)
+            with self._lock:
+                n, more = self._take(got, sent)
+            total += n
+            if not more:
+                break
+        if not self._following and self._unreported:
+            self._send_reports()
+        return total
 
     def wait(self, block_ms: int) -> int:
         """Block up to ``block_ms`` for an entry after the index's version and apply what came, in one round trip
-        (the report of what the last call applied goes with it); a backlog is then worked off a read of
-        ``read_count`` at a time (the lock let go between reads, for the worker threads' own catch-ups). The
-        entry that ends the wait is not used (the bounded read that follows returns it): the blocking read asks
-        for one entry, and only a writer that goes around :func:`publish_changes` can make that one large."""
+        (the report of what was applied since the last round trip goes with it); a backlog is then worked off a
+        read of ``read_count`` at a time. The entry that ends the wait is not used (the bounded read that follows
+        returns it): the blocking read asks for one entry, and only a writer that goes around
+        :func:`publish_changes` can make that one large."""
         with self._lock:
             sent, pending, self._unreported = time.monotonic(), self._unreported, []
-        after = self.index.version
+            after = self.index.version
 
         def read() -> list[Any]:
             pipe = pipeline(self.r)
@@ -560,7 +576,7 @@ class FeedFollower:
             return list(pipe.execute()[-1])
         got = with_retries(self.queue, "wait for the feed", read)
         with self._lock:
-            total, more = self._take(got, sent, now=False)
+            total, more = self._take(got, sent)
         if more:
             total += self.catch_up(self.read_count)
             while self.behind:
@@ -569,38 +585,51 @@ class FeedFollower:
 
     def run(self, stop: Any, block_ms: int = 100) -> None:
         """Follow the feed until ``stop.is_set()``: a change is applied within about a round trip of its append
-        even while no command comes."""
-        while not stop.is_set():
-            try:
-                self.wait(block_ms)
-            except Exception:  # Redis away, or a bug: the position is kept, following resumes from it
-                log.exception("%s: following the change feed failed; retrying", self.name)
-                stop.wait(0.5)
+        even while no command comes. Meanwhile every report of this follower goes with this thread's next round
+        trip (at most ``block_ms`` later)."""
+        self._following = True
         try:
-            self.catch_up()  # sends what is left to report
+            while not stop.is_set():
+                try:
+                    self.wait(block_ms)
+                except Exception:  # Redis away, or a bug: the position is kept, following resumes from it
+                    log.exception("%s: following the change feed failed; retrying", self.name)
+                    stop.wait(0.5)
+        finally:
+            self._following = False
+        try:
+            self._send_reports()
         except Exception:
             log.warning("%s: the last feed report was not sent", self.name, exc_info=True)
+
+    def _send_reports(self) -> None:
+        with self._lock:
+            pending, self._unreported = self._unreported, []
+
+        def report() -> None:
+            pipe = pipeline(self.r)
+            self._queue_report(pipe, pending)
+            pipe.execute()
+        if pending:
+            with_retries(self.queue, "report the feed position", report)
 
     def _queue_read(self, pipe: Any, after: int) -> None:
         self._read(keys=[self.keys.feed_floor, self.keys.feed],
                    args=[entry_id(after), self.read_count, self.read_bytes, MAX_ENTRY_BYTES + _FIELD_SLACK],
                    client=pipe)
 
-    def _take(self, got: list[Any], sent: float, *, now: bool) -> tuple[int, bool]:
+    def _take(self, got: list[Any], sent: float) -> tuple[int, bool]:
         """Apply a read's reply (the floor, whether entries were left, the entries), the lock held: (entries
-        applied, whether to read again). What an earlier read applied meanwhile (another thread) is skipped. The
-        report goes at once with ``now``, else with the next read."""
+        applied, whether to read again). What another thread applied meanwhile is skipped."""
         floor, more, *raw = got
         if int(floor or 0) > self.index.version:
             self._reload(int(floor))
             return 0, True
         entries = [(pos, _entry_fields(flat)) for eid, flat in raw if (pos := position(eid)) > self.index.version]
         if entries:
-            self._apply(entries, now)
+            self._apply(entries)
         elif self.report and not self._announced:  # up to date from the start (a fresh snapshot)
-            with_retries(self.queue, "report the feed position",
-                         lambda: self.r.hset(self.keys.feed_applied, self.name, self.index.version))
-            self._announced = True
+            self._unreported.append(([], ""))
         if not more:
             self._drained_at = max(self._drained_at, sent)
         return len(entries), bool(more)
@@ -617,10 +646,9 @@ class FeedFollower:
         self.index.adopt(fresh)
         self.reloads += 1
 
-    def _apply(self, entries: list[tuple[int, dict[bytes, bytes]]], now: bool) -> None:
+    def _apply(self, entries: list[tuple[int, dict[bytes, bytes]]]) -> None:
         """Apply a batch of entries in one step of the index (:meth:`CameraIndex.apply_changes`: one pass per kind
-        of change), then report (at once with ``now``, else with the next read); an entry malformed or refused is
-        refused alone."""
+        of change) and queue its report; an entry malformed or refused is refused alone."""
         rejected: list[tuple[int, str]] = []
         batch: list[tuple[str, Any, Any]] = []
         at: list[int] = []  # the position of each change in the batch
@@ -648,15 +676,7 @@ class FeedFollower:
             return
         now_ms = self.clock() * 1000
         lags = ",".join(f"{now_ms - pos // 1_000_000:.1f}" for pos, _ in entries)
-        if not now:
-            self._unreported.append((rejected, lags))
-            return
-
-        def report() -> None:
-            pipe = self.r.pipeline(transaction=False)
-            self._queue_report(pipe, [(rejected, lags)])
-            pipe.execute()
-        with_retries(self.queue, "report the feed position", report)
+        self._unreported.append((rejected, lags))
 
     def _queue_report(self, pipe: Any, reports: list[tuple[list[tuple[int, str]], str]]) -> None:
         """Queue on ``pipe`` the refusals and lags of ``reports`` and the index's position (as it is now: a
@@ -664,7 +684,7 @@ class FeedFollower:
         for rejected, lags in reports:
             for pos, err in rejected:
                 pipe.hsetnx(self.keys.feed_rejected, entry_id(pos), err)
-            if self.report:
+            if self.report and lags:
                 pipe.xadd(self.keys.feed_lag, {"w": self.name, "ms": lags}, maxlen=100_000, approximate=True)
         if reports and self.report:
             pipe.hset(self.keys.feed_applied, self.name, self.index.version)
