@@ -513,10 +513,6 @@ class FeedFollower:
         self.behind = False
         self._announced = False  # its position recorded in Keys.feed_applied at least once
         self._lock = threading.Lock()
-        #: When (monotonic) the latest catch-up read still out was sent, and its answer's signal: a catch-up
-        #: begun before waits for that answer rather than sending the same read (no lock held meanwhile).
-        self._reading = -math.inf
-        self._read_done = threading.Condition(self._lock)
         #: When (monotonic) the last read that found nothing more to apply was sent: a call that began before it
         #: has nothing to read (every entry appended before the call was applied).
         self._drained_at = -math.inf
@@ -532,38 +528,29 @@ class FeedFollower:
         (whole reads: up to ``read_count`` more); how many (rejected ones included). Unless the limit stopped it
         (then :attr:`behind`), every entry appended before the call is applied when it returns. The lock is held
         to apply, not during a read: a thread's round trip never holds up another thread's apply (a read that
-        comes back with entries another thread applied meanwhile skips them); a call that finds a read sent
-        since it began waits for that read's answer instead of sending its own. While the follower thread runs, the
+        comes back with entries another thread applied meanwhile skips them). While the follower thread runs, the
         report goes with its next round trip; else before this returns."""
         called = time.monotonic()
         total = 0
         self.behind = False
         while True:
             with self._lock:
-                while self._reading > called and self._drained_at <= called:
-                    self._read_done.wait()  # a read sent since this call began: its answer may be enough
                 if self._drained_at > called:  # a read sent after this call began found nothing more
                     break
                 if limit is not None and total >= limit:
                     self.behind = True
                     break
                 sent, pending, self._unreported = time.monotonic(), self._unreported, []
-                after, self._reading = self.index.version, sent
+                after = self.index.version
 
             def read(pending: list[Any] = pending, after: int = after) -> list[Any]:  # one command
                 pipe = pipeline(self.r)
                 self._queue_report(pipe, pending)
                 self._queue_read(pipe, after)
                 return list(pipe.execute()[-1])
-            try:
-                got = with_retries(self.queue, "read the feed", read)
-                with self._lock:
-                    n, more = self._take(got, sent)
-            finally:
-                with self._lock:
-                    if self._reading == sent:
-                        self._reading = -math.inf
-                    self._read_done.notify_all()
+            got = with_retries(self.queue, "read the feed", read)
+            with self._lock:
+                n, more = self._take(got, sent)
             total += n
             if not more:
                 break
