@@ -4,8 +4,11 @@ each request costs: in each master, in all of Redis, and in the worker processes
     python -m pytest bench/bench_cluster.py --benchmark-only -p no:cacheprovider -s
 
 ``GEODISPATCH_BENCH_CLUSTER_CAMERAS`` sets the index size (default 200,000), ``GEODISPATCH_BENCH_CLUSTER_REQUESTS``
-the requests of each phase (default 3,000), ``GEODISPATCH_BENCH_CLUSTER_WORKERS`` the ``serve --workers``
-(default 2). The same run measures one plain redis-server as the baseline. Each phase queues its requests first
+the requests of each phase (default 20,000: a phase of a few seconds, so that the CPU read at 10 ms ticks is
+within a percent or two), ``GEODISPATCH_BENCH_CLUSTER_WORKERS`` the ``serve --workers`` (default 2),
+``GEODISPATCH_BENCH_CLUSTER_ROUNDS`` how many times the four phases run (default 2), in alternating order (the
+second round backwards), each ratio taken within its round. The same run measures one plain redis-server as the
+baseline. Each phase queues its requests first
 (typical ones, 0.03-0.45 sq mi, in the shards' streams), then starts ``serve`` and measures from the first outcome
 to the last: the rate a backlog drains at. CPU is read from ``/proc`` for every redis-server and every serve
 process over the same interval. On a machine of 2 cores the absolute rate cannot grow with shards (workers and
@@ -36,7 +39,8 @@ from dispatcher.service.servers import RedisClusterServers, RedisServer
 from dispatcher.synthetic.requests import typical_requests
 
 CAMERAS = int(os.environ.get("GEODISPATCH_BENCH_CLUSTER_CAMERAS", "200000"))
-REQUESTS = int(os.environ.get("GEODISPATCH_BENCH_CLUSTER_REQUESTS", "3000"))
+REQUESTS = int(os.environ.get("GEODISPATCH_BENCH_CLUSTER_REQUESTS", "20000"))
+ROUNDS = int(os.environ.get("GEODISPATCH_BENCH_CLUSTER_ROUNDS", "2"))
 WORKERS = int(os.environ.get("GEODISPATCH_BENCH_CLUSTER_WORKERS", "2"))
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -139,13 +143,21 @@ def _phase(at: RedisClusterServers | RedisServer, work: Path, agencies: Any, now
 
 def test_throughput_by_shards(benchmark: Any, world: Any) -> None:
     cluster, single, work, agencies, now = world
+    order: list[tuple[Any, int]] = [(single, 1), *((cluster, shards) for shards in (1, 2, 3))]
 
     def run() -> list[dict[str, Any]]:
-        return [_phase(single, work, agencies, now, 1)] + [_phase(cluster, work, agencies, now, shards)
-                                                          for shards in (1, 2, 3)]
+        phases = []
+        for k in range(ROUNDS):
+            load = [round(x, 2) for x in os.getloadavg()]
+            got = {(at is cluster, shards): _phase(at, work, agencies, now, shards)
+                   for at, shards in (order if k % 2 == 0 else order[::-1])}
+            base = got[(False, 1)]["requests_per_s"]
+            for _, p in sorted(got.items()):
+                p.update(round=k, load_average_before=load,
+                         requests_per_s_ratio_to_one_server=round(p["requests_per_s"] / base, 2))
+                phases.append(p)
+        return phases
     phases = benchmark.pedantic(run, rounds=1, iterations=1)
-    for p in phases[1:]:
-        p["requests_per_s_ratio_to_one_server"] = round(p["requests_per_s"] / phases[0]["requests_per_s"], 2)
     benchmark.extra_info["phases"] = phases
     print(json.dumps({"cameras": CAMERAS, "requests": REQUESTS, "workers": WORKERS, "cpus": os.cpu_count(),
                       "load_average": os.getloadavg(), "phases": phases}, indent=1))

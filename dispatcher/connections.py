@@ -100,8 +100,9 @@ class SlotPipeline:
         return self.cluster.get_node_from_key(key)
 
     def __getattr__(self, method: str) -> Callable[..., SlotPipeline]:
-        def queue(*args: Any, **kwargs: Any) -> SlotPipeline:
-            self._queued.append((self._node(args[0]), method, args, kwargs))
+        def queue(*args: Any, **kwargs: Any) -> SlotPipeline:  # XREAD's first argument maps its keys to ids
+            key = next(iter(args[0])) if isinstance(args[0], dict) else args[0]
+            self._queued.append((self._node(key), method, args, kwargs))
             return self
         return queue
 

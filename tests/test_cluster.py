@@ -36,6 +36,7 @@ from dispatcher.errors import InvalidQueueSettings
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.keys import Keys
 from dispatcher.service.client import read_outcomes, submit
+from dispatcher.service.feed import FeedFollower, publish_changes
 from dispatcher.service.servers import RedisClusterServers
 from dispatcher.service.worker import ServiceSettings, Worker
 from dispatcher.workflow.agencies import AgencyRegistry
@@ -240,6 +241,31 @@ def test_consumers_send_every_shards_notifications_once(redis_cluster: RedisClus
         f"req-c%3A{o}.html" for o in rs.owner_ids.tolist())
     assert sum(c.sent for c in consumers) == rs.n_owners
     assert client.xlen(qs.keys.shard(1).notification_dead_letters) == 1
+
+
+def test_the_change_feed_follows_on_the_cluster(redis_cluster: RedisClusterServers) -> None:
+    """The feed's keys share the base tag's slot: the changes published in one MULTI, the bounded read (a script
+    on the floor and the feed) and the follower's wait (a blocking read pipelined with it) on the cluster client,
+    the index equal to the oracle after each."""
+    from tests.test_feed import AREA, END, NOW, START, Registry, _as_dict
+
+    qs = _qs(redis_cluster, 3)
+    client = connect(qs)
+    reg = Registry.make(300)
+    index = CameraIndex.build(reg.table(), reg.owner_table())
+    follower = FeedFollower(index, client, "c", qs.keys)
+    publish_changes(client, [reg.random_change() for _ in range(5)], qs.keys)
+    assert follower.catch_up() == 5 and follower.applied == 5
+    assert _as_dict(index.resolve(AREA, START, END, now=NOW)) == reg.oracle(NOW)
+    got: list[int] = []
+    waiting = threading.Thread(target=lambda: got.append(follower.wait(60_000)))
+    waiting.start()
+    time.sleep(0.2)
+    pos = publish_changes(client, [reg.random_change()], qs.keys)[-1]
+    waiting.join(timeout=60)
+    assert got == [1] and index.version == pos
+    assert follower.catch_up() == 0 and client.hget(qs.keys.feed_applied, "c") == str(pos).encode()
+    assert _as_dict(index.resolve(AREA, START, END, now=NOW)) == reg.oracle(NOW)
 
 
 @dataclass(frozen=True)

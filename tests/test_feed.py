@@ -6,11 +6,13 @@ checked against the brute-force shapely oracle (bench/reference.py) over a model
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,7 +37,7 @@ from dispatcher.index.camera_index import CameraIndex
 from dispatcher.index.schema import CAMERA_SCHEMA, OWNER_SCHEMA
 from dispatcher.keys import Keys
 from dispatcher.service.client import read_outcomes, submit
-from dispatcher.service.feed import Change, FeedFollower, Snapshots, Snapshotter, publish_changes
+from dispatcher.service.feed import MAX_ENTRY_BYTES, Change, FeedFollower, Snapshots, Snapshotter, publish_changes
 from dispatcher.service.servers import RedisServer
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from tests.video_requests import JOINED, LAT0, LNG0, NOW, square
@@ -196,6 +198,86 @@ def test_a_batch_applies_as_its_changes_one_after_the_other_and_a_step_is_bounde
     assert _as_dict(one.resolve(AREA, START, END, now=NOW)) == expected
     assert _as_dict(batched.resolve(AREA, START, END, now=NOW)) == expected
     assert owners[2] in expected and owners[3] not in expected and y in expected[owners[1]]
+
+
+def test_a_read_of_the_feed_is_bounded_in_bytes_and_an_oversized_entry_never_leaves_redis(
+        redis_server: RedisServer) -> None:
+    """A writer that goes around publish_changes (a plain XADD) can append entries of any size and any number. A
+    read returns at most ``read_bytes`` of entries (and one more entry), so twelve entries of ~1 MiB take several
+    reads, not one reply of 12 MiB; an entry over MAX_ENTRY_BYTES is never sent by Redis (Redis's own count of the
+    bytes it wrote says so): it is refused as unread and recorded, and the changes after it are applied in the
+    same catch-up."""
+    reg = Registry.make(300)
+    r = redis_server.client()
+    index = CameraIndex.build(reg.table(), reg.owner_table())
+    follower = FeedFollower(index, r, "f", read_bytes=2 * MAX_ENTRY_BYTES)
+    near = b"[" + b" " * (MAX_ENTRY_BYTES - 100) + b"]"  # within the bound: read, then refused (not an object)
+    for _ in range(12):
+        r.xadd(K.feed, {"c": near})
+    huge = r.xadd(K.feed, {"c": b" " * (8 * MAX_ENTRY_BYTES)})
+    good = publish_changes(r, [reg.random_change() for _ in range(3)])
+    sent0 = r.info("stats")["total_net_output_bytes"]
+    reads0 = r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    assert follower.catch_up() == 16
+    sent = r.info("stats")["total_net_output_bytes"] - sent0
+    reads = r.info("commandstats")["cmdstat_evalsha"]["calls"] - reads0
+    assert 12 * MAX_ENTRY_BYTES - 12 * 100 < sent < 13 * MAX_ENTRY_BYTES  # the 8 MiB entry was not sent
+    assert reads >= 6  # two ~1 MiB entries a read at most
+    assert follower.rejected == 13 and follower.applied == 3 and index.version == good[-1]
+    refusal = r.hget(K.feed_rejected, huge)
+    assert refusal is not None and b"not read" in refusal and f"{8 * MAX_ENTRY_BYTES + 1}".encode() in refusal
+    assert _as_dict(index.resolve(AREA, START, END, now=NOW)) == reg.oracle(NOW)
+
+
+class _Counting(redis.Connection):
+    """A connection that counts its writes, by thread: each is one round trip of a pipeline or command."""
+
+    writes: collections.Counter[int] = collections.Counter()
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).writes[threading.get_ident()] += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_the_follower_thread_waits_for_applies_and_reports_a_change_in_one_round_trip_each(
+        redis_server: RedisServer) -> None:
+    """Beside a request backlog the follower thread waits for the GIL after every round trip, so each one it
+    saves is time a change is not visible: its wait is one round trip that blocks, reads what came and is
+    applied when it returns (the blocking read and the bounded read pipelined, Redis running the second as the
+    first returns), and the report of it goes with the next round trip, whatever that is."""
+    reg = Registry.make(300)
+    index = CameraIndex.build(reg.table(), reg.owner_table())
+    pool = redis.ConnectionPool(connection_class=_Counting, host="127.0.0.1", port=redis_server.port)
+    follower = FeedFollower(index, redis.Redis(connection_pool=pool), "f")
+    r = redis_server.client()
+    up = threading.Event()
+    got: list[int] = []
+
+    def follow() -> None:
+        me = threading.get_ident()
+        follower.catch_up()  # up to date, its connection made and the script loaded
+        up.set()
+        before = _Counting.writes[me]
+        got.append(follower.wait(60_000))
+        got.append(_Counting.writes[me] - before)
+        got.append(int(r.hget(K.feed_applied, "f") or 0))
+        before = _Counting.writes[me]
+        got.append(follower.catch_up())
+        got.append(_Counting.writes[me] - before)
+    waiting = threading.Thread(target=follow)
+    t0 = time.monotonic()
+    waiting.start()
+    assert up.wait(60)
+    time.sleep(0.2)
+    pos = publish_changes(r, [reg.random_change()])[-1]
+    waiting.join(timeout=60)
+    assert time.monotonic() - t0 < 30, "the wait was not ended by the change"
+    applied, waited, reported_then, more, then = got
+    assert applied == 1 and index.version == pos and waited == 1
+    assert reported_then < pos  # the report goes with the next round trip
+    assert more == 0 and then == 1  # which is the next read
+    assert r.hget(K.feed_applied, "f") == str(pos).encode() and r.xlen(K.feed_lag) == 1
+    assert _as_dict(index.resolve(AREA, START, END, now=NOW)) == reg.oracle(NOW)
 
 
 def test_the_plan_records_the_version_and_a_retry_names_it(redis_server: RedisServer) -> None:

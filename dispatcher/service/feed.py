@@ -39,9 +39,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import redis
-from redis.cluster import RedisCluster
 
-from dispatcher.connections import pipeline, with_retries
+from dispatcher.connections import pipeline, script, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.errors import DispatchError, FeedGap, IndexFormatError, InvalidChange
 from dispatcher.index.camera_index import CameraIndex
@@ -53,11 +52,13 @@ __all__ = ["Change", "FeedFollower", "Snapshots", "Snapshotter", "entry_id", "pa
 
 log = logging.getLogger(__name__)
 
-#: The most ids one change may name, camera (or event) rows one add may hold, and bytes one entry may hold: a
-#: follower reads up to ``read_count`` entries at a time, so an entry's size bounds what one read can cost.
+#: The most ids one change may name, camera (or event) rows one add may hold, and bytes one entry may hold.
 MAX_IDS = 10_000
 MAX_ROWS = 2_000
 MAX_ENTRY_BYTES = 1 << 20
+#: The most bytes of entries one read of the feed returns (a read returns at least one entry, so up to
+#: ``MAX_ENTRY_BYTES`` more): ``read_count`` bounds the entries of a read, this their size, whoever wrote them.
+READ_BYTES = 4 << 20
 #: The ops, and the field each one's ids are in.
 _ID_FIELD = {"remove": "camera_ids", "sharing": "camera_ids", "optout": "owner_ids"}
 _FLAG_FIELD = {"sharing": "enabled", "optout": "opted_out"}
@@ -426,6 +427,43 @@ return redis.call('XTRIM', KEYS[2], 'MINID', ARGV[2])
 """
 
 
+# KEYS: floor, feed; ARGV: the position's entry id (exclusive), the most entries, the most bytes in all, the most
+# bytes of one entry. The floor, whether entries were left (1) or the feed's end was reached (0), then the entries
+# after the position: up to the count, stopping before the entry that would pass the byte budget (never before the
+# first), an entry larger than its bound given as its id and size only (its one field ``oversized``), never its
+# content. Entries are taken a few at a time (4, doubling up to 64 while they are small beside the budget, one
+# at a time after a large one): the script holds at most 64 entries at once, whatever a writer put there.
+_READ_LUA = """
+local out = {redis.call('GET', KEYS[1]) or '0', 0}
+local after, count, budget, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local used, n, chunk = 0, 0, 4
+while n < count do
+  local want = math.min(chunk, count - n)
+  local got = redis.call('XRANGE', KEYS[2], '(' .. after, '+', 'COUNT', want)
+  local largest = 0
+  for _, e in ipairs(got) do
+    local size = 0
+    for _, v in ipairs(e[2]) do size = size + #v end
+    largest = math.max(largest, size)
+    if size > most then
+      e = {e[1], {'oversized', tostring(size)}}
+      size = 0
+    elseif used + size > budget and n > 0 then
+      out[2] = 1
+      return out
+    end
+    used, n = used + size, n + 1
+    out[#out + 1] = e
+    after = e[1]
+  end
+  if #got < want then return out end
+  if largest * 64 <= budget then chunk = math.min(2 * chunk, 64) else chunk = 1 end
+end
+out[2] = 1
+return out
+"""
+
+
 def trim_feed(client: redis.Redis, floor: int, keys: Keys | None = None) -> int:
     """Drop the entries at or below ``floor`` (a published snapshot's position: every snapshot kept includes
     them) and raise ``Keys.feed_floor`` to it, atomically; the entries dropped."""
@@ -438,17 +476,26 @@ class FeedFollower:
     one follower; one of them applies at a time), :meth:`run` while idle. With ``snapshots``, a follower whose
     position the feed was trimmed past loads the latest snapshot first.
 
-    Entries are read ``read_count`` at a time and each read is applied in one step of the index
-    (:meth:`CameraIndex.apply_changes`: ~15 µs a change at 200k cameras where one at a time cost ~140 µs), so a
-    backlog costs less a change the larger it is. ``catch_up(limit)`` bounds the work of one call: a worker
-    applies at most that many before its batch of commands (the feed first, always), and the follower thread
-    works off the rest in reads of ``read_count``, letting the worker threads in between."""
+    Entries are read ``read_count`` at a time, and at most ``read_bytes`` of them (an entry over
+    :data:`MAX_ENTRY_BYTES` comes as its id and size, and is refused: the read's script in Redis never sends it),
+    and each read is applied in one step of the index (:meth:`CameraIndex.apply_changes`: ~15 µs a change at 200k
+    cameras where one at a time cost ~140 µs), so a backlog costs less a change the larger it is.
+    ``catch_up(limit)`` bounds the work of one call: a worker applies at most that many before its batch of
+    commands (the feed first, always), and the follower thread works off the rest in reads of ``read_count``,
+    letting the worker threads in between.
+
+    The follower thread's wait for the next change is one round trip that also reads what came (a blocking read
+    pipelined with the bounded one, which Redis runs as soon as the first returns) and sends the report of the
+    changes it applied last: beside a request backlog, every round trip of this thread waits for the GIL behind
+    the worker threads, so it makes as few as it can."""
 
     def __init__(self, index: CameraIndex, client: redis.Redis, name: str, keys: Keys | None = None, *,
                  snapshots: Snapshots | None = None, queue: QueueSettings | None = None, read_count: int = 1000,
-                 report: bool = True, clock: Callable[[], float] = time.time) -> None:
+                 read_bytes: int = READ_BYTES, report: bool = True, clock: Callable[[], float] = time.time) -> None:
         if read_count < 1:
             raise InvalidChange(f"feed follower: read_count must be at least 1, got {read_count}")
+        if read_bytes < 1:
+            raise InvalidChange(f"feed follower: read_bytes must be at least 1, got {read_bytes}")
         self.index = index
         self.r = client
         self.name = name
@@ -456,6 +503,7 @@ class FeedFollower:
         self.snapshots = snapshots
         self.queue = queue or QueueSettings(url="redis://")
         self.read_count = read_count
+        self.read_bytes = read_bytes
         self.report = report
         self.clock = clock
         self.applied = 0
@@ -468,68 +516,123 @@ class FeedFollower:
         #: When (monotonic) the last read that found nothing more to apply was sent: a call that began before it
         #: has nothing to read (every entry appended before the call was applied).
         self._drained_at = -math.inf
+        #: What was applied and not reported yet: (refusals, lags), sent with the next round trip.
+        self._unreported: list[tuple[list[tuple[int, str]], str]] = []
+        #: Whether :meth:`run` is following (then it sends the reports).
+        self._following = False
+        self._read = script(client, _READ_LUA)
         index.prepare_updates()
 
     def catch_up(self, limit: int | None = None) -> int:
         """Apply the entries after the index's version, all of them or, with ``limit``, about that many at most
         (whole reads: up to ``read_count`` more); how many (rejected ones included). Unless the limit stopped it
-        (then :attr:`behind`), every entry appended before the call is applied when it returns."""
+        (then :attr:`behind`), every entry appended before the call is applied when it returns. The lock is held
+        to apply, not during a read: a thread's round trip never holds up another thread's apply (a read that
+        comes back with entries another thread applied meanwhile skips them). While the follower thread runs, the
+        report goes with its next round trip; else before this returns."""
         called = time.monotonic()
-        with self._lock:
-            total = 0
-            self.behind = False
-            while True:
-                if self._drained_at > called:  # another thread read the feed to its end after this call began
-                    return total
+        total = 0
+        self.behind = False
+        while True:
+            with self._lock:
+                if self._drained_at > called:  # a read sent after this call began found nothing more
+                    break
                 if limit is not None and total >= limit:
                     self.behind = True
-                    return total
-                sent = time.monotonic()
+                    break
+                sent, pending, self._unreported = time.monotonic(), self._unreported, []
+                after = self.index.version
 
-                def read() -> list[Any]:  # before every batch: the lean pipeline on a plain client
-                    pipe = (self.r.pipeline(transaction=False) if isinstance(self.r, RedisCluster)
-                            else pipeline(self.r))
-                    pipe.get(self.keys.feed_floor)
-                    pipe.xread({self.keys.feed: entry_id(self.index.version)}, count=self.read_count)
-                    return list(pipe.execute())
-                floor_raw, got = with_retries(self.queue, "read the feed", read)
-                floor = int(floor_raw or 0)
-                if floor > self.index.version:
-                    self._reload(floor)
-                    continue
-                entries = _entries(got)
-                if entries:
-                    self._apply(entries)
-                    total += len(entries)
-                elif self.report and not self._announced:  # up to date from the start (a fresh snapshot)
-                    with_retries(self.queue, "report the feed position",
-                                 lambda: self.r.hset(self.keys.feed_applied, self.name, self.index.version))
-                    self._announced = True
-                if len(entries) < self.read_count:
-                    self._drained_at = sent
-                    return total
+            def read(pending: list[Any] = pending, after: int = after) -> list[Any]:  # one command
+                pipe = pipeline(self.r)
+                self._queue_report(pipe, pending)
+                self._queue_read(pipe, after)
+                return list(pipe.execute()[-1])
+            got = with_retries(self.queue, "read the feed", read)
+            with self._lock:
+                n, more = self._take(got, sent)
+            total += n
+            if not more:
+                break
+        if not self._following and self._unreported:
+            self._send_reports()
+        return total
 
     def wait(self, block_ms: int) -> int:
-        """Block up to ``block_ms`` for an entry after the index's version, then apply what came, a read of
-        ``read_count`` at a time (the lock let go between reads, for the worker threads' own catch-ups)."""
-        def read() -> Any:
-            return self.r.xread({self.keys.feed: entry_id(self.index.version)}, count=1, block=block_ms)
-        if not _entries(with_retries(self.queue, "wait for the feed", read)):
-            return 0
-        total = self.catch_up(self.read_count)
-        while self.behind:
+        """Block up to ``block_ms`` for an entry after the index's version and apply what came, in one round trip
+        (the report of what was applied since the last round trip goes with it); a backlog is then worked off a
+        read of ``read_count`` at a time. The entry that ends the wait is not used (the bounded read that follows
+        returns it): the blocking read asks for one entry, and only a writer that goes around
+        :func:`publish_changes` can make that one large."""
+        with self._lock:
+            sent, pending, self._unreported = time.monotonic(), self._unreported, []
+            after = self.index.version
+
+        def read() -> list[Any]:
+            pipe = pipeline(self.r)
+            self._queue_report(pipe, pending)
+            pipe.xread({self.keys.feed: entry_id(after)}, count=1, block=block_ms)
+            self._queue_read(pipe, after)
+            return list(pipe.execute()[-1])
+        got = with_retries(self.queue, "wait for the feed", read)
+        with self._lock:
+            total, more = self._take(got, sent)
+        if more:
             total += self.catch_up(self.read_count)
+            while self.behind:
+                total += self.catch_up(self.read_count)
         return total
 
     def run(self, stop: Any, block_ms: int = 100) -> None:
         """Follow the feed until ``stop.is_set()``: a change is applied within about a round trip of its append
-        even while no command comes."""
-        while not stop.is_set():
-            try:
-                self.wait(block_ms)
-            except Exception:  # Redis away, or a bug: the position is kept, following resumes from it
-                log.exception("%s: following the change feed failed; retrying", self.name)
-                stop.wait(0.5)
+        even while no command comes. Meanwhile every report of this follower goes with this thread's next round
+        trip (at most ``block_ms`` later)."""
+        self._following = True
+        try:
+            while not stop.is_set():
+                try:
+                    self.wait(block_ms)
+                except Exception:  # Redis away, or a bug: the position is kept, following resumes from it
+                    log.exception("%s: following the change feed failed; retrying", self.name)
+                    stop.wait(0.5)
+        finally:
+            self._following = False
+        try:
+            self._send_reports()
+        except Exception:
+            log.warning("%s: the last feed report was not sent", self.name, exc_info=True)
+
+    def _send_reports(self) -> None:
+        with self._lock:
+            pending, self._unreported = self._unreported, []
+
+        def report() -> None:
+            pipe = pipeline(self.r)
+            self._queue_report(pipe, pending)
+            pipe.execute()
+        if pending:
+            with_retries(self.queue, "report the feed position", report)
+
+    def _queue_read(self, pipe: Any, after: int) -> None:
+        self._read(keys=[self.keys.feed_floor, self.keys.feed],
+                   args=[entry_id(after), self.read_count, self.read_bytes, MAX_ENTRY_BYTES + _FIELD_SLACK],
+                   client=pipe)
+
+    def _take(self, got: list[Any], sent: float) -> tuple[int, bool]:
+        """Apply a read's reply (the floor, whether entries were left, the entries), the lock held: (entries
+        applied, whether to read again). What another thread applied meanwhile is skipped."""
+        floor, more, *raw = got
+        if int(floor or 0) > self.index.version:
+            self._reload(int(floor))
+            return 0, True
+        entries = [(pos, _entry_fields(flat)) for eid, flat in raw if (pos := position(eid)) > self.index.version]
+        if entries:
+            self._apply(entries)
+        elif self.report and not self._announced:  # up to date from the start (a fresh snapshot)
+            self._unreported.append(([], ""))
+        if not more:
+            self._drained_at = max(self._drained_at, sent)
+        return len(entries), bool(more)
 
     def _reload(self, floor: int) -> None:
         if self.snapshots is None:
@@ -545,7 +648,7 @@ class FeedFollower:
 
     def _apply(self, entries: list[tuple[int, dict[bytes, bytes]]]) -> None:
         """Apply a batch of entries in one step of the index (:meth:`CameraIndex.apply_changes`: one pass per kind
-        of change), then report; an entry malformed or refused is refused alone."""
+        of change) and queue its report; an entry malformed or refused is refused alone."""
         rejected: list[tuple[int, str]] = []
         batch: list[tuple[str, Any, Any]] = []
         at: list[int] = []  # the position of each change in the batch
@@ -553,7 +656,10 @@ class FeedFollower:
             try:
                 raw = fields.get(b"c")
                 if raw is None:
-                    raise InvalidChange(f"feed entry {entry_id(pos)}: no 'c' field")
+                    size = fields.get(_OVERSIZED) if len(fields) == 1 else None
+                    raise InvalidChange(f"feed entry {entry_id(pos)}: " + (
+                        "no 'c' field" if size is None else
+                        f"{int(size)} bytes, more than the {MAX_ENTRY_BYTES} allowed (not read)"))
                 batch.append(_decoded(raw))
                 at.append(pos)
             except DispatchError as exc:
@@ -570,23 +676,30 @@ class FeedFollower:
             return
         now_ms = self.clock() * 1000
         lags = ",".join(f"{now_ms - pos // 1_000_000:.1f}" for pos, _ in entries)
+        self._unreported.append((rejected, lags))
 
-        def report() -> None:
-            pipe = self.r.pipeline(transaction=False)
+    def _queue_report(self, pipe: Any, reports: list[tuple[list[tuple[int, str]], str]]) -> None:
+        """Queue on ``pipe`` the refusals and lags of ``reports`` and the index's position (as it is now: a
+        report sent late never moves it back)."""
+        for rejected, lags in reports:
             for pos, err in rejected:
                 pipe.hsetnx(self.keys.feed_rejected, entry_id(pos), err)
-            if self.report:
-                pipe.hset(self.keys.feed_applied, self.name, self.index.version)
+            if self.report and lags:
                 pipe.xadd(self.keys.feed_lag, {"w": self.name, "ms": lags}, maxlen=100_000, approximate=True)
-            pipe.execute()
-        with_retries(self.queue, "report the feed position", report)
-        self._announced = self._announced or self.report
+        if reports and self.report:
+            pipe.hset(self.keys.feed_applied, self.name, self.index.version)
+            self._announced = True
 
 
-def _entries(got: Any) -> list[tuple[int, dict[bytes, bytes]]]:
-    """(position, fields) of an XREAD reply's entries (RESP2 or RESP3)."""
-    streams = got.items() if isinstance(got, dict) else (got or [])
-    return [(position(eid), dict(fields or {})) for _, entries in streams for eid, fields in entries]
+#: A read's stand-in for an entry over its byte bound: the only field, its size.
+_OVERSIZED = b"oversized"
+#: Bytes an entry may hold beyond its change (its field's name).
+_FIELD_SLACK = 64
+
+
+def _entry_fields(flat: list[Any]) -> dict[bytes, bytes]:
+    """An entry's fields from the flat [name, value, ...] list of a script's reply."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class Snapshotter:
