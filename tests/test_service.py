@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -494,3 +495,52 @@ def test_a_dead_consumers_entry_on_an_idle_intake_stream_is_claimed_by_a_full_pa
     per_stream = collections.Counter(a[1] for a in claims)
     assert per_stream[Keys().requests] >= 8                       # a pass every 100 ms, for 2 s
     assert per_stream[Keys().intake("idle-7")] <= per_stream[Keys().requests] / 2, per_stream  # one in four
+
+
+_STOP_CHILD = """
+import signal, sys, threading
+from dispatcher.service.supervise import StopSignal, stop_on_signals
+
+for _ in range(ROUNDS):
+    stop = StopSignal() if sys.argv[1] == "ours" else threading.Event()
+    if sys.argv[1] == "ours":
+        stop_on_signals(stop)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # a worker process's shape: threads waiting on the flag, the main thread joining them
+    t = threading.Thread(target=lambda: [stop.wait(0.001) for _ in iter(stop.is_set, True)])
+    t.start()
+    print("ready", flush=True)
+    t.join()
+    print("stopped", flush=True)
+"""
+
+
+def test_a_burst_of_sigterms_stops_a_worker_process_every_time() -> None:
+    """SIGTERMs close together (the parent forwards one that the process group got too) must stop a worker. With
+    ``threading.Event`` set by the handler, a second signal landing inside the first ``set()`` waits for ever on
+    the lock the main thread holds: about one burst in 30 hung a process (its threads retrying Redis for ever)."""
+    rounds = 300
+    child = subprocess.Popen([sys.executable, "-c", _STOP_CHILD.replace("ROUNDS", str(rounds)), "ours"],
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert child.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in child.stdout])  # type: ignore[union-attr]
+    reader.start()
+    stopped = 0
+    try:
+        for _ in range(rounds):
+            assert lines.get(timeout=60) == "ready\n"
+            for _ in range(200):
+                os.kill(child.pid, signal.SIGTERM)
+            try:
+                assert lines.get(timeout=10) == "stopped\n"
+            except queue.Empty:
+                pytest.fail(f"a burst of SIGTERMs hung the process after {stopped} rounds")
+            stopped += 1
+    finally:
+        child.kill()
+        child.wait()
+        reader.join()  # at the end of the output
+        child.stdout.close()
+    assert stopped == rounds

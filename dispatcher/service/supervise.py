@@ -18,12 +18,53 @@ if TYPE_CHECKING:
     from dispatcher.dispatch.consumer import Sender
     from dispatcher.dispatch.links import LinkSigner
 
-__all__ = ["LOG_FORMAT", "consume", "serve", "serve_process", "wait_for_redis"]
+__all__ = ["LOG_FORMAT", "StopSignal", "consume", "serve", "serve_process", "stop_on_signals", "wait_for_redis"]
 
 log = logging.getLogger(__name__)
 
 #: One log format for the parent and its workers.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
+class StopSignal:
+    """A stop flag a signal handler may set: ``threading.Event``'s ``set``, ``is_set`` and ``wait``, on a
+    re-entrant lock.
+
+    A Python signal handler runs on the main thread between two of its bytecodes. ``Event.set()`` in a handler that
+    interrupts the main thread inside another ``set()`` or a ``wait()`` of the same Event waits for ever on the
+    plain lock that thread already holds: a second SIGTERM close behind the first (the parent forwarding one a
+    process group also got) left a worker hung with its threads retrying a Redis that was gone. Here the handler
+    takes the lock again instead."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.RLock())
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            if not self._flag:
+                self._cond.wait(timeout)
+            return self._flag
+
+
+def stop_on_signals(stop: StopSignal, then: Callable[[int], None] | None = None) -> None:
+    """Set ``stop`` on SIGTERM and SIGINT (then call ``then(signum)``, if given); from the main thread only."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        stop.set()
+        if then is not None:
+            then(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
 
 
 def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, policy: dict[str, Any],
@@ -50,9 +91,8 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
 
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = StopSignal()
+    stop_on_signals(stop)
     from dispatcher.service.feed import FeedFollower, Snapshots
 
     snapshots = Snapshots(settings.feed_dir) if settings.feed_dir else None
@@ -141,9 +181,9 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
                          args=(f"{os.uname().nodename}-{os.getpid()}-{k}", index_dir, redis_url, agencies, policy,
                                settings, readies[k], log_level)) for k in range(workers)]
     stopping: list[int] = []
-    stopped = threading.Event()
+    stopped = StopSignal()
 
-    def forward(signum: int, _frame: Any) -> None:
+    def forward(signum: int) -> None:
         stopping.append(signum)
         stopped.set()
         for p in procs:
@@ -152,8 +192,7 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
 
     # The handler goes in before any worker starts (and before Redis is awaited for the first snapshot): a
     # SIGTERM during start-up stops them all too.
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    stop_on_signals(stopped, forward)
     # With a feed, the first snapshot needs Redis (has the feed been trimmed?): a Redis not up yet is waited for,
     # as the workers wait for it, rather than failing the start.
     if settings.feed_dir and not wait_for_redis(qs, stopped):
@@ -169,10 +208,10 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
                                       name="geodispatch-snapshots", daemon=True)
         background.start()
     if stopping:  # arrived while a worker was starting: that one had no pid to signal yet
-        forward(stopping[0], None)
+        forward(stopping[0])
     while not stopping and not all(e.is_set() for e in readies):
         if any(p.exitcode is not None for p in procs):
-            forward(signal.SIGTERM, None)
+            forward(signal.SIGTERM)
             break
         time.sleep(0.05)
     if not stopping:
@@ -225,10 +264,9 @@ def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, g
     from dispatcher.dispatch.settings import QueueSettings
 
     settings = QueueSettings.from_url(redis_url)
-    stop = stop or threading.Event()
+    stop = stop or StopSignal()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        stop_on_signals(stop)
     clients = [connect(settings) for _ in range(consumers)]
     clients[0].ping()  # a Redis that is not there is said before any thread starts
     name = f"{os.uname().nodename}-{os.getpid()}"
