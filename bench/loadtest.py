@@ -277,6 +277,7 @@ class WorkerFigures:
     rss_max_mb: float    # resident, index pages shared with the other workers included
     uss_mb: float        # unique to the process at the end
     killed: bool = False
+    cpu_s: float = 0.0   # CPU seconds (user + system) from ready to the last sample
 
 
 @dataclass
@@ -298,6 +299,11 @@ class ScenarioResult:
     wrong_cameras: int = 0           # a notification naming cameras other than the owner's matching ones
     requests_backlog_max: int = 0
     redis_cpu_pct: float = 0.0       # of one core, redis-server over the scenario
+    #: CPU per request completed (ms): every worker's (killed ones up to their last sample) and redis-server's
+    #: (None after a restart: another process), over the scenario, idle polling and the drain included. Less
+    #: disturbed by other jobs on the machine than throughput or latency.
+    worker_cpu_ms_per_request: float | None = None
+    redis_cpu_ms_per_request: float | None = None
     loadgen_cpu_pct: float = 0.0     # of one core, this process: generator, collector, monitor
     machine_load: float = 0.0        # the 1-minute load average, mean over the scenario (other jobs included)
     handled_twice: int = 0           # commands whose outcome came more than once (taken over, or sent twice)
@@ -368,7 +374,8 @@ class _Workers:
             try:
                 pp = psutil.Process(p.pid)
                 f.rss_max_mb = max(f.rss_max_mb, pp.memory_info().rss / 2**20)
-                f.cpu_pct = 100 * (sum(pp.cpu_times()[:2]) - self.cpu0[p.name]) / (time.monotonic() - self.t0[p.name])
+                f.cpu_s = sum(pp.cpu_times()[:2]) - self.cpu0[p.name]
+                f.cpu_pct = 100 * f.cpu_s / (time.monotonic() - self.t0[p.name])
             except psutil.Error:
                 pass
 
@@ -845,12 +852,17 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
             raise LoadTestFailed(f"{name}: {run.errors[0]!r}") from run.errors[0]
         wall = time.monotonic() - w0
         res.loadgen_cpu_pct = 100 * (sum(me.cpu_times()[:2]) - cpu0) / wall
+        redis_cpu_s = None
         if name not in ("restart", "restart-empty"):  # the restarted server is another process
-            res.redis_cpu_pct = 100 * (sum(rs_proc.cpu_times()[:2]) - rcpu0) / wall
+            redis_cpu_s = sum(rs_proc.cpu_times()[:2]) - rcpu0
+            res.redis_cpu_pct = 100 * redis_cpu_s / wall
         res.workers = workers.stop()
         workers = None
         res.series = dict(run.series)
         _figures(run)
+        if res.completed:
+            res.worker_cpu_ms_per_request = 1000 * sum(w.cpu_s for w in res.workers) / res.completed
+            res.redis_cpu_ms_per_request = None if redis_cpu_s is None else 1000 * redis_cpu_s / res.completed
         progress(f"{name}: checking every notification")
         if name == "restart-empty":
             _verify_lost_data(run)
@@ -1237,6 +1249,10 @@ def markdown(report: dict[str, Any]) -> str:
         for w in r["workers"]:
             lines.append(f"| {r['name']} | {w['name']}{' (killed)' if w['killed'] else ''} | {w['cpu_pct']:.0f} | "
                          f"{w['rss_max_mb']:,.0f} | {w['uss_mb']:,.0f} |")
+    lines += ["", "| scenario | CPU ms per request: workers (all) | redis-server |", "|---|---:|---:|"]
+    for r in report["scenarios"]:
+        lines.append(f"| {r['name']} | {_f(r.get('worker_cpu_ms_per_request'), '.3f')} | "
+                     f"{_f(r.get('redis_cpu_ms_per_request'), '.3f')} |")
     for r in report["scenarios"]:
         text = _describe(r)
         if r.get("handled_twice"):

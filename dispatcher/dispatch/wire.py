@@ -116,18 +116,31 @@ def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo
     return PreparedBatch(batch_no, encode_batch(header_json, batch_no, o, rel, cams), hi - lo, o)
 
 
+#: The first byte of a recipient set encoded raw (:func:`encode_recipients`). A zlib stream, the form of before,
+#: never starts with it (its first byte names the deflate method: low four bits 8).
+_RAW = b"\x00"
+#: Sets larger than this (bytes) are still compressed: a wide request's plan (40,000 owners, ~1.5 MB raw) shrinks
+#: about threefold, for a cost that is small beside its resolve and dispatch.
+_COMPRESS_OVER = 64 * 1024
+
+
 def encode_recipients(recipients: RecipientSet) -> bytes:
     """A recipient set as bytes, to be kept with its dispatch plan (every retry sends exactly this set), with the
-    index version it was resolved at last (-1: none)."""
+    index version it was resolved at last (-1: none): little-endian int64 columns after a marker byte.
+    Uncompressed unless large: zlib cost ~30 µs for a typical request at 10M cameras (~1.4 kB, 53 owners), an
+    eighth of a worker's CPU for it, to save ~800 bytes of a plan that expires with the request's records."""
     version = -1 if recipients.version is None else recipients.version
     parts = (np.array([recipients.n_owners, recipients.n_cameras], np.int64), recipients.owner_ids,
              recipients.owner_offsets, recipients.camera_ids, np.array([version], np.int64))
-    return zlib.compress(b"".join(np.ascontiguousarray(a, dtype="<i8").tobytes() for a in parts), 1)
+    raw = b"".join(np.ascontiguousarray(a, dtype="<i8").tobytes() for a in parts)
+    return zlib.compress(raw, 1) if len(raw) > _COMPRESS_OVER else _RAW + raw
 
 
 def decode_recipients(blob: bytes) -> RecipientSet:
+    """A recipient set from :func:`encode_recipients`' bytes, or from the zlib form plans were recorded in before."""
     try:
-        a = np.frombuffer(zlib.decompress(blob), dtype="<i8")
+        raw = blob[1:] if blob[:1] == _RAW else zlib.decompress(blob)
+        a = np.frombuffer(raw, dtype="<i8")
         n, m = int(a[0]), int(a[1])
         size = 2 + n + (n + 1) + m
         if a.shape[0] not in (size, size + 1):  # a plan recorded before versions has none

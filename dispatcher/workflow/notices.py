@@ -185,15 +185,21 @@ local function verdicts(notified, optout, days, owners, cap)
   cap = tonumber(cap)
   local v, total, today = {}, {}, {}
   if #owners == 0 then return v, {}, today end
-  local seen = many('SMISMEMBER', notified, owners)
-  local out = many('SMISMEMBER', optout, owners)
-  for i = 1, #owners do total[i] = 0; today[i] = 0 end
+  -- a key that is not there answers no owner: a request's first batch has no notified set yet, and a day
+  -- without notices (or no opt-out at all) has no key; each one asked costs a conversion per owner both ways
+  local none = {}
+  for i = 1, #owners do total[i] = 0; today[i] = 0; none[i] = 0 end
+  local seen, out = none, none
+  if redis.call('EXISTS', notified) == 1 then seen = many('SMISMEMBER', notified, owners) end
+  if redis.call('EXISTS', optout) == 1 then out = many('SMISMEMBER', optout, owners) end
   for d = 1, #days do
-    local got = many('HMGET', days[d], owners)
-    for i = 1, #owners do
-      local n = tonumber(got[i]) or 0
-      total[i] = total[i] + n
-      if d == #days then today[i] = n end
+    if redis.call('EXISTS', days[d]) == 1 then
+      local got = many('HMGET', days[d], owners)
+      for i = 1, #owners do
+        local n = tonumber(got[i]) or 0
+        total[i] = total[i] + n
+        if d == #days then today[i] = n end
+      end
     end
   end
   for i = 1, #owners do
