@@ -204,6 +204,15 @@ def test_typical_requests_pass() -> None:
     assert refused == []
 
 
+def test_typical_requests_redraw_an_area_the_shape_rules_refuse() -> None:
+    """Request 3405 of 20,000 drawn with seed 4 (the load test's restart scenario at 1,000/s for 20 s) was a notched
+    star with a strip the rules refuse (area_narrow_strip), although typical requests are promised lawful."""
+    agencies = generate_agencies(400)
+    got = typical_requests(agencies, 20_000, 4, datetime(2026, 12, 1, tzinfo=timezone.utc), "restart-r")[3405]
+    assert got["request_id"] == "restart-r-3405"
+    assert area_shape_problems(Area.parse(got["area"])) == []
+
+
 def test_areas_measured_together_are_judged_as_each_alone() -> None:
     """A batch's areas go through each shapely call together (:func:`prepare_areas`): every attack, every
     legitimate shape, typical requests and unreadable areas, mixed, get exactly the violations (codes and
