@@ -285,6 +285,30 @@ def test_epoch_seconds_kernel_equals_numpy(scale):
     assert np.array_equal(out[keep], v[keep].astype(np.int32)) and np.all(out[~valid] == null)
 
 
+@pytest.mark.parametrize("typ", [pa.int16(), pa.int64(), pa.uint16(), pa.float64(), pa.bool_()], ids=str)
+def test_column_values_equal_arrows_conversion_whatever_the_chunks(typ):
+    """The build's columns read from Arrow's buffers (without Arrow's conversion, which imports pandas): slices one
+    after another in one buffer, slices out of order, separate arrays, slices at offsets that are not a byte's
+    bits (booleans), each equal to ``to_numpy`` in value and dtype; with a null, ``to_numpy`` itself."""
+    from dispatcher.index.schema import column_values
+
+    values = np.random.default_rng(7).integers(0, 2 if typ == pa.bool_() else 30_000, 45)
+    whole = pa.array(values.astype(bool) if typ == pa.bool_() else values, typ)
+    layouts = {
+        "one array": [whole],
+        "consecutive slices": [whole.slice(k, 9) for k in range(0, 45, 9)],
+        "slices out of order": [whole.slice(23, 22), whole.slice(3, 20)],
+        "separate arrays": [pa.array(whole.slice(k, 15).to_pylist(), typ) for k in range(0, 45, 15)],
+        "odd offsets": [whole.slice(5, 11), whole.slice(1, 3), whole.slice(17, 0), whole.slice(19, 26)],
+    }
+    for label, chunks in layouts.items():
+        col = pa.chunked_array(chunks, typ)
+        got, want = column_values(col), col.to_numpy()
+        assert got.dtype == want.dtype and np.array_equal(got, want), label
+    with_null = pa.chunked_array([pa.array([1, None, 3], pa.int64())])
+    assert np.array_equal(column_values(with_null), with_null.to_numpy(), equal_nan=True)
+
+
 def test_time_columns_convert_alike_whatever_their_chunks_share():
     """A column's chunks converted in one call: slices one after another in one buffer (a Parquet read's layout:
     one view), the same slices out of order, separate arrays, and a chunk of nulls with no values buffer, each as

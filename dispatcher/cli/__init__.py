@@ -14,7 +14,6 @@ import sys
 from collections.abc import Sequence
 
 import click
-import redis
 
 from dispatcher.cli import api, data, operate, reports, service
 from dispatcher.cli._app import error_line, main, name_environment
@@ -45,8 +44,18 @@ def run(args: Sequence[str] | None = None) -> None:
     except click.exceptions.Abort:
         error_line("interrupted")
         sys.exit(130)
-    except (DispatchError, OSError, sqlite3.Error, redis.RedisError) as exc:  # Redis: unreachable, refused
+    except Exception as exc:
+        if not isinstance(exc, _handled()):
+            raise
         # a KeyError's str() quotes its message: print the message itself
         error_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
         sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _handled() -> tuple[type[Exception], ...]:
+    """The errors that end a command with one line: ours, files, SQLite, and Redis's (unreachable, refused) when
+    the command imported redis (one that never did cannot have raised them), so that the commands with no server
+    do not pay for importing it."""
+    redis = sys.modules.get("redis")
+    return (DispatchError, OSError, sqlite3.Error) + ((redis.RedisError,) if redis is not None else ())

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from dispatcher.cli._app import OutputFile, agencies_options, load_agencies, main, out, read_policy, read_settings
-from dispatcher.workflow.store import open_store
 
 _store_option = click.option("--store", "store_spec", required=True,
                              help="The workflow store: a SQLite file, or a redis:// URL (as `serve` uses).")
@@ -53,6 +52,7 @@ def map_request(request_id: str, store_spec: str, index_dir: Path, agencies: str
     left out)."""
     from dispatcher.index.camera_index import CameraIndex
     from dispatcher.reports.request_map import build_request_map, request_map_html
+    from dispatcher.workflow.store import open_store
 
     store = open_store(store_spec)
     registry = load_agencies(agencies, synthetic_agencies, required=False)
@@ -102,6 +102,7 @@ def report_transparency(store_spec: str, agencies: str | None, synthetic_agencie
     from dispatcher.reports.releases import ReleaseStore
     from dispatcher.reports.transparency import PREVIEW_MARK, build_report
     from dispatcher.workflow.policy import Policy
+    from dispatcher.workflow.store import open_store
 
     settings = read_settings(settings_file, InvalidReportSettings) if settings_file is not None else {}
     settings |= {name: v for name, v in (("epsilon", epsilon), ("k", k)) if v is not None}

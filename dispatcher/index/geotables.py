@@ -258,7 +258,10 @@ def as_table(obj: object, what: str) -> pa.Table | None:
     if obj is None or isinstance(obj, pa.Table):
         return obj
     if isinstance(obj, (str, Path)):
-        return pq.read_table(obj)
+        if Path(obj).is_file():  # without pyarrow.dataset, whose import (pandas with it) costs more than the read
+            with pq.ParquetFile(obj, pre_buffer=True) as f:
+                return f.read()
+        return pq.read_table(obj)  # a directory of files
     gpd = sys.modules.get("geopandas")  # a GeoDataFrame exists only once geopandas is imported
     if gpd is not None and isinstance(obj, gpd.GeoDataFrame):
         return pa.table(obj.to_arrow(index=False, geometry_encoding="WKB"))

@@ -151,20 +151,52 @@ def epoch_seconds(col: pa.ChunkedArray, null_value: int, out: np.ndarray) -> int
     scale = _PER_SECOND[col.type.unit]
     if len(col) == 0:
         return 0
-    valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else _ALL_VALID
-    return int(K.epoch_seconds(_int64_values(col), valid, scale, EPOCH_UNIX_S, null_value, out))
+    valid = _validity(col) if col.null_count else _ALL_VALID
+    return int(K.epoch_seconds(_fixed_values(col, np.dtype(np.int64)), valid, scale, EPOCH_UNIX_S, null_value, out))
 
 
-def _int64_values(col: pa.ChunkedArray) -> np.ndarray:
-    """The 64-bit values of a chunked fixed-width column as one int64 array (nulls' slots hold anything): a view
+def _validity(col: pa.ChunkedArray) -> np.ndarray:
+    """Whether each value of ``col`` is set, unpacked from Arrow's validity bitmaps (a chunk without one is all
+    valid)."""
+    return _joined([np.ones(len(c), np.bool_) if c.buffers()[0] is None else _bits(c, 0) for c in col.chunks])
+
+
+def _bits(chunk: pa.Array, buffer: int) -> np.ndarray:
+    """A chunk's bitmap ``buffer`` (0: validity, 1: a boolean array's values) as booleans."""
+    bits = np.unpackbits(np.frombuffer(chunk.buffers()[buffer], np.uint8), count=chunk.offset + len(chunk),
+                         bitorder="little")
+    return bits[chunk.offset:].view(np.bool_)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def column_values(col: pa.ChunkedArray) -> np.ndarray:
+    """A column of numbers or booleans with no null as one numpy array, read from Arrow's buffers (a read-only
+    view of them when they lie one after another, as a Parquet read's do): Arrow's own conversion to numpy
+    (``to_numpy``) imports pandas, a quarter of a second of a build's start. Other columns: ``to_numpy``."""
+    t = col.type
+    if col.null_count or col.num_chunks == 0:
+        return np.asarray(col.to_numpy())
+    if pa.types.is_boolean(t):
+        return _joined([_bits(c, 1) for c in col.chunks])
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        return np.asarray(col.to_numpy())
+    kind = "i" if pa.types.is_signed_integer(t) else "u" if pa.types.is_unsigned_integer(t) else "f"
+    return _fixed_values(col, np.dtype(f"{kind}{t.bit_width // 8}"))
+
+
+def _fixed_values(col: pa.ChunkedArray, dtype: np.dtype) -> np.ndarray:
+    """The values of a chunked fixed-width column as one array of ``dtype`` (nulls' slots hold anything): a view
     of Arrow's buffer when the chunks lie one after another in one buffer, as a Parquet read's do, else the
     chunks' views concatenated (a chunk without a values buffer, every value null, as zeros)."""
     views = []
     for chunk in col.chunks:
         buf = chunk.buffers()[1]
         m = len(chunk)
-        views.append(np.zeros(m, np.int64) if buf is None else
-                     np.frombuffer(buf, dtype=np.int64, count=chunk.offset + m)[chunk.offset:])
+        views.append(np.zeros(m, dtype) if buf is None else
+                     np.frombuffer(buf, dtype=dtype, count=chunk.offset + m)[chunk.offset:])
     first = col.chunks[0].buffers()[1] if col.num_chunks else None
     if first is not None and len(views) > 1:
         at = col.chunks[0].offset
@@ -174,8 +206,8 @@ def _int64_values(col: pa.ChunkedArray) -> np.ndarray:
                 break
             at += len(chunk)
         else:
-            return np.frombuffer(first, dtype=np.int64, count=at)[col.chunks[0].offset:]
-    return views[0] if len(views) == 1 else np.concatenate(views)
+            return np.frombuffer(first, dtype=dtype, count=at)[col.chunks[0].offset:]
+    return _joined(views)
 
 
 def _ts_to_epoch_s(col: pa.ChunkedArray, null_value: int, what: str, name: str,
@@ -269,19 +301,19 @@ def _checked_columns(table: pa.Table, owners: pa.Table | None) -> CameraColumns 
     removed = np.empty(n, dtype=np.int32)
     if epoch_seconds(c["installed_at"], 0, installed) or epoch_seconds(c["removed_at"], int(NOT_REMOVED), removed):
         return None
-    lat = c["lat"].to_numpy()
-    lng = c["lng"].to_numpy()
+    lat = column_values(c["lat"])
+    lng = column_values(c["lng"])
     retention = np.empty(n, dtype=np.uint16)
-    if K.camera_checks(lat, lng, installed, removed, c["retention_days"].to_numpy(), retention):
+    if K.camera_checks(lat, lng, installed, removed, column_values(c["retention_days"]), retention):
         return None
-    ids = c["camera_id"].to_numpy()
+    ids = column_values(c["camera_id"])
     check_unique(ids, "cameras.camera_id")
-    owner_id = c["owner_id"].to_numpy()
+    owner_id = column_values(c["owner_id"])
     if owners is not None:
         check_known_owners(owner_id, ids, owner_table_ids(owners))
     return CameraColumns(camera_id=ids, owner_id=owner_id, lat=lat, lng=lng, installed=installed, removed=removed,
                          retention_days=retention,
-                         sharing=c["sharing_enabled"].to_numpy(zero_copy_only=False).astype(np.bool_, copy=False))
+                         sharing=column_values(c["sharing_enabled"]))
 
 
 def _named_columns(table: pa.Table, owners: pa.Table | None) -> CameraColumns:
@@ -319,7 +351,7 @@ def _named_columns(table: pa.Table, owners: pa.Table | None) -> CameraColumns:
 
 def owner_table_ids(owners: pa.Table) -> np.ndarray:
     c = conform_columns(owners, OWNER_SCHEMA, "owners")
-    ids = c["owner_id"].to_numpy()
+    ids = column_values(c["owner_id"])
     check_unique(ids, "owners.owner_id")
     return np.asarray(ids)
 
@@ -327,8 +359,8 @@ def owner_table_ids(owners: pa.Table) -> np.ndarray:
 def opted_out_owners(owners: pa.Table) -> np.ndarray:
     """Sorted int64 ids of the owners who opted out."""
     c = conform_columns(owners, OWNER_SCHEMA, "owners")
-    mask = c["opted_out"].to_numpy(zero_copy_only=False).astype(np.bool_)
-    return np.sort(c["owner_id"].to_numpy()[mask])
+    mask = column_values(c["opted_out"])
+    return np.sort(column_values(c["owner_id"])[mask])
 
 
 def check_known_owners(owner_id: np.ndarray, camera_id: np.ndarray, known: np.ndarray) -> None:
@@ -350,7 +382,7 @@ def event_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Validated motion events as (camera_id int64, ts int32 seconds since EPOCH)."""
     try:  # the times from their own unit, without a cast
         c = conform_columns(table, EVENT_SCHEMA, "events", any_unit=True)
-        cam = c["camera_id"].to_numpy()
+        cam = column_values(c["camera_id"])
         ts = np.empty(cam.shape[0], dtype=np.int32)
         if not epoch_seconds(c["ts"], 0, ts):
             return cam, ts
