@@ -68,6 +68,7 @@ class CameraIndex:
         self._merge_thread: threading.Thread | None = None
         self._version = 0
         self._seq = 0  # odd while an update changes the state (see resolve)
+        self._warmed = False  # warm_up ran: a merged state is warmed up too before it is published
 
     # ------------------------------------------------------------------------------------------ building
 
@@ -317,6 +318,7 @@ class CameraIndex:
         which a pipeline runs)."""
         h3x.warm_up()
         self._warm_up(self._state)
+        self._warmed = True
 
     @staticmethod
     def _warm_up(st: State) -> None:
@@ -397,7 +399,8 @@ class CameraIndex:
         try:
             new = live.merged(st, self.config)
             live.prepare(new)
-            self._warm_up(new)  # a new base, maybe of other array types: compiled here, not in a resolve
+            if self._warmed:  # a new base, maybe of other array types: compiled here, not in a resolve
+                self._warm_up(new)
             with self._writing():
                 # Replay what happened meanwhile onto the new state, then publish it in one assignment:
                 # resolves do not take the lock, so they must never see a half-replayed state.
