@@ -40,7 +40,6 @@ import numpy as np
 from dispatcher.errors import DispatchError, IndexFormatError, InvalidData
 from dispatcher.geo import h3 as h3x
 from dispatcher.geo.area import Area, polygon_ring_xy
-from dispatcher.geo.geodesy import geodesic_area_sq_mi
 from dispatcher.index import inspection, live
 from dispatcher.index.build import BuildStats, build_state
 from dispatcher.index.config import IndexConfig
@@ -50,7 +49,6 @@ from dispatcher.index.recipients import RecipientSet
 from dispatcher.index.schema import camera_columns, window_us
 from dispatcher.index.state import Base, State
 from kernels import index_kernels as K
-from kernels.validation import covers_area
 
 __all__ = ["CameraIndex"]
 
@@ -70,6 +68,7 @@ class CameraIndex:
         self._merge_thread: threading.Thread | None = None
         self._version = 0
         self._seq = 0  # odd while an update changes the state (see resolve)
+        self._warmed = False  # warm_up ran: a merged state is warmed up too before it is published
 
     # ------------------------------------------------------------------------------------------ building
 
@@ -314,14 +313,20 @@ class CameraIndex:
         return index
 
     def warm_up(self) -> None:
-        """Compile (or load from Numba's disk cache) every query kernel and the H3 kernels live updates use,
-        so no query or update pays for it."""
+        """Compile (or load from Numba's disk cache) every query kernel, the H3 kernels and the kernels live
+        updates run, so no query or update pays for it (the rules' own: :func:`dispatcher.workflow.policy.warm_up`,
+        which a pipeline runs)."""
         h3x.warm_up()
+        self._warm_up(self._state)
+        self._warmed = True
+
+    @staticmethod
+    def _warm_up(st: State) -> None:
+        """The resolve kernels for ``st``'s arrays, and those live updates run on them."""
         area = Area.parse({"type": "Polygon", "coordinates": [[[0, 0], [1e-9, 0], [0, 1e-9], [0, 0]]]})
         window = window_us("2020-01-01T00:00:00Z", "2020-01-01T01:00:00Z", "2020-01-02T00:00:00Z")
-        self._state.warm_up(area.kernel_args(), *window)
-        covers_area(*area.kernel_args(), *area.kernel_args())  # the policy's jurisdiction check
-        geodesic_area_sq_mi(area)  # ... and its areas
+        st.warm_up(area.kernel_args(), *window)
+        live.warm_up(st)
 
     # ------------------------------------------------------------------------------------------ facts
 
@@ -394,6 +399,8 @@ class CameraIndex:
         try:
             new = live.merged(st, self.config)
             live.prepare(new)
+            if self._warmed:  # a new base, maybe of other array types: compiled here, not in a resolve
+                self._warm_up(new)
             with self._writing():
                 # Replay what happened meanwhile onto the new state, then publish it in one assignment:
                 # resolves do not take the lock, so they must never see a half-replayed state.

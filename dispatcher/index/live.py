@@ -11,6 +11,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -30,13 +31,15 @@ from dispatcher.index.columns import (
     rows_of,
 )
 from dispatcher.index.config import IndexConfig
-from dispatcher.index.schema import CameraColumns, event_columns
+from dispatcher.index.schema import CAMERA_SCHEMA, CameraColumns, camera_columns, event_columns
 from dispatcher.index.state import State
 from kernels import index_kernels as K
 from kernels import live_kernels as L
 
 __all__ = ["Update", "added", "applied", "live_positions", "locate", "merged", "owner_lookup", "pending", "prepare",
-           "replay", "set_flag"]
+           "replay", "set_flag", "warm_up"]
+
+_EPOCH = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
 #: A journaled update: its kind ("add", "remove", "sharing", "optout") and its two arguments.
 Update = tuple[str, Any, Any]
@@ -64,7 +67,11 @@ def replay(st: State, kind: str, a: Any, b: Any) -> State:
     if kind == "add":
         cols, ev_row, ev_ts = a
         new = columns_from(cols, None, ev_row, ev_ts, st.has_events, st.optout)
-        return replace(st, delta=concat_columns(st.delta, new, st.has_events))
+        delta = concat_columns(st.delta, new, st.has_events)
+        # The delta's ids stay int64, as the empty delta's: a resolve over it has one signature, compiled at
+        # open, whatever ids arrive (narrowed, the first addition compiled another mid-service).
+        return replace(st, delta=replace(delta, owner=delta.owner.astype(np.int64, copy=False),
+                                         camera=delta.camera.astype(np.int64, copy=False)))
     if kind == "optout":
         for cols in (st.base.cols, st.delta):
             L.mark_owner_cameras(cols.flags, *owner_lookup(cols.owner), a, K.OPTED_OUT, b)
@@ -160,6 +167,35 @@ def prepare(st: State) -> None:
     st.base.lookup()
     owner_lookup(st.base.cols.owner)
     owner_lookup(st.delta.owner)
+
+
+def warm_up(st: State) -> None:
+    """Compile (or load from Numba's cache) every kernel live updates run on ``st``'s arrays, so that no update
+    pays for it (a first sharing change, opt-out or addition in a worker compiled mid-service: 0.4-3 s). Each
+    runs on empty slices of the state's arrays or on scratch ones: nothing of the state changes, and no lookup
+    is built (:func:`prepare` builds those)."""
+    for cols in (st.base.cols, st.delta):  # opt-outs: through each column's owner lookup (its arrays' types)
+        order = EMPTY_I32 if cols.n < 2 ** 31 else EMPTY_I64
+        L.mark_owner_cameras(cols.flags[:0], cols.owner[:0].copy(), order, EMPTY_I64, K.OPTED_OUT, True)
+    L.apply_flag_changes(st.base.cols.flags[:0], st.delta.flags[:0], EMPTY_I64, EMPTY_I64,
+                         np.zeros(1, np.int64), np.empty(0, np.int8), EMPTY_I64)  # removals and sharing
+    # Additions: a camera's columns validated and laid out, with ids of the base's widths and with ids that need
+    # 64 bits, flagged as an opted-out owner's (the opt-outs as opened, maybe mapped read-only, and as an opt-out
+    # change leaves them).
+    owner = int(st.base.cols.owner[0]) if st.base.cols.n else 1
+    camera = int(st.base.cols.camera[0]) if st.base.cols.n else 1
+    for camera_id, owner_id in ((camera, owner), (2 ** 62, 2 ** 62)):
+        scratch = camera_columns(pa.Table.from_pylist([_scratch_camera(camera_id, owner_id)],
+                                                      schema=CAMERA_SCHEMA))
+        new = columns_from(scratch, None, EMPTY_I64, EMPTY_I32, st.has_events, st.optout)
+        for optout in (st.optout[:0], EMPTY_I64):
+            K.mark_owners(new.flags[:0], new.owner[:0], optout, K.OPTED_OUT, True)
+
+
+def _scratch_camera(camera_id: int, owner_id: int) -> dict[str, Any]:
+    """A camera row whose columns :func:`warm_up` lays out (and drops)."""
+    return {"camera_id": camera_id, "owner_id": owner_id, "lat": 0.0, "lng": 0.0, "installed_at": _EPOCH,
+            "removed_at": None, "retention_days": 30, "sharing_enabled": True}
 
 
 def _sorted_with(ids: np.ndarray, change: np.ndarray, present: bool) -> np.ndarray:

@@ -17,8 +17,11 @@ from dispatcher.errors import WorkerFailed
 if TYPE_CHECKING:
     from dispatcher.dispatch.consumer import Sender
     from dispatcher.dispatch.links import LinkSigner
+    from dispatcher.service.feed import FeedFollower
+    from dispatcher.service.worker import Worker
 
-__all__ = ["LOG_FORMAT", "StopSignal", "consume", "serve", "serve_process", "stop_on_signals", "wait_for_redis"]
+__all__ = ["LOG_FORMAT", "StopSignal", "consume", "open_worker", "serve", "serve_process", "stop_on_signals",
+           "wait_for_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -78,45 +81,14 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
     import gc
     import sys
 
-    from dispatcher.connections import connect
-    from dispatcher.dispatch.dispatcher import Dispatcher
-    from dispatcher.dispatch.settings import QueueSettings
-    from dispatcher.dispatch.sinks import RedisSink
-    from dispatcher.index.camera_index import CameraIndex
-    from dispatcher.service.worker import Worker, shards_of_thread
-    from dispatcher.workflow.agencies import AgencyRegistry
-    from dispatcher.workflow.pipeline import Pipeline
-    from dispatcher.workflow.policy import Policy
-    from dispatcher.workflow.review import Workflow
-    from dispatcher.workflow.store import RedisStore
-
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     stop = StopSignal()
     stop_on_signals(stop)
-    from dispatcher.service.feed import FeedFollower, Snapshots
-
-    snapshots = Snapshots(settings.feed_dir) if settings.feed_dir else None
-    index = snapshots.open_latest() if snapshots is not None else CameraIndex.open(index_dir)
-    registry = AgencyRegistry.load(agencies)
-    qs = QueueSettings.from_url(redis_url)
-    rules = Policy.from_dict(policy)
-    if not wait_for_redis(qs, stop):
+    opened = open_worker(name, index_dir, redis_url, agencies, policy, settings, stop)
+    if opened is None:
         return
-    feed = None
-    if snapshots is not None:
-        feed = FeedFollower(index, connect(qs), name, qs.keys, snapshots=snapshots, queue=qs)
-        feed.catch_up()
-        log.info("%s: index at feed position %d", name, index.version)
-    # Each thread is a consumer of its own, with its own connections: while one waits on a Redis round trip,
-    # another resolves (the index kernels release the GIL) or encodes.
-    workers = []
-    for k in range(settings.threads):
-        pipeline = Pipeline(Workflow(RedisStore(connect(qs), qs.keys), registry, rules), index,
-                            Dispatcher(RedisSink(qs), qs))
-        workers.append(Worker(name if settings.threads == 1 else f"{name}-t{k}", connect(qs), pipeline, settings,
-                              qs.keys, queue=qs, agencies=[a.agency_id for a in registry], feed=feed,
-                              shards=shards_of_thread(k, settings.threads, qs.keys.shards)))
+    workers, feed = opened
     threads = [threading.Thread(target=w.run, args=(stop,), name=w.name) for w in workers]
     # What start-up made (~200,000 objects: modules, the agencies' geometries, the compiled kernels' dispatchers)
     # lives as long as the process: out of the collector's sight, a full collection no longer walks it. It did
@@ -134,6 +106,49 @@ def serve_process(name: str, index_dir: str, redis_url: str, agencies: str, poli
     for w in workers:
         log.info("%s stopped: %d handled, %d dispatched, %d refused, %d reclaimed", w.name, w.stats.handled,
                  w.stats.dispatched, w.stats.refused, w.stats.claimed)
+
+
+def open_worker(name: str, index_dir: str, redis_url: str, agencies: str, policy: dict[str, Any], settings: Any,
+                stop: Any) -> tuple[list[Worker], FeedFollower | None] | None:
+    """What a worker process serves with, ready to run: its index (the latest snapshot brought up to date from
+    the feed, with ``settings.feed_dir``) and ``settings.threads`` workers, each with its own connections and
+    pipeline; with everything their first request and the feed's first change run compiled (or loaded from
+    Numba's cache) by the layers that own it. None when ``stop`` was set before Redis answered."""
+    from dispatcher.connections import connect
+    from dispatcher.dispatch.dispatcher import Dispatcher
+    from dispatcher.dispatch.settings import QueueSettings
+    from dispatcher.dispatch.sinks import RedisSink
+    from dispatcher.index.camera_index import CameraIndex
+    from dispatcher.service.feed import FeedFollower, Snapshots
+    from dispatcher.service.worker import Worker, shards_of_thread
+    from dispatcher.workflow.agencies import AgencyRegistry
+    from dispatcher.workflow.pipeline import Pipeline
+    from dispatcher.workflow.policy import Policy
+    from dispatcher.workflow.review import Workflow
+    from dispatcher.workflow.store import RedisStore
+
+    snapshots = Snapshots(settings.feed_dir) if settings.feed_dir else None
+    index = snapshots.open_latest() if snapshots is not None else CameraIndex.open(index_dir)
+    registry = AgencyRegistry.load(agencies)
+    qs = QueueSettings.from_url(redis_url)
+    rules = Policy.from_dict(policy)
+    if not wait_for_redis(qs, stop):
+        return None
+    feed = None
+    if snapshots is not None:
+        feed = FeedFollower(index, connect(qs), name, qs.keys, snapshots=snapshots, queue=qs)
+        feed.catch_up()
+        log.info("%s: index at feed position %d", name, index.version)
+    # Each thread is a consumer of its own, with its own connections: while one waits on a Redis round trip,
+    # another resolves (the index kernels release the GIL) or encodes.
+    workers = []
+    for k in range(settings.threads):
+        pipeline = Pipeline(Workflow(RedisStore(connect(qs), qs.keys), registry, rules), index,
+                            Dispatcher(RedisSink(qs), qs))
+        workers.append(Worker(name if settings.threads == 1 else f"{name}-t{k}", connect(qs), pipeline, settings,
+                              qs.keys, queue=qs, agencies=[a.agency_id for a in registry], feed=feed,
+                              shards=shards_of_thread(k, settings.threads, qs.keys.shards)))
+    return workers, feed
 
 
 def wait_for_redis(settings: Any, stop: Any) -> bool:

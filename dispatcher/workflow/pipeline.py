@@ -36,6 +36,7 @@ from dispatcher.dispatch.wire import NotificationHeader
 from dispatcher.errors import DispatchError, InvalidTransition, QueueUnavailable, RequestRejected, UnknownRequest
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.workflow.policy import prepare_areas
+from dispatcher.workflow.policy import warm_up as warm_up_rules
 from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
 from dispatcher.workflow.review import APPROVED, DISPATCHED, Workflow, aware_now
 
@@ -139,6 +140,7 @@ class Pipeline:
         self.workflow = workflow
         self.index = index
         self.dispatcher = dispatcher
+        warm_up_rules()  # the rules' kernels compiled (or loaded) now, not in the first request
         #: Asked at send time, batch by batch: opt-outs and the per-owner cap of the workflow's policy.
         self.gate = gate or OwnerGate(workflow.store, workflow.policy)
 

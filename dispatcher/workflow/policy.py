@@ -440,6 +440,20 @@ def prepare_areas(areas: Sequence[Any], policy: Policy | None = None, *, compile
     return out
 
 
+#: A square of about 0.2 sq mi: what :func:`warm_up` judges.
+_WARM_UP_AREA = {"type": "Polygon", "coordinates": [[[0, 0], [0.007, 0], [0.007, 0.007], [0, 0.007], [0, 0]]]}
+
+
+def warm_up() -> None:
+    """Compile (or load from Numba's disk cache) every kernel the rules run on a request's area, so that no
+    request pays for it: parsing, geodesic areas, the compiled widths and the tangent planes of the GEOS ones,
+    and the jurisdiction check. Judges a small square against itself; nothing is recorded or kept."""
+    for compiled in (True, False):
+        prepare_areas([_WARM_UP_AREA], compiled=compiled)
+    area = Area.parse(_WARM_UP_AREA)
+    covers_area(*area.kernel_args(), *area.kernel_args())
+
+
 def validate(request: VideoRequest, registry: AgencyRegistry, log: RequestLog, now: datetime,
              policy: Policy | None = None, prepared: PreparedArea | None = None) -> ValidRequest:
     """Check every rule; return the normalised request or raise :class:`RequestRejected` listing them all.
