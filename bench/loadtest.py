@@ -109,7 +109,7 @@ class LoadSettings:
     seed: int = 0
     claim_idle_ms: int = 2_000    # how soon a dead worker's entries are taken over
     read_count: int = 16          # entries a worker thread reads and handles together
-    threads: int = 4              # consumer threads per worker process
+    threads: int = 2              # consumer threads per worker process (serve's default)
     fanout_km2: float = 100.0
     drain_timeout: float = 120.0  # after the last submission, how long to wait for the last outcome
     poison_share: float = 0.05    # poison entries per valid request, in ``poison``

@@ -71,7 +71,7 @@ def demo(cameras: int, requests: int, seed: int, events: bool, now: str | None, 
               help="Comma-separated, any of the default ones.")
 @click.option("--seed", default=0)
 @click.option("--batch", default=16, help="Entries a worker thread reads and handles together.")
-@click.option("--threads", default=4, help="Consumer threads per worker process.")
+@click.option("--threads", default=2, help="Consumer threads per worker process.")
 @click.option("--poison-share", default=0.05, help="poison: malformed entries per valid request.")
 @click.option("--clientkill-seconds", default=8.0, help="clientkill: length of the CLIENT KILL storm, mid-load.")
 @click.option("--clientkill-every-ms", default=10.0, help="clientkill: milliseconds between two CLIENT KILLs.")

@@ -61,8 +61,11 @@ class ServiceSettings:
     claim_idle_ms: int = 30_000
     #: The outcome streams (the submitters' and the operators') are capped at about this many entries.
     outcomes_maxlen: int = 1_000_000
-    #: Consumer threads in each worker process.
-    threads: int = 4
+    #: Consumer threads in each worker process. Two: while one waits on a Redis round trip the other runs; with
+    #: four, idle readers took requests one at a time (batches of 1.3-1.4 on average at 300-500 requests/s at 10M
+    #: cameras), and a batch costs its round trips whatever its size. Against four, at 10M cameras, 2 workers: less
+    #: CPU a request in each of nine alternated pairs at 300-1,000 req/s, a lower p99 in seven (README, "Load test").
+    threads: int = 2
     #: An entry delivered more often than this without being acknowledged is set aside on the dead-letter stream.
     max_deliveries: int = 5
     #: The change feed's snapshot directory (:mod:`dispatcher.service.feed`): with one, every worker process loads
