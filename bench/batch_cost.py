@@ -37,12 +37,13 @@ from dispatcher.workflow.pipeline import Submit
 WARM_BATCHES = 4
 
 
-def _one(url: str, work: Path, entries: list[dict[bytes, bytes]], batch: int, gap_ms: float) -> dict[str, Any]:
+def _one(srv: RedisServer, work: Path, entries: list[dict[bytes, bytes]], batch: int, gap_ms: float
+         ) -> dict[str, Any]:
     """``entries`` put on the stream, then handled ``batch`` at a time by a worker of one thread, idle ``gap_ms``
     between two batches."""
     settings = ServiceSettings(read_count=batch, read_count_max=batch, threads=1, claim_idle_ms=3_600_000,
                                block_ms=50)
-    opened = open_worker(f"batch-{batch}", str(work / "idx"), url, str(work / "agencies.parquet"), LOAD_POLICY,
+    opened = open_worker(f"batch-{batch}", str(work / "idx"), srv.url, str(work / "agencies.parquet"), LOAD_POLICY,
                          settings, threading.Event())
     assert opened is not None
     worker = opened[0][0]
@@ -52,7 +53,8 @@ def _one(url: str, work: Path, entries: list[dict[bytes, bytes]], batch: int, ga
     pipe.execute()
     for _ in range(WARM_BATCHES):
         worker.step()
-    server = psutil.Process(_server_pid(worker.r))
+    assert srv.proc is not None
+    server = psutil.Process(srv.proc.pid)
     handled0, dispatched0, batches = worker.stats.handled, worker.stats.dispatched, 0
     redis0, cpu, t = sum(server.cpu_times()[:2]), time.process_time(), time.perf_counter()
     while worker.stats.handled - handled0 < len(entries) - WARM_BATCHES * batch:
@@ -67,10 +69,6 @@ def _one(url: str, work: Path, entries: list[dict[bytes, bytes]], batch: int, ga
             "worker_cpu_ms_per_request": 1e3 * cpu / n, "worker_cpu_ms_per_batch": 1e3 * cpu / batches,
             "redis_cpu_ms_per_request": 1e3 * (sum(server.cpu_times()[:2]) - redis0) / n,
             "wall_ms_per_batch": 1e3 * wall / batches}
-
-
-def _server_pid(client: Any) -> int:
-    return int(client.info("server")["process_id"])
 
 
 def run(cameras: int, requests: int, batches: list[int], seed: int = 0, gaps_ms: tuple[float, ...] = (0.0,)
@@ -91,7 +89,7 @@ def run(cameras: int, requests: int, batches: list[int], seed: int = 0, gaps_ms:
             for k, (b, g) in enumerate(runs):
                 entries = [{commands.FIELD: commands.encode(Submit(r, j))}
                            for j, r in enumerate(reqs[k * per:(k + 1) * per])]
-                rows.append(_one(srv.url, work, entries[:requests + WARM_BATCHES * b], b, g))
+                rows.append(_one(srv, work, entries[:requests + WARM_BATCHES * b], b, g))
     fits = {}
     for g in gaps_ms:
         mine = [r for r in rows if r["gap_ms"] == g]
