@@ -183,40 +183,14 @@ class _LeanPipeline(Pipeline):
                     raise r
         return got
 
-    def execute_then(self, then: Prepacked) -> tuple[list[Any], Callable[[], list[Any]]]:
-        """:meth:`execute` (no scripts: no ``NOSCRIPT`` to answer), with ``then``'s commands sent in the same
-        write, after these: one round trip for both. Returns this pipeline's replies (an error reply as its
-        exception, not raised) and a call that reads ``then``'s raw replies, which the caller must make (it may
-        block, for a blocking read). A connection that fails is dropped, either way."""
-        if self.scripts:
-            raise ValueError("execute_then runs no scripts")
-        if then.slot is not None or then.client.connection_pool is not self.connection_pool:
-            raise ValueError("execute_then: the commands after must go to this pipeline's connection")
-        stack = self.command_stack
-        try:
-            conn = held_connection(self.connection_pool)
-            got = self._run(stack, set(), then.packed)
-        finally:
-            self.reset()
-
-        def rest() -> list[Any]:
-            try:
-                return [conn.read_response() for _ in range(then.count)]
-            except BaseException:
-                conn.disconnect()
-                raise
-        return got, rest
-
-    def _run(self, stack: list[Any], scripts: set[Any], then: Sequence[bytes] = ()) -> list[Any]:
-        """Every reply of ``stack`` in order (an error reply as its exception); ``then``, encoded commands sent
-        after them in the same write, whose replies are left for the caller to read."""
+    def _run(self, stack: list[Any], scripts: set[Any]) -> list[Any]:
+        """Every reply of ``stack`` in order (an error reply as its exception)."""
         conn = held_connection(self.connection_pool)
         try:
             if scripts:
                 self._load(conn, scripts)
             cmds = [args for args, _ in stack]
-            packed = _packed(conn, [("MULTI",), *cmds, ("EXEC",)] if self.atomic else cmds)
-            conn.send_packed_command([b"".join([*packed, *then])] if then else packed)  # one write
+            conn.send_packed_command(_packed(conn, [("MULTI",), *cmds, ("EXEC",)] if self.atomic else cmds))
             if not self.atomic:
                 return [self._reply(conn, args, options) for args, options in stack]
             queued = [self._reply(conn, ("MULTI",), {})] + [self._reply(conn, ("_",), {}) for _ in stack]

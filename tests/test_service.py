@@ -455,7 +455,7 @@ def test_reads_grow_with_a_backlog_and_shrink_back_when_it_is_gone(redis_server:
     w = _worker(redis_server, index, "w", block_ms=20, read_count=4, read_count_max=32)
     batches: list[int] = []
     process = w.process
-    w.process = lambda entries, *a: (batches.append(len(entries)), process(entries, *a))[1]  # type: ignore[method-assign]
+    w.process = lambda entries: (batches.append(len(entries)), process(entries))[1]  # type: ignore[method-assign]
 
     def backlog(first: int, n: int) -> None:  # requests away from the cameras: what is measured is the reading
         with redis_server.client() as r:
@@ -471,55 +471,6 @@ def test_reads_grow_with_a_backlog_and_shrink_back_when_it_is_gone(redis_server:
     _serve([w], lambda: w.stats.handled == 140)
     assert batches[6:] == [4, 8, 8], batches
     assert w.stats.dispatched == 140
-
-
-def _backlog(server: RedisServer, n: int) -> None:
-    """``n`` requests waiting, away from the cameras (what is measured is the worker's reading)."""
-    with server.client() as r:
-        for k in range(n):
-            req = make_request(request_id=f"req-{k}", area=square(0.2, LNG0 + 0.1, LAT0))
-            submit(r, {f: getattr(req, f) for f in req.__dataclass_fields__})
-
-
-def test_under_a_backlog_each_read_goes_with_the_outcomes_before_it(redis_server: RedisServer, world,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch costs its round trips whatever its size: while entries wait, the read of the next batch is sent in
-    the write that carries this batch's outcomes and acknowledgements, not in a round trip of its own. Counted on
-    the wire: the writes that hold a read and nothing else."""
-    index, _ = world
-    w = _worker(redis_server, index, "w", block_ms=20, read_count=4, read_count_max=4)
-    writes: list[bytes] = []
-    send = redis.connection.AbstractConnection.send_packed_command
-
-    def recorded(conn, command, check_health=True):  # type: ignore[no-untyped-def]
-        if conn.port == redis_server.port:
-            writes.append(b"".join(command) if isinstance(command, list) else command)
-        return send(conn, command, check_health)
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", recorded)
-    _backlog(redis_server, 40)
-    _serve([w], lambda: w.stats.handled == 40)
-    alone = [b for b in writes if b.count(b"XREADGROUP") == 1 and b.count(b"\r\n*") == 0]
-    together = [b for b in writes if b"XREADGROUP" in b and b"EXEC" in b and b.index(b"EXEC") < b.index(b"XREADGROUP")]
-    assert w.stats.dispatched == 40
-    assert len(together) >= 9, len(together)   # ten batches of four: each read after the first went with outcomes
-    assert len(alone) <= 3, len(alone)         # the first read, and the idle ones after the backlog
-
-
-def test_a_batch_read_with_the_last_outcomes_is_handled_before_the_worker_stops(redis_server: RedisServer,
-                                                                                  world) -> None:
-    """The read sent with a batch's outcomes delivers the next batch to this consumer: a worker asked to stop then
-    handles it before it returns, rather than leave it pending for another worker to claim half a minute later."""
-    index, _ = world
-    w = _worker(redis_server, index, "w", block_ms=20, read_count=4, read_count_max=4)
-    _backlog(redis_server, 10)
-    assert w.step() == 4
-    with redis_server.client() as r:
-        assert r.xpending(Keys().requests, "workers")["pending"] == 4  # the next four, read ahead
-        stop = threading.Event()
-        stop.set()
-        w.run(stop)
-        assert w.stats.handled == 8 and w.stats.dispatched == 8
-        assert r.xpending(Keys().requests, "workers")["pending"] == 0
 
 
 def test_a_dead_consumers_entry_on_an_idle_intake_stream_is_claimed_by_a_full_pass(redis_server: RedisServer,

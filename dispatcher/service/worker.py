@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import orjson
 import redis
 from redis.backoff import ConstantBackoff
-from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from dispatcher.connections import Prepacked, is_transient, transaction, with_retries
@@ -151,23 +150,18 @@ class Worker:
         self._next_claim = 0.0
         self._touched: set[str] = set()
         self._stop: Any = None
-        #: the entries of the read sent with the last batch's outcomes: the next batch
-        self._ahead: list[Entry] | None = None
         #: the unbounded wait of :meth:`_retry` (no state of a call: made once)
         self._wait = Retry(ConstantBackoff(min(self.queue.backoff_max, 0.5)), -1, supported_errors=(Exception,))
         self._retry("create group", self._ensure_groups)
 
     # ------------------------------------------------------------------------------------------ one batch
 
-    def process(self, entries: list[Entry], read_next: Prepacked | None = None) -> None:
+    def process(self, entries: list[Entry]) -> None:
         """Run a batch of stream entries through the pipeline, then publish the outcomes and acknowledge. A
         command that fails on its own (a bug it triggers, every time) goes to the dead-letter stream with its
         error; the others of the batch complete. Transient Redis trouble is retried with the batch in hand.
         With a change feed, every change appended before the batch was read is applied first, up to
-        ``settings.feed_step`` of them (a larger backlog: the rest before the next batches).
-
-        With ``read_next`` (a read of new entries, on the connection the outcomes go to), that read is sent with
-        the outcomes, in the same round trip, and what it returns is the next batch (:attr:`_ahead`)."""
+        ``settings.feed_step`` of them (a larger backlog: the rest before the next batches)."""
         if self.feed is not None:
             feed, step = self.feed, self.settings.feed_step
             self._retry("the change feed", lambda: feed.catch_up(step))
@@ -211,13 +205,6 @@ class Worker:
                 pipe_of(tag).xadd(to, entry)
             for (tag, stream), ids in acks.items():
                 pipe_of(tag).xack(stream, self.settings.group, *ids)
-            if read_next is not None and len(pipes) == 1:  # the next read in the same round trip
-                got, rest = next(iter(pipes.values())).execute_then(read_next)
-                self._take_ahead(rest)
-                for r in got:
-                    if isinstance(r, Exception):
-                        raise r
-                return
             for pipe in pipes.values():
                 pipe.execute()
         self._retry("publish", publish)
@@ -360,38 +347,15 @@ class Worker:
             else:
                 self._next_claim = time.monotonic() + s.claim_idle_ms / 4000
                 self._trim()
-        entries, self._ahead = (self._ahead, None) if self._ahead else (self._read_new(), None)
+        entries = self._read_new()
         count = self._count
         if len(entries) >= count:
             self._count = min(2 * count, max(s.read_count_max, s.read_count))
         elif 4 * len(entries) < count:
             self._count = max(count // 2, s.read_count)
         for first in range(0, len(entries), count):  # up to count from each stream: cut to size
-            last = first + count >= len(entries)
-            self.process(entries[first:first + count], self._read_after() if last else None)
+            self.process(entries[first:first + count])
         return self.stats.handled - before
-
-    def _read_after(self) -> Prepacked | None:
-        """The read of new entries to send with a batch's outcomes, saving the round trip of the next step's own
-        read (a batch costs its round trips whatever its size): when this worker reads one shard, of a plain
-        client, and is not stopping. It does not block: a step returns once its batch is published, and under
-        light load an idle consumer's blocking read takes a new entry first anyway."""
-        if len(self.shards) != 1 or isinstance(self.r, RedisCluster) or (
-                self._stop is not None and self._stop.is_set()):
-            return None
-        return self._read_of(self.shards[0], time.monotonic(), block=False)
-
-    def _take_ahead(self, rest: Callable[[], list[Any]]) -> None:
-        """The entries of a read sent after a batch's outcomes (:meth:`_read_after`), kept for the next step. A
-        failed read (the connection dropped: dropped with it) gives none: what it may have delivered stays pending
-        and is claimed like a dead consumer's."""
-        try:
-            fresh = rest()[0]
-        except (redis.RedisError, OSError) as exc:
-            log.info("%s: the read sent with the outcomes failed (%s); reading again", self.name, exc)
-            return
-        got = self._entries(fresh)
-        self._ahead = (self._ahead or []) + got if got else self._ahead
 
     def _reading(self, streams: tuple[str, ...], block_ms: int | None) -> Prepacked:
         key = (streams, self._count)
@@ -423,39 +387,28 @@ class Worker:
         """New entries: from every stream when a sweep is due (without blocking), else from the platform's stream
         and the hot intake streams (blocking until some come, or the next sweep). One read per shard (a read names
         streams of one slot), each blocking for its share of the time."""
-        now = time.monotonic()
-        entries: list[Entry] = []
-        for n in self.shards:
-            read = self._read_of(n, now, block=True)
-            entries += self._entries(self._retry("read", read.run)[0])
-        return entries
-
-    def _read_of(self, shard: int, now: float, *, block: bool) -> Prepacked:
-        """The read of ``shard``'s streams to make now: all of them when a sweep is due (not blocking), else the
-        platform's and the hot intake streams (blocking, unless told not to, for the shard's share of the time)."""
-        s = self.settings
+        s, now = self.settings, time.monotonic()
         sweep = len(self.streams) > len(self.shards) and now >= self._next_sweep
-        if sweep and shard == self.shards[-1]:
+        if sweep:
             self._next_sweep = now + s.sweep_ms / 1000
         self._hot = {stream: until for stream, until in self._hot.items() if until > now}
-        wait = max(1, s.block_ms // len(self.shards)) if block else None
-        mine = self._of_shard(shard)
-        if len(mine) == 1:
-            return self._reading(tuple(mine), wait)
-        if sweep:
-            return self._reading(tuple(mine), None)
-        hot = sorted(st for st in self._hot if self.shard_keys[st] is self.keys.shard(shard))
-        return self._reading((mine[0], *hot), None if wait is None else min(wait, s.sweep_ms))
-
-    def _entries(self, fresh: Any) -> list[Entry]:
-        """The entries of a read's reply (RESP3: a map of streams; RESP2: [stream, entries] pairs); the intake
-        streams they came from are hot from now on."""
-        entries = [(_s(stream), eid, _fields(flat))
-                   for stream, got in (fresh.items() if isinstance(fresh, dict) else fresh or [])
-                   for eid, flat in got]
-        until = time.monotonic() + self.settings.hot_s
+        block = max(1, s.block_ms // len(self.shards))
+        entries: list[Entry] = []
+        for n in self.shards:
+            mine = self._of_shard(n)
+            if len(mine) == 1:
+                read = self._reading(tuple(mine), block)
+            elif sweep:
+                read = self._reading(tuple(mine), None)
+            else:
+                hot = sorted(st for st in self._hot if self.shard_keys[st] is self.keys.shard(n))
+                read = self._reading((mine[0], *hot), min(block, s.sweep_ms))
+            fresh = self._retry("read", read.run)[0]  # RESP3: a map of streams; RESP2: [stream, entries] pairs
+            entries += [(_s(stream), eid, _fields(flat))
+                        for stream, got in (fresh.items() if isinstance(fresh, dict) else fresh or [])
+                        for eid, flat in got]
         for stream in {stream for stream, _, _ in entries if self.streams[stream] is not None}:
-            self._hot[stream] = until
+            self._hot[stream] = now + s.hot_s
         return entries
 
     def run(self, stop: Any) -> WorkerStats:
@@ -470,9 +423,6 @@ class Worker:
                 else:
                     log.exception("%s: a step failed; its entries stay pending and will be retried", self.name)
                 time.sleep(0.5)
-        if self._ahead:  # read with the last outcomes: handled now, not left pending for another to claim
-            entries, self._ahead = self._ahead, None
-            self.process(entries)
         return self.stats
 
 
