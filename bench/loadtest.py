@@ -460,7 +460,7 @@ def _generate(client: redis.Redis, sched: _Schedule, t0: float, stream: str) -> 
                 # The entries encoded by hiredis and written on one held connection, their ids read back, not
                 # through a redis-py pipeline for the one or two entries due at a time: this process's CPU, taken
                 # from the service it measures on the same cores, was 22-24% of a core at 1,000 requests/s with
-                # it, 20% so. An error reply (Redis full) or a dropped connection leaves replies unread: the
+                # it, 18-20% so. An error reply (Redis full) or a dropped connection leaves replies unread: the
                 # connection is dropped and the group sent again.
                 conn = held_connection(client.connection_pool)
                 try:
