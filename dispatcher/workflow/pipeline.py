@@ -244,21 +244,21 @@ class Pipeline:
         :class:`ValidRequest`. The others' outcome is their state. Approved at once (auto-approval), a new
         request is resolved first, and the plan of its first dispatch recorded with it, in the same atomic step
         (when the store can: a round trip saved)."""
-        fresh = [j for j in jobs if j.valid is not None]
+        fresh = [(j, j.valid) for j in jobs if j.valid is not None]
         recorder = (self.dispatcher.plan_recorder(self.workflow.store)
                     if fresh and self.workflow.policy.auto_approve else None)
+        with_plans = []
         if recorder is not None:
-            for job in fresh:
-                job.recipients = self._resolve(job.valid, now)  # type: ignore[arg-type]
+            for job, valid in fresh:
+                job.recipients = self._resolve(valid, now)
                 job.plan = self.dispatcher.plan(job.request_id, job.recipients)
-        states = self.workflow.record_many([j.valid for j in fresh if j.valid is not None], now,
-                                           with_records=[recorder(j.plan) for j in fresh  # type: ignore[arg-type]
-                                                         ] if recorder is not None else ())
-        for job, state in zip(fresh, states, strict=True):
+                with_plans.append(recorder(job.plan))
+        states = self.workflow.record_many([v for _, v in fresh], now, with_records=with_plans)
+        for (job, valid), state in zip(fresh, states, strict=True):
             if state is None:  # another worker recorded it a moment ago: continue from its state, its request
                 job.stored, job.recipients, job.plan = self.workflow.get(job.request_id), None, None
             else:
-                job.stored, job.created = StoredRequest(state, job.valid), True  # type: ignore[arg-type]
+                job.stored, job.created = StoredRequest(state, valid), True
         approved = []
         for job in jobs:
             assert job.stored is not None
