@@ -184,6 +184,64 @@ def test_reviewed_request_dispatched_on_command(redis_server: RedisServer, world
     assert w.pipeline.workflow.state("req-7") == "dispatched"
 
 
+def test_a_request_approved_at_once_is_recorded_with_its_plan(redis_server: RedisServer, world) -> None:
+    """Auto-approved, a new request's dispatch plan is written by the step that records it: no request is ever
+    approved without the recipient set its dispatch will send (and the plan asks no round trip of its own)."""
+    index, ds = world
+    req = _request(8, np.random.default_rng(4))
+    w = _worker(redis_server, index, "w", block_ms=20)
+    store, sink = w.pipeline.workflow.store, w.pipeline.dispatcher.sink
+
+    class Died(BaseException):
+        """The worker process dying right after the record step."""
+
+    recorded = store.create_many
+
+    def then_dies(*a, **kw):  # type: ignore[no-untyped-def]
+        recorded(*a, **kw)
+        raise Died()
+
+    store.create_many = then_dies  # type: ignore[method-assign]
+    with redis_server.client() as r:
+        submit(r, req)
+    with pytest.raises(Died):
+        w.step()
+    (plan,) = sink.recorded_plans(["req-8"])
+    assert w.pipeline.workflow.state("req-8") == "approved" and plan is not None
+    want = set(brute_force(ds, req["area"], req["start"], req["end"], NOW))
+    assert len(want) > 3 and set(w.pipeline.dispatcher.recorded(["req-8"])[0].owner_ids.tolist()) == want
+
+
+def test_an_id_recorded_by_another_worker_meanwhile_is_sent_as_that_one_recorded_it(redis_server: RedisServer,
+                                                                                     world) -> None:
+    """Two submissions of one id with different areas, judged by two workers at once: the one whose record
+    comes second writes nothing (no plan of its area either) and dispatches the request as the first recorded it."""
+    index, ds = world
+    rng = np.random.default_rng(5)
+    first, second = _request(9, rng), {**_request(9, rng), "area": square(0.4, LNG0 - 0.004, LAT0 + 0.004)}
+    want = set(brute_force(ds, first["area"], first["start"], first["end"], NOW))
+    assert want and want != set(brute_force(ds, second["area"], second["start"], second["end"], NOW))
+    review = _worker(redis_server, index, "review", auto=False, block_ms=20)
+    w = _worker(redis_server, index, "w", block_ms=20)
+    store = w.pipeline.workflow.store
+    looked = store.lookup
+
+    def before_the_other_recorded(ids, windows):  # type: ignore[no-untyped-def]
+        found, counts = looked(ids, windows)
+        return [None] * len(found), counts  # what w read a moment before review's record
+
+    store.lookup = before_the_other_recorded  # type: ignore[method-assign]
+    with redis_server.client() as r:
+        submit(r, first)
+        _serve([review], lambda: review.stats.handled == 1)  # recorded, awaiting review
+        review.pipeline.workflow.approve("req-9", "reviewer", NOW)
+        submit(r, second)
+        _serve([w], lambda: w.stats.handled == 1)
+    assert w.stats.outcomes == ["dispatched"]
+    assert {o for (rid, o) in _stream(redis_server) if rid == "req-9"} == want
+    assert set(w.pipeline.dispatcher.recorded(["req-9"])[0].owner_ids.tolist()) == want
+
+
 def _serve_command(server: RedisServer, tmp_path: Path) -> subprocess.Popen:
     cams = data.cameras(5_000, seed=41, cx=LNG0, cy=LAT0, spread=0.01)
     CameraIndex.build(cams, data.owners(cams, seed=41)).save(tmp_path / "idx")

@@ -15,7 +15,7 @@ from dispatcher.geo.geodesy import geodesic_circle
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.review import Workflow
-from dispatcher.workflow.store import RedisStore, SqliteStore, Store
+from dispatcher.workflow.store import AuditEntry, RedisStore, SqliteStore, Store
 from tests.video_requests import JOINED, LAT0, LNG0, NOW
 from tests.video_requests import request as make_request
 
@@ -171,6 +171,23 @@ def test_state_survives_a_restart(tmp_path: Path, registry: AgencyRegistry, back
     assert wf2.state("r1") == "approved" and s2.was_notified("r1", 5)
     assert OwnerGate(s2).admit("r1", np.array([5, 6], np.int64), T).tolist() == [True, False]
     assert len(s2.audit()) == 3
+
+
+@pytest.mark.redis
+def test_a_hash_recorded_with_a_request_is_written_only_by_the_step_that_creates_it(redis_server) -> None:
+    """``create_many``'s ``with_records``: the hash and its time to live with a new request, in the same step;
+    nothing at all when the id exists (a second submission of it plants no hash of its own)."""
+    store = RedisStore.from_url(redis_server.url)
+    vr = make_request()
+    item = ("r1", vr.agency_id, T, "approved", {"n": 1}, [AuditEntry("system", "approved", T)])
+    key = store.k.for_request("r1").plan("r1")
+    assert store.create_many([item], [(key, ("digest", "first", "n_owners", 3), 600)]) == [True]
+    again = ("r1", vr.agency_id, T, "approved", {"n": 2}, [AuditEntry("system", "approved", T)])
+    assert store.create_many([again], [(key, ("digest", "second", "extra", 1), 900)]) == [False]
+    with redis_server.client() as r:
+        assert r.hgetall(key) == {b"digest": b"first", b"n_owners": b"3"} and 0 < r.ttl(key) <= 600
+    assert store.get_request("r1") == ("approved", {"n": 1}) and len(store.audit("r1")) == 1
+    assert store.create_many([("r2", vr.agency_id, T, "submitted", {}, [])]) == [True]  # without: as before
 
 
 @pytest.mark.redis

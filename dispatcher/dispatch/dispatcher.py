@@ -1,28 +1,31 @@
 """The dispatcher: stream a request's recipients, in batches, to a sink with no loss and no duplicates.
 
-The owners of a :class:`RecipientSet` are ascending, so ``(request_id, batch size)`` fixes the batches: batch
-``k`` is owners ``[k * size, (k + 1) * size)``. The first dispatch of a request records its *plan* (batch size,
-owner count and a digest of the owner and camera ids); later attempts reuse the recorded batch size and refuse a
-different recipient set (:class:`DispatchConflict`). Each batch is appended by one atomic step that checks the
-request's *done* marks, appends the batch and marks it: a retry, a racing worker or a worker restarted after
-SIGKILL skips every batch already appended and appends the rest. The gate (opt-outs, per-owner cap) is asked at
-send time, batch by batch; it is idempotent per (request, owner), so a batch retried after a crash admits the
-same owners. With a sink of several gate shards, each batch goes out as one part per shard (its owners there),
-each part with its own done mark in its shard.
+The owners of a :class:`RecipientSet` are ascending, so ``(request_id, batch size)`` fixes the batches: batch ``k``
+is owners ``[k * size, (k + 1) * size)``. The first dispatch of a request records its *plan* (batch size, owner
+count and a digest of the owner and camera ids); later attempts reuse the recorded batch size and refuse a different
+recipient set (:class:`DispatchConflict`). (A request approved at once has its plan written by the step that records
+the request, :meth:`Dispatcher.plan_recorder`, and its first dispatch is handed it.) Each batch is appended by one
+atomic step that checks the request's *done* marks, appends the batch and marks it: a retry, a racing worker or a
+worker restarted after SIGKILL skips every batch already appended and appends the rest. The gate (opt-outs,
+per-owner cap) is asked at send time, batch by batch; it is idempotent per (request, owner), so a batch retried
+after a crash admits the same owners. With a sink of several gate shards, each batch goes out as one part per shard
+(its owners there), each part with its own done mark in its shard.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import orjson
 
 from dispatcher.dispatch.gate import AdmitAll, RecipientGate
 from dispatcher.dispatch.settings import QueueSettings
-from dispatcher.dispatch.sinks import ALREADY_DONE, STALE, PlanState, Sink
+from dispatcher.dispatch.sinks import ALREADY_DONE, STALE, Plan, PlanState, Sink
 from dispatcher.dispatch.wire import (
     NotificationHeader,
     PreparedBatch,
@@ -34,6 +37,7 @@ from dispatcher.dispatch.wire import (
 from dispatcher.errors import DispatchConflict
 from dispatcher.index.recipients import RecipientSet
 from dispatcher.workflow.notices import ADMIT, REASONS
+from dispatcher.workflow.store import WithRecord
 
 __all__ = ["DispatchReport", "Dispatcher"]
 
@@ -79,18 +83,33 @@ class Dispatcher:
         later attempt sends, whatever the time, the index or the worker."""
         return [None if b is None else decode_recipients(b) for b in self.sink.recorded_plans(request_ids)]
 
+    def plan(self, request_id: str, recipients: RecipientSet) -> Plan:
+        """The plan a first dispatch of the request to ``recipients`` records."""
+        return (request_id, self.settings.batch_size, recipients.n_owners, plan_digest(recipients),
+                encode_recipients(recipients))
+
+    def plan_recorder(self, store: Any) -> Callable[[Plan], WithRecord] | None:
+        """How ``store`` records a plan with its request, in the step that creates the request (None: it
+        cannot, and the plan is registered by the dispatch): see :meth:`Sink.plan_record`."""
+        return self.sink.plan_record(store)
+
     def dispatch_many(self, jobs: list[tuple[NotificationHeader, RecipientSet]], gate: RecipientGate | None = None,
-                      now: datetime | None = None, *, adopt_recorded: bool = False) -> list[DispatchReport]:
+                      now: datetime | None = None, *, adopt_recorded: bool = False,
+                      recorded_plans: Sequence[Plan | None] = ()) -> list[DispatchReport]:
         """Dispatch several requests together: each step (plans, the gate, appends) is one round trip for all of
         them, ``pipeline_batches`` batches of each request a round. Each request keeps its own exactly-once
         effect: its plan, its done-marks, its report.
 
         A request whose first dispatch recorded another recipient set raises :class:`DispatchConflict`, or with
-        ``adopt_recorded`` is sent the recorded set (two workers that judged it a moment apart)."""
+        ``adopt_recorded`` is sent the recorded set (two workers that judged it a moment apart). A request with a
+        plan in ``recorded_plans`` had it recorded by the step that created the request (:meth:`plan_recorder`),
+        by this run: that plan is the request's, with nothing done yet, and asks no round trip."""
         gate = gate or AdmitAll()
         now = now or datetime.now(timezone.utc)
-        plans = self.sink.register_plans([(h.request_id, self.settings.batch_size, rs.n_owners, plan_digest(rs),
-                                           encode_recipients(rs)) for h, rs in jobs], now)
+        given = list(recorded_plans) or [None] * len(jobs)
+        ask = [self.plan(h.request_id, rs) for (h, rs), p in zip(jobs, given, strict=True) if p is None]
+        asked = iter(self.sink.register_plans(ask, now) if ask else [])
+        plans = [next(asked) if p is None else PlanState(p[1], set(), p[2], p[3]) for p in given]
         jobs = [(h, self._settle(h.request_id, rs, plan, adopt_recorded))
                 for (h, rs), plan in zip(jobs, plans, strict=True)]
         reports = [DispatchReport(h.request_id, index_version=rs.version) for h, rs in jobs]

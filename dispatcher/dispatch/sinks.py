@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -34,7 +35,7 @@ from dispatcher.dispatch.wire import PreparedBatch
 from dispatcher.errors import InvalidQueueSettings, QueueFull, QueueUnavailable
 from dispatcher.keys import Keys
 from dispatcher.workflow.notices import ADMIT, GATE_LUA, CapDays, sqlite_record, sqlite_setup, sqlite_verdicts
-from dispatcher.workflow.store import RedisStore, SqliteStore
+from dispatcher.workflow.store import RedisStore, SqliteStore, WithRecord
 
 __all__ = ["ALREADY_DONE", "APPENDED", "STALE", "LocalSink", "Plan", "PlanState", "RedisSink", "Sink"]
 
@@ -81,6 +82,12 @@ class Sink(Protocol):
         dates the gate's records); what is recorded for each."""
         ...
 
+    def plan_record(self, store: Any) -> Callable[[Plan], WithRecord] | None:
+        """How ``store`` can record a plan with the request itself (in the step that creates the request, so
+        that the plan costs no round trip of its own): the plan as the hash the store writes. None when it
+        cannot (another store, or another database than this sink's): the plan is then registered here."""
+        ...
+
     def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
                     ) -> list[list[int]]:
         """For each (request, batches): append every batch not yet done and mark it done, and with ``terms``
@@ -125,6 +132,7 @@ return 1
 
 # KEYS: plan, done; ARGV: batch_size, n_owners, digest, recipients, ttl_s
 #   -> {batch_size, n_owners, digest, recorded recipients ('' when the same), done batch numbers...}
+# (RedisSink.plan_record writes the same hash, with the request's record.)
 _PLAN_LUA = """
 local cur = redis.call('HMGET', KEYS[1], 'batch_size', 'n_owners', 'digest')
 if not cur[1] then
@@ -205,6 +213,19 @@ class RedisSink:
                     done.update((int(x), g) for x in next(got))
             out.append(PlanState(int(plan[0]), done, int(plan[1]), _s(plan[2]), bytes(plan[3]) if plan[3] else None))
         return out
+
+    def plan_record(self, store: Any) -> Callable[[Plan], WithRecord] | None:
+        """A :class:`RedisStore` on this sink's keys writes the plan hash as ``_PLAN_LUA`` would, in the
+        request's slot (the plan lives in the request's shard), with the same time to live."""
+        if not isinstance(store, RedisStore) or store.k != self.keys:
+            return None
+        ttl = self.settings.retention_s
+
+        def record(plan: Plan) -> WithRecord:
+            rid, size, n, digest, blob = plan
+            return (self.keys.for_request(rid).plan(rid),
+                    ("batch_size", size, "n_owners", n, "digest", digest, "recipients", blob), ttl)
+        return record
 
     def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
                     ) -> list[list[int]]:
@@ -391,6 +412,10 @@ class LocalSink:
         rows = [c.execute("SELECT recipients FROM plans WHERE request_id = ?", (rid,)).fetchone()
                 for rid in request_ids]
         return [bytes(r[0]) if r is not None and r[0] is not None else None for r in rows]
+
+    def plan_record(self, store: Any) -> None:
+        """Plans are rows of this file, registered here."""
+        return None
 
     def register_plans(self, plans: list[Plan], now: datetime) -> list[PlanState]:
         """Each plan recorded on its first dispatch, dated ``now`` (the pipeline's clock, as the store's records

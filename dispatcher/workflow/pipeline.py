@@ -32,9 +32,11 @@ from typing import Any
 
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.gate import OwnerGate, RecipientGate
+from dispatcher.dispatch.sinks import Plan
 from dispatcher.dispatch.wire import NotificationHeader
 from dispatcher.errors import DispatchError, InvalidTransition, QueueUnavailable, RequestRejected, UnknownRequest
 from dispatcher.index.camera_index import CameraIndex
+from dispatcher.index.recipients import RecipientSet
 from dispatcher.workflow.policy import prepare_areas
 from dispatcher.workflow.policy import warm_up as warm_up_rules
 from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
@@ -130,6 +132,10 @@ class _Job:
     valid: ValidRequest | None = None
     #: recorded by this run (so no dispatch of it can have started before)
     created: bool = False
+    #: approved at once: its recipients resolved before it was recorded, and the plan of its first dispatch
+    #: (recorded with it, when it was ``created``)
+    recipients: RecipientSet | None = None
+    plan: Plan | None = None
 
 
 class Pipeline:
@@ -235,14 +241,24 @@ class Pipeline:
 
     def _record(self, jobs: list[_Job], now: datetime, out: list[Outcome | None]) -> list[_Job]:
         """Record the new ones (one round trip); the approved requests to dispatch, each with its
-        :class:`ValidRequest`. The others' outcome is their state."""
-        fresh = [j for j in jobs if j.valid is not None]
-        states = self.workflow.record_many([j.valid for j in fresh if j.valid is not None], now)
-        for job, state in zip(fresh, states, strict=True):
-            if state is None:  # another worker recorded it a moment ago: continue from its state
-                job.stored = self.workflow.get(job.request_id)
+        :class:`ValidRequest`. The others' outcome is their state. Approved at once (auto-approval), a new
+        request is resolved first, and the plan of its first dispatch recorded with it, in the same atomic step
+        (when the store can: a round trip saved)."""
+        fresh = [(j, j.valid) for j in jobs if j.valid is not None]
+        recorder = (self.dispatcher.plan_recorder(self.workflow.store)
+                    if fresh and self.workflow.policy.auto_approve else None)
+        with_plans = []
+        if recorder is not None:
+            for job, valid in fresh:
+                job.recipients = self._resolve(valid, now)
+                job.plan = self.dispatcher.plan(job.request_id, job.recipients)
+                with_plans.append(recorder(job.plan))
+        states = self.workflow.record_many([v for _, v in fresh], now, with_records=with_plans)
+        for (job, valid), state in zip(fresh, states, strict=True):
+            if state is None:  # another worker recorded it a moment ago: continue from its state, its request
+                job.stored, job.recipients, job.plan = self.workflow.get(job.request_id), None, None
             else:
-                job.stored, job.created = StoredRequest(state, job.valid), True  # type: ignore[arg-type]
+                job.stored, job.created = StoredRequest(state, valid), True
         approved = []
         for job in jobs:
             assert job.stored is not None
@@ -270,9 +286,10 @@ class Pipeline:
             v = job.stored.request  # type: ignore[union-attr]
             header = NotificationHeader(v.request_id, v.agency_id, self.workflow.agency_name(v.agency_id),
                                         v.case_number, v.incident_type, v.start, v.end, v.message)
-            work.append((header, frozen if frozen is not None else self.index.resolve(v.area, v.start, v.end,
-                                                                                       now=now)))
-        reports = self.dispatcher.dispatch_many(work, gate=self.gate, now=now, adopt_recorded=True)
+            work.append((header, frozen if frozen is not None else
+                         job.recipients if job.recipients is not None else self._resolve(v, now)))
+        reports = self.dispatcher.dispatch_many(work, gate=self.gate, now=now, adopt_recorded=True,
+                                                recorded_plans=[j.plan if j.created else None for j in jobs])
         marked = self.workflow.mark_dispatched_many([j.request_id for j in jobs], now)
         for job, ok in zip(jobs, marked, strict=True):
             if ok:
@@ -288,3 +305,6 @@ class Pipeline:
             log.debug("%s: %d owners notified, %d suppressed", job.request_id, rep.recipients_notified,
                       rep.suppressed)
         return [(rep.recipients_notified, rep.index_version) for rep in reports]
+
+    def _resolve(self, v: ValidRequest, now: datetime) -> RecipientSet:
+        return self.index.resolve(v.area, v.start, v.end, now=now)

@@ -15,7 +15,7 @@ from dispatcher.errors import DispatchError, InvalidChoice, InvalidRequest, Inva
 from dispatcher.workflow.agencies import AgencyRegistry
 from dispatcher.workflow.policy import Policy, PreparedArea, RequestLog, validate
 from dispatcher.workflow.requests import StoredRequest, ValidRequest, VideoRequest
-from dispatcher.workflow.store import AuditEntry, Store
+from dispatcher.workflow.store import AuditEntry, Store, WithRecord
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,11 @@ class Workflow:
     def agency_name(self, agency_id: str) -> str:
         return self.registry.get(agency_id).name
 
-    def record_many(self, valids: list[ValidRequest], now: datetime, actor: str | None = None) -> list[str | None]:
+    def record_many(self, valids: list[ValidRequest], now: datetime, actor: str | None = None,
+                    with_records: Sequence[WithRecord | None] = ()) -> list[str | None]:
         """Record validated requests, each with its audit entries in one atomic step (with auto-approval,
-        approved in that same step), all in one round trip; returns each one's state, None where its id exists
-        already."""
+        approved in that same step; with ``with_records``, its hash written in it too: the dispatch plan), all
+        in one round trip; returns each one's state, None where its id exists already (nothing written)."""
         now = aware_now(now)
         items = []
         for v in valids:
@@ -116,7 +117,8 @@ class Workflow:
             if self.policy.auto_approve:
                 entries.append(AuditEntry("system:auto-approval", APPROVED, now))
             items.append((v.request_id, v.agency_id, v.submitted_at, entries[-1].action, v.to_payload(), entries))
-        return [it[3] if ok else None for it, ok in zip(items, self.store.create_many(items), strict=True)]
+        return [it[3] if ok else None for it, ok in zip(items, self.store.create_many(items, with_records),
+                                                           strict=True)]
 
     def state(self, request_id: str) -> str:
         got = self.store.get_request(request_id)

@@ -121,6 +121,10 @@ class AuditEntry:
 
 #: (request id, agency id, submitted at, state, payload, audit entries)
 NewRequest = tuple[str, str, datetime, str, dict[str, Any], Sequence[AuditEntry]]
+#: A hash to write with a new request, in the same atomic step and only if the request is new: (key, field and
+#: value pairs, time to live in seconds). A request approved at once carries its dispatch plan so (the sink's
+#: :meth:`plan_record`), which saves the plan a round trip of its own.
+WithRecord = tuple[str, Sequence[Any], int]
 
 
 class Store(Protocol):
@@ -140,7 +144,11 @@ class Store(Protocol):
         """The ids of the requests awaiting review, oldest submission first, at most ``limit``: read from an
         index of submitted requests, never by scanning every request."""
         ...
-    def create_many(self, items: Sequence[NewRequest]) -> list[bool]: ...
+    def create_many(self, items: Sequence[NewRequest], with_records: Sequence[WithRecord | None] = ()
+                    ) -> list[bool]:
+        """Record each new request with its audit entries (and its ``with_records`` hash, when one is given for
+        it), atomically per request; False where the id exists already (then nothing is written)."""
+        ...
     def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
                ) -> tuple[list[tuple[str, dict[str, Any]] | None], list[int]]: ...
     def transition(self, request_id: str, old: str, new: str, entry: AuditEntry) -> bool: ...
@@ -211,7 +219,10 @@ class SqliteStore:
         if not self.create_many([(request_id, agency_id, submitted_at, state, payload, entries)])[0]:
             raise InvalidRequest(f"request id {request_id!r} already exists")
 
-    def create_many(self, items: Sequence[NewRequest]) -> list[bool]:
+    def create_many(self, items: Sequence[NewRequest], with_records: Sequence[WithRecord | None] = ()
+                    ) -> list[bool]:
+        if any(w is not None for w in with_records):
+            raise TypeError("SqliteStore records no Redis hash with a request: its sink registers plans itself")
         out = []
         for rid, agency_id, submitted_at, state, payload, entries in items:
             us = _us(submitted_at)
@@ -372,14 +383,20 @@ class SqliteStore:
         return {o: rows[o] for o in want}
 
 
-# KEYS: req, reqids, agency, audit, submitted; ARGV: rid, submitted_us, state, payload, audit entries...
+# KEYS: req, reqids, agency, audit, submitted[, the hash written with it];
+# ARGV: rid, submitted_us, state, payload, audit entries (n), n, the hash's ttl_s, its field and value pairs...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'payload', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 if ARGV[3] == 'submitted' then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1]) end
-for i = 5, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+local n = tonumber(ARGV[5])
+for i = 6, 5 + n do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+if KEYS[6] then
+  redis.call('HSET', KEYS[6], unpack(ARGV, 7 + n))
+  redis.call('EXPIRE', KEYS[6], ARGV[6 + n])
+end
 return 1
 """
 # KEYS: req, audit, submitted; ARGV: old, new, audit entry, rid
@@ -469,14 +486,22 @@ class RedisStore:
         if not self.create_many([(request_id, agency_id, submitted_at, state, payload, entries)])[0]:
             raise InvalidRequest(f"request id {request_id!r} already exists")
 
-    def create_many(self, items: Sequence[NewRequest]) -> list[bool]:
-        """Each request with its audit entries in one script call (atomic per request), all in one round trip."""
+    def create_many(self, items: Sequence[NewRequest], with_records: Sequence[WithRecord | None] = ()
+                    ) -> list[bool]:
+        """Each request with its audit entries (and its ``with_records`` hash, which must be in the request's
+        slot) in one script call (atomic per request), all in one round trip."""
+        extra = list(with_records) or [None] * len(items)
+
         def build(pipe: Any) -> None:
-            for rid, agency_id, submitted_at, state, payload, entries in items:
+            for (rid, agency_id, submitted_at, state, payload, entries), more in zip(items, extra, strict=True):
                 k = self._req(rid)
-                self._create(keys=[k.request(rid), k.request_ids, k.agency_requests(agency_id), k.audit, k.submitted],
-                             args=[rid, _us(submitted_at), state, orjson.dumps(payload),
-                                   *(self._audit_json(rid, e) for e in entries)], client=pipe)
+                keys = [k.request(rid), k.request_ids, k.agency_requests(agency_id), k.audit, k.submitted]
+                args: list[Any] = [rid, _us(submitted_at), state, orjson.dumps(payload), len(entries),
+                        *(self._audit_json(rid, e) for e in entries)]
+                if more is not None:
+                    keys.append(more[0])
+                    args += [more[2], *more[1]]
+                self._create(keys=keys, args=args, client=pipe)
         return [bool(x) for x in self._batch("record", build)]
 
     def lookup(self, request_ids: Sequence[str], windows: Sequence[tuple[str, datetime]]
