@@ -352,11 +352,12 @@ def test_redis_restarted_with_or_without_its_data(redis_server: RedisServer, wor
     _check_exact(redis_server, world, (first if keep_data else []) + after)
 
 
-def test_a_retry_across_a_retention_boundary_sends_what_was_judged(redis_server: RedisServer, world: World
-                                                                   ) -> None:
-    """A worker dies right after the plan was recorded; the retry comes after some cameras' footage expired.
-    The retry sends exactly the recipient set the first attempt judged (not the smaller one of its own time,
-    not a refusal)."""
+@pytest.mark.parametrize("dies_after", ["record", "plan"])
+def test_a_retry_across_a_retention_boundary_sends_what_was_judged(redis_server: RedisServer, world: World,
+                                                                   dies_after: str) -> None:
+    """A worker dies right after the request was recorded (approved at once: with its plan), or right after the
+    plan was read back at its dispatch; the retry comes after some cameras' footage expired. The retry sends
+    exactly the recipient set the first attempt judged (not the smaller one of its own time, not a refusal)."""
     index = CameraIndex.open(world.index_dir)
     registry = AgencyRegistry.load(world.agencies)
     # a window whose 30-day cameras expire between the two attempts
@@ -371,7 +372,7 @@ def test_a_retry_across_a_retention_boundary_sends_what_was_judged(redis_server:
     assert len(want_t2) < len(want_t1)  # the boundary is crossed between the attempts
 
     class Died(BaseException):
-        """The worker process dying right after the plan was recorded."""
+        """The worker process dying at that moment."""
 
     def worker(name: str, t: datetime) -> Worker:
         qs = QueueSettings.from_url(redis_server.url, batch_size=7)
@@ -381,12 +382,17 @@ def test_a_retry_across_a_retention_boundary_sends_what_was_judged(redis_server:
                       ServiceSettings(claim_idle_ms=20, block_ms=10), clock=lambda: t, queue=qs)
 
     first = worker("first", t1)
-    sink = first.pipeline.dispatcher.sink
+    # the step after which it dies: the record (the store's), or the dispatch's plans, whose next step appends
+    where, name = ((first.pipeline.workflow.store, "create_many") if dies_after == "record" else
+                   (first.pipeline.dispatcher.sink, "append_many"))
+    step = getattr(where, name)
 
     def dies(*a: Any, **kw: Any) -> Any:
+        if dies_after == "record":
+            step(*a, **kw)
         raise Died()
 
-    sink.append_many = dies  # type: ignore[method-assign]
+    setattr(where, name, dies)
     with redis_server.client() as c:
         submit(c, req)
     with pytest.raises(Died):

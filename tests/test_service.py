@@ -184,34 +184,6 @@ def test_reviewed_request_dispatched_on_command(redis_server: RedisServer, world
     assert w.pipeline.workflow.state("req-7") == "dispatched"
 
 
-def test_a_request_approved_at_once_is_recorded_with_its_plan(redis_server: RedisServer, world) -> None:
-    """Auto-approved, a new request's dispatch plan is written by the step that records it: no request is ever
-    approved without the recipient set its dispatch will send (and the plan asks no round trip of its own)."""
-    index, ds = world
-    req = _request(8, np.random.default_rng(4))
-    w = _worker(redis_server, index, "w", block_ms=20)
-    store, sink = w.pipeline.workflow.store, w.pipeline.dispatcher.sink
-
-    class Died(BaseException):
-        """The worker process dying right after the record step."""
-
-    recorded = store.create_many
-
-    def then_dies(*a, **kw):  # type: ignore[no-untyped-def]
-        recorded(*a, **kw)
-        raise Died()
-
-    store.create_many = then_dies  # type: ignore[method-assign]
-    with redis_server.client() as r:
-        submit(r, req)
-    with pytest.raises(Died):
-        w.step()
-    (plan,) = sink.recorded_plans(["req-8"])
-    assert w.pipeline.workflow.state("req-8") == "approved" and plan is not None
-    want = set(brute_force(ds, req["area"], req["start"], req["end"], NOW))
-    assert len(want) > 3 and set(w.pipeline.dispatcher.recorded(["req-8"])[0].owner_ids.tolist()) == want
-
-
 def test_an_id_recorded_by_another_worker_meanwhile_is_sent_as_that_one_recorded_it(redis_server: RedisServer,
                                                                                      world) -> None:
     """Two submissions of one id with different areas, judged by two workers at once: the one whose record
