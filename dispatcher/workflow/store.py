@@ -497,7 +497,7 @@ class RedisStore:
                 k = self._req(rid)
                 keys = [k.request(rid), k.request_ids, k.agency_requests(agency_id), k.audit, k.submitted]
                 args: list[Any] = [rid, _us(submitted_at), state, orjson.dumps(payload), len(entries),
-                        *(self._audit_json(rid, e) for e in entries)]
+                                   *(self._audit_json(rid, e) for e in entries)]
                 if more is not None:
                     keys.append(more[0])
                     args += [more[2], *more[1]]
