@@ -132,8 +132,8 @@ class _Job:
     valid: ValidRequest | None = None
     #: recorded by this run (so no dispatch of it can have started before)
     created: bool = False
-    #: approved at once: its recipients resolved before it was recorded, and the plan of its first dispatch
-    #: (recorded with it, when it was ``created``)
+    #: approved at once and ``created``: its recipients, resolved before it was recorded, and the plan of its
+    #: first dispatch, recorded with it (both None otherwise)
     recipients: RecipientSet | None = None
     plan: Plan | None = None
 
@@ -289,7 +289,7 @@ class Pipeline:
             work.append((header, frozen if frozen is not None else
                          job.recipients if job.recipients is not None else self._resolve(v, now)))
         reports = self.dispatcher.dispatch_many(work, gate=self.gate, now=now, adopt_recorded=True,
-                                                recorded_plans=[j.plan if j.created else None for j in jobs])
+                                                recorded_plans=[j.plan for j in jobs])
         marked = self.workflow.mark_dispatched_many([j.request_id for j in jobs], now)
         for job, ok in zip(jobs, marked, strict=True):
             if ok:
