@@ -202,20 +202,19 @@ class _LeavingRedis(_OptsOutBeforeAnAppend, RedisSink):
     pass
 
 
-@pytest.mark.parametrize("checked", [False, True], ids=["unchecked", "after-the-check"])
+@pytest.mark.parametrize("checked", [False, True], ids=["all-admitted", "one-capped"])
 def test_an_owner_who_opts_out_between_plan_and_send_is_never_sent_to(
         kind: str, checked: bool, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """The opt-out lands after the plan, before the first append (or, ``checked``, after the gate's check
-    admitted the owner: another owner's cap makes the first append stale, the dispatcher checks, then the opt-out
-    comes before the second): the append's own look-up of the batch's owners refuses the batch, it is checked
-    again, and the leaver is suppressed."""
+    """The opt-out lands after the plan and after the gate's check admitted the owner, just before the first
+    append (with ``checked``, the check also refused another owner, capped): the append's own look-up of the
+    batch's owners refuses the batch, it is checked again, and the leaver is suppressed."""
     e = _engine(kind, tmp_path, request, _LeavingLocal if kind == "sqlite" else _LeavingRedis)
     gate = OwnerGate(e.store, Policy(owner_cap=1))
     rs = _recipients(list(range(1, 10)))
     leaver, capped = 6, 4  # one batch, one gate shard
     if checked:
         assert gate.admit("earlier", np.array([capped], np.int64), MIDNIGHT)[0]
-    e.sink.leaver, e.sink.store, e.sink.at = leaver, e.store, 1 + checked
+    e.sink.leaver, e.sink.store, e.sink.at = leaver, e.store, 1
     rep = Dispatcher(e.sink, e.settings).dispatch(header("r1"), rs, gate=gate, now=MIDNIGHT + timedelta(hours=1))
     sent = _sent(e.sink)
     assert (("r1", leaver) not in sent) and max(sent.values()) == 1

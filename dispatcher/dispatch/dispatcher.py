@@ -8,7 +8,15 @@ the request, :meth:`Dispatcher.plan_recorder`, and its first dispatch is handed 
 atomic step that checks the request's *done* marks, appends the batch and marks it: a retry, a racing worker or a
 worker restarted after SIGKILL skips every batch already appended and appends the rest. The gate (opt-outs,
 per-owner cap) is asked at send time, batch by batch; it is idempotent per (request, owner), so a batch retried
-after a crash admits the same owners. With a sink of several gate shards, each batch goes out as one part per shard
+after a crash admits the same owners.
+
+**The same work whoever the recipients are.** An agency can time its own submissions, so what a dispatch asks of
+the sink must not depend on one resident: every batch is checked by the gate and then appended (two round trips,
+whether an owner is admitted, opted out or capped; an append that takes every owner as admissible and leaves the
+refused ones to a second round would cost a refused owner's request two more), and a request without recipients
+still checks and appends its one, empty, batch (a done mark, nothing on the stream), as a request to one owner
+does. Only an owner who changes state between the check and the append (a race of theirs, not a state an agency
+can set up) costs a round again. With a sink of several gate shards, each batch goes out as one part per shard
 (its owners there), each part with its own done mark in its shard.
 """
 
@@ -114,8 +122,8 @@ class Dispatcher:
                 for (h, rs), plan in zip(jobs, plans, strict=True)]
         reports = [DispatchReport(h.request_id, index_version=rs.version) for h, rs in jobs]
         header_json = [orjson.dumps(h.to_dict()) for h, _ in jobs]
-        for rep, plan, (_, rs) in zip(reports, plans, jobs, strict=True):
-            rep.batches_total = -(-rs.n_owners // plan.batch_size)
+        for rep, plan, (_, rs) in zip(reports, plans, jobs, strict=True):  # one batch at least (empty: the same work)
+            rep.batches_total = max(1, -(-rs.n_owners // plan.batch_size))
         step = self.settings.pipeline_batches
         shards = self.sink.shards
         for first in range(0, max((r.batches_total for r in reports), default=0), step):
@@ -135,12 +143,11 @@ class Dispatcher:
             # Wait for room first, then ask the gate: opt-outs and caps are checked at send time.
             if units:
                 reports[units[0][0]].backpressure_wait_s += self.sink.wait_for_room(jobs[units[0][0]][0].request_id)
-            # Optimistic first: every owner taken as admissible and the append checks it, one round trip; the
-            # batches where some owner is not (opted out, capped) come back stale and go through the gate first.
-            for attempt in range(MAX_STALE_ROUNDS):
+            # The gate's check, then the append (which checks again): the same two round trips whoever is refused
+            for _ in range(MAX_STALE_ROUNDS):
                 if not units:
                     break
-                units = self._send(units, jobs, header_json, reports, gate, now, check=attempt > 0)
+                units = self._send(units, jobs, header_json, reports, gate, now)
             if units:
                 raise DispatchConflict(f"request {jobs[units[0][0]][0].request_id}: owners kept changing state "
                                        f"between the gate's check and the append, {MAX_STALE_ROUNDS} times")
@@ -164,11 +171,10 @@ class Dispatcher:
         return decode_recipients(plan.recorded)
 
     def _send(self, units: list[Unit], jobs: list[tuple[NotificationHeader, RecipientSet]],
-              header_json: list[bytes], reports: list[DispatchReport], gate: RecipientGate, now: datetime, *,
-              check: bool) -> list[Unit]:
-        """Encode and append ``units``, with ``check`` after asking the gate (one more round trip), else taking
-        every owner as admissible. Returns the units to send again: some owner was not admissible at the append
-        (without ``check``: refused by the gate; with it: changed state since the check)."""
+              header_json: list[bytes], reports: list[DispatchReport], gate: RecipientGate, now: datetime
+              ) -> list[Unit]:
+        """Ask the gate about ``units``' owners, encode each with the owners it admits and append them. Returns
+        the units to send again: some owner changed state between the check and the append."""
         one = self.sink.shards == 1
         # each unit's owners: those of its batch in its gate shard (all of them with one shard)
         where: list[np.ndarray | None] = [None if one else self.sink.owner_shards(jobs[j][1].owner_ids[lo:hi]) == g
@@ -178,13 +184,11 @@ class Dispatcher:
             owners = jobs[j][1].owner_ids[lo:hi]
             asks.append((jobs[j][0].request_id, owners if sel is None else owners[sel]))
         terms = gate.terms(now)
-        # optimistic (every owner taken as admissible): no verdicts to ask for or count
-        verdicts: list[np.ndarray | None] = (list(gate.check_many(asks, now)) if check or terms is None
-                                             else [None] * len(asks))
+        verdicts = gate.check_many(asks, now)
         work: dict[int, list[tuple[Unit, PreparedBatch]]] = {}
         for unit, codes, sel, (_, owners) in zip(units, verdicts, where, asks, strict=True):
             j, b, lo, hi, g = unit
-            admit = np.ones(owners.shape[0], np.bool_) if codes is None else codes == ADMIT
+            admit = codes == ADMIT
             if sel is None:
                 mask = admit
             else:
@@ -193,8 +197,7 @@ class Dispatcher:
             batch = encode_gated(header_json[j], b, jobs[j][1], lo, hi, mask)
             batch.shard = g
             batch.n_owners = int(owners.shape[0])
-            batch.suppressed = {name: 0 if codes is None else int((codes == code).sum())
-                                for code, name in REASONS.items()}
+            batch.suppressed = {name: int((codes == code).sum()) for code, name in REASONS.items()}
             work.setdefault(j, []).append((unit, batch))
         order = list(work)
         results = self.sink.append_many([(jobs[j][0].request_id, [b for _, b in work[j]]) for j in order], terms)

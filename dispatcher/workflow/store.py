@@ -624,17 +624,17 @@ class RedisStore:
     def _by_owner_shard(self, what: str, items: Sequence[tuple[str, np.ndarray]],
                         build: Callable[[Any, Keys, str, list[int]], None]) -> list[np.ndarray]:
         """The verdict of each owner of each (request, owners), from one gate script call per request and owner
-        shard (``build(pipe, shard keys, request, owner ids)``), in one round trip."""
+        shard (``build(pipe, shard keys, request, owner ids)``), in one round trip. A request without owners gets
+        its call all the same (in its own shard), which answers nothing: the work does not tell it from a request
+        of one owner."""
         parts: list[tuple[int, np.ndarray]] = []  # (item, positions of its owners) per call, in call order
 
         def queue(pipe: Any) -> None:
             parts.clear()
             for j, (rid, owners) in enumerate(items):
-                if not owners.shape[0]:
-                    continue
-                if self.k.shards == 1:
+                if self.k.shards == 1 or not owners.shape[0]:
                     parts.append((j, np.arange(owners.shape[0])))
-                    build(pipe, self.k, rid, owners.tolist())
+                    build(pipe, self.k.for_request(rid), rid, owners.tolist())
                     continue
                 shard = self.k.owner_shards(owners)
                 for g in np.unique(shard).tolist():
