@@ -29,7 +29,8 @@ second, Redis's default) with its own worker processes (:func:`dispatcher.servic
   are due: the footage of their 30-day cameras expires then. When the wide one's
   dispatch plan is recorded (seen through keyspace notifications), writes are paused, the worker holding it gets
   SIGKILL, and writes resume; its entries are retried after the boundary by the other worker and by a
-  replacement started a second later.
+  replacement started a second later. (Its workers send 50 owners a batch, a batch a round, so that the wide
+  one's dispatch outlasts the watcher's reaction to its plan.)
 
 The generator is open loop: request ``k`` is due at ``t0 + k / rate`` whatever happened before, and its latency
 is measured from that due time (so a stalled system is charged for the wait, not excused by it) to the moment the
@@ -830,7 +831,12 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
             ps.psubscribe(f"__keyspace@0__:{KEYS.plan('')}*")
             ps.get_message(timeout=5)  # the subscription's confirmation
         progress(f"{name}: starting {s.workers} workers")
-        workers = _Workers(world, srv.url, s.workers, settings)
+        # retention-edge: the workers send 50 owners a batch, a batch a round (a gate check and an append each),
+        # so that the wide request's dispatch lasts dozens of round trips after its plan is recorded, longer than
+        # the watcher takes to see the plan and pause writes (with 500 a batch, its whole dispatch took about as
+        # long as the watcher, which then often found nothing in flight to kill). What is checked is the same.
+        url = f"{srv.url}?batch_size=50&pipeline_batches=1" if name == "retention-edge" else srv.url
+        workers = _Workers(world, url, s.workers, settings)
         client = redis.Redis.from_url(srv.url, socket_timeout=5)
         t0 = time.time() + 0.5
         boundary = _add_edge(plan, world, s, now, t0, srv.url) if name == "retention-edge" else 0.0

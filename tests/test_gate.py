@@ -21,8 +21,9 @@ from dispatcher.dispatch.gate import OwnerGate, migrate_legacy_notices
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink
 from dispatcher.dispatch.wire import decode_batch
-from dispatcher.errors import DispatchError, InvalidPolicy
+from dispatcher.errors import DispatchError, InvalidData, InvalidPolicy
 from dispatcher.index.recipients import RecipientSet
+from dispatcher.workflow.notices import ADMIT
 from dispatcher.workflow.policy import Policy
 from dispatcher.workflow.store import RedisStore, SqliteStore, Store
 from tests.notifications import header
@@ -302,3 +303,17 @@ def test_the_cap_holds_across_the_upgrade_from_the_sorted_sets(tmp_path: Path, r
     assert "1 owners' sorted sets counted into the day counters (2 notices" in " ".join(ran.output.split())
     assert not r.exists(keys.shard(keys.owner_shard(12)).legacy_owner_notices(12))
     assert int(r.hget(keys.shard(keys.owner_shard(12)).notices(_us(wall) // 86_400_000_000), "12")) == 2
+
+
+@pytest.mark.redis
+def test_a_look_up_named_for_one_shard_refuses_owners_of_another(request: pytest.FixtureRequest,
+                                                                 tmp_path: Path) -> None:
+    """The dispatcher names each part's gate shard (so that a part without owners is looked up there too); owners
+    of another shard under that name would be read against the wrong shard's opt-outs and counters: refused."""
+    e = _engine("redis", tmp_path, request)
+    gate = OwnerGate(e.store, Policy())
+    even, odd = np.array([2, 4], np.int64), np.array([3], np.int64)
+    got = gate.check_many([("r1", even), ("r1", odd), ("r1", odd[:0])], MIDNIGHT, [0, 1, 1])
+    assert [v.tolist() for v in got] == [[ADMIT, ADMIT], [ADMIT], []]
+    with pytest.raises(InvalidData, match="outside gate shard 1"):
+        gate.check_many([("r1", even)], MIDNIGHT, [1])

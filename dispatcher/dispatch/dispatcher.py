@@ -184,7 +184,8 @@ class Dispatcher:
             owners = jobs[j][1].owner_ids[lo:hi]
             asks.append((jobs[j][0].request_id, owners if sel is None else owners[sel]))
         terms = gate.terms(now)
-        verdicts = gate.check_many(asks, now)
+        # each unit's look-up in its gate shard, owners or none: the same masters asked whoever they are
+        verdicts = gate.check_many(asks, now) if one else gate.check_many(asks, now, shards=[u[4] for u in units])
         work: dict[int, list[tuple[Unit, PreparedBatch]]] = {}
         for unit, codes, sel, (_, owners) in zip(units, verdicts, where, asks, strict=True):
             j, b, lo, hi, g = unit

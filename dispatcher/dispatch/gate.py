@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -48,9 +49,11 @@ class GateTerms:
 class RecipientGate(Protocol):
     """Send-time admission (opt-outs, per-owner cap)."""
 
-    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
+    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime,
+                   shards: Sequence[int] | None = None) -> list[np.ndarray]:
         """For each (request, owner ids): the verdict of each owner (int8: ``ADMIT``, ``OPTED_OUT``,
-        ``CAPPED``), all answered together and changing nothing."""
+        ``CAPPED``), all answered together and changing nothing. With ``shards``, each item's owners are all
+        of that gate shard, and its look-up is made there even when it has none (the same work either way)."""
         ...
 
     def terms(self, now: datetime) -> GateTerms | None:
@@ -61,7 +64,8 @@ class RecipientGate(Protocol):
 class AdmitAll:
     """The default gate: every recipient is admitted, nothing is recorded."""
 
-    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
+    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime,
+                   shards: Sequence[int] | None = None) -> list[np.ndarray]:
         return [np.full(owners.shape[0], ADMIT, dtype=np.int8) for _, owners in items]
 
     def terms(self, now: datetime) -> GateTerms | None:
@@ -91,9 +95,10 @@ class OwnerGate:
         t = self.terms(now)
         return self.store.admit_many(_checked(items), t.now, t.cap, t.since)
 
-    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime) -> list[np.ndarray]:
+    def check_many(self, items: list[tuple[str, np.ndarray]], now: datetime,
+                   shards: Sequence[int] | None = None) -> list[np.ndarray]:
         t = self.terms(now)
-        return self.store.check_many(_checked(items), t.now, t.cap, t.since)
+        return self.store.check_many(_checked(items), t.now, t.cap, t.since, shards)
 
     def terms(self, now: datetime) -> GateTerms:
         now = aware_now(now)

@@ -164,8 +164,10 @@ class Store(Protocol):
     def admit_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
                    since: datetime) -> list[np.ndarray]: ...
     def check_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
-                   since: datetime) -> list[np.ndarray]:
-        """The gate's verdict (``notices.ADMIT``, ``OPTED_OUT``, ``CAPPED``) for each owner, changing nothing."""
+                   since: datetime, shards: Sequence[int] | None = None) -> list[np.ndarray]:
+        """The gate's verdict (``notices.ADMIT``, ``OPTED_OUT``, ``CAPPED``) for each owner, changing nothing.
+        With ``shards``: each item's owners are all of that gate shard, where its look-up is made, owners or
+        none."""
         ...
     def counters(self, request_id: str) -> dict[str, int]: ...
     def was_notified(self, request_id: str, owner_id: int) -> bool: ...
@@ -331,7 +333,7 @@ class SqliteStore:
         return int(gone)
 
     def check_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
-                   since: datetime) -> list[np.ndarray]:
+                   since: datetime, shards: Sequence[int] | None = None) -> list[np.ndarray]:
         days = CapDays.of(_us(since), _us(now))
         with self._lock:
             return [sqlite_verdicts(self._db, rid, owners.tolist(), cap, days) for rid, owners in items]
@@ -614,27 +616,34 @@ class RedisStore:
         return [v == ADMIT for v in self._by_owner_shard("admit", items, build)]
 
     def check_many(self, items: Sequence[tuple[str, np.ndarray]], now: datetime, cap: int,
-                   since: datetime) -> list[np.ndarray]:
+                   since: datetime, shards: Sequence[int] | None = None) -> list[np.ndarray]:
         days = CapDays.of(_us(since), _us(now))
 
         def build(pipe: Any, k: Keys, rid: str, ids: list[int]) -> None:
             self._check(keys=[k.notified(rid), k.opted_out, *days.redis_keys(k)], args=[cap, *ids], client=pipe)
-        return self._by_owner_shard("check", items, build)
+        return self._by_owner_shard("check", items, build, shards)
 
     def _by_owner_shard(self, what: str, items: Sequence[tuple[str, np.ndarray]],
-                        build: Callable[[Any, Keys, str, list[int]], None]) -> list[np.ndarray]:
+                        build: Callable[[Any, Keys, str, list[int]], None],
+                        shards: Sequence[int] | None = None) -> list[np.ndarray]:
         """The verdict of each owner of each (request, owners), from one gate script call per request and owner
-        shard (``build(pipe, shard keys, request, owner ids)``), in one round trip. A request without owners gets
-        its call all the same (in its own shard), which answers nothing: the work does not tell it from a request
-        of one owner."""
+        shard (``build(pipe, shard keys, request, owner ids)``), in one round trip; with ``shards``, one call
+        per item, in its shard (its owners are all of it). An item without owners gets its call all the same (in
+        its shard, or else the request's), which answers nothing: the work does not tell it from an item of one
+        owner."""
         parts: list[tuple[int, np.ndarray]] = []  # (item, positions of its owners) per call, in call order
 
         def queue(pipe: Any) -> None:
             parts.clear()
             for j, (rid, owners) in enumerate(items):
-                if self.k.shards == 1 or not owners.shape[0]:
+                if self.k.shards == 1 or shards is not None or not owners.shape[0]:
+                    k = self.k.for_request(rid)
+                    if shards is not None and self.k.shards > 1:
+                        k = self.k.shard(shards[j])
+                        if not (self.k.owner_shards(owners) == shards[j]).all():
+                            raise InvalidData(f"{what}: owners of request {rid!r} outside gate shard {shards[j]}")
                     parts.append((j, np.arange(owners.shape[0])))
-                    build(pipe, self.k.for_request(rid), rid, owners.tolist())
+                    build(pipe, k, rid, owners.tolist())
                     continue
                 shard = self.k.owner_shards(owners)
                 for g in np.unique(shard).tolist():
