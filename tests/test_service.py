@@ -9,6 +9,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
@@ -551,8 +552,10 @@ def test_a_burst_of_sigterms_stops_a_worker_process_every_time() -> None:
     ``threading.Event`` set by the handler, a second signal landing inside the first ``set()`` waits for ever on
     the lock the main thread holds: about one burst in 30 hung a process (its threads retrying Redis for ever)."""
     rounds = 300
+    errors = tempfile.TemporaryFile("w+")  # what the child says when it dies instead of stopping (a file: never full)
     child = subprocess.Popen([sys.executable, "-c", _STOP_CHILD.replace("ROUNDS", str(rounds)), "ours"],
-                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+                             stdout=subprocess.PIPE, stderr=errors, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
     assert child.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in child.stdout])  # type: ignore[union-attr]
@@ -566,11 +569,14 @@ def test_a_burst_of_sigterms_stops_a_worker_process_every_time() -> None:
             try:
                 assert lines.get(timeout=10) == "stopped\n"
             except queue.Empty:
-                pytest.fail(f"a burst of SIGTERMs hung the process after {stopped} rounds")
+                errors.seek(0)
+                pytest.fail(f"a burst of SIGTERMs hung the process after {stopped} rounds (exit code "
+                            f"{child.poll()}); its stderr:\n{errors.read()[-3000:]}")
             stopped += 1
     finally:
         child.kill()
         child.wait()
         reader.join()  # at the end of the output
         child.stdout.close()
+        errors.close()
     assert stopped == rounds
