@@ -631,17 +631,18 @@ class RedisStore:
         per item, in its shard (its owners are all of it). An item without owners gets its call all the same (in
         its shard, or else the request's), which answers nothing: the work does not tell it from an item of one
         owner."""
+        named = list(shards) if shards is not None and self.k.shards > 1 else None
+        if named is not None:  # checked once, before any attempt
+            for (rid, owners), g in zip(items, named, strict=True):
+                if not (self.k.owner_shards(owners) == g).all():
+                    raise InvalidData(f"{what}: owners of request {rid!r} outside gate shard {g}")
         parts: list[tuple[int, np.ndarray]] = []  # (item, positions of its owners) per call, in call order
 
         def queue(pipe: Any) -> None:
             parts.clear()
             for j, (rid, owners) in enumerate(items):
-                if self.k.shards == 1 or shards is not None or not owners.shape[0]:
-                    k = self.k.for_request(rid)
-                    if shards is not None and self.k.shards > 1:
-                        k = self.k.shard(shards[j])
-                        if not (self.k.owner_shards(owners) == shards[j]).all():
-                            raise InvalidData(f"{what}: owners of request {rid!r} outside gate shard {shards[j]}")
+                if named is not None or self.k.shards == 1 or not owners.shape[0]:
+                    k = self.k.for_request(rid) if named is None else self.k.shard(named[j])
                     parts.append((j, np.arange(owners.shape[0])))
                     build(pipe, k, rid, owners.tolist())
                     continue
