@@ -159,18 +159,24 @@ def sqlite_record(db: sqlite3.Connection, request_id: str, admitted: Sequence[in
                        "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
 
 
-#: ``owners_from(i)``: ARGV from ``i`` on, as a table. ``verdicts(notified, optout, days, owners, cap)``: the
-#: verdict of each owner, whether each was notified of the request already, and each one's notices today; the keys
-#: are the request's notified set, the opted-out set and the day counters (hashes of owner -> notices, one per UTC
-#: day of the cap's window in ``days``, today's last). ``record(notified, today, owners, v, seen, counts, keep_s)``
-#: records the admitted owners new to the request (notified set, today's counter, which expires once no window
-#: reaches it) and returns how many. ``keep_records(notified, counters, new, ttl_s)`` counts the new owners in the
-#: request's aggregate and lets the records that name owners expire after the retention. Variadic calls go in
-#: chunks: Redis's Lua unpacks a few thousand values at most.
+#: ``owners_from(i)``: ARGV from ``i`` on, as a table; ``split(s)``: the items of a comma-separated string.
+#: ``verdicts(notified, optout, days, owners, cap)``: the verdict of each owner, whether each was notified of the
+#: request already, and each one's notices today; the keys are the request's notified set, the opted-out set and
+#: the day counters (hashes of owner -> notices, one per UTC day of the cap's window in ``days``, today's last).
+#: ``record(notified, today, owners, v, seen, counts, keep_s)`` records the admitted owners new to the request
+#: (notified set, today's counter, which expires once no window reaches it) and returns how many.
+#: ``keep_records(notified, counters, new, ttl_s)`` counts the new owners in the request's aggregate and lets the
+#: records that name owners expire after the retention. Variadic calls go in chunks: Redis's Lua unpacks a few
+#: thousand values at most.
 GATE_LUA = """
 local function owners_from(i)
   local out = {}
   for j = i, #ARGV do out[#out + 1] = ARGV[j] end
+  return out
+end
+local function split(s)
+  local out = {}
+  for x in string.gmatch(s, '[^,]+') do out[#out + 1] = x end
   return out
 end
 local function many(cmd, key, items)
