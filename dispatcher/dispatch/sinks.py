@@ -126,8 +126,9 @@ class Sink(Protocol):
 # KEYS: stream, done, notified, optout, counters, then the day counters of the cap's window (today's last)
 # ARGV: batch, request, ttl_s, then either '0' and the entry ('' for none), or '1' (the sink is the gate), the cap,
 #       keep_s (today's counter) and the entry of every owner in pieces (BatchPart.pieces: the JSON up to the first
-#       owner; the owners, the offsets and the cameras as comma-separated decimals). The owners are looked up and
-#       the entry of the admitted ones built here: one look-up and one round trip, whoever is refused.
+#       owner; the owners as decimals; the offsets and where each owner's cameras start, as int32s; the cameras as
+#       decimals). The owners are looked up and the entry of the admitted ones built here: one look-up and one
+#       round trip, whoever is refused.
 #   -> {} when the batch was done already, else {admitted, opted out, capped}
 _APPEND_LUA = GATE_LUA + """
 if redis.call('HGET', KEYS[2], ARGV[1]) then return {} end
@@ -135,15 +136,20 @@ local entry, n = ARGV[5], {0, 0, 0}
 if ARGV[4] == '1' then
   local days = {}
   for i = 6, #KEYS do days[#days + 1] = KEYS[i] end
-  local owners, offsets, cameras = split(ARGV[8]), split(ARGV[9]), split(ARGV[10])
+  local owners = split(ARGV[8])
+  local at, cameras = int32s(ARGV[9]), ARGV[10]
   local v, seen, today = verdicts(KEYS[3], KEYS[4], days, owners, ARGV[5])
-  local o, off, cams = {}, {0}, {}
+  local o, off, cams, k, total = {}, {0}, {}, 0, 0
+  local m = #owners + 1
   for i = 1, #owners do
     n[v[i] + 1] = n[v[i] + 1] + 1
     if v[i] == 0 then
-      o[#o + 1] = owners[i]
-      for c = tonumber(offsets[i]) + 1, tonumber(offsets[i + 1]) do cams[#cams + 1] = cameras[c] end
-      off[#off + 1] = #cams
+      local c = at[i + 1] - at[i]
+      k = k + 1
+      o[k] = owners[i]
+      if c > 0 then cams[#cams + 1] = string.sub(cameras, at[m + i] + 1, at[m + i + 1] - 1) end
+      total = total + c
+      off[k + 1] = total
     end
   end
   local new = record(KEYS[3], KEYS[#KEYS], owners, v, seen, today, ARGV[6])
@@ -151,7 +157,7 @@ if ARGV[4] == '1' then
   if n[3] > 0 then redis.call('HINCRBY', KEYS[5], 'capped', n[3]) end
   keep_records(KEYS[3], KEYS[5], new, ARGV[3])
   entry = ''
-  if #o > 0 then
+  if k > 0 then
     entry = ARGV[7] .. table.concat(o, ',') .. '],"offsets":[' .. table.concat(off, ',') .. '],"cameras":[' ..
       table.concat(cams, ',') .. ']}'
   end

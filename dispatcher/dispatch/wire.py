@@ -114,12 +114,19 @@ class BatchPart:
 
     def pieces(self) -> tuple[bytes, bytes, bytes, bytes]:
         """The entry of every owner in the pieces a sink that gates in its append step (a Lua script) builds the
-        entry of the admitted ones from: the JSON up to the first owner, then the owners, the offsets and the
-        cameras as comma-separated decimals. Joined as ``head + owners + '],"offsets":[' + offsets +
-        '],"cameras":[' + cameras + ']}'``, with every owner admitted, they are :func:`encode_batch`'s bytes."""
+        entry of the admitted ones from: the JSON up to the first owner; the owners as comma-separated decimals;
+        the offsets, then where each owner's cameras start in the next piece (byte index from 0, and past its
+        end), as little-endian int32s; the cameras as comma-separated decimals. With every owner admitted the
+        entry is :func:`encode_batch`'s bytes: ``head + owners + '],"offsets":[' + offsets + '],"cameras":[' +
+        cameras + ']}'``."""
         head = b'{"header":' + self.header_json + b',"batch":' + str(self.batch_no).encode() + b',"owners":['
-        return (head, orjson.dumps(self.owners, option=_NUMPY)[1:-1], orjson.dumps(self.offsets, option=_NUMPY)[1:-1],
-                orjson.dumps(self.cameras, option=_NUMPY)[1:-1])
+        cameras = orjson.dumps(self.cameras, option=_NUMPY)[1:-1]
+        # camera j starts at byte starts[j]; starts[m] is one past the end, as if a comma followed the last one
+        starts = np.zeros(self.cameras.shape[0] + 1, np.int64)
+        starts[1:-1] = np.flatnonzero(np.frombuffer(cameras, np.uint8) == ord(",")) + 1
+        starts[-1] = len(cameras) + 1
+        at = np.concatenate([self.offsets, starts[self.offsets]])
+        return head, orjson.dumps(self.owners, option=_NUMPY)[1:-1], at.astype("<i4").tobytes(), cameras
 
 
 def batch_part(header_json: bytes, batch_no: int, shard: int, recipients: RecipientSet, lo: int, hi: int,

@@ -159,7 +159,8 @@ def sqlite_record(db: sqlite3.Connection, request_id: str, admitted: Sequence[in
                        "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
 
 
-#: ``owners_from(i)``: ARGV from ``i`` on, as a table; ``split(s)``: the items of a comma-separated string.
+#: ``owners_from(i)``: ARGV from ``i`` on, as a table; ``split(s)``: the items of a comma-separated string;
+#: ``int32s(s)``: the little-endian 32-bit integers of a string.
 #: ``verdicts(notified, optout, days, owners, cap)``: the verdict of each owner, whether each was notified of the
 #: request already, and each one's notices today; the keys are the request's notified set, the opted-out set and
 #: the day counters (hashes of owner -> notices, one per UTC day of the cap's window in ``days``, today's last).
@@ -177,6 +178,16 @@ end
 local function split(s)
   local out = {}
   for x in string.gmatch(s, '[^,]+') do out[#out + 1] = x end
+  return out
+end
+local function int32s(s)
+  local out, n, at = {}, #s / 4, 1
+  while #out < n do
+    local k = math.min(1000, n - #out)
+    local got = {struct.unpack('<' .. string.rep('i4', k), s, at)}
+    for j = 1, k do out[#out + 1] = got[j] end
+    at = got[k + 1]
+  end
   return out
 end
 local function many(cmd, key, items)
