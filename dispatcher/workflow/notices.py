@@ -19,8 +19,8 @@ of ``period``. The policy refuses a period that is not a whole number of days (1
 
 **Opt-outs, where they are cheapest.** A batch's owners are looked up together (one ``SMISMEMBER`` of the
 request's notified set, one of the opt-out set, one ``HMGET`` per day bucket; one query each on SQLite) in the
-same step as the batch's append, so an owner who opted out after the plan, or after the dispatcher's check, is
-never sent to: the step refuses the batch (stale) and the dispatcher asks again.
+same step as the batch's append, which then names only the owners admitted: one who opted out after the plan,
+up to that instant, is never sent to.
 """
 
 from __future__ import annotations
