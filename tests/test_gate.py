@@ -181,8 +181,7 @@ def test_stricter_by_at_most_a_day(kind: str, tmp_path: Path, request: pytest.Fi
 
 class _OptsOutBeforeAnAppend:
     """A real sink whose ``at``-th round of appends is preceded by one owner's real opt-out, on the gate's own
-    store: the resident who opts out after the plan was recorded (and after the gate's check), just before the
-    batch goes out."""
+    store: the resident who opts out after the plan was recorded, just before the batch goes out."""
 
     leaver = 0
     at = 1
@@ -206,9 +205,9 @@ class _LeavingRedis(_OptsOutBeforeAnAppend, RedisSink):
 @pytest.mark.parametrize("checked", [False, True], ids=["all-admitted", "one-capped"])
 def test_an_owner_who_opts_out_between_plan_and_send_is_never_sent_to(
         kind: str, checked: bool, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """The opt-out lands after the plan and after the gate's check admitted the owner, just before the first
-    append (with ``checked``, the check also refused another owner, capped): the append's own look-up of the
-    batch's owners refuses the batch, it is checked again, and the leaver is suppressed."""
+    """The opt-out lands after the plan was recorded and the batches prepared, just before the first append (with
+    ``checked``, another owner is capped too): the append's own look-up of the batch's owners refuses the leaver,
+    who is suppressed, and the others are sent to."""
     e = _engine(kind, tmp_path, request, _LeavingLocal if kind == "sqlite" else _LeavingRedis)
     gate = OwnerGate(e.store, Policy(owner_cap=1))
     rs = _recipients(list(range(1, 10)))
@@ -222,6 +221,35 @@ def test_an_owner_who_opts_out_between_plan_and_send_is_never_sent_to(
     assert {o for _, o in sent} == set(range(1, 10)) - {leaver} - ({capped} if checked else set())
     assert e.store.counters("r1") == {"opted_out": 1, "notified": 8 - checked, **({"capped": 1} if checked else {})}
     assert rep.suppressed == 1 + checked and not e.store.was_notified("r1", leaver)
+
+
+def test_the_entry_built_in_the_append_names_each_admitted_owner_with_their_own_cameras(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The sink looks the owners up and builds the entry of the admitted ones itself (on Redis, in the append's
+    Lua script, from the ids as decimal text): each admitted owner comes with exactly their own cameras, ids past
+    2**53 intact, owners without cameras too, and a refused owner's cameras are in no entry."""
+    rng = random.Random(5)
+    big = 2**62
+    owners = sorted(rng.sample(range(big, big + 10**6), 14))
+    counts = [rng.choice([0, 1, 1, 2, 4]) for _ in owners]
+    cams = {o: [big + 3 * 10**6 + 10 * i + k for k in range(n)] for i, (o, n) in enumerate(zip(owners, counts))}
+    rs = RecipientSet(np.array(owners, np.int64), np.array([c for o in owners for c in cams[o]], np.int64),
+                      np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    e = _engine(kind, tmp_path, request)
+    gate = OwnerGate(e.store, Policy(owner_cap=1))
+    opted, capped = set(owners[1::4]), set(owners[2::5]) - set(owners[1::4])
+    for o in opted:
+        e.store.set_opted_out(o, True, MIDNIGHT)
+    assert gate.admit("earlier", np.array(sorted(capped), np.int64), MIDNIGHT).all()
+    rep = Dispatcher(e.sink, e.settings).dispatch(header("r1"), rs, gate=gate, now=MIDNIGHT + timedelta(hours=1))
+    got: dict[int, tuple[int, ...]] = {}
+    for rid, payload in e.sink.read_all():
+        for n in decode_batch(payload)[1]:
+            assert rid == "r1" and n.owner_id not in got and n.header == header("r1").to_dict()
+            got[n.owner_id] = n.camera_ids
+    assert got == {o: tuple(cams[o]) for o in owners if o not in opted | capped}
+    assert (rep.recipients_notified, rep.suppressed) == (len(got), len(opted) + len(capped))
+    assert e.store.counters("r1") == {"notified": len(got), "opted_out": len(opted), "capped": len(capped)}
 
 
 @pytest.mark.parametrize("period", [timedelta(hours=12), timedelta(days=1, hours=1), timedelta(0),

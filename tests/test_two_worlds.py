@@ -202,3 +202,6 @@ def test_a_submission_costs_the_same_round_trips_whoever_lives_there(redis_serve
     assert len(base) == len(other) == 5
     for k, (b, o) in enumerate(zip(base[1:], other[1:], strict=True), 1):  # the first one connects, loads scripts
         assert b == o, (k, b, o)
+    # and the same few: the rate limit's read, the record (with its plan), the append (the gate's look-up and
+    # records in the same script: one round whether the home is admitted, opted out or capped), the outcome
+    assert [len(rounds) for _, rounds in base[1:]] == [4] * 4, base

@@ -10,14 +10,16 @@ worker restarted after SIGKILL skips every batch already appended and appends th
 per-owner cap) is asked at send time, batch by batch; it is idempotent per (request, owner), so a batch retried
 after a crash admits the same owners.
 
-**The same work whoever the recipients are.** An agency can time its own submissions, so what a dispatch asks of
-the sink must not depend on one resident: every batch is checked by the gate and then appended (two round trips,
-whether an owner is admitted, opted out or capped; an append that takes every owner as admissible and leaves the
-refused ones to a second round would cost a refused owner's request two more), and a request without recipients
-still checks and appends its one, empty, batch (a done mark, nothing on the stream), as a request to one owner
-does. Only an owner who changes state between the check and the append (a race of theirs, not a state an agency
-can set up) costs a round again. With a sink of several gate shards, each batch goes out as one part per shard
-(its owners there), each part with its own done mark in its shard.
+**The gate is the append.** A gate whose records live with the sink (:meth:`RecipientGate.terms`: the
+:class:`~dispatcher.dispatch.gate.OwnerGate` on the sink's own Redis or SQLite file) is not asked beforehand: the
+sink looks the batch's owners up, records the admitted ones as notified and appends the entry naming them alone,
+in one atomic step. So no owner who opts out or reaches the cap a moment before is ever sent to, and the step
+costs **the same one round trip whoever the recipients are**: an agency can time its own submissions, and what a
+dispatch asks of the sink must not depend on one resident (admitted, opted out or capped). A request without
+recipients still appends its one, empty, batch (a done mark, nothing on the stream), as a request to one owner
+does. With a sink of several gate shards, each batch goes out as one part per shard (its owners there, or none),
+each part with its own done mark in its shard. Another gate (``terms`` None) is asked first, and its verdicts
+travel with each part.
 """
 
 from __future__ import annotations
@@ -33,18 +35,17 @@ import orjson
 
 from dispatcher.dispatch.gate import AdmitAll, RecipientGate
 from dispatcher.dispatch.settings import QueueSettings
-from dispatcher.dispatch.sinks import ALREADY_DONE, STALE, Plan, PlanState, Sink
+from dispatcher.dispatch.sinks import ALREADY_DONE, Plan, PlanState, Sink
 from dispatcher.dispatch.wire import (
+    BatchPart,
     NotificationHeader,
-    PreparedBatch,
+    batch_part,
     decode_recipients,
-    encode_gated,
     encode_recipients,
     plan_digest,
 )
 from dispatcher.errors import DispatchConflict
 from dispatcher.index.recipients import RecipientSet
-from dispatcher.workflow.notices import ADMIT, REASONS
 from dispatcher.workflow.store import WithRecord
 
 __all__ = ["DispatchReport", "Dispatcher"]
@@ -70,9 +71,6 @@ class DispatchReport:
 
 #: One part of a batch to send: (job, batch number, owners lo, hi, gate shard).
 Unit = tuple[int, int, int, int, int]
-
-#: How often a batch is checked again when an owner's state changed between the gate's check and the append.
-MAX_STALE_ROUNDS = 20
 
 
 class Dispatcher:
@@ -140,17 +138,10 @@ class Dispatcher:
                             rep.already_done += int(per_shard[g])
                         else:
                             units.append((j, b, lo, hi, g))
-            # Wait for room first, then ask the gate: opt-outs and caps are checked at send time.
+            # Wait for room first, then send: opt-outs and caps are checked at send time.
             if units:
                 reports[units[0][0]].backpressure_wait_s += self.sink.wait_for_room(jobs[units[0][0]][0].request_id)
-            # The gate's check, then the append (which checks again): the same two round trips whoever is refused
-            for _ in range(MAX_STALE_ROUNDS):
-                if not units:
-                    break
-                units = self._send(units, jobs, header_json, reports, gate, now)
-            if units:
-                raise DispatchConflict(f"request {jobs[units[0][0]][0].request_id}: owners kept changing state "
-                                       f"between the gate's check and the append, {MAX_STALE_ROUNDS} times")
+                self._send(units, jobs, header_json, reports, gate, now)
         for rep in reports:
             log.debug("dispatched %s: %d batches sent, %d notified, %d suppressed, %d already done, %.2f s waited",
                       rep.request_id, rep.batches_sent, rep.recipients_notified, rep.suppressed, rep.already_done,
@@ -171,47 +162,31 @@ class Dispatcher:
         return decode_recipients(plan.recorded)
 
     def _send(self, units: list[Unit], jobs: list[tuple[NotificationHeader, RecipientSet]],
-              header_json: list[bytes], reports: list[DispatchReport], gate: RecipientGate, now: datetime
-              ) -> list[Unit]:
-        """Ask the gate about ``units``' owners, encode each with the owners it admits and append them. Returns
-        the units to send again: some owner changed state between the check and the append."""
+              header_json: list[bytes], reports: list[DispatchReport], gate: RecipientGate, now: datetime) -> None:
+        """Append ``units``, each with the owners of its batch in its gate shard: gated by the sink in the append
+        when the gate's records are the sink's, else with the verdicts the gate gives first."""
         one = self.sink.shards == 1
-        # each unit's owners: those of its batch in its gate shard (all of them with one shard)
-        where: list[np.ndarray | None] = [None if one else self.sink.owner_shards(jobs[j][1].owner_ids[lo:hi]) == g
-                                          for j, _, lo, hi, g in units]
-        asks = []
-        for (j, _, lo, hi, _), sel in zip(units, where, strict=True):
-            owners = jobs[j][1].owner_ids[lo:hi]
-            asks.append((jobs[j][0].request_id, owners if sel is None else owners[sel]))
+        parts: list[BatchPart] = []
+        for j, b, lo, hi, g in units:
+            rs = jobs[j][1]
+            where = None if one else self.sink.owner_shards(rs.owner_ids[lo:hi]) == g
+            parts.append(batch_part(header_json[j], b, g, rs, lo, hi, where))
         terms = gate.terms(now)
-        # each unit's look-up in its gate shard, owners or none: the same masters asked whoever they are
-        verdicts = gate.check_many(asks, now) if one else gate.check_many(asks, now, shards=[u[4] for u in units])
-        work: dict[int, list[tuple[Unit, PreparedBatch]]] = {}
-        for unit, codes, sel, (_, owners) in zip(units, verdicts, where, asks, strict=True):
-            j, b, lo, hi, g = unit
-            admit = codes == ADMIT
-            if sel is None:
-                mask = admit
-            else:
-                mask = np.zeros(hi - lo, np.bool_)
-                mask[sel] = admit
-            batch = encode_gated(header_json[j], b, jobs[j][1], lo, hi, mask)
-            batch.shard = g
-            batch.n_owners = int(owners.shape[0])
-            batch.suppressed = {name: int((codes == code).sum()) for code, name in REASONS.items()}
-            work.setdefault(j, []).append((unit, batch))
-        order = list(work)
-        results = self.sink.append_many([(jobs[j][0].request_id, [b for _, b in work[j]]) for j in order], terms)
-        again = []
-        for j, got in zip(order, results, strict=True):
+        if terms is None:
+            asks = [(jobs[j][0].request_id, part.owners) for (j, *_), part in zip(units, parts, strict=True)]
+            verdicts = gate.check_many(asks, now) if one else gate.check_many(asks, now, shards=[u[4] for u in units])
+            for part, v in zip(parts, verdicts, strict=True):
+                part.verdicts = v
+        work: dict[int, list[BatchPart]] = {}
+        for (j, *_), part in zip(units, parts, strict=True):
+            work.setdefault(j, []).append(part)
+        results = self.sink.append_many([(jobs[j][0].request_id, work[j]) for j in work], terms)
+        for j, got in zip(work, results, strict=True):
             rep = reports[j]
-            for (unit, batch), result in zip(work[j], got, strict=True):
-                if result == STALE:
-                    again.append(unit)
-                elif result == ALREADY_DONE:  # another worker completed it meanwhile
-                    rep.already_done += batch.n_owners
+            for part, done in zip(work[j], got, strict=True):
+                if done is ALREADY_DONE:  # another worker completed it meanwhile
+                    rep.already_done += part.n_owners
                 else:
-                    rep.batches_sent += batch.payload is not None
-                    rep.recipients_notified += batch.n_admitted
-                    rep.suppressed += batch.n_owners - batch.n_admitted
-        return again
+                    rep.batches_sent += done.admitted > 0
+                    rep.recipients_notified += done.admitted
+                    rep.suppressed += done.opted_out + done.capped

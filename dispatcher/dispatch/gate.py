@@ -1,8 +1,9 @@
 """The send-time gate: which of a batch's owners may be notified now (opt-outs, the per-owner cap).
 
-The dispatcher asks the gate batch by batch, just before a batch is appended; owners it refuses are left out of
-the entry and counted as suppressed. A gate is idempotent per (request, owner), so a batch retried after a crash
-admits the same owners.
+The gate decides batch by batch, as each batch is appended: the :class:`OwnerGate`'s look-up and records are
+part of the sink's atomic append (:meth:`RecipientGate.terms`), another gate is asked just before. Owners it
+refuses are left out of the entry and counted as suppressed. A gate is idempotent per (request, owner), so a batch
+retried after a crash admits the same owners.
 
 **Upgrading from the sorted sets.** The gate once kept each owner's notices in a sorted set
 (:meth:`~dispatcher.keys.Keys.legacy_owner_notices`) and now counts them per owner and UTC day; it does not read
@@ -57,7 +58,9 @@ class RecipientGate(Protocol):
         ...
 
     def terms(self, now: datetime) -> GateTerms | None:
-        """What the sink must record with each batch (None: nothing)."""
+        """What the sink looks up and records itself, in the same atomic step as each batch's append (then
+        :meth:`check_many` is not asked); None: nothing, and the sink appends the owners :meth:`check_many`
+        admits."""
         ...
 
 
@@ -73,15 +76,15 @@ class AdmitAll:
 
 
 class OwnerGate:
-    """Checked by the dispatcher at send time: which owners may be notified now.
+    """Checked at send time: which owners may be notified now.
 
     An owner is admitted when not opted out and under ``policy.owner_cap`` notifications in the rolling
     ``policy.owner_cap_period``, counted by UTC day (:mod:`dispatcher.workflow.notices`: from 00:00 UTC of the
     day the period starts in, so never more than the cap in any rolling period, and up to a day stricter).
     Admitted owners are recorded as notified for the request, idempotently (the same owner for the same request
     is counted once and admitted again); suppressed ones are counted per reason (``opted_out``, ``capped``) in
-    the store. The dispatcher checks (:meth:`check_many`) and the sink
-    records with each batch's append (:meth:`terms`); :meth:`admit` checks and records at once.
+    the store. The dispatcher's sink looks them up and records them in each batch's append (:meth:`terms`);
+    :meth:`check_many` only looks, and :meth:`admit` looks and records at once.
     """
 
     def __init__(self, store: Store, policy: Policy | None = None) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import redis
@@ -31,13 +31,22 @@ import redis
 from dispatcher.connections import SlotPipeline, connect, pipeline, script, with_retries
 from dispatcher.dispatch.gate import GateTerms
 from dispatcher.dispatch.settings import QueueSettings
-from dispatcher.dispatch.wire import PreparedBatch
-from dispatcher.errors import InvalidQueueSettings, QueueFull, QueueUnavailable
+from dispatcher.dispatch.wire import BatchPart
+from dispatcher.errors import InvalidData, InvalidQueueSettings, QueueFull, QueueUnavailable
 from dispatcher.keys import Keys
-from dispatcher.workflow.notices import ADMIT, GATE_LUA, CapDays, sqlite_record, sqlite_setup, sqlite_verdicts
+from dispatcher.workflow.notices import (
+    ADMIT,
+    CAPPED,
+    GATE_LUA,
+    OPTED_OUT,
+    CapDays,
+    sqlite_record,
+    sqlite_setup,
+    sqlite_verdicts,
+)
 from dispatcher.workflow.store import RedisStore, SqliteStore, WithRecord
 
-__all__ = ["ALREADY_DONE", "APPENDED", "STALE", "LocalSink", "Plan", "PlanState", "RedisSink", "Sink"]
+__all__ = ["ALREADY_DONE", "Appended", "LocalSink", "Plan", "PlanState", "RedisSink", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +68,17 @@ class PlanState:
     recorded: bytes | None = None
 
 
-#: What ``append_many`` says of each batch.
-APPENDED, ALREADY_DONE, STALE = 1, 0, -1
+class Appended(NamedTuple):
+    """What ``append_many`` did with a batch part it appended: how many of its owners the entry names, and how
+    many were refused, by reason (a part whose entry would name none is marked done alone)."""
+
+    admitted: int
+    opted_out: int = 0
+    capped: int = 0
+
+
+#: What ``append_many`` says of a batch part an earlier attempt (or another worker) appended.
+ALREADY_DONE = None
 
 
 class Sink(Protocol):
@@ -88,12 +106,12 @@ class Sink(Protocol):
         cannot (another store, or another database than this sink's): the plan is then registered here."""
         ...
 
-    def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
-                    ) -> list[list[int]]:
-        """For each (request, batches): append every batch not yet done and mark it done, and with ``terms``
-        record the gate's decisions for its owners in the same atomic step. Per batch: APPENDED, ALREADY_DONE,
-        or STALE (an admitted owner is no longer admissible, say opted out since the check: nothing written;
-        check again)."""
+    def append_many(self, work: list[tuple[str, list[BatchPart]]], terms: GateTerms | None = None
+                    ) -> list[list[Appended | None]]:
+        """For each (request, batch parts): append every part not yet done and mark it done. With ``terms`` the
+        sink is the gate: a part's owners are looked up (opted out, capped) and the admitted ones recorded as
+        notified in the same atomic step as the entry naming them alone is appended. Without, each part carries
+        its verdicts. Per part: what was appended, or ALREADY_DONE."""
         ...
 
     def wait_for_room(self, request_id: str) -> float:
@@ -106,29 +124,53 @@ class Sink(Protocol):
 
 
 # KEYS: stream, done, notified, optout, counters, then the day counters of the cap's window (today's last)
-# ARGV: batch, request, payload, gated, cap, keep_s (today's counter), opted_out count, capped count, ttl_s,
-#       admitted owners...
+# ARGV: batch, request, ttl_s, then either '0' and the entry ('' for none), or '1' (the sink is the gate), the cap,
+#       keep_s (today's counter) and the entry of every owner in pieces (BatchPart.pieces: the JSON up to the first
+#       owner; the owners as decimals; the offsets and where each owner's cameras start, as int32s; the cameras as
+#       decimals). The owners are looked up and the entry of the admitted ones built here: one look-up and one
+#       round trip, whoever is refused.
+#   -> {} when the batch was done already, else {admitted, opted out, capped}
 _APPEND_LUA = GATE_LUA + """
-if redis.call('HGET', KEYS[2], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[2], ARGV[1]) then return {} end
+local entry, n = ARGV[5], {0, 0, 0}
 if ARGV[4] == '1' then
   local days = {}
   for i = 6, #KEYS do days[#days + 1] = KEYS[i] end
-  local owners = owners_from(10)
+  local owners = split(ARGV[8])
+  local at, cameras = int32s(ARGV[9]), ARGV[10]
   local v, seen, today = verdicts(KEYS[3], KEYS[4], days, owners, ARGV[5])
-  for i = 1, #v do if v[i] ~= 0 then return -1 end end
+  local o, off, cams, k, total = {}, {0}, {}, 0, 0
+  local m = #owners + 1
+  for i = 1, #owners do
+    n[v[i] + 1] = n[v[i] + 1] + 1
+    if v[i] == 0 then
+      local c = at[i + 1] - at[i]
+      k = k + 1
+      o[k] = owners[i]
+      if c > 0 then cams[#cams + 1] = string.sub(cameras, at[m + i] + 1, at[m + i + 1] - 1) end
+      total = total + c
+      off[k + 1] = total
+    end
+  end
   local new = record(KEYS[3], KEYS[#KEYS], owners, v, seen, today, ARGV[6])
-  if tonumber(ARGV[7]) > 0 then redis.call('HINCRBY', KEYS[5], 'opted_out', ARGV[7]) end
-  if tonumber(ARGV[8]) > 0 then redis.call('HINCRBY', KEYS[5], 'capped', ARGV[8]) end
-  keep_records(KEYS[3], KEYS[5], new, ARGV[9])
+  if n[2] > 0 then redis.call('HINCRBY', KEYS[5], 'opted_out', n[2]) end
+  if n[3] > 0 then redis.call('HINCRBY', KEYS[5], 'capped', n[3]) end
+  keep_records(KEYS[3], KEYS[5], new, ARGV[3])
+  entry = ''
+  if k > 0 then
+    entry = ARGV[7] .. table.concat(o, ',') .. '],"offsets":[' .. table.concat(off, ',') .. '],"cameras":[' ..
+      table.concat(cams, ',') .. ']}'
+  end
 end
 local id = '-'
-if ARGV[3] ~= '' then
-  id = redis.call('XADD', KEYS[1], '*', 'request', ARGV[2], 'batch', ARGV[1], 'data', ARGV[3])
+if entry ~= '' then
+  id = redis.call('XADD', KEYS[1], '*', 'request', ARGV[2], 'batch', ARGV[1], 'data', entry)
 end
 redis.call('HSET', KEYS[2], ARGV[1], id)
-redis.call('EXPIRE', KEYS[2], ARGV[9])
-return 1
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return n
 """
+
 
 # KEYS: plan, done; ARGV: batch_size, n_owners, digest, recipients, ttl_s
 #   -> {batch_size, n_owners, digest, recorded recipients ('' when the same), done batch numbers...}
@@ -147,11 +189,16 @@ return cur
 """
 
 
-def _gate_args(b: PreparedBatch, terms: GateTerms | None, days: CapDays | None, ttl_s: int) -> list[Any]:
-    if terms is None or days is None:
-        return ["0", 0, 0, 0, 0, ttl_s]
-    return ["1", terms.cap, days.keep_s, b.suppressed.get("opted_out", 0), b.suppressed.get("capped", 0), ttl_s,
-            *b.admitted.tolist()]
+def _given(b: BatchPart) -> np.ndarray:
+    """The verdicts a part carries from a gate the sink does not hold."""
+    if b.verdicts is None:
+        raise InvalidData(f"batch {b.batch_no} carries no verdicts, and the sink was given no gate terms to decide")
+    return b.verdicts
+
+
+def _counted(verdicts: np.ndarray) -> Appended:
+    return Appended(int((verdicts == ADMIT).sum()), int((verdicts == OPTED_OUT).sum()),
+                    int((verdicts == CAPPED).sum()))
 
 
 def _us(t: datetime) -> int:
@@ -227,8 +274,8 @@ class RedisSink:
                     ("batch_size", size, "n_owners", n, "digest", digest, "recipients", blob), ttl)
         return record
 
-    def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
-                    ) -> list[list[int]]:
+    def append_many(self, work: list[tuple[str, list[BatchPart]]], terms: GateTerms | None = None
+                    ) -> list[list[Appended | None]]:
         if terms is not None and (not isinstance(terms.store, RedisStore) or terms.store.k != self.keys):
             raise InvalidQueueSettings("the gate's store must be a RedisStore on this sink's Redis and keys: an "
                                        "owner is counted as notified in the same step as their batch is appended")
@@ -236,18 +283,25 @@ class RedisSink:
         calls = [(rid, b) for rid, batches in work for b in batches]
         days = None if terms is None else CapDays.of(_us(terms.since), _us(terms.now))
         day_keys = [[] if days is None else days.redis_keys(k) for k in self.keys.all_shards]
+        ttl = self.settings.retention_s
+        # each part's arguments after its batch, request and ttl (built once: a retry resends the same)
+        args: list[list[Any]] = []
+        for _, b in calls:
+            if terms is None or days is None:
+                args.append(["0", b.entry(_given(b) == ADMIT) or b""])
+            else:
+                args.append(["1", terms.cap, days.keep_s, *b.pieces()])
 
-        def queue(pipe: Any, rid: str, b: PreparedBatch) -> None:
+        def queue(pipe: Any, rid: str, b: BatchPart, rest: list[Any]) -> None:
             k = self.keys.shard(b.shard)
             self._append(keys=[k.notifications, k.done(rid), k.notified(rid), k.opted_out, k.counters(rid),
                                *day_keys[b.shard]],
-                         args=[b.batch_no, rid, b.payload or b"",
-                               *_gate_args(b, terms, days, self.settings.retention_s)], client=pipe)
+                         args=[b.batch_no, rid, ttl, *rest], client=pipe)
 
         def run() -> list[Any]:
             pipe = pipeline(self.client)
-            for rid, b in calls:
-                queue(pipe, rid, b)
+            for (rid, b), rest in zip(calls, args, strict=True):
+                queue(pipe, rid, b, rest)
             if not self.settings.wait_replicas:
                 return list(pipe.execute())
             wait = (self.settings.wait_replicas, self.settings.wait_timeout_ms)
@@ -261,7 +315,18 @@ class RedisSink:
 
         # Safe to resend the whole pipeline: the script skips batches already done.
         flat = iter(with_retries(self.settings, "append", run))
-        return [[int(next(flat)) for _ in batches] for _, batches in work]
+        out: list[list[Appended | None]] = []
+        for _, batches in work:
+            out.append([])
+            for b in batches:
+                got = next(flat)
+                if not got:
+                    out[-1].append(ALREADY_DONE)
+                elif terms is None:
+                    out[-1].append(_counted(_given(b)))
+                else:
+                    out[-1].append(Appended(*(int(x) for x in got)))
+        return out
 
     def _groups(self, stream: str) -> list[dict[str, Any]] | None:
         """The stream's consumer groups; None when the stream does not exist yet."""
@@ -438,18 +503,19 @@ class LocalSink:
             raise
         return PlanState(int(size), done, int(n), dig, None if dig == digest or recorded is None else bytes(recorded))
 
-    def append_many(self, work: list[tuple[str, list[PreparedBatch]]], terms: GateTerms | None = None
-                    ) -> list[list[int]]:
+    def append_many(self, work: list[tuple[str, list[BatchPart]]], terms: GateTerms | None = None
+                    ) -> list[list[Appended | None]]:
         if terms is not None and (not isinstance(terms.store, SqliteStore)
                                   or Path(terms.store.path).resolve() != self.path.resolve()):
             raise InvalidQueueSettings(f"the gate's store must be a SqliteStore on this sink's file {self.path}: "
                                        "an owner is counted as notified in the same step as their batch is appended")
         return [self._append_one(rid, batches, terms) for rid, batches in work]
 
-    def _append_one(self, request_id: str, batches: list[PreparedBatch], terms: GateTerms | None) -> list[int]:
+    def _append_one(self, request_id: str, batches: list[BatchPart], terms: GateTerms | None
+                    ) -> list[Appended | None]:
         c = self._conn()
         days = CapDays.of(_us(terms.since), _us(terms.now)) if terms is not None else CapDays(0, 0, 0)
-        out = []
+        out: list[Appended | None] = []
         c.execute("BEGIN IMMEDIATE")
         try:
             for b in batches:
@@ -457,18 +523,21 @@ class LocalSink:
                              (request_id, b.batch_no)).fetchone():
                     out.append(ALREADY_DONE)
                     continue
+                if terms is None:
+                    verdicts = _given(b)
+                else:  # the gate's look-up and its records, in the append's transaction
+                    verdicts = sqlite_verdicts(c, request_id, b.owners.tolist(), terms.cap, days)
+                done = _counted(verdicts)
                 if terms is not None:
-                    admitted = b.admitted.tolist()
-                    if (sqlite_verdicts(c, request_id, admitted, terms.cap, days) != ADMIT).any():
-                        out.append(STALE)
-                        continue
-                    sqlite_record(c, request_id, admitted, _us(terms.now), days, b.suppressed)
+                    sqlite_record(c, request_id, b.owners[verdicts == ADMIT].tolist(), _us(terms.now), days,
+                                  {"opted_out": done.opted_out, "capped": done.capped})
+                entry = b.entry(verdicts == ADMIT)
                 seq = None
-                if b.payload is not None:
+                if entry is not None:
                     seq = c.execute("INSERT INTO notifications (request_id, batch_no, payload) VALUES (?, ?, ?)",
-                                    (request_id, b.batch_no, b.payload)).lastrowid
+                                    (request_id, b.batch_no, entry)).lastrowid
                 c.execute("INSERT INTO done VALUES (?, ?, ?)", (request_id, b.batch_no, seq))
-                out.append(APPENDED)
+                out.append(done)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")

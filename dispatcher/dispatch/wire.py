@@ -19,8 +19,8 @@ import orjson
 from dispatcher.errors import InvalidData
 from dispatcher.index.recipients import RecipientSet
 
-__all__ = ["Notification", "NotificationHeader", "PreparedBatch", "decode_batch", "decode_recipients", "encode_batch",
-           "encode_gated", "encode_recipients", "plan_digest"]
+__all__ = ["BatchPart", "Notification", "NotificationHeader", "batch_part", "decode_batch", "decode_recipients",
+           "encode_batch", "encode_recipients", "plan_digest"]
 
 
 @dataclass(frozen=True)
@@ -76,44 +76,74 @@ def decode_batch(payload: bytes) -> tuple[int, list[Notification]]:
     return d["batch"], [Notification(header, int(o), tuple(cams[off[k]:off[k + 1]])) for k, o in enumerate(owners)]
 
 
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
 @dataclass
-class PreparedBatch:
+class BatchPart:
+    """One part of a batch to append: the batch's owners in one gate shard (all of them with one shard), with their
+    cameras, ``cameras[offsets[k]:offsets[k + 1]]`` being ``owners[k]``'s."""
+
+    header_json: bytes
     batch_no: int
-    payload: bytes | None      # None: every owner of the batch was suppressed; mark done, append nothing
-    n_owners: int              # owners in the batch
-    admitted: np.ndarray       # the owners the entry names
-    #: Owners the gate refused, by reason (recorded with the batch).
-    suppressed: dict[str, int] = field(default_factory=dict)
     #: The gate shard of its owners (:meth:`dispatcher.keys.Keys.owner_shards`): with several, a batch of the plan
     #: goes out as one entry per shard, each with its own done mark, in that shard's slot.
-    shard: int = 0
+    shard: int
+    owners: np.ndarray
+    offsets: np.ndarray
+    cameras: np.ndarray
+    #: Each owner's verdict, from a gate the sink does not hold (:meth:`RecipientGate.check_many`); None when the
+    #: sink's own gate decides, in the append.
+    verdicts: np.ndarray | None = field(default=None)
 
     @property
-    def n_admitted(self) -> int:
-        return int(self.admitted.shape[0])
+    def n_owners(self) -> int:
+        return int(self.owners.shape[0])
+
+    def entry(self, admit: np.ndarray) -> bytes | None:
+        """The stream entry naming the owners ``admit`` keeps, with their cameras (None: it keeps none)."""
+        admit = np.asarray(admit, dtype=bool)
+        if admit.shape != self.owners.shape:
+            raise InvalidData(f"a gate's verdicts have shape {admit.shape} for {self.n_owners} owners")
+        k = int(admit.sum())
+        if k == 0:
+            return None
+        kept = (self.owners, self.offsets, self.cameras) if k == self.n_owners else _keep(
+            self.owners, self.offsets, self.cameras, admit)
+        return encode_batch(self.header_json, self.batch_no, *kept)
+
+    def pieces(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """The entry of every owner in the pieces a sink that gates in its append step (a Lua script) builds the
+        entry of the admitted ones from: the JSON up to the first owner; the owners as comma-separated decimals;
+        the offsets, then where each owner's cameras start in the next piece (byte index from 0, and past its
+        end), as little-endian int32s; the cameras as comma-separated decimals. With every owner admitted the
+        entry is :func:`encode_batch`'s bytes: ``head + owners + '],"offsets":[' + offsets + '],"cameras":[' +
+        cameras + ']}'``."""
+        head = b'{"header":' + self.header_json + b',"batch":' + str(self.batch_no).encode() + b',"owners":['
+        cameras = orjson.dumps(self.cameras, option=_NUMPY)[1:-1]
+        # camera j starts at byte starts[j]; starts[m] is one past the end, as if a comma followed the last one
+        starts = np.zeros(self.cameras.shape[0] + 1, np.int64)
+        starts[1:-1] = np.flatnonzero(np.frombuffer(cameras, np.uint8) == ord(",")) + 1
+        starts[-1] = len(cameras) + 1
+        at = np.concatenate([self.offsets, starts[self.offsets]])
+        return head, orjson.dumps(self.owners, option=_NUMPY)[1:-1], at.astype("<i4").tobytes(), cameras
 
 
-def encode_gated(header_json: bytes, batch_no: int, recipients: RecipientSet, lo: int, hi: int,
-                 mask: np.ndarray) -> PreparedBatch:
-    """Owners ``lo:hi`` of ``recipients`` as batch ``batch_no``, keeping those ``mask`` admits."""
-    owners = recipients.owner_ids[lo:hi]
+def batch_part(header_json: bytes, batch_no: int, shard: int, recipients: RecipientSet, lo: int, hi: int,
+               where: np.ndarray | None = None) -> BatchPart:
+    """Owners ``lo:hi`` of ``recipients`` (those ``where`` selects of them) as a part of batch ``batch_no``."""
     off = recipients.owner_offsets[lo:hi + 1]
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != owners.shape:
-        raise InvalidData(f"gate returned a mask of shape {mask.shape} for {owners.shape[0]} owners")
-    k = int(mask.sum())
-    if k == 0:
-        return PreparedBatch(batch_no, None, hi - lo, owners[:0])
-    cams_all = recipients.camera_ids
-    if k == hi - lo:
-        o, rel, cams = owners, off - off[0], cams_all[off[0]:off[-1]]
-    else:
-        counts = np.diff(off)[mask]
-        rel = np.zeros(k + 1, np.int64)
-        np.cumsum(counts, out=rel[1:])
-        o = owners[mask]
-        cams = cams_all[off[0]:off[-1]][np.repeat(mask, np.diff(off))]
-    return PreparedBatch(batch_no, encode_batch(header_json, batch_no, o, rel, cams), hi - lo, o)
+    part = (recipients.owner_ids[lo:hi], off - off[0], recipients.camera_ids[off[0]:off[-1]])
+    return BatchPart(header_json, batch_no, shard, *(part if where is None else _keep(*part, where)))
+
+
+def _keep(owners: np.ndarray, offsets: np.ndarray, cameras: np.ndarray, mask: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The owners ``mask`` keeps, with their offsets (from 0) and cameras."""
+    counts = np.diff(offsets)
+    rel = np.zeros(int(mask.sum()) + 1, np.int64)
+    np.cumsum(counts[mask], out=rel[1:])
+    return owners[mask], rel, cameras[np.repeat(mask, counts)]
 
 
 #: The first byte of a recipient set encoded raw (:func:`encode_recipients`). A zlib stream, the form of before,

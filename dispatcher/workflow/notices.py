@@ -19,8 +19,8 @@ of ``period``. The policy refuses a period that is not a whole number of days (1
 
 **Opt-outs, where they are cheapest.** A batch's owners are looked up together (one ``SMISMEMBER`` of the
 request's notified set, one of the opt-out set, one ``HMGET`` per day bucket; one query each on SQLite) in the
-same step as the batch's append, so an owner who opted out after the plan, or after the dispatcher's check, is
-never sent to: the step refuses the batch (stale) and the dispatcher asks again.
+same step as the batch's append, which then names only the owners admitted: one who opted out after the plan,
+up to that instant, is never sent to.
 """
 
 from __future__ import annotations
@@ -159,18 +159,35 @@ def sqlite_record(db: sqlite3.Connection, request_id: str, admitted: Sequence[in
                        "DO UPDATE SET n = n + excluded.n", (request_id, name, n))
 
 
-#: ``owners_from(i)``: ARGV from ``i`` on, as a table. ``verdicts(notified, optout, days, owners, cap)``: the
-#: verdict of each owner, whether each was notified of the request already, and each one's notices today; the keys
-#: are the request's notified set, the opted-out set and the day counters (hashes of owner -> notices, one per UTC
-#: day of the cap's window in ``days``, today's last). ``record(notified, today, owners, v, seen, counts, keep_s)``
-#: records the admitted owners new to the request (notified set, today's counter, which expires once no window
-#: reaches it) and returns how many. ``keep_records(notified, counters, new, ttl_s)`` counts the new owners in the
-#: request's aggregate and lets the records that name owners expire after the retention. Variadic calls go in
-#: chunks: Redis's Lua unpacks a few thousand values at most.
+#: ``owners_from(i)``: ARGV from ``i`` on, as a table; ``split(s)``: the items of a comma-separated string;
+#: ``int32s(s)``: the little-endian 32-bit integers of a string.
+#: ``verdicts(notified, optout, days, owners, cap)``: the verdict of each owner, whether each was notified of the
+#: request already, and each one's notices today; the keys are the request's notified set, the opted-out set and
+#: the day counters (hashes of owner -> notices, one per UTC day of the cap's window in ``days``, today's last).
+#: ``record(notified, today, owners, v, seen, counts, keep_s)`` records the admitted owners new to the request
+#: (notified set, today's counter, which expires once no window reaches it) and returns how many.
+#: ``keep_records(notified, counters, new, ttl_s)`` counts the new owners in the request's aggregate and lets the
+#: records that name owners expire after the retention. Variadic calls go in chunks: Redis's Lua unpacks a few
+#: thousand values at most.
 GATE_LUA = """
 local function owners_from(i)
   local out = {}
   for j = i, #ARGV do out[#out + 1] = ARGV[j] end
+  return out
+end
+local function split(s)
+  local out = {}
+  for x in string.gmatch(s, '[^,]+') do out[#out + 1] = x end
+  return out
+end
+local function int32s(s)
+  local out, n, at = {}, #s / 4, 1
+  while #out < n do
+    local k = math.min(1000, n - #out)
+    local got = {struct.unpack('<' .. string.rep('i4', k), s, at)}
+    for j = 1, k do out[#out + 1] = got[j] end
+    at = got[k + 1]
+  end
   return out
 end
 local function many(cmd, key, items)
