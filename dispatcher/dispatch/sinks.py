@@ -139,15 +139,16 @@ if ARGV[4] == '1' then
   local owners = split(ARGV[8])
   local at, cameras = int32s(ARGV[9]), ARGV[10]
   local v, seen, today = verdicts(KEYS[3], KEYS[4], days, owners, ARGV[5])
+  -- at: the owners' n + 1 offsets, then where each one's cameras start in the cameras' text (from base on)
   local o, off, cams, k, total = {}, {0}, {}, 0, 0
-  local m = #owners + 1
+  local base = #owners + 1
   for i = 1, #owners do
     n[v[i] + 1] = n[v[i] + 1] + 1
     if v[i] == 0 then
       local c = at[i + 1] - at[i]
       k = k + 1
       o[k] = owners[i]
-      if c > 0 then cams[#cams + 1] = string.sub(cameras, at[m + i] + 1, at[m + i + 1] - 1) end
+      if c > 0 then cams[#cams + 1] = string.sub(cameras, at[base + i] + 1, at[base + i + 1] - 1) end
       total = total + c
       off[k + 1] = total
     end
@@ -170,7 +171,6 @@ redis.call('HSET', KEYS[2], ARGV[1], id)
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return n
 """
-
 
 # KEYS: plan, done; ARGV: batch_size, n_owners, digest, recipients, ttl_s
 #   -> {batch_size, n_owners, digest, recorded recipients ('' when the same), done batch numbers...}
@@ -197,6 +197,7 @@ def _given(b: BatchPart) -> np.ndarray:
 
 
 def _counted(verdicts: np.ndarray) -> Appended:
+    """A part's owners admitted and refused, by reason, counted from their verdicts."""
     return Appended(int((verdicts == ADMIT).sum()), int((verdicts == OPTED_OUT).sum()),
                     int((verdicts == CAPPED).sum()))
 

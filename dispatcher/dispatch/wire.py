@@ -115,10 +115,10 @@ class BatchPart:
     def pieces(self) -> tuple[bytes, bytes, bytes, bytes]:
         """The entry of every owner in the pieces a sink that gates in its append step (a Lua script) builds the
         entry of the admitted ones from: the JSON up to the first owner; the owners as comma-separated decimals;
-        the offsets, then where each owner's cameras start in the next piece (byte index from 0, and past its
-        end), as little-endian int32s; the cameras as comma-separated decimals. With every owner admitted the
-        entry is :func:`encode_batch`'s bytes: ``head + owners + '],"offsets":[' + offsets + '],"cameras":[' +
-        cameras + ']}'``."""
+        the offsets, then where each owner's cameras start in the last piece (byte index from 0, and one past its
+        end), as little-endian int32s; the cameras as comma-separated decimals. The script keeps the admitted
+        owners' text and cameras' substrings and writes their offsets: with every owner admitted, the entry is
+        :func:`encode_batch`'s bytes."""
         head = b'{"header":' + self.header_json + b',"batch":' + str(self.batch_no).encode() + b',"owners":['
         cameras = orjson.dumps(self.cameras, option=_NUMPY)[1:-1]
         # camera j starts at byte starts[j]; starts[m] is one past the end, as if a comma followed the last one
