@@ -524,12 +524,10 @@ class LocalSink:
                              (request_id, b.batch_no)).fetchone():
                     out.append(ALREADY_DONE)
                     continue
-                if terms is None:
-                    verdicts = _given(b)
-                else:  # the gate's look-up and its records, in the append's transaction
-                    verdicts = sqlite_verdicts(c, request_id, b.owners.tolist(), terms.cap, days)
+                verdicts = (_given(b) if terms is None else
+                            sqlite_verdicts(c, request_id, b.owners.tolist(), terms.cap, days))
                 done = _counted(verdicts)
-                if terms is not None:
+                if terms is not None:  # the gate's look-up and its records, in the append's transaction
                     sqlite_record(c, request_id, b.owners[verdicts == ADMIT].tolist(), _us(terms.now), days,
                                   {"opted_out": done.opted_out, "capped": done.capped})
                 entry = b.entry(verdicts == ADMIT)
