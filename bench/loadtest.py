@@ -115,6 +115,7 @@ class LoadSettings:
     claim_idle_ms: int = 2_000    # how soon a dead worker's entries are taken over
     read_count: int = 16          # entries a worker thread reads and handles together
     threads: int = 2              # consumer threads per worker process (serve's default)
+    standby: bool = True          # the second thread reads only under a backlog (serve's default)
     fanout_km2: float = 100.0
     drain_timeout: float = 120.0  # after the last submission, how long to wait for the last outcome
     poison_share: float = 0.05    # poison entries per valid request, in ``poison``
@@ -820,7 +821,8 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
     workers: _Workers | None = None
     run: _Run | None = None
     try:
-        settings = ServiceSettings(claim_idle_ms=s.claim_idle_ms, read_count=s.read_count, threads=s.threads)
+        settings = ServiceSettings(claim_idle_ms=s.claim_idle_ms, read_count=s.read_count, threads=s.threads,
+                                   standby=s.standby)
         if name == "fanout":
             _approve(srv.url, world, plan.reqs[plan.specials[0]], now)
         ps = None

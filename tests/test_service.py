@@ -32,7 +32,7 @@ from dispatcher.keys import Keys
 from dispatcher.service import commands
 from dispatcher.service.client import read_outcomes, request_dispatch, submit
 from dispatcher.service.servers import RedisServer
-from dispatcher.service.worker import ServiceSettings, Worker
+from dispatcher.service.worker import ServiceSettings, Worker, consumer_threads
 from dispatcher.workflow.agencies import Agency, AgencyRegistry
 from dispatcher.workflow.pipeline import Pipeline
 from dispatcher.workflow.policy import Policy
@@ -58,13 +58,14 @@ def _registry() -> AgencyRegistry:
 
 
 def _worker(server: RedisServer, index: CameraIndex, name: str, auto: bool = True, protocol: int = 3,
-            agencies: tuple[str, ...] = (), **kw) -> Worker:
+            agencies: tuple[str, ...] = (), backlog: threading.Event | None = None, standby: bool = False,
+            **kw) -> Worker:
     store = RedisStore.from_url(server.url)
     wf = Workflow(store, _registry(), Policy(auto_approve=auto, owner_cap=1000, rate_limit=1000))
     qs = QueueSettings.from_url(server.url, batch_size=16)
     return Worker(name, redis.Redis.from_url(server.url, protocol=protocol),
                   Pipeline(wf, index, Dispatcher(RedisSink(qs), qs)), ServiceSettings(**kw), clock=lambda: NOW,
-                  agencies=agencies)
+                  agencies=agencies, backlog=backlog, standby=standby)
 
 
 def _request(k: int, rng: np.random.Generator) -> dict:
@@ -477,6 +478,70 @@ def test_idle_intake_streams_are_read_by_sweeps_and_a_busy_one_on_every_read(red
     after = [_streams_named(a) for a in _reads_seen(redis_server, w, lambda: time.monotonic() - t1 > 0.5)]
     assert (Keys().requests, chicago) in after           # the stream in use is read every time now
     assert all(len(s) in (2, 1 + len(agencies)) for s in after), after
+
+
+def test_a_second_reader_of_the_same_shards_stands_by_until_a_read_comes_back_full() -> None:
+    """Threads of a process reading the same shards share a backlog flag; the later ones stand by (unless told
+    not to); a thread reading shards of its own has none."""
+    (s0, b0, w0), (s1, b1, w1) = consumer_threads(2, 1, True)
+    assert s0 == s1 == [0] and b0 is b1 and b0 is not None and (w0, w1) == (False, True)
+    assert [w for _, _, w in consumer_threads(2, 1, False)] == [False, False]
+    assert consumer_threads(2, 2, True) == [([0], None, False), ([1], None, False)]
+    (t0, c0, v0), (t1, c1, v1), (t2, c2, v2) = consumer_threads(3, 2, True)
+    assert (t0, t1, t2) == ([0], [1], [0]) and c0 is c2 and c0 is not None and c1 is None
+    assert (v0, v1, v2) == (False, False, True)
+    assert consumer_threads(1, 3, True) == [([0, 1, 2], None, False)]
+
+
+def test_a_standby_thread_serves_a_backlog_and_nothing_a_lone_thread_keeps_up_with(redis_server: RedisServer,
+                                                                                    world) -> None:
+    """Requests sent one at a time are all served by the first thread (its reads come back short); a backlog
+    wakes the second, which takes its share; once the reads come back short again it stands by again."""
+    index, _ = world
+    backlog = threading.Event()
+    first = _worker(redis_server, index, "w-t0", block_ms=20, read_count=4, backlog=backlog)
+    second = _worker(redis_server, index, "w-t1", block_ms=20, read_count=4, backlog=backlog, standby=True)
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in (first, second)]
+    for t in threads:
+        t.start()
+
+    def send(first_id: int, n: int) -> None:  # requests away from the cameras: what is measured is the reading
+        with redis_server.client() as r:
+            for k in range(first_id, first_id + n):
+                req = make_request(request_id=f"req-{k}", area=square(0.2, LNG0 + 0.1, LAT0))
+                submit(r, {f: getattr(req, f) for f in req.__dataclass_fields__})
+
+    def handled() -> int:
+        return first.stats.handled + second.stats.handled
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while handled() < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert handled() == n
+
+    try:
+        for k in range(10):  # one at a time: each read finds one
+            send(k, 1)
+            wait_for(k + 1)
+        assert (first.stats.handled, second.stats.handled) == (10, 0)
+        send(10, 400)
+        wait_for(410)
+        assert second.stats.handled > 0
+        time.sleep(0.2)  # the last reads came back short: the flag is down, the second thread waiting on it
+        assert not backlog.is_set()
+        before = second.stats.handled
+        for k in range(410, 420):
+            send(k, 1)
+            wait_for(k + 1)
+        assert second.stats.handled == before and first.stats.handled == 420 - before
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert first.stats.dispatched + second.stats.dispatched == 420
 
 
 def test_reads_grow_with_a_backlog_and_shrink_back_when_it_is_gone(redis_server: RedisServer, world) -> None:

@@ -72,6 +72,8 @@ def demo(cameras: int, requests: int, seed: int, events: bool, now: str | None, 
 @click.option("--seed", default=0)
 @click.option("--batch", default=16, help="Entries a worker thread reads and handles together.")
 @click.option("--threads", default=2, help="Consumer threads per worker process.")
+@click.option("--standby/--no-standby", default=True,
+              help="A worker's second thread reads only while reads come back full (a backlog), as serve's do.")
 @click.option("--poison-share", default=0.05, help="poison: malformed entries per valid request.")
 @click.option("--clientkill-seconds", default=8.0, help="clientkill: length of the CLIENT KILL storm, mid-load.")
 @click.option("--clientkill-every-ms", default=10.0, help="clientkill: milliseconds between two CLIENT KILLs.")
@@ -87,9 +89,9 @@ def demo(cameras: int, requests: int, seed: int, events: bool, now: str | None, 
 @click.option("--markdown-out", type=OutputFile(), default=Path("loadtest-report.md"))
 @click.option("--plot-out", type=OutputFile(), default=Path("loadtest-report.png"))
 def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration: float, scenarios: str, seed: int,
-             batch: int, threads: int, poison_share: float, clientkill_seconds: float, clientkill_every_ms: float,
-             oom_seconds: float, edge_requests: int, edge_gap_seconds: float, work_dir: Path | None,
-             json_out: Path, markdown_out: Path, plot_out: Path) -> None:
+             batch: int, threads: int, standby: bool, poison_share: float, clientkill_seconds: float,
+             clientkill_every_ms: float, oom_seconds: float, edge_requests: int, edge_gap_seconds: float,
+             work_dir: Path | None, json_out: Path, markdown_out: Path, plot_out: Path) -> None:
     """National-scale load test: worker processes behind a throwaway Redis on loopback, open-loop requests at a
     target rate, through faults (worker and Redis restarts, poison entries, dropped connections, Redis full or
     emptied, retries across a footage-retention boundary); latency, throughput, CPU and memory, queue depth;
@@ -101,9 +103,10 @@ def loadtest(cameras: int, n_agencies: int, workers: int, rate: float, duration:
     try:
         settings = lt.LoadSettings(cameras=cameras, agencies=n_agencies, workers=workers, rate=rate,
                                    duration=duration, scenarios=tuple(x for x in scenarios.split(",") if x),
-                                   seed=seed, read_count=batch, threads=threads, poison_share=poison_share,
-                                   clientkill_s=clientkill_seconds, clientkill_every_ms=clientkill_every_ms,
-                                   oom_s=oom_seconds, edge_requests=edge_requests, edge_gap_s=edge_gap_seconds)
+                                   seed=seed, read_count=batch, threads=threads, standby=standby,
+                                   poison_share=poison_share, clientkill_s=clientkill_seconds,
+                                   clientkill_every_ms=clientkill_every_ms, oom_s=oom_seconds,
+                                   edge_requests=edge_requests, edge_gap_s=edge_gap_seconds)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     t0 = time.monotonic()

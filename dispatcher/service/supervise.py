@@ -120,7 +120,7 @@ def open_worker(name: str, index_dir: str, redis_url: str, agencies: str, policy
     from dispatcher.dispatch.sinks import RedisSink
     from dispatcher.index.camera_index import CameraIndex
     from dispatcher.service.feed import FeedFollower, Snapshots
-    from dispatcher.service.worker import Worker, shards_of_thread
+    from dispatcher.service.worker import Worker, consumer_threads
     from dispatcher.workflow.agencies import AgencyRegistry
     from dispatcher.workflow.pipeline import Pipeline
     from dispatcher.workflow.policy import Policy
@@ -142,12 +142,13 @@ def open_worker(name: str, index_dir: str, redis_url: str, agencies: str, policy
     # Each thread is a consumer of its own, with its own connections: while one waits on a Redis round trip,
     # another resolves (the index kernels release the GIL) or encodes.
     workers = []
-    for k in range(settings.threads):
+    for k, (shards, backlog, standby) in enumerate(consumer_threads(settings.threads, qs.keys.shards,
+                                                                    settings.standby)):
         pipeline = Pipeline(Workflow(RedisStore(connect(qs), qs.keys), registry, rules), index,
                             Dispatcher(RedisSink(qs), qs))
         workers.append(Worker(name if settings.threads == 1 else f"{name}-t{k}", connect(qs), pipeline, settings,
                               qs.keys, queue=qs, agencies=[a.agency_id for a in registry], feed=feed,
-                              shards=shards_of_thread(k, settings.threads, qs.keys.shards)))
+                              shards=shards, backlog=backlog, standby=standby))
     return workers, feed
 
 
