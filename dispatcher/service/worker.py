@@ -432,9 +432,10 @@ class Worker:
     def run(self, stop: Any) -> WorkerStats:
         """Serve until ``stop.is_set()`` (a ``threading.Event``; set on SIGTERM)."""
         self._stop = stop
+        waits_for = self.backlog if self.standby else None
         while not stop.is_set():
-            if self.standby and not self.backlog.is_set():  # type: ignore[union-attr]
-                self.backlog.wait(self.settings.block_ms / 1000)  # type: ignore[union-attr]
+            if waits_for is not None and not waits_for.is_set():
+                waits_for.wait(self.settings.block_ms / 1000)
                 continue
             try:
                 self.step()
