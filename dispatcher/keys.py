@@ -111,6 +111,17 @@ class Keys:
         """The operators' channel: each command's outcome with its figures (owners notified, times, worker)."""
         return self._key("ops", "outcomes")
 
+    @property
+    def worker_reports(self) -> str:
+        """Each worker's latest report (worker name -> its counters and batch times as JSON), for operators
+        (:mod:`dispatcher.service.metrics`)."""
+        return self._key("ops", "workers")
+
+    @property
+    def worker_seen(self) -> str:
+        """When each worker last reported (a sorted set of worker names by unix time)."""
+        return self._key("ops", "workers", "seen")
+
     # -- the camera registry change feed ---------------------------------------------------------------
     @property
     def feed(self) -> str:

@@ -113,6 +113,48 @@ def test_submit_status_and_list(api: Api) -> None:
     assert api.requests() == ["il-chicago:r1", "il-chicago:r2"]
 
 
+def test_the_probes_need_no_key_are_never_throttled_and_say_the_same_whatever_is_stored(api: Api) -> None:
+    """A load balancer's liveness and readiness probes: no key, a few bytes that do not move with what the store
+    holds, and as many as it likes (the address limit is 120 a minute; probes do not count against it)."""
+    before = [(api.call("GET", p).status_code, api.call("GET", p).content) for p in ("/healthz", "/readyz")]
+    assert before == [(200, b'{"status":"ok"}'), (200, b'{"status":"ready"}')]
+    assert api.call("POST", "/v1/requests", api.chicago, json=body()).status_code == 202
+    with httpx.Client(base_url=api.url, timeout=60) as c:
+        got = {(r.status_code, r.content) for r in (c.get(p) for _ in range(100) for p in ("/healthz", "/readyz"))}
+    assert got == set(before)
+    assert api.call("GET", "/v1/requests").status_code == 401  # the address was not charged for the probes
+
+
+def test_readiness_fails_while_the_store_does_not_answer_and_liveness_does_not(world, tmp_path) -> None:
+    """Redis stopped, or the embedded file gone: 503 ``unavailable`` within a few seconds (the probe's own short
+    timeout, no retries), while ``/healthz`` still answers; Redis back, ready again."""
+    from dispatcher.service.servers import RedisServer
+
+    index, _ = world
+    with RedisServer(tmp_path / "redis") as server:
+        for where in ({"redis_url": server.url}, {"store": tmp_path / "gd.sqlite"}):
+            backend = open_backend(index, _registry(), clock=lambda: NOW, **where)  # type: ignore[arg-type]
+            try:
+                with serving(create_app(backend)) as url, httpx.Client(base_url=url, timeout=60) as c:
+                    assert c.get("/readyz").status_code == 200
+                    if "redis_url" in where:
+                        server.stop()
+                    else:
+                        (tmp_path / "gd.sqlite").unlink()
+                    time.sleep(1.1)  # the last answer is a second old
+                    t0 = time.monotonic()
+                    r = c.get("/readyz")
+                    assert (r.status_code, r.json()) == (503, {"status": "unavailable"})
+                    assert time.monotonic() - t0 < 5
+                    assert c.get("/healthz").status_code == 200
+                    if "redis_url" in where:
+                        server.start()
+                        time.sleep(1.1)
+                        assert c.get("/readyz").status_code == 200
+            finally:
+                backend.close()
+
+
 def test_policy_refusal_is_422_with_the_rule_codes(api: Api) -> None:
     r = api.call("POST", "/v1/requests", api.chicago, json=body(incident_type="protest"))
     assert r.status_code == 422

@@ -262,6 +262,8 @@ def _bad_inputs(w: dict[str, Path]) -> dict[str, list[tuple[list[str], str]]]:
                      (["--out", str(w["tmp"] / "g"), "--cameras", "10", "--now", "2026-11-01T00:00:00"], "is naive"),
                      (["--out", str(w["tmp"] / "g"), "--cameras", "10", "--now", "soon"], "not an ISO-8601")],
         "loadtest": [(["--work-dir", str(w["file"])], "is a file"), (["--scenarios", "steady,nope"], "nope")],
+        "metrics": [(["--redis-url", _NOWHERE + "/0?retries=0"], "unreachable"),
+                    (["--redis-url", _NOWHERE + "/0?retrys=0"], "unknown setting 'retrys'")],
         "migrate-gate": [(["--redis-url", _NOWHERE, "--policy", str(w["file"])], "plain.txt: not JSON")],
         "map agencies": [(["--agencies", str(w["tmp"] / "missing.parquet")], "does not exist")],
         "map request": [(["nope", "--store", str(w["store"]), "--index", str(w["index"])],

@@ -175,12 +175,12 @@ def test_reviewed_request_dispatched_on_command(redis_server: RedisServer, world
     with redis_server.client() as r:
         submit(r, req)
         _serve([w], lambda: w.stats.handled == 1)
-        assert w.stats.outcomes == ["submitted"] and not _stream(redis_server)
+        assert list(w.stats.outcomes) == ["submitted"] and not _stream(redis_server)
         w.pipeline.workflow.approve("req-7", "reviewer", NOW)
         request_dispatch(r, "req-7")
         request_dispatch(r, "req-7")  # a double click: the second finds it dispatched
         _serve([w], lambda: w.stats.handled == 3)
-    assert w.stats.outcomes[1:] == ["dispatched", "dispatched"] and w.stats.dispatched == 1
+    assert list(w.stats.outcomes)[1:] == ["dispatched", "dispatched"] and w.stats.dispatched == 1
     seen = _stream(redis_server)
     assert seen and max(seen.values()) == 1
     assert w.pipeline.workflow.state("req-7") == "dispatched"
@@ -211,19 +211,19 @@ def test_an_id_recorded_by_another_worker_meanwhile_is_sent_as_that_one_recorded
         review.pipeline.workflow.approve("req-9", "reviewer", NOW)
         submit(r, second)
         _serve([w], lambda: w.stats.handled == 1)
-    assert w.stats.outcomes == ["dispatched"]
+    assert list(w.stats.outcomes) == ["dispatched"]
     assert {o for (rid, o) in _stream(redis_server) if rid == "req-9"} == want
     assert set(w.pipeline.dispatcher.recorded(["req-9"])[0].owner_ids.tolist()) == want
 
 
-def _serve_command(server: RedisServer, tmp_path: Path) -> subprocess.Popen:
+def _serve_command(server: RedisServer, tmp_path: Path, *extra: str) -> subprocess.Popen:
     cams = data.cameras(5_000, seed=41, cx=LNG0, cy=LAT0, spread=0.01)
     CameraIndex.build(cams, data.owners(cams, seed=41)).save(tmp_path / "idx")
     _registry().save_geojson(tmp_path / "agencies.geojson")
     root = Path(__file__).resolve().parents[1]
     return subprocess.Popen([sys.executable, "-c", "from dispatcher.cli import run; run()", "serve", "--index",
                              str(tmp_path / "idx"), "--redis-url", server.url, "--workers", "2",
-                             "--agencies", str(tmp_path / "agencies.geojson"), "--auto-approve"],
+                             "--agencies", str(tmp_path / "agencies.geojson"), "--auto-approve", *extra],
                             cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -238,7 +238,13 @@ def _no_process_left(proc: subprocess.Popen) -> bool:
 
 
 def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: RedisServer, tmp_path) -> None:
-    proc = _serve_command(redis_server, tmp_path)
+    """... and serves the workers' metrics on the port asked for, every consumer thread of both processes in them."""
+    import urllib.request
+
+    from dispatcher.service.servers import free_port
+
+    port = free_port()
+    proc = _serve_command(redis_server, tmp_path, "--metrics-port", str(port), "--metrics-every", "0.2")
     try:
         rng = np.random.default_rng(5)
         store = RedisStore.from_url(redis_server.url)
@@ -251,6 +257,16 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
         assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(6))  # type: ignore[index]
+        dispatched = 0.0
+        while time.monotonic() < deadline and dispatched < 6:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+                fams = _families(resp.read().decode())
+            dispatched = sum(x.value for x in fams.get("geodispatch_worker_commands", [])
+                             if x.name.endswith("_total") and x.labels["outcome"] == "dispatched")
+            time.sleep(0.1)
+        assert dispatched == 6
+        up = {x.labels["worker"]: x.value for x in fams["geodispatch_worker_up"]}
+        assert len(up) == 4 and set(up.values()) == {1.0}  # 2 processes of 2 consumer threads
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
@@ -645,3 +661,148 @@ def test_a_burst_of_sigterms_stops_a_worker_process_every_time() -> None:
         child.stdout.close()
         errors.close()
     assert stopped == rounds
+
+
+def test_a_long_running_worker_keeps_counts_and_a_window_of_outcomes_not_a_log() -> None:
+    """A worker serves for months: at 1,000 requests/s a list of every status would hold 86 million a day."""
+    from dispatcher.service.metrics import RECENT, WorkerStats
+    from dispatcher.workflow.pipeline import Outcome
+
+    stats = WorkerStats()
+    for k in range(3 * RECENT):
+        stats.count(Outcome(f"r{k}", "refused: InvalidArea" if k % 3 == 0 else "dispatched", notified=2))
+    assert len(stats.outcomes) == RECENT and stats.outcomes[-1] == "dispatched"
+    assert stats.by_status == {"refused: InvalidArea": RECENT, "dispatched": 2 * RECENT}
+    assert stats.handled == 3 * RECENT and stats.refused == RECENT and stats.recipients == 6 * RECENT
+
+
+def _families(text: str) -> dict[str, list]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def _value(fams: dict[str, list], sample: str, **labels: str) -> float:
+    got = [s.value for fam in fams.values() for s in fam if s.name == sample and
+           all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(got) == 1, (sample, labels, got)
+    return got[0]
+
+
+def test_workers_report_their_counts_and_batch_times_as_prometheus_metrics(redis_server: RedisServer,
+                                                                           world) -> None:
+    """Each consumer thread reports to Redis while it serves and as it stops; the metrics read back give its
+    commands by outcome, the owners its dispatches notified (counted here on the notifications stream) and a
+    histogram of its batches, and nothing is waiting once it has served everything."""
+    from dispatcher.service.metrics import collect, render
+
+    index, _ = world
+    rng = np.random.default_rng(41)
+    with redis_server.client() as r:
+        for k in range(12):
+            submit(r, _request(k, rng))
+        submit(r, {**_request(12, rng), "incident_type": "protest"})
+    w = _worker(redis_server, index, "w-metrics", block_ms=20, read_count=4, read_count_max=4, metrics_every_s=0.05)
+    _serve([w], lambda: w.stats.handled == 13)
+    with redis_server.client() as r:
+        fams = _families(render(collect(r, Keys())).decode())
+    owners = sum(_stream(redis_server).values())
+    assert owners > 0 and w.stats.batches >= 4
+    assert _value(fams, "geodispatch_redis_up") == 1
+    assert _value(fams, "geodispatch_worker_up", worker="w-metrics") == 1
+    assert _value(fams, "geodispatch_worker_commands_total", worker="w-metrics", outcome="dispatched") == 12
+    assert _value(fams, "geodispatch_worker_commands_total", worker="w-metrics", outcome="refused",
+                  reason="RequestRejected") == 1
+    assert _value(fams, "geodispatch_worker_owners_notified_total", worker="w-metrics") == owners
+    assert _value(fams, "geodispatch_worker_batch_seconds_count", worker="w-metrics") == w.stats.batches
+    assert _value(fams, "geodispatch_worker_batch_seconds_bucket", worker="w-metrics", le="+Inf") == w.stats.batches
+    assert 0 < _value(fams, "geodispatch_worker_batch_seconds_sum", worker="w-metrics") < 60
+    assert _value(fams, "geodispatch_requests_waiting", stream=Keys().requests) == 0
+    assert _value(fams, "geodispatch_requests_pending", stream=Keys().requests) == 0
+
+
+def test_a_worker_that_stops_reporting_is_down_and_then_forgotten(redis_server: RedisServer) -> None:
+    """A report late by three of its intervals says the worker is down; one older than an hour is dropped by
+    the next report of any worker (from the reports and from the times seen)."""
+    from dispatcher.service.metrics import KEEP_S, WorkerStats, collect, render, report
+
+    k = Keys()
+    with redis_server.client() as r:
+        report(r, k, "gone", WorkerStats(), every_s=0.05)
+        report(r, k, "long-gone", WorkerStats(), every_s=5)
+        r.zadd(k.worker_seen, {"long-gone": time.time() - KEEP_S - 1})
+        time.sleep(0.2)
+        report(r, k, "alive", WorkerStats(), every_s=5)
+        fams = _families(render(collect(r, k)).decode())
+        assert _value(fams, "geodispatch_worker_up", worker="gone") == 0
+        assert _value(fams, "geodispatch_worker_up", worker="alive") == 1
+        assert sorted(r.hkeys(k.worker_reports)) == [b"alive", b"gone"]
+        assert sorted(r.zrange(k.worker_seen, 0, -1)) == [b"alive", b"gone"]
+
+
+def test_the_metrics_are_served_over_http_and_say_when_redis_is_away(world) -> None:
+    """``serve --metrics-port``'s server: a scrape reads Redis afresh; with Redis gone it answers at once with
+    ``geodispatch_redis_up 0`` instead of failing (or waiting out every retry)."""
+    import urllib.request
+
+    from dispatcher.service.metrics import WorkerStats, report, serve_metrics
+
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp)) as server:
+        qs = QueueSettings.from_url(server.url, socket_timeout=0.5, connect_timeout=0.5)
+        with server.client() as r:
+            report(r, Keys(), "w0", WorkerStats())
+        client = redis.Redis.from_url(server.url, socket_timeout=0.5)
+        httpd, _ = serve_metrics("127.0.0.1", 0, client, Keys(), qs)
+        url = f"http://127.0.0.1:{httpd.server_port}/metrics"
+
+        def scrape() -> dict[str, list]:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                return _families(resp.read().decode())
+        try:
+            fams = scrape()
+            assert _value(fams, "geodispatch_redis_up") == 1 and _value(fams, "geodispatch_worker_up", worker="w0")
+            server.stop()
+            t0 = time.monotonic()
+            fams = scrape()
+            assert _value(fams, "geodispatch_redis_up") == 0 and "geodispatch_worker_up" not in fams
+            assert time.monotonic() - t0 < 10
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+            client.close()
+
+
+def test_agencies_and_submitters_cannot_read_the_workers_reports(redis_server: RedisServer) -> None:
+    """The reports count residents notified and refusals as they happen: an agency watching them around its own
+    submission would learn how many of its area's residents were left out. They are the operators' alone."""
+    from dispatcher.service.acl import set_agency, set_submitter
+    from dispatcher.service.metrics import WorkerStats, report
+
+    k = Keys()
+    with redis_server.client() as admin:
+        report(admin, k, "w0", WorkerStats())
+        set_agency(admin, "agency-a", "s3cret-passw0rd-a", "il-chicago")
+        set_submitter(admin, "frontdoor", "s3cret-passw0rd-f")
+    for user, pw in (("agency-a", "s3cret-passw0rd-a"), ("frontdoor", "s3cret-passw0rd-f")):
+        with redis.Redis(host="127.0.0.1", port=redis_server.port, username=user, password=pw) as c:
+            for attempt in (lambda: c.hgetall(k.worker_reports), lambda: c.zrange(k.worker_seen, 0, -1),
+                            lambda: c.hset(k.worker_reports, "w0", b"{}")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    attempt()
+
+
+def test_the_metrics_command_prints_them_once(redis_server: RedisServer) -> None:
+    from click.testing import CliRunner
+
+    from dispatcher.cli import main
+    from dispatcher.service.metrics import WorkerStats, report
+    from dispatcher.workflow.pipeline import Outcome
+
+    stats = WorkerStats()
+    stats.count(Outcome("r1", "submitted"))
+    with redis_server.client() as r:
+        report(r, Keys(), "w0", stats)
+    got = CliRunner().invoke(main, ["metrics", "--redis-url", redis_server.url])
+    assert got.exit_code == 0, got.output
+    fams = _families(got.output)
+    assert _value(fams, "geodispatch_worker_commands_total", worker="w0", outcome="submitted") == 1

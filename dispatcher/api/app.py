@@ -284,6 +284,42 @@ class Rejection(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
+class Health(BaseModel):
+    """A probe's answer: ``ok`` (alive), ``ready``, or ``unavailable`` (the store does not answer)."""
+
+    status: str
+
+
+class Readiness:
+    """Whether the store answered its last probe (``Backend.ready``), asked again once that answer is
+    :attr:`EVERY_S` old: probes need no key, so however many come, the store sees one a second from this
+    process. The probe runs in a thread (a store that hangs holds the thread, not the event loop), and callers
+    that come while it runs wait for its answer."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, probe: Callable[[], None] | None) -> None:
+        self.probe = probe
+        self.ok = True
+        self._at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> bool:
+        if self.probe is None:
+            return True
+        async with self._lock:
+            if time.monotonic() - self._at >= self.EVERY_S:
+                try:
+                    await asyncio.to_thread(self.probe)
+                    self.ok = True
+                except Exception as exc:  # whatever keeps the store from answering: not ready, and why, in the log
+                    if self.ok:
+                        log.warning("not ready: the store did not answer (%s: %s)", type(exc).__name__, exc)
+                    self.ok = False
+                self._at = time.monotonic()
+        return self.ok
+
+
 class RequestStatus(BaseModel):
     request_id: str
     status: str
@@ -491,6 +527,7 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     s = settings or ApiSettings()
     throttle = Throttle(s)
     batches = Batches(backend)
+    readiness = Readiness(backend.ready)
 
     async def expire_due(expire: Callable[[datetime], int]) -> None:
         while True:
@@ -612,6 +649,21 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
             return _error(503, "unavailable", "the store is unreachable; try again (a repeat is harmless)",
                           headers={"Retry-After": "1"})
         return _error(500, "internal_error", "the call failed; see the server's log")
+
+    # -- operations: a load balancer's probes, without a key ----------------------------------------------
+
+    @app.get("/healthz", tags=["operations"], response_model=Health)
+    async def healthz() -> Any:
+        """Liveness: the server answers. Nothing else is looked at, nothing is said but that."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], response_model=Health,
+             responses={503: {"model": Health, "description": "The store does not answer."}})
+    async def readyz() -> Response:
+        """Readiness: 200 while the store answers (checked on a connection of its own, in a thread, at most once
+        every second whoever asks, within about a second), else 503. The same few bytes whatever the store holds."""
+        return _json({"status": "ready"} if await readiness() else {"status": "unavailable"},
+                     200 if readiness.ok else 503)
 
     # -- agencies ---------------------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ and :class:`RedisEvidence` on that Redis (queue settings in the URL's query appl
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,6 +52,9 @@ class Backend:
     #: Deletes the records due at the time given and says how many (the embedded store, which the API runs
     #: every ``ApiSettings.expire_every_s``); None where the records expire by themselves (Redis).
     expire: Callable[[datetime], int] | None = None
+    #: Raises unless the store answers now, within about a second, on a connection of its own (no retries, no
+    #: wait for the pipeline's lock): ``GET /readyz``. None: always ready.
+    ready: Callable[[], None] | None = None
 
     @property
     def workflow(self) -> Workflow:
@@ -87,7 +92,9 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
         wf = Workflow(RedisStore(connect(qs), qs.keys, qs), registry, policy)
         pipeline = Pipeline(wf, idx, Dispatcher(RedisSink(qs), qs))
         evidence = RedisEvidence(connect(qs), idx, wf.store, qs.keys, qs, clock=clock or _utc_now)
-        return Backend(pipeline, RedisCredentials(connect(qs), qs.keys, qs), clock or _utc_now, evidence=evidence)
+        probe = connect(replace(qs, socket_timeout=1.0, connect_timeout=1.0, retries=0))
+        return Backend(pipeline, RedisCredentials(connect(qs), qs.keys, qs), clock or _utc_now, evidence=evidence,
+                       ready=lambda: _answered(probe.ping()), closers=[probe.close])
     sink = LocalSink(str(store))
     db = SqliteStore(str(store))  # one file: the gate's records are written with each batch
     creds = SqliteCredentials(str(store))
@@ -99,5 +106,17 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
         return db.expire_records(now, ev.retention) + sink.expire_records(now, ev.retention) + \
             ev.expire_records(now)
 
+    # the file as it is (mode=rw: a file gone is not made again, empty, by the probe)
+    uri = f"{Path(str(store)).resolve().as_uri()}?mode=rw"
+
+    def ready() -> None:
+        with closing(sqlite3.connect(uri, timeout=1.0, uri=True)) as probe:
+            probe.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+
     return Backend(pipeline, creds, clock or _utc_now, closers=[sink.close, db.close, creds.close, ev.close],
-                   evidence=ev, expire=expire)
+                   evidence=ev, expire=expire, ready=ready)
+
+
+def _answered(pong: object) -> None:
+    if not pong:
+        raise ConnectionError("the store did not answer PING")

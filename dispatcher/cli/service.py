@@ -22,9 +22,15 @@ from dispatcher.cli._app import agencies_options, console, load_agencies, main, 
 @click.option("--feed-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Follow the camera change feed, with its snapshots in this directory (the first one is --index).")
 @click.option("--snapshot-every", default=60.0, help="Seconds between snapshots of the changes (0: none).")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
+              help="Serve the workers' Prometheus metrics over HTTP on this port (/metrics); default: not served.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="The address the metrics listen on: they are the operators', keep them off public interfaces.")
+@click.option("--metrics-every", default=5.0, type=click.FloatRange(0), show_default=True,
+              help="Seconds between each worker's reports to Redis (0: none).")
 def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, synthetic_agencies: int | None,
           policy_file: Path | None, auto_approve: bool, claim_idle_ms: int, feed_dir: Path | None,
-          snapshot_every: float) -> None:
+          snapshot_every: float, metrics_port: int | None, metrics_host: str, metrics_every: float) -> None:
     """Serve requests from the Redis requests stream with a group of worker processes: validate, resolve,
     dispatch, acknowledge. SIGTERM or Ctrl-C stops them after the request in hand."""
     import tempfile
@@ -41,8 +47,24 @@ def serve(index_dir: Path, redis_url: str, workers: int, agencies: str | None, s
             registry.save_parquet(agencies)
         run_workers(str(index_dir), redis_url, workers, agencies, policy,
                     ServiceSettings(claim_idle_ms=claim_idle_ms, feed_dir=None if feed_dir is None else str(feed_dir),
-                                    snapshot_every_s=snapshot_every), out.print,
-                    logging.getLevelName(logging.getLogger().level))
+                                    snapshot_every_s=snapshot_every, metrics_every_s=metrics_every), out.print,
+                    logging.getLevelName(logging.getLogger().level),
+                    metrics=None if metrics_port is None else (metrics_host, metrics_port))
+
+
+@main.command()
+@click.option("--redis-url", required=True, help="Redis the workers report to.")
+@click.option("--group", default="workers", show_default=True, help="The workers' consumer group.")
+def metrics(redis_url: str, group: str) -> None:
+    """Print the workers' metrics once, in Prometheus's text format: each worker's commands by outcome, batch
+    times and index version, the change feed's lag and the commands waiting (for a textfile collector, or a look).
+    A Redis that does not answer is an error (``serve --metrics-port`` says ``geodispatch_redis_up 0`` instead)."""
+    from dispatcher.connections import connect
+    from dispatcher.dispatch.settings import QueueSettings
+    from dispatcher.service.metrics import collect, render
+
+    qs = QueueSettings.from_url(redis_url)
+    click.echo(render(collect(connect(qs), qs.keys, qs, group)).decode(), nl=False)
 
 
 @main.command()

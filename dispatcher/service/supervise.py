@@ -183,9 +183,11 @@ def wait_for_redis(settings: Any, stop: Any) -> bool:
 
 
 def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: dict[str, Any],
-          settings: Any, say: Callable[[str], None], log_level: str = "WARNING") -> None:
+          settings: Any, say: Callable[[str], None], log_level: str = "WARNING",
+          metrics: tuple[str, int] | None = None) -> None:
     """Run ``workers`` worker processes (spawned) until SIGTERM or SIGINT, which reaches every worker, even
-    one still starting; raises :class:`WorkerFailed` when one exited with an error."""
+    one still starting; raises :class:`WorkerFailed` when one exited with an error. With ``metrics`` (host,
+    port), the workers' reports are served as Prometheus metrics there meanwhile (``/metrics``)."""
     from dispatcher.dispatch.settings import QueueSettings
     from dispatcher.index.camera_index import CameraIndex
     from dispatcher.workflow.agencies import AgencyRegistry
@@ -221,6 +223,13 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
         say("stopped before Redis answered")
         return
     snapshots = _first_snapshot(index_dir, qs, settings)
+    exporter = None
+    if metrics is not None:
+        from dispatcher.connections import connect
+        from dispatcher.service.metrics import serve_metrics
+
+        exporter, _ = serve_metrics(*metrics, connect(qs), qs.keys, qs, settings.group)
+        say(f"metrics at http://{metrics[0]}:{exporter.server_port}/metrics")
     for p in procs:
         p.start()
     done = threading.Event()
@@ -241,6 +250,8 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     for p in procs:
         p.join()
     done.set()
+    if exporter is not None:
+        exporter.shutdown()
     if background is not None:
         background.join(timeout=60)
     # a worker stopped by SIGTERM before it could install its own handler exits with -SIGTERM: not a failure

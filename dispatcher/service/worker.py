@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.keys import Keys
 from dispatcher.service import commands
 from dispatcher.service.feed import FeedFollower
+from dispatcher.service.metrics import Report, WorkerStats
 from dispatcher.workflow.pipeline import Command, Outcome, Pipeline
 
 __all__ = ["ServiceSettings", "Worker", "WorkerStats", "consumer_threads", "shards_of_thread"]
@@ -86,24 +87,9 @@ class ServiceSettings:
     #: backlog of changes (a worker back from a pause) is worked off over several batches, and by the follower
     #: thread meanwhile, rather than holding every request until all of it is in. ~15 µs a change: ~30 ms.
     feed_step: int = 2000
-
-
-@dataclass
-class WorkerStats:
-    handled: int = 0
-    refused: int = 0
-    dispatched: int = 0
-    claimed: int = 0
-    recipients: int = 0
-    dead_lettered: int = 0
-    outcomes: list[str] = field(default_factory=list)
-
-    def count(self, outcome: Outcome) -> None:
-        self.handled += 1
-        self.refused += outcome.refused
-        self.dispatched += outcome.dispatched_now
-        self.recipients += outcome.notified
-        self.outcomes.append(outcome.status)
+    #: How often (s) each consumer thread reports its counters and batch times to Redis for operators
+    #: (:mod:`dispatcher.service.metrics`; one script call); 0: never.
+    metrics_every_s: float = 5.0
 
 
 #: A stream entry in hand: (stream, entry id, fields).
@@ -149,6 +135,9 @@ class Worker:
                 self.streams[stream], self.shard_keys[stream] = agency, k
                 self._shard_streams.setdefault(n, []).append(stream)
         self.stats = WorkerStats()
+        every = self.settings.metrics_every_s
+        self._report = Report(client, self.keys, name, every) if every > 0 else None
+        self._next_report = 0.0
         # The calls repeated with the same arguments all the time (reads and claim passes over the same streams)
         # are encoded once (Prepacked), by (streams, count) and by streams; each names streams of one shard (of
         # one slot) only.
@@ -175,6 +164,7 @@ class Worker:
         error; the others of the batch complete. Transient Redis trouble is retried with the batch in hand.
         With a change feed, every change appended before the batch was read is applied first, up to
         ``settings.feed_step`` of them (a larger backlog: the rest before the next batches)."""
+        started = time.monotonic()
         if self.feed is not None:
             feed, step = self.feed, self.settings.feed_step
             self._retry("the change feed", lambda: feed.catch_up(step))
@@ -231,6 +221,7 @@ class Worker:
                 self.stats.dead_lettered += 1
                 log.error("%s: entry %s fails on its own (%s); moved to %s", self.name, _s(eid), res,
                           self.shard_keys[stream].dead_letters)
+        self.stats.timed(time.monotonic() - started)
 
     def _isolated(self, cmds: list[Command], now: datetime) -> list[Outcome | str]:
         """The pipeline's outcomes; when the batch fails (not Redis trouble: a bug some command triggers), it is
@@ -434,6 +425,7 @@ class Worker:
         self._stop = stop
         waits_for = self.backlog if self.standby else None
         while not stop.is_set():
+            self._reported()
             if waits_for is not None and not waits_for.is_set():
                 waits_for.wait(self.settings.block_ms / 1000)
                 continue
@@ -445,7 +437,20 @@ class Worker:
                 else:
                     log.exception("%s: a step failed; its entries stay pending and will be retried", self.name)
                 time.sleep(0.5)
+        self._reported(final=True)
         return self.stats
+
+    def _reported(self, final: bool = False) -> None:
+        """Report the counters when a report is due (or ``final``: the last, as the worker stops). A report that
+        fails (Redis away or full) is skipped, never retried: it is no command's, and the next one says all."""
+        if self._report is None or not (final or time.monotonic() >= self._next_report):
+            return
+        self._next_report = time.monotonic() + self._report.every_s
+        try:
+            self._report(self.stats, index_version=self.pipeline.index.version, shards=self.shards,
+                         standby=self.standby)
+        except redis.RedisError as exc:
+            log.debug("%s: report skipped (%s)", self.name, exc)
 
 
 def consumer_threads(threads: int, shards: int, standby: bool) -> list[tuple[list[int], threading.Event | None, bool]]:

@@ -1,0 +1,292 @@
+"""What the workers report, for operators: each worker's counters and batch times, the change feed's lag and
+the commands waiting, as Prometheus metrics.
+
+Every consumer thread of ``geodispatch serve`` writes a snapshot of its :class:`WorkerStats` to Redis every
+``ServiceSettings.metrics_every_s`` (one script call: the snapshot in ``Keys.worker_reports``, its time in
+``Keys.worker_seen``; reports older than ``KEEP_S`` are dropped on the way). :func:`collect` reads them back with
+the feed's head and every follower's position and the requests streams' backlog, and :class:`WorkersCollector`
+gives the result to a ``prometheus_client`` registry, which renders the text exposition format (``geodispatch
+metrics``, ``serve --metrics-port``).
+
+These keys are the operators': they count residents notified and commands refused, so no agency or submitter
+ACL user can read them (the ACL rules name what those may touch, nothing else), and nothing here is served on the
+agencies' HTTP API.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+import redis
+
+from dispatcher.connections import is_transient, script, with_retries
+from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.keys import Keys
+
+__all__ = ["BATCH_BUCKETS", "KEEP_S", "STALE_REPORTS", "Report", "Snapshot", "WorkerStats", "WorkersCollector",
+           "collect", "render", "report", "serve_metrics"]
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (s) of the batch-time histogram's buckets (a batch: one pipeline run, read to acknowledgement).
+BATCH_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+#: A worker that has not reported for this many of its intervals is down (``geodispatch_worker_up`` 0).
+STALE_REPORTS = 3
+#: Reports older than this (s) are dropped: a worker gone for good leaves the metrics an hour later.
+KEEP_S = 3600
+#: The statuses a worker keeps in :attr:`WorkerStats.outcomes` (the latest; the counts are all-time).
+RECENT = 1000
+
+
+@dataclass
+class WorkerStats:
+    """What one consumer thread has done since it started: counters, the latest outcomes, and batch times."""
+
+    handled: int = 0
+    refused: int = 0
+    dispatched: int = 0
+    claimed: int = 0
+    recipients: int = 0
+    dead_lettered: int = 0
+    #: Commands by outcome status (``dispatched``, ``submitted``, ``refused: InvalidArea``...), all-time.
+    by_status: Counter[str] = field(default_factory=Counter)
+    #: The statuses of the latest :data:`RECENT` commands, oldest first: a worker serves for months, so this
+    #: is a window, not a log.
+    outcomes: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT))
+    batches: int = 0
+    batch_seconds: float = 0.0
+    #: Batches by wall time: ``batch_buckets[i]`` took at most ``BATCH_BUCKETS[i]`` s and more than the bucket
+    #: before (the last: longer than every bound).
+    batch_buckets: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
+
+    def count(self, outcome: Any) -> None:
+        """One command's outcome (a :class:`~dispatcher.workflow.pipeline.Outcome`)."""
+        self.handled += 1
+        self.refused += outcome.refused
+        self.dispatched += outcome.dispatched_now
+        self.recipients += outcome.notified
+        self.by_status[outcome.status] += 1
+        self.outcomes.append(outcome.status)
+
+    def timed(self, seconds: float) -> None:
+        """One batch, and how long it took."""
+        self.batches += 1
+        self.batch_seconds += seconds
+        self.batch_buckets[bisect.bisect_left(BATCH_BUCKETS, seconds)] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as a report carries them."""
+        return {"handled": self.handled, "refused": self.refused, "dispatched": self.dispatched,
+                "claimed": self.claimed, "recipients": self.recipients, "dead_lettered": self.dead_lettered,
+                "by_status": dict(self.by_status), "batches": self.batches, "batch_seconds": self.batch_seconds,
+                "batch_buckets": list(self.batch_buckets)}
+
+
+# KEYS: reports (hash: worker -> its report), seen (sorted set: worker -> unix time of its report)
+# ARGV: worker, report, now (unix s), keep_s
+_REPORT_LUA = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3] - ARGV[4], 'LIMIT', 0, 100)
+if #old > 0 then
+  redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('ZREM', KEYS[2], unpack(old))
+end
+return #old
+"""
+
+
+class Report:
+    """A worker's reporter: its snapshot to Redis, one script call (dropping reports older than ``KEEP_S``)."""
+
+    def __init__(self, client: Any, keys: Keys, name: str, every_s: float) -> None:
+        self.r, self.keys, self.name, self.every_s = client, keys, name, every_s
+        self.started = time.time()
+        self._run = script(client, _REPORT_LUA)
+
+    def __call__(self, stats: WorkerStats, **extra: Any) -> None:
+        now = time.time()
+        body = orjson.dumps({**stats.snapshot(), **extra, "at": now, "started": self.started,
+                             "every_s": self.every_s})
+        self._run(keys=[self.keys.worker_reports, self.keys.worker_seen], args=[self.name, body, now, KEEP_S])
+
+
+def report(client: Any, keys: Keys, name: str, stats: WorkerStats, every_s: float = 5.0, **extra: Any) -> None:
+    """Write one report now (what :class:`Report` does; for a caller that reports once)."""
+    Report(client, keys, name, every_s)(stats, **extra)
+
+
+@dataclass
+class Snapshot:
+    """What :func:`collect` read: each worker's latest report, the feed's head and followers, and the backlogs."""
+
+    at: float
+    #: worker -> its report (the :meth:`WorkerStats.snapshot` fields, ``at``, ``started``, ``every_s``...)
+    workers: dict[str, dict[str, Any]]
+    #: the feed's latest position (0: no change yet), and each follower's last applied position
+    feed_head: int
+    feed_applied: dict[str, int]
+    #: requests stream -> (entries not yet read by the workers' group, entries read and not acknowledged)
+    backlog: dict[str, tuple[int, int]]
+    #: notifications stream -> its length (what the senders have not trimmed yet)
+    notifications: dict[str, int]
+
+
+def collect(client: Any, keys: Keys, settings: QueueSettings | None = None, group: str = "workers") -> Snapshot:
+    """Read every worker's report, the feed's positions and the streams' backlogs (a few round trips)."""
+    from dispatcher.service.feed import position
+
+    qs = settings or QueueSettings(url="redis://")
+
+    def reports() -> tuple[Any, Any, Any]:
+        return (client.hgetall(keys.worker_reports), client.hgetall(keys.feed_applied),
+                client.xinfo_stream(keys.feed) if client.exists(keys.feed) else None)
+
+    got, applied, feed = with_retries(qs, "metrics", reports)
+    workers = {_s(k): orjson.loads(v) for k, v in got.items()}
+    head = position(_s(feed["last-generated-id"])) if feed else 0
+    backlog: dict[str, tuple[int, int]] = {}
+    notifications: dict[str, int] = {}
+
+    def streams(k: Keys) -> tuple[list[Any], int]:
+        return (client.xinfo_groups(k.requests) if client.exists(k.requests) else []), client.xlen(k.notifications)
+
+    for k in keys.all_shards:
+        groups, n = with_retries(qs, "metrics", lambda k=k: streams(k))  # type: ignore[misc]
+        mine = [g for g in groups if _s(g["name"]) == group]
+        backlog[k.requests] = (int(mine[0].get("lag") or 0), int(mine[0]["pending"])) if mine else (0, 0)
+        notifications[k.notifications] = int(n)
+    return Snapshot(time.time(), workers, head, {_s(k): int(v) for k, v in applied.items()}, backlog, notifications)
+
+
+class WorkersCollector:
+    """A ``prometheus_client`` collector: every scrape reads Redis afresh (:func:`collect`)."""
+
+    def __init__(self, client: Any, keys: Keys, settings: QueueSettings | None = None, group: str = "workers"):
+        self.r, self.keys, self.settings, self.group = client, keys, settings, group
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("geodispatch_redis_up", "1 when the workers' Redis answered this scrape")
+        try:
+            snap = collect(self.r, self.keys, self.settings, self.group)
+        except Exception as exc:  # Redis away or refusing: the scrape says so rather than failing
+            if not is_transient(exc) and not isinstance(exc, redis.RedisError):
+                raise
+            log.warning("metrics: Redis did not answer (%s)", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        yield from _families(snap)
+
+    def describe(self) -> list[Any]:
+        return []  # read at scrape time: no fixed list to check at registration
+
+
+def _families(snap: Snapshot) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    redis_up = GaugeMetricFamily("geodispatch_redis_up", "1 when the workers' Redis answered this scrape")
+    redis_up.add_metric([], 1)
+    yield redis_up
+    w = ["worker"]
+    up = GaugeMetricFamily("geodispatch_worker_up", "1 while the worker reports on time, 0 once it is late", labels=w)
+    age = GaugeMetricFamily("geodispatch_worker_report_age_seconds", "Seconds since the worker's last report",
+                            labels=w)
+    uptime = GaugeMetricFamily("geodispatch_worker_started_seconds", "Unix time the worker started", labels=w)
+    commands = CounterMetricFamily("geodispatch_worker_commands", "Commands handled, by outcome and reason",
+                                   labels=["worker", "outcome", "reason"])
+    notified = CounterMetricFamily("geodispatch_worker_owners_notified", "Owners notified by the worker's dispatches",
+                                   labels=w)
+    claimed = CounterMetricFamily("geodispatch_worker_reclaimed", "Entries taken over from a dead worker", labels=w)
+    dead = CounterMetricFamily("geodispatch_worker_dead_lettered", "Commands set aside as failing on their own",
+                               labels=w)
+    batches = HistogramMetricFamily("geodispatch_worker_batch_seconds", "Wall time of a batch, read to "
+                                    "acknowledgement", labels=w)
+    version = GaugeMetricFamily("geodispatch_worker_index_version", "The worker's index version (feed position)",
+                                labels=w)
+    for name, rep in sorted(snap.workers.items()):
+        late = snap.at - float(rep["at"])
+        up.add_metric([name], float(late <= STALE_REPORTS * float(rep.get("every_s", 5.0))))
+        age.add_metric([name], late)
+        uptime.add_metric([name], float(rep["started"]))
+        for status, n in sorted(rep.get("by_status", {}).items()):
+            outcome, _, reason = status.partition(":")
+            commands.add_metric([name, outcome.strip(), reason.strip()], n)
+        notified.add_metric([name], rep.get("recipients", 0))
+        claimed.add_metric([name], rep.get("claimed", 0))
+        dead.add_metric([name], rep.get("dead_lettered", 0))
+        cum, buckets = 0, []
+        for bound, n in zip((*map(str, BATCH_BUCKETS), "+Inf"), rep.get("batch_buckets", []), strict=False):
+            cum += n
+            buckets.append((bound, cum))
+        batches.add_metric([name], buckets, rep.get("batch_seconds", 0.0))
+        if rep.get("index_version") is not None:
+            version.add_metric([name], rep["index_version"])
+    yield from (up, age, uptime, commands, notified, claimed, dead, batches, version)
+    head = GaugeMetricFamily("geodispatch_feed_head", "The change feed's latest position")
+    head.add_metric([], snap.feed_head)
+    behind = GaugeMetricFamily("geodispatch_feed_behind", "Feed positions between the head and what the follower "
+                               "applied (0: up to date)", labels=["follower"])
+    for name, pos in sorted(snap.feed_applied.items()):
+        behind.add_metric([name], max(0, snap.feed_head - pos))
+    waiting = GaugeMetricFamily("geodispatch_requests_waiting", "Commands no worker has read yet", labels=["stream"])
+    pending = GaugeMetricFamily("geodispatch_requests_pending", "Commands read and not yet acknowledged",
+                                labels=["stream"])
+    for stream, (lag, held) in sorted(snap.backlog.items()):
+        waiting.add_metric([stream], lag)
+        pending.add_metric([stream], held)
+    notes = GaugeMetricFamily("geodispatch_notifications_length", "Notification batches on the stream",
+                              labels=["stream"])
+    for stream, n in sorted(snap.notifications.items()):
+        notes.add_metric([stream], n)
+    yield from (head, behind, waiting, pending, notes)
+
+
+class _Read:
+    """A collector of one snapshot read already (what :func:`render` prints)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Any]:
+        return _families(self.snap)
+
+
+def _registry(collector: Any) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return reg
+
+
+def render(snap: Snapshot) -> bytes:
+    """A snapshot (:func:`collect`) in Prometheus's text exposition format."""
+    from prometheus_client import generate_latest
+
+    return bytes(generate_latest(_registry(_Read(snap))))
+
+
+def serve_metrics(host: str, port: int, client: Any, keys: Keys, settings: QueueSettings | None = None,
+                  group: str = "workers") -> tuple[Any, Any]:
+    """Serve ``/metrics`` over HTTP on ``host:port`` (prometheus_client's threaded server), each scrape read from
+    Redis with one retry at most (a scrape is retried by the scraper: it says ``geodispatch_redis_up 0`` rather
+    than wait out the workers' retries); returns (server, thread): ``server.shutdown()`` stops it."""
+    from prometheus_client import start_http_server
+
+    qs = replace(settings or QueueSettings(url="redis://"), retries=1)
+    server, thread = start_http_server(port, addr=host, registry=_registry(WorkersCollector(client, keys, qs, group)))
+    return server, thread
+
+
+def _s(x: str | bytes) -> str:
+    return x.decode() if isinstance(x, bytes) else x
