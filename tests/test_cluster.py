@@ -37,6 +37,7 @@ from dispatcher.index.camera_index import CameraIndex
 from dispatcher.keys import Keys
 from dispatcher.service.client import read_outcomes, submit
 from dispatcher.service.feed import FeedFollower, publish_changes
+from dispatcher.service.metrics import collect
 from dispatcher.service.servers import RedisClusterServers
 from dispatcher.service.worker import ServiceSettings, Worker
 from dispatcher.workflow.agencies import AgencyRegistry
@@ -179,6 +180,14 @@ def test_workers_serve_requests_exactly_on_the_cluster(redis_cluster: RedisClust
     for stream in qs.keys.notification_streams:
         owners = sum(len(decode_batch(f[b"data"])[1]) for _, f in client.xrange(stream))
         assert owners > total / shards / 2, (stream, owners, total)
+    # the workers' reports (their stop's, at least) through the cluster client, and every shard's streams read
+    snap = collect(client, qs.keys, qs)
+    assert sorted(snap.workers) == ["w0", "w1"]
+    assert sum(w["by_status"].get("dispatched", 0) for w in snap.workers.values()) == len(reqs)
+    assert sum(w["recipients"] for w in snap.workers.values()) == total
+    assert set(snap.backlog) == {k.requests for k in qs.keys.all_shards}
+    assert all(pending == 0 for _, pending in snap.backlog.values())
+    assert sum(snap.notifications.values()) == sum(client.xlen(s) for s in qs.keys.notification_streams)
 
 
 def test_shard_names() -> None:
