@@ -424,6 +424,7 @@ class Worker:
         """Serve until ``stop.is_set()`` (a ``threading.Event``; set on SIGTERM)."""
         self._stop = stop
         waits_for = self.backlog if self.standby else None
+        answered = True
         while not stop.is_set():
             self._reported()
             if waits_for is not None and not waits_for.is_set():
@@ -431,13 +432,16 @@ class Worker:
                 continue
             try:
                 self.step()
+                answered = True
             except Exception as exc:  # Redis trouble while stopping, or a bug: the entries in hand stay pending
+                answered = False
                 if is_transient(exc):
                     log.warning("%s: Redis unreachable (%s); retrying", self.name, exc)
                 else:
                     log.exception("%s: a step failed; its entries stay pending and will be retried", self.name)
                 time.sleep(0.5)
-        self._reported(final=True)
+        if answered:  # a last report, unless Redis was away just now: a stop never waits out the client's retries
+            self._reported(final=True)
         return self.stats
 
     def _reported(self, final: bool = False) -> None:
