@@ -70,12 +70,14 @@ import shapely
 
 from dispatcher import synthetic
 from dispatcher.connections import held_connection
+from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.wire import decode_batch
-from dispatcher.errors import DispatchError
+from dispatcher.errors import DispatchError, QueueUnavailable
 from dispatcher.index.camera_index import CameraIndex
 from dispatcher.keys import Keys
 from dispatcher.service import commands
 from dispatcher.service.client import read_outcomes
+from dispatcher.service.metrics import BATCH_BUCKETS, collect
 from dispatcher.service.servers import RedisServer
 from dispatcher.service.supervise import serve_process
 from dispatcher.service.worker import ServiceSettings
@@ -319,6 +321,10 @@ class ScenarioResult:
     #: The scenario's own goals: name -> {"value", "goal", "met"}.
     goals: dict[str, dict[str, Any]] = field(default_factory=dict)
     series: dict[str, list[float]] = field(default_factory=dict)
+    #: The workers' batches, from their reports (:mod:`dispatcher.service.metrics`) read once they stopped:
+    #: how many, the commands in them, the mean wall time and the histogram bound under which half and 99% fell.
+    #: What a request's latency is made of: a batch's time, and the wait for a thread to take it.
+    batches: dict[str, float] = field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -326,6 +332,27 @@ class ScenarioResult:
 
     def goal(self, name: str, value: float | None, goal: str, met: bool) -> None:
         self.goals[name] = {"value": value, "goal": goal, "met": bool(met)}
+
+
+def _batch_figures(client: redis.Redis) -> dict[str, float]:
+    """The batches every worker of the scenario reported (each one's last report, as it stopped); empty when
+    Redis does not answer or no worker reported."""
+    try:
+        reports = collect(client, KEYS, QueueSettings(url="redis://", retries=1)).workers.values()
+    except (redis.RedisError, QueueUnavailable):
+        return {}
+    n = sum(r.get("batches", 0) for r in reports)
+    if not n:
+        return {}
+    counts = np.sum([r["batch_buckets"] for r in reports], axis=0)
+    bounds = (*BATCH_BUCKETS, float("inf"))
+
+    def under(q: float) -> float:  # the bucket bound under which a share q of the batches fell (ms)
+        return 1000 * bounds[int(np.searchsorted(np.cumsum(counts), q * n))]
+    handled = sum(r.get("handled", 0) for r in reports)
+    return {"count": n, "commands": handled, "commands_per_batch": handled / n,
+            "mean_ms": 1000 * sum(r.get("batch_seconds", 0.0) for r in reports) / n,
+            "p50_ms_under": under(0.5), "p99_ms_under": under(0.99)}
 
 
 def _pct(a: np.ndarray | list[float]) -> dict[str, float]:
@@ -887,6 +914,7 @@ def run_scenario(name: str, world: World, s: LoadSettings, progress: Progress) -
             res.redis_cpu_pct = 100 * redis_cpu_s / wall
         res.workers = workers.stop()
         workers = None
+        res.batches = _batch_figures(client)
         res.series = dict(run.series)
         _figures(run)
         if res.completed:
@@ -1279,10 +1307,14 @@ def markdown(report: dict[str, Any]) -> str:
         for w in r["workers"]:
             lines.append(f"| {r['name']} | {w['name']}{' (killed)' if w['killed'] else ''} | {w['cpu_pct']:.0f} | "
                          f"{w['rss_max_mb']:,.0f} | {w['uss_mb']:,.0f} |")
-    lines += ["", "| scenario | CPU ms per request: workers (all) | redis-server |", "|---|---:|---:|"]
+    lines += ["", "| scenario | CPU ms per request: workers (all) | redis-server | batches | commands a batch "
+              "| batch ms: mean | half under | 99% under |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["scenarios"]:
+        b = r.get("batches") or {}
         lines.append(f"| {r['name']} | {_f(r.get('worker_cpu_ms_per_request'), '.3f')} | "
-                     f"{_f(r.get('redis_cpu_ms_per_request'), '.3f')} |")
+                     f"{_f(r.get('redis_cpu_ms_per_request'), '.3f')} | {b.get('count', 0):,.0f} | "
+                     f"{_f(b.get('commands_per_batch'), '.1f')} | {_f(b.get('mean_ms'), '.1f')} | "
+                     f"{_f(b.get('p50_ms_under'), 'g')} | {_f(b.get('p99_ms_under'), 'g')} |")
     for r in report["scenarios"]:
         text = _describe(r)
         if r.get("handled_twice"):

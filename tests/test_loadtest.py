@@ -50,6 +50,10 @@ def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
         # retry across the boundary is asserted deterministically in tests/test_faults.py.
         timing = {"retries across the boundary that sent the first attempt's recipients"}
         assert all(g["met"] for name, g in s["goals"].items() if name not in timing), (s["name"], s["goals"])
+    steady = by_name["steady"]["batches"]  # from the workers' reports, as they stopped
+    assert steady["commands"] >= by_name["steady"]["completed"] and steady["count"] > 0
+    assert steady["commands_per_batch"] == steady["commands"] / steady["count"] and steady["mean_ms"] > 0
+    assert steady["p50_ms_under"] <= steady["p99_ms_under"]
     assert by_name["burst"]["special"]["completed"] == by_name["burst"]["special"]["requests"] == 400
     fan = by_name["fanout"]["special"]
     assert fan["completed"] == 1 and fan["notified"] > 100  # 100 km² of a large city: hundreds of owners at 300k
