@@ -325,6 +325,10 @@ class ScenarioResult:
     #: how many, the commands in them, the mean wall time and the histogram bound under which half and 99% fell.
     #: What a request's latency is made of: a batch's time, and the wait for a thread to take it.
     batches: dict[str, float] = field(default_factory=dict)
+    #: Where the measured latency starts: how late the generator sent each entry after its due time, and how long
+    #: Redis took to take it (ms, p50/p99/max); both are counted in ``latency_ms``, which runs from the due time.
+    generator_late_ms: dict[str, float] = field(default_factory=dict)
+    generator_xadd_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -964,6 +968,9 @@ def _figures(run: _Run) -> None:
     res.completed = sum(1 for o in run.outcomes.values() if o["outcome"] == "dispatched")
     plain = _latency(run, (k for k in run.outcomes if k not in specials))
     res.latency_ms = _pct(plain if plain.size else _latency(run, run.outcomes))
+    sent = np.isfinite(run.sched.sent_at) & np.isfinite(run.sched.accepted_at)
+    res.generator_late_ms = _pct(1e3 * (run.sched.sent_at[sent] - t0 - run.sched.due[sent]))
+    res.generator_xadd_ms = _pct(1e3 * (run.sched.accepted_at[sent] - run.sched.sent_at[sent]))
     last_done = max((o["done"] for o in run.outcomes.values()), default=t0) - t0
     res.throughput = res.completed / max(last_done, s.duration)
     res.requests_backlog_max = int(max(run.series["requests_backlog"], default=0))
@@ -1299,6 +1306,14 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {lt.get('max', float('nan')):.0f} | {r['notifications_per_s']:,.0f} | {r['lost']} | "
                      f"{r['duplicated']} | {r['unexpected'] + r['wrong_cameras'] + r['missing']} | "
                      f"{r['requests_backlog_max']:,} |")
+    lines += ["", "Of that latency, the generator's part: how late it sent each entry after its due time, and how "
+              "long Redis took to take it (ms).", "",
+              "| scenario | sent late: p50 | p99 | max | taken by Redis: p50 | p99 | max |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["scenarios"]:
+        late, xadd = r.get("generator_late_ms") or {}, r.get("generator_xadd_ms") or {}
+        lines.append(f"| {r['name']} | " + " | ".join(_f(d.get(q), ".1f") for d in (late, xadd)
+                                                     for q in ("p50", "p99", "max")) + " |")
     lines += ["", "| scenario | worker | CPU % of a core | RSS max MB (shared index pages included) | USS MB |",
               "|---|---|---:|---:|---:|"]
     for r in report["scenarios"]:

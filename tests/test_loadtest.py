@@ -50,6 +50,9 @@ def test_loadtest_smoke_every_scenario_exact(tmp_path: Path) -> None:
         # retry across the boundary is asserted deterministically in tests/test_faults.py.
         timing = {"retries across the boundary that sent the first attempt's recipients"}
         assert all(g["met"] for name, g in s["goals"].items() if name not in timing), (s["name"], s["goals"])
+    for s in by_name.values():  # the generator's part of the latency, which runs from each entry's due time
+        late, xadd = s["generator_late_ms"], s["generator_xadd_ms"]
+        assert 0 <= late["p50"] <= late["p99"] <= late["max"] and 0 < xadd["p50"] <= xadd["max"], s["name"]
     steady = by_name["steady"]["batches"]  # from the workers' reports, as they stopped
     assert steady["commands"] >= by_name["steady"]["completed"] and steady["count"] > 0
     assert steady["commands_per_batch"] == steady["commands"] / steady["count"] and steady["mean_ms"] > 0
