@@ -440,7 +440,9 @@ class Worker:
                 else:
                     log.exception("%s: a step failed; its entries stay pending and will be retried", self.name)
                 time.sleep(0.5)
-        if answered:  # a last report, unless Redis was away just now: a stop never waits out the client's retries
+        # A last report, unless Redis was away just now: a Redis that hangs rather than refuses would hold the
+        # stop for the client's socket timeout (5 s by default) on a report nobody needs.
+        if answered:
             self._reported(final=True)
         return self.stats
 
