@@ -740,6 +740,24 @@ def test_a_worker_that_stops_reporting_is_down_and_then_forgotten(redis_server: 
         assert sorted(r.zrange(k.worker_seen, 0, -1)) == [b"alive", b"gone"]
 
 
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'{"at": "soon"}', b"{}",
+                                 orjson.dumps({"handled": float("inf")}), b'{"at": NaN}'])
+def test_a_report_that_is_not_one_is_left_out_and_the_others_still_read(redis_server: RedisServer,
+                                                                        raw: bytes) -> None:
+    """Another version's report, or a damaged one, must not take every scrape down with it."""
+    from dispatcher.service.metrics import WorkerStats, collect, render, report
+
+    k = Keys()
+    with redis_server.client() as r:
+        report(r, k, "good", WorkerStats())
+        r.hset(k.worker_reports, "bad", raw)
+        snap = collect(r, k)
+        assert sorted(snap.workers) == ["good"] and snap.unreadable == 1
+        fams = _families(render(snap).decode())
+    assert _value(fams, "geodispatch_worker_reports_unreadable") == 1
+    assert _value(fams, "geodispatch_worker_up", worker="good") == 1
+
+
 def test_the_metrics_are_served_over_http_and_say_when_redis_is_away(world) -> None:
     """``serve --metrics-port``'s server: a scrape reads Redis afresh; with Redis gone it answers at once with
     ``geodispatch_redis_up 0`` instead of failing (or waiting out every retry)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -137,6 +138,8 @@ class Snapshot:
     backlog: dict[str, tuple[int, int]]
     #: notifications stream -> its length (what the senders have not trimmed yet)
     notifications: dict[str, int]
+    #: reports left out as not readable (another version's, or damaged)
+    unreadable: int = 0
 
 
 def collect(client: Any, keys: Keys, settings: QueueSettings | None = None, group: str = "workers") -> Snapshot:
@@ -150,7 +153,15 @@ def collect(client: Any, keys: Keys, settings: QueueSettings | None = None, grou
                 client.xinfo_stream(keys.feed) if client.exists(keys.feed) else None)
 
     got, applied, feed = with_retries(qs, "metrics", reports)
-    workers = {_s(k): orjson.loads(v) for k, v in got.items()}
+    workers: dict[str, dict[str, Any]] = {}
+    unreadable = 0
+    for k, v in got.items():
+        rep = _readable(v)
+        if rep is None:
+            unreadable += 1
+            log.warning("metrics: the report of %r is not one (%d bytes); left out", _s(k)[:80], len(v))
+        else:
+            workers[_s(k)] = rep
     head = position(_s(feed["last-generated-id"])) if feed else 0
     backlog: dict[str, tuple[int, int]] = {}
     notifications: dict[str, int] = {}
@@ -163,7 +174,37 @@ def collect(client: Any, keys: Keys, settings: QueueSettings | None = None, grou
         mine = [g for g in groups if _s(g["name"]) == group]
         backlog[k.requests] = (int(mine[0].get("lag") or 0), int(mine[0]["pending"])) if mine else (0, 0)
         notifications[k.notifications] = int(n)
-    return Snapshot(time.time(), workers, head, {_s(k): int(v) for k, v in applied.items()}, backlog, notifications)
+    return Snapshot(time.time(), workers, head, {_s(k): int(v) for k, v in applied.items()}, backlog, notifications,
+                    unreadable)
+
+
+#: A report's fields and their types, as :func:`_families` reads them (anything else in a report is ignored).
+_NUMBERS = ("at", "started", "every_s", "handled", "refused", "dispatched", "claimed", "recipients", "dead_lettered",
+            "batches", "batch_seconds")
+
+
+def _readable(raw: bytes) -> dict[str, Any] | None:
+    """A report as a worker of this version writes it, or None: not JSON, not an object, a figure that is not a
+    finite number, counts by status that are not names to numbers, or buckets that are not the histogram's."""
+    try:
+        rep = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(rep, dict):
+        return None
+    num = (int, float)
+    if not all(isinstance(rep.get(f), num) and not isinstance(rep.get(f), bool) and math.isfinite(rep[f])
+               for f in _NUMBERS):
+        return None
+    by_status, buckets = rep.get("by_status"), rep.get("batch_buckets")
+    if not (isinstance(by_status, dict) and all(isinstance(n, int) for n in by_status.values())):
+        return None
+    if not (isinstance(buckets, list) and len(buckets) == len(BATCH_BUCKETS) + 1
+            and all(isinstance(n, int) for n in buckets)):
+        return None
+    if rep.get("index_version") is not None and not isinstance(rep["index_version"], int):
+        return None
+    return rep
 
 
 class WorkersCollector:
@@ -214,21 +255,21 @@ def _families(snap: Snapshot) -> Iterator[Any]:
     version = GaugeMetricFamily("geodispatch_worker_index_version", "The worker's index version (feed position)",
                                 labels=w)
     for name, rep in sorted(snap.workers.items()):
-        late = snap.at - float(rep["at"])
-        up.add_metric([name], float(late <= STALE_REPORTS * float(rep.get("every_s", 5.0))))
+        late = snap.at - rep["at"]
+        up.add_metric([name], float(late <= STALE_REPORTS * rep["every_s"]))
         age.add_metric([name], late)
-        uptime.add_metric([name], float(rep["started"]))
-        for status, n in sorted(rep.get("by_status", {}).items()):
+        uptime.add_metric([name], rep["started"])
+        for status, n in sorted(rep["by_status"].items()):
             outcome, _, reason = status.partition(":")
             commands.add_metric([name, outcome.strip(), reason.strip()], n)
-        notified.add_metric([name], rep.get("recipients", 0))
-        claimed.add_metric([name], rep.get("claimed", 0))
-        dead.add_metric([name], rep.get("dead_lettered", 0))
+        notified.add_metric([name], rep["recipients"])
+        claimed.add_metric([name], rep["claimed"])
+        dead.add_metric([name], rep["dead_lettered"])
         cum, buckets = 0, []
-        for bound, n in zip((*map(str, BATCH_BUCKETS), "+Inf"), rep.get("batch_buckets", []), strict=False):
+        for bound, n in zip((*map(str, BATCH_BUCKETS), "+Inf"), rep["batch_buckets"], strict=True):
             cum += n
             buckets.append((bound, cum))
-        batches.add_metric([name], buckets, rep.get("batch_seconds", 0.0))
+        batches.add_metric([name], buckets, rep["batch_seconds"])
         if rep.get("index_version") is not None:
             version.add_metric([name], rep["index_version"])
     yield from (up, age, uptime, commands, notified, claimed, dead, batches, version)
@@ -248,7 +289,9 @@ def _families(snap: Snapshot) -> Iterator[Any]:
                               labels=["stream"])
     for stream, n in sorted(snap.notifications.items()):
         notes.add_metric([stream], n)
-    yield from (head, behind, waiting, pending, notes)
+    bad = GaugeMetricFamily("geodispatch_worker_reports_unreadable", "Reports left out: not one this version reads")
+    bad.add_metric([], snap.unreadable)
+    yield from (head, behind, waiting, pending, notes, bad)
 
 
 class _Read:
