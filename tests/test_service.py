@@ -824,3 +824,32 @@ def test_the_metrics_command_prints_them_once(redis_server: RedisServer) -> None
     assert got.exit_code == 0, got.output
     fams = _families(got.output)
     assert _value(fams, "geodispatch_worker_commands_total", worker="w0", outcome="submitted") == 1
+
+
+def test_a_worker_whose_reports_are_refused_says_so_once_and_serves_on(redis_server: RedisServer, world,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A report refused (a NOPERM: the worker's ACL user does not name the reports' keys) costs no command, and
+    is said once: not at every report, and not never."""
+    import logging
+
+    index, _ = world
+    k = Keys()
+    with redis_server.client() as admin:  # the worker's own commands: its streams, outcomes and dead letters
+        admin.execute_command("ACL", "SETUSER", "worker", "reset", "on", ">s3cret-passw0rd-w", "+@all",
+                              f"~{k.requests}*", f"~{k.outcomes}", f"~{k.operator_outcomes}")
+    helper = _worker(redis_server, index, "w-refused")
+    w = Worker("w-refused", redis.Redis(host="127.0.0.1", port=redis_server.port, username="worker",
+                                        password="s3cret-passw0rd-w", protocol=3),
+               helper.pipeline, ServiceSettings(block_ms=20, metrics_every_s=0.02), clock=lambda: NOW)
+    rng = np.random.default_rng(51)
+    with redis_server.client() as r:
+        for n in range(3):
+            submit(r, _request(n, rng))
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.service.worker"):
+        _serve([w], lambda: w.stats.handled == 3 and w.stats.batches >= 1)
+        time.sleep(0.1)
+    said = [rec for rec in caplog.records if "report skipped" in rec.getMessage()]
+    assert w.stats.dispatched == 3 and len(said) > 1 and "no permissions" in said[0].getMessage()
+    assert [rec.levelno for rec in said] == [logging.WARNING] + [logging.DEBUG] * (len(said) - 1)
+    with redis_server.client() as admin:
+        assert not admin.exists(k.worker_reports)

@@ -138,6 +138,7 @@ class Worker:
         every = self.settings.metrics_every_s
         self._report = Report(client, self.keys, name, every) if every > 0 else None
         self._next_report = 0.0
+        self._report_failing = False
         # The calls repeated with the same arguments all the time (reads and claim passes over the same streams)
         # are encoded once (Prepacked), by (streams, count) and by streams; each names streams of one shard (of
         # one slot) only.
@@ -455,8 +456,10 @@ class Worker:
         try:
             self._report(self.stats, index_version=self.pipeline.index.version, shards=self.shards,
                          standby=self.standby)
-        except redis.RedisError as exc:
-            log.debug("%s: report skipped (%s)", self.name, exc)
+            self._report_failing = False
+        except redis.RedisError as exc:  # said once a run of failures (a NOPERM would otherwise hide for good)
+            (log.debug if self._report_failing else log.warning)("%s: report skipped (%s)", self.name, exc)
+            self._report_failing = True
 
 
 def consumer_threads(threads: int, shards: int, standby: bool) -> list[tuple[list[int], threading.Event | None, bool]]:
