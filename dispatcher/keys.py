@@ -122,6 +122,16 @@ class Keys:
         """When each worker last reported (a sorted set of worker names by unix time)."""
         return self._key("ops", "workers", "seen")
 
+    @property
+    def sender_reports(self) -> str:
+        """Each notification sender's latest report (consumer name -> its counts as JSON), for operators."""
+        return self._key("ops", "senders")
+
+    @property
+    def sender_seen(self) -> str:
+        """When each sender last reported (a sorted set of consumer names by unix time)."""
+        return self._key("ops", "senders", "seen")
+
     # -- the camera registry change feed ---------------------------------------------------------------
     @property
     def feed(self) -> str:

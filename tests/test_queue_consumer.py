@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import pytest
 
@@ -287,3 +288,52 @@ def test_a_malformed_notification_entry_is_set_aside_and_the_others_sent(redis_s
         assert [d[1][b"request"] for d in dead] == [b"req-x", b"req-y", b"req-z"]
         assert all(d[1][b"error"] for d in dead)
         assert r.xpending(s.keys.notifications, "senders")["pending"] == 0
+
+
+def test_senders_report_what_they_sent_and_the_metrics_say_how_far_behind_sending_is(redis_server, tmp_path):
+    """``consume``'s consumer threads report to Redis as the workers do: sent, already sent (a redelivery) and
+    dead-lettered, counted here from the outbox and the stream; and the metrics give each senders' group's
+    backlog on the notifications stream."""
+    from dispatcher.keys import Keys
+    from dispatcher.service.metrics import collect
+    from dispatcher.service.supervise import consume
+
+    s = settings_for(redis_server)
+    k = Keys()
+    Dispatcher(RedisSink(s), s).dispatch(header(), make_recipients(300), now=NOW)
+    with redis_server.client() as r:
+        r.xadd(k.notifications, {"data": b"not a batch"})
+        batches = r.xlen(k.notifications)
+
+    def run(outbox) -> None:
+        stop = threading.Event()
+        t = threading.Thread(target=consume, kwargs={"stop": stop, "metrics_every_s": 0.05},
+                             args=(redis_server.url, outbox, LINKS, 2, "senders", 60_000, lambda _: None))
+        t.start()
+        try:
+            with redis_server.client() as r:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not (
+                        (g := r.xinfo_groups(k.notifications)) and not g[0]["lag"] and not g[0]["pending"]):
+                    time.sleep(0.05)
+        finally:
+            stop.set()
+            t.join(timeout=60)
+        assert not t.is_alive()
+
+    outbox = OutboxSender(tmp_path / "outbox")
+    run(outbox)
+    with redis_server.client() as r:
+        snap = collect(r, k)
+    assert len(snap.senders) == 2 and len(outbox_owners(outbox)) == 300
+    total = {f: sum(rep[f] for rep in snap.senders.values()) for f in ("sent", "already_sent", "dead_lettered")}
+    assert total == {"sent": 300, "already_sent": 0, "dead_lettered": 1}
+    assert snap.sending == {(k.notifications, "senders"): (0, 0)}
+    with redis_server.client() as r:  # every batch again, to the same group: all of it sent already
+        r.xgroup_setid(k.notifications, "senders", "0")
+        assert r.xinfo_groups(k.notifications)[0]["lag"] == batches
+    run(outbox)
+    with redis_server.client() as r:
+        snap = collect(r, k)
+    total = {f: sum(rep[f] for rep in snap.senders.values()) for f in ("sent", "already_sent", "dead_lettered")}
+    assert total == {"sent": 0, "already_sent": 300, "dead_lettered": 1}

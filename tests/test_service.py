@@ -754,7 +754,7 @@ def test_a_report_that_is_not_one_is_left_out_and_the_others_still_read(redis_se
         snap = collect(r, k)
         assert sorted(snap.workers) == ["good"] and snap.unreadable == 1
         fams = _families(render(snap).decode())
-    assert _value(fams, "geodispatch_worker_reports_unreadable") == 1
+    assert _value(fams, "geodispatch_reports_unreadable") == 1
     assert _value(fams, "geodispatch_worker_up", worker="good") == 1
 
 
@@ -845,7 +845,7 @@ def test_a_worker_whose_reports_are_refused_says_so_once_and_serves_on(redis_ser
     with redis_server.client() as r:
         for n in range(3):
             submit(r, _request(n, rng))
-    with caplog.at_level(logging.DEBUG, logger="dispatcher.service.worker"):
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.service.metrics"):
         _serve([w], lambda: w.stats.handled == 3 and w.stats.batches >= 1)
         time.sleep(0.1)
     said = [rec for rec in caplog.records if "report skipped" in rec.getMessage()]

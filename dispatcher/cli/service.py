@@ -115,9 +115,11 @@ def changes(redis_url: str, changes_file: Path) -> None:
 @click.option("--claim-idle-ms", default=30_000, help="Reclaim a dead consumer's entries after this idle time.")
 @click.option("--trim-every-s", default=60.0, type=click.FloatRange(min=0, min_open=True),
               help="Trim the notifications every group has acknowledged this often (never one still pending).")
+@click.option("--metrics-every", default=5.0, type=click.FloatRange(0), show_default=True,
+              help="Seconds between each consumer's reports to Redis, served by `serve --metrics-port` (0: none).")
 def consume(redis_url: str, outbox: Path | None, smtp_host: str | None, smtp_port: int, smtp_security: str,
             smtp_from: str, push: bool, link_base_url: str | None, link_max_age_s: int | None, consumers: int,
-            group: str, claim_idle_ms: int, trim_every_s: float) -> None:
+            group: str, claim_idle_ms: int, trim_every_s: float, metrics_every: float) -> None:
     """Send the notifications on the stream: a consumer group renders each owner's e-mail with signed links,
     sends it once (idempotency keys) by SMTP and push to the address book's addresses, or into an outbox, and
     acknowledges. SIGTERM or Ctrl-C stops it after the batches in hand."""
@@ -134,14 +136,15 @@ def consume(redis_url: str, outbox: Path | None, smtp_host: str | None, smtp_por
     links = LinkSigner(LinkSettings.from_env(base_url=link_base_url, max_age_s=link_max_age_s))
     if outbox is not None:
         run_consumers(redis_url, OutboxSender(outbox), links, consumers, group, claim_idle_ms, out.print,
-                      trim_every_s=trim_every_s)
+                      trim_every_s=trim_every_s, metrics_every_s=metrics_every)
         return
     qs = QueueSettings.from_url(redis_url)
     smtp = SmtpSettings.from_env(host=smtp_host, port=smtp_port, security=smtp_security, from_addr=smtp_from)
     sender = DeliverySender(RedisAddressBook(connect(qs), qs), SmtpSender(smtp, qs),
                             WebhookSender(qs) if push else None)
     try:
-        run_consumers(redis_url, sender, links, consumers, group, claim_idle_ms, out.print, trim_every_s=trim_every_s)
+        run_consumers(redis_url, sender, links, consumers, group, claim_idle_ms, out.print, trim_every_s=trim_every_s,
+                      metrics_every_s=metrics_every)
     finally:
         sender.close()
 

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -147,8 +148,16 @@ class Consumer:
         self.keys = keys or self.settings.keys
         self.min_idle_ms = min_idle_ms
         self.sent = 0
+        #: Notifications not sent again: marked sent by this group, or their key sent already by the sender.
         self.skipped = 0
         self.dead_lettered = 0
+        #: Called every turn of :meth:`run` and with ``final=True`` as it stops (a report of :meth:`figures` for
+        #: operators: :class:`dispatcher.service.metrics.Report`); None: nobody asks.
+        self.report: Callable[..., None] | None = None
+
+    def figures(self) -> dict[str, int]:
+        """What this consumer has done since it started."""
+        return {"sent": self.sent, "already_sent": self.skipped, "dead_lettered": self.dead_lettered}
 
     def ensure_group(self) -> None:
         for stream in self.keys.notification_streams:
@@ -244,14 +253,21 @@ class Consumer:
     def run(self, stop: threading.Event, count: int = 16, block_ms: int = 100) -> None:
         """Until ``stop`` is set; then the batch in hand is finished and acked (a clean drain)."""
         with_retries(self.settings, "create group", self.ensure_group)
+        answered = True
         while not stop.is_set():
+            if self.report is not None:
+                self.report()
             try:
                 self.run_once(count, block_ms)
+                answered = True
             except redis.ResponseError as exc:
                 if not str(exc).startswith("NOGROUP"):
                     raise
                 log.warning("%s: the consumer group is gone (Redis came back empty?); creating it again", self.name)
                 with_retries(self.settings, "create group", self.ensure_group)
             except QueueUnavailable as exc:  # retries ran out: Redis is down; the entries in hand stay pending
+                answered = False
                 log.warning("%s: %s; retrying", self.name, exc)
                 stop.wait(0.5)
+        if answered and self.report is not None:  # a last one, unless Redis was away just now
+            self.report(final=True)

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -105,23 +105,42 @@ return #old
 
 
 class Report:
-    """A worker's reporter: its snapshot to Redis, one script call (dropping reports older than ``KEEP_S``)."""
+    """One service thread's reporter: its ``figures()`` (a JSON-able dict) to Redis under ``name`` in the
+    ``reports`` hash and the ``seen`` sorted set, in one script call that also drops reports older than
+    ``KEEP_S``. Calling it writes a report when one is due (every ``every_s``), or now when ``final``."""
 
-    def __init__(self, client: Any, keys: Keys, name: str, every_s: float) -> None:
-        self.r, self.keys, self.name, self.every_s = client, keys, name, every_s
+    def __init__(self, client: Any, reports: str, seen: str, name: str, every_s: float,
+                 figures: Callable[[], dict[str, Any]]) -> None:
+        self.reports, self.seen, self.name, self.every_s, self.figures = reports, seen, name, every_s, figures
         self.started = time.time()
         self._run = script(client, _REPORT_LUA)
+        self._next = 0.0
+        self._failing = False
 
-    def __call__(self, stats: WorkerStats, **extra: Any) -> None:
+    def write(self) -> None:
+        """Write a report now (raises what Redis says)."""
         now = time.time()
-        body = orjson.dumps({**stats.snapshot(), **extra, "at": now, "started": self.started,
-                             "every_s": self.every_s})
-        self._run(keys=[self.keys.worker_reports, self.keys.worker_seen], args=[self.name, body, now, KEEP_S])
+        body = orjson.dumps({**self.figures(), "at": now, "started": self.started, "every_s": self.every_s})
+        self._run(keys=[self.reports, self.seen], args=[self.name, body, now, KEEP_S])
+
+    def __call__(self, final: bool = False) -> None:
+        """Write a report if one is due (or ``final``). One that fails (Redis away, full, or refusing) is
+        skipped, never retried: it is nobody's command, and the next one says all. The first failure of a run is
+        a warning (a NOPERM would otherwise hide for good), the others debug."""
+        if not (final or time.monotonic() >= self._next):
+            return
+        self._next = time.monotonic() + self.every_s
+        try:
+            self.write()
+            self._failing = False
+        except redis.RedisError as exc:
+            (log.debug if self._failing else log.warning)("%s: report skipped (%s)", self.name, exc)
+            self._failing = True
 
 
 def report(client: Any, keys: Keys, name: str, stats: WorkerStats, every_s: float = 5.0, **extra: Any) -> None:
-    """Write one report now (what :class:`Report` does; for a caller that reports once)."""
-    Report(client, keys, name, every_s)(stats, **extra)
+    """Write one worker's report now (for a caller that reports once)."""
+    Report(client, keys.worker_reports, keys.worker_seen, name, every_s, lambda: {**stats.snapshot(), **extra}).write()
 
 
 @dataclass
@@ -140,6 +159,10 @@ class Snapshot:
     notifications: dict[str, int]
     #: reports left out as not readable (another version's, or damaged)
     unreadable: int = 0
+    #: notification sender (consumer) -> its report (sent, already_sent, dead_lettered, ``at``...)
+    senders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: (notifications stream, consumer group) -> (entries the group has not read yet, read and not acknowledged)
+    sending: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 def collect(client: Any, keys: Keys, settings: QueueSettings | None = None, group: str = "workers") -> Snapshot:
@@ -148,63 +171,84 @@ def collect(client: Any, keys: Keys, settings: QueueSettings | None = None, grou
 
     qs = settings or QueueSettings(url="redis://")
 
-    def reports() -> tuple[Any, Any, Any]:
-        return (client.hgetall(keys.worker_reports), client.hgetall(keys.feed_applied),
-                client.xinfo_stream(keys.feed) if client.exists(keys.feed) else None)
+    def reports() -> tuple[Any, Any, Any, Any]:
+        return (client.hgetall(keys.worker_reports), client.hgetall(keys.sender_reports),
+                client.hgetall(keys.feed_applied), client.xinfo_stream(keys.feed) if client.exists(keys.feed) else None)
 
-    got, applied, feed = with_retries(qs, "metrics", reports)
-    workers: dict[str, dict[str, Any]] = {}
+    got, sent, applied, feed = with_retries(qs, "metrics", reports)
     unreadable = 0
-    for k, v in got.items():
-        rep = _readable(v)
-        if rep is None:
-            unreadable += 1
-            log.warning("metrics: the report of %r is not one (%d bytes); left out", _s(k)[:80], len(v))
-        else:
-            workers[_s(k)] = rep
+
+    def readable(raw: dict[Any, bytes], check: Callable[[Any], bool]) -> dict[str, dict[str, Any]]:
+        nonlocal unreadable
+        out = {}
+        for k, v in raw.items():
+            rep = _readable(v, check)
+            if rep is None:
+                unreadable += 1
+                log.warning("metrics: the report of %r is not one (%d bytes); left out", _s(k)[:80], len(v))
+            else:
+                out[_s(k)] = rep
+        return out
+    workers, senders = readable(got, _a_workers), readable(sent, _a_senders)
     head = position(_s(feed["last-generated-id"])) if feed else 0
     backlog: dict[str, tuple[int, int]] = {}
     notifications: dict[str, int] = {}
 
-    def streams(k: Keys) -> tuple[list[Any], int]:
-        return (client.xinfo_groups(k.requests) if client.exists(k.requests) else []), client.xlen(k.notifications)
+    sending: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def groups(stream: str) -> list[Any]:
+        return client.xinfo_groups(stream) if client.exists(stream) else []
+
+    def streams(k: Keys) -> tuple[list[Any], list[Any], int]:
+        return groups(k.requests), groups(k.notifications), client.xlen(k.notifications)
 
     for k in keys.all_shards:
-        groups, n = with_retries(qs, "metrics", lambda k=k: streams(k))  # type: ignore[misc]
-        mine = [g for g in groups if _s(g["name"]) == group]
-        backlog[k.requests] = (int(mine[0].get("lag") or 0), int(mine[0]["pending"])) if mine else (0, 0)
+        commands, senders_groups, n = with_retries(qs, "metrics", lambda k=k: streams(k))  # type: ignore[misc]
+        mine = [g for g in commands if _s(g["name"]) == group]
+        backlog[k.requests] = _lag(mine[0]) if mine else (0, 0)
         notifications[k.notifications] = int(n)
+        sending.update({(k.notifications, _s(g["name"])): _lag(g) for g in senders_groups})
     return Snapshot(time.time(), workers, head, {_s(k): int(v) for k, v in applied.items()}, backlog, notifications,
-                    unreadable)
+                    unreadable, senders, sending)
 
 
-#: A report's fields and their types, as :func:`_families` reads them (anything else in a report is ignored).
-_NUMBERS = ("at", "started", "every_s", "handled", "refused", "dispatched", "claimed", "recipients", "dead_lettered",
-            "batches", "batch_seconds")
+def _lag(g: dict[Any, Any]) -> tuple[int, int]:
+    """A consumer group's (entries not read yet, entries read and not acknowledged), from ``XINFO GROUPS``."""
+    return int(g.get("lag") or 0), int(g["pending"])
 
 
-def _readable(raw: bytes) -> dict[str, Any] | None:
-    """A report as a worker of this version writes it, or None: not JSON, not an object, a figure that is not a
-    finite number, counts by status that are not names to numbers, or buckets that are not the histogram's."""
+#: The figures every report has, and those of a worker's and of a sender's (all finite numbers).
+_COMMON = ("at", "started", "every_s")
+_WORKER = ("handled", "refused", "dispatched", "claimed", "recipients", "dead_lettered", "batches", "batch_seconds")
+_SENDER = ("sent", "already_sent", "dead_lettered")
+
+
+def _numbers(rep: dict[str, Any], names: tuple[str, ...]) -> bool:
+    return all(type(rep.get(f)) in (int, float) and math.isfinite(rep[f]) for f in names)
+
+
+def _a_workers(rep: dict[str, Any]) -> bool:
+    """Whether ``rep`` reads as a worker's report: its figures, counts by status that are names to numbers, the
+    histogram's buckets, an index version that is a number if any."""
+    by_status, buckets = rep.get("by_status"), rep.get("batch_buckets")
+    return (_numbers(rep, _WORKER) and isinstance(by_status, dict)
+            and all(type(n) is int for n in by_status.values())
+            and isinstance(buckets, list) and len(buckets) == len(BATCH_BUCKETS) + 1
+            and all(type(n) is int for n in buckets)
+            and (rep.get("index_version") is None or type(rep["index_version"]) is int))
+
+
+def _a_senders(rep: dict[str, Any]) -> bool:
+    return _numbers(rep, _SENDER)
+
+
+def _readable(raw: bytes, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """A report as this version writes it (a JSON object with the common figures, passing ``check``), or None."""
     try:
         rep = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(rep, dict):
-        return None
-    num = (int, float)
-    if not all(isinstance(rep.get(f), num) and not isinstance(rep.get(f), bool) and math.isfinite(rep[f])
-               for f in _NUMBERS):
-        return None
-    by_status, buckets = rep.get("by_status"), rep.get("batch_buckets")
-    if not (isinstance(by_status, dict) and all(isinstance(n, int) for n in by_status.values())):
-        return None
-    if not (isinstance(buckets, list) and len(buckets) == len(BATCH_BUCKETS) + 1
-            and all(isinstance(n, int) for n in buckets)):
-        return None
-    if rep.get("index_version") is not None and not isinstance(rep["index_version"], int):
-        return None
-    return rep
+    return rep if isinstance(rep, dict) and _numbers(rep, _COMMON) and check(rep) else None
 
 
 class WorkersCollector:
@@ -289,9 +333,29 @@ def _families(snap: Snapshot) -> Iterator[Any]:
                               labels=["stream"])
     for stream, n in sorted(snap.notifications.items()):
         notes.add_metric([stream], n)
-    bad = GaugeMetricFamily("geodispatch_worker_reports_unreadable", "Reports left out: not one this version reads")
+    bad = GaugeMetricFamily("geodispatch_reports_unreadable", "Reports left out: not one this version reads")
     bad.add_metric([], snap.unreadable)
     yield from (head, behind, waiting, pending, notes, bad)
+    s_up = GaugeMetricFamily("geodispatch_sender_up", "1 while the sender reports on time, 0 once it is late",
+                             labels=["sender"])
+    s_notes = CounterMetricFamily("geodispatch_sender_notifications", "Notifications sent, and not sent again: "
+                                  "marked sent by the group, or their key sent already by the channel (a redelivery)",
+                                  labels=["sender", "result"])
+    s_dead = CounterMetricFamily("geodispatch_sender_dead_lettered", "Notification entries set aside as unreadable",
+                                 labels=["sender"])
+    for name, rep in sorted(snap.senders.items()):
+        s_up.add_metric([name], float(snap.at - rep["at"] <= STALE_REPORTS * rep["every_s"]))
+        for result in ("sent", "already_sent"):
+            s_notes.add_metric([name, result], rep[result])
+        s_dead.add_metric([name], rep["dead_lettered"])
+    s_wait = GaugeMetricFamily("geodispatch_notifications_waiting", "Notification batches a senders' group has not "
+                               "read yet", labels=["stream", "group"])
+    s_pend = GaugeMetricFamily("geodispatch_notifications_pending", "Notification batches a senders' group read and "
+                               "has not acknowledged", labels=["stream", "group"])
+    for (stream, grp), (lag, held) in sorted(snap.sending.items()):
+        s_wait.add_metric([stream, grp], lag)
+        s_pend.add_metric([stream, grp], held)
+    yield from (s_up, s_notes, s_dead, s_wait, s_pend)
 
 
 class _Read:

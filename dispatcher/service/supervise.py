@@ -285,11 +285,14 @@ def _snapshot_loop(snapshots: Any, qs: Any, settings: Any, stop: Any) -> None:
 
 
 def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, group: str, min_idle_ms: int,
-            say: Callable[[str], None], stop: Any = None, trim_every_s: float | None = None) -> int:
+            say: Callable[[str], None], stop: Any = None, trim_every_s: float | None = None,
+            metrics_every_s: float = 5.0) -> int:
     """Run ``consumers`` consumer threads of ``group`` on the notifications stream until SIGTERM or SIGINT (or
     ``stop`` is set), each sending through ``sender`` (the outbox, or SMTP and push) with links signed by
     ``links``; every batch in hand is finished and acknowledged first. The first consumer trims what every group
-    has acknowledged every ``trim_every_s`` seconds (None: never). Returns the notifications sent."""
+    has acknowledged every ``trim_every_s`` seconds (None: never). Each reports what it did to Redis every
+    ``metrics_every_s`` seconds for operators (0: never; :mod:`dispatcher.service.metrics`). Returns the
+    notifications sent."""
     import threading
 
     from dispatcher.connections import connect
@@ -307,6 +310,12 @@ def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, g
                         min_idle_ms=min_idle_ms, trim_every_s=trim_every_s if k == 0 else None)
                for k, client in enumerate(clients)]
     workers[0].ensure_group()
+    if metrics_every_s > 0:
+        from dispatcher.service.metrics import Report
+
+        for c in workers:
+            c.report = Report(c.client, settings.keys.sender_reports, settings.keys.sender_seen, c.name,
+                              metrics_every_s, c.figures)
     threads = [threading.Thread(target=c.run, args=(stop,), name=c.name) for c in workers]
     for t in threads:
         t.start()

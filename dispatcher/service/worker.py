@@ -136,9 +136,9 @@ class Worker:
                 self._shard_streams.setdefault(n, []).append(stream)
         self.stats = WorkerStats()
         every = self.settings.metrics_every_s
-        self._report = Report(client, self.keys, name, every) if every > 0 else None
-        self._next_report = 0.0
-        self._report_failing = False
+        #: What it has done, to Redis every ``metrics_every_s`` for operators (:mod:`dispatcher.service.metrics`).
+        self.report = Report(client, self.keys.worker_reports, self.keys.worker_seen, name, every,
+                             self._figures) if every > 0 else None
         # The calls repeated with the same arguments all the time (reads and claim passes over the same streams)
         # are encoded once (Prepacked), by (streams, count) and by streams; each names streams of one shard (of
         # one slot) only.
@@ -427,7 +427,8 @@ class Worker:
         waits_for = self.backlog if self.standby else None
         answered = True
         while not stop.is_set():
-            self._reported()
+            if self.report is not None:
+                self.report()
             if waits_for is not None and not waits_for.is_set():
                 waits_for.wait(self.settings.block_ms / 1000)
                 continue
@@ -443,23 +444,13 @@ class Worker:
                 time.sleep(0.5)
         # A last report, unless Redis was away just now: a Redis that hangs rather than refuses would hold the
         # stop for the client's socket timeout (5 s by default) on a report nobody needs.
-        if answered:
-            self._reported(final=True)
+        if answered and self.report is not None:
+            self.report(final=True)
         return self.stats
 
-    def _reported(self, final: bool = False) -> None:
-        """Report the counters when a report is due (or ``final``: the last, as the worker stops). A report that
-        fails (Redis away or full) is skipped, never retried: it is no command's, and the next one says all."""
-        if self._report is None or not (final or time.monotonic() >= self._next_report):
-            return
-        self._next_report = time.monotonic() + self._report.every_s
-        try:
-            self._report(self.stats, index_version=self.pipeline.index.version, shards=self.shards,
-                         standby=self.standby)
-            self._report_failing = False
-        except redis.RedisError as exc:  # said once a run of failures (a NOPERM would otherwise hide for good)
-            (log.debug if self._report_failing else log.warning)("%s: report skipped (%s)", self.name, exc)
-            self._report_failing = True
+    def _figures(self) -> dict[str, Any]:
+        return {**self.stats.snapshot(), "index_version": self.pipeline.index.version, "shards": self.shards,
+                "standby": self.standby}
 
 
 def consumer_threads(threads: int, shards: int, standby: bool) -> list[tuple[list[int], threading.Event | None, bool]]:
