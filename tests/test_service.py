@@ -790,7 +790,7 @@ def test_the_metrics_are_served_over_http_and_say_when_redis_is_away(world) -> N
             client.close()
 
 
-def test_agencies_and_submitters_cannot_read_the_workers_reports(redis_server: RedisServer) -> None:
+def test_agencies_and_submitters_cannot_read_the_workers_or_the_senders_reports(redis_server: RedisServer) -> None:
     """The reports count residents notified and refusals as they happen: an agency watching them around its own
     submission would learn how many of its area's residents were left out. They are the operators' alone."""
     from dispatcher.service.acl import set_agency, set_submitter
@@ -804,7 +804,8 @@ def test_agencies_and_submitters_cannot_read_the_workers_reports(redis_server: R
     for user, pw in (("agency-a", "s3cret-passw0rd-a"), ("frontdoor", "s3cret-passw0rd-f")):
         with redis.Redis(host="127.0.0.1", port=redis_server.port, username=user, password=pw) as c:
             for attempt in (lambda: c.hgetall(k.worker_reports), lambda: c.zrange(k.worker_seen, 0, -1),
-                            lambda: c.hset(k.worker_reports, "w0", b"{}")):
+                            lambda: c.hset(k.worker_reports, "w0", b"{}"), lambda: c.hgetall(k.sender_reports),
+                            lambda: c.zrange(k.sender_seen, 0, -1)):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     attempt()
 

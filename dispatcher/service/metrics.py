@@ -1,12 +1,13 @@
-"""What the workers report, for operators: each worker's counters and batch times, the change feed's lag and
-the commands waiting, as Prometheus metrics.
+"""What the workers and the senders report, for operators: each worker's counters and batch times, each
+sender's notifications, the change feed's lag and what waits on the streams, as Prometheus metrics.
 
 Every consumer thread of ``geodispatch serve`` writes a snapshot of its :class:`WorkerStats` to Redis every
-``ServiceSettings.metrics_every_s`` (one script call: the snapshot in ``Keys.worker_reports``, its time in
-``Keys.worker_seen``; reports older than ``KEEP_S`` are dropped on the way). :func:`collect` reads them back with
-the feed's head and every follower's position and the requests streams' backlog, and :class:`WorkersCollector`
-gives the result to a ``prometheus_client`` registry, which renders the text exposition format (``geodispatch
-metrics``, ``serve --metrics-port``).
+``ServiceSettings.metrics_every_s`` (a :class:`Report`: one script call, the snapshot in ``Keys.worker_reports``,
+its time in ``Keys.worker_seen``; reports older than ``KEEP_S`` are dropped on the way), and every consumer of
+``geodispatch consume`` its counts (``Keys.sender_reports``). :func:`collect` reads them back, checked, with the
+feed's head and every follower's position and the backlogs of the requests and notifications streams, and
+:class:`WorkersCollector` gives the result to a ``prometheus_client`` registry, which renders the text exposition
+format (``geodispatch metrics``, ``serve --metrics-port``).
 
 These keys are the operators': they count residents notified and commands refused, so no agency or submitter
 ACL user can read them (the ACL rules name what those may touch, nothing else), and nothing here is served on the
