@@ -282,6 +282,24 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
     assert _no_process_left(proc)
 
 
+def test_serve_with_its_metrics_port_taken_says_so_in_one_line_and_starts_no_worker(redis_server: RedisServer,
+                                                                                   tmp_path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _serve_command(redis_server, tmp_path, "--metrics-port", str(port))
+        output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, output
+    assert output.startswith("error: cannot serve the metrics at 127.0.0.1:") and output.count("\n") == 1, output
+    deadline = time.monotonic() + 30  # multiprocessing's resource tracker leaves after the command
+    while not _no_process_left(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _no_process_left(proc)
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.5, 3.0])
 def test_sigterm_during_start_up_stops_every_worker(redis_server: RedisServer, tmp_path, delay: float) -> None:
     """A SIGTERM while the command or its workers are still starting (before or after their handlers are in place)

@@ -228,7 +228,10 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
         from dispatcher.connections import connect
         from dispatcher.service.metrics import serve_metrics
 
-        exporter, _ = serve_metrics(*metrics, connect(qs), qs.keys, qs, settings.group)
+        try:
+            exporter, _ = serve_metrics(*metrics, connect(qs), qs.keys, qs, settings.group)
+        except OSError as exc:  # before any worker starts: one line, nothing left running
+            raise OSError(f"cannot serve the metrics at {metrics[0]}:{metrics[1]}: {exc.strerror}") from exc
         say(f"metrics at http://{metrics[0]}:{exporter.server_port}/metrics")
     for p in procs:
         p.start()
