@@ -662,8 +662,8 @@ def create_app(backend: Backend, settings: ApiSettings | None = None, residents:
     async def readyz() -> Response:
         """Readiness: 200 while the store answers (checked on a connection of its own, in a thread, at most once
         every second whoever asks, within about a second), else 503. The same few bytes whatever the store holds."""
-        return _json({"status": "ready"} if await readiness() else {"status": "unavailable"},
-                     200 if readiness.ok else 503)
+        ready = await readiness()
+        return _json({"status": "ready"} if ready else {"status": "unavailable"}, 200 if ready else 503)
 
     # -- agencies ---------------------------------------------------------------------------------------
 

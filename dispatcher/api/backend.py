@@ -92,7 +92,7 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
         wf = Workflow(RedisStore(connect(qs), qs.keys, qs), registry, policy)
         pipeline = Pipeline(wf, idx, Dispatcher(RedisSink(qs), qs))
         evidence = RedisEvidence(connect(qs), idx, wf.store, qs.keys, qs, clock=clock or _utc_now)
-        probe = connect(replace(qs, socket_timeout=1.0, connect_timeout=1.0, retries=0))
+        probe = connect(replace(qs, socket_timeout=1.0, connect_timeout=1.0))  # one PING, never with_retries
         return Backend(pipeline, RedisCredentials(connect(qs), qs.keys, qs), clock or _utc_now, evidence=evidence,
                        ready=lambda: _answered(probe.ping()), closers=[probe.close])
     sink = LocalSink(str(store))
