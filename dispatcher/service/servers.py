@@ -160,6 +160,8 @@ class RedisClusterServers:
                 raise ServerUnavailable(f"redis-cli --cluster create failed: {created.stdout[-2000:]}"
                                         f"{created.stderr[-2000:]}")
             self.wait_ok()
+            # the replicas' first sync too: until then a write's WAIT blocks its whole timeout
+            self.wait_replicated(timeout=60.0)
         except BaseException:
             self.stop()
             raise
@@ -198,7 +200,8 @@ class RedisClusterServers:
         raise ServerUnavailable(f"no running node knows who serves slot {slot}")
 
     def wait_replicated(self, timeout: float = 30.0) -> None:
-        """Until every master's replicas hold everything it was sent (their offsets equal to the master's)."""
+        """Until every master's replicas (``replicas`` each) are online and hold everything it was sent (their
+        offsets equal to the master's). A replica still in its first sync has offset 0, as a new master has."""
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             if node.proc is None:
@@ -208,8 +211,10 @@ class RedisClusterServers:
                     info: dict[str, Any] = c.info("replication")
                 if info.get("role") != "master":
                     break
-                offsets = [v["offset"] for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-                if offsets and all(int(o) >= int(info["master_repl_offset"]) for o in offsets):
+                links = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+                if len(links) >= self.replicas and all(v.get("state") == "online" and
+                                                       int(v["offset"]) >= int(info["master_repl_offset"])
+                                                       for v in links):
                     break
                 if time.monotonic() > deadline:
                     raise ServerUnavailable(f"the replicas of {node.port} did not catch up in {timeout:.0f} s")
@@ -243,9 +248,11 @@ class RedisClusterServers:
             self.wait_ok(timeout=timeout)
 
     def flush(self) -> None:
-        """Empty every master (replicas follow)."""
+        """Empty every master, and give its replicas up to 5 s to follow. The client waits longer than the
+        ``WAIT`` (redis-py's default socket timeout is 5 s too: a replica still syncing made the read time out
+        before the ``WAIT`` returned)."""
         for node in self.nodes:
-            with node.client() as c:
+            with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=15) as c:
                 role = c.execute_command("ROLE")
                 if role[0] in (b"master", "master"):
                     c.flushall()
