@@ -4,6 +4,7 @@ request counted once, and opt-outs that land between the plan and the send."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -250,6 +251,20 @@ def test_the_entry_built_in_the_append_names_each_admitted_owner_with_their_own_
     assert got == {o: tuple(cams[o]) for o in owners if o not in opted | capped}
     assert (rep.recipients_notified, rep.suppressed) == (len(got), len(opted) + len(capped))
     assert e.store.counters("r1") == {"notified": len(got), "opted_out": len(opted), "capped": len(capped)}
+    # a request none of whose owners is refused: on Redis the script joins the pieces as given instead
+    fresh = RecipientSet(rs.owner_ids + 10**7, rs.camera_ids, rs.owner_offsets)
+    rep2 = Dispatcher(e.sink, e.settings).dispatch(header("r2"), fresh, gate=gate, now=MIDNIGHT + timedelta(hours=2))
+    assert (rep2.recipients_notified, rep2.suppressed) == (len(owners), 0)
+    again: dict[int, tuple[int, ...]] = {}
+    for rid, payload in e.sink.read_all():
+        # either way an entry is the compact JSON of what it names, as a plain encoder writes it
+        d = json.loads(payload)
+        assert payload == json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
+        assert len(d["offsets"]) == len(d["owners"]) + 1 and d["offsets"][0] == 0
+        assert d["offsets"] == sorted(d["offsets"]) and d["offsets"][-1] == len(d["cameras"])
+        if rid == "r2":
+            again.update((n.owner_id, n.camera_ids) for n in decode_batch(payload)[1])
+    assert again == {o + 10**7: tuple(cams[o]) for o in owners}
 
 
 @pytest.mark.parametrize("period", [timedelta(hours=12), timedelta(days=1, hours=1), timedelta(0),

@@ -127,8 +127,9 @@ class Sink(Protocol):
 # ARGV: batch, request, ttl_s, then either '0' and the entry ('' for none), or '1' (the sink is the gate), the cap,
 #       keep_s (today's counter) and the entry of every owner in pieces (BatchPart.pieces: the JSON up to the first
 #       owner; the owners as decimals; the offsets and where each owner's cameras start, as int32s; the cameras as
-#       decimals). The owners are looked up and the entry of the admitted ones built here: one look-up and one
-#       round trip, whoever is refused.
+#       decimals; the offsets as decimals). The owners are looked up and the entry of the admitted ones built here:
+#       one look-up and one round trip, whoever is refused. With all of them admitted the pieces are joined as
+#       they are: cutting them up per owner was a quarter of the script's time.
 #   -> {} when the batch was done already, else {admitted, opted out, capped}
 _APPEND_LUA = GATE_LUA + """
 if redis.call('HGET', KEYS[2], ARGV[1]) then return {} end
@@ -137,28 +138,30 @@ if ARGV[4] == '1' then
   local days = {}
   for i = 6, #KEYS do days[#days + 1] = KEYS[i] end
   local owners = split(ARGV[8])
-  local at, cameras = int32s(ARGV[9]), ARGV[10]
   local v, seen, today = verdicts(KEYS[3], KEYS[4], days, owners, ARGV[5])
-  -- at: the owners' n + 1 offsets, then where each one's cameras start in the cameras' text (from base on)
-  local o, off, cams, k, total = {}, {0}, {}, 0, 0
-  local base = #owners + 1
-  for i = 1, #owners do
-    n[v[i] + 1] = n[v[i] + 1] + 1
-    if v[i] == 0 then
-      local c = at[i + 1] - at[i]
-      k = k + 1
-      o[k] = owners[i]
-      if c > 0 then cams[#cams + 1] = string.sub(cameras, at[base + i] + 1, at[base + i + 1] - 1) end
-      total = total + c
-      off[k + 1] = total
-    end
-  end
+  for i = 1, #owners do n[v[i] + 1] = n[v[i] + 1] + 1 end
   local new = record(KEYS[3], KEYS[#KEYS], owners, v, seen, today, ARGV[6])
   if n[2] > 0 then redis.call('HINCRBY', KEYS[5], 'opted_out', n[2]) end
   if n[3] > 0 then redis.call('HINCRBY', KEYS[5], 'capped', n[3]) end
   keep_records(KEYS[3], KEYS[5], new, ARGV[3])
   entry = ''
-  if k > 0 then
+  if n[1] > 0 and n[1] == #owners then
+    entry = ARGV[7] .. ARGV[8] .. '],"offsets":[' .. ARGV[11] .. '],"cameras":[' .. ARGV[10] .. ']}'
+  elseif n[1] > 0 then
+    -- at: the owners' n + 1 offsets, then where each one's cameras start in the cameras' text (from base on)
+    local at, cameras = int32s(ARGV[9]), ARGV[10]
+    local o, off, cams, k, total = {}, {0}, {}, 0, 0
+    local base = #owners + 1
+    for i = 1, #owners do
+      if v[i] == 0 then
+        local c = at[i + 1] - at[i]
+        k = k + 1
+        o[k] = owners[i]
+        if c > 0 then cams[#cams + 1] = string.sub(cameras, at[base + i] + 1, at[base + i + 1] - 1) end
+        total = total + c
+        off[k + 1] = total
+      end
+    end
     entry = ARGV[7] .. table.concat(o, ',') .. '],"offsets":[' .. table.concat(off, ',') .. '],"cameras":[' ..
       table.concat(cams, ',') .. ']}'
   end

@@ -112,13 +112,14 @@ class BatchPart:
             self.owners, self.offsets, self.cameras, admit)
         return encode_batch(self.header_json, self.batch_no, *kept)
 
-    def pieces(self) -> tuple[bytes, bytes, bytes, bytes]:
+    def pieces(self) -> tuple[bytes, bytes, bytes, bytes, bytes]:
         """The entry of every owner in the pieces a sink that gates in its append step (a Lua script) builds the
         entry of the admitted ones from: the JSON up to the first owner; the owners as comma-separated decimals;
-        the offsets, then where each owner's cameras start in the last piece (byte index from 0, and one past its
-        end), as little-endian int32s; the cameras as comma-separated decimals. The script keeps the admitted
-        owners' text and cameras' substrings and writes their offsets: with every owner admitted, the entry is
-        :func:`encode_batch`'s bytes."""
+        the offsets, then where each owner's cameras start in the cameras' piece (byte index from 0, and one past
+        its end), as little-endian int32s; the cameras as comma-separated decimals; the offsets as comma-separated
+        decimals. With every owner admitted (the usual case) the script joins the pieces as they are, and the
+        entry is :func:`encode_batch`'s bytes; else it keeps the admitted owners' text and cameras' substrings and
+        writes their offsets."""
         head = b'{"header":' + self.header_json + b',"batch":' + str(self.batch_no).encode() + b',"owners":['
         cameras = orjson.dumps(self.cameras, option=_NUMPY)[1:-1]
         # camera j starts at byte starts[j]; starts[m] is one past the end, as if a comma followed the last one
@@ -126,7 +127,8 @@ class BatchPart:
         starts[1:-1] = np.flatnonzero(np.frombuffer(cameras, np.uint8) == ord(",")) + 1
         starts[-1] = len(cameras) + 1
         at = np.concatenate([self.offsets, starts[self.offsets]])
-        return head, orjson.dumps(self.owners, option=_NUMPY)[1:-1], at.astype("<i4").tobytes(), cameras
+        return (head, orjson.dumps(self.owners, option=_NUMPY)[1:-1], at.astype("<i4").tobytes(), cameras,
+                orjson.dumps(self.offsets, option=_NUMPY)[1:-1])
 
 
 def batch_part(header_json: bytes, batch_no: int, shard: int, recipients: RecipientSet, lo: int, hi: int,

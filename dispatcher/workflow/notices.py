@@ -228,14 +228,18 @@ local function verdicts(notified, optout, days, owners, cap)
   return v, seen, today
 end
 local function record(notified, today, owners, v, seen, counts, keep)
-  local new, pairs, fresh = {}, {}, {}
+  -- the counts as text, each made once: a number given to redis.call is formatted for every owner otherwise
+  local new, pairs, fresh, text = {}, {}, {}, {}
   for i = 1, #owners do
     local o = owners[i]
     if v[i] == 0 and seen[i] == 0 and not fresh[o] then
       fresh[o] = true
       new[#new + 1] = o
+      local c = counts[i] + 1
+      local t = text[c]
+      if not t then t = string.format('%d', c); text[c] = t end
       pairs[#pairs + 1] = o
-      pairs[#pairs + 1] = counts[i] + 1
+      pairs[#pairs + 1] = t
     end
   end
   if #new > 0 then
