@@ -16,6 +16,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import FullJitterBackoff
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
 __all__ = ["Prepacked", "SlotPipeline", "connect", "held_connection", "is_transient", "pipeline", "refresh_cluster_map",
-           "retry_policy", "script", "transaction", "with_retries"]
+           "refuse_if_evicting", "require_no_eviction", "retry_policy", "script", "transaction", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
 #: transition (a slot moved to another master, the cluster down while it fails over): each passes.
@@ -288,6 +289,67 @@ def script(client: Any, source: str) -> Script:
     """``source`` registered on ``client`` (plain or cluster): call it with ``keys``, ``args`` and optionally
     ``client=`` a pipeline of either kind. Every key a script touches is in ``keys``, all in one slot."""
     return _Script(client, source)
+
+
+def require_no_eviction(client: Any, settings: QueueSettings) -> None:
+    """Refuse a Redis that may delete keys to make room: every node's ``maxmemory-policy`` must be
+    ``noeviction`` (Redis's default). Under any other policy a Redis at its ``maxmemory`` deletes what it
+    chooses, and every promise the keys keep goes with them: a batch's done mark (the batch goes out again), a
+    plan (a retry resolves anew), an owner's notices of the day (the cap forgets them), an opt-out. Under
+    ``noeviction`` a full Redis refuses writes instead, which the service retries and reports. On a cluster every
+    node ``CLUSTER NODES`` lists is asked, on its own connection (``client`` is the cluster client of
+    ``settings``): a replica too, which a failover makes a master (``CLUSTER SLOTS``, the cluster client's view,
+    leaves out a replica that holds no data yet), but not one the cluster marks failed. Raises
+    :class:`InvalidQueueSettings` naming the node and its policy; Redis errors pass as they are (a transient one
+    is for the caller to retry)."""
+    if not isinstance(client, RedisCluster):
+        _no_eviction(client, None)
+        return
+    for address, node in sorted(cast(Any, client).cluster_nodes().items()):
+        flags = set(str(node.get("flags", "")).split(","))
+        if flags & {"fail", "noaddr", "handshake"}:
+            continue
+        with redis.Redis.from_url(_node_url(str(settings.url), address), socket_timeout=settings.socket_timeout,
+                                  socket_connect_timeout=settings.connect_timeout) as one:
+            _no_eviction(one, address)
+
+
+def refuse_if_evicting(settings: QueueSettings) -> None:
+    """At start, before anything runs: a Redis that answers now and may evict keys is refused
+    (:func:`require_no_eviction`), as one error; one that does not answer yet is left to the checks made once it
+    does (a worker's, a sender's, the API's readiness)."""
+    client = connect(settings)
+    try:
+        require_no_eviction(client, settings)
+    except redis.RedisError as exc:
+        if not is_transient(exc):
+            raise
+    finally:
+        client.close()
+
+
+def _node_url(url: str, address: str) -> str:
+    """``url`` (a cluster's, credentials and all) naming the node at ``address`` (``host:port``) instead."""
+    parts = urlsplit(url)
+    host, _, port = address.rpartition(":")
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{user + '@' if user else ''}"
+                                            f"{f'[{host}]' if ':' in host else host}:{port}"))
+
+
+def _no_eviction(client: Any, address: str | None) -> None:
+    try:
+        got = client.info("memory")
+    except redis.exceptions.NoPermissionError as exc:
+        raise InvalidQueueSettings(f"cannot read Redis's eviction policy (INFO memory: {exc}): the service's "
+                                   "connection needs +info") from exc
+    policy = got.get("maxmemory_policy") if isinstance(got, dict) else None
+    if policy != "noeviction":
+        where = "" if address is None else f" node {address}"
+        raise InvalidQueueSettings(
+            f"Redis{where} has maxmemory-policy {policy!r}: at its maxmemory it would delete keys the service "
+            "keeps its promises in (a batch's done mark, a plan, an owner's notices), sending a batch twice or "
+            "an owner past the cap; set maxmemory-policy noeviction")
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -155,6 +155,40 @@ def test_readiness_fails_while_the_store_does_not_answer_and_liveness_does_not(w
                 backend.close()
 
 
+def test_a_redis_that_may_evict_keys_is_not_ready(world, redis_server: Any) -> None:
+    """Under an eviction policy a Redis at its maxmemory deletes what it chooses (a done mark, an owner's
+    notices, an opt-out): a backend is not opened on one, and is not ready while it has one (set after it
+    opened), ready again once it is back to ``noeviction``."""
+    from dispatcher.errors import InvalidQueueSettings
+
+    index, _ = world
+    with redis_server.client() as r:
+        r.config_set("maxmemory-policy", "allkeys-random")
+        try:
+            with pytest.raises(InvalidQueueSettings, match="maxmemory-policy 'allkeys-random'"):
+                open_backend(index, _registry(), clock=lambda: NOW, redis_url=redis_server.url)
+        finally:
+            r.config_set("maxmemory-policy", "noeviction")
+    backend = open_backend(index, _registry(), clock=lambda: NOW, redis_url=redis_server.url)
+    try:
+        with serving(create_app(backend)) as url, httpx.Client(base_url=url, timeout=60) as c, \
+                redis_server.client() as r:
+            assert c.get("/readyz").status_code == 200
+            for policy in ("allkeys-lru", "volatile-ttl"):
+                r.config_set("maxmemory-policy", policy)
+                try:
+                    time.sleep(1.1)  # the last answer is a second old
+                    got = c.get("/readyz")
+                    assert (got.status_code, got.json()) == (503, {"status": "unavailable"})
+                    assert c.get("/healthz").status_code == 200
+                finally:
+                    r.config_set("maxmemory-policy", "noeviction")
+                time.sleep(1.1)
+                assert c.get("/readyz").status_code == 200
+    finally:
+        backend.close()
+
+
 def test_policy_refusal_is_422_with_the_rule_codes(api: Api) -> None:
     r = api.call("POST", "/v1/requests", api.chicago, json=body(incident_type="protest"))
     assert r.status_code == 422

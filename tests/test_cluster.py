@@ -160,6 +160,30 @@ def test_the_cluster_is_three_masters_with_a_replica_each(redis_cluster: RedisCl
     assert client.get(qs.keys.requests) == b"y"
 
 
+def test_a_cluster_with_a_node_that_may_evict_keys_is_refused(redis_cluster: RedisClusterServers) -> None:
+    """Every node is asked, a replica too (a failover makes it the master): one with an eviction policy is named,
+    and a worker does not start on the cluster."""
+    from dispatcher.connections import require_no_eviction
+    from dispatcher.service.supervise import StopSignal, wait_for_redis
+
+    qs = QueueSettings.from_url(redis_cluster.url)
+    client = connect(qs)
+    require_no_eviction(client, qs)
+    replica = next(n for n in redis_cluster.nodes
+                   if n.client().info("replication")["role"] == "slave")  # type: ignore[index]
+    with replica.client() as c:
+        c.config_set("maxmemory-policy", "volatile-lru")
+        try:
+            with pytest.raises(InvalidQueueSettings, match=f"node 127.0.0.1:{replica.port} has maxmemory-policy "
+                                                           "'volatile-lru'"):
+                require_no_eviction(client, qs)
+            with pytest.raises(InvalidQueueSettings, match="volatile-lru"):
+                wait_for_redis(qs, StopSignal())
+        finally:
+            c.config_set("maxmemory-policy", "noeviction")
+    require_no_eviction(client, qs)
+
+
 @pytest.mark.parametrize("shards", [1, 3])
 def test_workers_serve_requests_exactly_on_the_cluster(redis_cluster: RedisClusterServers, shards: int,
                                                        world: World) -> None:

@@ -300,6 +300,45 @@ def test_serve_with_its_metrics_port_taken_says_so_in_one_line_and_starts_no_wor
     assert _no_process_left(proc)
 
 
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru"])
+def test_serve_and_consume_refuse_a_redis_that_may_evict_keys(redis_server: RedisServer, tmp_path,
+                                                              policy: str) -> None:
+    """Under an eviction policy a Redis at its maxmemory deletes keys it chooses (``volatile-*``: those with a
+    time to live, which is every record that names a resident): a batch's done mark (the batch goes out twice),
+    an owner's notices (the cap forgets them). ``serve`` says so in one line and starts no worker, ``consume``
+    sends nothing, and a worker process that meets such a Redis once it answers stops there; nothing of the
+    commands waiting is taken."""
+    from dispatcher.errors import InvalidQueueSettings
+    from dispatcher.service.supervise import StopSignal, wait_for_redis
+
+    rng = np.random.default_rng(9)
+    with redis_server.client() as r:
+        submit(r, _request(0, rng))
+        r.config_set("maxmemory-policy", policy)
+        try:
+            proc = _serve_command(redis_server, tmp_path)
+            output, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 2, output
+            assert output.startswith(f"error: Redis has maxmemory-policy '{policy}'") and output.count("\n") == 1
+            deadline = time.monotonic() + 30
+            while not _no_process_left(proc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _no_process_left(proc)
+            with pytest.raises(InvalidQueueSettings, match=f"maxmemory-policy '{policy}'"):
+                wait_for_redis(QueueSettings.from_url(redis_server.url), StopSignal())
+            (tmp_path / "out").mkdir()
+            got = subprocess.run([sys.executable, "-m", "dispatcher.cli", "consume", "--redis-url", redis_server.url,
+                                  "--outbox", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "GEODISPATCH_LINK_SECRET": "s" * 32}, cwd=tmp_path)
+            assert got.returncode == 2 and f"maxmemory-policy '{policy}'" in got.stderr, got.stderr
+            assert list((tmp_path / "out").iterdir()) == []
+            assert r.xlen(Keys().requests) == 1 and not r.exists(Keys().notifications)
+            assert not r.exists(Keys().request("req-0"))
+        finally:
+            r.config_set("maxmemory-policy", "noeviction")
+    assert wait_for_redis(QueueSettings.from_url(redis_server.url), StopSignal())
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.5, 3.0])
 def test_sigterm_during_start_up_stops_every_worker(redis_server: RedisServer, tmp_path, delay: float) -> None:
     """A SIGTERM while the command or its workers are still starting (before or after their handlers are in place)

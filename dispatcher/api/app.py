@@ -314,7 +314,8 @@ class Readiness:
                     self.ok = True
                 except Exception as exc:  # whatever keeps the store from answering: not ready, and why, in the log
                     if self.ok:
-                        log.warning("not ready: the store did not answer (%s: %s)", type(exc).__name__, exc)
+                        log.warning("not ready: the store did not answer, or cannot be used (%s: %s)",
+                                    type(exc).__name__, exc)
                     self.ok = False
                 self._at = time.monotonic()
         return self.ok

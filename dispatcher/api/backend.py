@@ -14,9 +14,10 @@ from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from dispatcher.api.credentials import Credentials, RedisCredentials, SqliteCredentials
-from dispatcher.connections import connect
+from dispatcher.connections import connect, refuse_if_evicting, require_no_eviction
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink
@@ -89,12 +90,14 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
     idx = index if isinstance(index, CameraIndex) else CameraIndex.open(str(index))
     if redis_url is not None:
         qs = QueueSettings.from_url(redis_url)
+        refuse_if_evicting(qs)
         wf = Workflow(RedisStore(connect(qs), qs.keys, qs), registry, policy)
         pipeline = Pipeline(wf, idx, Dispatcher(RedisSink(qs), qs))
         evidence = RedisEvidence(connect(qs), idx, wf.store, qs.keys, qs, clock=clock or _utc_now)
-        probe = connect(replace(qs, socket_timeout=1.0, connect_timeout=1.0))  # one PING, never with_retries
+        probe_qs = replace(qs, socket_timeout=1.0, connect_timeout=1.0)
+        probe = connect(probe_qs)  # one PING, never with_retries
         return Backend(pipeline, RedisCredentials(connect(qs), qs.keys, qs), clock or _utc_now, evidence=evidence,
-                       ready=lambda: _answered(probe.ping()), closers=[probe.close])
+                       ready=lambda: _answered(probe, probe_qs), closers=[probe.close])
     sink = LocalSink(str(store))
     db = SqliteStore(str(store))  # one file: the gate's records are written with each batch
     creds = SqliteCredentials(str(store))
@@ -117,6 +120,9 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
                    evidence=ev, expire=expire, ready=ready)
 
 
-def _answered(pong: object) -> None:
-    if not pong:
+def _answered(probe: Any, qs: QueueSettings) -> None:
+    """Ready: Redis answers, and keeps what it is given (no eviction policy: a node that may delete keys is not
+    ready to be written to)."""
+    if not probe.ping():
         raise ConnectionError("the store did not answer PING")
+    require_no_eviction(probe, qs)

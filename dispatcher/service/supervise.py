@@ -155,11 +155,12 @@ def open_worker(name: str, index_dir: str, redis_url: str, agencies: str, policy
 def wait_for_redis(settings: Any, stop: Any) -> bool:
     """Block until Redis answers (logging once that it is awaited), pausing between tries as every Redis call
     retries (full-jitter exponential backoff, ``settings.backoff_base`` doubling up to ``backoff_max``); False
-    when ``stop`` was set first."""
+    when ``stop`` was set first. A Redis that may evict keys is refused once it answers
+    (:func:`~dispatcher.connections.require_no_eviction`)."""
     import redis
     from redis.backoff import FullJitterBackoff
 
-    from dispatcher.connections import connect, is_transient
+    from dispatcher.connections import connect, is_transient, require_no_eviction
 
     client = connect(settings)
     backoff = FullJitterBackoff(cap=settings.backoff_max, base=settings.backoff_base)
@@ -168,6 +169,7 @@ def wait_for_redis(settings: Any, stop: Any) -> bool:
     while not stop.is_set():
         try:
             client.ping()
+            require_no_eviction(client, settings)
             if warned:
                 log.warning("Redis answers at %s", settings.url)
             return True
@@ -188,6 +190,7 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     """Run ``workers`` worker processes (spawned) until SIGTERM or SIGINT, which reaches every worker, even
     one still starting; raises :class:`WorkerFailed` when one exited with an error. With ``metrics`` (host,
     port), the workers' reports are served as Prometheus metrics there meanwhile (``/metrics``)."""
+    from dispatcher.connections import refuse_if_evicting
     from dispatcher.dispatch.settings import QueueSettings
     from dispatcher.index.camera_index import CameraIndex
     from dispatcher.workflow.agencies import AgencyRegistry
@@ -199,6 +202,7 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     Policy.from_dict(policy)
     CameraIndex.open(index_dir, warm_up=False)
     AgencyRegistry.load(agencies)
+    refuse_if_evicting(qs)  # as one error, before any worker starts
     ctx = mp.get_context("spawn")
     readies = [ctx.Event() for _ in range(workers)]
     procs = [ctx.Process(target=serve_process, name=f"geodispatch-worker-{k}",
@@ -298,7 +302,7 @@ def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, g
     notifications sent."""
     import threading
 
-    from dispatcher.connections import connect
+    from dispatcher.connections import connect, require_no_eviction
     from dispatcher.dispatch.consumer import Consumer
     from dispatcher.dispatch.settings import QueueSettings
 
@@ -307,7 +311,8 @@ def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, g
     if threading.current_thread() is threading.main_thread():
         stop_on_signals(stop)
     clients = [connect(settings) for _ in range(consumers)]
-    clients[0].ping()  # a Redis that is not there is said before any thread starts
+    clients[0].ping()  # a Redis that is not there, or that may evict the sent marks, is said before any thread starts
+    require_no_eviction(clients[0], settings)
     name = f"{os.uname().nodename}-{os.getpid()}"
     workers = [Consumer(client, f"{name}-{k}", sender, links=links, group=group, settings=settings,
                         min_idle_ms=min_idle_ms, trim_every_s=trim_every_s if k == 0 else None)
