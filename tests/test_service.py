@@ -339,6 +339,49 @@ def test_serve_and_consume_refuse_a_redis_that_may_evict_keys(redis_server: Redi
     assert wait_for_redis(QueueSettings.from_url(redis_server.url), StopSignal())
 
 
+def test_a_worker_takes_nothing_while_redis_may_evict_keys_and_goes_on_once_it_may_not(
+        redis_server: RedisServer, world, caplog: pytest.LogCaptureFixture) -> None:
+    """An eviction policy set while the worker runs: what was submitted before is served, what comes after waits
+    on the stream (not read: nothing is written that Redis might drop) until the policy is set back, then is
+    served, once each; the change is logged once either way. (A read in hand when the policy changes may still
+    take what comes during it: the watch is asked between steps.)"""
+    index, _ = world
+    rng = np.random.default_rng(13)
+    w = _worker(redis_server, index, "w0", eviction_check_s=0.1, block_ms=100)
+    store = RedisStore.from_url(redis_server.url)
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,))
+    thread.start()
+    try:
+        with redis_server.client() as r:
+            submit(r, _request(0, rng))
+            deadline = time.monotonic() + 60
+            while w.stats.handled < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert store.get_request("req-0")[0] == "dispatched"  # type: ignore[index]
+            with caplog.at_level("WARNING", logger="dispatcher.connections"):
+                r.config_set("maxmemory-policy", "allkeys-lru")
+                try:
+                    time.sleep(1.0)  # asked again meanwhile, after the read in hand
+                    for k in (1, 2):
+                        submit(r, _request(k, rng))
+                    time.sleep(2.0)
+                    assert w.stats.handled == 1 and store.get_request("req-1") is None
+                    assert r.xinfo_groups(Keys().requests)[0]["lag"] == 2  # still on the stream, unread
+                finally:
+                    r.config_set("maxmemory-policy", "noeviction")
+                deadline = time.monotonic() + 60
+                while w.stats.handled < 3 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            assert w.stats.handled == 3 and w.stats.dispatched == 3
+            assert sum("maxmemory-policy 'allkeys-lru'" in m for m in caplog.messages) == 1
+            assert sum("keeps every key again" in m for m in caplog.messages) == 1
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert max(_stream(redis_server).values()) == 1
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.5, 3.0])
 def test_sigterm_during_start_up_stops_every_worker(redis_server: RedisServer, tmp_path, delay: float) -> None:
     """A SIGTERM while the command or its workers are still starting (before or after their handlers are in place)
