@@ -257,15 +257,16 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
         assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(6))  # type: ignore[index]
-        dispatched = 0.0
-        while time.monotonic() < deadline and dispatched < 6:
+        dispatched, up = 0.0, {}
+        # one process may have served all six while the other still starts (its threads report once they run)
+        while time.monotonic() < deadline and (dispatched < 6 or len(up) < 4):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
                 fams = _families(resp.read().decode())
             dispatched = sum(x.value for x in fams.get("geodispatch_worker_commands", [])
                              if x.name.endswith("_total") and x.labels["outcome"] == "dispatched")
+            up = {x.labels["worker"]: x.value for x in fams.get("geodispatch_worker_up", [])}
             time.sleep(0.1)
         assert dispatched == 6
-        up = {x.labels["worker"]: x.value for x in fams["geodispatch_worker_up"]}
         assert len(up) == 4 and set(up.values()) == {1.0}  # 2 processes of 2 consumer threads
     finally:
         proc.send_signal(signal.SIGTERM)
