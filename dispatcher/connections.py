@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -34,8 +35,9 @@ if HIREDIS_AVAILABLE:
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["Prepacked", "SlotPipeline", "connect", "held_connection", "is_transient", "pipeline", "refresh_cluster_map",
-           "refuse_if_evicting", "require_no_eviction", "retry_policy", "script", "transaction", "with_retries"]
+__all__ = ["EvictionWatch", "Prepacked", "SlotPipeline", "connect", "held_connection", "is_transient", "pipeline",
+           "refresh_cluster_map", "refuse_if_evicting", "require_no_eviction", "retry_policy", "script", "transaction",
+           "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
 #: transition (a slot moved to another master, the cluster down while it fails over): each passes.
@@ -312,6 +314,37 @@ def require_no_eviction(client: Any, settings: QueueSettings) -> None:
         with redis.Redis.from_url(_node_url(str(settings.url), address), socket_timeout=settings.socket_timeout,
                                   socket_connect_timeout=settings.connect_timeout) as one:
             _no_eviction(one, address)
+
+
+class EvictionWatch:
+    """Whether Redis still keeps every key it is given, for a loop that runs on (a worker's, a sender's): asked
+    at once, then again every ``every_s`` seconds (each second while it does not; ``every_s`` 0: only at once),
+    the last answer kept in between and through Redis trouble (that is the loop's to handle). An operator may set
+    an eviction policy while the service runs; the loop then takes nothing more until it is set back. A change
+    either way is logged once."""
+
+    def __init__(self, client: Any, settings: QueueSettings, name: str, every_s: float = 10.0) -> None:
+        self.client, self.settings, self.name, self.every_s = client, settings, name, every_s
+        self.ok = True
+        self._due = -float("inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now < self._due:
+            return self.ok
+        try:
+            require_no_eviction(self.client, self.settings)
+            if not self.ok:
+                log.warning("%s: Redis keeps every key again (maxmemory-policy noeviction); going on", self.name)
+            self.ok = True
+        except InvalidQueueSettings as exc:
+            if self.ok:
+                log.error("%s: %s; taking nothing more until then", self.name, exc)
+            self.ok = False
+        except redis.RedisError:
+            pass
+        self._due = now + (1.0 if not self.ok else self.every_s if self.every_s > 0 else float("inf"))
+        return self.ok
 
 
 def refuse_if_evicting(settings: QueueSettings) -> None:

@@ -337,3 +337,33 @@ def test_senders_report_what_they_sent_and_the_metrics_say_how_far_behind_sendin
         snap = collect(r, k)
     total = {f: sum(rep[f] for rep in snap.senders.values()) for f in ("sent", "already_sent", "dead_lettered")}
     assert total == {"sent": 0, "already_sent": 300, "dead_lettered": 1}
+
+
+def test_a_consumer_sends_nothing_while_redis_may_evict_keys_and_goes_on_once_it_may_not(redis_server, tmp_path):
+    """A sent mark evicted would send a notification twice: with an eviction policy set while the consumer runs,
+    what is appended meanwhile waits on the stream unread, and is sent once the policy is set back, once each."""
+    s = settings_for(redis_server)
+    outbox = OutboxSender(tmp_path / "outbox")
+    c = Consumer(redis_server.client(), "c1", outbox, links=LINKS, settings=s, eviction_check_s=0.1)
+    stop = threading.Event()
+    thread = threading.Thread(target=c.run, args=(stop,), kwargs={"block_ms": 50})
+    thread.start()
+    try:
+        with redis_server.client() as r:
+            r.config_set("maxmemory-policy", "volatile-ttl")
+            try:
+                time.sleep(1.0)  # asked again meanwhile, after the read in hand
+                rs = make_recipients(60)
+                Dispatcher(RedisSink(s), s).dispatch(header(), rs, now=NOW)
+                time.sleep(1.5)
+                assert c.sent == 0 and outbox_owners(outbox) == []
+                assert r.xinfo_groups(c.keys.notifications)[0]["lag"] > 0
+            finally:
+                r.config_set("maxmemory-policy", "noeviction")
+        deadline = time.monotonic() + 60
+        while c.sent < 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.sent == 60 and outbox_owners(outbox) == rs.owner_ids.tolist()
+    finally:
+        stop.set()
+        thread.join(timeout=30)

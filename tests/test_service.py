@@ -257,15 +257,16 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             time.sleep(0.1)
         assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(6))  # type: ignore[index]
-        dispatched = 0.0
-        while time.monotonic() < deadline and dispatched < 6:
+        dispatched, up = 0.0, {}
+        # one process may have served all six while the other still starts (its threads report once they run)
+        while time.monotonic() < deadline and (dispatched < 6 or len(up) < 4):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
                 fams = _families(resp.read().decode())
             dispatched = sum(x.value for x in fams.get("geodispatch_worker_commands", [])
                              if x.name.endswith("_total") and x.labels["outcome"] == "dispatched")
+            up = {x.labels["worker"]: x.value for x in fams.get("geodispatch_worker_up", [])}
             time.sleep(0.1)
         assert dispatched == 6
-        up = {x.labels["worker"]: x.value for x in fams["geodispatch_worker_up"]}
         assert len(up) == 4 and set(up.values()) == {1.0}  # 2 processes of 2 consumer threads
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -337,6 +338,49 @@ def test_serve_and_consume_refuse_a_redis_that_may_evict_keys(redis_server: Redi
         finally:
             r.config_set("maxmemory-policy", "noeviction")
     assert wait_for_redis(QueueSettings.from_url(redis_server.url), StopSignal())
+
+
+def test_a_worker_takes_nothing_while_redis_may_evict_keys_and_goes_on_once_it_may_not(
+        redis_server: RedisServer, world, caplog: pytest.LogCaptureFixture) -> None:
+    """An eviction policy set while the worker runs: what was submitted before is served, what comes after waits
+    on the stream (not read: nothing is written that Redis might drop) until the policy is set back, then is
+    served, once each; the change is logged once either way. (A read in hand when the policy changes may still
+    take what comes during it: the watch is asked between steps.)"""
+    index, _ = world
+    rng = np.random.default_rng(13)
+    w = _worker(redis_server, index, "w0", eviction_check_s=0.1, block_ms=100)
+    store = RedisStore.from_url(redis_server.url)
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,))
+    thread.start()
+    try:
+        with redis_server.client() as r:
+            submit(r, _request(0, rng))
+            deadline = time.monotonic() + 60
+            while w.stats.handled < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert store.get_request("req-0")[0] == "dispatched"  # type: ignore[index]
+            with caplog.at_level("WARNING", logger="dispatcher.connections"):
+                r.config_set("maxmemory-policy", "allkeys-lru")
+                try:
+                    time.sleep(1.0)  # asked again meanwhile, after the read in hand
+                    for k in (1, 2):
+                        submit(r, _request(k, rng))
+                    time.sleep(2.0)
+                    assert w.stats.handled == 1 and store.get_request("req-1") is None
+                    assert r.xinfo_groups(Keys().requests)[0]["lag"] == 2  # still on the stream, unread
+                finally:
+                    r.config_set("maxmemory-policy", "noeviction")
+                deadline = time.monotonic() + 60
+                while w.stats.handled < 3 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            assert w.stats.handled == 3 and w.stats.dispatched == 3
+            assert sum("maxmemory-policy 'allkeys-lru'" in m for m in caplog.messages) == 1
+            assert sum("keeps every key again" in m for m in caplog.messages) == 1
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert max(_stream(redis_server).values()) == 1
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.5, 3.0])

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import redis
 
-from dispatcher.connections import with_retries
+from dispatcher.connections import EvictionWatch, with_retries
 from dispatcher.dispatch.links import DECLINE, OPT_OUT, VIEW, LinkSigner
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import trim_acknowledged
@@ -137,7 +137,7 @@ class Consumer:
 
     def __init__(self, client: redis.Redis, name: str, sender: Sender, *, links: LinkSigner, group: str = "senders",
                  settings: QueueSettings | None = None, min_idle_ms: int = 30_000, keys: Keys | None = None,
-                 trim_every_s: float | None = None) -> None:
+                 trim_every_s: float | None = None, eviction_check_s: float = 10.0) -> None:
         self.client, self.name, self.sender, self.group = client, name, sender, group
         #: Trim what every group has acknowledged (:func:`trim_acknowledged`) at most this often; None: never.
         self.trim_every_s = trim_every_s
@@ -154,6 +154,10 @@ class Consumer:
         #: Called every turn of :meth:`run` and with ``final=True`` as it stops (a report of :meth:`figures` for
         #: operators: :class:`dispatcher.service.metrics.Report`); None: nobody asks.
         self.report: Callable[..., None] | None = None
+        #: Whether Redis still keeps every key (no eviction policy: a sent mark evicted sends a notification
+        #: twice), asked every ``eviction_check_s`` seconds (0: at the start of :meth:`run` only); nothing is
+        #: read while it may evict.
+        self.keeps_keys = EvictionWatch(client, self.settings, name, eviction_check_s)
 
     def figures(self) -> dict[str, int]:
         """What this consumer has done since it started."""
@@ -257,6 +261,9 @@ class Consumer:
         while not stop.is_set():
             if self.report is not None:
                 self.report()
+            if not self.keeps_keys():
+                stop.wait(1.0)
+                continue
             try:
                 self.run_once(count, block_ms)
                 answered = True

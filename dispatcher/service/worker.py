@@ -25,7 +25,7 @@ import redis
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
-from dispatcher.connections import Prepacked, is_transient, transaction, with_retries
+from dispatcher.connections import EvictionWatch, Prepacked, is_transient, transaction, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.keys import Keys
@@ -90,6 +90,9 @@ class ServiceSettings:
     #: How often (s) each consumer thread reports its counters and batch times to Redis for operators
     #: (:mod:`dispatcher.service.metrics`; one script call); 0: never.
     metrics_every_s: float = 5.0
+    #: How often (s) each consumer thread asks again whether Redis may evict keys
+    #: (:class:`~dispatcher.connections.EvictionWatch`; it reads nothing while Redis may); 0: at its start only.
+    eviction_check_s: float = 10.0
 
 
 #: A stream entry in hand: (stream, entry id, fields).
@@ -135,6 +138,8 @@ class Worker:
                 self.streams[stream], self.shard_keys[stream] = agency, k
                 self._shard_streams.setdefault(n, []).append(stream)
         self.stats = WorkerStats()
+        #: Whether Redis still keeps every key (no eviction policy), asked every ``eviction_check_s``.
+        self.keeps_keys = EvictionWatch(client, self.queue, name, self.settings.eviction_check_s)
         every = self.settings.metrics_every_s
         #: What it has done, to Redis every ``metrics_every_s`` for operators (:mod:`dispatcher.service.metrics`).
         self.report = Report(client, self.keys.worker_reports, self.keys.worker_seen, name, every,
@@ -429,6 +434,9 @@ class Worker:
         while not stop.is_set():
             if self.report is not None:
                 self.report()
+            if not self.keeps_keys():  # Redis may evict what a step writes: nothing is taken until it may not
+                stop.wait(1.0)
+                continue
             if waits_for is not None and not waits_for.is_set():
                 waits_for.wait(self.settings.block_ms / 1000)
                 continue
