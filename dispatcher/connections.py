@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,9 +35,9 @@ if HIREDIS_AVAILABLE:
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["EvictionWatch", "Prepacked", "SlotPipeline", "connect", "held_connection", "is_transient", "pipeline",
-           "refresh_cluster_map", "refuse_if_evicting", "require_no_eviction", "retry_policy", "script", "transaction",
-           "with_retries"]
+__all__ = ["EvictionWatch", "Prepacked", "SlotPipeline", "connect", "each_node", "held_connection", "is_transient",
+           "pipeline", "refresh_cluster_map", "refuse_if_evicting", "require_no_eviction", "retry_policy", "script",
+           "transaction", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
 #: transition (a slot moved to another master, the cluster down while it fails over): each passes.
@@ -299,13 +299,31 @@ def require_no_eviction(client: Any, settings: QueueSettings) -> None:
     chooses, and every promise the keys keep goes with them: a batch's done mark (the batch goes out again), a
     plan (a retry resolves anew), an owner's notices of the day (the cap forgets them), an opt-out. Under
     ``noeviction`` a full Redis refuses writes instead, which the service retries and reports. On a cluster every
-    node ``CLUSTER NODES`` lists is asked, on its own connection (``client`` is the cluster client of
-    ``settings``): a replica too, which a failover makes a master (``CLUSTER SLOTS``, the cluster client's view,
-    leaves out a replica that holds no data yet), but not one the cluster marks failed. Raises
-    :class:`InvalidQueueSettings` naming the node and its policy; Redis errors pass as they are (a transient one
-    is for the caller to retry)."""
+    node is asked (:func:`each_node`). Raises :class:`InvalidQueueSettings` naming the node and its policy; Redis
+    errors pass as they are (a transient one is for the caller to retry)."""
+    for address, one in each_node(client, settings):
+        try:
+            got = one.info("memory")
+        except redis.exceptions.NoPermissionError as exc:
+            raise InvalidQueueSettings(f"cannot read Redis's eviction policy (INFO memory: {exc}): the service's "
+                                       "connection needs +info") from exc
+        policy = got.get("maxmemory_policy") if isinstance(got, dict) else None
+        if policy != "noeviction":
+            where = "" if address is None else f" node {address}"
+            raise InvalidQueueSettings(
+                f"Redis{where} has maxmemory-policy {policy!r}: at its maxmemory it would delete keys the service "
+                "keeps its promises in (a batch's done mark, a plan, an owner's notices), sending a batch twice or "
+                "an owner past the cap; set maxmemory-policy noeviction")
+
+
+def each_node(client: Any, settings: QueueSettings) -> Iterator[tuple[str | None, Any]]:
+    """(address, a client of that node alone) for every node of ``client``'s Redis: the client itself (address
+    None) on a plain server; on a cluster every node ``CLUSTER NODES`` lists, on a connection of its own made from
+    ``settings`` (credentials and all) and closed after: a replica too, which a failover makes a master
+    (``CLUSTER SLOTS``, the cluster client's view, leaves out a replica that holds no data yet), but not one the
+    cluster marks failed."""
     if not isinstance(client, RedisCluster):
-        _no_eviction(client, None)
+        yield None, client
         return
     for address, node in sorted(cast(Any, client).cluster_nodes().items()):
         flags = set(str(node.get("flags", "")).split(","))
@@ -313,7 +331,7 @@ def require_no_eviction(client: Any, settings: QueueSettings) -> None:
             continue
         with redis.Redis.from_url(_node_url(str(settings.url), address), socket_timeout=settings.socket_timeout,
                                   socket_connect_timeout=settings.connect_timeout) as one:
-            _no_eviction(one, address)
+            yield address, one
 
 
 class EvictionWatch:
@@ -368,21 +386,6 @@ def _node_url(url: str, address: str) -> str:
     user = parts.netloc.rpartition("@")[0]
     return urlunsplit(parts._replace(netloc=f"{user + '@' if user else ''}"
                                             f"{f'[{host}]' if ':' in host else host}:{port}"))
-
-
-def _no_eviction(client: Any, address: str | None) -> None:
-    try:
-        got = client.info("memory")
-    except redis.exceptions.NoPermissionError as exc:
-        raise InvalidQueueSettings(f"cannot read Redis's eviction policy (INFO memory: {exc}): the service's "
-                                   "connection needs +info") from exc
-    policy = got.get("maxmemory_policy") if isinstance(got, dict) else None
-    if policy != "noeviction":
-        where = "" if address is None else f" node {address}"
-        raise InvalidQueueSettings(
-            f"Redis{where} has maxmemory-policy {policy!r}: at its maxmemory it would delete keys the service "
-            "keeps its promises in (a batch's done mark, a plan, an owner's notices), sending a batch twice or "
-            "an owner past the cap; set maxmemory-policy noeviction")
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -179,6 +179,9 @@ def test_a_cluster_with_a_node_that_may_evict_keys_is_refused(redis_cluster: Red
                 require_no_eviction(client, qs)
             with pytest.raises(InvalidQueueSettings, match="volatile-lru"):
                 wait_for_redis(qs, StopSignal())
+            nodes = collect(client, qs.keys, qs).redis_nodes  # the operators' view: every node, this one evicting
+            assert len(nodes) == 6 and {n for n, (p, _) in nodes.items() if p != "noeviction"} == \
+                {f"127.0.0.1:{replica.port}"}
         finally:
             c.config_set("maxmemory-policy", "noeviction")
     require_no_eviction(client, qs)

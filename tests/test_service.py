@@ -822,6 +822,34 @@ def test_workers_report_their_counts_and_batch_times_as_prometheus_metrics(redis
     assert _value(fams, "geodispatch_requests_pending", stream=Keys().requests) == 0
 
 
+def test_the_metrics_show_a_redis_that_may_evict_and_the_keys_it_evicted(redis_server: RedisServer,
+                                                                        tmp_path: Path) -> None:
+    """What breaks the service's promises from under it, shown to operators: whether a node's policy lets it
+    evict, and how many keys it did (a fresh server, filled past a small maxmemory under allkeys-lru)."""
+    from dispatcher.service.metrics import collect, render
+
+    with RedisServer(tmp_path / "redis") as srv, srv.client() as r:
+        fams = _families(render(collect(r, Keys())).decode())
+        assert _value(fams, "geodispatch_redis_may_evict", node="") == 0
+        assert _value(fams, "geodispatch_redis_evicted_keys_total", node="") == 0
+        r.config_set("maxmemory-policy", "allkeys-lru")
+        r.config_set("maxmemory", 4 * 2**20)
+        pipe = r.pipeline(transaction=False)
+        for k in range(4000):
+            pipe.set(f"filler:{k}", b"x" * 2048)
+        pipe.execute()
+        evicted = int(r.info("stats")["evicted_keys"])
+        assert evicted > 0 and r.dbsize() < 4000
+        fams = _families(render(collect(r, Keys())).decode())
+        assert _value(fams, "geodispatch_redis_may_evict", node="") == 1
+        assert _value(fams, "geodispatch_redis_evicted_keys_total", node="") >= evicted
+        # a metrics connection that may not run INFO still gets the rest (the nodes left out, not Redis "down")
+        r.execute_command("ACL", "SETUSER", "watcher", "on", ">watcher-pw", "~*", "+@read", "-info")
+        with redis.Redis.from_url(f"redis://watcher:watcher-pw@127.0.0.1:{srv.port}/0") as limited:
+            snap = collect(limited, Keys())
+        assert snap.redis_nodes == {} and snap.backlog == {Keys().requests: (0, 0)}
+
+
 def test_a_worker_that_stops_reporting_is_down_and_then_forgotten(redis_server: RedisServer) -> None:
     """A report late by three of its intervals says the worker is down; one older than an hour is dropped by
     the next report of any worker (from the reports and from the times seen)."""

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import redis
 
-from dispatcher.connections import is_transient, script, with_retries
+from dispatcher.connections import each_node, is_transient, script, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.keys import Keys
 
@@ -164,6 +164,8 @@ class Snapshot:
     senders: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: (notifications stream, consumer group) -> (entries the group has not read yet, read and not acknowledged)
     sending: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    #: Redis node ("" for a plain server, else host:port) -> (its maxmemory-policy, keys it evicted since it started)
+    redis_nodes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def collect(client: Any, keys: Keys, settings: QueueSettings | None = None, group: str = "workers") -> Snapshot:
@@ -209,8 +211,22 @@ def collect(client: Any, keys: Keys, settings: QueueSettings | None = None, grou
         backlog[k.requests] = _lag(mine[0]) if mine else (0, 0)
         notifications[k.notifications] = int(n)
         sending.update({(k.notifications, _s(g["name"])): _lag(g) for g in senders_groups})
+    nodes = with_retries(qs, "metrics", lambda: _nodes(client, qs))
     return Snapshot(time.time(), workers, head, {_s(k): int(v) for k, v in applied.items()}, backlog, notifications,
-                    unreadable, senders, sending)
+                    unreadable, senders, sending, nodes)
+
+
+def _nodes(client: Any, qs: QueueSettings) -> dict[str, tuple[str, int]]:
+    """Each node's eviction policy and the keys it evicted (``INFO``): one that evicts breaks the service's promises
+    (:func:`~dispatcher.connections.require_no_eviction`), so operators are shown both."""
+    out = {}
+    try:
+        for address, one in each_node(client, qs):
+            got = one.info("memory", "stats")
+            out[address or ""] = (str(got.get("maxmemory_policy", "")), int(got.get("evicted_keys", 0)))
+    except redis.exceptions.NoPermissionError:  # a connection without +info: the rest of the metrics all the same
+        return {}
+    return out
 
 
 def _lag(g: dict[Any, Any]) -> tuple[int, int]:
@@ -283,6 +299,14 @@ def _families(snap: Snapshot) -> Iterator[Any]:
     redis_up = GaugeMetricFamily("geodispatch_redis_up", "1 when the workers' Redis answered this scrape")
     redis_up.add_metric([], 1)
     yield redis_up
+    evicting = GaugeMetricFamily("geodispatch_redis_may_evict", "1 when the node's maxmemory-policy is not "
+                                 "noeviction (the service then takes nothing more)", labels=["node"])
+    evicted = CounterMetricFamily("geodispatch_redis_evicted_keys", "Keys the node evicted since it started (any "
+                                  "is a broken promise: a done mark, a plan, an owner's notices)", labels=["node"])
+    for node, (policy, n) in sorted(snap.redis_nodes.items()):
+        evicting.add_metric([node], float(policy != "noeviction"))
+        evicted.add_metric([node], n)
+    yield from (evicting, evicted)
     w = ["worker"]
     up = GaugeMetricFamily("geodispatch_worker_up", "1 while the worker reports on time, 0 once it is late", labels=w)
     age = GaugeMetricFamily("geodispatch_worker_report_age_seconds", "Seconds since the worker's last report",
