@@ -35,9 +35,9 @@ if HIREDIS_AVAILABLE:
 if TYPE_CHECKING:
     from dispatcher.dispatch.settings import QueueSettings
 
-__all__ = ["EvictionWatch", "Prepacked", "SlotPipeline", "connect", "each_node", "held_connection", "is_transient",
-           "pipeline", "refresh_cluster_map", "refuse_if_evicting", "require_no_eviction", "retry_policy", "script",
-           "transaction", "with_retries"]
+__all__ = ["EvictionWatch", "Prepacked", "SlotPipeline", "check_at_start", "connect", "each_node", "held_connection",
+           "is_transient", "not_durable", "pipeline", "refresh_cluster_map", "require_no_eviction", "retry_policy",
+           "script", "transaction", "with_retries"]
 
 #: Replies of a Redis that is full, loading, read-only after a failover, busy with a script or a cluster in
 #: transition (a slot moved to another master, the cluster down while it fails over): each passes.
@@ -365,18 +365,34 @@ class EvictionWatch:
         return self.ok
 
 
-def refuse_if_evicting(settings: QueueSettings) -> None:
+def check_at_start(settings: QueueSettings) -> None:
     """At start, before anything runs: a Redis that answers now and may evict keys is refused
-    (:func:`require_no_eviction`), as one error; one that does not answer yet is left to the checks made once it
-    does (a worker's, a sender's, the API's readiness)."""
+    (:func:`require_no_eviction`), as one error, and one that would lose acknowledged writes in a restart is
+    warned of (:func:`not_durable`); one that does not answer yet is left to the checks made once it does (a
+    worker's, a sender's, the API's readiness)."""
     client = connect(settings)
     try:
         require_no_eviction(client, settings)
+        for address in not_durable(client, settings):
+            log.warning("Redis%s keeps no append-only file and has no replica: a restart loses what it acknowledged "
+                        "since its last snapshot (done and sent marks among it: batches and e-mails would go out "
+                        "again); set appendonly yes", "" if address is None else f" node {address}")
     except redis.RedisError as exc:
         if not is_transient(exc):
             raise
     finally:
         client.close()
+
+
+def not_durable(client: Any, settings: QueueSettings) -> list[str | None]:
+    """The masters (:func:`each_node`; None: a plain server) that keep no append-only file and have no replica
+    connected: a restart of one loses every write since its last snapshot, those it acknowledged too."""
+    out = []
+    for address, one in each_node(client, settings):
+        got = one.info("persistence", "replication")
+        if got.get("role") == "master" and not got.get("aof_enabled") and not got.get("connected_slaves"):
+            out.append(address)
+    return out
 
 
 def _node_url(url: str, address: str) -> str:

@@ -272,7 +272,7 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
-    assert "all workers stopped" in output
+    assert "all workers stopped" in output and "append-only" not in output  # the session's Redis keeps an AOF
     seen = _stream(redis_server)
     assert seen and max(seen.values()) == 1
     with redis_server.client() as r:
@@ -381,6 +381,29 @@ def test_a_worker_takes_nothing_while_redis_may_evict_keys_and_goes_on_once_it_m
         stop.set()
         thread.join(timeout=30)
     assert max(_stream(redis_server).values()) == 1
+
+
+def test_serve_warns_of_a_redis_that_would_lose_what_it_acknowledged_in_a_restart(tmp_path) -> None:
+    """No append-only file and no replica: a restart of that Redis loses every write since its last snapshot, the
+    done and sent marks among them (batches and e-mails would go out again). ``serve`` says so once, and serves."""
+    with RedisServer(tmp_path / "redis", appendonly=False) as srv:
+        proc = _serve_command(srv, tmp_path)
+        lines: list[str] = []
+        try:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not any("serving with 2 workers" in ln for ln in lines):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rest, _ = proc.communicate(timeout=120)
+        output = "".join(lines) + rest
+        assert proc.returncode == 0, output
+        assert sum("keeps no append-only file and has no replica" in ln for ln in output.splitlines()) == 1, output
+        assert any("serving with 2 workers" in ln for ln in lines), output
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.5, 3.0])

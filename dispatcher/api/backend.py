@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.api.credentials import Credentials, RedisCredentials, SqliteCredentials
-from dispatcher.connections import connect, refuse_if_evicting, require_no_eviction
+from dispatcher.connections import check_at_start, connect, require_no_eviction
 from dispatcher.dispatch.dispatcher import Dispatcher
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import LocalSink, RedisSink
@@ -90,7 +90,7 @@ def open_backend(index: CameraIndex | str | Path, registry: AgencyRegistry, poli
     idx = index if isinstance(index, CameraIndex) else CameraIndex.open(str(index))
     if redis_url is not None:
         qs = QueueSettings.from_url(redis_url)
-        refuse_if_evicting(qs)
+        check_at_start(qs)
         wf = Workflow(RedisStore(connect(qs), qs.keys, qs), registry, policy)
         pipeline = Pipeline(wf, idx, Dispatcher(RedisSink(qs), qs))
         evidence = RedisEvidence(connect(qs), idx, wf.store, qs.keys, qs, clock=clock or _utc_now)

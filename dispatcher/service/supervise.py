@@ -190,7 +190,7 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     """Run ``workers`` worker processes (spawned) until SIGTERM or SIGINT, which reaches every worker, even
     one still starting; raises :class:`WorkerFailed` when one exited with an error. With ``metrics`` (host,
     port), the workers' reports are served as Prometheus metrics there meanwhile (``/metrics``)."""
-    from dispatcher.connections import refuse_if_evicting
+    from dispatcher.connections import check_at_start
     from dispatcher.dispatch.settings import QueueSettings
     from dispatcher.index.camera_index import CameraIndex
     from dispatcher.workflow.agencies import AgencyRegistry
@@ -202,7 +202,7 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     Policy.from_dict(policy)
     CameraIndex.open(index_dir, warm_up=False)
     AgencyRegistry.load(agencies)
-    refuse_if_evicting(qs)  # as one error, before any worker starts
+    check_at_start(qs)  # as one error, before any worker starts
     ctx = mp.get_context("spawn")
     readies = [ctx.Event() for _ in range(workers)]
     procs = [ctx.Process(target=serve_process, name=f"geodispatch-worker-{k}",
@@ -302,7 +302,7 @@ def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, g
     notifications sent."""
     import threading
 
-    from dispatcher.connections import connect, require_no_eviction
+    from dispatcher.connections import check_at_start, connect
     from dispatcher.dispatch.consumer import Consumer
     from dispatcher.dispatch.settings import QueueSettings
 
@@ -312,7 +312,7 @@ def consume(redis_url: str, sender: Sender, links: LinkSigner, consumers: int, g
         stop_on_signals(stop)
     clients = [connect(settings) for _ in range(consumers)]
     clients[0].ping()  # a Redis that is not there, or that may evict the sent marks, is said before any thread starts
-    require_no_eviction(clients[0], settings)
+    check_at_start(settings)
     name = f"{os.uname().nodename}-{os.getpid()}"
     workers = [Consumer(client, f"{name}-{k}", sender, links=links, group=group, settings=settings,
                         min_idle_ms=min_idle_ms, trim_every_s=trim_every_s if k == 0 else None)
