@@ -229,6 +229,23 @@ def _serve_command(server: RedisServer, tmp_path: Path, *extra: str, url: str | 
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def _submit_and_await(proc: subprocess.Popen, url: str, n: int, seed: int) -> RedisStore:
+    """Submit ``n`` requests (req-0...) to the Redis at ``url`` and wait until ``serve`` (``proc``) dispatched
+    them all; the store they are recorded in."""
+    rng = np.random.default_rng(seed)
+    store = RedisStore.from_url(url)
+    with redis.Redis.from_url(url) as r:
+        for k in range(n):
+            submit(r, _request(k, rng))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not all(
+            (got := store.get_request(f"req-{k}")) is not None and got[0] == "dispatched" for k in range(n)):
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.1)
+    assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(n))  # type: ignore[index]
+    return store
+
+
 def _no_process_left(proc: subprocess.Popen) -> bool:
     """Whether every process of the command's session (its workers included) has exited."""
     try:
@@ -247,17 +264,8 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
     port = free_port()
     proc = _serve_command(redis_server, tmp_path, "--metrics-port", str(port), "--metrics-every", "0.2")
     try:
-        rng = np.random.default_rng(5)
-        store = RedisStore.from_url(redis_server.url)
-        with redis_server.client() as r:
-            for k in range(6):
-                submit(r, _request(k, rng))
+        _submit_and_await(proc, redis_server.url, 6, seed=5)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not all(
-                (got := store.get_request(f"req-{k}")) is not None and got[0] == "dispatched" for k in range(6)):
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
-        assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(6))  # type: ignore[index]
         dispatched, up = 0.0, {}
         # one process may have served all six while the other still starts (its threads report once they run)
         while time.monotonic() < deadline and (dispatched < 6 or len(up) < 4):
@@ -290,21 +298,11 @@ def test_serve_over_a_unix_socket_uses_the_database_its_url_names(redis_server: 
     url = f"{redis_server.socket_url}?db=3"
     proc = _serve_command(redis_server, tmp_path, url=url, workers=1)
     try:
-        rng = np.random.default_rng(6)
-        store = RedisStore.from_url(url)
-        with redis.Redis.from_url(url) as r:
-            for k in range(3):
-                submit(r, _request(k, rng))
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not all(
-                (got := store.get_request(f"req-{k}")) is not None and got[0] == "dispatched" for k in range(3)):
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
+        _submit_and_await(proc, url, 3, seed=6)
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
-    assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(3))  # type: ignore[index]
     with redis_server.client() as r:
         assert r.dbsize() == 0
         keyspace = r.info("keyspace")
