@@ -547,17 +547,23 @@ def test_rate_limits_per_key_and_per_address(world, tmp_path) -> None:
             ApiSettings(**bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidApiSettings, match="rate_storage"):
         create_app(backend, ApiSettings(rate_storage="nosuch://x"))
+    with pytest.raises(InvalidApiSettings, match="port") as ei:  # shown without its password
+        create_app(backend, ApiSettings(rate_storage="redis://api:s3cret@127.0.0.1:99999/0"))
+    assert "s3cret" not in str(ei.value) and "api:***@" in str(ei.value)
 
 
 @pytest.mark.redis
-def test_rate_limits_on_redis_are_shared_by_every_server(world, redis_server) -> None:
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+def test_rate_limits_on_redis_are_shared_by_every_server(world, redis_server, over) -> None:
     """Two servers on one Redis count a key's calls in one window (``rate_storage`` the Redis URL, as
-    ``geodispatch api --redis-url`` sets it): three calls through either, then a 429 from both."""
+    ``geodispatch api --redis-url`` sets it): three calls through either, then a 429 from both; over TCP and
+    over a unix socket (whose URL the store and the rate limits once refused)."""
     index, _ = world
+    url = redis_server.url if over == "tcp" else f"{redis_server.socket_url}?db=2"
     backend = open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
-                           redis_url=redis_server.url)
+                           redis_url=url)
     chicago = backend.credentials.create(AGENCY, "il-chicago", NOW)[1]
-    settings = ApiSettings(rate_limit="3/minute", rate_storage=redis_server.url)
+    settings = ApiSettings(rate_limit="3/minute", rate_storage=url)
     try:
         with serving(create_app(backend, settings)) as one, serving(create_app(backend, settings)) as two:
             apis = [Api(backend, u, chicago, "", "") for u in (one, two)]
@@ -565,6 +571,8 @@ def test_rate_limits_on_redis_are_shared_by_every_server(world, redis_server) ->
             assert got == [200, 200, 200, 429, 429]
     finally:
         backend.close()
+    with redis_server.client() as r:  # the store and the windows in the database the URL names
+        assert set(r.info("keyspace")) == {"db0" if over == "tcp" else "db2"}
 
 
 def test_an_agencys_count_is_two_index_lookups_and_the_count_of_its_requests(tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import redis
 
 from dispatcher.connections import with_retries
 from dispatcher.dispatch.dispatcher import Dispatcher
-from dispatcher.dispatch.settings import QueueSettings
+from dispatcher.dispatch.settings import QueueSettings, redacted
 from dispatcher.dispatch.sinks import LocalSink, RedisSink
 from dispatcher.dispatch.wire import decode_batch, decode_recipients, encode_recipients
 from dispatcher.errors import DispatchConflict, DispatchError, InvalidData, InvalidQueueSettings, QueueUnavailable
@@ -95,6 +96,51 @@ def test_settings_misspelled_or_invalid_raise(bad):
     with pytest.raises(InvalidQueueSettings) as ei:
         QueueSettings.from_url(bad)
     assert isinstance(ei.value, ValueError)
+
+
+def test_settings_keep_a_unix_socket_url_and_its_database():
+    """A unix socket's URL reaches redis-py whole (it was cut to ``unix:/path``, which redis-py refuses), with the
+    database it names (``?db=``, the only place a socket URL has for it); our parameters are taken out."""
+    s = QueueSettings.from_url("unix:///run/redis/redis.sock?batch_size=9&db=4&retries=2")
+    assert (s.url, s.batch_size, s.retries) == ("unix:///run/redis/redis.sock?db=4", 9, 2)
+    kw = redis.ConnectionPool.from_url(s.url).connection_kwargs
+    assert (kw["path"], kw["db"]) == ("/run/redis/redis.sock", 4)
+    assert QueueSettings.from_url("unix:///r.sock").url == "unix:///r.sock"
+    assert QueueSettings.from_url("redis://h:1/2?db=3").url == "redis://h:1/2?db=3"  # redis-py reads the query's
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    ("foo://u:s3cret@h/0", "not a redis://"), ("redis//h:1/0", "not a redis://"), ("h:6379", "not a redis://"),
+    ("redis://u:s3cret@h:99999/0", "port"), ("redis://u:s3cret@h:x/0", "port"), ("redis://h/zero", "database"),
+    ("redis://h/0#frag", "fragment"), ("unix://", "socket path"), ("unix:///r.sock?cluster=true", "TCP"),
+    ("redis://u:s3cret@h/0?db=x", "db='x'"), ("redis://u:s3cret@h/0?nosuch=1", "nosuch"),
+    ("unix://u:s3cret@/r.sock?db=-1", "db='-1'")])
+def test_settings_refuse_a_url_redis_py_would_refuse_later_and_never_show_its_password(bad, why):
+    """A URL redis-py refuses only when a client is first made (a bare ValueError, a traceback from ``serve``) is
+    refused as the settings are made, in a typed error that names what is wrong; a password in it is shown as
+    ``***`` (the messages go to logs)."""
+    with pytest.raises(InvalidQueueSettings, match=re.escape(why)) as ei:
+        QueueSettings.from_url(bad)
+    assert "s3cret" not in str(ei.value)
+
+
+def test_settings_made_directly_check_their_url_too():
+    for bad, cluster in (("foo://x", False), ("redis://h:99999/0", False), ("unix:///r.sock", True)):
+        with pytest.raises(InvalidQueueSettings):
+            QueueSettings(url=bad, cluster=cluster)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://worker:pa/ss@h:1/0", "redis://worker:***@h:1/0"), ("redis://:p@ss@h/0", "redis://:***@h/0"),
+    ("unix://u:pw@/run/r.sock?db=1", "unix://u:***@/run/r.sock?db=1"), ("redis://h:1/0", "redis://h:1/0"),
+    ("redis://worker@h/0", "redis://worker@h/0")])
+def test_a_url_is_shown_without_its_password(url, shown):
+    assert redacted(url) == shown
+
+
+def test_settings_show_their_url_without_its_password():
+    assert QueueSettings.from_url("redis://worker:s3cret@h:1/0?retries=2").where == "redis://worker:***@h:1/0"
+    assert QueueSettings().where == "the local sink"
 
 
 def test_settings_env_misspelled_raises():

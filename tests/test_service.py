@@ -216,16 +216,34 @@ def test_an_id_recorded_by_another_worker_meanwhile_is_sent_as_that_one_recorded
     assert set(w.pipeline.dispatcher.recorded(["req-9"])[0].owner_ids.tolist()) == want
 
 
-def _serve_command(server: RedisServer, tmp_path: Path, *extra: str) -> subprocess.Popen:
+def _serve_command(server: RedisServer, tmp_path: Path, *extra: str, url: str | None = None,
+                   workers: int = 2) -> subprocess.Popen:
     cams = data.cameras(5_000, seed=41, cx=LNG0, cy=LAT0, spread=0.01)
     CameraIndex.build(cams, data.owners(cams, seed=41)).save(tmp_path / "idx")
     _registry().save_geojson(tmp_path / "agencies.geojson")
     root = Path(__file__).resolve().parents[1]
     return subprocess.Popen([sys.executable, "-c", "from dispatcher.cli import run; run()", "serve", "--index",
-                             str(tmp_path / "idx"), "--redis-url", server.url, "--workers", "2",
+                             str(tmp_path / "idx"), "--redis-url", url or server.url, "--workers", str(workers),
                              "--agencies", str(tmp_path / "agencies.geojson"), "--auto-approve", *extra],
                             cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _submit_and_await(proc: subprocess.Popen, url: str, n: int, seed: int) -> RedisStore:
+    """Submit ``n`` requests (req-0...) to the Redis at ``url`` and wait until ``serve`` (``proc``) dispatched
+    them all; the store they are recorded in."""
+    rng = np.random.default_rng(seed)
+    store = RedisStore.from_url(url)
+    with redis.Redis.from_url(url) as r:
+        for k in range(n):
+            submit(r, _request(k, rng))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not all(
+            (got := store.get_request(f"req-{k}")) is not None and got[0] == "dispatched" for k in range(n)):
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.1)
+    assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(n))  # type: ignore[index]
+    return store
 
 
 def _no_process_left(proc: subprocess.Popen) -> bool:
@@ -246,17 +264,8 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
     port = free_port()
     proc = _serve_command(redis_server, tmp_path, "--metrics-port", str(port), "--metrics-every", "0.2")
     try:
-        rng = np.random.default_rng(5)
-        store = RedisStore.from_url(redis_server.url)
-        with redis_server.client() as r:
-            for k in range(6):
-                submit(r, _request(k, rng))
+        _submit_and_await(proc, redis_server.url, 6, seed=5)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not all(
-                (got := store.get_request(f"req-{k}")) is not None and got[0] == "dispatched" for k in range(6)):
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
-        assert all(store.get_request(f"req-{k}")[0] == "dispatched" for k in range(6))  # type: ignore[index]
         dispatched, up = 0.0, {}
         # one process may have served all six while the other still starts (its threads report once they run)
         while time.monotonic() < deadline and (dispatched < 6 or len(up) < 4):
@@ -281,6 +290,45 @@ def test_serve_command_runs_worker_processes_and_stops_on_sigterm(redis_server: 
     while not _no_process_left(proc) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _no_process_left(proc)
+
+
+def test_serve_over_a_unix_socket_uses_the_database_its_url_names(redis_server: RedisServer, tmp_path) -> None:
+    """``serve --redis-url unix:///path?db=3``: every key in database 3 of the server on that socket, nothing in
+    0 (the URL reached redis-py cut to ``unix:/path`` and every worker process died of redis-py's ValueError)."""
+    url = f"{redis_server.socket_url}?db=3"
+    proc = _serve_command(redis_server, tmp_path, url=url, workers=1)
+    try:
+        _submit_and_await(proc, url, 3, seed=6)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    with redis_server.client() as r:
+        assert r.dbsize() == 0
+        keyspace = r.info("keyspace")
+    assert set(keyspace) == {"db3"} and keyspace["db3"]["keys"] > 3
+
+
+def test_a_bad_redis_url_is_one_error_line_without_its_password(redis_server: RedisServer, tmp_path) -> None:
+    proc = _serve_command(redis_server, tmp_path, url="redis://worker:s3cret@127.0.0.1:99999/0")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, output
+    assert output.count("\n") == 1 and "port" in output and "s3cret" not in output, output
+    assert "redis://worker:***@127.0.0.1:99999/0" in output
+
+
+def test_waiting_for_redis_logs_its_url_without_the_password(caplog) -> None:
+    from dispatcher.service.servers import free_port
+    from dispatcher.service.supervise import wait_for_redis
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    qs = QueueSettings.from_url(f"redis://worker:s3cret@127.0.0.1:{free_port()}/0", connect_timeout=0.1)
+    with caplog.at_level("WARNING"):
+        assert not wait_for_redis(qs, stop)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("waiting for Redis at redis://worker:***@127.0.0.1:" in m for m in said), said
+    assert not any("s3cret" in m for m in said)
 
 
 def test_serve_with_its_metrics_port_taken_says_so_in_one_line_and_starts_no_worker(redis_server: RedisServer,

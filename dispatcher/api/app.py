@@ -52,8 +52,10 @@ from dispatcher.api.backend import Backend
 from dispatcher.api.credentials import AGENCY, REVIEWER, Principal
 from dispatcher.api.residents import ResidentPages, residents_router
 from dispatcher.connections import is_transient
+from dispatcher.dispatch.settings import QueueSettings, redacted
 from dispatcher.errors import (
     InvalidApiSettings,
+    InvalidQueueSettings,
     InvalidTransition,
     NotAuthenticated,
     NotPermitted,
@@ -165,16 +167,19 @@ class Throttle:
             if where.startswith("memory://"):
                 self._memory = MovingWindows()
                 return
-            if not where.startswith(("redis://", "rediss://")):
+            if not where.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError("not memory:// or a Redis URL")
+            QueueSettings(url=where)  # the checks every Redis URL of ours passes
             self._pool = redis.asyncio.ConnectionPool.from_url(where)
             # a pool of ours, to close; the options' annotation (float | str | bool) leaves out the pool that the
             # storage documents and takes
             pool: dict[str, Any] = {"connection_pool": self._pool}
-            storage = limits.storage.storage_from_string("async+" + where, implementation="redispy", **pool)
+            scheme = "async+redis+unix://" if where.startswith("unix://") else "async+"  # limits' names
+            storage = limits.storage.storage_from_string(scheme + where.removeprefix("unix://"),
+                                                         implementation="redispy", **pool)
             self.limiter = limits.aio.strategies.MovingWindowRateLimiter(storage)
-        except (ValueError, limits.errors.ConfigurationError) as exc:
-            raise InvalidApiSettings(f"rate_storage {where!r}: {exc}") from None
+        except (ValueError, InvalidQueueSettings, limits.errors.ConfigurationError) as exc:
+            raise InvalidApiSettings(f"rate_storage {redacted(where)!r}: {exc}") from None
 
     async def aclose(self) -> None:
         if self._pool is not None:

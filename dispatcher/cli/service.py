@@ -92,7 +92,7 @@ def changes(redis_url: str, changes_file: Path) -> None:
     try:
         got = publish_changes(connect(qs), parsed, qs.keys)
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # not retried: the append may have been made
-        raise QueueUnavailable(f"Redis at {redis_url}: {exc}; nothing is known to be published") from None
+        raise QueueUnavailable(f"Redis at {qs.where}: {exc}; nothing is known to be published") from None
     out.print(f"published {len(got)} changes" + (f", positions {got[0]}..{got[-1]}" if got else ""))
 
 
@@ -171,7 +171,7 @@ def migrate_gate(redis_url: str, policy_file: Path | None) -> None:
     try:
         done = migrate_legacy_notices(connect(qs), qs, policy)
     except (redis.ConnectionError, redis.TimeoutError) as exc:  # each owner is whole: run it again
-        raise QueueUnavailable(f"Redis at {redis_url}: {exc}; run migrate-gate again to finish") from None
+        raise QueueUnavailable(f"Redis at {qs.where}: {exc}; run migrate-gate again to finish") from None
     out.print(f"{done.owners} owners' sorted sets counted into the day counters ({done.notices} notices the cap "
               f"still counts) and deleted")
     for key in done.skipped:

@@ -3,15 +3,61 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from dispatcher.errors import InvalidQueueSettings
 from dispatcher.keys import Keys
 from dispatcher.settings import coerce, from_environment
 
-__all__ = ["QueueSettings"]
+__all__ = ["QueueSettings", "redacted"]
+
+#: The one query parameter of redis-py's that a URL keeps: a unix socket's database has no other place.
+_REDIS_PY_PARAMS = ("db",)
+_NUMBER = re.compile(r"[0-9]+")
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``: what logs and error messages show of it. The
+    credentials run to the last ``@`` (a password may hold any character; too much hidden beats too little)."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+def _check_url(url: str, cluster: bool) -> None:
+    """Refuse, with a typed error naming the setting and not its password, a URL that redis-py would refuse only
+    when a client first connects (as a bare ValueError) or would read otherwise than it reads."""
+    parts = urlsplit(url)
+
+    def bad(why: str) -> InvalidQueueSettings:
+        return InvalidQueueSettings(f"Redis URL {redacted(url)!r}: {why}")
+    if parts.scheme not in ("redis", "rediss", "unix") or "://" not in url:
+        raise bad("not a redis://, rediss:// or unix:// URL")
+    if parts.fragment:
+        raise bad("a URL of Redis has no #fragment")
+    try:
+        parts.port  # noqa: B018 (urllib checks the port when it is read)
+    except ValueError:
+        raise bad("the port is not a number from 0 to 65535") from None
+    if parts.scheme == "unix":
+        if not parts.path.strip("/"):
+            raise bad("no socket path (unix:///path/to/redis.sock)")
+        if cluster:
+            raise bad("a Redis Cluster is reached over TCP (redis:// or rediss://), not a unix socket")
+    else:  # no host is redis-py's localhost
+        db = parts.path.strip("/")
+        if db and not _NUMBER.fullmatch(db):
+            raise bad(f"the database {db!r} is not a number")
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in _REDIS_PY_PARAMS:
+            raise bad(f"unknown parameter {key!r}")
+        if not _NUMBER.fullmatch(value):
+            raise bad(f"{key}={value!r} is not a number")
 
 
 @dataclass(frozen=True)
@@ -71,6 +117,13 @@ class QueueSettings:
             raise InvalidQueueSettings("retries, max_backlog and backpressure_timeout must not be negative")
         if not self.hash_tag or any(c in self.hash_tag for c in "{}"):
             raise InvalidQueueSettings(f"hash_tag must be non-empty without braces, got {self.hash_tag!r}")
+        if self.url is not None:
+            _check_url(self.url, self.cluster)
+
+    @property
+    def where(self) -> str:
+        """The URL as logs and error messages show it: without its password."""
+        return "the local sink" if self.url is None else redacted(self.url)
 
     @property
     def retention_s(self) -> int:
@@ -82,14 +135,16 @@ class QueueSettings:
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> QueueSettings:
-        """``redis://host:port/db?batch_size=300&retries=5``: query parameters named after our fields are ours
-        (unknown ones raise); the rest of the URL goes to redis-py."""
-        parts = urlsplit(url)
-        bare = urlunsplit(parts._replace(query=""))
-        values = coerce(cls, dict(parse_qsl(parts.query, keep_blank_values=True)), f"URL {bare}",
+        """``redis://host:port/db?batch_size=300&retries=5``, ``unix:///run/redis.sock?db=1&retries=5``: query
+        parameters named after our fields are ours, ``db`` redis-py's (a unix socket's database), any other
+        raises; the rest of the URL goes to redis-py. ``url`` keeps only what redis-py reads."""
+        head, _, query = url.partition("?")
+        pairs = parse_qsl(query, keep_blank_values=True)
+        kept = [(k, v) for k, v in pairs if k in _REDIS_PY_PARAMS]
+        values = coerce(cls, {k: v for k, v in pairs if k not in _REDIS_PY_PARAMS}, f"URL {redacted(head)}",
                         InvalidQueueSettings, text=True)
         values.update(overrides)
-        return cls(**{**values, "url": bare})
+        return cls(**{**values, "url": f"{head}?{urlencode(kept)}" if kept else head})
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> QueueSettings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; ``restart`` keeps the port and, with AOF on, the data."""
 
     def __init__(self, workdir: Path, *, appendonly: bool = True, appendfsync: str = "always",
-                 port: int | None = None, extra_args: Sequence[str] = ()) -> None:
+                 port: int | None = None, extra_args: Sequence[str] = (), unix_socket: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServerUnavailable("redis-server is not installed (apt-get install -y redis-server)")
@@ -55,11 +56,21 @@ class RedisServer:
         self.port = port or free_port()
         #: More ``redis-server`` options (a cluster node's), after ours.
         self.extra_args = list(extra_args)
+        #: With ``unix_socket``, the server listens on this socket too (owner only), in a directory of its own
+        #: under the system's temporary one: a socket path has at most ~100 bytes, a test's directory may not.
+        self.socket: Path | None = Path(tempfile.mkdtemp(prefix="gd-redis-")) / "redis.sock" if unix_socket else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def socket_url(self) -> str:
+        """The URL of the unix socket (``unix_socket=True``)."""
+        if self.socket is None:
+            raise ServerUnavailable("this server listens on TCP only (RedisServer(unix_socket=True))")
+        return f"unix://{self.socket}"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -70,7 +81,9 @@ class RedisServer:
                 "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"),
                 # A day of the owners' gate is one hash of every owner notified that day: its expiry is freed in
                 # the background, not while every client waits.
-                "--lazyfree-lazy-expire", "yes", *self.extra_args]
+                "--lazyfree-lazy-expire", "yes",
+                *(("--unixsocket", str(self.socket), "--unixsocketperm", "700") if self.socket else ()),
+                *self.extra_args]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
@@ -104,6 +117,8 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self.socket is not None:
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
 
 
 def _cluster_port() -> int:

@@ -171,13 +171,13 @@ def wait_for_redis(settings: Any, stop: Any) -> bool:
             client.ping()
             require_no_eviction(client, settings)
             if warned:
-                log.warning("Redis answers at %s", settings.url)
+                log.warning("Redis answers at %s", settings.where)
             return True
         except redis.RedisError as exc:
             if not is_transient(exc):
                 raise
             if not warned:
-                log.warning("waiting for Redis at %s (%s)", settings.url, exc)
+                log.warning("waiting for Redis at %s (%s)", settings.where, exc)
                 warned = True
             failures += 1
             stop.wait(backoff.compute(min(failures, 30)))
