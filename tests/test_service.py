@@ -1010,6 +1010,29 @@ def test_agencies_and_submitters_cannot_read_the_workers_or_the_senders_reports(
                     attempt()
 
 
+@pytest.mark.parametrize("crafted", ["il-*", "[a-z]l-chicago", "il-chicag?", "il-\\chicago"])
+def test_an_agency_whose_id_is_a_glob_is_still_only_itself(redis_server: RedisServer, crafted: str) -> None:
+    """ACL key patterns are globs: an agency registered as ``il-*`` (its id made into the pattern as it is)
+    could append to il-chicago's intake, so submit as il-chicago, and read its outcomes. It reaches its own
+    streams, and nothing of il-chicago's."""
+    from dispatcher.service.acl import set_agency
+
+    k = Keys()
+    with redis_server.client() as admin:
+        admin.xadd(k.agency_outcomes("il-chicago"), {"outcomes": b"chicago's"})
+        set_agency(admin, "crafted", "s3cret-passw0rd-c", crafted)
+    with redis.Redis(host="127.0.0.1", port=redis_server.port, username="crafted",
+                     password="s3cret-passw0rd-c") as c:
+        c.xadd(k.intake(crafted), {"cmd": b"{}"})
+        c.xread({k.agency_outcomes(crafted): "0"})
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            c.xadd(k.intake("il-chicago"), {"cmd": b"{}"})
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            c.xread({k.agency_outcomes("il-chicago"): "0"})
+    with redis_server.client() as admin:
+        assert admin.xlen(k.intake(crafted)) == 1 and not admin.exists(k.intake("il-chicago"))
+
+
 def test_the_metrics_command_prints_them_once(redis_server: RedisServer) -> None:
     from click.testing import CliRunner
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from dispatcher.keys import Keys
 
-__all__ = ["agency_rules", "set_agency", "set_submitter", "submitter_rules"]
+__all__ = ["agency_rules", "exact", "set_agency", "set_submitter", "submitter_rules"]
+
+_GLOB = str.maketrans({c: "\\" + c for c in "\\*?[]"})
+
+
+def exact(key: str) -> str:
+    """A Redis ACL key pattern that matches ``key`` alone. Patterns are globs: an agency id such as ``il-*``
+    or ``[a-z]l-chicago`` made into a pattern as it is would let that agency write to other agencies' intake
+    streams (act as them) and read their outcomes."""
+    return key.translate(_GLOB)
 
 
 def submitter_rules(keys: Keys | None = None) -> list[str]:
@@ -25,7 +34,7 @@ def submitter_rules(keys: Keys | None = None) -> list[str]:
     (read-only), of every shard, nothing else."""
     k = keys or Keys()
     return ["resetkeys", "resetchannels", "nocommands", "+xadd", "+xread", "+ping",
-            *(f"%W~{s.requests}" for s in k.all_shards), *(f"%R~{s.outcomes}" for s in k.all_shards)]
+            *(f"%W~{exact(s.requests)}" for s in k.all_shards), *(f"%R~{exact(s.outcomes)}" for s in k.all_shards)]
 
 
 def set_submitter(client: Any, user: str, password: str, keys: Keys | None = None) -> None:
@@ -37,8 +46,8 @@ def agency_rules(agency_id: str, keys: Keys | None = None) -> list[str]:
     """``ACL SETUSER`` rules for one agency: XADD to its intake stream, XREAD of its outcomes, nothing else."""
     k = keys or Keys()
     return ["resetkeys", "resetchannels", "nocommands", "+xadd", "+xread", "+ping",
-            *(f"%W~{s.intake(agency_id)}" for s in k.all_shards),
-            *(f"%R~{s.agency_outcomes(agency_id)}" for s in k.all_shards)]
+            *(f"%W~{exact(s.intake(agency_id))}" for s in k.all_shards),
+            *(f"%R~{exact(s.agency_outcomes(agency_id))}" for s in k.all_shards)]
 
 
 def set_agency(client: Any, user: str, password: str, agency_id: str, keys: Keys | None = None) -> None:
