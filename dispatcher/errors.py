@@ -101,6 +101,11 @@ class InvalidReportSettings(DispatchError, ValueError):
     a malformed month."""
 
 
+class InvalidServiceSettings(DispatchError, ValueError):
+    """Worker or sender settings out of range: no worker or thread, a reclaim that takes entries still being
+    handled (an idle time of 0), a read that would block forever, a period that is negative or not a number."""
+
+
 class WorkerFailed(DispatchError, RuntimeError):
     """A service worker process exited with an error."""
 

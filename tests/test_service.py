@@ -331,6 +331,44 @@ def test_waiting_for_redis_logs_its_url_without_the_password(caplog) -> None:
     assert not any("s3cret" in m for m in said)
 
 
+@pytest.mark.parametrize("bad", [
+    {"threads": 0}, {"read_count": 0}, {"read_count": 8, "read_count_max": 4}, {"block_ms": 0}, {"block_ms": -1},
+    {"claim_idle_ms": 0}, {"claim_idle_ms": -5}, {"max_deliveries": 0}, {"outcomes_maxlen": 0}, {"feed_step": 0},
+    {"sweep_ms": -1}, {"hot_s": float("nan")}, {"snapshot_every_s": -1.0}, {"metrics_every_s": float("inf")},
+    {"eviction_check_s": float("nan")}, {"group": ""}, {"threads": True}, {"read_count": 2.5}])
+def test_service_settings_out_of_range_are_refused(bad) -> None:
+    """A worker with no thread serves nothing and says nothing; one that reclaims entries idle 0 ms takes over
+    those other workers are handling, and each take-over counts a delivery, until a valid request is set aside
+    as a dead letter; a read blocking 0 ms blocks until a command comes, so a stop waits for one."""
+    from dispatcher.errors import InvalidServiceSettings
+
+    with pytest.raises(InvalidServiceSettings, match=next(iter(bad))):
+        ServiceSettings(**bad)
+
+
+def test_serve_and_consume_refuse_counts_out_of_range_in_one_line(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from dispatcher.cli import main
+    from dispatcher.errors import InvalidServiceSettings
+    from dispatcher.service.supervise import serve
+
+    tmp_path.joinpath("idx").mkdir()
+    for args in (["serve", "--workers", "0"], ["serve", "--claim-idle-ms", "0"], ["serve", "--snapshot-every", "-1"],
+                 ["consume", "--consumers", "0"], ["consume", "--claim-idle-ms", "0"]):
+        extra = ["--index", str(tmp_path / "idx")] if args[0] == "serve" else []
+        got = CliRunner().invoke(main, [*args, *extra, "--redis-url", "redis://127.0.0.1:1/0"])
+        assert got.exit_code == 2 and "Invalid value" in got.output and args[1] in got.output, (args, got.output)
+    with pytest.raises(InvalidServiceSettings, match="workers"):  # the library's own doors
+        serve(str(tmp_path / "idx"), "redis://127.0.0.1:1/0", 0, "", {}, ServiceSettings(), print)
+    from dispatcher.dispatch.consumer import Consumer, OutboxSender
+    from tests.notifications import LINKS
+
+    for bad in ({"min_idle_ms": -1}, {"group": ""}, {"trim_every_s": float("nan")}, {"eviction_check_s": -1.0}):
+        with pytest.raises(InvalidServiceSettings, match=next(iter(bad))):
+            Consumer(redis.Redis(port=1), "c", OutboxSender(tmp_path / "out"), links=LINKS, **bad)
+
+
 def test_serve_with_its_metrics_port_taken_says_so_in_one_line_and_starts_no_worker(redis_server: RedisServer,
                                                                                    tmp_path) -> None:
     import socket

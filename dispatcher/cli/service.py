@@ -13,15 +13,18 @@ from dispatcher.cli._app import agencies_options, console, load_agencies, main, 
 @main.command()
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--redis-url", required=True, help="Redis holding the requests stream, the state and the queue.")
-@click.option("--workers", default=2, help="Worker processes (they share the memory-mapped index).")
+@click.option("--workers", default=2, type=click.IntRange(1),
+              help="Worker processes (they share the memory-mapped index).")
 @agencies_options
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The request policy as JSON (limits by name, durations in seconds); default: the published one.")
 @click.option("--auto-approve/--review", default=False, help="Dispatch valid requests at once, or wait for review.")
-@click.option("--claim-idle-ms", default=30_000, help="Reclaim a dead worker's entries after this idle time.")
+@click.option("--claim-idle-ms", default=30_000, type=click.IntRange(1),
+              help="Reclaim a dead worker's entries after this idle time.")
 @click.option("--feed-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Follow the camera change feed, with its snapshots in this directory (the first one is --index).")
-@click.option("--snapshot-every", default=60.0, help="Seconds between snapshots of the changes (0: none).")
+@click.option("--snapshot-every", default=60.0, type=click.FloatRange(0),
+              help="Seconds between snapshots of the changes (0: none).")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
               help="Serve the workers' Prometheus metrics over HTTP on this port (/metrics); default: not served.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
@@ -110,9 +113,10 @@ def changes(redis_url: str, changes_file: Path) -> None:
 @click.option("--link-base-url", default=None, help="Public base URL of the resident pages (the API's /r); "
               "the signing secret is GEODISPATCH_LINK_SECRET.")
 @click.option("--link-max-age-s", default=None, type=int, help="How long a link stays valid [default: 14 days].")
-@click.option("--consumers", default=2, help="Consumer threads of the group.")
+@click.option("--consumers", default=2, type=click.IntRange(1), help="Consumer threads of the group.")
 @click.option("--group", default="senders", help="The consumer group.")
-@click.option("--claim-idle-ms", default=30_000, help="Reclaim a dead consumer's entries after this idle time.")
+@click.option("--claim-idle-ms", default=30_000, type=click.IntRange(1),
+              help="Reclaim a dead consumer's entries after this idle time.")
 @click.option("--trim-every-s", default=60.0, type=click.FloatRange(min=0, min_open=True),
               help="Trim the notifications every group has acknowledged this often (never one still pending).")
 @click.option("--metrics-every", default=5.0, type=click.FloatRange(0), show_default=True,

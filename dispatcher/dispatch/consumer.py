@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 import threading
 import time
@@ -34,7 +35,7 @@ from dispatcher.dispatch.links import DECLINE, OPT_OUT, VIEW, LinkSigner
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.dispatch.wire import Notification, decode_batch
-from dispatcher.errors import QueueUnavailable
+from dispatcher.errors import InvalidServiceSettings, QueueUnavailable
 from dispatcher.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,15 @@ class Consumer:
     def __init__(self, client: redis.Redis, name: str, sender: Sender, *, links: LinkSigner, group: str = "senders",
                  settings: QueueSettings | None = None, min_idle_ms: int = 30_000, keys: Keys | None = None,
                  trim_every_s: float | None = None, eviction_check_s: float = 10.0) -> None:
+        # 0 takes over at once what another consumer holds, even while it sends it: a crash's test, never a
+        # service (``consume --claim-idle-ms`` is 1 or more)
+        if isinstance(min_idle_ms, bool) or not isinstance(min_idle_ms, int) or min_idle_ms < 0:
+            raise InvalidServiceSettings(f"min_idle_ms must be an integer, 0 or more, got {min_idle_ms!r}")
+        if not group or not isinstance(group, str):
+            raise InvalidServiceSettings(f"group must be a non-empty string, got {group!r}")
+        for what, value in (("trim_every_s", trim_every_s), ("eviction_check_s", eviction_check_s)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise InvalidServiceSettings(f"{what} must be a finite number of seconds, 0 or more, got {value!r}")
         self.client, self.name, self.sender, self.group = client, name, sender, group
         #: Trim what every group has acknowledged (:func:`trim_acknowledged`) at most this often; None: never.
         self.trim_every_s = trim_every_s

@@ -13,6 +13,7 @@ event lets the batch in hand finish, then the worker returns.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from redis.retry import Retry
 from dispatcher.connections import EvictionWatch, Prepacked, is_transient, transaction, with_retries
 from dispatcher.dispatch.settings import QueueSettings
 from dispatcher.dispatch.sinks import trim_acknowledged
+from dispatcher.errors import InvalidServiceSettings
 from dispatcher.keys import Keys
 from dispatcher.service import commands
 from dispatcher.service.feed import FeedFollower
@@ -93,6 +95,27 @@ class ServiceSettings:
     #: How often (s) each consumer thread asks again whether Redis may evict keys
     #: (:class:`~dispatcher.connections.EvictionWatch`; it reads nothing while Redis may); 0: at its start only.
     eviction_check_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> InvalidServiceSettings:
+            return InvalidServiceSettings(f"{name} must be {want}, got {getattr(self, name)!r}")
+        if not self.group or not isinstance(self.group, str):
+            raise bad("group", "a non-empty string")
+        # block_ms 0 is Redis's "block until an entry comes": a stop would wait for the next command
+        for name in ("read_count", "block_ms", "claim_idle_ms", "outcomes_maxlen", "threads", "max_deliveries",
+                     "feed_step"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) \
+                    or getattr(self, name) < 1:
+                raise bad(name, "a positive integer")
+        if not isinstance(self.read_count_max, int) or self.read_count_max < self.read_count:
+            raise bad("read_count_max", f"an integer of at least read_count ({self.read_count})")
+        if not isinstance(self.sweep_ms, int) or self.sweep_ms < 0:
+            raise bad("sweep_ms", "an integer, 0 or more")
+        for name in ("hot_s", "snapshot_every_s", "metrics_every_s", "eviction_check_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise bad(name, "a finite number of seconds, 0 or more")
 
 
 #: A stream entry in hand: (stream, entry id, fields).
