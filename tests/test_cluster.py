@@ -230,9 +230,16 @@ def test_shard_names() -> None:
     assert len({key_slot(x.encode()) for x in (home.request(rid), home.plan(rid), home.audit, home.requests,
                                                 home.outcomes, home.submitted)}) == 1
     assert keys.owner_shards(np.array([0, 1, 2, 3, 5])).tolist() == [0, 1, 2, 0, 2]
-    for bad in ("0", "-1", "x", "1.5"):
+    for bad in ("0", "-1", "x", "1.5", "16385"):
         with pytest.raises(InvalidQueueSettings, match="shards"):
             QueueSettings.from_url(f"redis://h:1/0?shards={bad}")
+    assert QueueSettings.from_url("redis://h:1/0?shards=16384").shards == 16_384
+    # a brace in the prefix would be every key's hash tag: one slot for every shard
+    assert key_slot(Keys("{x}", "gd", 3).shard(0).requests.encode()) == key_slot(
+        Keys("{x}", "gd", 3).shard(1).requests.encode()) != key_slot(Keys("x", "gd", 3).shard(1).requests.encode())
+    for prefix in ("{x}", "a{b", "c}", ""):
+        with pytest.raises(InvalidQueueSettings, match="prefix"):
+            QueueSettings(prefix=prefix)
     with pytest.raises(ValueError):
         Keys(shards=0)
 

@@ -111,12 +111,16 @@ class QueueSettings:
         if self.wait_replicas < 0 or self.wait_timeout_ms < 1:
             raise InvalidQueueSettings(f"wait_replicas must not be negative and wait_timeout_ms must be positive, got "
                                        f"{self.wait_replicas} and {self.wait_timeout_ms}")
-        if self.shards < 1:
-            raise InvalidQueueSettings(f"shards must be positive, got {self.shards}")
+        if not 1 <= self.shards <= 16_384:  # a shard is a hash tag, so a slot of a cluster's 16,384 at most
+            raise InvalidQueueSettings(f"shards must be from 1 to 16384, got {self.shards}")
         if self.retries < 0 or self.max_backlog < 0 or self.backpressure_timeout < 0:
             raise InvalidQueueSettings("retries, max_backlog and backpressure_timeout must not be negative")
         if not self.hash_tag or any(c in self.hash_tag for c in "{}"):
             raise InvalidQueueSettings(f"hash_tag must be non-empty without braces, got {self.hash_tag!r}")
+        # a brace in the prefix would be the hash tag of every key (the first {...} of a name): every shard in
+        # one slot, the cluster's capacity gone without a word
+        if not self.prefix or any(c in self.prefix for c in "{}"):
+            raise InvalidQueueSettings(f"prefix must be non-empty without braces, got {self.prefix!r}")
         if self.url is not None:
             _check_url(self.url, self.cluster)
 
