@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -169,3 +170,23 @@ def test_an_agency_cannot_backdate_a_submission(redis_server: RedisServer, index
     stored = {rid: StoredRequest.from_record(rid, wf.store.get_request(rid)).request.submitted_at  # type: ignore[arg-type]
               for rid in (f"{A}:fresh", "trusted")}
     assert stored == {f"{A}:fresh": NOW, "trusted": NOW - month}
+
+
+@pytest.mark.parametrize("crafted", ["a:b", "il-chicago:x", "il-*", "[a-z]l-chicago", "pd{x}", "pd a", "pd\nWARNING",
+                                     "", "x" * 65, "pd-é"])
+def test_an_agency_id_is_a_plain_name_or_the_registry_refuses_it(tmp_path, crafted: str) -> None:
+    """The platform stores an agency's request ``x`` as ``<agency>:x``: an agency registered as ``a:b`` would own
+    ``a:b:x``, which is also agency ``a``'s request ``b:x`` (to continue, block or follow another's request).
+    Globs and braces would reach into other keys' ACL patterns and slots, a line break into the logs. A registry
+    holding one is refused whole, in code and from a file."""
+    from dispatcher.errors import InvalidData
+
+    good = Agency("a", "Police A", "IL", geodesic_circle(-87.6, 41.9, 5_000), NOW)
+    with pytest.raises(InvalidData, match="agency_id"):
+        Agency(crafted, "Crafted", "IL", geodesic_circle(-87.6, 41.9, 5_000), NOW)
+    AgencyRegistry([good]).save_geojson(tmp_path / "agencies.geojson")
+    text = (tmp_path / "agencies.geojson").read_text()
+    (tmp_path / "crafted.geojson").write_text(text.replace('"id":"a"', f'"id":{orjson.dumps(crafted).decode()}'))
+    assert (tmp_path / "crafted.geojson").read_text() != text
+    with pytest.raises(InvalidData, match="agency_id"):
+        AgencyRegistry.load(tmp_path / "crafted.geojson")

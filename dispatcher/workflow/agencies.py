@@ -22,6 +22,7 @@ from shapely.geometry.base import BaseGeometry
 from dispatcher.errors import AgencyFileMissing, InvalidData, UnknownAgency
 from dispatcher.index.geotables import CRS84, GeoColumn, as_table, geodataframe, geometry_column, shapes
 from dispatcher.index.schema import conform
+from dispatcher.workflow.requests import is_plain_id
 
 if TYPE_CHECKING:
     from geopandas import GeoDataFrame
@@ -50,8 +51,9 @@ class Agency:
     suspended: bool = False
 
     def __post_init__(self) -> None:
-        if not self.agency_id or not isinstance(self.agency_id, str):
-            raise InvalidData(f"agency_id must be a non-empty string, got {self.agency_id!r}")
+        if not is_plain_id(self.agency_id):  # the platform stores an agency's requests as <agency>:<id>
+            raise InvalidData(f"agency_id must be 1-64 ASCII letters, digits, '-' or '_', got "
+                              f"{str(self.agency_id)[:80]!r}")
         if self.joined_at.tzinfo is None:
             raise InvalidData(f"agency {self.agency_id}: joined_at {self.joined_at} is naive")
         if self.jurisdiction.geom_type not in ("Polygon", "MultiPolygon") or not self.jurisdiction.is_valid \

@@ -30,6 +30,15 @@ SUBMITTED_RANGE = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 
 
 
 
+
+def is_plain_id(text: object) -> bool:
+    """Whether ``text`` is 1-64 ASCII letters, digits, '-' or '_': what a request id and an agency id are made
+    of. Neither holds a ':', so ``<agency>:<id>`` names one request of one agency (an agency ``a:b`` and an
+    agency ``a``'s request ``b:x`` would both be ``a:b:x``), and neither holds a glob character, a brace or
+    a line break (key names, ACL patterns, logs)."""
+    return isinstance(text, str) and 0 < len(text) <= 64 and text.isascii() \
+        and text.replace("-", "").replace("_", "").isalnum()
+
 @dataclass(frozen=True)
 class _Case:
     """The text fields every form of a request carries."""
@@ -57,8 +66,7 @@ class VideoRequest(_Case):
             if not isinstance(v, str):
                 raise InvalidRequest(f"{name} must be a string, got {type(v).__name__}")
         # an agency's own id, or the platform's "<agency>:<id>" for it
-        if not all(0 < len(part) <= 64 and part.isascii() and part.replace("-", "").replace("_", "").isalnum()
-                   for part in self.request_id.split(":", 1)):
+        if not all(is_plain_id(part) for part in self.request_id.split(":", 1)):
             raise InvalidRequest(f"request_id must be 1-64 ASCII letters, digits, '-' or '_', "
                                  f"got {self.request_id[:80]!r}")
         if not isinstance(self.submitted_at, datetime) or self.submitted_at.utcoffset() is None:
