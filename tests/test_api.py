@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis
+import redis.cluster
 import shapely
 from click.testing import CliRunner
 from openapi_spec_validator import validate
@@ -573,6 +575,31 @@ def test_rate_limits_on_redis_are_shared_by_every_server(world, redis_server, ov
         backend.close()
     with redis_server.client() as r:  # the store and the windows in the database the URL names
         assert set(r.info("keyspace")) == {"db0" if over == "tcp" else "db2"}
+
+
+@pytest.mark.redis
+def test_rate_limits_on_a_redis_cluster(world, redis_cluster) -> None:
+    """``geodispatch api --redis-url <a node>?cluster=true`` counts the windows on the cluster with its cluster
+    client: each key's window lives in some slot, of any master. Counted with a plain client on the node named,
+    every window in another master's slots was a MOVED reply, so a 503 for every call of that key or address."""
+    index, _ = world
+    backend = open_backend(index, _registry(), Policy(owner_cap=1000, rate_limit=1000), clock=lambda: NOW,
+                           redis_url=redis_cluster.url)
+    keys = [backend.credentials.create(AGENCY, agency, NOW)[1] for agency in ("il-chicago", "il-evanston")]
+    keys += [backend.credentials.create(REVIEWER, f"reviewer-{k}", NOW)[1] for k in range(6)]
+    settings = ApiSettings(rate_limit="2/minute", rate_storage=redis_cluster.url)
+    try:
+        with serving(create_app(backend, settings)) as url, httpx.Client(base_url=url, timeout=60) as c:
+            for key in keys:
+                path = "/v1/requests" if key in keys[:2] else "/v1/review/queue"
+                got = [c.get(path, headers={"Authorization": f"Bearer {key}"}).status_code for _ in range(3)]
+                assert got == [200, 200, 429], (key[:8], got)
+        with redis.cluster.RedisCluster.from_url(redis_cluster.url.partition("?")[0]) as rc:
+            windows = rc.keys("LIMITS*", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+        masters = {rc.get_node_from_key(w).name for w in windows}
+        assert len(windows) == len(keys) and len(masters) > 1  # windows on more than one master
+    finally:
+        backend.close()
 
 
 def test_an_agencys_count_is_two_index_lookups_and_the_count_of_its_requests(tmp_path) -> None:

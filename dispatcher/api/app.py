@@ -33,6 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import limits
 import limits.aio.strategies
@@ -94,7 +95,8 @@ class ApiSettings:
     rate_limit: str = "600/minute"
     #: Calls a client address may make without a valid key: a wrong or missing one, and the resident pages.
     address_rate_limit: str = "120/minute"
-    #: Where the windows are counted: "memory://" (one process) or a Redis URL (every server process of the API).
+    #: Where the windows are counted: "memory://" (one process) or a Redis URL as ``--redis-url`` takes it (every
+    #: server process of the API; ``?cluster=true``: a Redis Cluster).
     rate_storage: str = "memory://"
     #: On the embedded store, how often the records past their retention are deleted (at start, then this often).
     expire_every_s: float = 3600.0
@@ -160,8 +162,10 @@ class Throttle:
     def __init__(self, settings: ApiSettings) -> None:
         self.per_key, self.per_address = limits.parse(settings.rate_limit), limits.parse(settings.address_rate_limit)
         where = settings.rate_storage
-        #: The Redis connections of the counts (none in memory), closed by :meth:`aclose` as the server stops.
+        #: The Redis connections of the counts (none in memory), closed by :meth:`aclose` as the server stops:
+        #: a pool of ours, or the storage's cluster client.
         self._pool: redis.asyncio.ConnectionPool | None = None
+        self._cluster: Any = None
         self._memory: MovingWindows | None = None
         try:
             if where.startswith("memory://"):
@@ -169,14 +173,26 @@ class Throttle:
                 return
             if not where.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError("not memory:// or a Redis URL")
-            QueueSettings(url=where)  # the checks every Redis URL of ours passes
-            self._pool = redis.asyncio.ConnectionPool.from_url(where)
-            # a pool of ours, to close; the options' annotation (float | str | bool) leaves out the pool that the
-            # storage documents and takes
-            pool: dict[str, Any] = {"connection_pool": self._pool}
-            scheme = "async+redis+unix://" if where.startswith("unix://") else "async+"  # limits' names
-            storage = limits.storage.storage_from_string(scheme + where.removeprefix("unix://"),
-                                                         implementation="redispy", **pool)
+            # the URL `--redis-url` takes, checked as every Redis URL of ours; ?cluster=true: a Redis Cluster
+            qs = QueueSettings.from_url(where)
+            timeouts: dict[str, Any] = {"socket_timeout": qs.socket_timeout,
+                                        "socket_connect_timeout": qs.connect_timeout}
+            if qs.cluster:
+                # Each window is a key of its own, in whichever slot it hashes to: counted with the cluster
+                # client, which the storage makes from the node named (a plain one met MOVED on other masters).
+                parts = urlsplit(str(qs.url))
+                storage = limits.storage.storage_from_string(
+                    f"async+redis+cluster://{parts.netloc}", implementation="redispy",
+                    **timeouts, **({"ssl": True} if parts.scheme == "rediss" else {}))
+                self._cluster = getattr(getattr(storage, "bridge", None), "storage", None)
+            else:
+                self._pool = redis.asyncio.ConnectionPool.from_url(str(qs.url), **timeouts)
+                # a pool of ours, to close; the options' annotation (float | str | bool) leaves out the pool that
+                # the storage documents and takes
+                given: dict[str, Any] = {"connection_pool": self._pool}
+                scheme = "async+redis+unix://" if where.startswith("unix://") else "async+"  # limits' names
+                storage = limits.storage.storage_from_string(scheme + str(qs.url).removeprefix("unix://"),
+                                                             implementation="redispy", **given)
             self.limiter = limits.aio.strategies.MovingWindowRateLimiter(storage)
         except (ValueError, InvalidQueueSettings, limits.errors.ConfigurationError) as exc:
             raise InvalidApiSettings(f"rate_storage {redacted(where)!r}: {exc}") from None
@@ -184,6 +200,8 @@ class Throttle:
     async def aclose(self) -> None:
         if self._pool is not None:
             await self._pool.disconnect()
+        if self._cluster is not None:
+            await self._cluster.aclose()
 
     async def key(self, principal: Principal) -> None:
         await self._hit(self.per_key, "key", f"{principal.role}:{principal.name}")

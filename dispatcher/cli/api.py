@@ -58,11 +58,10 @@ def api(index_dir: Path, store: Path | None, redis_url: str | None, agencies: st
 
     from dispatcher.api import ApiSettings, ResidentPages, open_backend, serve
     from dispatcher.dispatch.links import LinkSettings, LinkSigner
-    from dispatcher.dispatch.settings import QueueSettings
     from dispatcher.workflow.policy import Policy
 
     settings = ApiSettings(rate_limit=rate_limit, address_rate_limit=address_rate_limit,
-                           rate_storage=QueueSettings.from_url(redis_url).url or "" if redis_url else "memory://")
+                           rate_storage=redis_url or "memory://")
     residents = None
     if os.environ.get("GEODISPATCH_LINK_SECRET"):
         residents = ResidentPages(LinkSigner(LinkSettings.from_env(base_url=link_base_url,
