@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["coerce"]
+__all__ = ["check_count", "check_seconds", "coerce"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -96,3 +96,15 @@ def from_environment(cls: type, prefix: str, error: type[Exception], environ: Ma
     env = os.environ if environ is None else environ
     return coerce(cls, {k[len(prefix):].lower(): v for k, v in env.items() if k.startswith(prefix)},
                   "the environment", error, text=True)
+
+
+def check_count(name: str, value: Any, error: type[Exception], minimum: int = 1) -> None:
+    """Raise ``error`` unless ``value`` is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise error(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def check_seconds(name: str, value: Any, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``value`` is a finite number of seconds, 0 or more (not a bool, not NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise error(f"{name} must be a finite number of seconds, 0 or more, got {value!r}")

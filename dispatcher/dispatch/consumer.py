@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import os
 import threading
 import time
@@ -37,6 +36,7 @@ from dispatcher.dispatch.sinks import trim_acknowledged
 from dispatcher.dispatch.wire import Notification, decode_batch
 from dispatcher.errors import InvalidServiceSettings, QueueUnavailable
 from dispatcher.keys import Keys
+from dispatcher.settings import check_count, check_seconds
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +141,12 @@ class Consumer:
                  trim_every_s: float | None = None, eviction_check_s: float = 10.0) -> None:
         # 0 takes over at once what another consumer holds, even while it sends it: a crash's test, never a
         # service (``consume --claim-idle-ms`` is 1 or more)
-        if isinstance(min_idle_ms, bool) or not isinstance(min_idle_ms, int) or min_idle_ms < 0:
-            raise InvalidServiceSettings(f"min_idle_ms must be an integer, 0 or more, got {min_idle_ms!r}")
+        check_count("min_idle_ms", min_idle_ms, InvalidServiceSettings, minimum=0)
         if not group or not isinstance(group, str):
             raise InvalidServiceSettings(f"group must be a non-empty string, got {group!r}")
-        for what, value in (("trim_every_s", trim_every_s), ("eviction_check_s", eviction_check_s)):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise InvalidServiceSettings(f"{what} must be a finite number of seconds, 0 or more, got {value!r}")
+        if trim_every_s is not None:
+            check_seconds("trim_every_s", trim_every_s, InvalidServiceSettings)
+        check_seconds("eviction_check_s", eviction_check_s, InvalidServiceSettings)
         self.client, self.name, self.sender, self.group = client, name, sender, group
         #: Trim what every group has acknowledged (:func:`trim_acknowledged`) at most this often; None: never.
         self.trim_every_s = trim_every_s

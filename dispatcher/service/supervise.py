@@ -194,13 +194,13 @@ def serve(index_dir: str, redis_url: str, workers: int, agencies: str, policy: d
     from dispatcher.dispatch.settings import QueueSettings
     from dispatcher.errors import InvalidServiceSettings
     from dispatcher.index.camera_index import CameraIndex
+    from dispatcher.settings import check_count
     from dispatcher.workflow.agencies import AgencyRegistry
     from dispatcher.workflow.policy import Policy
 
     # A misspelt setting, a directory that is not an index or a bad agencies file fails here, as one error,
     # not in every worker.
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidServiceSettings(f"workers must be a positive integer, got {workers!r}")
+    check_count("workers", workers, InvalidServiceSettings)
     qs = QueueSettings.from_url(redis_url)
     Policy.from_dict(policy)
     CameraIndex.open(index_dir, warm_up=False)

@@ -13,7 +13,6 @@ event lets the batch in hand finish, then the worker returns.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from dispatcher.keys import Keys
 from dispatcher.service import commands
 from dispatcher.service.feed import FeedFollower
 from dispatcher.service.metrics import Report, WorkerStats
+from dispatcher.settings import check_count, check_seconds
 from dispatcher.workflow.pipeline import Command, Outcome, Pipeline
 
 __all__ = ["ServiceSettings", "Worker", "WorkerStats", "consumer_threads", "shards_of_thread"]
@@ -97,25 +97,16 @@ class ServiceSettings:
     eviction_check_s: float = 10.0
 
     def __post_init__(self) -> None:
-        def bad(name: str, want: str) -> InvalidServiceSettings:
-            return InvalidServiceSettings(f"{name} must be {want}, got {getattr(self, name)!r}")
         if not self.group or not isinstance(self.group, str):
-            raise bad("group", "a non-empty string")
+            raise InvalidServiceSettings(f"group must be a non-empty string, got {self.group!r}")
         # block_ms 0 is Redis's "block until an entry comes": a stop would wait for the next command
         for name in ("read_count", "block_ms", "claim_idle_ms", "outcomes_maxlen", "threads", "max_deliveries",
                      "feed_step"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) \
-                    or getattr(self, name) < 1:
-                raise bad(name, "a positive integer")
-        if not isinstance(self.read_count_max, int) or self.read_count_max < self.read_count:
-            raise bad("read_count_max", f"an integer of at least read_count ({self.read_count})")
-        if not isinstance(self.sweep_ms, int) or self.sweep_ms < 0:
-            raise bad("sweep_ms", "an integer, 0 or more")
+            check_count(name, getattr(self, name), InvalidServiceSettings)
+        check_count("read_count_max", self.read_count_max, InvalidServiceSettings, minimum=self.read_count)
+        check_count("sweep_ms", self.sweep_ms, InvalidServiceSettings, minimum=0)
         for name in ("hot_s", "snapshot_every_s", "metrics_every_s", "eviction_check_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
-                raise bad(name, "a finite number of seconds, 0 or more")
+            check_seconds(name, getattr(self, name), InvalidServiceSettings)
 
 
 #: A stream entry in hand: (stream, entry id, fields).
